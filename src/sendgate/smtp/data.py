@@ -1,0 +1,103 @@
+"""Message content decoding: the DATA terminator, dot-unstuffing, CRLF and line-length checks.
+
+Security: the bytes are the client's message. DATA ends only at CRLF "." CRLF (RFC 5321 4.1.1.4);
+a bare CR or LF anywhere makes the message refused (SMTP smuggling defence), lines over 998
+octets are refused (RFC 5321 4.5.3.1.6), and at most `max_size` octets are ever held in memory:
+past that the content is counted, not kept. All scans are single C-level passes (bytes.find,
+count, re) so cost stays linear in the message size.
+"""
+
+from __future__ import annotations
+
+import re
+from dataclasses import dataclass
+from enum import Enum
+
+_TERMINATOR = b"\r\n.\r\n"
+_LONG_LINE = re.compile(rb"[^\r\n]{999}")
+# Raw DATA carries dot-stuffing, so it may run slightly over the limit that applies after
+# unstuffing; keep this much slack before giving up on holding the bytes.
+_STUFFING_SLACK = 64 * 1024
+
+
+class ContentProblem(Enum):
+    """Why a complete message is refused (checked once, after its end)."""
+
+    TOO_BIG = "too_big"
+    BARE_NEWLINE = "bare_newline"
+    LONG_LINE = "long_line"
+
+
+@dataclass(frozen=True, slots=True)
+class Content:
+    """A complete message body: the bytes (None when refused) and why it was refused."""
+
+    data: bytes | None
+    size: int
+    problem: ContentProblem | None
+
+
+def check_content(data: bytes, size: int, max_size: int) -> Content:
+    """Validate a message as it will be stored: size, CRLF-only line endings, line length."""
+    if size > max_size:
+        return Content(None, size, ContentProblem.TOO_BIG)
+    crlf = data.count(b"\r\n")
+    if data.count(b"\n") != crlf or data.count(b"\r") != crlf:
+        return Content(None, size, ContentProblem.BARE_NEWLINE)
+    if size > 998 and _LONG_LINE.search(data):
+        return Content(None, size, ContentProblem.LONG_LINE)
+    return Content(data, size, None)
+
+
+def dot_unstuff(raw: bytes) -> bytes:
+    """Remove the leading "." of every line that has one (RFC 5321 4.5.2)."""
+    if not raw.startswith(b".") and b"\r\n." not in raw:
+        return raw
+    return (b"\r\n" + raw).replace(b"\r\n.", b"\r\n")[2:]
+
+
+def dot_stuff(content: bytes) -> bytes:
+    """Inverse of `dot_unstuff`: double the leading "." of every line (for clients and tests)."""
+    return (b"\r\n" + content).replace(b"\r\n.", b"\r\n..")[2:]
+
+
+class DataReader:
+    """Collects DATA content up to the CRLF.CRLF terminator, across any chunking."""
+
+    def __init__(self, max_size: int) -> None:
+        self._max_size = max_size
+        self._limit = max_size + _STUFFING_SLACK
+        self._chunks: list[bytes] = []
+        self._total = 0
+        # The content is searched as if preceded by CRLF, so ".\r\n" at the very start ends it.
+        self._tail = b"\r\n"
+
+    def feed(self, data: bytes) -> tuple[int, Content | None]:
+        """Consume bytes; return (octets consumed, Content once the terminator was seen)."""
+        window = self._tail + data
+        end = window.find(_TERMINATOR)
+        if end < 0:
+            self._keep(data)
+            self._tail = window[-4:]
+            return len(data), None
+        # window[end:end+2] is the CRLF that ends the last content line; it belongs to the content.
+        cut = end + 2 - len(self._tail)
+        consumed = end + len(_TERMINATOR) - len(self._tail)
+        if cut >= 0:
+            self._keep(data[:cut])
+            trim = 0
+        else:
+            # The content ended inside the previous chunk: bytes kept after its end ("." or ".\r")
+            # are part of the terminator.
+            trim = -cut
+            self._total -= trim
+        if self._total > self._limit:
+            return consumed, Content(None, self._total, ContentProblem.TOO_BIG)
+        raw = b"".join(self._chunks)
+        content = dot_unstuff(raw[: len(raw) - trim])
+        return consumed, check_content(content, len(content), self._max_size)
+
+    def _keep(self, data: bytes) -> None:
+        self._total += len(data)
+        if self._total <= self._limit:
+            self._chunks.append(data)

@@ -1,0 +1,80 @@
+"""The decisions a Session hands to the application: small frozen request nouns.
+
+Each event waits for exactly one `Session.answer(reply)`; a positive reply (2xx/3xx) means
+"accepted". Secrets are excluded from repr and message bytes are shown only by their length.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from enum import Enum
+
+from sendgate.smtp.address import Address
+
+
+class NeedData(Enum):
+    """The Session has nothing to decide until more bytes arrive."""
+
+    NEED_DATA = "need_data"
+
+
+NEED_DATA = NeedData.NEED_DATA
+
+
+@dataclass(frozen=True, slots=True)
+class TlsInfo:
+    """What the I/O shell learned from a finished TLS handshake."""
+
+    version: str
+    cipher: str
+    bits: int
+
+
+@dataclass(frozen=True, slots=True)
+class StartTls:
+    """The client asked for STARTTLS; answer READY_TLS, then upgrade the transport."""
+
+
+@dataclass(frozen=True, slots=True)
+class AuthAttempt:
+    """A finished SASL exchange; answer AUTH_OK or AUTH_FAILED (or a temporary failure)."""
+
+    mechanism: str
+    authzid: str
+    username: str
+    password: str = field(repr=False)
+
+
+@dataclass(frozen=True, slots=True)
+class MailFrom:
+    """MAIL FROM with its parameters; `sender` is None for the null reverse-path."""
+
+    sender: Address | None
+    size: int | None
+    body: str
+    smtputf8: bool
+
+
+@dataclass(frozen=True, slots=True)
+class RcptTo:
+    """One RCPT TO; the Session has already applied the recipient-count limit."""
+
+    recipient: Address
+
+
+@dataclass(frozen=True, slots=True)
+class MessageReceived:
+    """A complete, valid message (dot-unstuffed, CRLF) with the transaction's envelope."""
+
+    sender: Address | None
+    recipients: tuple[Address, ...]
+    body: str
+    smtputf8: bool
+    content: bytes = field(repr=False)
+
+    @property
+    def size(self) -> int:
+        return len(self.content)
+
+
+Event = StartTls | AuthAttempt | MailFrom | RcptTo | MessageReceived

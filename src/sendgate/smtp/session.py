@@ -1,0 +1,572 @@
+"""The SMTP server protocol as a pure state machine: bytes in, decision events out, replies back.
+
+Security: every byte given to `receive_data` is untrusted. The Session answers syntax and
+sequence errors itself, refuses bare CR/LF in commands and in message content, caps line
+lengths, message size and recipient count, closes after too many errors, and keeps no byte that
+arrived after an accepted STARTTLS (RFC 3207: pipelined plaintext is discarded, never executed).
+It touches no socket, file or clock; the I/O shell feeds it and sends what it returns.
+
+Use (h11-style): `receive_data(bytes)` (b"" for EOF); call `next_event()` until it returns
+NEED_DATA, answering every event with `answer(reply)` before the next call; send
+`data_to_send()`; close the transport once `closed` is true. While an event is pending the
+Session reads nothing more, so the shell should pause reading until it answers.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from enum import Enum, auto
+from functools import lru_cache
+
+from sendgate.smtp import replies
+from sendgate.smtp.address import Address, AddressError, parse_path, split_path
+from sendgate.smtp.commands import (
+    AUTH_LINE_MAX,
+    LINE_BUFFER_MAX,
+    Command,
+    MailParameters,
+    line_limit,
+    parse_bdat,
+    parse_line,
+    parse_mail_parameters,
+)
+from sendgate.smtp.data import Content, ContentProblem, DataReader, check_content
+from sendgate.smtp.events import (
+    NEED_DATA,
+    AuthAttempt,
+    Event,
+    MailFrom,
+    MessageReceived,
+    NeedData,
+    RcptTo,
+    StartTls,
+    TlsInfo,
+)
+from sendgate.smtp.replies import Reply
+from sendgate.smtp.sasl import MECHANISMS, Challenge, Credentials, SaslExchange
+
+
+class ProtocolUsageError(RuntimeError):
+    """The application misused the Session API (a bug in sendgate, never caused by a client)."""
+
+
+class State(Enum):
+    INIT = auto()  # no EHLO/HELO yet (also right after TLS starts)
+    READY = auto()  # greeted, no transaction
+    MAIL = auto()  # MAIL accepted, no recipient yet
+    RCPT = auto()  # at least one recipient accepted
+    BDAT = auto()  # between BDAT chunks of one message
+    DATA = auto()  # reading DATA content
+    AUTH = auto()  # inside a SASL exchange
+    TLS_WAIT = auto()  # STARTTLS accepted, the shell is upgrading the transport
+    CLOSED = auto()
+
+
+@dataclass(frozen=True, slots=True)
+class SessionSettings:
+    """What a Session needs to know about the server; plain values, no I/O."""
+
+    hostname: str
+    max_message_size: int = 25 * 1024 * 1024
+    max_recipients: int = 100
+    max_errors: int = 10
+    tls_available: bool = True
+    auth_required: bool = True
+    auth_without_tls: bool = False
+
+
+@lru_cache(maxsize=64)
+def _ehlo_lines(settings: SessionSettings, tls: bool) -> tuple[str, ...]:
+    lines = [
+        "PIPELINING",
+        f"SIZE {settings.max_message_size}",
+        "8BITMIME",
+        "SMTPUTF8",
+        "ENHANCEDSTATUSCODES",
+        "CHUNKING",
+    ]
+    if settings.tls_available and not tls:
+        lines.append("STARTTLS")
+    if tls or settings.auth_without_tls:
+        lines.append("AUTH " + " ".join(MECHANISMS))
+    return tuple(lines)
+
+
+_ANY = frozenset(State) - {State.DATA, State.AUTH, State.TLS_WAIT, State.CLOSED}
+_GREETED = _ANY - {State.INIT}
+# The transition table: a command outside its states gets the matching sequence error below.
+_ALLOWED: dict[str, frozenset[State]] = {
+    "EHLO": _ANY,
+    "HELO": _ANY,
+    "STARTTLS": frozenset({State.READY}),
+    "AUTH": frozenset({State.READY}),
+    "MAIL": frozenset({State.READY}),
+    "RCPT": frozenset({State.MAIL, State.RCPT}),
+    "DATA": frozenset({State.RCPT}),
+    "BDAT": frozenset({State.RCPT, State.BDAT}),
+    "RSET": _ANY,
+    "NOOP": _ANY,
+    "QUIT": _ANY,
+    "HELP": _ANY,
+    "VRFY": _ANY,
+}
+_SEQUENCE_ERRORS: dict[tuple[str, State], Reply] = {
+    **{(verb, State.INIT): replies.NEED_EHLO for verb in _ALLOWED},
+    **{("MAIL", s): replies.NESTED_MAIL for s in (State.MAIL, State.RCPT, State.BDAT)},
+    ("RCPT", State.READY): replies.NEED_MAIL,
+    ("DATA", State.READY): replies.NEED_MAIL,
+    ("DATA", State.MAIL): replies.NEED_RCPT,
+    ("DATA", State.BDAT): replies.DATA_AND_BDAT,
+    ("BDAT", State.READY): replies.NEED_MAIL,
+    ("BDAT", State.MAIL): replies.NEED_RCPT,
+}
+
+
+@dataclass(slots=True)
+class _Transaction:
+    params: MailParameters
+    sender: Address | None
+    recipients: list[Address]
+
+
+class Session:
+    """One SMTP server session (see the module docstring for the calling convention)."""
+
+    def __init__(self, settings: SessionSettings, tls: TlsInfo | None = None) -> None:
+        self.settings = settings
+        self.tls = tls
+        self.authenticated: str | None = None
+        self.client_name: str | None = None
+        self.esmtp = False
+        self.errors = 0
+        self.discarded_plaintext = 0
+        self._state = State.INIT
+        self._buf = bytearray()
+        self._out = bytearray(f"220 {settings.hostname} ESMTP ready\r\n".encode())
+        self._pending: Event | None = None
+        self._txn: _Transaction | None = None
+        self._sasl: SaslExchange | None = None
+        self._data: DataReader | None = None
+        self._discarding_line = False
+        self._in_chunk = False
+        self._chunk_left = 0
+        self._chunk_reply: Reply | None = None  # set when the chunk is consumed only to be refused
+        self._chunk_last = False
+        self._chunks: list[bytes] = []
+        self._chunks_size = 0
+
+    # --- public API ---
+
+    @property
+    def state(self) -> State:
+        return self._state
+
+    @property
+    def closed(self) -> bool:
+        return self._state is State.CLOSED
+
+    @property
+    def busy(self) -> bool:
+        """True while a mail transaction or a decision is under way (graceful shutdown waits)."""
+        return self._pending is not None or self._state in (
+            State.MAIL,
+            State.RCPT,
+            State.BDAT,
+            State.DATA,
+        )
+
+    def receive_data(self, data: bytes) -> None:
+        if not data:
+            self._state = State.CLOSED
+        elif self._state is State.TLS_WAIT:
+            self.discarded_plaintext += len(data)
+        elif self._state is not State.CLOSED:
+            self._buf += data
+
+    def data_to_send(self) -> bytes:
+        out = bytes(self._out)
+        self._out.clear()
+        return out
+
+    def tls_established(self, info: TlsInfo) -> None:
+        """The transport now speaks TLS: forget everything, as RFC 3207 section 4.2 requires."""
+        if self._state is not State.TLS_WAIT:
+            raise ProtocolUsageError("tls_established without an accepted STARTTLS")
+        self.tls = info
+        self.authenticated = None
+        self.client_name = None
+        self.esmtp = False
+        self._txn = None
+        self._state = State.INIT
+
+    def next_event(self) -> Event | NeedData:
+        if self._pending is not None:
+            raise ProtocolUsageError("answer the pending event first")
+        while True:
+            if self._state in (State.CLOSED, State.TLS_WAIT):
+                return NEED_DATA
+            if self._in_chunk:
+                if not self._read_chunk():
+                    return NEED_DATA
+                event = self._end_of_chunk()
+            elif self._state is State.DATA:
+                content = self._read_data()
+                if content is None:
+                    return NEED_DATA
+                event = self._end_of_message(content)
+            else:
+                line = self._next_line()
+                if line is None:
+                    return NEED_DATA
+                event = self._handle_line(line)
+            if isinstance(event, (StartTls, AuthAttempt, MailFrom, RcptTo, MessageReceived)):
+                self._pending = event
+                return event
+
+    def answer(self, reply: Reply) -> None:
+        event = self._pending
+        if event is None:
+            raise ProtocolUsageError("no event to answer")
+        self._pending = None
+        ok = reply.is_positive
+        if isinstance(event, StartTls):
+            if ok:
+                self.discarded_plaintext += len(self._buf)
+                self._buf.clear()
+                self._state = State.TLS_WAIT
+        elif isinstance(event, AuthAttempt):
+            self._state = State.READY
+            if ok:
+                self.authenticated = event.username
+        elif isinstance(event, MailFrom):
+            if ok:
+                params = MailParameters(event.size, event.body, event.smtputf8)
+                self._txn = _Transaction(params, event.sender, [])
+                self._state = State.MAIL
+        elif isinstance(event, RcptTo):
+            if ok and self._txn is not None:
+                self._txn.recipients.append(event.recipient)
+                self._state = State.RCPT
+        else:
+            self._reset_transaction()
+        self._send(reply)
+
+    # --- replies and errors ---
+
+    def _send(self, reply: Reply) -> None:
+        if self._state is State.CLOSED:
+            return
+        self._out += reply.encode()
+        if reply.closes:
+            self._state = State.CLOSED
+        elif reply.code >= 500:
+            self.errors += 1
+            if self.errors >= self.settings.max_errors:
+                self._out += replies.TOO_MANY_ERRORS.encode()
+                self._state = State.CLOSED
+
+    def _reset_transaction(self) -> None:
+        self._txn = None
+        self._data = None
+        self._chunks = []
+        self._chunks_size = 0
+        if self._state not in (State.INIT, State.CLOSED):
+            self._state = State.READY
+
+    # --- input framing ---
+
+    def _next_line(self) -> bytes | Reply | None:
+        buf = self._buf
+        end = buf.find(b"\n")
+        if self._discarding_line:
+            if end < 0:
+                buf.clear()
+                return None
+            del buf[: end + 1]
+            self._discarding_line = False
+            return (
+                replies.AUTH_LINE_TOO_LONG if self._state is State.AUTH else replies.LINE_TOO_LONG
+            )
+        if end < 0:
+            if len(buf) > LINE_BUFFER_MAX:
+                buf.clear()
+                self._discarding_line = True
+            return None
+        line = bytes(buf[: end + 1])
+        del buf[: end + 1]
+        return line
+
+    def _handle_line(self, line: bytes | Reply) -> Event | None:
+        if isinstance(line, Reply):
+            self._abort_sasl()
+            self._send(line)
+            return None
+        if len(line) < 2 or line[-2] != 0x0D or b"\r" in line[:-2]:
+            self._abort_sasl()
+            self._send(replies.BARE_NEWLINE)
+            return None
+        if self._state is State.AUTH:
+            return self._sasl_response(line)
+        parsed = parse_line(line[:-2])
+        if isinstance(parsed, Reply):
+            self._send(parsed)
+            return None
+        if len(line) > line_limit(parsed.verb):
+            self._send(replies.LINE_TOO_LONG)
+            return None
+        return self._dispatch(parsed)
+
+    def _read_data(self) -> Content | None:
+        assert self._data is not None
+        if not self._buf:
+            return None
+        used, content = self._data.feed(bytes(self._buf))
+        del self._buf[:used]
+        return content
+
+    def _read_chunk(self) -> bool:
+        take = min(self._chunk_left, len(self._buf))
+        if take:
+            if self._chunk_reply is None and self._chunks_size <= self.settings.max_message_size:
+                self._chunks.append(bytes(self._buf[:take]))
+            del self._buf[:take]
+            self._chunk_left -= take
+        return self._chunk_left == 0
+
+    def _end_of_chunk(self) -> Event | None:
+        refusal, last = self._chunk_reply, self._chunk_last
+        self._in_chunk = False
+        self._chunk_reply = None
+        if refusal is not None:
+            self._send(refusal)
+            return None
+        if self._chunks_size > self.settings.max_message_size:
+            self._reset_transaction()
+            self._send(replies.MESSAGE_TOO_BIG)
+            return None
+        if not last:
+            self._state = State.BDAT
+            self._send(replies.CHUNK_OK.with_text(f"{self._chunks_size} octets received"))
+            return None
+        data = b"".join(self._chunks)
+        return self._end_of_message(check_content(data, len(data), self.settings.max_message_size))
+
+    def _end_of_message(self, content: Content) -> Event | None:
+        txn = self._txn
+        assert txn is not None
+        if content.data is None:
+            self._reset_transaction()
+            self._send(
+                {
+                    ContentProblem.TOO_BIG: replies.MESSAGE_TOO_BIG,
+                    ContentProblem.BARE_NEWLINE: replies.BARE_NEWLINE_IN_DATA,
+                    ContentProblem.LONG_LINE: replies.TEXT_LINE_TOO_LONG,
+                }[content.problem or ContentProblem.TOO_BIG]
+            )
+            return None
+        self._state = State.RCPT  # until answered: the transaction is still open
+        return MessageReceived(
+            txn.sender,
+            tuple(txn.recipients),
+            txn.params.body,
+            txn.params.smtputf8,
+            content.data,
+        )
+
+    # --- commands ---
+
+    def _dispatch(self, cmd: Command) -> Event | None:
+        verb = cmd.verb
+        allowed = _ALLOWED.get(verb)
+        if allowed is None:
+            self._send(replies.NOT_IMPLEMENTED if verb == "EXPN" else replies.UNRECOGNIZED)
+            return None
+        if verb == "STARTTLS" and self.tls is not None:
+            self._send(replies.ALREADY_TLS)
+            return None
+        if self._state not in allowed:
+            refusal = _SEQUENCE_ERRORS.get((verb, self._state), replies.BAD_SEQUENCE)
+            if verb == "BDAT":
+                self._bdat(cmd.argument, refusal)
+            else:
+                self._send(refusal)
+            return None
+        handler = getattr(self, "_cmd_" + verb.lower())
+        result: Event | None = handler(cmd.argument)
+        return result
+
+    def _cmd_ehlo(self, argument: str) -> None:
+        self._greet(argument, esmtp=True)
+
+    def _cmd_helo(self, argument: str) -> None:
+        self._greet(argument, esmtp=False)
+
+    def _greet(self, argument: str, *, esmtp: bool) -> None:
+        if not argument or " " in argument or len(argument) > 255:
+            self._send(replies.SYNTAX_ERROR)
+            return
+        self.client_name = argument
+        self.esmtp = esmtp
+        self._reset_transaction()
+        self._state = State.READY
+        hostname = self.settings.hostname
+        if esmtp:
+            lines = _ehlo_lines(self.settings, self.tls is not None)
+            self._out += replies.ehlo_reply([hostname, *lines])
+        else:
+            self._out += f"250 {hostname}\r\n".encode()
+
+    def _cmd_starttls(self, argument: str) -> StartTls | None:
+        if argument:
+            self._send(replies.SYNTAX_ERROR)
+            return None
+        if not self.settings.tls_available:
+            self._send(replies.TLS_NOT_AVAILABLE)
+            return None
+        return StartTls()
+
+    def _cmd_auth(self, argument: str) -> AuthAttempt | None:
+        if self.authenticated is not None:
+            self._send(replies.ALREADY_AUTHENTICATED)
+            return None
+        if self.tls is None and not self.settings.auth_without_tls:
+            self._send(replies.MUST_STARTTLS)
+            return None
+        mechanism, _, initial = argument.partition(" ")
+        mechanism = mechanism.upper()
+        if not mechanism or " " in initial:
+            self._send(replies.SYNTAX_ERROR)
+            return None
+        if mechanism not in MECHANISMS:
+            self._send(replies.UNKNOWN_MECHANISM)
+            return None
+        self._sasl = SaslExchange(mechanism)
+        return self._sasl_step(self._sasl.start(initial or None))
+
+    def _sasl_response(self, line: bytes) -> AuthAttempt | None:
+        assert self._sasl is not None
+        if len(line) > AUTH_LINE_MAX:
+            self._abort_sasl()
+            self._send(replies.AUTH_LINE_TOO_LONG)
+            return None
+        try:
+            text = line[:-2].decode("ascii").strip(" ")
+        except UnicodeDecodeError:
+            self._abort_sasl()
+            self._send(replies.BAD_BASE64)
+            return None
+        return self._sasl_step(self._sasl.respond(text))
+
+    def _sasl_step(self, step: Challenge | Credentials | Reply) -> AuthAttempt | None:
+        if isinstance(step, Challenge):
+            self._state = State.AUTH
+            self._out += f"334 {step.text}\r\n".encode()
+            return None
+        self._sasl = None
+        self._state = State.READY
+        if isinstance(step, Reply):
+            self._send(step)
+            return None
+        return AuthAttempt(step.mechanism, step.authzid, step.username, step.password)
+
+    def _abort_sasl(self) -> None:
+        if self._state is State.AUTH:
+            self._sasl = None
+            self._state = State.READY
+
+    def _cmd_mail(self, argument: str) -> MailFrom | None:
+        if self.settings.auth_required and self.authenticated is None:
+            needs_tls = self.tls is None and not self.settings.auth_without_tls
+            self._send(replies.MUST_STARTTLS if needs_tls else replies.AUTH_REQUIRED)
+            return None
+        if argument[:5].upper() != "FROM:":
+            self._send(replies.SYNTAX_ERROR)
+            return None
+        try:
+            path, rest = split_path(argument[5:].lstrip(" "))
+        except AddressError:
+            self._send(replies.BAD_SENDER_ADDRESS)
+            return None
+        if rest and not self.esmtp:
+            self._send(replies.PARAMETER_NOT_SUPPORTED)
+            return None
+        params = parse_mail_parameters(rest, self.settings.max_message_size)
+        if isinstance(params, Reply):
+            self._send(params)
+            return None
+        try:
+            sender = parse_path(path, smtputf8=params.smtputf8, allow_null=True)
+        except AddressError as exc:
+            self._send(replies.NON_ASCII_ADDRESS if exc.non_ascii else replies.BAD_SENDER_ADDRESS)
+            return None
+        return MailFrom(sender, params.size, params.body, params.smtputf8)
+
+    def _cmd_rcpt(self, argument: str) -> RcptTo | None:
+        txn = self._txn
+        assert txn is not None
+        if argument[:3].upper() != "TO:":
+            self._send(replies.SYNTAX_ERROR)
+            return None
+        try:
+            path, rest = split_path(argument[3:].lstrip(" "))
+            if path.lower() == "<postmaster>":  # RFC 5321 4.5.1: must be accepted without domain
+                recipient = Address("postmaster", self.settings.hostname.lower())
+            else:
+                parsed = parse_path(path, smtputf8=txn.params.smtputf8, allow_null=False)
+                assert parsed is not None
+                recipient = parsed
+        except AddressError as exc:
+            self._send(replies.NON_ASCII_ADDRESS if exc.non_ascii else replies.BAD_ADDRESS)
+            return None
+        if rest:
+            self._send(replies.PARAMETER_NOT_SUPPORTED)
+            return None
+        if len(txn.recipients) >= self.settings.max_recipients:
+            self._send(replies.TOO_MANY_RECIPIENTS)
+            return None
+        return RcptTo(recipient)
+
+    def _cmd_data(self, argument: str) -> None:
+        if argument:
+            self._send(replies.SYNTAX_ERROR)
+            return
+        self._data = DataReader(self.settings.max_message_size)
+        self._state = State.DATA
+        self._send(replies.START_DATA)
+
+    def _cmd_bdat(self, argument: str) -> None:
+        self._bdat(argument, None)
+
+    def _bdat(self, argument: str, refusal: Reply | None) -> None:
+        parsed = parse_bdat(argument)
+        if parsed is None:
+            self._send(replies.SYNTAX_ERROR)
+            return
+        size, last = parsed
+        # The chunk's octets follow the command whatever we answer: consume them all, or they
+        # would be read as commands.
+        self._in_chunk = True
+        self._chunk_left = size
+        self._chunk_reply = refusal
+        self._chunk_last = last
+        if refusal is None:
+            self._chunks_size += size
+
+    def _cmd_rset(self, argument: str) -> None:
+        if argument:
+            self._send(replies.SYNTAX_ERROR)
+            return
+        self._reset_transaction()
+        self._send(replies.RESET_OK)
+
+    def _cmd_noop(self, argument: str) -> None:
+        self._send(replies.OK)
+
+    def _cmd_quit(self, argument: str) -> None:
+        self._send(replies.CLOSING)
+
+    def _cmd_help(self, argument: str) -> None:
+        self._send(replies.HELP)
+
+    def _cmd_vrfy(self, argument: str) -> None:
+        self._send(replies.CANNOT_VRFY if argument else replies.SYNTAX_ERROR)
