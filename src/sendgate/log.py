@@ -1,0 +1,78 @@
+"""Structured event log: one line per event, key=value (default) or JSON.
+
+Security: values may come from clients (EHLO names, addresses); they are escaped so that one
+event is always exactly one line and no field can forge another. Callers never pass passwords
+or message bodies; events carry names, addresses, counts and codes only.
+"""
+
+from __future__ import annotations
+
+import json
+import re
+import sys
+import time
+from collections.abc import Callable
+from typing import TextIO
+
+LEVELS = {"debug": 10, "info": 20, "warning": 30, "error": 40}
+Value = str | int | float | bool | None
+
+_BARE = re.compile(r"[A-Za-z0-9_.:@/+\-\[\]<>,]+")
+
+
+def _kv_value(value: Value) -> str:
+    if value is None:
+        return '""'
+    if isinstance(value, bool):
+        return "true" if value else "false"
+    if isinstance(value, float):
+        return f"{value:.3f}"
+    text = str(value)
+    if _BARE.fullmatch(text):
+        return text
+    # json.dumps escapes quotes, backslashes and every control character (CR/LF included).
+    return json.dumps(text, ensure_ascii=False)
+
+
+def _timestamp(now: float) -> str:
+    ms = int(now * 1000) % 1000
+    return time.strftime("%Y-%m-%dT%H:%M:%S", time.gmtime(now)) + f".{ms:03d}Z"
+
+
+class EventLog:
+    """Writes events to a text stream; cheap enough for several events per message."""
+
+    def __init__(
+        self,
+        stream: TextIO | None = None,
+        *,
+        fmt: str = "kv",
+        level: str = "info",
+        clock: Callable[[], float] = time.time,
+    ) -> None:
+        self._stream = stream if stream is not None else sys.stderr
+        self._json = fmt == "json"
+        self._min = LEVELS[level]
+        self._clock = clock
+        self.context: dict[str, Value] = {}
+
+    def enabled(self, level: str) -> bool:
+        return LEVELS[level] >= self._min
+
+    def event(self, name: str, level: str = "info", /, **fields: Value) -> None:
+        if LEVELS[level] < self._min:
+            return
+        ts = _timestamp(self._clock())
+        merged = {**self.context, **fields}
+        if self._json:
+            line = json.dumps({"ts": ts, "level": level, "event": name, **merged})
+        else:
+            parts = [f"ts={ts}", f"level={level}", f"event={name}"]
+            parts.extend(f"{key}={_kv_value(value)}" for key, value in merged.items())
+            line = " ".join(parts)
+        try:
+            self._stream.write(line + "\n")
+            self._stream.flush()
+        except (OSError, ValueError):
+            # A closed or broken log stream must never take a connection down with it.
+            pass

@@ -1,0 +1,142 @@
+"""Message header checks and RFC 6409 section 8 fix-ups: Received, Message-ID and Date.
+
+Security: the content is the client's message. Only the header block is parsed (the body is
+never scanned again here); header field lines must be `name: value` or folded continuations,
+and From:/Sender: go through the one strict address parser in `smtp.address`. What is added is
+built from trusted values only; the client's EHLO name is reduced to a safe character set first.
+"""
+
+from __future__ import annotations
+
+import re
+import secrets
+from dataclasses import dataclass
+from datetime import UTC, datetime
+from email.utils import format_datetime
+
+from sendgate.smtp.address import Address, AddressError, parse_header_mailboxes
+from sendgate.smtp.events import TlsInfo
+
+_FIELD_NAME = re.compile(rb"[\x21-\x39\x3b-\x7e]+")
+_UNSAFE_HELO = re.compile(r"[^A-Za-z0-9.\-:\[\]_]")
+_WANTED = (b"from", b"sender", b"message-id", b"date")
+
+
+class HeaderError(ValueError):
+    """The header block is malformed or a From:/Sender: field is unusable."""
+
+
+@dataclass(frozen=True, slots=True)
+class HeaderSummary:
+    """What the MSA rules need from the header: From/Sender mailboxes and what is missing."""
+
+    from_: tuple[Address, ...]
+    sender: tuple[Address, ...]
+    has_message_id: bool
+    has_date: bool
+    header_end: int  # offset of the empty line ending the header (or len(content))
+
+
+def _header_end(content: bytes) -> int:
+    if content.startswith(b"\r\n"):
+        return 0
+    end = content.find(b"\r\n\r\n")
+    return len(content) if end < 0 else end + 2
+
+
+def summarize(content: bytes, *, smtputf8: bool) -> HeaderSummary:
+    """Parse the header block once; HeaderError on malformed lines or unusable From/Sender."""
+    end = _header_end(content)
+    found: dict[bytes, list[bytes]] = {name: [] for name in _WANTED}
+    current: bytes | None = None  # the wanted field whose folded lines are being collected
+    started = False
+    for line in content[:end].split(b"\r\n")[:-1]:
+        if line[:1] in (b" ", b"\t"):
+            if not started:
+                raise HeaderError("continuation line before any header field")
+            if current is not None:
+                found[current][-1] += line  # unfolding keeps the leading white space
+            continue
+        name, colon, value = line.partition(b":")
+        if not colon or not _FIELD_NAME.fullmatch(name):
+            raise HeaderError("malformed header line")
+        started = True
+        key = name.lower()
+        current = key if key in found else None
+        if current is not None:
+            found[key].append(value)
+    return HeaderSummary(
+        from_=_mailboxes("From", found[b"from"], smtputf8),
+        sender=_mailboxes("Sender", found[b"sender"], smtputf8),
+        has_message_id=bool(found[b"message-id"]),
+        has_date=bool(found[b"date"]),
+        header_end=end,
+    )
+
+
+def _mailboxes(name: str, values: list[bytes], smtputf8: bool) -> tuple[Address, ...]:
+    if not values:
+        return ()
+    if len(values) > 1:
+        raise HeaderError(f"more than one {name} field")
+    try:
+        text = values[0].decode("utf-8")
+        return tuple(parse_header_mailboxes(name, text.strip(), smtputf8=smtputf8))
+    except (UnicodeDecodeError, AddressError) as exc:
+        raise HeaderError(f"unusable {name} field") from exc
+
+
+def received_header(
+    *,
+    helo: str | None,
+    client_ip: str | None,
+    hostname: str,
+    queue_id: str,
+    tls: TlsInfo | None,
+    authenticated: bool,
+    smtputf8: bool,
+    now: datetime,
+) -> bytes:
+    """The trace field RFC 5321 4.4 and RFC 6409 8 ask for, with the protocol per RFC 3848."""
+    protocol = (
+        ("UTF8SMTP" if smtputf8 else "ESMTP")
+        + ("S" if tls else "")
+        + ("A" if authenticated else "")
+    )
+    name = _UNSAFE_HELO.sub("_", helo or "unknown")[:255]
+    source = f"from {name}" + (f" ([{client_ip}])" if client_ip else "")
+    lines = [f"Received: {source}", f"\tby {hostname} (sendgate) with {protocol} id {queue_id}"]
+    if tls is not None:
+        lines.append(f"\t(using {tls.version} with cipher {tls.cipher} ({tls.bits} bits))")
+    lines[-1] += ";"
+    lines.append(f"\t{format_datetime(now)}")
+    return ("\r\n".join(lines) + "\r\n").encode()
+
+
+def new_message_id(hostname: str, queue_id: str) -> str:
+    return f"<{queue_id}.{secrets.token_hex(6)}@{hostname}>"
+
+
+def fix_up(
+    content: bytes,
+    summary: HeaderSummary,
+    received: bytes,
+    *,
+    hostname: str,
+    queue_id: str,
+    now: datetime,
+) -> bytes:
+    """Prepend Received; add Message-ID and Date at the end of the header when missing."""
+    added = b""
+    if not summary.has_message_id:
+        added += f"Message-ID: {new_message_id(hostname, queue_id)}\r\n".encode()
+    if not summary.has_date:
+        added += f"Date: {format_datetime(now)}\r\n".encode()
+    if not added:
+        return received + content
+    end = summary.header_end
+    return b"".join((received, content[:end], added, content[end:]))
+
+
+def now_utc(unix: float) -> datetime:
+    return datetime.fromtimestamp(unix, UTC)

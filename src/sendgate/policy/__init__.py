@@ -1,0 +1,1 @@
+"""Decisions about logins and senders: plain values in, a verdict out."""

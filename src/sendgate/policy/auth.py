@@ -1,0 +1,141 @@
+"""Verify a login's password against the user store, in equal time and with a short-lived cache.
+
+Security: username and password come from the client's AUTH exchange. Every attempt that reaches
+argon2 costs exactly one verification, whether or not the user exists and whether or not its
+stored hash is usable, so timing does not tell which usernames exist. A successful login is
+remembered only as an HMAC under a per-process random key, computed over the password and the
+user's current hash and generation, so a password change ends it. Passwords are never stored,
+logged or shown in a repr.
+"""
+
+import asyncio
+import concurrent.futures
+import hashlib
+import hmac
+import secrets
+import threading
+from collections import OrderedDict
+from collections.abc import Callable
+from dataclasses import dataclass
+
+from argon2 import PasswordHasher, extract_parameters
+from argon2.exceptions import VerificationError
+
+from sendgate.store import UserRecord, UserStore
+
+
+@dataclass(frozen=True, slots=True)
+class AuthResult:
+    """The outcome of one login attempt."""
+
+    user: UserRecord | None
+    """The verified user, or None when the attempt failed."""
+    cached: bool
+    """True when the verified-login cache answered instead of argon2 (for logs and metrics)."""
+
+
+class Authenticator:
+    """Checks username and password pairs; safe to call from many threads at once."""
+
+    def __init__(
+        self,
+        users: UserStore,
+        hasher: PasswordHasher,
+        executor: concurrent.futures.Executor,
+        cache_ttl: float,
+        clock: Callable[[], float],
+        cache_max: int = 10000,
+    ) -> None:
+        """Use `executor` for the blocking work; cache successes for `cache_ttl` s (<= 0: off)."""
+        self._users = users
+        self._hasher = hasher
+        self._executor = executor
+        self._cache_ttl = cache_ttl
+        self._cache_max = cache_max
+        self._caching = cache_ttl > 0 and cache_max > 0
+        self._clock = clock
+        self._cache_secret = secrets.token_bytes(32)
+        # The hash of a password nobody knows, made with the same parameters as real hashes:
+        # verifying against it costs what a real verification costs and never succeeds.
+        self._dummy_hash = hasher.hash(secrets.token_bytes(32))
+        # Keyed MAC -> expiry. Entries are added with the same TTL, so insertion order is expiry
+        # order and the oldest entry is both the first to expire and the first to evict.
+        self._cache: OrderedDict[bytes, float] = OrderedDict()
+        self._cache_lock = threading.Lock()
+
+    async def verify(self, username: str, password: str) -> AuthResult:
+        """Check the pair in the executor (store lookup and argon2 both block)."""
+        loop = asyncio.get_running_loop()
+        return await loop.run_in_executor(self._executor, self.verify_blocking, username, password)
+
+    def verify_blocking(self, username: str, password: str) -> AuthResult:
+        """Check the pair in the calling thread; store failures propagate as SendgateError."""
+        # surrogatepass: a lone surrogate must fail to match, not raise.
+        secret = password.encode("utf-8", "surrogatepass")
+        user = self._users.get_user(username)
+        if user is None or not _is_parsable(user.password_hash):
+            self._argon2_verify(self._dummy_hash, secret)
+            return AuthResult(user=None, cached=False)
+        key = self._cache_key(user, secret) if self._caching else None
+        if key is not None and self._cache_hit(key):
+            return AuthResult(user=user, cached=True)
+        if not self._argon2_verify(user.password_hash, secret):
+            return AuthResult(user=None, cached=False)
+        # check_needs_rehash is not acted on: rehashing here would write to the store on the
+        # login path; hashes move to new parameters when the password is next set.
+        if key is not None:
+            self._remember(key)
+        return AuthResult(user=user, cached=False)
+
+    def _argon2_verify(self, encoded_hash: str, secret: bytes) -> bool:
+        try:
+            return self._hasher.verify(encoded_hash, secret)
+        except VerificationError:
+            # Mismatch, or a hash that parsed but does not decode: either way a failed login.
+            return False
+
+    def _cache_key(self, user: UserRecord, secret: bytes) -> bytes:
+        mac = hmac.new(self._cache_secret, digestmod=hashlib.sha256)
+        fields = (
+            user.username.encode(),
+            str(user.generation).encode(),
+            user.password_hash.encode(),
+            secret,
+        )
+        for part in fields:
+            # Length prefixes keep the field boundaries unambiguous.
+            mac.update(len(part).to_bytes(8, "big"))
+            mac.update(part)
+        return mac.digest()
+
+    def _cache_hit(self, key: bytes) -> bool:
+        # A plain dict lookup is safe here: keys are MACs under a secret key, so how long a
+        # lookup takes tells an attacker nothing about any digest they could choose.
+        now = self._clock()
+        with self._cache_lock:
+            expiry = self._cache.get(key)
+            if expiry is None:
+                return False
+            if now < expiry:
+                return True
+            del self._cache[key]
+            return False
+
+    def _remember(self, key: bytes) -> None:
+        now = self._clock()
+        with self._cache_lock:
+            # Two threads may verify the same login at once; re-adding keeps expiry order.
+            self._cache.pop(key, None)
+            # The oldest entry goes first: it is also the next to expire, or expired already.
+            while len(self._cache) >= self._cache_max:
+                self._cache.popitem(last=False)
+            self._cache[key] = now + self._cache_ttl
+
+
+def _is_parsable(encoded_hash: str) -> bool:
+    """Return True if `encoded_hash` looks like an argon2 hash (a cheap parse, no hashing)."""
+    try:
+        extract_parameters(encoded_hash)
+    except ValueError:  # argon2's InvalidHashError, or a bad number inside the hash
+        return False
+    return True

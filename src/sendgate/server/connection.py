@@ -1,0 +1,324 @@
+"""One client connection: feeds socket bytes to the SMTP Session and its decisions to a handler.
+
+Security: this is where untrusted bytes arrive. The shell holds no SMTP grammar; it enforces
+time limits (idle per command, whole session), pauses reading while a decision is pending (so
+buffered input stays bounded), performs STARTTLS with `loop.start_tls` only after the Session
+has discarded everything the client pipelined behind the command, and turns every failure of
+one connection (TLS handshake, handler bug, reset) into a log line and a closed socket, never
+into an exception that reaches the listener.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import itertools
+import ssl
+from collections.abc import Awaitable, Callable
+from typing import Protocol, cast
+
+from sendgate.log import EventLog
+from sendgate.smtp import replies
+from sendgate.smtp.events import NEED_DATA, Event, StartTls, TlsInfo
+from sendgate.smtp.replies import Reply
+from sendgate.smtp.session import Session, SessionSettings
+
+_conn_ids = itertools.count(1)
+
+
+class ConnectionHandler(Protocol):
+    """Answers a Session's decisions (implemented by submission.SubmissionConnection)."""
+
+    def handle(self, event: Event, session: Session) -> Reply | Awaitable[Reply]: ...
+
+
+HandlerFactory = Callable[[str, str], ConnectionHandler]  # (client_ip, conn_id) -> handler
+
+
+class ServerContext(Protocol):
+    """What every connection of one worker shares (implemented by server.worker.Worker)."""
+
+    settings: SessionSettings
+    log: EventLog
+    command_timeout: float
+    session_timeout: float
+    handshake_timeout: float
+    draining: bool
+
+    def tls_context(self) -> ssl.SSLContext: ...
+    def acquire(self, ip: str) -> int | None: ...
+    def release(self, slot: int) -> None: ...
+    def handler(self, ip: str, conn_id: str) -> ConnectionHandler: ...
+    def register(self, conn: SmtpConnection) -> None: ...
+    def unregister(self, conn: SmtpConnection) -> None: ...
+
+
+def _tls_info(transport: asyncio.BaseTransport) -> TlsInfo:
+    ssl_object = transport.get_extra_info("ssl_object")
+    if ssl_object is None:
+        return TlsInfo("unknown", "unknown", 0)
+    cipher = ssl_object.cipher()
+    return TlsInfo(
+        ssl_object.version() or "unknown",
+        cipher[0] if cipher else "unknown",
+        cipher[2] if cipher else 0,
+    )
+
+
+class SmtpConnection(asyncio.Protocol):
+    """asyncio Protocol for one SMTP connection (587 STARTTLS or 465 implicit TLS)."""
+
+    def __init__(self, server: ServerContext, *, implicit_tls: bool) -> None:
+        self._server = server
+        self._implicit_tls = implicit_tls
+        self._loop = asyncio.get_running_loop()
+        self._transport: asyncio.Transport | None = None
+        self._session: Session | None = None
+        self._handler: ConnectionHandler | None = None
+        self._slot: int | None = None
+        self._task: asyncio.Task[None] | None = None
+        self._idle_timer: asyncio.TimerHandle | None = None
+        self._session_timer: asyncio.TimerHandle | None = None
+        self._last_activity = 0.0
+        self._closing = False
+        self.conn_id = f"c{next(_conn_ids)}"
+        self.client_ip = "?"
+
+    # --- asyncio callbacks ---
+
+    def connection_made(self, transport: asyncio.BaseTransport) -> None:
+        # uvloop's transports implement asyncio.Transport without subclassing it.
+        transport = cast(asyncio.Transport, transport)
+        self._transport = transport
+        peer = transport.get_extra_info("peername")
+        self.client_ip = str(peer[0]) if peer else "unknown"
+        server = self._server
+        self._slot = server.acquire(self.client_ip)
+        if self._slot is None:
+            server.log.event(
+                "refused",
+                "warning",
+                conn=self.conn_id,
+                client=self.client_ip,
+                reason="connection_cap",
+            )
+            transport.write(replies.TOO_MANY_CONNECTIONS.encode())
+            transport.close()
+            return
+        server.register(self)
+        server.log.event(
+            "connect",
+            conn=self.conn_id,
+            client=self.client_ip,
+            tls="implicit" if self._implicit_tls else "starttls",
+        )
+        self._handler = server.handler(self.client_ip, self.conn_id)
+        self._last_activity = self._loop.time()
+        self._idle_timer = self._loop.call_later(server.command_timeout, self._idle_check)
+        self._session_timer = self._loop.call_later(server.session_timeout, self._session_expired)
+        if self._implicit_tls:
+            self._task = self._loop.create_task(self._start_tls(transport, implicit=True))
+        else:
+            self._session = Session(server.settings)
+            self._flush()
+
+    def data_received(self, data: bytes) -> None:
+        session = self._session
+        if session is None or self._closing:
+            return
+        self._last_activity = self._loop.time()
+        session.receive_data(data)
+        self._pump()
+
+    def eof_received(self) -> bool | None:
+        if self._session is not None:
+            self._session.receive_data(b"")
+        return None  # let the transport close itself
+
+    def connection_lost(self, exc: Exception | None) -> None:
+        self._closing = True
+        for timer in (self._idle_timer, self._session_timer):
+            if timer is not None:
+                timer.cancel()
+        if self._task is not None and not self._task.done():
+            self._task.cancel()
+        if self._slot is not None:
+            self._server.release(self._slot)
+            self._slot = None
+            self._server.unregister(self)
+            session = self._session
+            self._server.log.event(
+                "disconnect",
+                conn=self.conn_id,
+                client=self.client_ip,
+                errors=session.errors if session else 0,
+            )
+
+    # --- the pump: Session events -> handler answers -> bytes out ---
+
+    def _pump(self) -> None:
+        session = self._session
+        handler = self._handler
+        assert session is not None
+        assert handler is not None
+        while not self._closing:
+            event = session.next_event()
+            if event is NEED_DATA:
+                break
+            if isinstance(event, StartTls):
+                session.answer(replies.READY_TLS)
+                assert self._transport is not None
+                # Stop reading before the 220 leaves: the client's ClientHello must reach the
+                # TLS layer that start_tls installs, not this plaintext protocol.
+                self._transport.pause_reading()
+                self._flush()
+                if session.discarded_plaintext:
+                    self._server.log.event(
+                        "starttls_injection",
+                        "warning",
+                        conn=self.conn_id,
+                        client=self.client_ip,
+                        discarded=session.discarded_plaintext,
+                    )
+                self._task = self._loop.create_task(
+                    self._start_tls(self._transport, implicit=False)
+                )
+                return
+            try:
+                answer = handler.handle(event, session)
+            except Exception as exc:
+                self._server.log.event("handler_error", "error", conn=self.conn_id, error=repr(exc))
+                answer = replies.LOCAL_ERROR
+            if isinstance(answer, Reply):
+                session.answer(answer)
+                continue
+            # The handler needs I/O (argon2, fsync): stop reading until it answers.
+            assert self._transport is not None
+            self._transport.pause_reading()
+            self._flush()
+            self._task = self._loop.create_task(self._await_answer(answer))
+            return
+        self._flush()
+        if self._server.draining and not session.busy and not session.closed:
+            session.receive_data(b"")
+            self._write(replies.SHUTTING_DOWN.encode())
+            self._close()
+
+    async def _await_answer(self, pending: Awaitable[Reply]) -> None:
+        try:
+            reply = await pending
+        except asyncio.CancelledError:
+            raise
+        except Exception as exc:
+            self._server.log.event("handler_error", "error", conn=self.conn_id, error=repr(exc))
+            reply = replies.LOCAL_ERROR
+        if self._closing or self._session is None:
+            return
+        self._session.answer(reply)
+        assert self._transport is not None
+        self._transport.resume_reading()
+        self._pump()
+
+    async def _start_tls(self, transport: asyncio.Transport, *, implicit: bool) -> None:
+        server = self._server
+        try:
+            tls_transport = await self._loop.start_tls(
+                transport,
+                self,
+                server.tls_context(),
+                server_side=True,
+                ssl_handshake_timeout=server.handshake_timeout,
+            )
+        except asyncio.CancelledError:
+            raise
+        except Exception as exc:
+            server.log.event(
+                "tls_failed",
+                "warning",
+                conn=self.conn_id,
+                client=self.client_ip,
+                error=type(exc).__name__,
+                detail=str(exc)[:200],
+            )
+            transport.abort()
+            return
+        if tls_transport is None or self._closing:
+            return
+        self._transport = tls_transport
+        info = _tls_info(tls_transport)
+        server.log.event(
+            "tls",
+            conn=self.conn_id,
+            client=self.client_ip,
+            version=info.version,
+            cipher=info.cipher,
+            resumed=bool(
+                getattr(tls_transport.get_extra_info("ssl_object"), "session_reused", False)
+            ),
+        )
+        if implicit:
+            self._session = Session(server.settings, tls=info)
+        else:
+            assert self._session is not None
+            self._session.tls_established(info)
+        self._last_activity = self._loop.time()
+        self._flush()
+
+    # --- output, timers, closing ---
+
+    def _write(self, data: bytes) -> None:
+        if self._transport is not None and not self._transport.is_closing():
+            self._transport.write(data)
+
+    def _flush(self) -> None:
+        session = self._session
+        if session is None:
+            return
+        out = session.data_to_send()
+        if out:
+            self._write(out)
+        if session.closed:
+            self._close()
+
+    def _close(self) -> None:
+        if not self._closing and self._transport is not None:
+            self._closing = True
+            self._transport.close()
+
+    def _idle_check(self) -> None:
+        elapsed = self._loop.time() - self._last_activity
+        timeout = self._server.command_timeout
+        busy_answering = self._task is not None and not self._task.done()
+        if elapsed < timeout or busy_answering:
+            self._idle_timer = self._loop.call_later(max(timeout - elapsed, 1.0), self._idle_check)
+            return
+        self._server.log.event(
+            "timeout", "warning", conn=self.conn_id, client=self.client_ip, kind="idle"
+        )
+        self._write(replies.IDLE_TIMEOUT.encode())
+        self._abort_soon()
+
+    def _session_expired(self) -> None:
+        self._server.log.event(
+            "timeout", "warning", conn=self.conn_id, client=self.client_ip, kind="session"
+        )
+        self._write(replies.SESSION_TOO_LONG.encode())
+        self._abort_soon()
+
+    def _abort_soon(self) -> None:
+        if self._session is not None:
+            self._session.receive_data(b"")
+        self._close()
+
+    def shutdown(self) -> None:
+        """Graceful stop: idle sessions get 421 now; busy ones after their transaction."""
+        session = self._session
+        if session is None:
+            self._close()  # mid-handshake: nothing can be said in plaintext
+        elif not session.busy:
+            session.receive_data(b"")
+            self._write(replies.SHUTTING_DOWN.encode())
+            self._close()
+
+    def abort(self) -> None:
+        if self._transport is not None:
+            self._transport.abort()

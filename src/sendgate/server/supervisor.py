@@ -1,0 +1,110 @@
+"""The serving process tree: bind the listening sockets, fork N acceptor workers, keep them alive.
+
+Sockets, the shared connection counters and the TLS context are created before the fork, so
+every worker accepts from the same sockets and (until a reload) shares TLS session-ticket keys.
+The supervisor forwards SIGTERM/SIGINT (graceful stop) and SIGHUP (TLS reload) to the workers,
+replaces a worker that dies unexpectedly, and exits once every worker has stopped.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import signal
+import socket
+import time
+from collections.abc import Callable
+
+from sendgate.log import EventLog
+
+_SIGNALS = {signal.SIGTERM, signal.SIGINT, signal.SIGHUP}
+_RESTART_BACKOFF = 1.0  # seconds between replacing crashed workers, to avoid a fork storm
+
+
+def bind(host: str, port: int) -> socket.socket:
+    """A listening TCP socket; IPv6 literals get a v6-only socket."""
+    family = socket.AF_INET6 if ":" in host else socket.AF_INET
+    sock = socket.socket(family, socket.SOCK_STREAM)
+    try:
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        if family == socket.AF_INET6:
+            sock.setsockopt(socket.IPPROTO_IPV6, socket.IPV6_V6ONLY, 1)
+        sock.bind((host, port))
+        sock.listen(1024)
+        sock.setblocking(False)
+    except OSError:
+        sock.close()
+        raise
+    return sock
+
+
+class Supervisor:
+    """Forks `workers` processes running `run_worker(index)` and supervises them."""
+
+    def __init__(
+        self,
+        workers: int,
+        run_worker: Callable[[int], int],
+        log: EventLog,
+        on_worker_exit: Callable[[int], None],
+    ) -> None:
+        self._count = workers
+        self._run_worker = run_worker
+        self._log = log
+        self._on_worker_exit = on_worker_exit
+        self._children: dict[int, int] = {}  # pid -> worker index
+        self._stopping = False
+
+    def _spawn(self, index: int) -> None:
+        # Block our signals across fork so a child never runs the supervisor's handler.
+        signal.pthread_sigmask(signal.SIG_BLOCK, _SIGNALS)
+        pid = os.fork()
+        if pid == 0:
+            code = 70  # EX_SOFTWARE unless the worker returns normally
+            try:
+                for sig in _SIGNALS:
+                    signal.signal(sig, signal.SIG_DFL)
+                signal.pthread_sigmask(signal.SIG_UNBLOCK, _SIGNALS)
+                code = self._run_worker(index)
+            finally:
+                os._exit(code)
+        self._children[pid] = index
+        signal.pthread_sigmask(signal.SIG_UNBLOCK, _SIGNALS)
+
+    def _forward(self, signum: int, _frame: object) -> None:
+        if signum in (signal.SIGTERM, signal.SIGINT):
+            self._stopping = True
+        for pid in list(self._children):
+            with contextlib.suppress(ProcessLookupError):
+                os.kill(pid, signal.SIGTERM if signum == signal.SIGINT else signum)
+
+    def run(self) -> int:
+        for sig in _SIGNALS:
+            signal.signal(sig, self._forward)
+        for index in range(self._count):
+            self._spawn(index)
+        self._log.event(
+            "workers_started",
+            workers=self._count,
+            pids=",".join(str(pid) for pid in self._children),
+        )
+        worst = 0
+        while self._children:
+            try:
+                pid, status = os.wait()
+            except ChildProcessError:
+                break
+            if pid not in self._children:
+                continue
+            index = self._children.pop(pid)
+            code = os.waitstatus_to_exitcode(status)
+            self._on_worker_exit(index)
+            if self._stopping:
+                worst = max(worst, code if code > 0 else 0)
+                continue
+            self._log.event("worker_died", "error", worker=index, pid=pid, code=code)
+            time.sleep(_RESTART_BACKOFF)
+            if not self._stopping:
+                self._spawn(index)
+        self._log.event("stopped", code=worst)
+        return worst

@@ -1,0 +1,152 @@
+"""One acceptor worker: an event loop serving SMTP connections on inherited listening sockets.
+
+Security: a worker runs untrusted connections only through `SmtpConnection`, which contains
+every per-connection failure. On SIGTERM it stops accepting, tells idle clients 421, lets
+transactions in flight finish within the grace period, then aborts what is left. SIGHUP (and,
+every `reload_interval` seconds, a change of the files) reloads the TLS certificates without
+touching established connections.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import signal
+import socket
+import ssl
+from dataclasses import dataclass
+
+from sendgate.errors import TlsConfigError
+from sendgate.log import EventLog
+from sendgate.server.connection import ConnectionHandler, HandlerFactory, SmtpConnection
+from sendgate.server.limits import ConnectionLimiter
+from sendgate.server.tls import TlsContextHolder
+from sendgate.smtp.session import SessionSettings
+
+
+@dataclass(frozen=True, slots=True)
+class Listener:
+    sock: socket.socket
+    implicit_tls: bool
+
+
+@dataclass(frozen=True, slots=True)
+class Timeouts:
+    command: float = 300.0
+    session: float = 3600.0
+    handshake: float = 30.0
+    shutdown_grace: float = 30.0
+    reload_interval: float = 60.0
+
+
+class Worker:
+    """Serves connections until stopped; implements connection.ServerContext."""
+
+    def __init__(
+        self,
+        *,
+        listeners: list[Listener],
+        settings: SessionSettings,
+        tls: TlsContextHolder,
+        limiter: ConnectionLimiter,
+        handler_factory: HandlerFactory,
+        log: EventLog,
+        timeouts: Timeouts,
+    ) -> None:
+        self.settings = settings
+        self.log = log
+        self.command_timeout = timeouts.command
+        self.session_timeout = timeouts.session
+        self.handshake_timeout = timeouts.handshake
+        self.draining = False
+        self._listeners = listeners
+        self._tls = tls
+        self._limiter = limiter
+        self._handler_factory = handler_factory
+        self._timeouts = timeouts
+        self._connections: set[SmtpConnection] = set()
+        self._stop: asyncio.Event | None = None
+        self._idle: asyncio.Event | None = None
+
+    # --- connection.ServerContext ---
+
+    def tls_context(self) -> ssl.SSLContext:
+        return self._tls.context
+
+    def acquire(self, ip: str) -> int | None:
+        return self._limiter.acquire(ip)
+
+    def release(self, slot: int) -> None:
+        self._limiter.release(slot)
+
+    def handler(self, ip: str, conn_id: str) -> ConnectionHandler:
+        return self._handler_factory(ip, conn_id)
+
+    def register(self, conn: SmtpConnection) -> None:
+        self._connections.add(conn)
+
+    def unregister(self, conn: SmtpConnection) -> None:
+        self._connections.discard(conn)
+        if not self._connections and self._idle is not None:
+            self._idle.set()
+
+    # --- lifecycle ---
+
+    def stop(self) -> None:
+        if self._stop is not None:
+            self._stop.set()
+
+    def reload_tls(self, *, force: bool) -> None:
+        try:
+            if self._tls.reload(force=force):
+                self.log.event("tls_reloaded")
+        except TlsConfigError as exc:
+            self.log.event("tls_reload_failed", "error", error=str(exc))
+
+    async def _watch_certificates(self) -> None:
+        interval = self._timeouts.reload_interval
+        while True:
+            await asyncio.sleep(interval)
+            self.reload_tls(force=False)
+
+    async def run(self, *, install_signals: bool = True) -> None:
+        loop = asyncio.get_running_loop()
+        self._stop = asyncio.Event()
+        self._idle = asyncio.Event()
+        servers = []
+        for listener in self._listeners:
+            implicit = listener.implicit_tls
+            servers.append(
+                await loop.create_server(
+                    lambda implicit=implicit: SmtpConnection(self, implicit_tls=implicit),  # type: ignore[misc]
+                    sock=listener.sock,
+                    backlog=1024,
+                )
+            )
+        if install_signals:
+            loop.add_signal_handler(signal.SIGTERM, self.stop)
+            loop.add_signal_handler(signal.SIGINT, self.stop)
+            loop.add_signal_handler(signal.SIGHUP, self.reload_tls, True)  # type: ignore[arg-type]
+        watcher = None
+        if self._timeouts.reload_interval > 0:
+            watcher = loop.create_task(self._watch_certificates())
+        await self._stop.wait()
+        if watcher is not None:
+            watcher.cancel()
+        await self._drain(servers)
+
+    async def _drain(self, servers: list[asyncio.Server]) -> None:
+        for server in servers:
+            server.close()
+        self.draining = True
+        for conn in list(self._connections):
+            conn.shutdown()
+        assert self._idle is not None
+        if self._connections:
+            try:
+                await asyncio.wait_for(self._idle.wait(), self._timeouts.shutdown_grace)
+            except TimeoutError:
+                self.log.event("shutdown_abort", "warning", connections=len(self._connections))
+                for conn in list(self._connections):
+                    conn.abort()
+        for server in servers:
+            await server.wait_closed()

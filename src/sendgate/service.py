@@ -1,0 +1,141 @@
+"""Assembles a running sendgate from a Config: sockets, TLS, stores, policy, spool and workers.
+
+Order matters: everything shared by the workers (listening sockets, connection counters, TLS
+context and its ticket keys) is made before the fork; everything with threads or open database
+handles (argon2 and fsync pools, SQLite) is made inside each worker after it.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import time
+from collections.abc import Callable, Coroutine
+from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
+from typing import Any
+
+from sendgate.config import Config, unsafe_settings
+from sendgate.log import EventLog
+from sendgate.policy.auth import Authenticator
+from sendgate.policy.passwords import new_hasher
+from sendgate.server.limits import ConnectionLimiter
+from sendgate.server.supervisor import Supervisor, bind
+from sendgate.server.tls import TlsContextHolder
+from sendgate.server.worker import Listener, Timeouts, Worker
+from sendgate.smtp.session import SessionSettings
+from sendgate.spool import Spool
+from sendgate.store.local import LocalUserStore
+from sendgate.submission import Submission
+
+# fsync is I/O-bound: enough threads that concurrent sessions' fsyncs overlap on the disk.
+SPOOL_THREADS = 16
+
+
+def users_path(cfg: Config) -> Path:
+    return cfg.data_dir / "users.db"
+
+
+def spool_path(cfg: Config) -> Path:
+    return cfg.data_dir / "spool"
+
+
+def session_settings(cfg: Config) -> SessionSettings:
+    return SessionSettings(
+        hostname=cfg.hostname,
+        max_message_size=cfg.limits.max_message_size,
+        max_recipients=cfg.limits.max_recipients,
+        max_errors=cfg.limits.max_errors,
+        tls_available=True,
+        auth_required=cfg.auth.required,
+        auth_without_tls=cfg.auth.allow_plaintext,
+    )
+
+
+def run_loop(main: Callable[[], Coroutine[Any, Any, None]]) -> None:
+    """Run a coroutine on uvloop when it is installed, else on asyncio's default loop."""
+    try:
+        import uvloop
+    except ImportError:
+        asyncio.run(main())
+        return
+    with asyncio.Runner(loop_factory=uvloop.new_event_loop) as runner:
+        runner.run(main())
+
+
+def serve(cfg: Config, log: EventLog) -> int:
+    """Run the server until SIGTERM; returns the process exit code."""
+    for name, description in unsafe_settings(cfg):
+        log.event("unsafe_override", "warning", setting=name, description=description)
+    spool = Spool(spool_path(cfg))
+    swept = spool.sweep()
+    log.event(
+        "spool_swept",
+        tmp_removed=swept.tmp_removed,
+        orphans_removed=swept.orphan_messages_removed,
+        orphan_envelopes=len(swept.orphan_envelopes),
+        queued=len(spool.ids()),
+    )
+    LocalUserStore(users_path(cfg)).close()  # create the schema once, before the workers race
+    tls = TlsContextHolder(cfg.tls.certificates, cfg.tls.min_version)
+    listeners: list[Listener] = []
+    for implicit, addresses in ((False, cfg.listen.submission), (True, cfg.listen.submissions)):
+        for hostport in addresses:
+            sock = bind(hostport.host, hostport.port)
+            host, port = sock.getsockname()[:2]
+            listeners.append(Listener(sock, implicit))
+            log.event(
+                "listening",
+                kind="submissions" if implicit else "submission",
+                address=f"[{host}]:{port}" if ":" in host else f"{host}:{port}",
+            )
+    workers = cfg.listen.workers or os.cpu_count() or 1
+    limiter = ConnectionLimiter(
+        workers, cfg.limits.max_connections, cfg.limits.max_connections_per_ip
+    )
+    settings = session_settings(cfg)
+    timeouts = Timeouts(
+        command=cfg.limits.command_timeout,
+        session=cfg.limits.session_timeout,
+        shutdown_grace=cfg.limits.shutdown_grace,
+        reload_interval=cfg.tls.reload_interval,
+    )
+
+    def run_worker(index: int) -> int:
+        limiter.worker = index
+        log.context = {"worker": index}
+        store = LocalUserStore(users_path(cfg))
+        auth_pool = ThreadPoolExecutor(cfg.auth.verify_threads, thread_name_prefix="argon2")
+        spool_pool = ThreadPoolExecutor(SPOOL_THREADS, thread_name_prefix="spool")
+        authenticator = Authenticator(
+            store, new_hasher(), auth_pool, cfg.auth.cache_ttl, time.monotonic
+        )
+        submission = Submission(
+            hostname=cfg.hostname,
+            authenticator=authenticator,
+            spool=spool,
+            executor=spool_pool,
+            log=log,
+            clock=time.time,
+            received_client_ip=cfg.privacy.received_client_ip,
+        )
+        worker = Worker(
+            listeners=listeners,
+            settings=settings,
+            tls=tls,
+            limiter=limiter,
+            handler_factory=submission.connection,
+            log=log,
+            timeouts=timeouts,
+        )
+        try:
+            run_loop(worker.run)
+        finally:
+            auth_pool.shutdown(wait=False, cancel_futures=True)
+            spool_pool.shutdown(wait=True)
+            store.close()
+        return 0
+
+    log.event("ready", workers=workers, hostname=cfg.hostname)
+    supervisor = Supervisor(workers, run_worker, log, limiter.forget_worker)
+    return supervisor.run()

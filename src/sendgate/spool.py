@@ -1,0 +1,458 @@
+"""The durable spool: accepted messages on disk, each committed before its 250 is sent.
+
+Layout under the spool root (directories mode 0o700, files mode 0o600):
+
+- ``tmp/``: files being written; anything here is garbage once the server is down.
+- ``queue/``: ``<id>.msg`` holds the message bytes exactly as they will be sent and ``<id>.env``
+  its envelope (JSON, UTF-8). A message is queued if and only if its ``.env`` is in ``queue/``:
+  the envelope's rename from ``tmp/`` is the commit point.
+- ``corrupt/``: envelopes found without their message by `Spool.sweep`, kept for the operator.
+
+`Spool.put` writes and fsyncs ``queue/<id>.msg``, writes and fsyncs ``tmp/<id>.env``, renames it
+into ``queue/``, then fsyncs ``queue/`` once, which makes both names durable. On any error it
+removes what it wrote and raises `SpoolFullError` (disk full) or `SpoolError`, so a half-written
+message is never visible as queued. The spool holds no lock: distinct queue ids never share a
+file, so concurrent puts from a thread pool run their fsyncs in parallel.
+
+Security: queue ids come from the command line and from directory listings, so every id is
+checked against a strict pattern before it becomes part of a path (no ``../``). Envelope files
+are parsed strictly (exact keys, exact types, no control characters in addresses). Message bytes
+come from clients and are stored verbatim; only `format_queue_show` looks inside them, and it
+escapes anything unprintable before it reaches an operator's terminal. This module touches only
+files under the spool root and does not log.
+"""
+
+import json
+import math
+import os
+import re
+import secrets
+import time
+from collections.abc import Callable
+from contextlib import suppress
+from dataclasses import dataclass, fields
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Any, TypeVar
+
+from sendgate.errors import SpoolError, SpoolFullError
+from sendgate.fsutil import fsync_dir, is_disk_full, write_file_durably
+
+# Crockford base32, in ascending ASCII order so that ids sort like the numbers they encode.
+_CROCKFORD = "0123456789ABCDEFGHJKMNPQRSTVWXYZ"
+_ID_CHARS = 18
+_RANDOM_BYTES = 5
+# 48 bits of time + 40 random bits fill 88 of 90 bits: the first character is at most "7".
+_QUEUE_ID_RE = re.compile(r"[0-7][0-9A-HJKMNP-TV-Z]{17}")
+_CONTROL_RE = re.compile(r"[\x00-\x1f\x7f-\x9f]")
+_ENVELOPE_VERSION = 1
+_BODY_TYPES = frozenset({"7BIT", "8BITMIME"})
+_MSG = ".msg"
+_ENV = ".env"
+
+_T = TypeVar("_T")
+
+
+def new_queue_id(now: float, rand: bytes) -> str:
+    """Return the queue id for unix time `now` and 5 random bytes `rand`; pure.
+
+    The id is 18 characters of Crockford base32 (0-9 and A-Z without I, L, O, U) encoding the
+    48-bit milliseconds since the epoch followed by the 40 random bits, so ids sort by time.
+    """
+    if len(rand) != _RANDOM_BYTES:
+        raise ValueError(f"queue id needs {_RANDOM_BYTES} random bytes, got {len(rand)}")
+    millis = int(now * 1000)
+    if not 0 <= millis < 1 << 48:
+        raise ValueError(f"time {now!r} is outside the queue id range")
+    value = millis << (8 * _RANDOM_BYTES) | int.from_bytes(rand, "big")
+    chars = []
+    for _ in range(_ID_CHARS):
+        chars.append(_CROCKFORD[value & 0x1F])
+        value >>= 5
+    return "".join(reversed(chars))
+
+
+def _checked_id(queue_id: str) -> str:
+    """Return `queue_id` if it is a well-formed queue id, else raise SpoolError."""
+    if not _QUEUE_ID_RE.fullmatch(queue_id):
+        raise SpoolError(f"invalid queue id {queue_id!r}")
+    return queue_id
+
+
+@dataclass(frozen=True, slots=True)
+class Envelope:
+    """What the server knows about one accepted message besides its bytes.
+
+    Values are checked on construction (SpoolError naming the field), so an envelope that was
+    written can always be read back.
+    """
+
+    queue_id: str
+    sender: str  # reverse-path mailbox ("" for the null sender)
+    recipients: tuple[str, ...]
+    user: str  # authenticated login
+    received_at: float  # unix time
+    size: int  # len(message bytes)
+    smtputf8: bool = False
+    body: str = "7BIT"  # "7BIT" | "8BITMIME"
+
+    def __post_init__(self) -> None:
+        try:
+            _checked_id(self.queue_id)
+        except SpoolError as exc:
+            raise SpoolError(f"envelope field 'queue_id': {exc}") from None
+        _check_text("sender", self.sender)
+        if not self.recipients:
+            raise SpoolError("envelope field 'recipients': must not be empty")
+        for recipient in self.recipients:
+            _check_text("recipients", recipient, allow_empty=False)
+        _check_text("user", self.user, allow_empty=False)
+        if not math.isfinite(self.received_at) or self.received_at < 0:
+            raise SpoolError("envelope field 'received_at': must be a finite time >= 0")
+        if self.size < 0:
+            raise SpoolError("envelope field 'size': must be >= 0")
+        if self.body not in _BODY_TYPES:
+            raise SpoolError(f"envelope field 'body': unknown body type {self.body!r}")
+
+    def to_json(self) -> bytes:
+        """Serialise as UTF-8 JSON (non-ASCII addresses stay readable, keys sorted)."""
+        record = {
+            "version": _ENVELOPE_VERSION,
+            "queue_id": self.queue_id,
+            "sender": self.sender,
+            "recipients": list(self.recipients),
+            "user": self.user,
+            "received_at": self.received_at,
+            "size": self.size,
+            "smtputf8": self.smtputf8,
+            "body": self.body,
+        }
+        return json.dumps(record, ensure_ascii=False, sort_keys=True).encode("utf-8")
+
+    @classmethod
+    def from_json(cls, data: bytes) -> "Envelope":
+        """Parse what `to_json` wrote; SpoolError naming the field on anything malformed."""
+        try:
+            text = data.decode("utf-8")
+        except UnicodeDecodeError:
+            raise SpoolError("envelope is not valid UTF-8") from None
+        try:
+            raw = json.loads(text, object_pairs_hook=_unique_keys)
+        except ValueError as exc:
+            raise SpoolError(f"envelope is not valid JSON: {exc}") from None
+        if not isinstance(raw, dict):
+            raise SpoolError("envelope is not a JSON object")
+        expected = {"version", *(field.name for field in fields(cls))}
+        missing = sorted(expected - raw.keys())
+        if missing:
+            raise SpoolError(f"envelope field {missing[0]!r}: missing")
+        unknown = sorted(raw.keys() - expected)
+        if unknown:
+            raise SpoolError(f"envelope field {unknown[0]!r}: not a known field")
+        version = raw["version"]
+        if type(version) is not int or version != _ENVELOPE_VERSION:
+            raise SpoolError(f"envelope field 'version': unsupported version {version!r}")
+        recipients = _typed(raw, "recipients", list, "a list")
+        for recipient in recipients:
+            if not isinstance(recipient, str):
+                raise SpoolError("envelope field 'recipients': expected a list of strings")
+        received_at = raw["received_at"]
+        if type(received_at) not in (int, float) or abs(received_at) > 1e15:
+            raise SpoolError("envelope field 'received_at': expected a unix time")
+        return cls(
+            queue_id=_typed(raw, "queue_id", str, "a string"),
+            sender=_typed(raw, "sender", str, "a string"),
+            recipients=tuple(recipients),
+            user=_typed(raw, "user", str, "a string"),
+            received_at=float(received_at),
+            size=_typed(raw, "size", int, "an integer"),
+            smtputf8=_typed(raw, "smtputf8", bool, "true or false"),
+            body=_typed(raw, "body", str, "a string"),
+        )
+
+
+def _check_text(field: str, value: str, *, allow_empty: bool = True) -> None:
+    """Reject control characters (never valid in a mailbox or login) and unwanted emptiness."""
+    if not value and not allow_empty:
+        raise SpoolError(f"envelope field {field!r}: must not be empty")
+    if _CONTROL_RE.search(value):
+        raise SpoolError(f"envelope field {field!r}: contains a control character")
+
+
+def _unique_keys(pairs: list[tuple[str, Any]]) -> dict[str, Any]:
+    """Build a JSON object, refusing a key given twice (json would silently keep the last)."""
+    result: dict[str, Any] = {}
+    for key, value in pairs:
+        if key in result:
+            raise SpoolError(f"envelope field {key!r}: given twice")
+        result[key] = value
+    return result
+
+
+def _typed(raw: dict[str, Any], field: str, kind: type[_T], description: str) -> _T:
+    """Return raw[field] if it is exactly of type `kind` (so True is not an int)."""
+    value = raw[field]
+    if type(value) is not kind:
+        raise SpoolError(f"envelope field {field!r}: expected {description}")
+    return value
+
+
+@dataclass(frozen=True, slots=True)
+class SweepResult:
+    """What `Spool.sweep` cleaned up."""
+
+    tmp_removed: int  # entries deleted from tmp/
+    orphan_messages_removed: int  # queue/<id>.msg deleted because no <id>.env committed it
+    orphan_envelopes: tuple[str, ...]  # ids whose .env had no .msg; moved to corrupt/
+    unknown_entries: int  # names in queue/ that are not spool files; left in place
+
+
+class Spool:
+    """The spool directory: put, list, read and remove committed messages.
+
+    Thread-safe without locks; `put`, `sweep` and `remove` block on fsync, so call them from a
+    thread pool, not the event loop. `sweep` must run before serving, with no `put` under way.
+    """
+
+    def __init__(self, root: Path, *, clock: Callable[[], float] = time.time) -> None:
+        self._clock = clock
+        self._tmp = root / "tmp"
+        self._queue = root / "queue"
+        self._corrupt = root / "corrupt"
+        path = root
+        try:
+            root.mkdir(mode=0o700, parents=True, exist_ok=True)
+            for path in (self._tmp, self._queue, self._corrupt):
+                path.mkdir(mode=0o700, exist_ok=True)
+            # A fresh spool's directories must survive a crash as surely as its messages.
+            fsync_dir(root)
+            fsync_dir(root.parent)
+        except OSError as exc:
+            raise _spool_error("cannot create spool directory", path, exc) from exc
+
+    def new_id(self) -> str:
+        """Return a new queue id: sortable by time, unique across processes (40 random bits)."""
+        return new_queue_id(self._clock(), secrets.token_bytes(_RANDOM_BYTES))
+
+    def put(self, envelope: Envelope, message: bytes) -> None:
+        """Store `message` under `envelope.queue_id`; it is durably queued when this returns.
+
+        Raises SpoolFullError when the disk or quota is full, SpoolError on any other I/O error
+        (including an id already in use); either way nothing of this message stays behind.
+        """
+        if envelope.size != len(message):
+            raise ValueError(f"envelope size {envelope.size} != message size {len(message)}")
+        queue_id = _checked_id(envelope.queue_id)
+        msg_path = self._queue / f"{queue_id}{_MSG}"
+        tmp_env_path = self._tmp / f"{queue_id}{_ENV}"
+        env_path = self._queue / f"{queue_id}{_ENV}"
+        written: list[Path] = []
+        action, path = "cannot write spool file", msg_path
+        try:
+            write_file_durably(msg_path, message)
+            written.append(msg_path)
+            path = tmp_env_path
+            write_file_durably(tmp_env_path, envelope.to_json())
+            written.append(tmp_env_path)
+            action, path = "cannot commit spool file", env_path
+            os.rename(tmp_env_path, env_path)
+            written[-1] = env_path
+            action, path = "cannot sync spool directory", self._queue
+            fsync_dir(self._queue)
+        except OSError as exc:
+            # Envelope first: once it is gone the message is no longer queued.
+            for leftover in reversed(written):
+                with suppress(OSError):
+                    leftover.unlink()
+            raise _spool_error(action, path, exc) from exc
+
+    def sweep(self) -> SweepResult:
+        """Remove what crashed writes left behind; run at startup before serving.
+
+        Deletes everything in tmp/ and every queue/<id>.msg without its <id>.env. An <id>.env
+        without its <id>.msg is moved to corrupt/ (never deleted) and reported in the result.
+        """
+        path = self._tmp
+        try:
+            tmp_removed = 0
+            for path in self._tmp.iterdir():
+                _remove_tree(path)
+                tmp_removed += 1
+            path = self._queue
+            messages, envelopes, unknown = self._scan_queue()
+            orphan_messages = sorted(messages - envelopes)
+            orphan_envelopes = sorted(envelopes - messages)
+            for queue_id in orphan_messages:
+                path = self._queue / f"{queue_id}{_MSG}"
+                path.unlink()
+            for queue_id in orphan_envelopes:
+                path = self._queue / f"{queue_id}{_ENV}"
+                os.rename(path, self._corrupt_name(queue_id))
+            if orphan_messages or orphan_envelopes:
+                path = self._queue
+                fsync_dir(self._queue)
+            if orphan_envelopes:
+                path = self._corrupt
+                fsync_dir(self._corrupt)
+        except OSError as exc:
+            raise _spool_error("cannot sweep spool path", path, exc) from exc
+        return SweepResult(
+            tmp_removed=tmp_removed,
+            orphan_messages_removed=len(orphan_messages),
+            orphan_envelopes=tuple(orphan_envelopes),
+            unknown_entries=unknown,
+        )
+
+    def ids(self) -> list[str]:
+        """Return the committed queue ids, oldest first."""
+        try:
+            _, envelopes, _ = self._scan_queue()
+        except OSError as exc:
+            raise _spool_error("cannot list spool directory", self._queue, exc) from exc
+        return sorted(envelopes)
+
+    def envelope(self, queue_id: str) -> Envelope:
+        """Return the envelope of a committed message; SpoolError if unknown or corrupt."""
+        path = self._queue / f"{_checked_id(queue_id)}{_ENV}"
+        data = _read(path, queue_id)
+        try:
+            envelope = Envelope.from_json(data)
+        except SpoolError as exc:
+            raise SpoolError(f"corrupt envelope {path}: {exc}") from None
+        if envelope.queue_id != queue_id:
+            raise SpoolError(f"corrupt envelope {path}: it names queue id {envelope.queue_id}")
+        return envelope
+
+    def message(self, queue_id: str) -> bytes:
+        """Return the message bytes of `queue_id` exactly as they will be sent."""
+        return _read(self._queue / f"{_checked_id(queue_id)}{_MSG}", queue_id)
+
+    def remove(self, queue_id: str) -> None:
+        """Un-queue `queue_id` durably: its envelope first, then its message."""
+        env_path = self._queue / f"{_checked_id(queue_id)}{_ENV}"
+        msg_path = self._queue / f"{queue_id}{_MSG}"
+        action, path = "cannot remove spool file", env_path
+        try:
+            env_path.unlink()
+            path = msg_path
+            msg_path.unlink(missing_ok=True)
+            action, path = "cannot sync spool directory", self._queue
+            fsync_dir(self._queue)
+        except OSError as exc:
+            if path == env_path and isinstance(exc, FileNotFoundError):
+                raise SpoolError(f"unknown queue id {queue_id}") from None
+            raise _spool_error(action, path, exc) from exc
+
+    def _scan_queue(self) -> tuple[set[str], set[str], int]:
+        """Return the ids having a .msg, the ids having a .env, and the count of other names."""
+        messages: set[str] = set()
+        envelopes: set[str] = set()
+        unknown = 0
+        for name in os.listdir(self._queue):
+            stem, suffix = os.path.splitext(name)
+            if not _QUEUE_ID_RE.fullmatch(stem):
+                unknown += 1
+            elif suffix == _MSG:
+                messages.add(stem)
+            elif suffix == _ENV:
+                envelopes.add(stem)
+            else:
+                unknown += 1
+        return messages, envelopes, unknown
+
+    def _corrupt_name(self, queue_id: str) -> Path:
+        """Return a free name in corrupt/ for the envelope of `queue_id`."""
+        target = self._corrupt / f"{queue_id}{_ENV}"
+        if target.exists():
+            target = self._corrupt / f"{queue_id}.{secrets.token_hex(4)}{_ENV}"
+        return target
+
+
+def _read(path: Path, queue_id: str) -> bytes:
+    """Read a spool file; a missing one means the queue id is unknown."""
+    try:
+        return path.read_bytes()
+    except FileNotFoundError:
+        raise SpoolError(f"unknown queue id {queue_id}") from None
+    except OSError as exc:
+        raise _spool_error("cannot read spool file", path, exc) from exc
+
+
+def _remove_tree(path: Path) -> None:
+    """Delete a file, or a directory with everything in it, without following symlinks."""
+    if path.is_dir() and not path.is_symlink():
+        for child in path.iterdir():
+            _remove_tree(child)
+        path.rmdir()
+    else:
+        path.unlink()
+
+
+def _spool_error(action: str, path: Path, exc: OSError) -> SpoolError:
+    """Build the one-line error for a failed spool operation, SpoolFullError if the disk is full."""
+    kind = SpoolFullError if is_disk_full(exc) else SpoolError
+    return kind(f"{action} {path}: {exc.strerror or exc}")
+
+
+def format_queue_line(env: Envelope) -> str:
+    """Return the `sendgate queue list` line for one message.
+
+    Format, fields separated by single spaces::
+
+        <id> <received, ISO 8601 UTC to the second, e.g. 2024-05-01T12:00:00Z> <size in bytes>
+        <sender, or "<>" for the null sender> -> <recipients separated by ",">
+
+    The first four fields never contain spaces except a quoted local part of the sender;
+    scripts should split off three fields, then split the rest at the first " -> ". Anything
+    unprintable in an address is shown as a Python-style escape, so a line is always one line.
+    """
+    recipients = ",".join(_printable(rcpt) for rcpt in env.recipients)
+    return (
+        f"{env.queue_id} {_iso_utc(env.received_at)} {env.size} "
+        f"{_printable(env.sender) or '<>'} -> {recipients}"
+    )
+
+
+def format_queue_show(env: Envelope, message: bytes) -> str:
+    """Return the `sendgate queue show ID` text: envelope fields, a blank line, the headers.
+
+    The message body is left out; header bytes that are not UTF-8 and unprintable characters
+    are shown as escapes, so untrusted headers cannot drive the operator's terminal.
+    """
+    lines = [
+        f"queue-id: {env.queue_id}",
+        f"received: {_iso_utc(env.received_at)}",
+        f"size: {env.size}",
+        f"user: {_printable(env.user)}",
+        f"sender: {_printable(env.sender) or '<>'}",
+        *(f"recipient: {_printable(rcpt)}" for rcpt in env.recipients),
+        f"smtputf8: {'yes' if env.smtputf8 else 'no'}",
+        f"body: {env.body}",
+        "",
+    ]
+    header = _header_section(message).decode("utf-8", "backslashreplace")
+    if header:
+        lines.extend(_printable(line) for line in header.split("\r\n"))
+    return "\n".join(lines)
+
+
+def _header_section(message: bytes) -> bytes:
+    """Return the header lines of `message` (CRLF-separated, without the blank line)."""
+    if message.startswith(b"\r\n"):
+        return b""
+    end = message.find(b"\r\n\r\n")
+    return message.removesuffix(b"\r\n") if end < 0 else message[:end]
+
+
+def _iso_utc(timestamp: float) -> str:
+    return datetime.fromtimestamp(timestamp, UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
+
+
+def _printable(text: str) -> str:
+    """Escape characters a terminal would act on (controls, bidi overrides); keep tabs."""
+    if text.isprintable():
+        return text
+    return "".join(
+        char if char.isprintable() or char == "\t" else char.encode("unicode_escape").decode()
+        for char in text
+    )

@@ -1,0 +1,209 @@
+"""The MSA's rules for one connection: how each Session decision is answered.
+
+This is the file to read to know what happens to mail. AUTH goes to the authenticator (argon2
+in a thread pool, verified-login cache); MAIL FROM must be an address the user owns; at the end
+of the message the header From: (and Sender:) must be owned too; then the message gets its
+Received/Message-ID/Date fix-ups and is written durably to the spool. Only after `Spool.put`
+returns does the client get `250 2.0.0 queued as <id>`.
+"""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import Awaitable, Callable
+from concurrent.futures import Executor
+
+from sendgate.errors import SpoolError, SpoolFullError
+from sendgate.log import EventLog, Value
+from sendgate.message import HeaderError, fix_up, now_utc, received_header, summarize
+from sendgate.policy.auth import Authenticator
+from sendgate.policy.sender import may_send_as
+from sendgate.smtp import replies
+from sendgate.smtp.address import Address
+from sendgate.smtp.events import AuthAttempt, Event, MailFrom, MessageReceived, RcptTo, StartTls
+from sendgate.smtp.replies import Reply
+from sendgate.smtp.session import Session
+from sendgate.spool import Envelope, Spool
+from sendgate.store import UserRecord
+
+
+class Submission:
+    """Server-wide MSA rules and resources; `connection()` makes the per-connection handler."""
+
+    def __init__(
+        self,
+        *,
+        hostname: str,
+        authenticator: Authenticator,
+        spool: Spool,
+        executor: Executor,
+        log: EventLog,
+        clock: Callable[[], float],
+        received_client_ip: bool = False,
+    ) -> None:
+        self.hostname = hostname
+        self.authenticator = authenticator
+        self.spool = spool
+        self.executor = executor
+        self.log = log
+        self.clock = clock
+        self.received_client_ip = received_client_ip
+
+    def connection(self, client_ip: str, conn_id: str) -> SubmissionConnection:
+        return SubmissionConnection(self, client_ip, conn_id)
+
+
+class SubmissionConnection:
+    """Answers the decisions of one SMTP session."""
+
+    def __init__(self, server: Submission, client_ip: str, conn_id: str) -> None:
+        self._server = server
+        self._log = server.log
+        self.client_ip = client_ip
+        self.conn_id = conn_id
+        self.user: UserRecord | None = None
+
+    def handle(self, event: Event, session: Session) -> Reply | Awaitable[Reply]:
+        if isinstance(event, AuthAttempt):
+            return self._authenticate(event)
+        if isinstance(event, MailFrom):
+            return self._mail_from(event)
+        if isinstance(event, RcptTo):
+            return replies.RECIPIENT_OK
+        if isinstance(event, MessageReceived):
+            return self._accept(event, session)
+        assert isinstance(event, StartTls)  # the I/O shell answers STARTTLS itself
+        return replies.TLS_NOT_AVAILABLE
+
+    def _reject(self, reason: str, reply: Reply, **fields: Value) -> Reply:
+        fields.update(
+            conn=self.conn_id,
+            client=self.client_ip,
+            user=self.user.username if self.user else None,
+            reason=reason,
+            code=f"{reply.code} {reply.enhanced}",
+        )
+        self._log.event("rejected", **fields)
+        return reply
+
+    async def _authenticate(self, event: AuthAttempt) -> Reply:
+        username = event.username.lower()
+        if event.authzid and event.authzid.lower() != username:
+            # Acting as another identity is not offered; answer as for a wrong password.
+            result_user = None
+            cached = False
+        else:
+            try:
+                result = await self._server.authenticator.verify(username, event.password)
+            except Exception as exc:
+                self._log.event(
+                    "auth_error",
+                    "error",
+                    conn=self.conn_id,
+                    client=self.client_ip,
+                    user=username,
+                    error=type(exc).__name__,
+                )
+                return replies.AUTH_TEMPORARY_FAILURE
+            result_user, cached = result.user, result.cached
+        if result_user is None:
+            self._log.event(
+                "auth_fail",
+                "warning",
+                conn=self.conn_id,
+                client=self.client_ip,
+                user=username,
+                mechanism=event.mechanism,
+            )
+            return replies.AUTH_FAILED
+        self.user = result_user
+        self._log.event(
+            "auth_ok",
+            conn=self.conn_id,
+            client=self.client_ip,
+            user=result_user.username,
+            mechanism=event.mechanism,
+            cached=cached,
+        )
+        return replies.AUTH_OK
+
+    def _owns(self, address: Address) -> bool:
+        # Without a user (only possible with the "no_auth" override) there is nobody to check.
+        return self.user is None or may_send_as(self.user.addresses, str(address))
+
+    def _mail_from(self, event: MailFrom) -> Reply:
+        if event.sender is None:
+            if self.user is None:
+                return replies.SENDER_OK
+            return self._reject("null_sender", replies.SENDER_NOT_OWNED)
+        if not self._owns(event.sender):
+            return self._reject(
+                "sender_not_owned", replies.SENDER_NOT_OWNED, sender=str(event.sender)
+            )
+        return replies.SENDER_OK
+
+    async def _accept(self, event: MessageReceived, session: Session) -> Reply:
+        server = self._server
+        try:
+            summary = summarize(event.content, smtputf8=event.smtputf8)
+        except HeaderError as exc:
+            return self._reject("bad_header", replies.BAD_HEADER, detail=str(exc))
+        if not summary.from_:
+            return self._reject("missing_from", replies.MISSING_FROM)
+        for address in summary.from_:
+            if not self._owns(address):
+                return self._reject(
+                    "from_not_owned", replies.HEADER_FROM_NOT_OWNED, header_from=str(address)
+                )
+        for address in summary.sender:
+            if not self._owns(address):
+                return self._reject(
+                    "sender_header_not_owned",
+                    replies.HEADER_SENDER_NOT_OWNED,
+                    header_sender=str(address),
+                )
+        queue_id = server.spool.new_id()
+        unix = server.clock()
+        now = now_utc(unix)
+        received = received_header(
+            helo=session.client_name,
+            client_ip=self.client_ip if server.received_client_ip else None,
+            hostname=server.hostname,
+            queue_id=queue_id,
+            tls=session.tls,
+            authenticated=self.user is not None,
+            smtputf8=event.smtputf8,
+            now=now,
+        )
+        message = fix_up(
+            event.content, summary, received, hostname=server.hostname, queue_id=queue_id, now=now
+        )
+        envelope = Envelope(
+            queue_id=queue_id,
+            sender=str(event.sender) if event.sender else "",
+            recipients=tuple(str(r) for r in event.recipients),
+            user=self.user.username if self.user else "",
+            received_at=unix,
+            size=len(message),
+            smtputf8=event.smtputf8,
+            body=event.body,
+        )
+        loop = asyncio.get_running_loop()
+        try:
+            await loop.run_in_executor(server.executor, server.spool.put, envelope, message)
+        except SpoolFullError as exc:
+            self._log.event("spool_error", "error", conn=self.conn_id, error=str(exc))
+            return replies.STORAGE_FULL
+        except (SpoolError, OSError) as exc:
+            self._log.event("spool_error", "error", conn=self.conn_id, error=str(exc))
+            return replies.LOCAL_ERROR
+        self._log.event(
+            "accepted",
+            conn=self.conn_id,
+            client=self.client_ip,
+            user=envelope.user,
+            queue_id=queue_id,
+            size=len(message),
+            recipients=len(envelope.recipients),
+        )
+        return replies.QUEUED.with_text(f"queued as {queue_id}")
