@@ -417,13 +417,12 @@ class _Certificates:
 
 def _require_file(path: Path, where: _Where) -> None:
     try:
-        if not path.is_file():
-            exists = path.exists()
-            raise where.error(
-                f"{'not a regular file' if exists else 'file not found'}: {_show_path(path)}"
-            )
+        is_file, exists = path.is_file(), path.exists()
     except OSError as error:
         raise where.error(f"cannot check {_show_path(path)}: {error.strerror or error}") from None
+    if not is_file:
+        problem = "not a regular file" if exists else "file not found"
+        raise where.error(f"{problem}: {_show_path(path)}")
 
 
 def _setting(kind: _Kind, doc: str) -> dict[str, object]:
@@ -840,8 +839,9 @@ def render_example(
             meta = setting.metadata
             value = given.get(dotted, setting.default)
             default = "required" if _is_required(setting) else "default " + _default_text(setting)
+            # The default goes first so that wrapping never parts it from its value.
             lines.append("")
-            for comment in (meta["doc"], f"{meta['kind'].describe()}; {default}"):
+            for comment in (meta["doc"], f"{default}; {meta['kind'].describe()}"):
                 lines += textwrap.wrap(
                     comment, width=99, initial_indent="# ", subsequent_indent="# "
                 )

@@ -66,6 +66,7 @@ class Worker:
         self._connections: set[SmtpConnection] = set()
         self._stop: asyncio.Event | None = None
         self._idle: asyncio.Event | None = None
+        self._loop: asyncio.AbstractEventLoop | None = None
 
     # --- connection.ServerContext ---
 
@@ -95,6 +96,11 @@ class Worker:
         if self._stop is not None:
             self._stop.set()
 
+    def stop_threadsafe(self) -> None:
+        """`stop` from another thread (an embedding program or a test running the loop)."""
+        if self._loop is not None:
+            self._loop.call_soon_threadsafe(self.stop)
+
     def reload_tls(self, *, force: bool) -> None:
         try:
             if self._tls.reload(force=force):
@@ -109,7 +115,7 @@ class Worker:
             self.reload_tls(force=False)
 
     async def run(self, *, install_signals: bool = True) -> None:
-        loop = asyncio.get_running_loop()
+        loop = self._loop = asyncio.get_running_loop()
         self._stop = asyncio.Event()
         self._idle = asyncio.Event()
         servers = []
