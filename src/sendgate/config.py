@@ -559,10 +559,11 @@ class LimitsConfig:
         ),
     )
     max_connections_per_ip: int = field(
-        default=20,
+        default=50,
         metadata=_setting(
             _Int(1, 1000000),
-            "Simultaneous connections from one client address; at most max_connections.",
+            "Simultaneous connections from one client address (IPv6: one /64); at most "
+            "max_connections. Offices behind one NAT address need room.",
         ),
     )
     shutdown_grace: float = field(

@@ -72,8 +72,7 @@ def serve(cfg: Config, log: EventLog) -> int:
     log.event(
         "spool_swept",
         tmp_removed=swept.tmp_removed,
-        orphans_removed=swept.orphan_messages_removed,
-        orphan_envelopes=len(swept.orphan_envelopes),
+        corrupt=",".join(swept.corrupt),
         queued=len(spool.ids()),
     )
     LocalUserStore(users_path(cfg)).close()  # create the schema once, before the workers race

@@ -90,7 +90,7 @@ def test_minimal_config_gets_every_default(pair_dir: Path) -> None:
     assert config.limits.command_timeout == 300.0
     assert config.limits.session_timeout == 3600.0
     assert config.limits.max_connections == 1000
-    assert config.limits.max_connections_per_ip == 20
+    assert config.limits.max_connections_per_ip == 50
     assert config.limits.shutdown_grace == 30.0
     assert config.privacy.received_client_ip is False
     assert config.log.format == "kv"

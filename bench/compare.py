@@ -1,0 +1,225 @@
+#!/usr/bin/env python3
+"""Side-by-side submission benchmark: sendgate against the reference Postfix, in one run.
+
+Starts a throw-away sendgate instance that presents the reference server's certificate, then
+alternates identical smtpload runs (../shared/bench/smtpload.py) against Postfix and sendgate
+for each scenario, and prints medians and sendgate/Postfix ratios. Needs the reference server
+running (`sudo ../shared/anchors/postfix-ref setup && sudo ../shared/anchors/postfix-ref start`).
+
+    .venv/bin/python bench/compare.py --rounds 3 --duration 20
+
+Only loopback is used. Numbers are noisy on shared 2-core machines: compare the ratios.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import shlex
+import signal
+import statistics
+import subprocess
+import sys
+import tempfile
+from pathlib import Path
+from typing import Any
+
+ROOT = Path(__file__).resolve().parent.parent
+SHARED = ROOT.parent / "shared"
+LOAD = SHARED / "bench" / "smtpload.py"
+ANCHOR = SHARED / "anchors" / "postfix-ref"
+PASSWORD = "Bench-Password-2026!"
+
+
+def reference_env() -> dict[str, str]:
+    out = subprocess.run(["bash", str(ANCHOR), "env"], check=True, capture_output=True, text=True)
+    env: dict[str, str] = {}
+    for line in out.stdout.splitlines():
+        line = line.removeprefix("export ")
+        key, _, value = line.partition("=")
+        if key.startswith("REF_"):
+            env[key] = shlex.split(value)[0] if value else ""
+    return env
+
+
+def start_sendgate(
+    workdir: Path, ref: dict[str, str], port: int
+) -> tuple[subprocess.Popen[str], int]:
+    sendgate = [sys.executable, "-m", "sendgate"]
+    subprocess.run(
+        [
+            *sendgate,
+            "init",
+            str(workdir),
+            "--hostname",
+            "msa.example.test",
+            "--submission",
+            f"127.0.0.1:{port}",
+            "--submissions",
+            f"127.0.0.1:{port + 1}",
+            "--cert",
+            ref["REF_CAFILE"],
+            "--key",
+            str(Path(ref["REF_CAFILE"]).with_name("key.pem")),
+        ],
+        check=True,
+        capture_output=True,
+    )
+    config = workdir / "sendgate.toml"
+    # The load generator opens all its connections from 127.0.0.1.
+    text = config.read_text().replace(
+        "max_connections_per_ip = 50", "max_connections_per_ip = 1000"
+    )
+    config.write_text(text)
+    subprocess.run(
+        [*sendgate, "--config", str(config), "user", "add", ref["REF_USER"]],
+        input=PASSWORD + "\n",
+        text=True,
+        check=True,
+        capture_output=True,
+    )
+    proc = subprocess.Popen(
+        [*sendgate, "--config", str(config), "serve"],
+        stderr=subprocess.PIPE,
+        text=True,
+        start_new_session=True,
+    )
+    assert proc.stderr is not None
+    for line in proc.stderr:
+        if "event=ready" in line:
+            break
+    else:
+        raise SystemExit("sendgate did not start")
+    # Keep draining the log so the server never blocks on a full pipe.
+    subprocess.Popen(["cat"], stdin=proc.stderr, stdout=subprocess.DEVNULL)
+    return proc, port
+
+
+def load(
+    host: str,
+    port: int,
+    ref: dict[str, str],
+    password: str,
+    m: int,
+    args: argparse.Namespace,
+    pids: list[str],
+) -> dict[str, Any]:
+    cmd = [
+        sys.executable,
+        str(LOAD),
+        "--host",
+        host,
+        "--port",
+        str(port),
+        "--tls",
+        "starttls",
+        "--cafile",
+        ref["REF_CAFILE"],
+        "--user",
+        ref["REF_USER"],
+        "--password",
+        password,
+        "--rcpt",
+        ref["REF_RCPT"],
+        "-c",
+        str(args.concurrency),
+        "--size",
+        str(args.size),
+        "-m",
+        str(m),
+        "-n",
+        str(args.messages),
+        "--duration",
+        str(args.duration),
+        "--pipelining",
+        "--json",
+    ]
+    for pid in pids:
+        cmd += ["--server-pid", pid]
+    out = subprocess.run(cmd, check=True, capture_output=True, text=True)
+    result: dict[str, Any] = json.loads(out.stdout)
+    return result
+
+
+def summary(runs: list[dict[str, Any]]) -> dict[str, float]:
+    def med(values: list[float]) -> float:
+        return statistics.median(values)
+
+    return {
+        "msgs_s": med([r["throughput_msgs_s"] for r in runs]),
+        "p50_ms": med([r["latency_msg"]["p50_ms"] for r in runs]),
+        "p99_ms": med([r["latency_msg"]["p99_ms"] for r in runs]),
+        "setup_p50_ms": med([r["latency_setup"]["p50_ms"] for r in runs]),
+        "cpu_s_per_1000": med([sum(r["server_cpu_per_1000_s"].values()) for r in runs]),
+        "server_cores": med([sum(r["server_cpu_util"].values()) for r in runs]),
+        "client_cores": med([r["client_cpu_util"] for r in runs]),
+        "failed": sum(r["failed"] for r in runs),
+    }
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--rounds", type=int, default=3)
+    parser.add_argument("--duration", type=float, default=20)
+    parser.add_argument("--messages", type=int, default=100000)
+    parser.add_argument("--concurrency", type=int, default=16)
+    parser.add_argument("--size", type=int, default=10240)
+    parser.add_argument("--per-session", type=int, nargs="+", default=[1, 100])
+    parser.add_argument("--port", type=int, default=11587)
+    parser.add_argument("--json", type=Path, help="also write all raw results here")
+    args = parser.parse_args()
+
+    ref = reference_env()
+    ref_pids = ref["REF_PIDS"].split(",")
+    with tempfile.TemporaryDirectory(prefix="sendgate-bench-") as tmp:
+        proc, port = start_sendgate(Path(tmp) / "sg", ref, args.port)
+        raw: dict[str, dict[str, list[dict[str, Any]]]] = {}
+        try:
+            for m in args.per_session:
+                for _ in range(args.rounds):
+                    for name in ("postfix", "sendgate"):
+                        if name == "postfix":
+                            r = load(
+                                ref["REF_HOST"],
+                                int(ref["REF_PORT"]),
+                                ref,
+                                ref["REF_PASSWORD"],
+                                m,
+                                args,
+                                ref_pids,
+                            )
+                        else:
+                            r = load("127.0.0.1", port, ref, PASSWORD, m, args, [str(proc.pid)])
+                        raw.setdefault(f"m{m}", {}).setdefault(name, []).append(r)
+        finally:
+            os.killpg(proc.pid, signal.SIGTERM)
+            proc.wait(30)
+    print(
+        f"{args.concurrency} clients, {args.size} B messages, {args.rounds} alternating rounds "
+        f"of {args.duration:g} s, medians; ratio = sendgate / postfix"
+    )
+    keys = [
+        "msgs_s",
+        "p50_ms",
+        "p99_ms",
+        "setup_p50_ms",
+        "cpu_s_per_1000",
+        "server_cores",
+        "client_cores",
+        "failed",
+    ]
+    for scenario, by_server in raw.items():
+        pf, sg = summary(by_server["postfix"]), summary(by_server["sendgate"])
+        print(f"\n{scenario} messages/session")
+        print(f"  {'metric':<16}{'postfix':>10}{'sendgate':>10}{'ratio':>8}")
+        for key in keys:
+            ratio = sg[key] / pf[key] if pf[key] else float("nan")
+            print(f"  {key:<16}{pf[key]:>10.2f}{sg[key]:>10.2f}{ratio:>8.2f}")
+    if args.json:
+        args.json.write_text(json.dumps(raw, indent=1))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
