@@ -17,6 +17,7 @@ from typing import TextIO
 LEVELS = {"debug": 10, "info": 20, "warning": 30, "error": 40}
 Value = str | int | float | bool | None
 
+_UNSAFE = re.compile("[\x7f-\x9f\u2028\u2029]")
 _BARE = re.compile(r"[A-Za-z0-9_.:@/+\-\[\]<>,]+")
 
 
@@ -30,8 +31,9 @@ def _kv_value(value: Value) -> str:
     text = str(value)
     if _BARE.fullmatch(text):
         return text
-    # json.dumps escapes quotes, backslashes and every control character (CR/LF included).
-    return json.dumps(text, ensure_ascii=False)
+    # json.dumps escapes quotes, backslashes and C0 controls (CR/LF included); DEL, C1 controls
+    # and the Unicode line separators it leaves raw would still break lines or drive terminals.
+    return _UNSAFE.sub(lambda m: f"\\u{ord(m.group()):04x}", json.dumps(text, ensure_ascii=False))
 
 
 def _timestamp(now: float) -> str:

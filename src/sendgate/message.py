@@ -50,7 +50,10 @@ def summarize(content: bytes, *, smtputf8: bool) -> HeaderSummary:
     found: dict[bytes, list[bytes]] = {name: [] for name in _WANTED}
     current: bytes | None = None  # the wanted field whose folded lines are being collected
     started = False
-    for line in content[:end].split(b"\r\n")[:-1]:
+    lines = content[:end].split(b"\r\n")
+    if not lines[-1]:
+        lines.pop()  # the block normally ends with CRLF; a BDAT message may not, so keep it then
+    for line in lines:
         if line[:1] in (b" ", b"\t"):
             if not started:
                 raise HeaderError("continuation line before any header field")
@@ -135,7 +138,10 @@ def fix_up(
     if not added:
         return received + content
     end = summary.header_end
-    return b"".join((received, content[:end], added, content[end:]))
+    header = content[:end]
+    if header and not header.endswith(b"\r\n"):
+        header += b"\r\n"  # the added fields must not be glued onto an unterminated last line
+    return b"".join((received, header, added, content[end:]))
 
 
 def now_utc(unix: float) -> datetime:

@@ -26,6 +26,8 @@ from sendgate.smtp.session import Session
 from sendgate.spool import Envelope, Spool
 from sendgate.store import UserRecord
 
+ANONYMOUS = "anonymous"
+
 
 class Submission:
     """Server-wide MSA rules and resources; `connection()` makes the per-connection handler."""
@@ -178,18 +180,20 @@ class SubmissionConnection:
         message = fix_up(
             event.content, summary, received, hostname=server.hostname, queue_id=queue_id, now=now
         )
-        envelope = Envelope(
-            queue_id=queue_id,
-            sender=str(event.sender) if event.sender else "",
-            recipients=tuple(str(r) for r in event.recipients),
-            user=self.user.username if self.user else "",
-            received_at=unix,
-            size=len(message),
-            smtputf8=event.smtputf8,
-            body=event.body,
-        )
         loop = asyncio.get_running_loop()
         try:
+            envelope = Envelope(
+                queue_id=queue_id,
+                sender=str(event.sender) if event.sender else "",
+                recipients=tuple(str(r) for r in event.recipients),
+                # Without a login (only with the "no_auth" override) there is no account name;
+                # logins are mailboxes, so a name without "@" cannot be mistaken for one.
+                user=self.user.username if self.user else ANONYMOUS,
+                received_at=unix,
+                size=len(message),
+                smtputf8=event.smtputf8,
+                body=event.body,
+            )
             await loop.run_in_executor(server.executor, server.spool.put, envelope, message)
         except SpoolFullError as exc:
             self._log.event("spool_error", "error", conn=self.conn_id, error=str(exc))

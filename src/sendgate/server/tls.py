@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import os
 import ssl
+import warnings
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Protocol
@@ -39,19 +40,24 @@ class CertFiles(Protocol):
 def build_context(certificates: Sequence[CertFiles], min_version: str = "1.2") -> ssl.SSLContext:
     """A server context for the given certificate/key pairs (e.g. one RSA and one ECDSA)."""
     ctx = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
-    ctx.minimum_version = _VERSIONS[min_version]
     if min_version in ("1.0", "1.1"):
-        # Old protocol versions are only reachable through OpenSSL's security level 0.
-        ctx.set_ciphers(TLS12_CIPHERS + ":@SECLEVEL=0")
+        # Only reachable through the "tls_below_1_2" override: those versions need CBC suites
+        # and OpenSSL's security level 0, and Python warns that they are deprecated.
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore", DeprecationWarning)
+            ctx.minimum_version = _VERSIONS[min_version]
+        ctx.set_ciphers(TLS12_CIPHERS + ":ECDHE+AES+SHA1:@SECLEVEL=0")
     else:
+        ctx.minimum_version = _VERSIONS[min_version]
         ctx.set_ciphers(TLS12_CIPHERS)
     ctx.options |= ssl.OP_NO_COMPRESSION | ssl.OP_NO_RENEGOTIATION | ssl.OP_CIPHER_SERVER_PREFERENCE
     ctx.options &= ~ssl.OP_NO_TICKET
     for pair in certificates:
+        for path in (pair.cert, pair.key):
+            if not os.path.exists(path):  # ssl's own error does not name the file
+                raise TlsConfigError(f"{path}: file not found")
         try:
             ctx.load_cert_chain(pair.cert, pair.key)
-        except FileNotFoundError as exc:
-            raise TlsConfigError(f"{exc.filename}: file not found") from exc
         except (ssl.SSLError, OSError) as exc:
             raise TlsConfigError(f"{pair.cert}, {pair.key}: cannot load: {exc}") from exc
     return ctx

@@ -24,6 +24,7 @@ class ContentProblem(Enum):
     TOO_BIG = "too_big"
     BARE_NEWLINE = "bare_newline"
     LONG_LINE = "long_line"
+    NO_FINAL_CRLF = "no_final_crlf"
 
 
 @dataclass(frozen=True, slots=True)
@@ -42,6 +43,9 @@ def check_content(data: bytes, size: int, max_size: int) -> Content:
     crlf = data.count(b"\r\n")
     if data.count(b"\n") != crlf or data.count(b"\r") != crlf:
         return Content(None, size, ContentProblem.BARE_NEWLINE)
+    if data and not data.endswith(b"\r\n"):
+        # Only BDAT can end mid-line; RFC 5322 lines end with CRLF, and relaying would add one.
+        return Content(None, size, ContentProblem.NO_FINAL_CRLF)
     # One C-level split beats a regex here: `[^\r\n]{999}` backtracks at every offset.
     if size > 998 and max(map(len, data.split(b"\r\n"))) > 998:
         return Content(None, size, ContentProblem.LONG_LINE)

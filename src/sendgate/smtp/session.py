@@ -361,6 +361,7 @@ class Session:
                     ContentProblem.TOO_BIG: replies.MESSAGE_TOO_BIG,
                     ContentProblem.BARE_NEWLINE: replies.BARE_NEWLINE_IN_DATA,
                     ContentProblem.LONG_LINE: replies.TEXT_LINE_TOO_LONG,
+                    ContentProblem.NO_FINAL_CRLF: replies.NO_FINAL_CRLF,
                 }[content.problem or ContentProblem.TOO_BIG]
             )
             return None

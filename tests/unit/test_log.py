@@ -1,0 +1,224 @@
+"""Tests for sendgate.log: one line per event, escaping that forges nothing, levels, context."""
+
+from __future__ import annotations
+
+import io
+import json
+import os
+import re
+import unicodedata
+from contextlib import suppress
+
+import pytest
+from hypothesis import given
+from hypothesis import strategies as st
+
+from sendgate.log import EventLog, Value
+
+TS = 1_714_564_800.25
+TS_TEXT = "2024-05-01T12:00:00.250Z"
+_KV_TOKEN = re.compile(r'([A-Za-z_][A-Za-z0-9_]*)=("(?:[^"\\]|\\.)*"|[^\s"=]+)(?: |$)')
+
+
+def make_log(fmt: str = "kv", level: str = "info") -> tuple[EventLog, io.StringIO]:
+    stream = io.StringIO()
+    return EventLog(stream, fmt=fmt, level=level, clock=lambda: TS), stream
+
+
+def parse_kv(line: str) -> dict[str, str]:
+    """Read a kv line back; every byte must belong to exactly one key=value token."""
+    assert line.endswith("\n")
+    body = line[:-1]
+    fields: dict[str, str] = {}
+    pos = 0
+    while pos < len(body):
+        match = _KV_TOKEN.match(body, pos)
+        assert match is not None, f"unparsable at {pos}: {body!r}"
+        key, raw = match.groups()
+        assert key not in fields, f"field {key} given twice in {body!r}"
+        fields[key] = json.loads(raw) if raw.startswith('"') else raw
+        pos = match.end()
+    return fields
+
+
+# --- kv format -------------------------------------------------------------------------------
+
+
+def test_kv_line_layout() -> None:
+    log, stream = make_log()
+    log.event("accepted", queue_id="01HX0000000000ABCD", size=1234, user="alice@example.org")
+    assert stream.getvalue() == (
+        f"ts={TS_TEXT} level=info event=accepted queue_id=01HX0000000000ABCD size=1234"
+        " user=alice@example.org\n"
+    )
+
+
+@pytest.mark.parametrize(
+    ("value", "shown"),
+    [
+        (None, '""'),
+        ("", '""'),
+        (True, "true"),
+        (False, "false"),
+        (0.5, "0.500"),
+        (7, "7"),
+        ("<a@b>,[::1]:25/x+y-z", "<a@b>,[::1]:25/x+y-z"),
+        ("two words", '"two words"'),
+        ('say "hi"', '"say \\"hi\\""'),
+        ("a=b", '"a=b"'),
+        ("back\\slash", '"back\\\\slash"'),
+        ("line\r\nbreak", '"line\\r\\nbreak"'),
+        ("nul\x00esc\x1b[31m", '"nul\\u0000esc\\u001b[31m"'),
+        ("caf\u00e9", '"caf\u00e9"'),
+    ],
+)
+def test_kv_values_are_bare_or_quoted_and_escaped(value: Value, shown: str) -> None:
+    log, stream = make_log()
+    log.event("e", v=value)
+    assert stream.getvalue() == f"ts={TS_TEXT} level=info event=e v={shown}\n"
+
+
+@pytest.mark.parametrize(
+    "forged",
+    [
+        "x reason=forged",
+        'x" reason="forged',
+        "x\nts=2000-01-01T00:00:00.000Z level=error event=forged",
+        "x\rreason=forged",
+        "reason=forged",
+        'x\\" reason=forged',
+    ],
+)
+def test_kv_value_cannot_forge_a_field_or_a_line(forged: str) -> None:
+    log, stream = make_log()
+    log.event("auth_fail", user=forged, reason="ok")
+    line = stream.getvalue()
+    assert line.count("\n") == 1
+    fields = parse_kv(line)
+    assert fields == {
+        "ts": TS_TEXT,
+        "level": "info",
+        "event": "auth_fail",
+        "user": forged,
+        "reason": "ok",
+    }
+
+
+@given(value=st.text(), other=st.text())
+def test_any_text_value_stays_one_line_and_parses_back(value: str, other: str) -> None:
+    log, stream = make_log()
+    log.event("e", user=value, reason=other)
+    line = stream.getvalue()
+    assert line.count("\n") == 1
+    assert line.endswith("\n")
+    assert "\r" not in line
+    fields = parse_kv(line)
+    assert fields["user"] == value
+    assert fields["reason"] == other
+    assert set(fields) == {"ts", "level", "event", "user", "reason"}
+
+
+@pytest.mark.parametrize("char", ["\x7f", "\x85", "\x9b", "\u2028", "\u2029"])
+def test_every_control_and_line_separator_is_escaped(char: str) -> None:
+    log, stream = make_log()
+    log.event("e", user=f"a{char}b")
+    line = stream.getvalue()
+    assert len(line.splitlines()) == 1
+    assert not any(unicodedata.category(c) in ("Cc", "Zl", "Zp") for c in line[:-1])
+
+
+# --- json format -----------------------------------------------------------------------------
+
+
+def test_json_line_layout() -> None:
+    log, stream = make_log("json")
+    log.event("rejected", "warning", reason="sender_not_owned", code="553 5.7.1", user=None)
+    line = stream.getvalue()
+    assert line.count("\n") == 1
+    assert json.loads(line) == {
+        "ts": TS_TEXT,
+        "level": "warning",
+        "event": "rejected",
+        "reason": "sender_not_owned",
+        "code": "553 5.7.1",
+        "user": None,
+    }
+
+
+@given(value=st.text())
+def test_json_keeps_any_text_on_one_line(value: str) -> None:
+    log, stream = make_log("json")
+    log.event("e", user=value, reason="ok")
+    line = stream.getvalue()
+    assert line.count("\n") == 1
+    assert len(line.splitlines()) == 1
+    record = json.loads(line)
+    assert record["user"] == value
+    assert record["reason"] == "ok"
+
+
+# --- levels, context, streams ----------------------------------------------------------------
+
+
+def test_levels_below_the_minimum_are_dropped() -> None:
+    log, stream = make_log(level="warning")
+    log.event("a", "debug")
+    log.event("b", "info")
+    log.event("c", "warning")
+    log.event("d", "error")
+    events = [parse_kv(line + "\n")["event"] for line in stream.getvalue().splitlines()]
+    assert events == ["c", "d"]
+    assert not log.enabled("info")
+    assert log.enabled("warning")
+    assert log.enabled("error")
+
+
+def test_debug_level_shows_everything() -> None:
+    log, stream = make_log(level="debug")
+    log.event("a", "debug")
+    assert parse_kv(stream.getvalue())["level"] == "debug"
+    assert log.enabled("debug")
+
+
+def test_context_fields_are_merged_and_overridden_by_event_fields() -> None:
+    log, stream = make_log()
+    log.context.update(worker=2, conn="c0")
+    log.event("e", conn="c7", size=3)
+    assert stream.getvalue() == f"ts={TS_TEXT} level=info event=e worker=2 conn=c7 size=3\n"
+    log, stream = make_log("json")
+    log.context["worker"] = 2
+    log.event("e", size=3)
+    assert json.loads(stream.getvalue()) == {
+        "ts": TS_TEXT,
+        "level": "info",
+        "event": "e",
+        "worker": 2,
+        "size": 3,
+    }
+
+
+def test_closed_stream_does_not_raise() -> None:
+    log, stream = make_log()
+    stream.close()
+    log.event("e", user="alice")  # ValueError inside; must not escape
+    assert stream.closed
+
+
+def test_broken_pipe_does_not_raise() -> None:
+    read_fd, write_fd = os.pipe()
+    os.close(read_fd)
+    with open(write_fd, "w", encoding="utf-8") as writer:
+        log = EventLog(writer, clock=lambda: TS)
+        log.event("e", user="alice")
+        log.event("e", user="bob")
+        # The buffered line is still unsent: closing fails the same way, which is expected.
+        with suppress(BrokenPipeError):
+            writer.close()
+    assert writer.closed
+
+
+def test_default_stream_is_stderr(capsys: pytest.CaptureFixture[str]) -> None:
+    EventLog(clock=lambda: TS).event("e", size=1)
+    captured = capsys.readouterr()
+    assert captured.out == ""
+    assert captured.err == f"ts={TS_TEXT} level=info event=e size=1\n"
