@@ -251,10 +251,13 @@ class Spool:
         queue_id = _checked_id(envelope.queue_id)
         tmp_path = self._tmp / queue_id
         final = self._queue / queue_id
-        action, path = "cannot write spool file", tmp_path
         try:
             _write_synced(tmp_path, (envelope.to_json(), b"\n", message))
-            action, path = "cannot commit spool file", final
+        except OSError as exc:
+            # _write_synced removed what it created; if O_EXCL failed, tmp/<id> is not ours.
+            raise _spool_error("cannot write spool file", tmp_path, exc) from exc
+        action, path = "cannot commit spool file", final
+        try:
             # Ids carry 40 random bits; this only guards against a bug reusing one.
             if final.exists():
                 raise FileExistsError(errno.EEXIST, os.strerror(errno.EEXIST))
@@ -300,7 +303,9 @@ class Spool:
             for queue_id in queued:
                 try:
                     self.envelope(queue_id)
-                except SpoolError:
+                except SpoolError as exc:
+                    if isinstance(exc.__cause__, OSError):
+                        raise  # a read error is not corruption: never move a good message aside
                     path = self._queue / queue_id
                     os.rename(path, self._corrupt_name(queue_id))
                     corrupt.append(queue_id)
@@ -384,20 +389,30 @@ class Spool:
 
 
 def _write_synced(path: Path, parts: tuple[bytes, ...]) -> None:
-    """Create `path` (never overwriting), write `parts` with writev, fsync, close."""
+    """Create `path` (never overwriting), write `parts` with writev, fsync, close.
+
+    On failure the file is removed, but only if this call created it.
+    """
     fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_CLOEXEC | os.O_NOFOLLOW, 0o600)
     try:
-        views = [memoryview(part) for part in parts if part]
-        while views:
-            written = os.writev(fd, views)
-            while views and written >= len(views[0]):
-                written -= len(views[0])
-                views.pop(0)
-            if views and written:
-                views[0] = views[0][written:]
-        os.fsync(fd)
-    finally:
-        os.close(fd)
+        try:
+            views = [memoryview(part) for part in parts if part]
+            while views:
+                written = os.writev(fd, views)
+                if written <= 0:
+                    raise OSError(errno.EIO, "write made no progress")
+                while views and written >= len(views[0]):
+                    written -= len(views[0])
+                    views.pop(0)
+                if views and written:
+                    views[0] = views[0][written:]
+            os.fsync(fd)
+        finally:
+            os.close(fd)
+    except BaseException:
+        with suppress(OSError):
+            path.unlink()
+        raise
 
 
 def _read(path: Path, queue_id: str) -> bytes:

@@ -10,6 +10,8 @@ import stat
 import subprocess
 import sys
 import textwrap
+import threading
+from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Any
@@ -18,6 +20,7 @@ import pytest
 
 import sendgate
 from sendgate.errors import SpoolError, SpoolFullError
+from sendgate.fsutil import fsync_dir
 from sendgate.spool import (
     Envelope,
     Spool,
@@ -256,16 +259,27 @@ def test_put_then_read_back_byte_identical(spool: Spool, tmp_path: Path) -> None
     assert spool.ids() == [envelope.queue_id]
     assert spool.envelope(envelope.queue_id) == envelope
     assert spool.message(envelope.queue_id) == MESSAGE
-    queue = tmp_path / "spool" / "queue"
-    assert names(queue) == [f"{envelope.queue_id}.env", f"{envelope.queue_id}.msg"]
+    assert names(tmp_path / "spool" / "queue") == [envelope.queue_id]
     assert names(tmp_path / "spool" / "tmp") == []
+
+
+def test_queue_file_is_envelope_line_then_message_verbatim(spool: Spool, tmp_path: Path) -> None:
+    envelope = make_envelope(spool.new_id(), sender="用户@例子.广告", smtputf8=True)
+    spool.put(envelope, MESSAGE)
+    data = (tmp_path / "spool" / "queue" / envelope.queue_id).read_bytes()
+    line, newline, rest = data.partition(b"\n")
+    assert newline == b"\n"
+    assert Envelope.from_json(line) == envelope
+    assert "用户@例子.广告".encode() in line  # the envelope line is UTF-8, not \\u escapes
+    # Split at the first LF only: the bare LF inside MESSAGE stays part of the message.
+    assert rest == MESSAGE
+    assert data == envelope.to_json() + b"\n" + MESSAGE
 
 
 def test_spool_files_are_mode_600(spool: Spool, tmp_path: Path) -> None:
     queue_id = spool.new_id()
     spool.put(make_envelope(queue_id), MESSAGE)
-    for suffix in (".env", ".msg"):
-        assert file_mode(tmp_path / "spool" / "queue" / f"{queue_id}{suffix}") == 0o600
+    assert file_mode(tmp_path / "spool" / "queue" / queue_id) == 0o600
 
 
 def test_empty_message_round_trips(spool: Spool) -> None:
@@ -295,9 +309,25 @@ def test_remove_uncommits_and_deletes(spool: Spool, tmp_path: Path) -> None:
     spool.put(make_envelope(removed), MESSAGE)
     spool.remove(removed)
     assert spool.ids() == [kept]
-    assert names(tmp_path / "spool" / "queue") == [f"{kept}.env", f"{kept}.msg"]
+    assert names(tmp_path / "spool" / "queue") == [kept]
     with pytest.raises(SpoolError, match=f"^unknown queue id {removed}$"):
         spool.remove(removed)
+    assert spool.message(kept) == MESSAGE
+
+
+def test_remove_of_an_unknown_id_is_a_spool_error(spool: Spool) -> None:
+    queue_id = spool.new_id()
+    with pytest.raises(SpoolError, match=f"^unknown queue id {queue_id}$"):
+        spool.remove(queue_id)
+
+
+def test_remove_failure_names_the_file(spool: Spool, tmp_path: Path) -> None:
+    queue_id = spool.new_id()
+    path = tmp_path / "spool" / "queue" / queue_id
+    path.mkdir()  # unlink(2) refuses a directory
+    with pytest.raises(SpoolError, match=f"^cannot remove spool file {path}: Is a directory$"):
+        spool.remove(queue_id)
+    assert path.is_dir()
 
 
 def test_unknown_id_is_a_spool_error(spool: Spool) -> None:
@@ -336,21 +366,63 @@ def test_malformed_ids_are_rejected(spool: Spool, bad_id: str) -> None:
 def test_corrupt_envelope_on_disk_names_file_and_field(spool: Spool, tmp_path: Path) -> None:
     queue_id = spool.new_id()
     spool.put(make_envelope(queue_id), MESSAGE)
-    env_path = tmp_path / "spool" / "queue" / f"{queue_id}.env"
-    raw = json.loads(env_path.read_bytes())
+    path = tmp_path / "spool" / "queue" / queue_id
+    line, _, message = path.read_bytes().partition(b"\n")
+    raw = json.loads(line)
     raw["size"] = "big"
-    env_path.write_text(json.dumps(raw))
-    with pytest.raises(SpoolError, match=f"^corrupt envelope {env_path}: .*'size'"):
+    path.write_bytes(json.dumps(raw).encode() + b"\n" + message)
+    with pytest.raises(SpoolError, match=f"^corrupt envelope {path}: .*'size'"):
         spool.envelope(queue_id)
+    # message() does not parse the envelope line; it only needs to find where it ends.
+    assert spool.message(queue_id) == MESSAGE
+
+
+@pytest.mark.parametrize(
+    "content",
+    [
+        pytest.param(b"", id="empty-file"),
+        pytest.param(b'{"version": 1, "queue_id": "01HX', id="envelope-cut-short"),
+    ],
+)
+def test_queue_file_without_an_envelope_line_is_corrupt(
+    spool: Spool, tmp_path: Path, content: bytes
+) -> None:
+    queue_id = spool.new_id()
+    path = tmp_path / "spool" / "queue" / queue_id
+    path.write_bytes(content)
+    expected = f"^corrupt envelope {re.escape(str(path))}: no envelope line$"
+    with pytest.raises(SpoolError, match=expected):
+        spool.envelope(queue_id)
+    with pytest.raises(SpoolError, match=expected):
+        spool.message(queue_id)
 
 
 def test_envelope_filed_under_another_id_is_corrupt(spool: Spool, tmp_path: Path) -> None:
     queue_id, other = spool.new_id(), spool.new_id()
     spool.put(make_envelope(queue_id), MESSAGE)
     queue = tmp_path / "spool" / "queue"
-    (queue / f"{queue_id}.env").rename(queue / f"{other}.env")
+    (queue / queue_id).rename(queue / other)
     with pytest.raises(SpoolError, match=f"names queue id {queue_id}$"):
         spool.envelope(other)
+
+
+def test_unreadable_queue_entry_is_an_io_error_naming_it(spool: Spool, tmp_path: Path) -> None:
+    queue_id = spool.new_id()
+    path = tmp_path / "spool" / "queue" / queue_id
+    path.mkdir()
+    expected = f"^cannot read spool file {re.escape(str(path))}: Is a directory$"
+    with pytest.raises(SpoolError, match=expected):
+        spool.envelope(queue_id)
+    with pytest.raises(SpoolError, match=expected):
+        spool.message(queue_id)
+
+
+def test_unlistable_queue_is_a_one_line_error(spool: Spool, tmp_path: Path) -> None:
+    queue = tmp_path / "spool" / "queue"
+    queue.rmdir()
+    queue.write_bytes(b"")
+    with pytest.raises(SpoolError, match=f"^cannot list spool directory {queue}: Not a directory$"):
+        spool.ids()
 
 
 # --- failed puts -----------------------------------------------------------------------------
@@ -361,25 +433,59 @@ def test_put_onto_an_existing_message_fails_and_touches_nothing(
 ) -> None:
     queue = tmp_path / "spool" / "queue"
     queue_id = spool.new_id()
-    (queue / f"{queue_id}.msg").write_bytes(b"someone else's")
-    expected = f"cannot write spool file {queue / queue_id}.msg: File exists"
+    (queue / queue_id).write_bytes(b"someone else's")
+    expected = f"cannot commit spool file {queue / queue_id}: File exists"
     with pytest.raises(SpoolError, match=f"^{re.escape(expected)}$"):
         spool.put(make_envelope(queue_id), MESSAGE)
-    assert (queue / f"{queue_id}.msg").read_bytes() == b"someone else's"
-    assert names(queue) == [f"{queue_id}.msg"]
+    assert (queue / queue_id).read_bytes() == b"someone else's"
+    assert names(queue) == [queue_id]
     assert names(tmp_path / "spool" / "tmp") == []
 
 
-def test_put_failing_at_the_envelope_removes_the_message(spool: Spool, tmp_path: Path) -> None:
-    tmp = tmp_path / "spool" / "tmp"
-    tmp.rmdir()
-    tmp.write_bytes(b"")  # now tmp/<id>.env cannot be created
+def test_put_leaves_another_writers_tmp_file_alone(spool: Spool, tmp_path: Path) -> None:
+    root = tmp_path / "spool"
     queue_id = spool.new_id()
-    with pytest.raises(SpoolError) as excinfo:
+    theirs = root / "tmp" / queue_id
+    theirs.write_bytes(b"another writer's bytes")
+    expected = f"cannot write spool file {theirs}: File exists"
+    with pytest.raises(SpoolError, match=f"^{re.escape(expected)}$") as excinfo:
         spool.put(make_envelope(queue_id), MESSAGE)
-    assert str(excinfo.value) == f"cannot write spool file {tmp}/{queue_id}.env: Not a directory"
     assert not isinstance(excinfo.value, SpoolFullError)
-    assert names(tmp_path / "spool" / "queue") == []
+    # O_EXCL failed, so the clean-up must not delete a file this put did not create.
+    assert theirs.read_bytes() == b"another writer's bytes"
+    assert names(root / "tmp") == [queue_id]
+    assert names(root / "queue") == []
+
+
+def test_put_whose_rename_fails_leaves_nothing(spool: Spool, tmp_path: Path) -> None:
+    root = tmp_path / "spool"
+    queue = root / "queue"
+    queue.rmdir()
+    queue.write_bytes(b"")  # rename(2) into a regular file fails with ENOTDIR
+    queue_id = spool.new_id()
+    expected = f"cannot commit spool file {queue / queue_id}: Not a directory"
+    with pytest.raises(SpoolError, match=f"^{re.escape(expected)}$"):
+        spool.put(make_envelope(queue_id), MESSAGE)
+    assert names(root / "tmp") == []
+    assert queue.read_bytes() == b""
+
+
+def test_put_whose_directory_sync_fails_is_not_queued(
+    spool: Spool, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # A failing fsync of a healthy directory cannot be provoked for real, so inject the error.
+    def failing_fsync_dir(path: Path) -> None:
+        raise OSError(28, "No space left on device")
+
+    monkeypatch.setattr("sendgate.spool.fsync_dir", failing_fsync_dir)
+    root = tmp_path / "spool"
+    queue_id = spool.new_id()
+    expected = f"cannot sync spool directory {root / 'queue'}: No space left on device"
+    with pytest.raises(SpoolFullError, match=f"^{re.escape(expected)}$"):
+        spool.put(make_envelope(queue_id), MESSAGE)
+    # Its 250 is never sent, so the message must not stay behind to be delivered anyway.
+    assert names(root / "queue") == []
+    assert names(root / "tmp") == []
 
 
 def test_put_failing_mid_write_leaves_nothing(tmp_path: Path) -> None:
@@ -389,9 +495,12 @@ def test_put_failing_mid_write_leaves_nothing(tmp_path: Path) -> None:
     )
     kind, message = report["failed"]
     assert kind == "SpoolError"
-    assert re.fullmatch(rf"cannot write spool file {root}/queue/\w+\.msg: File too large", message)
+    expected = rf"cannot write spool file {re.escape(str(root))}/tmp/{ID_PATTERN.pattern}: "
+    assert re.fullmatch(expected + "File too large", message)
     assert report["leftovers"] == []
-    assert report["retried"] is None
+    assert report["retried"] is None  # a put that fits still works afterwards
+    assert names(root / "tmp") == []
+    assert len(names(root / "queue")) == 1
 
 
 def test_put_on_a_full_disk_raises_spool_full_and_frees_the_space(tmp_path: Path) -> None:
@@ -403,100 +512,308 @@ def test_put_on_a_full_disk_raises_spool_full_and_frees_the_space(tmp_path: Path
     probe = subprocess.run(
         ["unshare", "--mount", "sh", "-c", mount, "sh", str(mount_point)],
         capture_output=True,
+        text=True,
         check=False,
         timeout=60,
     )
     if probe.returncode != 0:
-        pytest.skip("needs permission to mount a tmpfs in a private mount namespace")
+        pytest.skip(f"cannot mount a tmpfs in a private mount namespace: {probe.stderr.strip()}")
     root = mount_point / "spool"
     script = f'{mount} && exec "$2" -c "$3" "$1/spool" 200000 0'
     shell = ["sh", "-c", script, "sh", str(mount_point), sys.executable, _CONSTRAINED_PUT]
     report = run_constrained_put(["unshare", "--mount", *shell])
     kind, message = report["failed"]
     assert kind == "SpoolFullError"
-    assert re.fullmatch(
-        rf"cannot write spool file {root}/queue/\w+\.msg: No space left on device", message
-    )
+    expected = rf"cannot write spool file {re.escape(str(root))}/tmp/{ID_PATTERN.pattern}: "
+    assert re.fullmatch(expected + "No space left on device", message)
     assert report["leftovers"] == []
-    assert report["retried"] is None  # the clean-up gave the space back
+    # 1000 bytes would not fit beside a leftover partial file: the clean-up gave the space back.
+    assert report["retried"] is None
+    assert names(mount_point) == []  # the tiny file system lived only in the subprocess
 
 
-def test_concurrent_puts_are_all_readable(spool: Spool) -> None:
-    messages = {spool.new_id(): MESSAGE + b"message %d\r\n" % n for n in range(50)}
+# --- concurrent puts -------------------------------------------------------------------------
 
-    def put(queue_id: str) -> None:
-        spool.put(make_envelope(queue_id, messages[queue_id]), messages[queue_id])
+THREADS = 16
+PUTS_PER_THREAD = 200
 
-    with ThreadPoolExecutor(max_workers=16) as pool:
-        list(pool.map(put, messages))
+
+def put_from_threads(
+    spool: Spool, on_return: Callable[[str], None] | None = None
+) -> dict[str, bytes]:
+    """Run THREADS x PUTS_PER_THREAD puts, all threads starting together; return id -> message."""
+    start = threading.Barrier(THREADS)
+
+    def worker(thread: int) -> dict[str, bytes]:
+        start.wait(timeout=60)
+        stored: dict[str, bytes] = {}
+        for n in range(PUTS_PER_THREAD):
+            queue_id = spool.new_id()
+            message = MESSAGE + b"thread %d message %d\r\n" % (thread, n)
+            spool.put(make_envelope(queue_id, message), message)
+            if on_return is not None:
+                on_return(queue_id)
+            stored[queue_id] = message
+        return stored
+
+    with ThreadPoolExecutor(max_workers=THREADS) as pool:
+        results = list(pool.map(worker, range(THREADS)))
+    return {queue_id: message for stored in results for queue_id, message in stored.items()}
+
+
+def test_concurrent_puts_are_all_listed_and_readable(spool: Spool, tmp_path: Path) -> None:
+    messages = put_from_threads(spool)
+    assert len(messages) == THREADS * PUTS_PER_THREAD
     assert spool.ids() == sorted(messages)
     for queue_id, message in messages.items():
         assert spool.message(queue_id) == message
-        assert spool.envelope(queue_id).size == len(message)
+        assert spool.envelope(queue_id) == make_envelope(queue_id, message)
+    assert names(tmp_path / "spool" / "tmp") == []
+
+
+def test_every_put_returns_after_a_directory_sync_that_began_after_its_rename(
+    spool: Spool, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    queue = tmp_path / "spool" / "queue"
+    real_rename = os.rename
+    lock = threading.Lock()
+    events: list[tuple[str, str]] = []  # (kind, queue id or ""), in the order things happened
+
+    def rename(src: str | os.PathLike[str], dst: str | os.PathLike[str]) -> None:
+        # Held across the real call, so no sync can start between the rename and its record.
+        with lock:
+            real_rename(src, dst)
+            if Path(dst).parent == queue:
+                events.append(("rename", Path(dst).name))
+
+    def recording_fsync_dir(path: Path) -> None:
+        if path != queue:
+            fsync_dir(path)
+            return
+        with lock:
+            events.append(("sync-start", ""))
+        fsync_dir(path)
+        with lock:
+            events.append(("sync-end", ""))
+
+    def returned(queue_id: str) -> None:
+        with lock:
+            events.append(("return", queue_id))
+
+    monkeypatch.setattr(os, "rename", rename)
+    monkeypatch.setattr("sendgate.spool.fsync_dir", recording_fsync_dir)
+    messages = put_from_threads(spool, returned)
+
+    position = {(kind, queue_id): n for n, (kind, queue_id) in enumerate(events) if queue_id}
+    starts = [n for n, (kind, _) in enumerate(events) if kind == "sync-start"]
+    ends = [n for n, (kind, _) in enumerate(events) if kind == "sync-end"]
+    assert len(starts) == len(ends)
+    assert all(start < end for start, end in zip(starts, ends, strict=True))
+    for queue_id in messages:
+        renamed, back = position["rename", queue_id], position["return", queue_id]
+        # Syncs never overlap, so the first one to start after the rename is the first to end.
+        first = next(k for k, start in enumerate(starts) if start > renamed)
+        assert ends[first] < back, f"put of {queue_id} returned before its rename was synced"
+    assert spool.ids() == sorted(messages)
+
+
+def test_a_put_whose_rename_another_sync_covered_does_not_sync_again(
+    spool: Spool, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    queue = tmp_path / "spool" / "queue"
+    real_rename = os.rename
+    others = THREADS - 1
+    changed = threading.Condition()
+    renames: list[str] = []
+    syncs: list[int] = []
+    first_sync_entered = threading.Event()
+
+    def rename(src: str | os.PathLike[str], dst: str | os.PathLike[str]) -> None:
+        real_rename(src, dst)
+        with changed:
+            renames.append(Path(dst).name)
+            changed.notify_all()
+
+    def gated_fsync_dir(path: Path) -> None:
+        if path != queue:
+            fsync_dir(path)
+            return
+        with changed:
+            syncs.append(len(renames))
+            if len(syncs) == 1:
+                # Hold the first sync until every other put has renamed and queued up behind it.
+                first_sync_entered.set()
+                assert changed.wait_for(lambda: len(renames) == 1 + others, timeout=60)
+        fsync_dir(path)
+
+    monkeypatch.setattr(os, "rename", rename)
+    monkeypatch.setattr("sendgate.spool.fsync_dir", gated_fsync_dir)
+    ids = [spool.new_id() for _ in range(1 + others)]
+
+    def put(queue_id: str) -> None:
+        spool.put(make_envelope(queue_id), MESSAGE)
+
+    with ThreadPoolExecutor(max_workers=1 + others) as pool:
+        first = pool.submit(put, ids[0])
+        assert first_sync_entered.wait(timeout=60)
+        rest = [pool.submit(put, queue_id) for queue_id in ids[1:]]
+        for future in [first, *rest]:
+            future.result(timeout=60)
+    assert spool.ids() == sorted(ids)
+    assert syncs[0] == 1
+    # The next sync covers every rename done by then; the puts it covered issue none.
+    assert len(syncs) < 1 + others
 
 
 # --- sweep -----------------------------------------------------------------------------------
 
 
-def test_sweep_cleans_tmp_and_orphans(spool: Spool, tmp_path: Path) -> None:
+def test_sweep_empties_tmp_and_sets_corrupt_queue_files_aside(spool: Spool, tmp_path: Path) -> None:
     root = tmp_path / "spool"
-    whole, half_written, lost_message = spool.new_id(), spool.new_id(), spool.new_id()
-    spool.put(make_envelope(whole), MESSAGE)
-    spool.put(make_envelope(lost_message), MESSAGE)
-    (root / "queue" / f"{lost_message}.msg").unlink()
-    (root / "queue" / f"{half_written}.msg").write_bytes(b"From: partial")
-    (root / "queue" / "README").write_bytes(b"not ours")
-    (root / "tmp" / f"{half_written}.env").write_bytes(b"{")
+    queue = root / "queue"
+    outside = tmp_path / "outside"
+    outside.mkdir()
+    (outside / "precious").write_bytes(b"keep me")
+    (root / "tmp" / spool.new_id()).write_bytes(b'{"version": 1')
     (root / "tmp" / "junk").mkdir()
-    (root / "tmp" / "junk" / "deeper").write_bytes(b"")
+    (root / "tmp" / "junk" / "deeper").mkdir()
+    (root / "tmp" / "junk" / "deeper" / "file").write_bytes(b"")
+    (root / "tmp" / "link").symlink_to(outside, target_is_directory=True)
+
+    whole, no_line, bad_json = spool.new_id(), spool.new_id(), spool.new_id()
+    spool.put(make_envelope(whole), MESSAGE)
+    (queue / no_line).write_bytes(b'{"version": 1, "queue_id": "01HX')
+    (queue / bad_json).write_bytes(b"{not json}\n" + MESSAGE)
+    (queue / "README").write_bytes(b"not ours")
+    (queue / f"{whole}.lock").write_bytes(b"")
 
     result = spool.sweep()
 
     assert result == SweepResult(
-        tmp_removed=2,
-        orphan_messages_removed=1,
-        orphan_envelopes=(lost_message,),
-        unknown_entries=1,
+        tmp_removed=3, corrupt=tuple(sorted([no_line, bad_json])), unknown_entries=2
     )
     assert names(root / "tmp") == []
-    assert names(root / "queue") == [f"{whole}.env", f"{whole}.msg", "README"]
-    assert names(root / "corrupt") == [f"{lost_message}.env"]
+    assert names(outside) == ["precious"]  # the symlink was removed, not followed
+    assert (outside / "precious").read_bytes() == b"keep me"
+    assert names(queue) == sorted([whole, "README", f"{whole}.lock"])
+    assert (queue / "README").read_bytes() == b"not ours"
+    assert names(root / "corrupt") == sorted([no_line, bad_json])
+    assert (root / "corrupt" / no_line).read_bytes() == b'{"version": 1, "queue_id": "01HX'
+    assert (root / "corrupt" / bad_json).read_bytes() == b"{not json}\n" + MESSAGE
     assert spool.ids() == [whole]
     assert spool.message(whole) == MESSAGE
 
 
-def test_sweep_keeps_an_earlier_corrupt_envelope(spool: Spool, tmp_path: Path) -> None:
+def test_sweep_keeps_an_earlier_corrupt_file_with_the_same_id(spool: Spool, tmp_path: Path) -> None:
     root = tmp_path / "spool"
     queue_id = spool.new_id()
-    (root / "corrupt" / f"{queue_id}.env").write_bytes(b"first")
-    (root / "queue" / f"{queue_id}.env").write_bytes(b"second")
-    assert spool.sweep().orphan_envelopes == (queue_id,)
-    kept = sorted((root / "corrupt").iterdir())
+    (root / "corrupt" / queue_id).write_bytes(b"first")
+    (root / "queue" / queue_id).write_bytes(b"second")
+    assert spool.sweep() == SweepResult(tmp_removed=0, corrupt=(queue_id,), unknown_entries=0)
+    kept = names(root / "corrupt")
     assert len(kept) == 2
-    assert sorted(path.read_bytes() for path in kept) == [b"first", b"second"]
+    assert kept[0] == queue_id
+    assert re.fullmatch(rf"{queue_id}\.[0-9a-f]{{8}}", kept[1])
+    assert (root / "corrupt" / queue_id).read_bytes() == b"first"
+    assert (root / "corrupt" / kept[1]).read_bytes() == b"second"
+    assert names(root / "queue") == []
 
 
-def test_sweep_of_a_clean_spool_changes_nothing(spool: Spool) -> None:
+def test_sweep_of_a_clean_spool_changes_nothing(spool: Spool, tmp_path: Path) -> None:
+    root = tmp_path / "spool"
+    for _ in range(3):
+        queue_id = spool.new_id()
+        spool.put(make_envelope(queue_id), MESSAGE)
+
+    def snapshot() -> dict[str, bytes | None]:
+        return {
+            str(path.relative_to(root)): None if path.is_dir() else path.read_bytes()
+            for path in sorted(root.rglob("*"))
+        }
+
+    before = snapshot()
+    assert spool.sweep() == SweepResult(0, (), 0)
+    assert snapshot() == before
+
+
+def test_sweep_raises_a_read_error_instead_of_moving_anything(
+    tmp_path: Path,
+) -> None:
+    root = tmp_path / "spool"
+    spool = Spool(root)
+    unreadable = new_queue_id(1_714_564_800.0, bytes(5))
+    corrupt = new_queue_id(1_714_564_801.0, bytes(5))
+    (root / "queue" / unreadable).mkdir()  # open(2) for reading fails: EISDIR
+    (root / "queue" / corrupt).write_bytes(b"no envelope line")
+    expected = f"cannot read spool file {root / 'queue' / unreadable}: Is a directory"
+    with pytest.raises(SpoolError, match=f"^{re.escape(expected)}$"):
+        spool.sweep()
+    assert names(root / "corrupt") == []
+    assert names(root / "queue") == sorted([unreadable, corrupt])
+    assert (root / "queue" / unreadable).is_dir()
+
+
+def test_sweep_of_an_unlistable_tmp_names_it(spool: Spool, tmp_path: Path) -> None:
+    tmp = tmp_path / "spool" / "tmp"
+    tmp.rmdir()
+    tmp.write_bytes(b"")
+    with pytest.raises(SpoolError, match=f"^cannot sweep spool path {tmp}: Not a directory$"):
+        spool.sweep()
+
+
+def test_sweep_that_cannot_move_a_corrupt_file_names_it_and_keeps_it(
+    spool: Spool, tmp_path: Path
+) -> None:
+    root = tmp_path / "spool"
+    (root / "corrupt").rmdir()
+    (root / "corrupt").write_bytes(b"")  # rename(2) into a regular file fails with ENOTDIR
     queue_id = spool.new_id()
-    spool.put(make_envelope(queue_id), MESSAGE)
-    assert spool.sweep() == SweepResult(0, 0, (), 0)
-    assert spool.ids() == [queue_id]
+    path = root / "queue" / queue_id
+    path.write_bytes(b"no envelope line")
+    expected = f"cannot sweep spool path {path}: Not a directory"
+    with pytest.raises(SpoolError, match=f"^{re.escape(expected)}$"):
+        spool.sweep()
+    assert path.read_bytes() == b"no envelope line"
+
+
+def test_corrupt_envelope_line_that_is_not_json_names_the_file(
+    spool: Spool, tmp_path: Path
+) -> None:
+    queue_id = spool.new_id()
+    path = tmp_path / "spool" / "queue" / queue_id
+    path.write_bytes(b"{not json}\n" + MESSAGE)
+    with pytest.raises(SpoolError, match=f"^corrupt envelope {path}: envelope is not valid JSON"):
+        spool.envelope(queue_id)
+    assert spool.message(queue_id) == MESSAGE
 
 
 # --- queue listings --------------------------------------------------------------------------
 
 
 def test_format_queue_line() -> None:
-    envelope = make_envelope("01HX0000000000ABCD", received_at=0.0, size=1234)
+    envelope = make_envelope("01HX0000000000ABCD", received_at=86_399.9, size=1234)
     assert format_queue_line(envelope) == (
-        "01HX0000000000ABCD 1970-01-01T00:00:00Z 1234 alice@example.com"
+        "01HX0000000000ABCD 1970-01-01T23:59:59Z 1234 alice@example.com"
         " -> bob@example.org,carol@example.net"
     )
 
 
-def test_format_queue_line_shows_null_sender() -> None:
+def test_format_queue_line_shows_the_null_sender_as_angle_brackets() -> None:
     envelope = make_envelope("01HX0000000000ABCD", sender="", recipients=("x@y.example",))
-    assert format_queue_line(envelope).endswith(" <> -> x@y.example")
+    assert format_queue_line(envelope) == (
+        f"01HX0000000000ABCD 2024-05-01T12:00:00Z {len(MESSAGE)} <> -> x@y.example"
+    )
+
+
+def test_format_queue_line_escapes_what_a_terminal_would_act_on() -> None:
+    envelope = make_envelope(
+        "01HX0000000000ABCD",
+        sender="evil\u202egro.elpmaxe@a",
+        recipients=("用户@例子.广告", "b\u2028c@example.org"),
+    )
+    line = format_queue_line(envelope)
+    assert line.endswith(" evil\\u202egro.elpmaxe@a -> 用户@例子.广告,b\\u2028c@example.org")
+    assert line.isprintable()
 
 
 def test_format_queue_show_prints_envelope_and_headers_only() -> None:
@@ -504,31 +821,50 @@ def test_format_queue_show_prints_envelope_and_headers_only() -> None:
         b"Subject: hello \x1b[31mred\r\n"
         b"X-Folded: one\r\n\ttwo\r\n"
         b"X-Bad-Utf8: \xff\r\n"
+        b"X-Bidi: \xe2\x80\xae\r\n"
         b"\r\n"
         b"SECRET BODY\r\n"
     )
-    envelope = make_envelope("01HX0000000000ABCD", message, received_at=0.0, smtputf8=True)
+    envelope = make_envelope(
+        "01HX0000000000ABCD",
+        message,
+        sender="",
+        received_at=0.0,
+        smtputf8=True,
+        body="8BITMIME",
+    )
     assert format_queue_show(envelope, message) == "\n".join(
         [
             "queue-id: 01HX0000000000ABCD",
             "received: 1970-01-01T00:00:00Z",
             f"size: {len(message)}",
             "user: alice",
-            "sender: alice@example.com",
+            "sender: <>",
             "recipient: bob@example.org",
             "recipient: carol@example.net",
             "smtputf8: yes",
-            "body: 7BIT",
+            "body: 8BITMIME",
             "",
             "Subject: hello \\x1b[31mred",
             "X-Folded: one",
             "\ttwo",
             "X-Bad-Utf8: \\xff",
+            "X-Bidi: \\u202e",
         ]
     )
 
 
-def test_format_queue_show_of_a_message_without_body() -> None:
+def test_format_queue_show_of_a_message_with_only_headers() -> None:
     message = b"Subject: only headers\r\n"
     text = format_queue_show(make_envelope("01HX0000000000ABCD", message), message)
-    assert text.endswith("body: 7BIT\n\nSubject: only headers")
+    assert text.endswith("smtputf8: no\nbody: 7BIT\n\nSubject: only headers")
+
+
+def test_format_queue_show_of_a_message_without_headers() -> None:
+    message = b"\r\nSECRET BODY\r\n"
+    text = format_queue_show(make_envelope("01HX0000000000ABCD", message), message)
+    assert text.endswith(
+        "sender: alice@example.com\nrecipient: bob@example.org\n"
+        "recipient: carol@example.net\nsmtputf8: no\nbody: 7BIT\n"
+    )
+    assert "SECRET" not in text

@@ -130,9 +130,15 @@ class SmtpConnection(asyncio.Protocol):
         self._pump()
 
     def eof_received(self) -> bool | None:
-        if self._session is not None:
-            self._session.receive_data(b"")
-        return None  # let the transport close itself
+        session = self._session
+        if session is None:
+            return None
+        session.receive_data(b"")
+        if self._task is None or self._task.done():
+            self._pump()
+        # Keep a plaintext transport half-open until pipelined commands are answered (TLS
+        # transports close on EOF whatever we return).
+        return not session.closed
 
     def connection_lost(self, exc: Exception | None) -> None:
         self._closing = True
@@ -199,7 +205,7 @@ class SmtpConnection(asyncio.Protocol):
             return
         self._flush()
         if self._server.draining and not session.busy and not session.closed:
-            session.receive_data(b"")
+            session.close()
             self._write(replies.SHUTTING_DOWN.encode())
             self._close()
 
@@ -306,7 +312,7 @@ class SmtpConnection(asyncio.Protocol):
 
     def _abort_soon(self) -> None:
         if self._session is not None:
-            self._session.receive_data(b"")
+            self._session.close()
         self._close()
 
     def shutdown(self) -> None:
@@ -315,7 +321,7 @@ class SmtpConnection(asyncio.Protocol):
         if session is None:
             self._close()  # mid-handshake: nothing can be said in plaintext
         elif not session.busy:
-            session.receive_data(b"")
+            session.close()
             self._write(replies.SHUTTING_DOWN.encode())
             self._close()
 

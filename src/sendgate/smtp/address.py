@@ -87,6 +87,8 @@ def parse_domain(text: str, *, smtputf8: bool) -> str:
     _check_non_ascii(text, smtputf8)
     if text.startswith("["):
         return _parse_literal(text)
+    # Validate the canonical form, so that what we return always parses again.
+    text = text.lower()
     if not text or len(text.encode()) > MAX_DOMAIN:
         raise AddressError("bad domain length")
     for label in text.split("."):
@@ -95,13 +97,15 @@ def parse_domain(text: str, *, smtputf8: bool) -> str:
                 raise AddressError("bad domain label")
         elif not _utf8_label_ok(label):
             raise AddressError("bad internationalised domain label")
-    return text.lower()
+    return text
 
 
 def _parse_literal(text: str) -> str:
     if not text.endswith("]"):
         raise AddressError("unterminated address literal")
     inner = text[1:-1]
+    if "%" in inner:  # RFC 5321 IPv6-addr has no zone identifier; ipaddress would accept one
+        raise AddressError("bad address literal")
     try:
         if inner[:5].lower() == "ipv6:":
             return f"[IPv6:{ipaddress.IPv6Address(inner[5:]).compressed}]"
@@ -211,9 +215,10 @@ def parse_header_mailboxes(name: str, value: str, *, smtputf8: bool = True) -> l
     it reports (but a UTF-8 local part, which `smtputf8` decides), any group syntax, or any
     addr-spec our SMTP parser would refuse is an error.
     """
+    # The stdlib parser raises more than HeaderParseError on some malformed values.
     try:
         header = _HEADER_REGISTRY(name, value)
-    except (HeaderParseError, IndexError, ValueError) as exc:
+    except (HeaderParseError, AttributeError, IndexError, TypeError, ValueError) as exc:
         raise AddressError("unparsable address header") from exc
     if any(not isinstance(d, NonASCIILocalPartDefect) for d in header.defects):
         raise AddressError("malformed address header")

@@ -93,9 +93,9 @@ class DataReader:
             # The content ended inside the previous chunk: bytes kept after its end ("." or ".\r")
             # are part of the terminator.
             trim = -cut
-            self._total -= trim
+        # Checked before trimming: past the limit, bytes were dropped and cannot be trimmed.
         if self._total > self._limit:
-            return consumed, Content(None, self._total, ContentProblem.TOO_BIG)
+            return consumed, Content(None, self._total - trim, ContentProblem.TOO_BIG)
         raw = b"".join(self._chunks)
         content = dot_unstuff(raw[: len(raw) - trim])
         return consumed, check_content(content, len(content), self._max_size)

@@ -8,7 +8,8 @@ It touches no socket, file or clock; the I/O shell feeds it and sends what it re
 
 Use (h11-style): `receive_data(bytes)` (b"" for EOF); call `next_event()` until it returns
 NEED_DATA, answering every event with `answer(reply)` before the next call; send
-`data_to_send()`; close the transport once `closed` is true. While an event is pending the
+`data_to_send()`; close the transport once `closed` is true. After EOF, commands already
+received are still answered; `close()` ends the session at once. While an event is pending the
 Session reads nothing more, so the shell should pause reading until it answers.
 """
 
@@ -141,6 +142,7 @@ class Session:
         self.errors = 0
         self.discarded_plaintext = 0
         self._state = State.INIT
+        self._eof = False
         self._buf = bytearray()
         self._out = bytearray(f"220 {settings.hostname} ESMTP ready\r\n".encode())
         self._pending: Event | None = None
@@ -176,12 +178,19 @@ class Session:
         )
 
     def receive_data(self, data: bytes) -> None:
+        """Feed bytes; b"" is the client's EOF: what is buffered is still answered, then closed."""
         if not data:
-            self._state = State.CLOSED
+            self._eof = True
+            if self._state is State.TLS_WAIT:
+                self._state = State.CLOSED
         elif self._state is State.TLS_WAIT:
             self.discarded_plaintext += len(data)
         elif self._state is not State.CLOSED:
             self._buf += data
+
+    def close(self) -> None:
+        """End the session now (timeouts, shutdown); nothing more is read or answered."""
+        self._state = State.CLOSED
 
     def data_to_send(self) -> bytes:
         out = bytes(self._out)
@@ -207,27 +216,34 @@ class Session:
                 return NEED_DATA
             if self._in_chunk:
                 if not self._read_chunk():
-                    return NEED_DATA
+                    return self._starved()
                 event = self._end_of_chunk()
             elif self._state is State.DATA:
                 content = self._read_data()
                 if content is None:
-                    return NEED_DATA
+                    return self._starved()
                 event = self._end_of_message(content)
             else:
                 line = self._next_line()
                 if line is None:
-                    return NEED_DATA
+                    return self._starved()
                 event = self._handle_line(line)
             if isinstance(event, (StartTls, AuthAttempt, MailFrom, RcptTo, MessageReceived)):
                 self._pending = event
                 return event
+
+    def _starved(self) -> NeedData:
+        if self._eof:  # after EOF no more bytes will come: an incomplete command is dropped
+            self._state = State.CLOSED
+        return NEED_DATA
 
     def answer(self, reply: Reply) -> None:
         event = self._pending
         if event is None:
             raise ProtocolUsageError("no event to answer")
         self._pending = None
+        if self._state is State.CLOSED:  # EOF arrived while the application decided
+            return
         ok = reply.is_positive
         if isinstance(event, StartTls):
             if ok:
@@ -254,8 +270,6 @@ class Session:
     # --- replies and errors ---
 
     def _send(self, reply: Reply) -> None:
-        if self._state is State.CLOSED:
-            return
         self._out += reply.encode()
         if reply.closes:
             self._state = State.CLOSED
@@ -292,6 +306,12 @@ class Session:
                 buf.clear()
                 self._discarding_line = True
             return None
+        if end > LINE_BUFFER_MAX:
+            # Too long however it was read: answer as if it had been dropped in pieces.
+            del buf[: end + 1]
+            return (
+                replies.AUTH_LINE_TOO_LONG if self._state is State.AUTH else replies.LINE_TOO_LONG
+            )
         line = bytes(buf[: end + 1])
         del buf[: end + 1]
         return line
