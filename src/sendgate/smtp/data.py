@@ -93,14 +93,15 @@ class DataReader:
             # The content ended inside the previous chunk: bytes kept after its end ("." or ".\r")
             # are part of the terminator.
             trim = -cut
-        # Checked before trimming: past the limit, bytes were dropped and cannot be trimmed.
-        if self._total > self._limit:
-            return consumed, Content(None, self._total - trim, ContentProblem.TOO_BIG)
+        # At most len(".\r") octets past the limit may be trimmed: `_keep` holds them too.
+        size = self._total - trim
+        if size > self._limit:
+            return consumed, Content(None, size, ContentProblem.TOO_BIG)
         raw = b"".join(self._chunks)
         content = dot_unstuff(raw[: len(raw) - trim])
         return consumed, check_content(content, len(content), self._max_size)
 
     def _keep(self, data: bytes) -> None:
         self._total += len(data)
-        if self._total <= self._limit:
+        if self._total <= self._limit + 2:
             self._chunks.append(data)

@@ -249,7 +249,8 @@ class Session:
             if ok:
                 self.discarded_plaintext += len(self._buf)
                 self._buf.clear()
-                self._state = State.TLS_WAIT
+                # After the client's EOF no handshake can follow: close once the 220 is out.
+                self._state = State.CLOSED if self._eof else State.TLS_WAIT
         elif isinstance(event, AuthAttempt):
             self._state = State.READY
             if ok:
