@@ -97,7 +97,6 @@ NESTED_MAIL = Reply(503, "5.5.1", "Sender already specified")
 ALREADY_AUTHENTICATED = Reply(503, "5.5.1", "Already authenticated")
 ALREADY_TLS = Reply(503, "5.5.1", "TLS already active")
 DATA_AND_BDAT = Reply(503, "5.5.1", "DATA and BDAT cannot be mixed")
-BDAT_AFTER_FAILURE = Reply(503, "5.5.1", "Transaction failed, send RSET")
 UNKNOWN_MECHANISM = Reply(504, "5.5.4", "Unrecognized authentication mechanism")
 PARAMETER_NOT_SUPPORTED = Reply(555, "5.5.4", "Parameter not recognized or not implemented")
 

@@ -482,7 +482,7 @@ class Session:
     def _sasl_step(self, step: Challenge | Credentials | Reply) -> AuthAttempt | None:
         if isinstance(step, Challenge):
             self._state = State.AUTH
-            self._out += f"334 {step.text}\r\n".encode()
+            self._out += replies.AUTH_CHALLENGE.with_text(step.text).encode()
             return None
         self._sasl = None
         self._state = State.READY
