@@ -16,6 +16,7 @@ from pathlib import Path
 from typing import Any
 
 from sendgate.config import Config, unsafe_settings
+from sendgate.errors import SendgateError
 from sendgate.log import EventLog
 from sendgate.policy.auth import Authenticator
 from sendgate.policy.passwords import new_hasher
@@ -80,7 +81,10 @@ def serve(cfg: Config, log: EventLog) -> int:
     listeners: list[Listener] = []
     for implicit, addresses in ((False, cfg.listen.submission), (True, cfg.listen.submissions)):
         for hostport in addresses:
-            sock = bind(hostport.host, hostport.port)
+            try:
+                sock = bind(hostport.host, hostport.port)
+            except OSError as exc:
+                raise SendgateError(f"cannot listen on {hostport}: {exc.strerror or exc}") from exc
             host, port = sock.getsockname()[:2]
             listeners.append(Listener(sock, implicit))
             log.event(

@@ -282,6 +282,15 @@ class SmtpConnection(asyncio.Protocol):
         out = session.data_to_send()
         if out:
             self._write(out)
+            for refusal in session.refusals():
+                self._server.log.event(
+                    "rejected",
+                    conn=self.conn_id,
+                    client=self.client_ip,
+                    reason="protocol",
+                    code=f"{refusal.code} {refusal.enhanced}",
+                    text=refusal.text,
+                )
         if session.closed:
             self._close()
 

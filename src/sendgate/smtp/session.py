@@ -146,6 +146,7 @@ class Session:
         self._buf = bytearray()
         self._out = bytearray(f"220 {settings.hostname} ESMTP ready\r\n".encode())
         self._pending: Event | None = None
+        self._refusals: list[Reply] = []
         self._txn: _Transaction | None = None
         self._sasl: SaslExchange | None = None
         self._data: DataReader | None = None
@@ -187,6 +188,11 @@ class Session:
             self.discarded_plaintext += len(data)
         elif self._state is not State.CLOSED:
             self._buf += data
+
+    def refusals(self) -> list[Reply]:
+        """The 4xx/5xx replies the Session gave on its own since the last call (for the log)."""
+        out, self._refusals = self._refusals, []
+        return out
 
     def close(self) -> None:
         """End the session now (timeouts, shutdown); nothing more is read or answered."""
@@ -266,18 +272,21 @@ class Session:
                 self._state = State.RCPT
         else:
             self._reset_transaction()
-        self._send(reply)
+        self._send(reply, own=False)
 
     # --- replies and errors ---
 
-    def _send(self, reply: Reply) -> None:
+    def _send(self, reply: Reply, *, own: bool = True) -> None:
         self._out += reply.encode()
+        if own and reply.code >= 400:
+            self._refusals.append(reply)
         if reply.closes:
             self._state = State.CLOSED
         elif reply.code >= 500:
             self.errors += 1
             if self.errors >= self.settings.max_errors:
                 self._out += replies.TOO_MANY_ERRORS.encode()
+                self._refusals.append(replies.TOO_MANY_ERRORS)
                 self._state = State.CLOSED
 
     def _reset_transaction(self) -> None:

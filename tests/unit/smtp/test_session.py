@@ -10,6 +10,7 @@ import pytest
 from sendgate.smtp import replies
 from sendgate.smtp.address import Address
 from sendgate.smtp.events import (
+    NEED_DATA,
     AuthAttempt,
     Event,
     MailFrom,
@@ -1722,3 +1723,27 @@ def test_data_at_the_slack_boundary_does_not_depend_on_chunking() -> None:
     assert whole.codes == ["250 2.0.0"]
     pieces = feed(in_data(SessionSettings(HOST, max_message_size=3 * slack)), raw[:cut], raw[cut:])
     assert pieces == whole
+
+
+# --- refusals(): what the Session refused on its own, for the connection log ---
+
+
+def test_refusals_lists_only_the_sessions_own_negative_replies() -> None:
+    session = Session(SessionSettings(HOST, max_errors=3))
+    session.receive_data(b"BOGUS\r\nEHLO client.example\r\nMAIL FROM:<bob@example.org>\r\n")
+    event = session.next_event()
+    assert event is NEED_DATA  # MAIL before AUTH is refused by the Session itself
+    assert session.refusals() == [replies.UNRECOGNIZED, replies.MUST_STARTTLS]
+    assert session.refusals() == []  # drained
+
+
+def test_refusals_leave_out_the_applications_answers_and_include_the_421() -> None:
+    session = ready()
+    session.receive_data(b"MAIL FROM:<bob@example.org>\r\n")
+    assert isinstance(session.next_event(), MailFrom)
+    session.answer(replies.SENDER_NOT_OWNED)
+    assert session.refusals() == []
+    session = Session(SessionSettings(HOST, max_errors=1))
+    session.receive_data(b"BOGUS\r\n")
+    assert session.next_event() is NEED_DATA
+    assert session.refusals() == [replies.UNRECOGNIZED, replies.TOO_MANY_ERRORS]
