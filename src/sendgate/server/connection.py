@@ -23,6 +23,9 @@ from sendgate.smtp.replies import Reply
 from sendgate.smtp.session import Session, SessionSettings
 
 _conn_ids = itertools.count(1)
+# Seconds to wait for the client's TLS close_notify after we close; a silent client must not
+# hold its connection slot (or a graceful stop) for asyncio's default 30 s.
+SSL_SHUTDOWN_TIMEOUT = 5.0
 
 
 class ConnectionHandler(Protocol):
@@ -116,10 +119,13 @@ class SmtpConnection(asyncio.Protocol):
         self._idle_timer = self._loop.call_later(server.command_timeout, self._idle_check)
         self._session_timer = self._loop.call_later(server.session_timeout, self._session_expired)
         if self._implicit_tls:
-            self._task = self._loop.create_task(self._start_tls(transport, implicit=True))
+            # The listener already did the handshake (create_server with ssl=).
+            info = _tls_info(transport)
+            self._log_tls(transport, info)
+            self._session = Session(server.settings, tls=info)
         else:
             self._session = Session(server.settings)
-            self._flush()
+        self._flush()
 
     def data_received(self, data: bytes) -> None:
         session = self._session
@@ -185,9 +191,7 @@ class SmtpConnection(asyncio.Protocol):
                         client=self.client_ip,
                         discarded=session.discarded_plaintext,
                     )
-                self._task = self._loop.create_task(
-                    self._start_tls(self._transport, implicit=False)
-                )
+                self._task = self._loop.create_task(self._start_tls(self._transport))
                 return
             try:
                 answer = handler.handle(event, session)
@@ -224,7 +228,7 @@ class SmtpConnection(asyncio.Protocol):
         self._transport.resume_reading()
         self._pump()
 
-    async def _start_tls(self, transport: asyncio.Transport, *, implicit: bool) -> None:
+    async def _start_tls(self, transport: asyncio.Transport) -> None:
         server = self._server
         try:
             tls_transport = await self._loop.start_tls(
@@ -233,6 +237,7 @@ class SmtpConnection(asyncio.Protocol):
                 server.tls_context(),
                 server_side=True,
                 ssl_handshake_timeout=server.handshake_timeout,
+                ssl_shutdown_timeout=SSL_SHUTDOWN_TIMEOUT,
             )
         except asyncio.CancelledError:
             raise
@@ -247,27 +252,25 @@ class SmtpConnection(asyncio.Protocol):
             )
             transport.abort()
             return
-        if tls_transport is None or self._closing:
+        if tls_transport is None or self._closing or self._session is None:
             return
         self._transport = tls_transport
         info = _tls_info(tls_transport)
-        server.log.event(
+        self._log_tls(tls_transport, info)
+        self._session.tls_established(info)
+        self._last_activity = self._loop.time()
+        self._flush()
+
+    def _log_tls(self, transport: asyncio.BaseTransport, info: TlsInfo) -> None:
+        ssl_object = transport.get_extra_info("ssl_object")
+        self._server.log.event(
             "tls",
             conn=self.conn_id,
             client=self.client_ip,
             version=info.version,
             cipher=info.cipher,
-            resumed=bool(
-                getattr(tls_transport.get_extra_info("ssl_object"), "session_reused", False)
-            ),
+            resumed=bool(getattr(ssl_object, "session_reused", False)),
         )
-        if implicit:
-            self._session = Session(server.settings, tls=info)
-        else:
-            assert self._session is not None
-            self._session.tls_established(info)
-        self._last_activity = self._loop.time()
-        self._flush()
 
     # --- output, timers, closing ---
 
@@ -298,6 +301,21 @@ class SmtpConnection(asyncio.Protocol):
         if not self._closing and self._transport is not None:
             self._closing = True
             self._transport.close()
+            self._release()
+
+    def _release(self) -> None:
+        """Give the connection slot back as soon as we are done, not when TLS shutdown ends."""
+        if self._slot is not None:
+            self._server.release(self._slot)
+            self._slot = None
+            self._server.unregister(self)
+            session = self._session
+            self._server.log.event(
+                "disconnect",
+                conn=self.conn_id,
+                client=self.client_ip,
+                errors=session.errors if session else 0,
+            )
 
     def _idle_check(self) -> None:
         elapsed = self._loop.time() - self._last_activity

@@ -76,13 +76,26 @@ def _stamp(certificates: Sequence[CertFiles]) -> tuple[tuple[int, int, int], ...
 
 
 class TlsContextHolder:
-    """The current server context; `reload()` swaps in a new one when the files changed."""
+    """The current server context; `reload()` swaps in a new one when the files changed.
+
+    Listeners hand `front` to asyncio once, at start. Its SNI callback (OpenSSL calls it for
+    every ClientHello, with or without a server name) switches the connection to the current
+    `context`, so a reload reaches new connections on both 587 and 465 without touching the
+    listeners, and session tickets stay valid across reloads (OpenSSL keeps issuing them with
+    the front context's keys, which the forked workers share).
+    """
 
     def __init__(self, certificates: Sequence[CertFiles], min_version: str = "1.2") -> None:
         self._certificates = tuple(certificates)
         self._min_version = min_version
-        self.context = build_context(self._certificates, min_version)
+        self.front = build_context(self._certificates, min_version)
+        self.front.sni_callback = self._select
+        self.context = self.front  # until the first reload, nothing to switch to
         self._stamp = _stamp(self._certificates)
+
+    def _select(self, ssl_object: ssl.SSLObject, _name: str | None, _ctx: ssl.SSLContext) -> None:
+        if self.context is not self.front:
+            ssl_object.context = self.context
 
     def changed(self) -> bool:
         return _stamp(self._certificates) != self._stamp

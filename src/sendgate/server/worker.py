@@ -10,14 +10,21 @@ touching established connections.
 from __future__ import annotations
 
 import asyncio
+import functools
 import signal
 import socket
 import ssl
 from dataclasses import dataclass
+from typing import Any
 
 from sendgate.errors import TlsConfigError
 from sendgate.log import EventLog
-from sendgate.server.connection import ConnectionHandler, HandlerFactory, SmtpConnection
+from sendgate.server.connection import (
+    SSL_SHUTDOWN_TIMEOUT,
+    ConnectionHandler,
+    HandlerFactory,
+    SmtpConnection,
+)
 from sendgate.server.limits import ConnectionLimiter
 from sendgate.server.tls import TlsContextHolder
 from sendgate.smtp.session import SessionSettings
@@ -71,7 +78,7 @@ class Worker:
     # --- connection.ServerContext ---
 
     def tls_context(self) -> ssl.SSLContext:
-        return self._tls.context
+        return self._tls.front
 
     def acquire(self, ip: str) -> int | None:
         return self._limiter.acquire(ip)
@@ -108,6 +115,18 @@ class Worker:
         except TlsConfigError as exc:
             self.log.event("tls_reload_failed", "error", error=str(exc))
 
+    def _loop_error(self, _loop: asyncio.AbstractEventLoop, context: dict[str, Any]) -> None:
+        """One log line instead of asyncio's traceback (failed 465 handshakes land here)."""
+        exc = context.get("exception")
+        message = str(context.get("message", ""))
+        self.log.event(
+            "tls_failed" if "handshake" in message.lower() else "loop_error",
+            "warning",
+            message=message[:200],
+            error=type(exc).__name__ if exc is not None else None,
+            detail=str(exc)[:200] if exc is not None else None,
+        )
+
     async def _watch_certificates(self) -> None:
         interval = self._timeouts.reload_interval
         while True:
@@ -119,19 +138,26 @@ class Worker:
         self._stop = asyncio.Event()
         self._idle = asyncio.Event()
         servers = []
+        loop.set_exception_handler(self._loop_error)
         for listener in self._listeners:
             implicit = listener.implicit_tls
+            # Port 465: asyncio does the handshake before the protocol sees a byte, so no part
+            # of the ClientHello can race the set-up (the current certificate is chosen by the
+            # front context's SNI callback).
             servers.append(
                 await loop.create_server(
-                    lambda implicit=implicit: SmtpConnection(self, implicit_tls=implicit),  # type: ignore[misc]
+                    functools.partial(SmtpConnection, self, implicit_tls=implicit),
                     sock=listener.sock,
                     backlog=1024,
+                    ssl=self._tls.front if implicit else None,
+                    ssl_handshake_timeout=self.handshake_timeout if implicit else None,
+                    ssl_shutdown_timeout=SSL_SHUTDOWN_TIMEOUT if implicit else None,
                 )
             )
         if install_signals:
             loop.add_signal_handler(signal.SIGTERM, self.stop)
             loop.add_signal_handler(signal.SIGINT, self.stop)
-            loop.add_signal_handler(signal.SIGHUP, self.reload_tls, True)  # type: ignore[arg-type]
+            loop.add_signal_handler(signal.SIGHUP, functools.partial(self.reload_tls, force=True))
         watcher = None
         if self._timeouts.reload_interval > 0:
             watcher = loop.create_task(self._watch_certificates())
