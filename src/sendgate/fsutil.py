@@ -9,6 +9,7 @@ POSIX only; stdlib only.
 import errno
 import os
 import secrets
+from collections.abc import Sequence
 from contextlib import suppress
 from pathlib import Path
 
@@ -25,10 +26,11 @@ def fsync_dir(path: Path) -> None:
 
 
 def write_file_durably(
-    path: Path, data: bytes, *, exclusive: bool = True, mode: int = 0o600
+    path: Path, data: bytes | Sequence[bytes], *, exclusive: bool = True, mode: int = 0o600
 ) -> None:
     """Write `data` to `path`, fsync it and close it; on any error unlink `path` and re-raise.
 
+    `data` may be a sequence of parts, written with one writev (no joined copy is made).
     With `exclusive` (the default) the file must not exist yet (O_EXCL), so an existing file is
     never touched, not even by the clean-up. Without it an existing file is truncated and
     rewritten. Symbolic links are never followed. The file ends up with exactly `mode`, whatever
@@ -74,12 +76,16 @@ def is_disk_full(exc: OSError) -> bool:
     return exc.errno in _DISK_FULL_ERRNOS
 
 
-def _write_all(fd: int, data: bytes) -> None:
-    """Write every byte of `data` to `fd`, looping on short writes."""
-    view = memoryview(data)
-    while view:
-        written = os.write(fd, view)
+def _write_all(fd: int, data: bytes | Sequence[bytes]) -> None:
+    """Write every byte of `data` (one buffer or several) to `fd`, looping on short writes."""
+    views = [memoryview(part) for part in ((data,) if isinstance(data, bytes) else data) if part]
+    while views:
+        written = os.writev(fd, views)
         if written <= 0:
             # Regular files report errors instead; never spin on a descriptor that stalls.
             raise OSError(errno.EIO, "write made no progress")
-        view = view[written:]
+        while views and written >= len(views[0]):
+            written -= len(views[0])
+            views.pop(0)
+        if views and written:
+            views[0] = views[0][written:]

@@ -41,7 +41,7 @@ from pathlib import Path
 from typing import Any, TypeVar
 
 from sendgate.errors import SpoolError, SpoolFullError
-from sendgate.fsutil import fsync_dir, is_disk_full
+from sendgate.fsutil import fsync_dir, is_disk_full, write_file_durably
 
 # Crockford base32, in ascending ASCII order so that ids sort like the numbers they encode.
 _CROCKFORD = "0123456789ABCDEFGHJKMNPQRSTVWXYZ"
@@ -252,9 +252,9 @@ class Spool:
         tmp_path = self._tmp / queue_id
         final = self._queue / queue_id
         try:
-            _write_synced(tmp_path, (envelope.to_json(), b"\n", message))
+            write_file_durably(tmp_path, (envelope.to_json(), b"\n", message))
         except OSError as exc:
-            # _write_synced removed what it created; if O_EXCL failed, tmp/<id> is not ours.
+            # write_file_durably removed what it created; if O_EXCL failed, tmp/<id> is not ours.
             raise _spool_error("cannot write spool file", tmp_path, exc) from exc
         action, path = "cannot commit spool file", final
         try:
@@ -386,33 +386,6 @@ class Spool:
         if target.exists():
             target = self._corrupt / f"{queue_id}.{secrets.token_hex(4)}"
         return target
-
-
-def _write_synced(path: Path, parts: tuple[bytes, ...]) -> None:
-    """Create `path` (never overwriting), write `parts` with writev, fsync, close.
-
-    On failure the file is removed, but only if this call created it.
-    """
-    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_CLOEXEC | os.O_NOFOLLOW, 0o600)
-    try:
-        try:
-            views = [memoryview(part) for part in parts if part]
-            while views:
-                written = os.writev(fd, views)
-                if written <= 0:
-                    raise OSError(errno.EIO, "write made no progress")
-                while views and written >= len(views[0]):
-                    written -= len(views[0])
-                    views.pop(0)
-                if views and written:
-                    views[0] = views[0][written:]
-            os.fsync(fd)
-        finally:
-            os.close(fd)
-    except BaseException:
-        with suppress(OSError):
-            path.unlink()
-        raise
 
 
 def _read(path: Path, queue_id: str) -> bytes:

@@ -153,17 +153,7 @@ class SmtpConnection(asyncio.Protocol):
                 timer.cancel()
         if self._task is not None and not self._task.done():
             self._task.cancel()
-        if self._slot is not None:
-            self._server.release(self._slot)
-            self._slot = None
-            self._server.unregister(self)
-            session = self._session
-            self._server.log.event(
-                "disconnect",
-                conn=self.conn_id,
-                client=self.client_ip,
-                errors=session.errors if session else 0,
-            )
+        self._release()
 
     # --- the pump: Session events -> handler answers -> bytes out ---
 
