@@ -343,11 +343,14 @@ class Players:
         dialog = parse_dialog(path)
         play_in_memory(dialog, self._make(dialog.settings))
 
-    def live(self, path: Path) -> None:
+    def live(self, path: Path) -> str:
+        """Replay over TLS against the real I/O shell; returns the server's event log."""
         dialog = parse_dialog(path)
         backend = self._make(dialog.settings)
         with LiveServer(backend, self._tls[0], self._tls[1]) as server:
             play_live(dialog, server, backend, self._client_ctx)
+        backend.log_stream.flush()
+        return Path(backend.log_stream.name).read_text()
 
 
 @pytest.fixture

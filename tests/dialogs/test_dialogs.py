@@ -36,3 +36,15 @@ def test_in_memory(path: Path, players: Any) -> None:
 @pytest.mark.parametrize("path", TRANSCRIPTS, ids=lambda p: p.stem)
 def test_live_tls(path: Path, players: Any) -> None:
     players.live(path)
+
+
+def test_live_log_names_each_refusal_and_never_the_password(players: Any) -> None:
+    log = players.live(Path(__file__).parent / "transcripts" / "mail_before_auth.txt")
+    # The Session's own refusal and the policy's, each with its code; the wrong password is
+    # never written, nor the right one.
+    assert "event=rejected" in log
+    assert 'reason=protocol code="530 5.7.0"' in log
+    assert "event=auth_fail" in log
+    assert "event=auth_ok" in log
+    assert "not-the-password-at-all" not in log
+    assert "alice-dialog-password" not in log
