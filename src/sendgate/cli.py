@@ -131,7 +131,7 @@ def _cmd_init(args: argparse.Namespace) -> int:
         key=args.key,
     )
     print(f"wrote {path}")
-    print(f"next: sendgate --config {path} user add you@{'example.org'}")
+    print(f"next: sendgate --config {path} user add ADDRESS")
     return 0
 
 

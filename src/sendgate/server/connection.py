@@ -17,6 +17,7 @@ from collections.abc import Awaitable, Callable
 from typing import Protocol, cast
 
 from sendgate.log import EventLog
+from sendgate.server.tls import describe
 from sendgate.smtp import replies
 from sendgate.smtp.events import NEED_DATA, Event, StartTls, TlsInfo
 from sendgate.smtp.replies import Reply
@@ -56,15 +57,7 @@ class ServerContext(Protocol):
 
 
 def _tls_info(transport: asyncio.BaseTransport) -> TlsInfo:
-    ssl_object = transport.get_extra_info("ssl_object")
-    if ssl_object is None:
-        return TlsInfo("unknown", "unknown", 0)
-    cipher = ssl_object.cipher()
-    return TlsInfo(
-        ssl_object.version() or "unknown",
-        cipher[0] if cipher else "unknown",
-        cipher[2] if cipher else 0,
-    )
+    return TlsInfo(*describe(transport.get_extra_info("ssl_object")))
 
 
 class SmtpConnection(asyncio.Protocol):

@@ -15,6 +15,7 @@ Session reads nothing more, so the shell should pause reading until it answers.
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass
 from enum import Enum, auto
 from functools import lru_cache
@@ -422,8 +423,7 @@ class Session:
             else:
                 self._send(refusal)
             return None
-        handler = getattr(self, "_cmd_" + verb.lower())
-        result: Event | None = handler(cmd.argument)
+        result: Event | None = _COMMANDS[verb](self, cmd.argument)
         return result
 
     def _cmd_ehlo(self, argument: str) -> None:
@@ -601,3 +601,9 @@ class Session:
 
     def _cmd_vrfy(self, argument: str) -> None:
         self._send(replies.CANNOT_VRFY if argument else replies.SYNTAX_ERROR)
+
+
+# Verb -> handler, built once rather than looked up by name on every command line.
+_COMMANDS: dict[str, Callable[[Session, str], Event | None]] = {
+    verb: getattr(Session, "_cmd_" + verb.lower()) for verb in _ALLOWED
+}
