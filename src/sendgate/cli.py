@@ -3,7 +3,10 @@
 These invocations are relied on by scripts and docs and must keep working exactly so:
 `sendgate init DIR [--hostname NAME] [--submission HOST:PORT] [--submissions HOST:PORT]`,
 `sendgate --config FILE user add ADDRESS` (password from stdin when it is not a terminal),
-`sendgate --config FILE serve`, `sendgate --config FILE queue list`.
+`sendgate --config FILE serve`, `sendgate --config FILE queue list`,
+`sendgate init DIR --smarthost HOST:PORT [--smarthost-tls none|starttls|implicit]`,
+`sendgate --config FILE dkim keygen DOMAIN [--selector S]`,
+`sendgate --config FILE queue list|show|retry|remove|explain ID`.
 Passwords are read from a prompt or stdin, never from argv.
 """
 
@@ -13,11 +16,14 @@ import argparse
 import getpass
 import os
 import sys
+import time
 from collections.abc import Sequence
 from pathlib import Path
 
 from sendgate import __version__
 from sendgate.config import Config, load_config
+from sendgate.delivery.state import DeliveryState, explain
+from sendgate.dkim import default_selector, generate_key
 from sendgate.errors import ConfigError, SendgateError, UserError
 from sendgate.log import EventLog
 from sendgate.policy.passwords import hash_password, new_hasher, password_problem
@@ -49,6 +55,15 @@ def _parser() -> argparse.ArgumentParser:
     init.add_argument("--submissions", metavar="HOST:PORT", help="implicit-TLS listener")
     init.add_argument("--cert", type=Path, help="use this certificate instead of generating one")
     init.add_argument("--key", type=Path, help="private key for --cert")
+    init.add_argument(
+        "--smarthost", metavar="HOST:PORT", help="relay all outgoing mail through this server"
+    )
+    init.add_argument(
+        "--smarthost-tls",
+        choices=("none", "starttls", "implicit"),
+        default="starttls",
+        help="TLS to the smarthost (default starttls; none only to a loopback address)",
+    )
 
     sub.add_parser("serve", help="run the submission server")
 
@@ -70,11 +85,27 @@ def _parser() -> argparse.ArgumentParser:
         action.add_argument("user", metavar="USER")
         action.add_argument("address", metavar="ADDRESS")
 
-    queue = sub.add_parser("queue", help="inspect the queue").add_subparsers(
+    queue = sub.add_parser("queue", help="inspect and manage the queue").add_subparsers(
         dest="action", required=True, metavar="ACTION"
     )
     queue.add_parser("list", help="one line per queued message")
-    queue.add_parser("show", help="envelope and headers of one message").add_argument("queue_id")
+    for name, text in (
+        ("show", "envelope and headers of one message"),
+        ("retry", "try delivering a message now"),
+        ("remove", "delete a message from the queue (no bounce is sent)"),
+        ("explain", "why a message is still queued: last attempt per recipient, next attempt"),
+    ):
+        queue.add_parser(name, help=text).add_argument("queue_id", metavar="ID")
+
+    dkim = sub.add_parser("dkim", help="DKIM signing keys").add_subparsers(
+        dest="action", required=True, metavar="ACTION"
+    )
+    keygen = dkim.add_parser("keygen", help="make a signing key for DOMAIN; print its DNS record")
+    keygen.add_argument("domain", metavar="DOMAIN")
+    keygen.add_argument("--selector", help="DNS selector (default: sgYYYYMM)")
+    keygen.add_argument(
+        "--algorithm", choices=("rsa", "ed25519"), default="rsa", help="default rsa (2048 bits)"
+    )
     return parser
 
 
@@ -129,6 +160,8 @@ def _cmd_init(args: argparse.Namespace) -> int:
         submissions=args.submissions or "0.0.0.0:465",
         cert=args.cert,
         key=args.key,
+        smarthost=args.smarthost,
+        smarthost_tls=args.smarthost_tls,
     )
     print(f"wrote {path}")
     print(f"next: sendgate --config {path} user add ADDRESS")
@@ -205,16 +238,44 @@ def _cmd_user(args: argparse.Namespace) -> int:
 def _cmd_queue(args: argparse.Namespace) -> int:
     cfg = _load(args)
     spool = Spool(cfg.data_dir / "spool")
-    if args.action == "list":
+    action = args.action
+    if action == "list":
         for queue_id in spool.ids():
             print(format_queue_line(spool.envelope(queue_id)))
-    else:
-        envelope = spool.envelope(args.queue_id)
+        return 0
+    envelope = spool.envelope(args.queue_id)
+    if action == "show":
         print(format_queue_show(envelope, spool.message(args.queue_id)))
+    elif action == "retry":
+        spool.request_retry(envelope.queue_id)
+        print(f"{envelope.queue_id}: retry requested")
+    elif action == "remove":
+        spool.remove(envelope.queue_id)
+        print(f"{envelope.queue_id}: removed")
+    else:
+        raw = spool.read_state(envelope.queue_id)
+        state = None if raw is None else DeliveryState.from_json(raw, envelope.recipients)
+        print(explain(envelope.queue_id, envelope.sender, envelope.received_at, state))
     return 0
 
 
-_COMMANDS = {"init": _cmd_init, "serve": _cmd_serve, "user": _cmd_user, "queue": _cmd_queue}
+def _cmd_dkim(args: argparse.Namespace) -> int:
+    cfg = _load(args)
+    selector = args.selector or default_selector(time.time())
+    path, record = generate_key(cfg.dkim.key_dir, args.domain, selector, args.algorithm)
+    print(f"wrote {path}", file=sys.stderr)
+    print("publish this DNS record, then restart sendgate to sign with the key:", file=sys.stderr)
+    print(record)
+    return 0
+
+
+_COMMANDS = {
+    "init": _cmd_init,
+    "serve": _cmd_serve,
+    "user": _cmd_user,
+    "queue": _cmd_queue,
+    "dkim": _cmd_dkim,
+}
 
 
 def main(argv: Sequence[str] | None = None) -> int:

@@ -40,7 +40,9 @@ _OVERRIDES = (
     ("tls_below_1_2", 'tls.min_version = "1.0" or "1.1": deprecated TLS versions (RFC 8996)'),
     ("no_auth", "auth.required = false: mail is accepted without authentication"),
     ("world_readable_key", "a private key file with any group or other permission bits"),
+    ("plaintext_relay", 'a delivery route with tls = "none" to a smarthost that is not loopback'),
 )
+_RELAY_TLS = ("starttls", "implicit", "none")
 _TLS_VERSIONS = ("1.0", "1.1", "1.2", "1.3")
 _WEAK_TLS_VERSIONS = ("1.0", "1.1")
 _HOST_LABEL = re.compile(r"(?!-)[A-Za-z0-9-]{1,63}(?<!-)")
@@ -105,6 +107,16 @@ def _is_hostname(text: str) -> bool:
     labels = text.split(".")
     # An all-digit last label would make "192.0.2.1" pass as a name.
     return all(_HOST_LABEL.fullmatch(label) for label in labels) and not labels[-1].isdigit()
+
+
+def is_loopback(host: str) -> bool:
+    """True for loopback IP literals and "localhost" (which must resolve to loopback)."""
+    if host.lower() == "localhost":
+        return True
+    try:
+        return ipaddress.ip_address(host).is_loopback
+    except ValueError:
+        return False
 
 
 def _is_ipv4(text: str) -> bool:
@@ -415,6 +427,135 @@ class _Certificates:
         return [{"cert": str(pair.cert), "key": str(pair.key)} for pair in value]
 
 
+@dataclass(frozen=True, slots=True)
+class _OptionalPath:
+    def describe(self) -> str:
+        return 'path, or "" for none'
+
+    def parse(self, raw: object, where: _Where) -> Path | None:
+        if raw == "":
+            return None
+        return _PathKind().parse(raw, where)
+
+    def to_raw(self, value: Path | None) -> object:
+        return "" if value is None else str(value)
+
+
+@dataclass(frozen=True, slots=True)
+class _Routes:
+    def describe(self) -> str:
+        return 'array of { domains = [...], smarthost = "HOST:PORT", ... } tables'
+
+    def parse(self, raw: object, where: _Where) -> "tuple[RouteConfig, ...]":
+        if not isinstance(raw, list):
+            raise where.error(f"must be an array of route tables, got {_describe(raw)}")
+        routes: list[RouteConfig] = []
+        claimed: dict[str, str] = {}
+        for index, item in enumerate(raw):
+            spot = where.item(index)
+            route = _parse_section(RouteConfig, item, spot)
+            if route.username and route.password is None and route.password_file is None:
+                raise spot.error("username needs password or password_file")
+            if route.password is not None and route.password_file is not None:
+                raise spot.error("give password or password_file, not both")
+            if (route.password is not None or route.password_file) and not route.username:
+                raise spot.error("a password needs a username")
+            if route.password_file is not None:
+                _require_file(route.password_file, spot.child("password_file"))
+            for pattern in route.domains:
+                if pattern in claimed:
+                    raise spot.child("domains").error(
+                        f"{_quote(pattern)} is already routed by {claimed[pattern]}"
+                    )
+                claimed[pattern] = spot.key
+            routes.append(route)
+        return tuple(routes)
+
+    def to_raw(self, value: "tuple[RouteConfig, ...]") -> object:
+        tables = []
+        for route in value:
+            table: dict[str, object] = {
+                "domains": list(route.domains),
+                "smarthost": str(route.smarthost),
+                "tls": route.tls,
+            }
+            if route.username:
+                table["username"] = route.username
+            if route.password_file is not None:
+                table["password_file"] = str(route.password_file)
+            tables.append(table)
+        return tables
+
+
+@dataclass(frozen=True, slots=True)
+class _Domains:
+    def describe(self) -> str:
+        return 'array of domains; "*" is every domain, ".example.org" its subdomains'
+
+    def parse(self, raw: object, where: _Where) -> tuple[str, ...]:
+        if not isinstance(raw, list) or not raw:
+            raise where.error(f"must be a non-empty array of domains, got {_describe(raw)}")
+        domains = []
+        for index, item in enumerate(raw):
+            spot = where.item(index)
+            name = item[1:] if isinstance(item, str) and item.startswith(".") else item
+            if not isinstance(item, str) or (item != "*" and not _is_hostname(str(name))):
+                raise spot.error(f'expected a domain, ".domain" or "*", got {_describe(item)}')
+            domains.append(item.lower())
+        return tuple(domains)
+
+    def to_raw(self, value: tuple[str, ...]) -> object:
+        return list(value)
+
+
+@dataclass(frozen=True, slots=True)
+class _HostPortKind:
+    def describe(self) -> str:
+        return '"HOST:PORT" string'
+
+    def parse(self, raw: object, where: _Where) -> HostPort:
+        if not isinstance(raw, str):
+            raise where.error(f"expected HOST:PORT, got {_describe(raw)}")
+        try:
+            return HostPort.parse(raw)
+        except ValueError as error:
+            raise where.error(str(error)) from None
+
+    def to_raw(self, value: HostPort) -> object:
+        return str(value)
+
+
+@dataclass(frozen=True, slots=True)
+class _Text:
+    def describe(self) -> str:
+        return "string"
+
+    def parse(self, raw: object, where: _Where) -> str:
+        if not isinstance(raw, str) or not raw.isprintable():
+            raise where.error(f"must be a string of printable characters, got {_describe(raw)}")
+        return raw
+
+    def to_raw(self, value: str) -> object:
+        return value
+
+
+@dataclass(frozen=True, slots=True)
+class _Secret:
+    def describe(self) -> str:
+        return "string (secret)"
+
+    def parse(self, raw: object, where: _Where) -> str | None:
+        if raw == "":
+            return None
+        if not isinstance(raw, str) or not raw.isprintable():
+            # The value is a secret: never echo it.
+            raise where.error("must be a string of printable characters")
+        return raw
+
+    def to_raw(self, value: str | None) -> object:
+        return value or ""
+
+
 def _require_file(path: Path, where: _Where) -> None:
     try:
         is_file, exists = path.is_file(), path.exists()
@@ -601,6 +742,126 @@ class LogConfig:
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
+class RouteConfig:
+    """Mail for some recipient domains goes through a smarthost instead of their MX hosts."""
+
+    domains: tuple[str, ...] = field(
+        metadata=_setting(_Domains(), 'Recipient domains this route serves; "*" for all.')
+    )
+    smarthost: HostPort = field(metadata=_setting(_HostPortKind(), "The relay, HOST:PORT."))
+    tls: str = field(
+        default="starttls",
+        metadata=_setting(
+            _Choice(_RELAY_TLS),
+            'TLS to the relay, always with certificate checks; "none" needs "plaintext_relay" '
+            "unless the relay is on loopback.",
+        ),
+    )
+    username: str = field(default="", metadata=_setting(_Text(), "AUTH user name, if any."))
+    password: str | None = field(
+        default=None, repr=False, metadata=_setting(_Secret(), "AUTH password (prefer a file).")
+    )
+    password_file: Path | None = field(
+        default=None,
+        metadata=_setting(_OptionalPath(), "File whose first line is the AUTH password."),
+    )
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class DeliveryConfig:
+    """Delivery after the 250: routes, DNS, retries, bounces and outbound TLS policy."""
+
+    hold: bool = field(
+        default=False,
+        metadata=_setting(
+            _Bool(),
+            "Keep accepted mail queued without delivering it (maintenance, or while DNS "
+            "and routes are being set up); `sendgate queue` still works.",
+        ),
+    )
+    routes: "tuple[RouteConfig, ...]" = field(
+        default=(),
+        metadata=_setting(
+            _Routes(),
+            "Smarthost routes by recipient domain; domains no route names go to their MX hosts.",
+        ),
+    )
+    resolver: tuple[HostPort, ...] = field(
+        default=(),
+        metadata=_setting(
+            _HostPorts(),
+            "DNS resolvers as HOST:PORT; empty uses /etc/resolv.conf. DANE needs a validating "
+            "resolver (one that sets the AD bit), ideally on loopback.",
+        ),
+    )
+    ca_file: Path | None = field(
+        default=None,
+        metadata=_setting(
+            _OptionalPath(),
+            "Extra trusted CA certificates (PEM) for smarthosts and MTA-STS, added to the "
+            "system's.",
+        ),
+    )
+    mta_sts: bool = field(
+        default=True, metadata=_setting(_Bool(), "Honour MTA-STS policies (RFC 8461).")
+    )
+    dane: bool = field(
+        default=True,
+        metadata=_setting(_Bool(), "Honour DANE TLSA records (RFC 7672) that DNSSEC validated."),
+    )
+    concurrency: int = field(
+        default=20, metadata=_setting(_Int(1, 1000), "Simultaneous outbound transactions.")
+    )
+    domain_concurrency: int = field(
+        default=5,
+        metadata=_setting(_Int(1, 1000), "Simultaneous transactions to one recipient domain."),
+    )
+    retry_first: float = field(
+        default=300.0,
+        metadata=_setting(_Float(1, 86400), "Seconds before the first retry; doubles each time."),
+    )
+    retry_max: float = field(
+        default=7200.0,
+        metadata=_setting(_Float(1, 86400), "Longest wait between two attempts, in seconds."),
+    )
+    queue_lifetime: float = field(
+        default=432000.0,
+        metadata=_setting(
+            _Float(60, 8640000),
+            "Seconds a message may stay queued before it is returned to the sender (5 days).",
+        ),
+    )
+    delay_warning: float = field(
+        default=14400.0,
+        metadata=_setting(
+            _Float(0, 8640000),
+            "Seconds after which the sender is told once that delivery is delayed; 0 never.",
+        ),
+    )
+    scan_interval: float = field(
+        default=5.0,
+        metadata=_setting(
+            _Float(0.05, 3600),
+            "Seconds between scans of the queue for messages not announced by a worker.",
+        ),
+    )
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class DkimConfig:
+    """DKIM signing of outgoing mail (keys made by `sendgate dkim keygen DOMAIN`)."""
+
+    key_dir: Path = field(
+        default=Path("dkim"),
+        metadata=_setting(
+            _PathKind(),
+            "Directory of signing keys, DOMAIN/SELECTOR.rsa.key and DOMAIN/SELECTOR.ed25519.key; "
+            "`sendgate dkim keygen DOMAIN` writes them.",
+        ),
+    )
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
 class Config:
     """The whole configuration, as returned by `load_config`."""
 
@@ -625,6 +886,8 @@ class Config:
     auth: AuthConfig = field(default_factory=AuthConfig)
     limits: LimitsConfig = field(default_factory=LimitsConfig)
     privacy: PrivacyConfig = field(default_factory=PrivacyConfig)
+    delivery: DeliveryConfig = field(default_factory=DeliveryConfig)
+    dkim: DkimConfig = field(default_factory=DkimConfig)
     log: LogConfig = field(default_factory=LogConfig)
 
 
@@ -632,6 +895,8 @@ class Config:
 
 
 def _section_class(setting: "dataclasses.Field[Any]") -> "type[DataclassInstance] | None":
+    if "kind" in setting.metadata:
+        return None  # a setting whose value happens to be a dataclass (HostPort)
     kind = setting.type
     if isinstance(kind, type) and dataclasses.is_dataclass(kind):
         return kind
@@ -760,6 +1025,16 @@ def _unsafe_in_use(cfg: Config) -> list[tuple[str, str, str]]:
                 "auth.required = false: mail is accepted without authentication",
             )
         )
+    for index, route in enumerate(cfg.delivery.routes):
+        if route.tls == "none" and not is_loopback(route.smarthost.host):
+            found.append(
+                (
+                    "plaintext_relay",
+                    f"delivery.routes[{index}].tls",
+                    f'delivery.routes[{index}]: tls = "none" to {route.smarthost}: mail and '
+                    "passwords cross the network in clear",
+                )
+            )
     for index, pair in enumerate(cfg.tls.certificates):
         key = f"tls.certificates[{index}].key"
         try:
@@ -792,6 +1067,23 @@ def _check_relations(cfg: Config, where: _Where) -> None:
             if address.port and address in seen:
                 raise spot.error(f"{address} is already used by {seen[address]}")
             seen.setdefault(address, spot.key)
+    delivery = cfg.delivery
+    if delivery.retry_max < delivery.retry_first:
+        raise (
+            where.child("delivery")
+            .child("retry_max")
+            .error(f"must not be less than delivery.retry_first ({_number(delivery.retry_first)})")
+        )
+    for index, server in enumerate(delivery.resolver):
+        if not (_is_ipv4(server.host) or _is_ipv6(server.host)) or server.port == 0:
+            raise (
+                where.child("delivery")
+                .child("resolver")
+                .item(index)
+                .error(f"expected an IP address and a port from 1 to 65535, got {server}")
+            )
+    if delivery.ca_file is not None:
+        _require_file(delivery.ca_file, where.child("delivery").child("ca_file"))
     limits = cfg.limits
     if limits.max_connections_per_ip > limits.max_connections:
         raise (
@@ -815,7 +1107,12 @@ def _toml_error(label: str, message: str) -> str:
 
 
 def render_example(
-    hostname: str, submission: list[str], submissions: list[str], cert: str, key: str
+    hostname: str,
+    submission: list[str],
+    submissions: list[str],
+    cert: str,
+    key: str,
+    routes: "tuple[RouteConfig, ...]" = (),
 ) -> str:
     """A complete, commented sendgate.toml with every setting, the given values filled in.
 
@@ -826,6 +1123,7 @@ def render_example(
         "listen.submission": tuple(HostPort.parse(text) for text in submission),
         "listen.submissions": tuple(HostPort.parse(text) for text in submissions),
         "tls.certificates": (CertPair(Path(cert), Path(key)),),
+        "delivery.routes": routes,
     }
     lines = [
         "# sendgate configuration, written by `sendgate init`.",

@@ -12,7 +12,14 @@ import socket
 from pathlib import Path
 
 from sendgate import certs
-from sendgate.config import HostPort, load_config, parse_hostname, render_example
+from sendgate.config import (
+    HostPort,
+    RouteConfig,
+    is_loopback,
+    load_config,
+    parse_hostname,
+    render_example,
+)
 from sendgate.errors import ConfigError, UserError
 from sendgate.fsutil import fsync_dir, write_file_durably
 
@@ -27,6 +34,8 @@ def init_instance(
     submissions: str,
     cert: Path | None = None,
     key: Path | None = None,
+    smarthost: str | None = None,
+    smarthost_tls: str = "starttls",
 ) -> Path:
     """Create `directory` with sendgate.toml, data/ and (unless cert and key are given) tls/.
 
@@ -34,6 +43,7 @@ def init_instance(
     path; raises UserError (or TlsConfigError/ConfigError) with one line naming what is wrong.
     """
     _check_options(hostname, submission, submissions)
+    routes = _smarthost_routes(smarthost, smarthost_tls)
     if (cert is None) != (key is None):
         raise UserError("--cert and --key must be given together")
     config_path = directory / CONFIG_NAME
@@ -50,7 +60,7 @@ def init_instance(
         # Absolute, because the config resolves relative paths against its own directory.
         cert_text, key_text = str(cert.absolute()), str(key.absolute())
 
-    text = render_example(hostname, [submission], [submissions], cert_text, key_text)
+    text = render_example(hostname, [submission], [submissions], cert_text, key_text, routes)
     try:
         write_file_durably(config_path, text.encode("utf-8"), exclusive=True, mode=0o600)
     except FileExistsError:
@@ -85,6 +95,26 @@ def _check_options(hostname: str, submission: str, submissions: str) -> None:
             HostPort.parse(value)
         except ValueError as error:
             raise UserError(f"{option}: {error}") from None
+
+
+def _smarthost_routes(smarthost: str | None, tls: str) -> tuple[RouteConfig, ...]:
+    """The route that relays every domain through `smarthost`, refused if unsafe."""
+    if smarthost is None:
+        return ()
+    if tls not in ("none", "starttls", "implicit"):
+        raise UserError(f"--smarthost-tls: expected none, starttls or implicit, got {tls!r}")
+    try:
+        address = HostPort.parse(smarthost)
+    except ValueError as error:
+        raise UserError(f"--smarthost: {error}") from None
+    if address.port == 0:
+        raise UserError("--smarthost: port 0 is not a port to connect to")
+    if tls == "none" and not is_loopback(address.host):
+        raise UserError(
+            "--smarthost-tls none: plaintext is allowed only to a loopback smarthost; "
+            'edit the config and add "plaintext_relay" to unsafe_overrides if you must'
+        )
+    return (RouteConfig(domains=("*",), smarthost=address, tls=tls),)
 
 
 def _check_given_pair(cert: Path, key: Path) -> None:

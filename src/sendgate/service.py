@@ -15,7 +15,11 @@ from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Any
 
+from sendgate.announce import Announcer
 from sendgate.config import Config, unsafe_settings
+from sendgate.delivery.plan import load_relays
+from sendgate.delivery.runner import run_delivery
+from sendgate.dkim import DkimSigner, load_keys
 from sendgate.errors import SendgateError
 from sendgate.log import EventLog
 from sendgate.policy.auth import Authenticator
@@ -77,6 +81,12 @@ def serve(cfg: Config, log: EventLog) -> int:
         queued=len(spool.ids()),
     )
     LocalUserStore(users_path(cfg)).close()  # create the schema once, before the workers race
+    relays = load_relays(cfg.delivery.routes)
+    keys = load_keys(cfg.dkim.key_dir)
+    signer = DkimSigner(keys) if keys else None
+    for key in keys:
+        log.event("dkim_key", domain=key.domain, selector=key.selector, algorithm=key.algorithm)
+    announcer = Announcer()
     tls = TlsContextHolder(cfg.tls.certificates, cfg.tls.min_version)
     listeners: list[Listener] = []
     for implicit, addresses in ((False, cfg.listen.submission), (True, cfg.listen.submissions)):
@@ -104,6 +114,18 @@ def serve(cfg: Config, log: EventLog) -> int:
         reload_interval=cfg.tls.reload_interval,
     )
 
+    def run_child(index: int) -> int:
+        if index == workers:
+            log.context = {"runner": "delivery"}
+            os.close(announcer.write_fd)
+            return run_delivery(cfg, log, spool, relays, signer, announcer, run_loop)
+        os.close(announcer.read_fd)
+        return run_worker(index)
+
+    def forget(index: int) -> None:
+        if index < workers:
+            limiter.forget_worker(index)
+
     def run_worker(index: int) -> int:
         limiter.worker = index
         log.context = {"worker": index}
@@ -121,6 +143,8 @@ def serve(cfg: Config, log: EventLog) -> int:
             log=log,
             clock=time.time,
             received_client_ip=cfg.privacy.received_client_ip,
+            signer=signer,
+            announce=announcer.announce,
         )
         worker = Worker(
             listeners=listeners,
@@ -140,5 +164,6 @@ def serve(cfg: Config, log: EventLog) -> int:
         return 0
 
     log.event("ready", workers=workers, hostname=cfg.hostname)
-    supervisor = Supervisor(workers, run_worker, log, limiter.forget_worker)
+    # The child after the acceptors is the delivery runner.
+    supervisor = Supervisor(workers, run_child, log, forget, runners=1)
     return supervisor.run()

@@ -7,6 +7,9 @@ Layout under the spool root (directories mode 0o700, files mode 0o600):
   then the message bytes exactly as they will be sent. A message is queued if and only if its
   file is in ``queue/``: the rename from ``tmp/`` (the envelope's arrival) is the commit point.
 - ``corrupt/``: queue files whose envelope line cannot be read, moved aside by `Spool.sweep`.
+- ``state/<id>``: delivery state of a message that has had an attempt (which recipients are done,
+  when to try next), replaced atomically (tmp/, fsync, rename). No state file: nothing tried yet.
+- ``retry/<id>``: an empty flag asking the delivery runner to try `<id>` now (`queue retry`).
 
 `Spool.put` writes ``tmp/<id>`` in one writev, fsyncs it, renames it into ``queue/`` and then
 makes the rename durable with an fsync of ``queue/``. One file per message (not a message file
@@ -221,6 +224,8 @@ class Spool:
         self._tmp = root / "tmp"
         self._queue = root / "queue"
         self._corrupt = root / "corrupt"
+        self._state = root / "state"
+        self._retry = root / "retry"
         self._rename_lock = threading.Lock()
         self._sync_lock = threading.Lock()
         self._renames = 0  # renames into queue/ so far
@@ -228,7 +233,7 @@ class Spool:
         path = root
         try:
             root.mkdir(mode=0o700, parents=True, exist_ok=True)
-            for path in (self._tmp, self._queue, self._corrupt):
+            for path in (self._tmp, self._queue, self._corrupt, self._state, self._retry):
                 path.mkdir(mode=0o700, exist_ok=True)
             # A fresh spool's directories must survive a crash as surely as its messages.
             fsync_dir(root)
@@ -299,6 +304,12 @@ class Spool:
                 tmp_removed += 1
             path = self._queue
             queued, unknown = self._scan_queue()
+            path = self._state
+            live = set(queued)
+            for name in os.listdir(self._state):
+                if name not in live:
+                    path = self._state / name
+                    _remove_tree(path)
             corrupt: list[str] = []
             for queue_id in queued:
                 try:
@@ -356,17 +367,78 @@ class Spool:
         return data[newline + 1 :]
 
     def remove(self, queue_id: str) -> None:
-        """Un-queue `queue_id` durably."""
+        """Un-queue `queue_id` durably (delivered, bounced or removed by the operator).
+
+        The queue file goes first: once it is gone the message is finished, and a crash before
+        its state file goes leaves only an orphan that `sweep` deletes.
+        """
         path = self._queue / _checked_id(queue_id)
         action = "cannot remove spool file"
         try:
             path.unlink()
             action = "cannot sync spool directory"
             fsync_dir(self._queue)
+            for extra in (self._state / queue_id, self._retry / queue_id):
+                path = extra
+                action = "cannot remove spool file"
+                with suppress(FileNotFoundError):
+                    extra.unlink()
         except FileNotFoundError:
             raise SpoolError(f"unknown queue id {queue_id}") from None
         except OSError as exc:
             raise _spool_error(action, path, exc) from exc
+
+    def read_state(self, queue_id: str) -> bytes | None:
+        """The delivery state written by `write_state`, or None before the first attempt."""
+        path = self._state / _checked_id(queue_id)
+        try:
+            return path.read_bytes()
+        except FileNotFoundError:
+            return None
+        except OSError as exc:
+            raise _spool_error("cannot read state file", path, exc) from exc
+
+    def write_state(self, queue_id: str, data: bytes) -> None:
+        """Replace the delivery state of a queued message atomically and durably."""
+        queue_id = _checked_id(queue_id)
+        tmp_path = self._tmp / f"{queue_id}.state"
+        final = self._state / queue_id
+        path = tmp_path
+        try:
+            with suppress(FileNotFoundError):
+                tmp_path.unlink()  # left by an earlier failed write of ours
+            write_file_durably(tmp_path, (data,))
+            path = final
+            os.rename(tmp_path, final)
+            fsync_dir(self._state)
+        except OSError as exc:
+            with suppress(OSError):
+                tmp_path.unlink()
+            raise _spool_error("cannot write state file", path, exc) from exc
+
+    def request_retry(self, queue_id: str) -> None:
+        """Ask the delivery runner to try `queue_id` at once; SpoolError if it is not queued."""
+        queue_id = _checked_id(queue_id)
+        if not (self._queue / queue_id).exists():
+            raise SpoolError(f"unknown queue id {queue_id}")
+        path = self._retry / queue_id
+        try:
+            path.touch()
+        except OSError as exc:
+            raise _spool_error("cannot write retry flag", path, exc) from exc
+
+    def take_retry_requests(self) -> list[str]:
+        """Return and clear the ids flagged by `request_retry`."""
+        taken = []
+        try:
+            for name in os.listdir(self._retry):
+                with suppress(FileNotFoundError):
+                    os.unlink(self._retry / name)
+                if _QUEUE_ID_RE.fullmatch(name):
+                    taken.append(name)
+        except OSError as exc:
+            raise _spool_error("cannot read retry flags", self._retry, exc) from exc
+        return taken
 
     def _scan_queue(self) -> tuple[list[str], int]:
         """Return the queued ids (sorted, oldest first) and the count of other names."""

@@ -12,7 +12,9 @@ from __future__ import annotations
 import asyncio
 from collections.abc import Awaitable, Callable
 from concurrent.futures import Executor
+from dataclasses import replace
 
+from sendgate.dkim import DkimError, DkimSigner
 from sendgate.errors import SpoolError, SpoolFullError
 from sendgate.log import EventLog, Value
 from sendgate.message import HeaderError, fix_up, now_utc, received_header, summarize
@@ -42,6 +44,8 @@ class Submission:
         log: EventLog,
         clock: Callable[[], float],
         received_client_ip: bool = False,
+        signer: DkimSigner | None = None,
+        announce: Callable[[str], None] | None = None,
     ) -> None:
         self.hostname = hostname
         self.authenticator = authenticator
@@ -50,6 +54,21 @@ class Submission:
         self.log = log
         self.clock = clock
         self.received_client_ip = received_client_ip
+        self.signer = signer
+        self.announce = announce
+
+    def store(self, envelope: Envelope, message: bytes, signing_domain: str | None) -> int:
+        """Sign (when a key exists for the domain) and durably queue; returns the stored size.
+
+        Runs in the spool thread pool: RSA signing and the fsync share one handoff.
+        """
+        if self.signer is not None and signing_domain is not None:
+            signature = self.signer.sign(message, signing_domain)
+            if signature:
+                message = signature + message
+                envelope = replace(envelope, size=len(message))
+        self.spool.put(envelope, message)
+        return len(message)
 
     def connection(self, client_ip: str, conn_id: str) -> SubmissionConnection:
         return SubmissionConnection(self, client_ip, conn_id)
@@ -194,20 +213,27 @@ class SubmissionConnection:
                 smtputf8=event.smtputf8,
                 body=event.body,
             )
-            await loop.run_in_executor(server.executor, server.spool.put, envelope, message)
+            size = await loop.run_in_executor(
+                server.executor, server.store, envelope, message, summary.from_[0].domain
+            )
         except SpoolFullError as exc:
             self._log.event("spool_error", "error", conn=self.conn_id, error=str(exc))
             return replies.STORAGE_FULL
         except (SpoolError, OSError) as exc:
             self._log.event("spool_error", "error", conn=self.conn_id, error=str(exc))
             return replies.LOCAL_ERROR
+        except DkimError as exc:
+            self._log.event("dkim_error", "error", conn=self.conn_id, error=str(exc))
+            return replies.LOCAL_ERROR
+        if server.announce is not None:
+            server.announce(queue_id)
         self._log.event(
             "accepted",
             conn=self.conn_id,
             client=self.client_ip,
             user=envelope.user,
             queue_id=queue_id,
-            size=len(message),
+            size=size,
             recipients=len(envelope.recipients),
         )
         return replies.QUEUED.with_text(f"queued as {queue_id}")

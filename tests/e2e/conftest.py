@@ -49,11 +49,11 @@ START_TIMEOUT = 30.0
 STOP_TIMEOUT = 45.0  # beyond the default shutdown_grace (30 s), after which the server aborts
 SOCKET_TIMEOUT = 20.0
 _LISTENING = re.compile(r"event=listening kind=(submissions?) address=127\.0\.0\.1:(\d+)")
-_PIDS = re.compile(r"event=workers_started .*pids=([\d,]+)")
+_PIDS = re.compile(r"event=workers_started .*? pids=([\d,]+) runner_pids=(\d+)")
 _QUEUED = re.compile(r"queued as ([0-9A-Z]{18})")
 _CONN = re.compile(r"worker=(\d+) conn=(c\d+)")
 
-TomlScalar = bool | int | float | str
+TomlScalar = bool | int | float | str | list[str]
 
 
 def _queue_id_of(reply_text: str) -> str:
@@ -85,7 +85,8 @@ def _toml_literal(value: TomlScalar) -> str:
         return "true" if value else "false"
     if isinstance(value, int | float):
         return repr(value)
-    return json.dumps(value)  # a JSON string of ASCII text is a TOML basic string
+    # A JSON string (or array of strings) of ASCII text is also TOML.
+    return json.dumps(value)
 
 
 def _lookup(document: Mapping[str, object], dotted: str) -> object:
@@ -259,7 +260,8 @@ class InstanceFactory:
             ca_pem=self._ca_pem,
             ca=self._ca,
         )
-        instance.configure({"listen.workers": 1, **(settings or {})})
+        # Delivery is held unless a test asks for it: no test may reach the system's DNS.
+        instance.configure({"listen.workers": 1, "delivery.hold": True, **(settings or {})})
         instance.cli("user", "add", USER, stdin=PASSWORD + "\n").ok()
         return instance
 
@@ -351,6 +353,7 @@ class ServerProcess:
         self.port = 0  # STARTTLS listener
         self.tls_port = 0  # implicit-TLS listener
         self.worker_pids: tuple[int, ...] = ()
+        self.runner_pid = 0
         self.returncode: int | None = None
         self._cond = threading.Condition()
         self._eof = False
@@ -386,6 +389,7 @@ class ServerProcess:
         pids = _PIDS.search(started)
         assert pids is not None
         self.worker_pids = tuple(int(pid) for pid in pids.group(1).split(","))
+        self.runner_pid = int(pids.group(2))  # the delivery runner
         return self
 
     @property

@@ -241,8 +241,8 @@ def test_envelope_cannot_be_built_with_a_bad_value() -> None:
 def test_spool_root_and_subdirectories_are_private(tmp_path: Path) -> None:
     root = tmp_path / "a" / "spool"
     Spool(root)
-    assert names(root) == ["corrupt", "queue", "tmp"]
-    for directory in (root, root / "corrupt", root / "queue", root / "tmp"):
+    assert names(root) == ["corrupt", "queue", "retry", "state", "tmp"]
+    for directory in (root, *(root / name for name in names(root))):
         assert file_mode(directory) == 0o700
 
 
@@ -868,3 +868,49 @@ def test_format_queue_show_of_a_message_without_headers() -> None:
         "recipient: carol@example.net\nsmtputf8: no\nbody: 7BIT\n"
     )
     assert "SECRET" not in text
+
+
+def test_state_is_absent_before_the_first_write_then_replaced(tmp_path: Path) -> None:
+    spool = Spool(tmp_path / "spool")
+    envelope = make_envelope(spool.new_id())
+    spool.put(envelope, MESSAGE)
+    assert spool.read_state(envelope.queue_id) is None
+    spool.write_state(envelope.queue_id, b"first")
+    spool.write_state(envelope.queue_id, b"second")
+    assert spool.read_state(envelope.queue_id) == b"second"
+    assert names(tmp_path / "spool" / "tmp") == []
+
+
+def test_remove_takes_state_and_retry_flag_with_the_message(tmp_path: Path) -> None:
+    spool = Spool(tmp_path / "spool")
+    envelope = make_envelope(spool.new_id())
+    spool.put(envelope, MESSAGE)
+    spool.write_state(envelope.queue_id, b"state")
+    spool.request_retry(envelope.queue_id)
+    spool.remove(envelope.queue_id)
+    assert names(tmp_path / "spool" / "state") == []
+    assert names(tmp_path / "spool" / "retry") == []
+    assert spool.ids() == []
+
+
+def test_retry_requests_are_taken_once_and_only_for_queued_ids(tmp_path: Path) -> None:
+    spool = Spool(tmp_path / "spool")
+    envelope = make_envelope(spool.new_id())
+    spool.put(envelope, MESSAGE)
+    spool.request_retry(envelope.queue_id)
+    with pytest.raises(SpoolError, match="unknown queue id"):
+        spool.request_retry(spool.new_id())
+    (tmp_path / "spool" / "retry" / "not-an-id").touch()
+    assert spool.take_retry_requests() == [envelope.queue_id]
+    assert spool.take_retry_requests() == []
+
+
+def test_sweep_deletes_state_of_messages_no_longer_queued(tmp_path: Path) -> None:
+    spool = Spool(tmp_path / "spool")
+    kept = make_envelope(spool.new_id())
+    spool.put(kept, MESSAGE)
+    spool.write_state(kept.queue_id, b"kept")
+    orphan = spool.new_id()
+    (tmp_path / "spool" / "state" / orphan).write_bytes(b"orphan")
+    spool.sweep()
+    assert names(tmp_path / "spool" / "state") == [kept.queue_id]

@@ -22,10 +22,12 @@ from concurrent.futures import Executor, ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
 
+import dkim
 import pytest
 from argon2 import PasswordHasher
 
 import sendgate
+from sendgate.dkim import DkimSigner, generate_key, load_keys
 from sendgate.log import EventLog
 from sendgate.policy.auth import Authenticator
 from sendgate.smtp import replies
@@ -580,3 +582,45 @@ def test_log_records_outcomes_without_secrets_or_body(backend: Backend) -> None:
     assert BODY_MARKER.decode() not in log
     assert "Subject" not in log
     assert all(line.startswith("ts=") for line in log.splitlines())
+
+
+# --- DKIM ------------------------------------------------------------------------------------
+
+
+def _signed_backend(tmp_path: Path, store: LocalUserStore, executor: Executor) -> Backend:
+    generate_key(tmp_path / "dkim", "example.org", "sel1")
+    backend = build_backend(store, Spool(tmp_path / "spool"), executor)
+    backend.submission.signer = DkimSigner(load_keys(tmp_path / "dkim"))
+    return backend
+
+
+def test_message_is_dkim_signed_for_the_header_from_domain_before_spooling(
+    tmp_path: Path, store: LocalUserStore, executor: ThreadPoolExecutor
+) -> None:
+    backend = _signed_backend(tmp_path, store, executor)
+    client = Client(backend)
+    assert client.login(ALICE, ALICE_PASSWORD).startswith("235")
+    reply = client.submit(message())
+    assert reply.startswith("250 2.0.0 queued as ")
+    queue_id = reply.rsplit(" ", 1)[1]
+    stored = backend.spool.message(queue_id)
+    assert stored.startswith(b"DKIM-Signature: ")
+    assert stored.endswith(b"\r\n\r\n" + BODY)
+    assert backend.spool.envelope(queue_id).size == len(stored)
+    [key] = load_keys(tmp_path / "dkim")
+    record = key.public_record.encode()
+    assert dkim.verify(stored, dnsfunc=lambda name, timeout=5: record)
+    assert b" d=example.org;" in stored.split(b"\r\n\r\n", 1)[0].replace(b"\r\n", b"")
+    [accepted] = backend.events("accepted")
+    assert accepted["size"] == str(len(stored))
+
+
+def test_message_from_a_domain_without_a_key_is_not_signed(
+    tmp_path: Path, store: LocalUserStore, executor: ThreadPoolExecutor
+) -> None:
+    backend = _signed_backend(tmp_path, store, executor)
+    client = Client(backend)
+    assert client.login(ALICE, ALICE_PASSWORD).startswith("235")
+    reply = client.submit(message("alias@example.net"), sender="alias@example.net")
+    queue_id = reply.rsplit(" ", 1)[1]
+    assert b"DKIM-Signature" not in backend.spool.message(queue_id)

@@ -39,7 +39,10 @@ def bind(host: str, port: int) -> socket.socket:
 
 
 class Supervisor:
-    """Forks `workers` processes running `run_worker(index)` and supervises them."""
+    """Forks `workers` + `runners` processes running `run_worker(index)` and supervises them.
+
+    Indexes below `workers` are acceptors; the rest are runners (the delivery runner).
+    """
 
     def __init__(
         self,
@@ -47,8 +50,11 @@ class Supervisor:
         run_worker: Callable[[int], int],
         log: EventLog,
         on_worker_exit: Callable[[int], None],
+        *,
+        runners: int = 0,
     ) -> None:
-        self._count = workers
+        self._workers = workers
+        self._count = workers + runners
         self._run_worker = run_worker
         self._log = log
         self._on_worker_exit = on_worker_exit
@@ -85,8 +91,9 @@ class Supervisor:
             self._spawn(index)
         self._log.event(
             "workers_started",
-            workers=self._count,
-            pids=",".join(str(pid) for pid in self._children),
+            workers=self._workers,
+            pids=",".join(str(p) for p, i in self._children.items() if i < self._workers),
+            runner_pids=",".join(str(p) for p, i in self._children.items() if i >= self._workers),
         )
         worst = 0
         while self._children:

@@ -1,0 +1,351 @@
+"""Delivery status notifications (RFC 3464 bounces and delay warnings) as spool-ready bytes.
+
+The report is a multipart/report (RFC 6522): a human explanation, the machine-readable
+delivery status, and the original message (or its header section) copied byte for byte. When
+an envelope address is non-ASCII the report uses RFC 6533: message/global-delivery-status with
+"utf-8" address types, and the DSN must be sent with SMTPUTF8. An original whose header
+section is non-ASCII travels as message/global (or message/global-headers). This module is pure:
+no I/O and no clock; the scheduler passes the times in and never asks for a DSN to the null
+sender (a bounce is never bounced; `build_dsn` refuses).
+
+Security: the remote reply (`RecipientNotice.diagnostic`) and the remote MTA's name come from
+the network, and the original message from the client. Reply text loses control characters
+(line breaks end a line, lone surrogates become U+FFFD), is capped at 1000 characters, folded
+into short lines and always written indented, so it can neither start a header field nor a
+MIME boundary line; the boundary is chosen so that it occurs in no part. Addresses and host
+names show control characters as "?" and are capped. The original is copied only when it is
+clean 8BITMIME text (CRLF lines of at most 998 octets, no NUL) and within `max_original_size`;
+otherwise only its header section (truncated to that size at a line end), or nothing.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import re
+from collections.abc import Sequence
+from dataclasses import dataclass
+from datetime import UTC, datetime
+from email.utils import format_datetime
+
+MAX_DIAGNOSTIC = 1000  # characters of one remote reply kept in the report
+_MAX_ADDRESS = 512  # octets; RFC 5321 paths are at most 256, so this only cuts junk
+_MAX_HOST = 255
+_MAX_LINE = 998  # RFC 5322 section 2.1.1
+_WRAP = 72  # octets of reply text per output line
+_ACTIONS = frozenset({"failed", "delayed"})
+_STATUS = re.compile(r"[245]\.[0-9]{1,3}\.[0-9]{1,3}")
+_TOKEN = re.compile(r"[\x21-\x3b\x3d\x3f-\x7e]+")  # printable ASCII except "<" and ">"
+_HOSTNAME = re.compile(r"[A-Za-z0-9](?:[A-Za-z0-9.\-]*[A-Za-z0-9])?")
+# Control characters (C0, DEL, C1), line/paragraph separators, bidi overrides and isolates
+# (they can make a reply display as something else), and lone surrogates (not encodable).
+_UNSAFE = re.compile("[\x00-\x1f\x7f-\x9f\u2028\u2029\u202a-\u202e\u2066-\u2069\ud800-\udfff]")
+_SURROGATE = re.compile("[\ud800-\udfff]")
+_HOST_UNSAFE = re.compile(r"[^A-Za-z0-9.\-_:\[\]]")
+
+
+@dataclass(frozen=True, slots=True)
+class RecipientNotice:
+    """What happened to one recipient: the DSN's per-recipient block."""
+
+    recipient: str  # envelope recipient (may be an SMTPUTF8 address)
+    action: str  # "failed" | "delayed"
+    status: str  # enhanced status code, e.g. "5.1.1", "4.4.1", "5.4.7" (expired)
+    remote_mta: str | None  # host name that gave the reply, if any
+    diagnostic: str | None  # the remote reply as received, lines joined with "\n"
+    last_attempt: float | None  # unix time
+
+
+@dataclass(frozen=True, slots=True)
+class Dsn:
+    """A complete notification message and the SMTP extensions its transfer needs."""
+
+    message: bytes  # complete CRLF message, ready for the spool
+    eight_bit: bool  # needs BODY=8BITMIME
+    smtputf8: bool  # needs SMTPUTF8 (non-ASCII recipient or sender address)
+
+
+def build_dsn(
+    *,
+    reporting_host: str,
+    queue_id: str,
+    original_sender: str,
+    received_at: float,
+    notices: Sequence[RecipientNotice],
+    original: bytes,
+    now: float,
+    message_id: str,
+    will_retry_until: float | None = None,
+    max_original_size: int = 256 * 1024,
+) -> Dsn:
+    """Build the DSN for `notices` about message `queue_id`, addressed to `original_sender`.
+
+    `message_id` may be given with or without its angle brackets. ValueError for the null
+    sender, no notices, an unknown action or a malformed status, host or id (caller bugs).
+    """
+    if original_sender in ("", "<>"):
+        raise ValueError("no DSN for the null sender: a bounce is never bounced")
+    if not notices:
+        raise ValueError("a DSN needs at least one recipient notice")
+    host = _checked(reporting_host, _HOSTNAME, "reporting host")
+    _checked(queue_id, _TOKEN, "queue id")
+    msg_id = _checked(message_id.removeprefix("<").removesuffix(">"), _TOKEN, "message id")
+    for notice in notices:
+        if notice.action not in _ACTIONS:
+            raise ValueError(f"unknown DSN action {notice.action!r}")
+        _checked(notice.status, _STATUS, "status")
+        if not notice.recipient:
+            raise ValueError("empty recipient in a DSN notice")
+
+    sender = _clean_address(original_sender)
+    recipients = [_clean_address(notice.recipient) for notice in notices]
+    smtputf8 = not sender.isascii() or not all(r.isascii() for r in recipients)
+    failed = any(notice.action == "failed" for notice in notices)
+    retry_until = will_retry_until if any(n.action == "delayed" for n in notices) else None
+
+    attached = _attachment(original, max_original_size)
+    if attached is None:
+        note = "The details for each recipient follow."
+    elif attached[0] in ("message/rfc822", "message/global"):
+        note = "The details for each recipient follow; your message is attached."
+    else:
+        note = "The details for each recipient follow; your message's header is attached."
+    text = _human_text(host, notices, recipients, retry_until, note)
+    status = _status_fields(
+        host, queue_id, received_at, notices, recipients, retry_until, utf8=smtputf8
+    )
+    bodies = [text, status] + ([attached[1]] if attached else [])
+    boundary = _boundary(bodies, f"{queue_id} {msg_id}".encode())
+    status_type = "global-delivery-status" if smtputf8 else "delivery-status"
+    if failed:
+        subject, noun = "Undelivered Mail Returned to Sender", "Undelivered"
+    else:
+        subject, noun = "Delayed Mail (still being retried)", "Delayed"
+
+    header = [
+        f"From: Mail Delivery System <MAILER-DAEMON@{host}>",
+        f"To: <{sender}>",
+        f"Subject: {subject}",
+        f"Date: {_date(now)}",
+        f"Message-ID: <{msg_id}>",
+        "MIME-Version: 1.0",
+        "Auto-Submitted: auto-replied",
+        f"Content-Type: multipart/report; report-type={status_type};",
+        f' boundary="{boundary}"',
+    ]
+    parts = [
+        _part("text/plain; charset=utf-8", "Notification", text),
+        _part(f"message/{status_type}", "Delivery report", status),
+    ]
+    if attached:
+        parts.append(_part(attached[0], f"{noun} message", attached[1]))
+    if not all(body.isascii() for body in bodies):
+        header.append("Content-Transfer-Encoding: 8bit")
+
+    delimiter = b"\r\n--" + boundary.encode("ascii")
+    out = [_lines(header), b"\r\nThis is a MIME-formatted delivery status notification.\r\n"]
+    for part in parts:
+        out += [delimiter, b"\r\n", part]
+    out += [delimiter, b"--\r\n"]
+    message = b"".join(out)
+    return Dsn(message=message, eight_bit=not message.isascii(), smtputf8=smtputf8)
+
+
+def _checked(value: str, pattern: re.Pattern[str], what: str) -> str:
+    if not pattern.fullmatch(value) or len(value) > _MAX_HOST:
+        raise ValueError(f"malformed {what} {value!r}")
+    return value
+
+
+def _clean_address(address: str) -> str:
+    """The address with unsafe characters shown as "?", cut to `_MAX_ADDRESS` octets."""
+    return _cut(_UNSAFE.sub("?", address), _MAX_ADDRESS)
+
+
+def _cut(text: str, octets: int) -> str:
+    encoded = text.encode("utf-8")
+    if len(encoded) <= octets:
+        return text
+    return encoded[:octets].decode("utf-8", "ignore")  # never half a character
+
+
+def _clean_host(name: str | None) -> str | None:
+    if name is None:
+        return None
+    return _HOST_UNSAFE.sub("?", name)[:_MAX_HOST] or None
+
+
+def _reply_lines(diagnostic: str | None) -> list[str]:
+    """The remote reply as clean, non-empty lines with single spaces, capped in total length."""
+    if diagnostic is None:
+        return []
+    text = _SURROGATE.sub("\ufffd", diagnostic)
+    lines = [
+        " ".join(_UNSAFE.sub("", line.replace("\t", " ")).split()) for line in text.splitlines()
+    ]
+    joined = "\n".join(line for line in lines if line)
+    if len(joined) > MAX_DIAGNOSTIC:
+        joined = joined[: MAX_DIAGNOSTIC - 3].rstrip() + "..."
+    return [line for line in joined.split("\n") if line]
+
+
+def _wrap(line: str, width: int) -> list[str]:
+    """Split a clean line at spaces into pieces of at most `width` octets; long words are cut."""
+    chunks: list[str] = []
+    for word in line.split(" "):
+        current, size = "", 0
+        for char in word:
+            octets = len(char.encode("utf-8"))
+            if size + octets > width:
+                chunks.append(current)
+                current, size = "", 0
+            current += char
+            size += octets
+        chunks.append(current)
+    pieces: list[str] = []
+    current = ""
+    for chunk in chunks:
+        candidate = f"{current} {chunk}" if current else chunk
+        if len(candidate.encode("utf-8")) <= width:
+            current = candidate
+        else:
+            pieces.append(current)
+            current = chunk
+    if current:
+        pieces.append(current)
+    return pieces
+
+
+def _escape_non_ascii(text: str) -> str:
+    """ASCII form of `text` for message/delivery-status: non-ASCII as RFC 6533 \\x{HEX}."""
+    return "".join(c if c.isascii() else f"\\x{{{ord(c):X}}}" for c in text)
+
+
+def _date(unix: float) -> str:
+    return format_datetime(datetime.fromtimestamp(unix, UTC))
+
+
+def _human_text(
+    host: str,
+    notices: Sequence[RecipientNotice],
+    recipients: Sequence[str],
+    retry_until: float | None,
+    note: str,
+) -> bytes:
+    until = f" until {_date(retry_until)}" if retry_until is not None else ""
+    lines = [f"This is the mail system at {host}.", ""]
+    if any(notice.action == "failed" for notice in notices):
+        lines.append("Your message could not be delivered to one or more recipients.")
+        if any(n.action == "delayed" for n in notices):
+            lines.append(f"Delivery to the others is still being tried{until}.")
+    else:
+        lines.append("Your message has not been delivered yet to one or more recipients.")
+        lines.append(f"The mail system will keep trying{until}; you need not send it again.")
+    lines += [note, ""]
+    for notice, recipient in zip(notices, recipients, strict=True):
+        verb = "could not be delivered" if notice.action == "failed" else "is delayed"
+        lines.append(f"<{recipient}>: {verb} (status {notice.status}).")
+        reply = _reply_lines(notice.diagnostic)
+        if reply:
+            remote = _clean_host(notice.remote_mta)
+            lines.append(f"    {remote or 'The remote server'} replied:")
+            lines += ["        " + piece for line in reply for piece in _wrap(line, _WRAP)]
+        else:
+            lines.append("    No reply from a remote server was received.")
+        lines.append("")
+    return _lines(lines)
+
+
+def _status_fields(
+    host: str,
+    queue_id: str,
+    received_at: float,
+    notices: Sequence[RecipientNotice],
+    recipients: Sequence[str],
+    retry_until: float | None,
+    *,
+    utf8: bool,
+) -> bytes:
+    blocks = [
+        [
+            f"Reporting-MTA: dns; {host}",
+            f"X-Sendgate-Queue-ID: {queue_id}",
+            f"Arrival-Date: {_date(received_at)}",
+        ]
+    ]
+    for notice, recipient in zip(notices, recipients, strict=True):
+        kind = "rfc822" if recipient.isascii() else "utf-8"
+        block = [
+            f"Final-Recipient: {kind}; {recipient}",
+            f"Action: {notice.action}",
+            f"Status: {notice.status}",
+        ]
+        remote = _clean_host(notice.remote_mta)
+        if remote:
+            block.append(f"Remote-MTA: dns; {remote}")
+        reply = _reply_lines(notice.diagnostic)
+        if not utf8:
+            reply = [_escape_non_ascii(line) for line in reply]
+        # Each reply line and each wrapped piece becomes a folded continuation line.
+        pieces = [piece for line in reply for piece in _wrap(line, _WRAP)]
+        if pieces:
+            block.append("Diagnostic-Code: smtp; " + "\r\n ".join(pieces))
+        if notice.last_attempt is not None:
+            block.append(f"Last-Attempt-Date: {_date(notice.last_attempt)}")
+        if notice.action == "delayed" and retry_until is not None:
+            block.append(f"Will-Retry-Until: {_date(retry_until)}")
+        blocks.append(block)
+    return b"\r\n".join(_lines(block) for block in blocks)
+
+
+def _attachment(original: bytes, max_size: int) -> tuple[str, bytes] | None:
+    """Content type and body for the original: whole, header section only, or nothing."""
+    headers = original[: _header_end(original)]
+    if len(original) <= max_size and _is_clean(original):
+        return ("message/rfc822" if headers.isascii() else "message/global"), original
+    if len(headers) > max_size:
+        cut = headers.rfind(b"\r\n", 0, max_size - 1)
+        headers = headers[: cut + 2] if cut >= 0 else b""
+    if not headers or not _is_clean(headers):
+        return None
+    return ("text/rfc822-headers" if headers.isascii() else "message/global-headers"), headers
+
+
+def _header_end(content: bytes) -> int:
+    """Offset just past the last header line's CRLF (0 when there is no header section)."""
+    if content.startswith(b"\r\n"):
+        return 0
+    end = content.find(b"\r\n\r\n")
+    return len(content) if end < 0 else end + 2
+
+
+def _is_clean(data: bytes) -> bool:
+    """Whether `data` may travel as 8BITMIME text unchanged: CRLF lines <= 998 octets, no NUL."""
+    crlf = data.count(b"\r\n")
+    if b"\0" in data or data.count(b"\r") != crlf or data.count(b"\n") != crlf:
+        return False
+    return len(data) <= _MAX_LINE or max(map(len, data.split(b"\r\n"))) <= _MAX_LINE
+
+
+def _boundary(bodies: Sequence[bytes], seed: bytes) -> str:
+    """A boundary that occurs in no body (deterministic, so the output is reproducible)."""
+    counter = 0
+    while True:
+        digest = hashlib.sha256(seed + counter.to_bytes(8, "big")).hexdigest()[:32]
+        boundary = f"sendgate-dsn-{digest}"
+        if not any(boundary.encode("ascii") in body for body in bodies):
+            return boundary
+        counter += 1
+
+
+def _part(content_type: str, description: str, body: bytes) -> bytes:
+    headers = [
+        f"Content-Type: {content_type}",
+        f"Content-Description: {description}",
+        "Content-Transfer-Encoding: " + ("7bit" if body.isascii() else "8bit"),
+    ]
+    return _lines(headers) + b"\r\n" + body
+
+
+def _lines(lines: Sequence[str]) -> bytes:
+    """Lines joined and terminated with CRLF; only deliberate folds ("\r\n ") are inside."""
+    return "".join(line + "\r\n" for line in lines).encode("utf-8")

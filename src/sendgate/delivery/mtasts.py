@@ -1,0 +1,381 @@
+"""MTA-STS for outbound SMTP (RFC 8461): discover, fetch, parse and cache a domain's TLS policy.
+
+The policy's `mode` tells the caller what to do: "enforce" means deliver only to MX hosts that
+`allows` names, over TLS with a certificate valid for that name; "testing" means report but
+deliver anyway; "none" means the domain withdrew its policy. Policies live in one JSON file
+per domain under the cache directory, written atomically, and are reused until they expire or
+the domain publishes a new id. The HTTPS fetch connects to addresses found by sendgate's own
+resolver (not the system's), so the transport is a small asyncio TLS connection with h11 doing
+the HTTP/1.1 parsing.
+
+Security: the TXT record, the HTTP response (status, headers, body) and the cache files are
+untrusted. Header size is bounded by h11 (16 KiB), the body by `max_size` (64 KiB by default),
+every network step by a timeout; redirects and non-200 answers are refused (RFC 8461 section
+3.3); parsing follows the RFC's grammar strictly and raises only `MtaStsError`, whose one-line
+messages show remote text escaped and shortened. Only `<domain>.json` files in the cache
+directory are read or written, for domains that are valid host names.
+"""
+
+import asyncio
+import json
+import re
+import ssl
+from collections.abc import Callable, Sequence
+from contextlib import suppress
+from dataclasses import asdict, dataclass
+from pathlib import Path
+
+import h11
+
+from sendgate.delivery.dns import DnsError, Resolver
+from sendgate.errors import SendgateError
+from sendgate.fsutil import atomic_replace
+
+MAX_AGE_LIMIT = 31557600  # RFC 8461 section 3.2: about one year
+MODES = ("enforce", "testing", "none")
+_MAX_HEADER_BYTES = 16384
+_READ_SIZE = 16384
+_SHOWN_CHARS = 60
+
+_LDH_LABEL = r"[a-z0-9](?:[a-z0-9-]{0,61}[a-z0-9])?"
+_DOMAIN = re.compile(rf"{_LDH_LABEL}(?:\.{_LDH_LABEL})*", re.ASCII)
+_TXT_ID = re.compile(r"[A-Za-z0-9]{1,32}", re.ASCII)
+_TXT_EXT_NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9_.-]{0,31}", re.ASCII)
+_TXT_EXT_VALUE = re.compile(r"[\x21-\x3a\x3c\x3e-\x7e]+", re.ASCII)
+_TXT_WSP = " \t"
+_POLICY_KEY = re.compile(r"[A-Za-z0-9][A-Za-z0-9_.-]{0,31}", re.ASCII)
+# RFC 8461 sts-policy-ext-value: visible characters with inner spaces, no control characters.
+_POLICY_VALUE = re.compile(r"[^\x00-\x20\x7f](?:[^\x00-\x1f\x7f]*[^\x00-\x20\x7f])?")
+_MAX_AGE = re.compile(r"[0-9]{1,10}", re.ASCII)
+
+
+class MtaStsError(SendgateError):
+    """An MTA-STS policy could not be fetched or parsed; the message is one line."""
+
+
+@dataclass(frozen=True, slots=True)
+class StsPolicy:
+    """One domain's parsed policy and when it was fetched (seconds on the injected clock)."""
+
+    mode: str
+    mx: tuple[str, ...]
+    max_age: int
+    policy_id: str
+    fetched_at: float
+
+    def expired(self, now: float) -> bool:
+        """Tell whether the policy's max_age has run out at time `now`."""
+        return now >= self.fetched_at + self.max_age
+
+    def allows(self, host: str) -> bool:
+        """Tell whether MX host `host` matches a pattern; "*." stands for one label (4.1)."""
+        name = host.lower().removesuffix(".")
+        if not name:
+            return False
+        for pattern in self.mx:
+            if pattern.startswith("*."):
+                first, dot, rest = name.partition(".")
+                if first and dot and rest == pattern[2:]:
+                    return True
+            elif name == pattern:
+                return True
+        return False
+
+
+def parse_txt(records: Sequence[bytes]) -> str | None:
+    """Return the id of the one "v=STSv1" TXT record, or None when there is not exactly one.
+
+    Records not starting with "v=STSv1" are ignored; a lone STSv1 record that breaks the
+    grammar of RFC 8461 section 3.1 (or has no id, or two) also yields None, which the RFC
+    says to treat as "no policy".
+    """
+    candidates = [record for record in records if _is_sts_record(record)]
+    if len(candidates) != 1:
+        return None
+    try:
+        text = candidates[0].decode("ascii")
+    except UnicodeDecodeError:
+        return None
+    fields = text.split(";")
+    if fields[-1].strip(_TXT_WSP) == "" and len(fields) > 1:
+        fields.pop()  # one optional trailing delimiter
+    if fields[0].rstrip(_TXT_WSP) != "v=STSv1" or len(fields) < 2:
+        return None
+    policy_id: str | None = None
+    for field in fields[1:]:
+        name, eq, value = field.strip(_TXT_WSP).partition("=")
+        if not eq:
+            return None
+        if name == "id":
+            if policy_id is not None or not _TXT_ID.fullmatch(value):
+                return None
+            policy_id = value
+        elif not (_TXT_EXT_NAME.fullmatch(name) and _TXT_EXT_VALUE.fullmatch(value)):
+            return None
+    return policy_id
+
+
+def _is_sts_record(record: bytes) -> bool:
+    """RFC 8461 section 3.1: only records starting with "v=STSv1" take part."""
+    return record.startswith(b"v=STSv1") and record[7:8] in (b"", b";", b" ", b"\t")
+
+
+def parse_policy(body: bytes, *, policy_id: str, fetched_at: float) -> StsPolicy:
+    """Parse a policy file (RFC 8461 section 3.2) or raise MtaStsError naming what is wrong.
+
+    Lines end in LF or CRLF; empty lines are skipped. Unknown keys are ignored; for keys other
+    than "mx" the first occurrence wins (section 3.2). version, mode and max_age are required,
+    and at least one mx unless the mode is "none". max_age is capped at 31557600.
+    """
+    try:
+        text = body.decode("utf-8")
+    except UnicodeDecodeError as exc:
+        raise MtaStsError(f"MTA-STS policy is not UTF-8 (byte {exc.start})") from None
+    fields: dict[str, str] = {}
+    mx: list[str] = []
+    for number, raw in enumerate(text.split("\n"), start=1):
+        line = raw.removesuffix("\r")
+        if not line:
+            continue
+        key, colon, rest = line.partition(":")
+        value = rest.lstrip(" \t").rstrip(" \t")
+        if not colon or not _POLICY_KEY.fullmatch(key) or not _POLICY_VALUE.fullmatch(value):
+            raise MtaStsError(f"MTA-STS policy line {number} is malformed: {_shown(line)}")
+        if key == "mx":
+            mx.append(_mx_pattern(value, number))
+        else:
+            fields.setdefault(key, value)
+    version = fields.get("version")
+    if version != "STSv1":
+        what = "has no version" if version is None else f"has version {_shown(version)}"
+        raise MtaStsError(f"MTA-STS policy {what}, expected STSv1")
+    mode = fields.get("mode")
+    if mode not in MODES:
+        what = "has no mode" if mode is None else f"has unknown mode {_shown(mode)}"
+        raise MtaStsError(f"MTA-STS policy {what}")
+    max_age_text = fields.get("max_age")
+    if max_age_text is None or not _MAX_AGE.fullmatch(max_age_text):
+        what = "no max_age" if max_age_text is None else f"max_age {_shown(max_age_text)}"
+        raise MtaStsError(f"MTA-STS policy has {what}, expected 1 to 10 digits")
+    if not mx and mode != "none":
+        raise MtaStsError(f"MTA-STS policy in mode {mode} has no mx")
+    return StsPolicy(
+        mode=mode,
+        mx=tuple(mx),
+        max_age=min(int(max_age_text), MAX_AGE_LIMIT),
+        policy_id=policy_id,
+        fetched_at=fetched_at,
+    )
+
+
+async def fetch_policy(
+    domain: str,
+    addresses: Sequence[str],
+    *,
+    ssl_context: ssl.SSLContext,
+    timeout: float,
+    port: int = 443,
+    max_size: int = 65536,
+) -> bytes:
+    """GET https://mta-sts.<domain>/.well-known/mta-sts.txt from `addresses`, tried in order.
+
+    `ssl_context` must verify certificates and host names (SNI and the check use
+    mta-sts.<domain>). An address that cannot be reached or fails TLS within `timeout` seconds
+    leads to the next; an HTTP answer that is not a 200 text/plain body of at most `max_size`
+    bytes is final. Raises MtaStsError.
+    """
+    if ssl_context.verify_mode != ssl.CERT_REQUIRED or not ssl_context.check_hostname:
+        raise ValueError("the MTA-STS fetch needs a context that verifies certificates and names")
+    name = _domain(domain)
+    host = f"mta-sts.{name}"
+    if not addresses:
+        raise MtaStsError(f"{host} has no addresses")
+    failure = ""
+    for address in addresses:
+        try:
+            async with asyncio.timeout(timeout):
+                return await _fetch_from(address, host, ssl_context, port, max_size)
+        except TimeoutError:
+            failure = f"{host} at {address}: timed out after {timeout:g}s"
+        except OSError as exc:
+            # ssl.SSLError (certificate or name mismatch) is an OSError too.
+            failure = f"{host} at {address}: {_shown(str(exc) or type(exc).__name__, 160)}"
+    raise MtaStsError(failure)
+
+
+class MtaSts:
+    """Policy lookups with a durable per-domain cache (RFC 8461 section 5)."""
+
+    def __init__(
+        self,
+        resolver: Resolver,
+        cache_dir: Path,
+        ssl_context: ssl.SSLContext,
+        clock: Callable[[], float],
+        *,
+        timeout: float = 30.0,
+        port: int = 443,
+    ) -> None:
+        self._resolver = resolver
+        self._cache_dir = cache_dir
+        self._ssl_context = ssl_context
+        self._clock = clock
+        self._timeout = timeout
+        self._port = port
+
+    async def policy(self, domain: str) -> StsPolicy | None:
+        """The policy for `domain` (mode "none" included), or None when it has none.
+
+        Raises MtaStsError only when `domain` is not a valid host name; DNS and fetch failures
+        fall back to the cached policy while it has not expired.
+        """
+        name = _domain(domain)
+        now = self._clock()
+        cached = self._load(name)
+        if cached is not None and cached.expired(now):
+            cached = None
+        try:
+            answer = await self._resolver.txt(f"_mta-sts.{name}")
+        except DnsError:
+            return cached
+        policy_id = parse_txt(answer.records)
+        if policy_id is None:
+            return cached
+        if cached is not None and cached.policy_id == policy_id:
+            return cached
+        try:
+            found = await self._resolver.addresses(f"mta-sts.{name}")
+            body = await fetch_policy(
+                name,
+                found.records,
+                ssl_context=self._ssl_context,
+                timeout=self._timeout,
+                port=self._port,
+            )
+            fresh = parse_policy(body, policy_id=policy_id, fetched_at=now)
+        except (DnsError, MtaStsError):
+            return cached
+        with suppress(OSError):
+            # The cache only saves refetches; a full or read-only disk must not stop delivery.
+            await asyncio.to_thread(self._store, name, fresh)
+        return fresh
+
+    def _path(self, name: str) -> Path:
+        return self._cache_dir / f"{name}.json"
+
+    def _load(self, name: str) -> StsPolicy | None:
+        """The cached policy for `name`; a missing, unreadable or malformed file counts as none."""
+        try:
+            data = json.loads(self._path(name).read_bytes())
+            policy = StsPolicy(
+                mode=data["mode"],
+                mx=tuple(data["mx"]),
+                max_age=data["max_age"],
+                policy_id=data["policy_id"],
+                fetched_at=data["fetched_at"],
+            )
+        except (OSError, ValueError, TypeError, KeyError):
+            return None
+        well_formed = (
+            policy.mode in MODES
+            and all(isinstance(pattern, str) for pattern in policy.mx)
+            and isinstance(policy.max_age, int)
+            and isinstance(policy.policy_id, str)
+            and isinstance(policy.fetched_at, int | float)
+        )
+        return policy if well_formed else None
+
+    def _store(self, name: str, policy: StsPolicy) -> None:
+        self._cache_dir.mkdir(parents=True, exist_ok=True)
+        data = json.dumps(asdict(policy), sort_keys=True).encode()
+        atomic_replace(self._path(name), data, self._cache_dir, mode=0o644)
+
+
+async def _fetch_from(
+    address: str, host: str, ssl_context: ssl.SSLContext, port: int, max_size: int
+) -> bytes:
+    reader, writer = await asyncio.open_connection(
+        address, port, ssl=ssl_context, server_hostname=host
+    )
+    try:
+        return await _exchange(reader, writer, host, max_size)
+    finally:
+        writer.close()
+        with suppress(OSError):
+            await writer.wait_closed()
+
+
+async def _exchange(
+    reader: asyncio.StreamReader, writer: asyncio.StreamWriter, host: str, max_size: int
+) -> bytes:
+    """Send the GET and read one bounded response; errors name `host`."""
+    conn = h11.Connection(h11.CLIENT, max_incomplete_event_size=_MAX_HEADER_BYTES)
+    request = h11.Request(
+        method="GET",
+        target="/.well-known/mta-sts.txt",
+        headers=[
+            ("Host", host),
+            ("User-Agent", "sendgate"),
+            ("Accept", "text/plain"),
+            ("Connection", "close"),
+        ],
+    )
+    writer.write((conn.send(request) or b"") + (conn.send(h11.EndOfMessage()) or b""))
+    await writer.drain()
+    body = bytearray()
+    try:
+        while True:
+            event = conn.next_event()
+            if event is h11.NEED_DATA:
+                conn.receive_data(await reader.read(_READ_SIZE))
+            elif isinstance(event, h11.Response):
+                _check_response(event, host, max_size)
+            elif isinstance(event, h11.Data):
+                body += event.data
+                if len(body) > max_size:
+                    raise MtaStsError(f"{host}: policy is larger than {max_size} bytes")
+            elif isinstance(event, h11.EndOfMessage):
+                return bytes(body)
+            elif isinstance(event, h11.ConnectionClosed) or event is h11.PAUSED:
+                # h11 reports an early EOF as RemoteProtocolError; this only stops a spin.
+                raise MtaStsError(f"{host}: connection closed before the response")
+    except h11.RemoteProtocolError as exc:
+        raise MtaStsError(f"{host}: bad HTTP response: {_shown(str(exc))}") from None
+
+
+def _check_response(response: h11.Response, host: str, max_size: int) -> None:
+    if response.status_code != 200:
+        # Redirects are refused too (RFC 8461 section 3.3).
+        raise MtaStsError(f"{host}: HTTP status {response.status_code}, expected 200")
+    types = [value for key, value in response.headers if key == b"content-type"]
+    if len(types) != 1:
+        raise MtaStsError(f"{host}: {len(types)} Content-Type headers, expected one")
+    media_type = types[0].split(b";", 1)[0].strip().lower()
+    if media_type != b"text/plain":
+        shown = _shown(media_type.decode("latin-1"))
+        raise MtaStsError(f"{host}: Content-Type {shown}, expected text/plain")
+    for key, value in response.headers:
+        if key == b"content-length" and int(value) > max_size:
+            raise MtaStsError(f"{host}: policy is larger than {max_size} bytes")
+
+
+def _mx_pattern(value: str, number: int) -> str:
+    pattern = value.lower()
+    name = pattern.removeprefix("*.")
+    if len(name) > 253 or not _DOMAIN.fullmatch(name):
+        raise MtaStsError(f"MTA-STS policy line {number}: bad mx pattern {_shown(value)}")
+    return pattern
+
+
+def _domain(domain: str) -> str:
+    name = domain.lower().removesuffix(".")
+    if len(name) > 253 or not _DOMAIN.fullmatch(name):
+        raise MtaStsError(f"not a valid domain for MTA-STS: {_shown(domain)}")
+    return name
+
+
+def _shown(text: str, limit: int = _SHOWN_CHARS) -> str:
+    """Quote remote text for a one-line message: escaped (repr) and shortened."""
+    if len(text) > limit:
+        return repr(text[:limit]) + "..."
+    return repr(text)

@@ -1,0 +1,122 @@
+"""The delivery runner: the process `sendgate serve` starts beside the acceptors to empty the spool.
+
+It wires the scheduler to its collaborators (resolver, MTA-STS cache, planner, TLS trust store,
+DKIM signer for bounces), listens for ids announced by the workers, and stops on SIGTERM after
+letting running attempts finish within the grace period. What it cannot finish is retried after
+the restart (the spool is the only truth).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import random
+import signal
+import ssl
+import time
+from collections.abc import Callable, Coroutine
+from concurrent.futures import ThreadPoolExecutor
+from typing import Any
+
+from sendgate.announce import Announcer
+from sendgate.config import Config
+from sendgate.delivery.client import Timeouts
+from sendgate.delivery.dns import Resolver
+from sendgate.delivery.mtasts import MtaSts
+from sendgate.delivery.plan import MX_PORT, Planner, Relay
+from sendgate.delivery.scheduler import Scheduler
+from sendgate.dkim import DkimSigner
+from sendgate.log import EventLog
+from sendgate.spool import Spool
+
+IO_THREADS = 8
+
+
+def trust_store(cfg: Config) -> ssl.SSLContext:
+    """The CAs outbound TLS is verified against: the system's plus `delivery.ca_file`."""
+    context = ssl.create_default_context()
+    context.minimum_version = ssl.TLSVersion.TLSv1_2
+    if cfg.delivery.ca_file is not None:
+        context.load_verify_locations(cafile=str(cfg.delivery.ca_file))
+    return context
+
+
+def build_scheduler(
+    cfg: Config,
+    *,
+    spool: Spool,
+    relays: tuple[Relay, ...],
+    signer: DkimSigner | None,
+    log: EventLog,
+    executor: ThreadPoolExecutor,
+    clock: Callable[[], float] = time.time,
+    rng: random.Random | None = None,
+    timeouts: Timeouts | None = None,
+    mx_port: int = MX_PORT,
+) -> Scheduler:
+    rng = rng or random.Random()
+    delivery = cfg.delivery
+    nameservers = [(hp.host, hp.port) for hp in delivery.resolver] or None
+    resolver = Resolver(nameservers)
+    context = trust_store(cfg)
+    mta_sts = (
+        MtaSts(resolver, cfg.data_dir / "mta-sts", context, clock) if delivery.mta_sts else None
+    )
+    planner = Planner(
+        relays=relays,
+        resolver=resolver,
+        mta_sts=mta_sts,
+        dane_enabled=delivery.dane,
+        rng=rng,
+        mx_port=mx_port,
+    )
+    return Scheduler(
+        spool=spool,
+        planner=planner,
+        executor=executor,
+        log=log,
+        settings=delivery,
+        hostname=cfg.hostname,
+        ssl_context=context,
+        clock=clock,
+        rng=rng,
+        signer=signer,
+        timeouts=timeouts,
+    )
+
+
+def run_delivery(
+    cfg: Config,
+    log: EventLog,
+    spool: Spool,
+    relays: tuple[Relay, ...],
+    signer: DkimSigner | None,
+    announcer: Announcer | None,
+    run: Callable[[Callable[[], Coroutine[Any, Any, None]]], None],
+) -> int:
+    """The runner process's main; `run` runs a coroutine function on the chosen event loop."""
+    executor = ThreadPoolExecutor(IO_THREADS, thread_name_prefix="delivery")
+
+    async def main() -> None:
+        loop = asyncio.get_running_loop()
+        stop = asyncio.Event()
+        for sig in (signal.SIGTERM, signal.SIGINT):
+            loop.add_signal_handler(sig, stop.set)
+        loop.add_signal_handler(signal.SIGHUP, lambda: None)  # TLS reload is for the acceptors
+        scheduler = build_scheduler(
+            cfg, spool=spool, relays=relays, signer=signer, log=log, executor=executor
+        )
+        if announcer is not None:
+            loop.add_reader(announcer.read_fd, announcer.receive, scheduler.announce)
+        if cfg.delivery.hold:
+            log.event("delivery_held", "warning", reason="delivery.hold = true")
+            await stop.wait()
+        else:
+            log.event("delivery_started", routes=len(relays))
+            await scheduler.run(stop, grace=cfg.limits.shutdown_grace)
+        log.event("delivery_stopped")
+
+    try:
+        run(main)
+    finally:
+        executor.shutdown(wait=True)
+    return 0

@@ -1,0 +1,191 @@
+"""Delivery state of one queued message: per-recipient outcome, attempts and the next due time.
+
+The state is stored beside the queue file (`Spool.write_state`) after every attempt that leaves
+work to do, so a restarted runner continues where it stopped: delivered recipients are never
+tried again, failed ones were already reported. A message delivered in one attempt never gets a
+state file. Recipients are kept in envelope order (a list, not a mapping), so an envelope that
+names the same address twice stays consistent.
+
+Security: the file is written by the runner only, but read back strictly (exact keys and types);
+remote reply texts in it are untrusted and were made one-line and bounded before storing.
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass, replace
+from datetime import UTC, datetime
+from typing import Any
+
+from sendgate.errors import SpoolError
+
+PENDING = "pending"
+DELIVERED = "delivered"
+FAILED = "failed"
+_STATUSES = (PENDING, DELIVERED, FAILED)
+_VERSION = 1
+_REPLY_LIMIT = 1000
+
+
+@dataclass(frozen=True, slots=True)
+class RecipientState:
+    """Where one recipient stands after the attempts so far."""
+
+    address: str
+    status: str = PENDING
+    attempts: int = 0
+    last_attempt: float | None = None
+    host: str | None = None  # the host that gave `reply`, if any
+    reply: str | None = None  # remote reply or local reason, one line
+    enhanced: str | None = None  # enhanced status code for a DSN, e.g. "5.1.1"
+
+
+@dataclass(frozen=True, slots=True)
+class DeliveryState:
+    """All recipients of a message, the next due time and whether the delay notice went out."""
+
+    recipients: tuple[RecipientState, ...]
+    next_attempt: float = 0.0
+    attempts: int = 0
+    delay_notified: bool = False
+
+    @classmethod
+    def fresh(cls, recipients: tuple[str, ...], due: float = 0.0) -> DeliveryState:
+        return cls(tuple(RecipientState(address) for address in recipients), next_attempt=due)
+
+    def pending(self) -> list[int]:
+        """Indexes of recipients still to be delivered."""
+        return [i for i, rcpt in enumerate(self.recipients) if rcpt.status == PENDING]
+
+    def finished(self) -> bool:
+        return not self.pending()
+
+    def with_results(self, updates: dict[int, RecipientState]) -> DeliveryState:
+        rows = list(self.recipients)
+        for index, row in updates.items():
+            rows[index] = row
+        return replace(self, recipients=tuple(rows))
+
+    def to_json(self) -> bytes:
+        record = {
+            "version": _VERSION,
+            "next_attempt": self.next_attempt,
+            "attempts": self.attempts,
+            "delay_notified": self.delay_notified,
+            "recipients": [
+                {
+                    "address": r.address,
+                    "status": r.status,
+                    "attempts": r.attempts,
+                    "last_attempt": r.last_attempt,
+                    "host": r.host,
+                    "reply": None if r.reply is None else one_line(r.reply),
+                    "enhanced": r.enhanced,
+                }
+                for r in self.recipients
+            ],
+        }
+        return json.dumps(record, ensure_ascii=False, sort_keys=True).encode("utf-8")
+
+    @classmethod
+    def from_json(cls, data: bytes, recipients: tuple[str, ...]) -> DeliveryState:
+        """Parse what `to_json` wrote for an envelope with these `recipients`."""
+        try:
+            raw = json.loads(data.decode("utf-8"))
+            if raw["version"] != _VERSION:
+                raise SpoolError(f"state: unsupported version {raw['version']!r}")
+            rows = tuple(_recipient(item) for item in raw["recipients"])
+            state = cls(
+                recipients=rows,
+                next_attempt=float(_number(raw["next_attempt"])),
+                attempts=int(_number(raw["attempts"])),
+                delay_notified=_bool(raw["delay_notified"]),
+            )
+        except SpoolError:
+            raise
+        except (ValueError, KeyError, TypeError, AttributeError) as exc:
+            raise SpoolError(f"state: malformed ({type(exc).__name__}: {exc})") from None
+        if tuple(row.address for row in rows) != recipients:
+            raise SpoolError("state: recipients do not match the envelope")
+        return state
+
+
+def one_line(text: str) -> str:
+    """Make a remote reply safe for logs, state and DSNs: no controls, bounded length."""
+    cleaned = "".join(ch if ch.isprintable() else " " for ch in text.replace("\n", " / "))
+    return cleaned[:_REPLY_LIMIT]
+
+
+def _recipient(item: Any) -> RecipientState:
+    if not isinstance(item, dict):
+        raise TypeError("recipient entry is not an object")
+    status = item["status"]
+    if status not in _STATUSES:
+        raise ValueError(f"unknown status {status!r}")
+    last = item["last_attempt"]
+    return RecipientState(
+        address=_str(item["address"]),
+        status=status,
+        attempts=int(_number(item["attempts"])),
+        last_attempt=None if last is None else float(_number(last)),
+        host=_opt_str(item["host"]),
+        reply=_opt_str(item["reply"]),
+        enhanced=_opt_str(item["enhanced"]),
+    )
+
+
+def _number(value: Any) -> float:
+    if isinstance(value, bool) or not isinstance(value, int | float):
+        raise TypeError(f"expected a number, got {value!r}")
+    return value
+
+
+def _bool(value: Any) -> bool:
+    if not isinstance(value, bool):
+        raise TypeError(f"expected true or false, got {value!r}")
+    return value
+
+
+def _str(value: Any) -> str:
+    if not isinstance(value, str):
+        raise TypeError(f"expected a string, got {value!r}")
+    return value
+
+
+def _opt_str(value: Any) -> str | None:
+    return None if value is None else _str(value)
+
+
+def explain(queue_id: str, sender: str, received_at: float, state: DeliveryState | None) -> str:
+    """The `sendgate queue explain ID` text: why the message is still queued.
+
+    One ``recipient:`` block per recipient with its status, attempts, last attempt, the host and
+    the reply it gave; then the next attempt time. Times are ISO 8601 UTC.
+    """
+    lines = [f"queue-id: {queue_id}", f"sender: {_printable(sender) or '<>'}"]
+    lines.append(f"received: {_iso(received_at)}")
+    if state is None:
+        lines.append("attempts: 0 (not tried yet; due now)")
+        return "\n".join(lines)
+    lines.append(f"attempts: {state.attempts}")
+    for row in state.recipients:
+        lines.append(f"recipient: {_printable(row.address)}")
+        lines.append(f"  status: {row.status}")
+        lines.append(f"  attempts: {row.attempts}")
+        if row.last_attempt is not None:
+            lines.append(f"  last-attempt: {_iso(row.last_attempt)}")
+        if row.host is not None:
+            lines.append(f"  host: {_printable(row.host)}")
+        if row.reply is not None:
+            lines.append(f"  reply: {_printable(row.reply)}")
+    if state.pending():
+        lines.append(f"next-attempt: {_iso(state.next_attempt)}")
+    return "\n".join(lines)
+
+
+def _iso(timestamp: float) -> str:
+    return datetime.fromtimestamp(timestamp, UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
+
+
+def _printable(text: str) -> str:
+    return "".join(ch if ch.isprintable() else ch.encode("unicode_escape").decode() for ch in text)

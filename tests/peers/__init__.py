@@ -1,0 +1,1 @@
+"""Real network peers (DNS server, SMTP receivers) that tests run on loopback."""
