@@ -208,28 +208,36 @@ class Scheduler:
 
     async def _attempt(self, queue_id: str, entry: _Entry) -> None:
         try:
-            try:
-                message = await self._io(self._spool.message, queue_id)
-            except SpoolError:
-                self._entries.pop(queue_id, None)  # removed by the operator meanwhile
-                return
-            envelope, state = entry.envelope, entry.state
-            by_domain: dict[str, list[int]] = {}
-            for index in state.pending():
-                domain = envelope.recipients[index].rpartition("@")[2].lower()
-                by_domain.setdefault(domain, []).append(index)
-            results = await asyncio.gather(
-                *(
-                    self._attempt_domain(envelope, message, domain, indexes, state)
-                    for domain, indexes in by_domain.items()
-                )
-            )
-            updates: dict[int, RecipientState] = {}
-            for result in results:
-                updates.update(result)
-            await self._conclude(queue_id, entry, state.with_results(updates), message)
+            await self._attempt_message(queue_id, entry)
+        except Exception as exc:
+            # A bug must not strand the message: log it and try again later.
+            self._log.event("delivery_bug", "error", queue_id=queue_id, error=repr(exc))
+            entry.state = replace(entry.state, next_attempt=self._clock() + self._cfg.retry_first)
+            heapq.heappush(self._due, (entry.state.next_attempt, queue_id))
         finally:
             entry.running = False
+
+    async def _attempt_message(self, queue_id: str, entry: _Entry) -> None:
+        try:
+            message = await self._io(self._spool.message, queue_id)
+        except SpoolError:
+            self._entries.pop(queue_id, None)  # removed by the operator meanwhile
+            return
+        envelope, state = entry.envelope, entry.state
+        by_domain: dict[str, list[int]] = {}
+        for index in state.pending():
+            domain = envelope.recipients[index].rpartition("@")[2].lower()
+            by_domain.setdefault(domain, []).append(index)
+        results = await asyncio.gather(
+            *(
+                self._attempt_domain(envelope, message, domain, indexes, state)
+                for domain, indexes in by_domain.items()
+            )
+        )
+        updates: dict[int, RecipientState] = {}
+        for result in results:
+            updates.update(result)
+        await self._conclude(queue_id, entry, state.with_results(updates), message)
 
     async def _attempt_domain(
         self,
@@ -300,9 +308,17 @@ class Scheduler:
             text = str(reply) if reply is not None else f"{outcome.failure}"
             status = FAILED if _is_permanent(reply) else PENDING
             self._log_attempt(envelope, domain, target, outcome, status, text)
+            remaining = []
             for index in open_:
+                got = outcome.recipients.get(envelope.recipients[index])
+                if got is not None and got.code >= 500:
+                    # Refused at RCPT before the session failed: that answer is final.
+                    settle(index, FAILED, target.host, str(got), _enhanced(got))
+                    continue
                 settle(index, status, target.host, text, _enhanced(reply))
-            return [] if status == FAILED else open_
+                if status == PENDING:
+                    remaining.append(index)
+            return remaining
         still_open = []
         summary: dict[str, int] = {}
         for index in open_:
