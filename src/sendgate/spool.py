@@ -144,6 +144,8 @@ class Envelope:
             raise SpoolError("envelope is not valid UTF-8") from None
         try:
             raw = json.loads(text, object_pairs_hook=_unique_keys)
+        except RecursionError:
+            raise SpoolError("envelope is not valid JSON: nested too deeply") from None
         except ValueError as exc:
             raise SpoolError(f"envelope is not valid JSON: {exc}") from None
         if not isinstance(raw, dict):

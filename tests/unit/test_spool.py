@@ -914,3 +914,8 @@ def test_sweep_deletes_state_of_messages_no_longer_queued(tmp_path: Path) -> Non
     (tmp_path / "spool" / "state" / orphan).write_bytes(b"orphan")
     spool.sweep()
     assert names(tmp_path / "spool" / "state") == [kept.queue_id]
+
+
+def test_deeply_nested_envelope_json_is_a_spool_error() -> None:
+    with pytest.raises(SpoolError, match="nested too deeply"):
+        Envelope.from_json(b"[" * 100_000 + b"]" * 100_000)

@@ -56,13 +56,20 @@ def load_relays(routes: Sequence[RouteConfig]) -> tuple[Relay, ...]:
     for index, route in enumerate(routes):
         password = route.password
         if route.password_file is not None:
+            problem = None
             try:
                 password = Path(route.password_file).read_text("utf-8").splitlines()[0]
-            except (OSError, UnicodeDecodeError, IndexError) as exc:
+            except OSError as exc:
+                problem = exc.strerror or str(exc)
+            except UnicodeDecodeError:
+                problem = "not UTF-8 text"
+            except IndexError:
+                problem = "empty file"
+            if problem is not None:
                 raise ConfigError(
                     f"delivery.routes[{index}].password_file: cannot read a password from "
-                    f"{route.password_file}: {getattr(exc, 'strerror', None) or 'empty file'}"
-                ) from None
+                    f"{route.password_file}: {problem}"
+                )
         auth = (route.username, password) if route.username and password is not None else None
         relays.append(
             Relay(route.domains, route.smarthost.host, route.smarthost.port, route.tls, auth)

@@ -13,6 +13,7 @@ remote reply texts in it are untrusted and were made one-line and bounded before
 from __future__ import annotations
 
 import json
+import math
 from dataclasses import dataclass, replace
 from datetime import UTC, datetime
 from typing import Any
@@ -91,19 +92,22 @@ class DeliveryState:
     def from_json(cls, data: bytes, recipients: tuple[str, ...]) -> DeliveryState:
         """Parse what `to_json` wrote for an envelope with these `recipients`."""
         try:
-            raw = json.loads(data.decode("utf-8"))
+            raw = json.loads(data.decode("utf-8"), parse_constant=_refuse_constant)
+            _exact_keys(raw, _STATE_KEYS)
             if raw["version"] != _VERSION:
                 raise SpoolError(f"state: unsupported version {raw['version']!r}")
+            if not isinstance(raw["recipients"], list):
+                raise TypeError("recipients is not a list")
             rows = tuple(_recipient(item) for item in raw["recipients"])
             state = cls(
                 recipients=rows,
-                next_attempt=float(_number(raw["next_attempt"])),
-                attempts=int(_number(raw["attempts"])),
+                next_attempt=_time(raw["next_attempt"]),
+                attempts=_count(raw["attempts"]),
                 delay_notified=_bool(raw["delay_notified"]),
             )
         except SpoolError:
             raise
-        except (ValueError, KeyError, TypeError, AttributeError) as exc:
+        except (ValueError, KeyError, TypeError, RecursionError) as exc:
             raise SpoolError(f"state: malformed ({type(exc).__name__}: {exc})") from None
         if tuple(row.address for row in rows) != recipients:
             raise SpoolError("state: recipients do not match the envelope")
@@ -116,9 +120,26 @@ def one_line(text: str) -> str:
     return cleaned[:_REPLY_LIMIT]
 
 
+_STATE_KEYS = frozenset({"version", "next_attempt", "attempts", "delay_notified", "recipients"})
+_RECIPIENT_KEYS = frozenset(
+    {"address", "status", "attempts", "last_attempt", "host", "reply", "enhanced"}
+)
+
+
+def _refuse_constant(name: str) -> float:
+    raise ValueError(f"{name} is not a number")
+
+
+def _exact_keys(raw: Any, keys: frozenset[str]) -> None:
+    if not isinstance(raw, dict):
+        raise TypeError("expected an object")
+    if raw.keys() != keys:
+        odd = sorted(raw.keys() ^ keys)
+        raise KeyError(f"unexpected or missing keys: {', '.join(odd)}")
+
+
 def _recipient(item: Any) -> RecipientState:
-    if not isinstance(item, dict):
-        raise TypeError("recipient entry is not an object")
+    _exact_keys(item, _RECIPIENT_KEYS)
     status = item["status"]
     if status not in _STATUSES:
         raise ValueError(f"unknown status {status!r}")
@@ -126,17 +147,26 @@ def _recipient(item: Any) -> RecipientState:
     return RecipientState(
         address=_str(item["address"]),
         status=status,
-        attempts=int(_number(item["attempts"])),
-        last_attempt=None if last is None else float(_number(last)),
+        attempts=_count(item["attempts"]),
+        last_attempt=None if last is None else _time(last),
         host=_opt_str(item["host"]),
         reply=_opt_str(item["reply"]),
         enhanced=_opt_str(item["enhanced"]),
     )
 
 
-def _number(value: Any) -> float:
+def _time(value: Any) -> float:
+    """A unix time: finite and not negative (NaN would never fall due, stalling the queue)."""
     if isinstance(value, bool) or not isinstance(value, int | float):
-        raise TypeError(f"expected a number, got {value!r}")
+        raise TypeError(f"expected a time, got {value!r}")
+    if not math.isfinite(value) or value < 0:
+        raise ValueError(f"expected a time, got {value!r}")
+    return float(value)
+
+
+def _count(value: Any) -> int:
+    if type(value) is not int or value < 0:
+        raise TypeError(f"expected a count, got {value!r}")
     return value
 
 

@@ -1,0 +1,127 @@
+"""Tests for sendgate.announce: ids cross a real pipe whole, in order, and never block a writer."""
+
+from __future__ import annotations
+
+import contextlib
+import itertools
+import os
+import threading
+from collections.abc import Iterator
+
+import pytest
+from hypothesis import given
+from hypothesis import strategies as st
+
+from sendgate.announce import Announcer
+
+IDS = ["01HZZZZZZZZZZZZZZA", "01HZZZZZZZZZZZZZZB", "01HZZZZZZZZZZZZZZC"]
+
+
+@pytest.fixture
+def announcer() -> Iterator[Announcer]:
+    made = Announcer()
+    try:
+        yield made
+    finally:
+        for fd in (made.read_fd, made.write_fd):
+            with contextlib.suppress(OSError):
+                os.close(fd)
+
+
+def _received(announcer: Announcer) -> list[str]:
+    got: list[str] = []
+    announcer.receive(got.append)
+    return got
+
+
+def test_announced_ids_arrive_in_order(announcer: Announcer) -> None:
+    for queue_id in IDS:
+        announcer.announce(queue_id)
+    assert _received(announcer) == IDS
+    assert _received(announcer) == []  # each id once
+
+
+def test_both_ends_are_non_blocking(announcer: Announcer) -> None:
+    assert not os.get_blocking(announcer.read_fd)
+    assert not os.get_blocking(announcer.write_fd)
+
+
+def test_receive_on_an_empty_pipe_returns_at_once(announcer: Announcer) -> None:
+    assert _received(announcer) == []
+
+
+def test_a_partial_line_waits_for_its_end(announcer: Announcer) -> None:
+    os.write(announcer.write_fd, b"01HZZZZZZZ")
+    assert _received(announcer) == []
+    os.write(announcer.write_fd, b"ZZZZZZZA\n01HZZZZZZZZZZZZZZB\n01HZ")
+    assert _received(announcer) == IDS[:2]
+    os.write(announcer.write_fd, b"ZZZZZZZZZZZZZC\n")
+    assert _received(announcer) == IDS[2:]
+
+
+def test_a_line_that_is_not_ascii_is_skipped(announcer: Announcer) -> None:
+    os.write(announcer.write_fd, b"\xff\xfe\n" + IDS[0].encode() + b"\n")
+    assert _received(announcer) == [IDS[0]]
+
+
+def test_receive_stops_at_end_of_file(announcer: Announcer) -> None:
+    announcer.announce(IDS[0])
+    os.close(announcer.write_fd)  # every writer gone (e.g. the workers exited)
+    assert _received(announcer) == [IDS[0]]
+    assert _received(announcer) == []
+
+
+def test_a_full_pipe_drops_ids_instead_of_blocking(announcer: Announcer) -> None:
+    line = len(IDS[0]) + 1
+    capacity_guess = 1 << 20  # far beyond any default pipe buffer (64 KiB on Linux)
+    for _ in range(capacity_guess // line):
+        announcer.announce(IDS[0])  # raises or blocks on a bug; must do neither
+    got = _received(announcer)
+    assert 0 < len(got) < capacity_guess // line
+    assert set(got) == {IDS[0]}  # only whole ids: each write is atomic
+    announcer.announce(IDS[1])  # room again after the runner read
+    assert _received(announcer) == [IDS[1]]
+
+
+def test_a_gone_reader_does_not_hurt_the_writer(announcer: Announcer) -> None:
+    os.close(announcer.read_fd)
+    announcer.announce(IDS[0])  # EPIPE is swallowed: the runner rescans the spool anyway
+
+
+def test_concurrent_writers_never_interleave(announcer: Announcer) -> None:
+    per_thread = 400  # 4 x 400 x 19 bytes fit in the pipe: nothing is dropped
+    names = [f"0{t}{'Z' * 11}{n:05d}" for t in range(4) for n in range(per_thread)]
+
+    def write(start: int) -> None:
+        for name in names[start : start + per_thread]:
+            announcer.announce(name)
+
+    threads = [threading.Thread(target=write, args=(t * per_thread,)) for t in range(4)]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join()
+    got = _received(announcer)
+    assert sorted(got) == sorted(names)
+    for t in range(4):  # each writer's ids stay in its own order
+        mine = [name for name in got if name[1] == str(t)]
+        assert mine == names[t * per_thread : (t + 1) * per_thread]
+
+
+@given(
+    ids=st.lists(st.from_regex(r"[0-7][0-9A-Z]{17}", fullmatch=True), max_size=20),
+    cuts=st.lists(st.integers(0, 400), max_size=10),
+)
+def test_any_chunking_of_the_stream_gives_the_same_ids(ids: list[str], cuts: list[int]) -> None:
+    stream = b"".join(queue_id.encode() + b"\n" for queue_id in ids)
+    points = sorted({min(cut, len(stream)) for cut in cuts} | {0, len(stream)})
+    made = Announcer()
+    try:
+        got: list[str] = []
+        for start, end in itertools.pairwise(points):
+            os.write(made.write_fd, stream[start:end])
+            made.receive(got.append)
+        assert got == ids
+    finally:
+        os.close(made.read_fd)
+        os.close(made.write_fd)
