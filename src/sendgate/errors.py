@@ -21,6 +21,10 @@ class SpoolError(SendgateError):
     """The spool could not store or read a message (I/O error); the message was not accepted."""
 
 
+class UnknownQueueIdError(SpoolError):
+    """No message with that queue id is queued (never was, delivered, or removed)."""
+
+
 class SpoolFullError(SpoolError):
     """The spool's file system is full (ENOSPC/EDQUOT); callers answer 452, never 250."""
 

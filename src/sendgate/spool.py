@@ -43,7 +43,7 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any, TypeVar
 
-from sendgate.errors import SpoolError, SpoolFullError
+from sendgate.errors import SpoolError, SpoolFullError, UnknownQueueIdError
 from sendgate.fsutil import fsync_dir, is_disk_full, write_file_durably
 
 # Crockford base32, in ascending ASCII order so that ids sort like the numbers they encode.
@@ -346,7 +346,7 @@ class Spool:
             with path.open("rb") as file:
                 line = file.readline()
         except FileNotFoundError:
-            raise SpoolError(f"unknown queue id {queue_id}") from None
+            raise UnknownQueueIdError(f"unknown queue id {queue_id}") from None
         except OSError as exc:
             raise _spool_error("cannot read spool file", path, exc) from exc
         if not line.endswith(b"\n"):
@@ -386,7 +386,7 @@ class Spool:
                 with suppress(FileNotFoundError):
                     extra.unlink()
         except FileNotFoundError:
-            raise SpoolError(f"unknown queue id {queue_id}") from None
+            raise UnknownQueueIdError(f"unknown queue id {queue_id}") from None
         except OSError as exc:
             raise _spool_error(action, path, exc) from exc
 
@@ -401,11 +401,18 @@ class Spool:
             raise _spool_error("cannot read state file", path, exc) from exc
 
     def write_state(self, queue_id: str, data: bytes) -> None:
-        """Replace the delivery state of a queued message atomically and durably."""
+        """Replace the delivery state of a queued message atomically and durably.
+
+        UnknownQueueIdError when the message is no longer queued (removed by the operator during
+        an attempt): no state is written for it. A removal racing the rename leaves an orphan
+        state file, which `sweep` deletes.
+        """
         queue_id = _checked_id(queue_id)
         tmp_path = self._tmp / f"{queue_id}.state"
         final = self._state / queue_id
         path = tmp_path
+        if not (self._queue / queue_id).exists():
+            raise UnknownQueueIdError(f"unknown queue id {queue_id}")
         try:
             with suppress(FileNotFoundError):
                 tmp_path.unlink()  # left by an earlier failed write of ours
@@ -422,7 +429,7 @@ class Spool:
         """Ask the delivery runner to try `queue_id` at once; SpoolError if it is not queued."""
         queue_id = _checked_id(queue_id)
         if not (self._queue / queue_id).exists():
-            raise SpoolError(f"unknown queue id {queue_id}")
+            raise UnknownQueueIdError(f"unknown queue id {queue_id}")
         path = self._retry / queue_id
         try:
             path.touch()
@@ -467,7 +474,7 @@ def _read(path: Path, queue_id: str) -> bytes:
     try:
         return path.read_bytes()
     except FileNotFoundError:
-        raise SpoolError(f"unknown queue id {queue_id}") from None
+        raise UnknownQueueIdError(f"unknown queue id {queue_id}") from None
     except OSError as exc:
         raise _spool_error("cannot read spool file", path, exc) from exc
 

@@ -39,7 +39,7 @@ from sendgate.delivery.state import (
     one_line,
 )
 from sendgate.dkim import DkimSigner
-from sendgate.errors import SpoolError
+from sendgate.errors import SpoolError, UnknownQueueIdError
 from sendgate.log import EventLog
 from sendgate.spool import Envelope, Spool
 
@@ -122,9 +122,10 @@ class Scheduler:
         for queue_id in ids:
             try:
                 envelope, raw = await self._io(self._read_index_entry, queue_id)
+            except UnknownQueueIdError:
+                continue  # delivered or removed since the listing
             except SpoolError as exc:
-                if "unknown queue id" not in str(exc):
-                    self._log.event("queue_error", "error", queue_id=queue_id, error=str(exc))
+                self._log.event("queue_error", "error", queue_id=queue_id, error=str(exc))
                 continue
             if raw is None:
                 state = DeliveryState.fresh(envelope.recipients)
@@ -210,8 +211,11 @@ class Scheduler:
         try:
             await self._attempt_message(queue_id, entry)
         except Exception as exc:
-            # A bug must not strand the message: log it and try again later.
-            self._log.event("delivery_bug", "error", queue_id=queue_id, error=repr(exc))
+            # An I/O error or a bug must not strand the message: log it and try again later.
+            if isinstance(exc, SpoolError):
+                self._log.event("queue_error", "error", queue_id=queue_id, error=str(exc))
+            else:
+                self._log.event("delivery_bug", "error", queue_id=queue_id, error=repr(exc))
             entry.state = replace(entry.state, next_attempt=self._clock() + self._cfg.retry_first)
             heapq.heappush(self._due, (entry.state.next_attempt, queue_id))
         finally:
@@ -220,7 +224,7 @@ class Scheduler:
     async def _attempt_message(self, queue_id: str, entry: _Entry) -> None:
         try:
             message = await self._io(self._spool.message, queue_id)
-        except SpoolError:
+        except UnknownQueueIdError:
             self._entries.pop(queue_id, None)  # removed by the operator meanwhile
             return
         envelope, state = entry.envelope, entry.state
@@ -401,6 +405,11 @@ class Scheduler:
             wait = self._backoff(state.attempts)
             state = replace(state, next_attempt=min(now + wait, max(expires, now)))
             await self._io(self._spool.write_state, queue_id, state.to_json())
+        except UnknownQueueIdError:
+            # `queue remove` during the attempt: the operator's word is final.
+            self._log.event("removed_during_attempt", queue_id=queue_id)
+            self._entries.pop(queue_id, None)
+            return
         except SpoolError as exc:
             # Not recorded: the next attempt repeats this one (at least once, never lost).
             self._log.event("queue_error", "error", queue_id=queue_id, error=str(exc))
