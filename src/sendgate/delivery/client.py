@@ -506,13 +506,20 @@ class _Attempt:
                 "AUTH needs TLS (plaintext only to a loopback smarthost with TLS mode none)"
             )
         methods = self.smtp.server_auth_methods
-        with self._step("AUTH"):
-            if "plain" in methods:
-                await self.smtp.auth_plain(username, password, timeout=self.timeouts.command)
-            elif "login" in methods:
-                await self.smtp.auth_login(username, password, timeout=self.timeouts.command)
-            else:
-                raise _SessionError(f"{self.peer} offers neither AUTH PLAIN nor AUTH LOGIN")
+        try:
+            with self._step("AUTH"):
+                if "plain" in methods:
+                    await self.smtp.auth_plain(username, password, timeout=self.timeouts.command)
+                elif "login" in methods:
+                    await self.smtp.auth_login(username, password, timeout=self.timeouts.command)
+                else:
+                    raise _SessionError(f"{self.peer} offers neither AUTH PLAIN nor AUTH LOGIN")
+        except _SessionError as refused:
+            if refused.reply is None or refused.reply.code < 500:
+                raise
+            # A refused login is the route's fault, not the message's: defer it (as Postfix's
+            # smtp_sasl_auth_soft_bounce does) so that fixing the password delivers the queue.
+            raise _SessionError(f"{self.peer} refused AUTH: {refused.reply}") from None
 
     async def _transaction(self) -> None:
         job, smtp, host = self.job, self.smtp, self.target.host
