@@ -368,18 +368,22 @@ class Spool:
             raise SpoolError(f"corrupt envelope {path}: no envelope line")
         return data[newline + 1 :]
 
-    def remove(self, queue_id: str) -> None:
-        """Un-queue `queue_id` durably (delivered, bounced or removed by the operator).
+    def remove(self, queue_id: str, *, durable: bool = True) -> None:
+        """Un-queue `queue_id` (delivered, bounced or removed by the operator).
 
         The queue file goes first: once it is gone the message is finished, and a crash before
-        its state file goes leaves only an orphan that `sweep` deletes.
+        its state file goes leaves only an orphan that `sweep` deletes. With `durable=False`
+        the directory is not synced: a crash may bring the message back, and it is delivered
+        again (at least once), which is what delivery promises anyway; it saves an fsync per
+        delivered message.
         """
         path = self._queue / _checked_id(queue_id)
         action = "cannot remove spool file"
         try:
             path.unlink()
             action = "cannot sync spool directory"
-            fsync_dir(self._queue)
+            if durable:
+                fsync_dir(self._queue)
             for extra in (self._state / queue_id, self._retry / queue_id):
                 path = extra
                 action = "cannot remove spool file"
@@ -448,6 +452,19 @@ class Spool:
         except OSError as exc:
             raise _spool_error("cannot read retry flags", self._retry, exc) from exc
         return taken
+
+    def index_entries(self, ids: list[str]) -> list[tuple[str, Envelope | None, bytes | None]]:
+        """Envelope and delivery state of each id, in one call (one thread handoff for many).
+
+        A message that is gone by now gives (id, None, None); other errors raise SpoolError.
+        """
+        entries: list[tuple[str, Envelope | None, bytes | None]] = []
+        for queue_id in ids:
+            try:
+                entries.append((queue_id, self.envelope(queue_id), self.read_state(queue_id)))
+            except UnknownQueueIdError:
+                entries.append((queue_id, None, None))
+        return entries
 
     def _scan_queue(self) -> tuple[list[str], int]:
         """Return the queued ids (sorted, oldest first) and the count of other names."""

@@ -409,3 +409,16 @@ def test_tlsa_records_without_dnssec_are_ignored(world: World, ca: trustme.CA) -
 
     assert len(receiver.wait_for(1)) == 1
     assert world.events("delivery")[0]["policy"] == "opportunistic"
+
+
+def test_a_recipient_named_twice_is_delivered_once(world: World) -> None:
+    world.mx("example.org", (10, "mx1.example.org", "127.0.60.2"))
+    receiver = world.receiver("127.0.60.2")
+    world.queue(ALICE, (BOB, BOB), message_bytes(ALICE, BOB))
+
+    world.deliver()
+
+    [got] = receiver.wait_for(1)
+    assert got.recipients == (BOB,)
+    assert world.spool.ids() == []
+    assert world.events("delivery_bug") == []

@@ -23,6 +23,7 @@ import ssl
 from collections.abc import Callable
 from concurrent.futures import Executor
 from dataclasses import dataclass, replace
+from functools import partial
 from typing import TypeVar
 
 from sendgate.config import DeliveryConfig
@@ -46,6 +47,7 @@ from sendgate.spool import Envelope, Spool
 _ENHANCED = re.compile(r"([245])\.(\d{1,3})\.(\d{1,3})(?=\s|$)")
 _T = TypeVar("_T")
 BOUNCE_USER = "MAILER-DAEMON"
+_LOAD_BATCH = 256
 # Log words for recipient states: stable, scripts parse them.
 _RESULT = {DELIVERED: "sent", PENDING: "deferred", FAILED: "bounced"}
 
@@ -119,28 +121,38 @@ class Scheduler:
                 heapq.heappush(self._due, (now, queue_id))
 
     async def _load(self, ids: list[str]) -> None:
-        for queue_id in ids:
+        # Batches bound the work per thread handoff and let deliveries start during a big load.
+        for start in range(0, len(ids), _LOAD_BATCH):
+            batch = ids[start : start + _LOAD_BATCH]
             try:
-                envelope, raw = await self._io(self._read_index_entry, queue_id)
-            except UnknownQueueIdError:
-                continue  # delivered or removed since the listing
-            except SpoolError as exc:
-                self._log.event("queue_error", "error", queue_id=queue_id, error=str(exc))
-                continue
-            if raw is None:
-                state = DeliveryState.fresh(envelope.recipients)
-            else:
-                try:
-                    state = DeliveryState.from_json(raw, envelope.recipients)
-                except SpoolError as exc:
-                    # An unreadable state must not lose the message: start it over (at least once).
-                    self._log.event("state_reset", "warning", queue_id=queue_id, error=str(exc))
-                    state = DeliveryState.fresh(envelope.recipients)
-            self._entries[queue_id] = _Entry(envelope, state)
-            heapq.heappush(self._due, (state.next_attempt, queue_id))
+                entries = await self._io(self._spool.index_entries, batch)
+            except SpoolError:
+                entries = [await self._load_one(queue_id) for queue_id in batch]
+            for queue_id, envelope, raw in entries:
+                if envelope is not None:
+                    self._add(queue_id, envelope, raw)
 
-    def _read_index_entry(self, queue_id: str) -> tuple[Envelope, bytes | None]:
-        return self._spool.envelope(queue_id), self._spool.read_state(queue_id)
+    async def _load_one(self, queue_id: str) -> tuple[str, Envelope | None, bytes | None]:
+        """Load one entry after its batch failed, so one bad file costs only itself."""
+        try:
+            [entry] = await self._io(self._spool.index_entries, [queue_id])
+        except SpoolError as exc:
+            self._log.event("queue_error", "error", queue_id=queue_id, error=str(exc))
+            return queue_id, None, None
+        return entry
+
+    def _add(self, queue_id: str, envelope: Envelope, raw: bytes | None) -> None:
+        if raw is None:
+            state = DeliveryState.fresh(envelope.recipients)
+        else:
+            try:
+                state = DeliveryState.from_json(raw, envelope.recipients)
+            except SpoolError as exc:
+                # An unreadable state must not lose the message: start it over (at least once).
+                self._log.event("state_reset", "warning", queue_id=queue_id, error=str(exc))
+                state = DeliveryState.fresh(envelope.recipients)
+        self._entries[queue_id] = _Entry(envelope, state)
+        heapq.heappush(self._due, (state.next_attempt, queue_id))
 
     # --- the main loop ---------------------------------------------------------------------
 
@@ -285,7 +297,8 @@ class Scheduler:
                         target,
                         helo=self._hostname,
                         sender=envelope.sender,
-                        recipients=[envelope.recipients[i] for i in open_],
+                        # An envelope may name a recipient twice: send it once.
+                        recipients=list(dict.fromkeys(envelope.recipients[i] for i in open_)),
                         message=message,
                         smtputf8=envelope.smtputf8,
                         eight_bit=envelope.body == "8BITMIME",
@@ -399,7 +412,7 @@ class Scheduler:
             if envelope.sender and (failed or delayed):
                 await self._notify_sender(envelope, state, failed, delayed, message, now, expires)
             if state.finished():
-                await self._io(self._spool.remove, queue_id)
+                await self._io(partial(self._spool.remove, queue_id, durable=False))
                 self._entries.pop(queue_id, None)
                 return
             wait = self._backoff(state.attempts)

@@ -240,7 +240,7 @@ def test_a_message_removed_while_waiting_for_a_slot_is_dropped(tmp_path: Path) -
         loop = asyncio.get_running_loop()
         drain = asyncio.ensure_future(scheduler.drain())
         assert await loop.run_in_executor(None, receiver.data_started.wait, WAIT)
-        rig.spool.remove(third)  # the operator's `queue remove` while "one" is being sent
+        rig.spool.remove(third)  # the operator's `queue remove` while the first is being sent
         hold.set()
         await drain
 
@@ -248,7 +248,8 @@ def test_a_message_removed_while_waiting_for_a_slot_is_dropped(tmp_path: Path) -
     with Receiver("127.0.62.10", 25, hold=hold) as receiver:
         rig.run(body)
 
-    assert _subjects(receiver) == ["one", "two"]
+    # Which of the two takes the one slot first is up to the event loop.
+    assert sorted(_subjects(receiver)) == ["one", "two"]
     assert {event["queue_id"] for event in rig.events("delivery")} == {first, second}
     assert rig.events("delivery_bug") == []
     assert rig.events("queue_error") == []
