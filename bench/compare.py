@@ -62,6 +62,11 @@ def start_sendgate(
             ref["REF_CAFILE"],
             "--key",
             str(Path(ref["REF_CAFILE"]).with_name("key.pem")),
+            # Equal footing: Postfix relays what it accepts to the sink during the run too.
+            "--smarthost",
+            f"127.0.0.1:{ref['REF_SINK_PORT']}",
+            "--smarthost-tls",
+            "none",
         ],
         check=True,
         capture_output=True,

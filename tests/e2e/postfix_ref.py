@@ -98,7 +98,7 @@ class PostfixRef:
     def run(self, command: str, *, timeout: float = COMMAND_TIMEOUT) -> str:
         """Run `postfix-ref COMMAND`; its stdout, or an AssertionError quoting its stderr."""
         done = subprocess.run(
-            [str(SCRIPT), command],
+            ["bash", str(SCRIPT), command],
             stdin=subprocess.DEVNULL,
             capture_output=True,
             text=True,
@@ -125,7 +125,7 @@ class PostfixRef:
     def env(self) -> RefEnv:
         """The instance's settings, as `eval "$(postfix-ref env)"` gives them to a shell."""
         # bash evaluates the script's quoting; it prints the values NUL-separated, in order.
-        printer = 'eval "$("$0" env)" && printf "%s\\0" ' + " ".join(
+        printer = 'eval "$(bash "$0" env)" && printf "%s\\0" ' + " ".join(
             f'"${name}"' for name in _ENV_NAMES
         )
         done = subprocess.run(
@@ -158,9 +158,9 @@ class PostfixRef:
 
 def require_script() -> None:
     """Fail (never skip) when the reference script is not where the project expects it."""
-    if not (SCRIPT.is_file() and os.access(SCRIPT, os.X_OK)):
+    if not SCRIPT.is_file():
         pytest.fail(
-            f"reference Postfix script missing or not executable: {SCRIPT} "
+            f"reference Postfix script missing: {SCRIPT} "
             "(expected at ../shared/anchors/postfix-ref from the repository root)",
             pytrace=False,
         )
