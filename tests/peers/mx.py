@@ -79,6 +79,32 @@ class _Handler:
         return reply
 
 
+class _Controller(Controller):
+    """aiosmtpd's threaded controller, remembering each session so that stopping ends them."""
+
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        self.sessions: list[SMTP] = []
+
+    def factory(self) -> SMTP:
+        session: SMTP = super().factory()  # type: ignore[no-untyped-call]
+        self.sessions.append(session)
+        return session
+
+    def close_sessions(self) -> None:
+        """Close every client connection still open (a sender may keep idle ones cached)."""
+        done = threading.Event()
+
+        def close_all() -> None:
+            for session in self.sessions:
+                if session.transport is not None:
+                    session.transport.close()
+            done.set()
+
+        self.loop.call_soon_threadsafe(close_all)
+        done.wait(WAIT)
+
+
 class Receiver:
     """aiosmtpd on `address:port`; use as a context manager."""
 
@@ -102,7 +128,7 @@ class Receiver:
         kwargs: dict[str, Any] = {"enable_SMTPUTF8": smtputf8}
         if tls is not None:
             kwargs.update(tls_context=tls, require_starttls=False)
-        self._controller = Controller(
+        self._controller = _Controller(
             _Handler(self),
             hostname=address,
             port=port,
@@ -123,6 +149,7 @@ class Receiver:
     ) -> None:
         if self.script.hold is not None:
             self.script.hold.set()
+        self._controller.close_sessions()
         self._controller.stop()
 
     def wait_for(self, count: int, timeout: float = WAIT) -> list[Delivered]:

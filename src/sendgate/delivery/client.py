@@ -3,7 +3,9 @@
 `deliver` opens the TCP connection itself (to the IP address the router chose), hands the socket
 to aiosmtplib with the host NAME for SNI and certificate checks, and reports the final reply for
 each recipient or the one reason the session failed. It raises only for misuse (ValueError);
-network and remote errors are reported in the returned `Outcome`.
+network and remote errors are reported in the returned `Outcome`. With a `ConnectionCache`,
+a healthy session stays open for a while after its transaction and carries the next one for
+the same destination, TLS requirement and identity (as Postfix's connection cache does).
 
 Security: everything the remote side sends is untrusted. Replies must carry a code from 200 to
 599 (else the session ends as "malformed"); aiosmtplib caps one reply at 32 KiB and its text is
@@ -13,7 +15,10 @@ parsed strictly. The certificate is checked by OpenSSL ("pkix": chain and host n
 `leaf_check` ("dane"); after a failed check no MAIL FROM is sent. Credentials go only over TLS,
 or in plaintext to a loopback smarthost whose TLS mode is "none". The stored message is sent
 exactly as stored (dot-stuffed only): a bare CR or LF refuses it before any connection, so no
-byte we send can end the DATA section early at a lenient peer (SMTP smuggling).
+byte we send can end the DATA section early at a lenient peer (SMTP smuggling). A cached
+session is reused only under the key it was set up and verified with (address, port, host name,
+TLS mode, verify, names, implicit TLS, trust store, AUTH user, HELO name); DANE sessions are
+never cached, and idle sessions are bounded in number, idle time, age and transactions.
 """
 
 from __future__ import annotations
@@ -24,6 +29,7 @@ import ipaddress
 import os
 import socket
 import ssl
+import time
 from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import cast
@@ -143,6 +149,205 @@ class Timeouts:
     data: float = 600.0
 
 
+@dataclass(frozen=True, slots=True)
+class _Key:
+    """Everything that decided how a session was set up and verified: equal keys may share it."""
+
+    address: str
+    port: int
+    host: str
+    mode: str
+    verify: str
+    names: tuple[str, ...]
+    implicit: bool
+    trust: ssl.SSLContext | None  # verify "pkix": the trust store that checked the chain
+    username: str | None
+    helo: str
+
+
+def _cache_key(target: Target, helo: str, context: ssl.SSLContext | None) -> _Key | None:
+    """The key `target` shares sessions under; None for DANE (its leaf_check belongs to a plan)."""
+    tls = target.tls
+    if tls.verify == "dane":
+        return None
+    return _Key(
+        target.address,
+        target.port,
+        target.host,
+        tls.mode,
+        tls.verify,
+        tls.names,
+        tls.implicit,
+        context if tls.verify == "pkix" else None,
+        target.auth[0] if target.auth is not None else None,
+        helo,
+    )
+
+
+@dataclass(slots=True, eq=False)
+class _Session:
+    """An established session between transactions: greeted, TLS and AUTH done."""
+
+    smtp: aiosmtplib.SMTP
+    transport: asyncio.BaseTransport | None
+    tls_version: str | None
+    tls_cipher: str | None
+    born: float  # cache clock when it connected
+    transactions: int = 0
+    idle_since: float = 0.0
+
+    @property
+    def alive(self) -> bool:
+        return self.smtp.is_connected
+
+    def drop(self) -> None:
+        if self.transport is not None:
+            cast(asyncio.Transport, self.transport).abort()
+        self.smtp.close()
+
+
+class ConnectionCache:
+    """Idle SMTP sessions that `deliver` may reuse, so that a busy route skips connect and EHLO.
+
+    A session is taken out while it carries a transaction (never shared by two at once) and
+    comes back only if it is healthy. Limits: `idle_time` seconds idle (Postfix's
+    smtp_connection_cache_time_limit), `max_age` seconds since it connected,
+    `max_transactions` per session, `per_key` idle sessions per destination and `total`
+    overall. Expired sessions are closed in the background (QUIT, at most `quit_timeout`
+    seconds) by a timer on the running loop; `close` QUITs every idle session and should be
+    awaited once no delivery runs (the cache stays usable afterwards). `clock` is injectable
+    for tests; it must count seconds.
+    """
+
+    def __init__(
+        self,
+        *,
+        idle_time: float = 2.0,
+        max_age: float = 300.0,
+        max_transactions: int = 100,
+        per_key: int = 20,
+        total: int = 100,
+        quit_timeout: float = 1.0,
+        clock: Callable[[], float] = time.monotonic,
+    ) -> None:
+        limits = {
+            "idle_time": idle_time,
+            "max_age": max_age,
+            "max_transactions": max_transactions,
+            "per_key": per_key,
+            "total": total,
+            "quit_timeout": quit_timeout,
+        }
+        for name, value in limits.items():
+            if not value > 0:
+                raise ValueError(f"connection cache {name} must be positive, not {value!r}")
+        self._idle_time = idle_time
+        self._max_age = max_age
+        self._max_transactions = max_transactions
+        self._per_key = per_key
+        self._total = total
+        self._quit_timeout = quit_timeout
+        self._clock = clock
+        self._idle: dict[_Key, list[_Session]] = {}
+        self._count = 0
+        self._timer: asyncio.TimerHandle | None = None
+        self._closing: set[asyncio.Task[None]] = set()
+
+    @property
+    def idle(self) -> int:
+        """How many sessions wait for a transaction now."""
+        return self._count
+
+    async def close(self) -> None:
+        """QUIT every idle session, and wait for the sessions already being closed."""
+        if self._timer is not None:
+            self._timer.cancel()
+            self._timer = None
+        idle, self._idle, self._count = self._idle, {}, 0
+        for sessions in idle.values():
+            for session in sessions:
+                self._discard(session)
+        while self._closing:
+            await asyncio.gather(*self._closing)
+
+    def _usable(self, session: _Session, now: float) -> bool:
+        return (
+            now - session.idle_since < self._idle_time
+            and now - session.born < self._max_age
+            and session.transactions < self._max_transactions
+            and session.alive
+        )
+
+    def _take(self, key: _Key) -> _Session | None:
+        """An idle session for `key`, now owned by the caller; expired ones are closed."""
+        sessions = self._idle.pop(key, [])
+        now = self._clock()
+        found = None
+        while sessions and found is None:
+            session = sessions.pop()  # the most recently used: the least likely to be closed
+            self._count -= 1
+            if self._usable(session, now):
+                found = session
+            else:
+                self._discard(session)
+        if sessions:
+            self._idle[key] = sessions
+        return found
+
+    def _give(self, key: _Key, session: _Session) -> bool:
+        """Keep `session` for `key`; False when a limit says to close it instead."""
+        now = self._clock()
+        session.idle_since = now
+        sessions = self._idle.get(key, [])
+        if (
+            not self._usable(session, now)
+            or len(sessions) >= self._per_key
+            or self._count >= self._total
+        ):
+            return False
+        sessions.append(session)
+        self._idle[key] = sessions
+        self._count += 1
+        self._schedule()
+        return True
+
+    def _schedule(self) -> None:
+        if self._timer is not None or not self._count:
+            return
+        oldest = min(s.idle_since for sessions in self._idle.values() for s in sessions)
+        delay = max(oldest + self._idle_time - self._clock(), 0.0)
+        self._timer = asyncio.get_running_loop().call_later(delay, self._reap)
+
+    def _reap(self) -> None:
+        self._timer = None
+        now = self._clock()
+        for key, sessions in list(self._idle.items()):
+            kept = [s for s in sessions if self._usable(s, now)]
+            for session in sessions:
+                if session not in kept:
+                    self._discard(session)
+            self._count -= len(sessions) - len(kept)
+            if kept:
+                self._idle[key] = kept
+            else:
+                del self._idle[key]
+        self._schedule()
+
+    def _discard(self, session: _Session) -> None:
+        """Close `session` in the background: delivery never waits for a goodbye."""
+        task = asyncio.get_running_loop().create_task(self._shut(session))
+        self._closing.add(task)
+        task.add_done_callback(self._closing.discard)
+
+    async def _shut(self, session: _Session) -> None:
+        try:
+            if session.alive:
+                with contextlib.suppress(SMTPException, OSError):
+                    await session.smtp.quit(timeout=self._quit_timeout)
+        finally:
+            session.drop()
+
+
 def has_bare_line_ending(message: bytes) -> bool:
     """True if `message` holds a CR not followed by LF, or an LF not preceded by CR."""
     pairs = message.count(b"\r\n")
@@ -212,6 +417,7 @@ async def deliver(
     eight_bit: bool,
     ssl_context: ssl.SSLContext,
     timeouts: Timeouts = Timeouts(),  # frozen: one shared default is safe
+    cache: ConnectionCache | None = None,
 ) -> Outcome:
     """Run one SMTP transaction with `target` for `recipients`; never raises for remote errors.
 
@@ -219,6 +425,9 @@ async def deliver(
     "pkix" and must verify (CERT_REQUIRED, check_hostname, TLS >= 1.2); OpenSSL then checks
     `target.host`, and when that host is not itself among the acceptable `names`, one of them
     must be covered by the certificate too. "none" and "dane" use a non-verifying context.
+    With a `cache`, an idle session for the same key carries the transaction when there is
+    one (a session found dead before MAIL FROM is answered is replaced by a new connection,
+    unseen in the outcome), and a healthy session goes back to the cache instead of QUIT.
     """
     _check_envelope(helo, sender, recipients, smtputf8=smtputf8)
     if has_bare_line_ending(message):
@@ -227,11 +436,21 @@ async def deliver(
     size = len(message) if message.endswith(b"\r\n") else len(message) + 2
     job = _Job(helo, sender, tuple(recipients), data_payload(message), size, smtputf8, eight_bit)
     context = _tls_context(target.tls, ssl_context)
-    attempt = _Attempt(target, job, context, timeouts, starttls=True)
+    key = _cache_key(target, helo, context) if cache is not None else None
+    reused = cache._take(key) if cache is not None and key is not None else None
+    if reused is not None:
+        attempt = _Attempt(
+            target, job, context, timeouts, starttls=True, cache=cache, key=key, reuse=reused
+        )
+        outcome = await attempt.run()
+        if not attempt.stale:
+            return outcome
+    attempt = _Attempt(target, job, context, timeouts, starttls=True, cache=cache, key=key)
     outcome = await attempt.run()
     if attempt.handshake_failed and target.tls.mode == "opportunistic":
         # As Postfix does: a broken TLS stack at the peer must not block mail TLS was optional for.
-        outcome = await _Attempt(target, job, context, timeouts, starttls=False).run()
+        attempt = _Attempt(target, job, context, timeouts, starttls=False, cache=cache, key=key)
+        outcome = await attempt.run()
     return outcome
 
 
@@ -296,15 +515,17 @@ class _SessionError(Exception):
         reply: RemoteReply | None = None,
         *,
         handshake: bool = False,
+        dropped: bool = False,
     ) -> None:
         super().__init__(reason if reason is not None else str(reply))
         self.reason = reason
         self.reply = reply
         self.handshake = handshake
+        self.dropped = dropped  # the connection failed (not a timeout, not a reply)
 
 
 class _Attempt:
-    """One connection to the target and the SMTP dialogue on it."""
+    """One session with the target (a new connection, or a cached one) and the dialogue on it."""
 
     def __init__(
         self,
@@ -314,26 +535,42 @@ class _Attempt:
         timeouts: Timeouts,
         *,
         starttls: bool,
+        cache: ConnectionCache | None = None,
+        key: _Key | None = None,
+        reuse: _Session | None = None,
     ) -> None:
         self.target = target
         self.job = job
         self.context = context
         self.timeouts = timeouts
         self.use_starttls = starttls
-        self.smtp = aiosmtplib.SMTP(
-            hostname=target.host,
-            local_hostname=job.helo,
-            timeout=timeouts.command,
-            use_tls=target.tls.implicit,
-            start_tls=False,
-            tls_context=context,
-        )
-        self.transport: asyncio.BaseTransport | None = None
+        self.cache = cache if key is not None else None
+        self.key = key
+        self.session = reuse  # the cached session this attempt runs on, if any
+        self.transport: asyncio.BaseTransport | None
+        if reuse is None:
+            self.smtp = aiosmtplib.SMTP(
+                hostname=target.host,
+                local_hostname=job.helo,
+                timeout=timeouts.command,
+                use_tls=target.tls.implicit,
+                start_tls=False,
+                tls_context=context,
+            )
+            self.transport = None
+            self.tls_version: str | None = None
+            self.tls_cipher: str | None = None
+        else:
+            self.smtp, self.transport = reuse.smtp, reuse.transport
+            self.tls_version, self.tls_cipher = reuse.tls_version, reuse.tls_cipher
+        self.born = self.cache._clock() if self.cache is not None else 0.0
         self.stage = "connect"
         self.quit_allowed = True  # False once the stream is broken or out of step
         self.handshake_failed = False
-        self.tls_version: str | None = None
-        self.tls_cipher: str | None = None
+        self.ready = reuse is not None  # greeted, TLS and AUTH done: it can carry a transaction
+        self.mail_answered = False
+        self.in_transaction = False  # MAIL FROM sent and no end-of-data reply: RSET before reuse
+        self.stale = False  # a reused session was found dead: the caller tries a new one
         self.recipients: dict[str, RemoteReply] = {}
 
     @property
@@ -341,20 +578,55 @@ class _Attempt:
         return f"{self.target.host}[{self.target.address}]:{self.target.port}"
 
     async def run(self) -> Outcome:
+        """Run the dialogue; then keep the session in the cache, or end it."""
+        reused = self.session is not None
         failure: str | None = None
         failure_reply: RemoteReply | None = None
         try:
-            await self._converse()
+            if not reused:
+                await self._converse()
+            else:
+                await self._transaction()
         except _SessionError as end:
             failure, failure_reply, self.handshake_failed = end.reason, end.reply, end.handshake
+            lost = end.dropped or (end.reply is not None and end.reply.code == 421)
+            # A server may close an idle session at any time: that is no news about this message.
+            self.stale = reused and lost and not self.mail_answered
         except BaseException:
             self._abort()
             raise
+        kept = False
         try:
-            await self._quit()
+            if not self.stale:
+                kept = await self._keep(failure, failure_reply)
+                if not kept:
+                    await self._quit()
         finally:
-            self._abort()
+            if not kept:
+                self._abort()
         return Outcome(self.tls_version, self.tls_cipher, failure, failure_reply, self.recipients)
+
+    async def _keep(self, failure: str | None, failure_reply: RemoteReply | None) -> bool:
+        """Hand a healthy session back to the cache (after RSET if a transaction is open)."""
+        if self.cache is None or self.key is None or failure is not None or not self.ready:
+            return False
+        if failure_reply is not None and failure_reply.code == 421:
+            return False
+        if not self.quit_allowed or not self.smtp.is_connected:
+            return False
+        if self.in_transaction:
+            try:
+                reply = await self._command("RSET", b"RSET")
+            except _SessionError:
+                return False
+            if reply.code != 250:
+                return False
+            self.in_transaction = False
+        session = self.session or _Session(
+            self.smtp, self.transport, self.tls_version, self.tls_cipher, self.born
+        )
+        session.transactions += 1
+        return self.cache._give(self.key, session)
 
     async def _converse(self) -> None:
         sock = await self._connect()
@@ -369,6 +641,7 @@ class _Attempt:
             await self._starttls()
         if self.target.auth is not None:
             await self._authenticate(*self.target.auth)
+        self.ready = True
         await self._transaction()
 
     async def _connect(self) -> socket.socket:
@@ -414,7 +687,8 @@ class _Attempt:
                 reason = self._tls_failure(exc)
             else:
                 reason = f"connection lost in {stage}"
-            raise _SessionError(reason, handshake=handshake) from None
+            dropped = not isinstance(exc, TimeoutError | SMTPTimeoutError)
+            raise _SessionError(reason, handshake=handshake, dropped=dropped) from None
 
     def _reply(self, code: int, text: str) -> RemoteReply:
         if not 200 <= code <= 599:
@@ -543,9 +817,11 @@ class _Attempt:
             options.append(b"SMTPUTF8")
         encoding = "utf-8" if job.smtputf8 else "ascii"
 
+        self.in_transaction = True
         reply = await self._command(
             "MAIL FROM", b"MAIL", _path(b"FROM:", job.sender, encoding), *options
         )
+        self.mail_answered = reply.code != 421  # a 421 here says the session is gone, not why
         if reply.code // 100 != 2:
             raise _SessionError(reply=reply)
         accepted: list[str] = []
@@ -571,6 +847,7 @@ class _Attempt:
             protocol.write(job.payload)
             response = await protocol.read_response(timeout=self.timeouts.data)
         reply = self._reply(response.code, response.message)
+        self.in_transaction = False  # any final reply to the data ends the transaction
         for recipient in accepted:
             self.recipients[recipient] = reply
 

@@ -28,7 +28,14 @@ from typing import TypeVar
 
 from sendgate.config import DeliveryConfig
 from sendgate.delivery.bounce import RecipientNotice, build_dsn
-from sendgate.delivery.client import Outcome, RemoteReply, Target, Timeouts, deliver
+from sendgate.delivery.client import (
+    ConnectionCache,
+    Outcome,
+    RemoteReply,
+    Target,
+    Timeouts,
+    deliver,
+)
 from sendgate.delivery.plan import Planner
 from sendgate.delivery.route import RouteError
 from sendgate.delivery.state import (
@@ -88,6 +95,9 @@ class Scheduler:
         self._rng = rng
         self._signer = signer
         self._timeouts = timeouts or Timeouts()
+        # Idle sessions are kept a moment for the next message to the same host (like Postfix's
+        # connection cache): connect + EHLO + STARTTLS cost more than a transaction.
+        self._cache = ConnectionCache()
         self._entries: dict[str, _Entry] = {}
         self._due: list[tuple[float, str]] = []
         self._wake = asyncio.Event()
@@ -187,15 +197,19 @@ class Scheduler:
                     task.cancel()
                 if late:
                     await asyncio.wait(late)
+            await self._cache.close()
 
     async def drain(self) -> None:
         """Run until nothing is due now and nothing is running (for tests and the benchmark)."""
         await self.scan()
-        while True:
-            self._dispatch(self._clock())
-            if not self._tasks:
-                return
-            await asyncio.wait(self._tasks, return_when="FIRST_COMPLETED")
+        try:
+            while True:
+                self._dispatch(self._clock())
+                if not self._tasks:
+                    return
+                await asyncio.wait(self._tasks, return_when="FIRST_COMPLETED")
+        finally:
+            await self._cache.close()
 
     def _dispatch(self, now: float) -> None:
         # Bound the tasks in flight: each waits for connection slots, and a big queue must not
@@ -304,6 +318,7 @@ class Scheduler:
                         eight_bit=envelope.body == "8BITMIME",
                         ssl_context=self._ssl_context,
                         timeouts=self._timeouts,
+                        cache=self._cache,
                     )
                 open_ = self._apply(envelope, domain, target, outcome, open_, settle)
                 if not open_ or outcome.recipients or _is_permanent(outcome.failure_reply):

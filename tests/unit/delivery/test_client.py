@@ -1,4 +1,4 @@
-"""Tests for the outbound SMTP client against real peers on loopback 127.0.55.1-127.0.55.60.
+"""Tests for the outbound SMTP client against real peers on loopback 127.0.55.1-127.0.55.90.
 
 Well-behaved peers are aiosmtpd (STARTTLS and implicit TLS with trustme certificates, AUTH,
 hooks that reject recipients or answer DATA with errors); peers that must misbehave are small
@@ -24,6 +24,7 @@ from hypothesis import strategies as st
 
 from sendgate.delivery.client import (
     MAX_REPLY_TEXT,
+    ConnectionCache,
     Outcome,
     RemoteReply,
     Target,
@@ -141,12 +142,23 @@ async def smtpd(
     *,
     starttls: ssl.SSLContext | None = None,
     implicit: ssl.SSLContext | None = None,
+    connections: list[SMTP] | None = None,
     **options: Any,
 ) -> AsyncIterator[int]:
-    """aiosmtpd on `address` (a free port, yielded), in the test's own event loop."""
+    """aiosmtpd on `address` (a free port, yielded), in the test's own event loop.
+
+    Each connection's protocol object is appended to `connections` when given.
+    """
     loop = asyncio.get_running_loop()
+
+    def protocol() -> SMTP:
+        made = SMTP(handler, hostname="mx.test", tls_context=starttls, loop=loop, **options)
+        if connections is not None:
+            connections.append(made)
+        return made
+
     server = await loop.create_server(
-        lambda: SMTP(handler, hostname="mx.test", tls_context=starttls, loop=loop, **options),
+        protocol,
         address,
         0,
         ssl=implicit,
@@ -283,10 +295,12 @@ async def send(
     smtputf8: bool = False,
     eight_bit: bool = False,
     timeouts: Timeouts = FAST,
+    helo: str = "client.test",
+    cache: ConnectionCache | None = None,
 ) -> Outcome:
     return await deliver(
         to,
-        helo="client.test",
+        helo=helo,
         sender=sender,
         recipients=recipients,
         message=message,
@@ -294,6 +308,7 @@ async def send(
         eight_bit=eight_bit,
         ssl_context=ssl_context,
         timeouts=timeouts,
+        cache=cache,
     )
 
 
@@ -1124,3 +1139,418 @@ def test_certificate_matches_reads_the_san(pki: Pki) -> None:
     assert certificate_matches(Pki.der(wildcard), ["a.pool.test"])
     assert not certificate_matches(Pki.der(wildcard), ["a.b.pool.test", "pool.test"])
     assert not certificate_matches(b"not a certificate", ["mx.test"])
+
+
+# --- connection reuse (127.0.55.61 - 127.0.55.90) -----------------------------------------------
+
+
+@dataclass
+class FakeClock:
+    now: float = 1000.0
+
+    def __call__(self) -> float:
+        return self.now
+
+
+def message(number: int) -> bytes:
+    return MESSAGE.replace(b"Hello.", b"Hello, number %d." % number)
+
+
+def test_reuse_carries_the_next_transaction_on_the_same_connection(pki: Pki) -> None:
+    async def run() -> None:
+        peer = RawPeer(serve)
+        cache = ConnectionCache()
+        async with peer.serving("127.0.55.61") as port:
+            to = target(port, "127.0.55.61", PLAINTEXT)
+            first = await send(to, pki.client(), message=message(1), cache=cache)
+            second = await send(to, pki.client(), message=message(2), cache=cache)
+            assert cache.idle == 1
+            # After a completed transaction the state is reset (RFC 5321 4.1.4): no RSET.
+            assert peer.commands() == ["EHLO", "MAIL", "RCPT", "DATA", "MAIL", "RCPT", "DATA"]
+            await cache.close()
+            assert cache.idle == 0
+        assert delivered(first)
+        assert delivered(second)
+        assert peer.connections == 1
+        assert peer.data == [data_payload(message(1)), data_payload(message(2))]
+        assert peer.commands()[-1] == "QUIT"
+
+    asyncio.run(run())
+
+
+def test_a_reused_session_keeps_its_tls_parameters(pki: Pki) -> None:
+    async def run() -> None:
+        handler = Handler()
+        connections: list[SMTP] = []
+        cache = ConnectionCache()
+        async with smtpd(
+            handler, "127.0.55.62", starttls=pki.server(pki.mx), connections=connections
+        ) as port:
+            to = target(port, "127.0.55.62")
+            first = await send(to, pki.client(), message=message(1), cache=cache)
+            second = await send(to, pki.client(), message=message(2), cache=cache)
+            assert handler.quits == 0
+            await cache.close()
+        assert delivered(first)
+        assert delivered(second)
+        assert first.tls_version in ("TLSv1.2", "TLSv1.3")
+        assert (second.tls_version, second.tls_cipher) == (first.tls_version, first.tls_cipher)
+        assert len(connections) == 1
+        assert [(m.content, m.tls) for m in handler.messages] == [
+            (message(1), True),
+            (message(2), True),
+        ]
+        assert handler.quits == 1
+
+    asyncio.run(run())
+
+
+@pytest.mark.parametrize("variant", ["host", "tls mode", "helo", "auth user"])
+def test_sessions_are_not_shared_across_keys(pki: Pki, variant: str) -> None:
+    auth_peer = ("AUTH PLAIN", "8BITMIME")
+
+    async def run() -> None:
+        peer = RawPeer(lambda c: serve(c, extensions=auth_peer, replies={"AUTH": "235 2.7.0 ok"}))
+        cache = ConnectionCache()
+        async with peer.serving("127.0.55.63") as port:
+            base = target(port, "127.0.55.63", PLAINTEXT, auth=("alice", "pw"))
+            other, helo = base, "client.test"
+            if variant == "host":
+                other = Target("relay.test", base.address, port, PLAINTEXT, auth=base.auth)
+            elif variant == "tls mode":
+                other = target(port, "127.0.55.63", OPPORTUNISTIC)
+            elif variant == "helo":
+                helo = "other.client.test"
+            else:
+                other = target(port, "127.0.55.63", PLAINTEXT, auth=("bob", "pw"))
+            outcomes = [
+                await send(base, pki.client(), cache=cache),
+                await send(other, pki.client(), cache=cache, helo=helo),
+                await send(base, pki.client(), cache=cache),  # each goes back to its own
+                await send(other, pki.client(), cache=cache, helo=helo),
+            ]
+            assert cache.idle == 2
+            await cache.close()
+        assert all(delivered(outcome) for outcome in outcomes)
+        assert peer.connections == 2
+        assert peer.commands().count("EHLO") == 2
+        assert peer.commands().count("QUIT") == 2
+
+    asyncio.run(run())
+
+
+def test_sessions_are_not_shared_across_tls_requirements(pki: Pki) -> None:
+    async def run() -> None:
+        handler = Handler()
+        connections: list[SMTP] = []
+        cache = ConnectionCache()
+        trust, other_trust = pki.client(), pki.client()
+        pkix = TlsRequirement("required", "pkix", names=("mx.test",), reason="mta-sts")
+        plans = [
+            (OPPORTUNISTIC, trust),
+            (TlsRequirement("required", "none", reason="smarthost"), trust),
+            (pkix, trust),
+            (pkix, other_trust),  # another trust store verified nothing yet
+        ]
+        async with smtpd(
+            handler, "127.0.55.64", starttls=pki.server(pki.mx), connections=connections
+        ) as port:
+            outcomes = [
+                await send(target(port, "127.0.55.64", tls), context, cache=cache)
+                for tls, context in plans + plans
+            ]
+            assert cache.idle == 4
+            await cache.close()
+        assert all(delivered(outcome) for outcome in outcomes)
+        assert len(connections) == 4
+        assert len(handler.messages) == 8
+        assert handler.quits == 4
+
+    asyncio.run(run())
+
+
+@pytest.mark.parametrize(
+    ("limits", "steps", "connections"),
+    [
+        ({"idle_time": 2.0}, [1.9, 1.9], 1),
+        ({"idle_time": 2.0}, [1.9, 2.0], 2),
+        ({"idle_time": 100.0, "max_age": 10.0}, [5.0, 4.9], 1),
+        ({"idle_time": 100.0, "max_age": 10.0}, [5.0, 5.0], 2),
+        ({"max_transactions": 3}, [0.0, 0.0], 1),
+        ({"max_transactions": 2}, [0.0, 0.0], 2),
+    ],
+)
+def test_limits_force_a_new_connection(
+    pki: Pki, limits: dict[str, float], steps: list[float], connections: int
+) -> None:
+    async def run() -> None:
+        peer = RawPeer(serve)
+        clock = FakeClock()
+        cache = ConnectionCache(clock=clock, **limits)  # type: ignore[arg-type]
+        async with peer.serving("127.0.55.65") as port:
+            to = target(port, "127.0.55.65", PLAINTEXT)
+            outcomes = [await send(to, pki.client(), cache=cache)]
+            for step in steps:
+                clock.now += step
+                outcomes.append(await send(to, pki.client(), cache=cache))
+            await cache.close()
+        assert all(delivered(outcome) for outcome in outcomes)
+        assert peer.connections == connections
+        assert len(peer.data) == 3
+        # Every connection ends with QUIT: at the limit, when found expired, or at close().
+        assert peer.commands().count("QUIT") == connections
+
+    asyncio.run(run())
+
+
+def test_used_up_session_quits_right_after_its_last_transaction(pki: Pki) -> None:
+    async def run() -> None:
+        peer = RawPeer(serve)
+        cache = ConnectionCache(max_transactions=2)
+        async with peer.serving("127.0.55.65") as port:
+            to = target(port, "127.0.55.65", PLAINTEXT)
+            for _ in range(2):
+                assert delivered(await send(to, pki.client(), cache=cache))
+            assert peer.commands()[-1] == "QUIT"
+            assert cache.idle == 0
+            await cache.close()
+        assert peer.connections == 1
+
+    asyncio.run(run())
+
+
+def test_idle_sessions_are_closed_in_the_background(pki: Pki) -> None:
+    async def run() -> None:
+        quit_seen = asyncio.Event()
+
+        async def script(conn: RawConnection) -> None:
+            await serve(conn)
+            if "QUIT" in conn.peer.commands():
+                quit_seen.set()
+
+        peer = RawPeer(script)
+        cache = ConnectionCache(idle_time=0.05)  # the real clock: the loop's timer must fire
+        async with peer.serving("127.0.55.66") as port:
+            outcome = await send(target(port, "127.0.55.66", PLAINTEXT), pki.client(), cache=cache)
+            assert cache.idle == 1
+            await asyncio.wait_for(quit_seen.wait(), 10)
+            assert cache.idle == 0
+            await cache.close()
+        assert delivered(outcome)
+        assert peer.commands() == ["EHLO", "MAIL", "RCPT", "DATA", "QUIT"]
+
+    asyncio.run(run())
+
+
+def test_a_session_the_peer_closed_while_idle_is_replaced(pki: Pki) -> None:
+    async def one_transaction(conn: RawConnection) -> None:
+        await conn.send("220 raw.test ESMTP")
+        while (line := await conn.line()) is not None:
+            await answer(conn, line)
+            if line == "DATA":
+                return  # hang up after the reply to the data, as an idle timeout would
+
+    async def run() -> None:
+        peer = RawPeer(one_transaction)
+        cache = ConnectionCache()
+        async with peer.serving("127.0.55.67") as port:
+            to = target(port, "127.0.55.67", PLAINTEXT)
+            first = await send(to, pki.client(), message=message(1), cache=cache)
+            second = await send(to, pki.client(), message=message(2), cache=cache)
+            await cache.close()
+        assert delivered(first)
+        assert delivered(second)
+        assert peer.connections == 2
+        assert peer.data == [data_payload(message(1)), data_payload(message(2))]
+
+    asyncio.run(run())
+
+
+@pytest.mark.parametrize("behaviour", ["421", "hang up"])
+def test_a_reused_session_refused_at_mail_is_replaced_unseen(pki: Pki, behaviour: str) -> None:
+    async def second_mail_fails(conn: RawConnection) -> None:
+        await conn.send("220 raw.test ESMTP")
+        mails = 0
+        while (line := await conn.line()) is not None:
+            if line.startswith("MAIL"):
+                mails += 1
+                if mails == 2:
+                    if behaviour == "421":
+                        await conn.send("421 4.4.2 idle too long")
+                    return
+            if not await answer(conn, line):
+                return
+
+    async def run() -> None:
+        peer = RawPeer(second_mail_fails)
+        cache = ConnectionCache()
+        async with peer.serving("127.0.55.68") as port:
+            to = target(port, "127.0.55.68", PLAINTEXT)
+            first = await send(to, pki.client(), message=message(1), cache=cache)
+            second = await send(to, pki.client(), message=message(2), cache=cache)
+            assert cache.idle == 1
+            await cache.close()
+        assert delivered(first)
+        assert delivered(second)  # no trace of the stale session's 421 or hang-up
+        assert peer.connections == 2
+        assert peer.commands().count("MAIL") == 3
+        assert peer.data == [data_payload(message(1)), data_payload(message(2))]
+
+    asyncio.run(run())
+
+
+def test_a_timeout_on_a_reused_session_is_reported_not_retried(pki: Pki) -> None:
+    async def mute_after_one(conn: RawConnection) -> None:
+        await conn.send("220 raw.test ESMTP")
+        while (line := await conn.line()) is not None:
+            if line.startswith("MAIL") and conn.peer.data:
+                await conn.reader.read()  # no answer; returns once the client has given up
+                return
+            if not await answer(conn, line):
+                return
+
+    async def run() -> None:
+        peer = RawPeer(mute_after_one)
+        cache = ConnectionCache()
+        async with peer.serving("127.0.55.69") as port:
+            to = target(port, "127.0.55.69", PLAINTEXT)
+            first = await send(to, pki.client(), cache=cache)
+            second = await send(to, pki.client(), cache=cache, timeouts=Timeouts(command=0.2))
+            await cache.close()
+        assert delivered(first)
+        assert second.failure == "timeout (0.2s) in MAIL FROM"
+        assert peer.connections == 1
+        assert cache.idle == 0
+
+    asyncio.run(run())
+
+
+@pytest.mark.parametrize(
+    ("verb", "reply", "dialogue", "kept"),
+    [
+        ("RCPT", "550 5.1.1 nobody", ["EHLO", "MAIL", "RCPT", "RCPT", "RSET"], True),
+        ("MAIL", "550 5.7.1 sender refused", ["EHLO", "MAIL", "RSET"], True),
+        ("DATA", "554 5.5.1 no", ["EHLO", "MAIL", "RCPT", "RCPT", "DATA", "RSET"], True),
+        ("RCPT", "421 4.3.2 shutting down", ["EHLO", "MAIL", "RCPT"], False),
+    ],
+)
+def test_a_transaction_that_ends_early_is_reset_before_reuse(
+    pki: Pki, verb: str, reply: str, dialogue: list[str], kept: bool
+) -> None:
+    async def run() -> None:
+        peer = RawPeer(lambda c: serve(c, replies={verb: reply}))
+        cache = ConnectionCache()
+        async with peer.serving("127.0.55.70") as port:
+            to = target(port, "127.0.55.70", PLAINTEXT)
+            outcome = await send(to, pki.client(), recipients=RCPTS[:2], cache=cache)
+            assert peer.commands() == dialogue
+            assert cache.idle == (1 if kept else 0)
+            await send(to, pki.client(), cache=cache)
+            await cache.close()
+        code = int(reply.split(" ", 1)[0])
+        if verb == "RCPT" and code == 550:
+            assert {r.code for r in outcome.recipients.values()} == {550}
+        else:
+            assert outcome.failure_reply is not None
+            assert outcome.failure_reply.code == code
+        assert peer.connections == (1 if kept else 2)
+
+    asyncio.run(run())
+
+
+def test_dane_sessions_are_never_cached(pki: Pki) -> None:
+    async def run() -> None:
+        handler = Handler()
+        connections: list[SMTP] = []
+        checked: list[bytes] = []
+
+        def leaf_check(der: bytes) -> bool:
+            checked.append(der)
+            return True
+
+        cache = ConnectionCache()
+        tls = TlsRequirement("required", "dane", leaf_check=leaf_check, reason="dane")
+        stranger = trustme.CA().issue_cert("mx.test")
+        async with smtpd(
+            handler, "127.0.55.71", starttls=pki.server(stranger), connections=connections
+        ) as port:
+            to = target(port, "127.0.55.71", tls)
+            outcomes = [await send(to, pki.client(), cache=cache) for _ in range(2)]
+            assert cache.idle == 0
+            await cache.close()
+        assert all(delivered(outcome) for outcome in outcomes)
+        assert len(connections) == 2
+        assert len(checked) == 2
+        assert handler.quits == 2
+
+    asyncio.run(run())
+
+
+def test_close_quits_idle_sessions_and_the_cache_stays_usable(pki: Pki) -> None:
+    async def run() -> None:
+        peer = RawPeer(serve)
+        cache = ConnectionCache()
+        async with peer.serving("127.0.55.72") as port:
+            to = target(port, "127.0.55.72", PLAINTEXT)
+            assert delivered(await send(to, pki.client(), cache=cache))
+            assert "QUIT" not in peer.commands()
+            await cache.close()
+            assert peer.commands()[-1] == "QUIT"
+            assert cache.idle == 0
+            assert delivered(await send(to, pki.client(), cache=cache))
+            assert cache.idle == 1
+            await cache.close()
+        assert peer.connections == 2
+        assert peer.commands().count("QUIT") == 2
+
+    asyncio.run(run())
+
+
+@pytest.mark.parametrize(("per_key", "total", "idle"), [(20, 100, 2), (1, 100, 1), (20, 1, 1)])
+def test_concurrent_deliveries_never_share_a_session(
+    pki: Pki, per_key: int, total: int, idle: int
+) -> None:
+    async def run() -> None:
+        both_in_data = asyncio.Event()
+        in_data = 0
+
+        async def wait_for_both(conn: RawConnection) -> None:
+            nonlocal in_data
+            await conn.send("220 raw.test ESMTP")
+            while (line := await conn.line()) is not None:
+                if line == "DATA":
+                    in_data += 1
+                    if in_data == 2:
+                        both_in_data.set()
+                    await both_in_data.wait()  # both transactions are in flight at once
+                if not await answer(conn, line):
+                    return
+
+        peer = RawPeer(wait_for_both)
+        cache = ConnectionCache(per_key=per_key, total=total)
+        async with peer.serving("127.0.55.73") as port:
+            to = target(port, "127.0.55.73", PLAINTEXT)
+            outcomes = list(
+                await asyncio.gather(
+                    send(to, pki.client(), message=message(1), cache=cache),
+                    send(to, pki.client(), message=message(2), cache=cache),
+                )
+            )
+            assert peer.connections == 2
+            assert cache.idle == idle
+            outcomes.append(await send(to, pki.client(), message=message(3), cache=cache))
+            await cache.close()
+        assert all(delivered(outcome) for outcome in outcomes)
+        assert peer.connections == 2
+        assert sorted(peer.data) == sorted(data_payload(message(n)) for n in (1, 2, 3))
+        assert peer.commands().count("QUIT") == 2
+
+    asyncio.run(run())
+
+
+@pytest.mark.parametrize(
+    "limit", ["idle_time", "max_age", "max_transactions", "per_key", "total", "quit_timeout"]
+)
+def test_connection_cache_refuses_limits_that_are_not_positive(limit: str) -> None:
+    with pytest.raises(ValueError, match=f"connection cache {limit} must be positive"):
+        ConnectionCache(**{limit: 0})  # type: ignore[arg-type]
