@@ -24,7 +24,7 @@ from sendgate import __version__
 from sendgate.config import Config, load_config
 from sendgate.delivery.state import DeliveryState, explain
 from sendgate.dkim import default_selector, generate_key
-from sendgate.errors import ConfigError, SendgateError, UserError
+from sendgate.errors import ConfigError, SendgateError, UnknownQueueIdError, UserError
 from sendgate.log import EventLog
 from sendgate.policy.passwords import hash_password, new_hasher, password_problem
 from sendgate.scaffold import CONFIG_NAME, default_hostname, init_instance
@@ -241,7 +241,10 @@ def _cmd_queue(args: argparse.Namespace) -> int:
     action = args.action
     if action == "list":
         for queue_id in spool.ids():
-            print(format_queue_line(spool.envelope(queue_id)))
+            try:
+                print(format_queue_line(spool.envelope(queue_id)))
+            except UnknownQueueIdError:
+                continue  # delivered since the listing
         return 0
     envelope = spool.envelope(args.queue_id)
     if action == "show":

@@ -462,6 +462,13 @@ class _Routes:
                 raise spot.error("a password needs a username")
             if route.password_file is not None:
                 _require_file(route.password_file, spot.child("password_file"))
+            if route.smarthost.port == 0:
+                raise spot.child("smarthost").error("port 0 is not a port to connect to")
+            if route.tls == "none" and route.username and not is_loopback(route.smarthost.host):
+                raise spot.error(
+                    'AUTH with tls = "none" is refused to a smarthost that is not loopback '
+                    "(the password would cross the network in clear)"
+                )
             for pattern in route.domains:
                 if pattern in claimed:
                     raise spot.child("domains").error(

@@ -18,7 +18,7 @@ from typing import Any
 from sendgate.announce import Announcer
 from sendgate.config import Config, unsafe_settings
 from sendgate.delivery.plan import load_relays
-from sendgate.delivery.runner import run_delivery
+from sendgate.delivery.runner import run_delivery, trust_store
 from sendgate.dkim import DkimSigner, load_keys
 from sendgate.errors import SendgateError
 from sendgate.log import EventLog
@@ -82,6 +82,7 @@ def serve(cfg: Config, log: EventLog) -> int:
     )
     LocalUserStore(users_path(cfg)).close()  # create the schema once, before the workers race
     relays = load_relays(cfg.delivery.routes)
+    trust_store(cfg)  # refuse a bad delivery.ca_file now, not in the runner after the fork
     keys = load_keys(cfg.dkim.key_dir)
     signer = DkimSigner(keys) if keys else None
     for key in keys:

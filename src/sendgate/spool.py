@@ -17,7 +17,7 @@ plus an envelope file) halves inode allocation and file fsyncs, which dominate t
 durable accept. Directory fsyncs are group-committed: a put whose rename was already covered by
 another thread's directory fsync does not issue its own. On any error `put` removes what it
 wrote and raises `SpoolFullError` (disk full) or `SpoolError`, so a half-written message is never
-visible as queued. Delivery state, when it exists, lives beside the queue file; the queue file
+visible as queued. Delivery state, when it exists, lives in ``state/<id>``; the queue file
 itself is never rewritten.
 
 Security: queue ids come from the command line and from directory listings, so every id is

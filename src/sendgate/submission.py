@@ -223,8 +223,8 @@ class SubmissionConnection:
             self._log.event("spool_error", "error", conn=self.conn_id, error=str(exc))
             return replies.LOCAL_ERROR
         except DkimError as exc:
-            self._log.event("dkim_error", "error", conn=self.conn_id, error=str(exc))
-            return replies.LOCAL_ERROR
+            # The same message would fail the same way again: refuse it, do not ask for a retry.
+            return self._reject("dkim_error", replies.BAD_HEADER, detail=str(exc))
         if server.announce is not None:
             server.announce(queue_id)
         self._log.event(

@@ -422,3 +422,28 @@ def test_a_recipient_named_twice_is_delivered_once(world: World) -> None:
     assert got.recipients == (BOB,)
     assert world.spool.ids() == []
     assert world.events("delivery_bug") == []
+
+
+def test_an_error_in_one_domain_keeps_the_other_domains_results(world: World) -> None:
+    # A recipient the client refuses to put on a command line (only a damaged spool holds one)
+    # raises inside its domain's attempt; the other domain's delivery must still count.
+    odd = "x y@example.net"
+    world.mx("example.org", (10, "mx1.example.org", "127.0.60.2"))
+    world.mx("example.net", (10, "mx1.example.net", "127.0.60.3"))
+    receiver = world.receiver("127.0.60.2")
+    queue_id = world.queue(ALICE, (BOB, odd), message_bytes(ALICE, BOB))
+
+    world.deliver()
+
+    assert len(receiver.wait_for(1)) == 1
+    state = world.state(queue_id)
+    assert state is not None
+    assert [r["status"] for r in state["recipients"]] == ["delivered", "pending"]
+    assert state["recipients"][1]["reply"] == "local error; will retry"
+    [bug] = world.events("delivery_bug")
+    assert bug["queue_id"] == queue_id
+
+    world.clock.now = state["next_attempt"]
+    world.deliver()
+
+    assert len(receiver.received) == 1  # bob is not sent the message again

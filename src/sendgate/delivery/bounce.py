@@ -49,7 +49,7 @@ class RecipientNotice:
 
     recipient: str  # envelope recipient (may be an SMTPUTF8 address)
     action: str  # "failed" | "delayed"
-    status: str  # enhanced status code, e.g. "5.1.1", "4.4.1", "5.4.7" (expired)
+    status: str  # enhanced status code, e.g. "5.1.1", "4.4.1", "4.4.7" (expired)
     remote_mta: str | None  # host name that gave the reply, if any
     diagnostic: str | None  # the remote reply as received, lines joined with "\n"
     last_attempt: float | None  # unix time

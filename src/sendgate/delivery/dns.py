@@ -178,6 +178,14 @@ class Resolver:
         return list(itertools.islice(answer.rrset, MAX_RECORDS)), secure
 
 
+def ascii_name(name: str) -> str:
+    """`name` in lower-case A-labels without the final dot (IDN U-labels are encoded).
+
+    DnsError (permanent) when `name` is not a DNS name.
+    """
+    return _host_text(_absolute_name(name))
+
+
 def _absolute_name(name: str) -> dns.name.Name:
     """`name` as an absolute DNS name; an empty or malformed name is a permanent error."""
     try:

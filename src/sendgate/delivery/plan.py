@@ -16,14 +16,14 @@ from __future__ import annotations
 import ipaddress
 import random
 from collections.abc import Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
 from sendgate.config import RouteConfig
 from sendgate.delivery import dane
 from sendgate.delivery.client import Target, TlsRequirement
-from sendgate.delivery.dns import DnsError, Resolver
-from sendgate.delivery.mtasts import MtaSts
+from sendgate.delivery.dns import DnsError, Resolver, ascii_name
+from sendgate.delivery.mtasts import MtaSts, MtaStsError
 from sendgate.delivery.route import RouteError, mx_route
 from sendgate.errors import ConfigError
 
@@ -47,7 +47,7 @@ class Relay:
     host: str
     port: int
     tls: str
-    auth: tuple[str, str] | None
+    auth: tuple[str, str] | None = field(repr=False)
 
 
 def load_relays(routes: Sequence[RouteConfig]) -> tuple[Relay, ...]:
@@ -141,6 +141,9 @@ class Planner:
         ]
 
     async def _addresses_of(self, host: str) -> tuple[str, ...]:
+        if host.lower() == "localhost":
+            # Config lets plaintext go to "localhost" as loopback: never ask DNS what it is.
+            return ("::1", "127.0.0.1")
         try:
             return (str(ipaddress.ip_address(host)),)
         except ValueError:
@@ -157,7 +160,10 @@ class Planner:
         route = await mx_route(self._resolver, domain, rng=self._rng)
         policy = None
         if self._mta_sts is not None:
-            policy = await self._mta_sts.policy(domain)
+            try:
+                policy = await self._mta_sts.policy(ascii_name(route.domain))
+            except (MtaStsError, DnsError):
+                policy = None  # a name MTA-STS cannot apply to (see MtaSts.policy)
         targets: list[Target] = []
         refused: list[str] = []
         for hop in route.hops:

@@ -25,6 +25,7 @@ from sendgate.delivery.mtasts import MtaSts
 from sendgate.delivery.plan import MX_PORT, Planner, Relay
 from sendgate.delivery.scheduler import Scheduler
 from sendgate.dkim import DkimSigner
+from sendgate.errors import ConfigError
 from sendgate.log import EventLog
 from sendgate.spool import Spool
 
@@ -32,11 +33,21 @@ IO_THREADS = 8
 
 
 def trust_store(cfg: Config) -> ssl.SSLContext:
-    """The CAs outbound TLS is verified against: the system's plus `delivery.ca_file`."""
+    """The CAs outbound TLS is verified against: the system's plus `delivery.ca_file`.
+
+    ConfigError when the CA file cannot be used; `serve` calls this before forking so that a
+    bad file stops the start (exit 2) instead of a runner restarting for ever.
+    """
     context = ssl.create_default_context()
     context.minimum_version = ssl.TLSVersion.TLSv1_2
     if cfg.delivery.ca_file is not None:
-        context.load_verify_locations(cafile=str(cfg.delivery.ca_file))
+        try:
+            context.load_verify_locations(cafile=str(cfg.delivery.ca_file))
+        except (OSError, ssl.SSLError) as exc:
+            raise ConfigError(
+                f"delivery.ca_file: cannot load CA certificates from {cfg.delivery.ca_file}: "
+                f"{getattr(exc, 'reason', None) or exc.strerror or exc}"
+            ) from None
     return context
 
 
@@ -105,12 +116,12 @@ def run_delivery(
         scheduler = build_scheduler(
             cfg, spool=spool, relays=relays, signer=signer, log=log, executor=executor
         )
-        if announcer is not None:
-            loop.add_reader(announcer.read_fd, announcer.receive, scheduler.announce)
         if cfg.delivery.hold:
             log.event("delivery_held", "warning", reason="delivery.hold = true")
             await stop.wait()
         else:
+            if announcer is not None:
+                loop.add_reader(announcer.read_fd, announcer.receive, scheduler.announce)
             log.event("delivery_started", routes=len(relays))
             await scheduler.run(stop, grace=cfg.limits.shutdown_grace)
         log.event("delivery_stopped")

@@ -46,7 +46,7 @@ from sendgate.delivery.state import (
     RecipientState,
     one_line,
 )
-from sendgate.dkim import DkimSigner
+from sendgate.dkim import DkimError, DkimSigner
 from sendgate.errors import SpoolError, UnknownQueueIdError
 from sendgate.log import EventLog
 from sendgate.spool import Envelope, Spool
@@ -104,6 +104,9 @@ class Scheduler:
         self._connections = asyncio.Semaphore(settings.concurrency)
         self._domains: dict[str, asyncio.Semaphore] = {}
         self._tasks: set[asyncio.Task[None]] = set()
+        # Bound the tasks in flight: each waits for connection slots, and a big queue must not
+        # become thousands of waiting tasks.
+        self._task_limit = settings.concurrency * 2
         self._announced: list[str] = []
 
     # --- the index -------------------------------------------------------------------------
@@ -177,11 +180,16 @@ class Scheduler:
                     announced, self._announced = self._announced, []
                     await self._load([q for q in announced if q not in self._entries])
                 if now >= next_scan:
-                    await self.scan()
+                    try:
+                        await self.scan()
+                    except SpoolError as exc:
+                        self._log.event("queue_error", "error", error=str(exc))
                     next_scan = self._clock() + self._cfg.scan_interval
                 self._dispatch(self._clock())
                 timeout = next_scan - self._clock()
-                if self._due:
+                if self._due and len(self._tasks) < self._task_limit:
+                    # At the task limit a due message must wait for a finishing task (which
+                    # sets _wake), not for its due time: that is already past.
                     timeout = min(timeout, self._due[0][0] - self._clock())
                 self._wake.clear()
                 waker = asyncio.ensure_future(self._wake.wait())
@@ -212,10 +220,7 @@ class Scheduler:
             await self._cache.close()
 
     def _dispatch(self, now: float) -> None:
-        # Bound the tasks in flight: each waits for connection slots, and a big queue must not
-        # become thousands of waiting tasks.
-        limit = self._cfg.concurrency * 2
-        while self._due and self._due[0][0] <= now and len(self._tasks) < limit:
+        while self._due and self._due[0][0] <= now and len(self._tasks) < self._task_limit:
             due, queue_id = heapq.heappop(self._due)
             entry = self._entries.get(queue_id)
             if entry is None or entry.running or entry.state.next_attempt != due:
@@ -297,33 +302,53 @@ class Scheduler:
 
         async with semaphore:
             try:
-                targets = await self._planner.targets(domain)
-            except RouteError as exc:
-                status = FAILED if exc.permanent else PENDING
-                self._log_attempt(envelope, domain, None, None, status, str(exc))
+                await self._try_targets(envelope, message, domain, indexes, settle)
+            except Exception as exc:
+                # A bug (or an error nobody foresaw) must still conclude the attempt, so that
+                # the other domains' results are kept and expiry and bounces happen.
+                self._log.event(
+                    "delivery_bug", "error", queue_id=envelope.queue_id, error=repr(exc)
+                )
                 for index in indexes:
-                    settle(index, status, None, str(exc), exc.status)
-                return rows
-            open_ = list(indexes)
-            for target in targets:
-                async with self._connections:
-                    outcome = await deliver(
-                        target,
-                        helo=self._hostname,
-                        sender=envelope.sender,
-                        # An envelope may name a recipient twice: send it once.
-                        recipients=list(dict.fromkeys(envelope.recipients[i] for i in open_)),
-                        message=message,
-                        smtputf8=envelope.smtputf8,
-                        eight_bit=envelope.body == "8BITMIME",
-                        ssl_context=self._ssl_context,
-                        timeouts=self._timeouts,
-                        cache=self._cache,
-                    )
-                open_ = self._apply(envelope, domain, target, outcome, open_, settle)
-                if not open_ or outcome.recipients or _is_permanent(outcome.failure_reply):
-                    break
+                    if rows[index] is state.recipients[index]:  # not settled yet
+                        settle(index, PENDING, None, "local error; will retry", "4.3.0")
             return rows
+
+    async def _try_targets(
+        self,
+        envelope: Envelope,
+        message: bytes,
+        domain: str,
+        indexes: list[int],
+        settle: Callable[[int, str, str | None, str, str], None],
+    ) -> None:
+        try:
+            targets = await self._planner.targets(domain)
+        except RouteError as exc:
+            status = FAILED if exc.permanent else PENDING
+            self._log_attempt(envelope, domain, None, None, status, str(exc))
+            for index in indexes:
+                settle(index, status, None, str(exc), exc.status)
+            return
+        open_ = list(indexes)
+        for target in targets:
+            async with self._connections:
+                outcome = await deliver(
+                    target,
+                    helo=self._hostname,
+                    sender=envelope.sender,
+                    # An envelope may name a recipient twice: send it once.
+                    recipients=list(dict.fromkeys(envelope.recipients[i] for i in open_)),
+                    message=message,
+                    smtputf8=envelope.smtputf8,
+                    eight_bit=envelope.body == "8BITMIME",
+                    ssl_context=self._ssl_context,
+                    timeouts=self._timeouts,
+                    cache=self._cache,
+                )
+            open_ = self._apply(envelope, domain, target, outcome, open_, settle)
+            if not open_ or outcome.recipients or _is_permanent(outcome.failure_reply):
+                return
 
     def _apply(
         self,
@@ -351,13 +376,11 @@ class Scheduler:
                 if status == PENDING:
                     remaining.append(index)
             return remaining
-        still_open = []
         summary: dict[str, int] = {}
         for index in open_:
             address = envelope.recipients[index]
             got = outcome.recipients.get(address)
-            if got is None:
-                still_open.append(index)
+            if got is None:  # the client answers every recipient when the session did not fail
                 settle(index, PENDING, target.host, "no reply for this recipient", "4.4.2")
                 continue
             status = DELIVERED if got.code < 300 else FAILED if got.code >= 500 else PENDING
@@ -423,9 +446,18 @@ class Scheduler:
         failed = [
             i for i, row in enumerate(state.recipients) if row.status == FAILED and i not in before
         ]
-        try:
-            if envelope.sender and (failed or delayed):
+        if envelope.sender and (failed or delayed):
+            try:
                 await self._notify_sender(envelope, state, failed, delayed, message, now, expires)
+            except SpoolError as exc:
+                # The sender must still hear of it: those recipients are tried (and, failing
+                # again, reported) at the next attempt.
+                self._log.event("queue_error", "error", queue_id=queue_id, error=str(exc))
+                state = state.with_results(
+                    {i: replace(state.recipients[i], status=PENDING) for i in failed}
+                )
+                state = replace(state, delay_notified=state.delay_notified and not delayed)
+        try:
             if state.finished():
                 await self._io(partial(self._spool.remove, queue_id, durable=False))
                 self._entries.pop(queue_id, None)
@@ -439,9 +471,10 @@ class Scheduler:
             self._entries.pop(queue_id, None)
             return
         except SpoolError as exc:
-            # Not recorded: the next attempt repeats this one (at least once, never lost).
+            # Not on disk, but kept here: delivered recipients are not sent again unless the
+            # runner restarts before a later write succeeds (at least once, never lost).
             self._log.event("queue_error", "error", queue_id=queue_id, error=str(exc))
-            state = replace(entry.state, next_attempt=now + self._cfg.retry_first)
+            state = replace(state, next_attempt=now + self._cfg.retry_first)
         entry.state = state
         heapq.heappush(self._due, (state.next_attempt, queue_id))
 
@@ -472,6 +505,37 @@ class Scheduler:
             if i in failed or i in delayed
         ]
         queue_id = self._spool.new_id()
+        bounce = await self._io(
+            partial(
+                self._store_dsn,
+                queue_id,
+                envelope,
+                notices,
+                message,
+                now,
+                expires if delayed else None,
+            )
+        )
+        self._log.event(
+            "dsn",
+            queue_id=envelope.queue_id,
+            dsn_id=queue_id,
+            action="failed" if failed else "delayed",
+            recipients=len(notices),
+        )
+        self._entries[queue_id] = _Entry(bounce, DeliveryState.fresh(bounce.recipients, now))
+        heapq.heappush(self._due, (now, queue_id))
+
+    def _store_dsn(
+        self,
+        queue_id: str,
+        envelope: Envelope,
+        notices: list[RecipientNotice],
+        message: bytes,
+        now: float,
+        retry_until: float | None,
+    ) -> Envelope:
+        """Build, sign and queue a DSN (in the I/O pool: signing and fsync are not loop work)."""
         dsn = build_dsn(
             reporting_host=self._hostname,
             queue_id=envelope.queue_id,
@@ -481,11 +545,14 @@ class Scheduler:
             original=message,
             now=now,
             message_id=f"{queue_id}@{self._hostname}",
-            will_retry_until=expires if delayed else None,
+            will_retry_until=retry_until,
         )
         data = dsn.message
         if self._signer is not None:
-            data = self._signer.sign(data, self._hostname) + data
+            try:
+                data = self._signer.sign(data, self._hostname) + data
+            except DkimError as exc:
+                self._log.event("dkim_error", "error", queue_id=queue_id, error=str(exc))
         bounce = Envelope(
             queue_id=queue_id,
             sender="",
@@ -496,16 +563,8 @@ class Scheduler:
             smtputf8=dsn.smtputf8,
             body="8BITMIME" if dsn.eight_bit else "7BIT",
         )
-        await self._io(self._spool.put, bounce, data)
-        self._log.event(
-            "dsn",
-            queue_id=envelope.queue_id,
-            dsn_id=queue_id,
-            action="failed" if failed else "delayed",
-            recipients=len(notices),
-        )
-        self._entries[queue_id] = _Entry(bounce, DeliveryState.fresh(bounce.recipients, now))
-        heapq.heappush(self._due, (now, queue_id))
+        self._spool.put(bounce, data)
+        return bounce
 
 
 def _is_permanent(reply: RemoteReply | None) -> bool:

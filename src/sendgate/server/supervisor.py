@@ -1,9 +1,10 @@
-"""The serving process tree: bind the listening sockets, fork N acceptor workers, keep them alive.
+"""The serving process tree: bind the listening sockets, fork N acceptor workers and the runners.
 
 Sockets, the shared connection counters and the TLS context are created before the fork, so
 every worker accepts from the same sockets and (until a reload) shares TLS session-ticket keys.
-The supervisor forwards SIGTERM/SIGINT (graceful stop) and SIGHUP (TLS reload) to the workers,
-replaces a worker that dies unexpectedly, and exits once every worker has stopped.
+Runners (the delivery runner) are children like the workers but accept nothing. The supervisor
+forwards SIGTERM/SIGINT (graceful stop) and SIGHUP (TLS reload) to all children, replaces a
+child that dies unexpectedly, and exits once every child has stopped.
 """
 
 from __future__ import annotations

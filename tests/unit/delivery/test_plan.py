@@ -7,6 +7,7 @@ do not clash); MX targets under MTA-STS are covered by tests/integration/test_de
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import hashlib
 import random
 from collections.abc import Iterator, Sequence
@@ -20,12 +21,14 @@ from hypothesis import given
 from hypothesis import strategies as st
 from tests.peers.dns_server import ZoneServer
 
-from sendgate.config import HostPort, RouteConfig
+from sendgate.config import Config, HostPort, RouteConfig, load_config
 from sendgate.delivery.client import Target, TlsRequirement
 from sendgate.delivery.dns import Resolver
 from sendgate.delivery.plan import MAX_TARGETS, PlanError, Planner, Relay, load_relays, relay_for
 from sendgate.delivery.route import RouteError
+from sendgate.delivery.runner import trust_store
 from sendgate.errors import ConfigError
+from sendgate.scaffold import init_instance
 
 NAMESERVER = "127.0.62.53"
 SHA256 = "8f" * 32
@@ -431,3 +434,35 @@ def test_no_usable_mx_host_is_a_route_error(dns: ZoneServer) -> None:
     with pytest.raises(RouteError) as caught:
         _targets(_planner(dns), "example.org")
     assert (caught.value.permanent, caught.value.status) == (True, "5.1.10")
+
+
+def test_localhost_smarthost_is_loopback_without_asking_dns(dns: ZoneServer) -> None:
+    dns.add("localhost", "A", "192.0.2.66")  # a lying resolver must not move plaintext mail
+    targets = _targets(_planner(dns, [_relay("*", host="localhost", tls="none")]), "x.test")
+    assert [t.address for t in targets] == ["::1", "127.0.0.1"]
+    assert dns.queries == []
+
+
+def test_relay_password_is_not_in_its_repr() -> None:
+    relay = Relay(("*",), "relay.example.net", 587, "starttls", ("user", "s3cret-pw-123"))
+    assert "s3cret-pw-123" not in repr(relay)
+
+
+def test_a_ca_file_that_is_not_pem_stops_the_start_with_one_line(tmp_path: Path) -> None:
+    bad = tmp_path / "ca.pem"
+    bad.write_text("not a certificate\n")
+    cfg = _config_with_ca(tmp_path, bad)
+    with pytest.raises(ConfigError, match=r"^delivery\.ca_file: cannot load CA certificates") as e:
+        trust_store(cfg)
+    assert "\n" not in str(e.value)
+
+
+def _config_with_ca(tmp_path: Path, ca_file: Path) -> Config:
+    path = init_instance(
+        tmp_path / "inst",
+        hostname="mx.example.test",
+        submission="127.0.0.1:0",
+        submissions="127.0.0.1:0",
+    )
+    base = load_config(path)
+    return dataclasses.replace(base, delivery=dataclasses.replace(base.delivery, ca_file=ca_file))
