@@ -1,8 +1,9 @@
 """Delivery state of one queued message: per-recipient outcome, attempts and the next due time.
 
-The state is stored in the spool (`Spool.write_state`, ``state/<id>``) after every attempt that leaves
-work to do, so a restarted runner continues where it stopped: delivered recipients are never
-tried again, failed ones were already reported. A message delivered in one attempt never gets a
+The state is stored in the spool (`Spool.write_state`, ``state/<id>``) after every attempt
+that leaves work to do, so a restarted runner continues where it stopped: delivered recipients
+are never tried again, failed ones were already reported (a crash between queueing the DSN and
+writing the state can report them twice). A message delivered in one attempt never gets a
 state file. Recipients are kept in envelope order (a list, not a mapping), so an envelope that
 names the same address twice stays consistent.
 
