@@ -32,6 +32,7 @@ from sendgate.errors import SendgateError
 from sendgate.fsutil import atomic_replace
 
 MAX_AGE_LIMIT = 31557600  # RFC 8461 section 3.2: about one year
+RECHECK_SECONDS = 300.0  # how long one discovery result serves all messages to a domain
 MODES = ("enforce", "testing", "none")
 _MAX_HEADER_BYTES = 16384
 _READ_SIZE = 16384
@@ -222,16 +223,33 @@ class MtaSts:
         self._clock = clock
         self._timeout = timeout
         self._port = port
+        # domain -> (when checked, the answer then): spares DNS, disk and fetches per message.
+        self._recent: dict[str, tuple[float, StsPolicy | None]] = {}
 
     async def policy(self, domain: str) -> StsPolicy | None:
         """The policy for `domain` (mode "none" included), or None when it has none.
 
-        Raises MtaStsError only when `domain` is not a valid host name; DNS and fetch failures
-        fall back to the cached policy while it has not expired.
+        Raises MtaStsError only when `domain` is not a valid host name (pass A-labels); DNS and
+        fetch failures fall back to the cached policy while it has not expired. An answer is
+        remembered in memory for RECHECK_SECONDS, so a busy domain costs one TXT lookup (and at
+        most one fetch attempt) per interval, not one per message.
         """
         name = _domain(domain)
         now = self._clock()
-        cached = self._load(name)
+        recent = self._recent.get(name)
+        if recent is not None and now - recent[0] < RECHECK_SECONDS:
+            policy = recent[1]
+            return None if policy is None or policy.expired(now) else policy
+        result = await self._discover(name, now)
+        self._recent[name] = (now, result)
+        return result
+
+    async def _discover(self, name: str, now: float) -> StsPolicy | None:
+        """RFC 8461 section 5: TXT, then the cache or a fetch."""
+        if name in self._recent:
+            cached = self._recent[name][1]
+        else:
+            cached = await asyncio.to_thread(self._load, name)
         if cached is not None and cached.expired(now):
             cached = None
         try:
@@ -241,8 +259,14 @@ class MtaSts:
         policy_id = parse_txt(answer.records)
         if policy_id is None:
             return cached
-        if cached is not None and cached.policy_id == policy_id:
+        if (
+            cached is not None
+            and cached.policy_id == policy_id
+            and now - cached.fetched_at < cached.max_age / 2
+        ):
             return cached
+        # A new id, no policy, or one past half its life: fetch. Refreshing early (RFC 8461
+        # section 10.2) keeps an attacker who blocks the fetch from waiting out max_age.
         try:
             found = await self._resolver.addresses(f"mta-sts.{name}")
             body = await fetch_policy(

@@ -24,6 +24,7 @@ from tests.peers.https_server import HttpsServer
 from sendgate.delivery.dns import Resolver
 from sendgate.delivery.mtasts import (
     MAX_AGE_LIMIT,
+    RECHECK_SECONDS,
     MtaSts,
     MtaStsError,
     StsPolicy,
@@ -508,6 +509,12 @@ class World:
         self.https.routes[PATH] = (status, "text/plain", body)
 
     def lookup(self) -> StsPolicy | None:
+        """A full discovery, as by a new runner (the in-memory recheck memo is tested apart)."""
+        self.sts = self.new_mtasts()
+        return asyncio.run(self.sts.policy(DOMAIN))
+
+    def lookup_again(self) -> StsPolicy | None:
+        """A lookup by the same MtaSts, which remembers answers for RECHECK_SECONDS."""
         return asyncio.run(self.sts.policy(DOMAIN))
 
     @property
@@ -645,3 +652,43 @@ def test_unwritable_cache_still_returns_the_policy(world: World) -> None:
 def test_policy_refuses_an_invalid_domain(world: World) -> None:
     with pytest.raises(MtaStsError, match="not a valid domain"):
         asyncio.run(world.sts.policy("../../etc/passwd"))
+
+
+def test_answers_are_remembered_briefly_so_messages_do_not_each_ask_dns(world: World) -> None:
+    world.publish("one")
+    first = world.lookup()
+    asked = len(world.zone.queries)
+    world.clock.now += RECHECK_SECONDS - 1
+    assert world.lookup_again() == first
+    assert len(world.zone.queries) == asked
+    world.clock.now += 2
+    assert world.lookup_again() == first
+    assert len(world.zone.queries) > asked  # the TXT record is asked again
+    assert world.fetches == 1
+
+
+def test_no_policy_is_remembered_too(world: World) -> None:
+    assert world.lookup() is None
+    asked = len(world.zone.queries)
+    world.publish("one")
+    assert world.lookup_again() is None  # within the recheck interval
+    assert len(world.zone.queries) == asked
+
+
+def test_a_policy_past_half_its_max_age_is_refreshed_early(world: World) -> None:
+    world.publish("one", b"version: STSv1\nmode: enforce\nmx: a.example\nmax_age: 86400\n")
+    world.lookup()
+    world.clock.now += 43201
+    refreshed = world.lookup()
+    assert refreshed is not None
+    assert refreshed.fetched_at == world.clock.now
+    assert world.fetches == 2
+
+
+def test_a_failed_early_refresh_keeps_the_cached_policy(world: World) -> None:
+    world.publish("one", b"version: STSv1\nmode: enforce\nmx: a.example\nmax_age: 86400\n")
+    first = world.lookup()
+    world.https.routes[PATH] = (404, "text/plain", b"gone")
+    world.clock.now += 43201
+    assert world.lookup() == first
+    assert world.fetches == 2
