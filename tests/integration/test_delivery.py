@@ -9,6 +9,7 @@ from __future__ import annotations
 import email
 import email.policy
 import hashlib
+import threading
 
 import trustme
 from cryptography import x509
@@ -447,3 +448,30 @@ def test_an_error_in_one_domain_keeps_the_other_domains_results(world: World) ->
     world.deliver()
 
     assert len(receiver.received) == 1  # bob is not sent the message again
+
+
+def test_a_backlog_for_one_domain_does_not_starve_another(world: World) -> None:
+    # Two task slots per connection slot: without per-domain parking, the 12 messages for the
+    # slow domain take every slot (1 sending, the rest waiting for the domain's one slot) and
+    # the message for the other domain waits behind all of them.
+    world.configure(concurrency=2, domain_concurrency=1)
+    world.mx("slow.example", (10, "mx.slow.example", "127.0.60.7"))
+    world.mx("example.org", (10, "mx1.example.org", "127.0.60.2"))
+    hold = threading.Event()
+    slow = world.receiver("127.0.60.7", hold=hold)
+    fast = world.receiver("127.0.60.2")
+    for n in range(12):
+        world.queue(ALICE, (f"user{n}@slow.example",), message_bytes(ALICE, "x@slow.example"))
+    world.queue(ALICE, (BOB,), message_bytes(ALICE, BOB, subject="Not stuck"))
+
+    runner = threading.Thread(target=world.deliver)
+    runner.start()
+    try:
+        [got] = fast.wait_for(1)  # while the slow domain's first message is still held
+        assert b"Subject: Not stuck" in got.content
+        assert slow.received == []
+    finally:
+        hold.set()
+        runner.join()
+    assert len(slow.wait_for(12)) == 12
+    assert world.spool.ids() == []

@@ -20,6 +20,7 @@ import heapq
 import random
 import re
 import ssl
+from collections import deque
 from collections.abc import Callable
 from concurrent.futures import Executor
 from dataclasses import dataclass, replace
@@ -103,6 +104,11 @@ class Scheduler:
         self._wake = asyncio.Event()
         self._connections = asyncio.Semaphore(settings.concurrency)
         self._domains: dict[str, asyncio.Semaphore] = {}
+        # Tasks holding or waiting for each recipient domain, and messages set aside because
+        # every domain they need is busy: one domain's backlog must not take every task slot
+        # and starve the others (per-destination fairness, as Postfix's queue manager keeps).
+        self._busy: dict[str, int] = {}
+        self._parked: dict[str, deque[str]] = {}
         self._tasks: set[asyncio.Task[None]] = set()
         # Bound the tasks in flight: each waits for connection slots, and a big queue must not
         # become thousands of waiting tasks.
@@ -220,15 +226,40 @@ class Scheduler:
             await self._cache.close()
 
     def _dispatch(self, now: float) -> None:
+        limit = self._cfg.domain_concurrency
         while self._due and self._due[0][0] <= now and len(self._tasks) < self._task_limit:
             due, queue_id = heapq.heappop(self._due)
             entry = self._entries.get(queue_id)
             if entry is None or entry.running or entry.state.next_attempt != due:
                 continue  # stale heap row: removed, already running, or rescheduled
+            domains = _pending_domains(entry)
+            if domains and all(self._busy.get(domain, 0) >= limit for domain in domains):
+                self._parked.setdefault(domains[0], deque()).append(queue_id)
+                continue
+            for domain in domains:
+                self._busy[domain] = self._busy.get(domain, 0) + 1
             entry.running = True
-            task = asyncio.ensure_future(self._attempt(queue_id, entry))
+            task = asyncio.ensure_future(self._attempt(queue_id, entry, domains))
             self._tasks.add(task)
             task.add_done_callback(self._task_done)
+
+    def _release(self, domains: list[str]) -> None:
+        """An attempt is over: free its domains and bring back one message parked on each."""
+        for domain in domains:
+            left = self._busy[domain] - 1
+            if left:
+                self._busy[domain] = left
+            else:
+                del self._busy[domain]
+                self._domains.pop(domain, None)  # no task holds or waits for its semaphore
+            parked = self._parked.get(domain)
+            if parked:
+                queue_id = parked.popleft()
+                if not parked:
+                    del self._parked[domain]
+                entry = self._entries.get(queue_id)
+                if entry is not None:
+                    heapq.heappush(self._due, (entry.state.next_attempt, queue_id))
 
     def _task_done(self, task: asyncio.Task[None]) -> None:
         self._tasks.discard(task)
@@ -238,7 +269,7 @@ class Scheduler:
 
     # --- one attempt of one message --------------------------------------------------------
 
-    async def _attempt(self, queue_id: str, entry: _Entry) -> None:
+    async def _attempt(self, queue_id: str, entry: _Entry, domains: list[str]) -> None:
         try:
             await self._attempt_message(queue_id, entry)
         except Exception as exc:
@@ -251,6 +282,7 @@ class Scheduler:
             heapq.heappush(self._due, (entry.state.next_attempt, queue_id))
         finally:
             entry.running = False
+            self._release(domains)
 
     async def _attempt_message(self, queue_id: str, entry: _Entry) -> None:
         try:
@@ -261,8 +293,7 @@ class Scheduler:
         envelope, state = entry.envelope, entry.state
         by_domain: dict[str, list[int]] = {}
         for index in state.pending():
-            domain = envelope.recipients[index].rpartition("@")[2].lower()
-            by_domain.setdefault(domain, []).append(index)
+            by_domain.setdefault(_domain_of(envelope.recipients[index]), []).append(index)
         results = await asyncio.gather(
             *(
                 self._attempt_domain(envelope, message, domain, indexes, state)
@@ -565,6 +596,16 @@ class Scheduler:
         )
         self._spool.put(bounce, data)
         return bounce
+
+
+def _domain_of(address: str) -> str:
+    return address.rpartition("@")[2].lower()
+
+
+def _pending_domains(entry: _Entry) -> list[str]:
+    """The recipient domains an attempt of `entry` needs, each once, in envelope order."""
+    recipients = entry.envelope.recipients
+    return list(dict.fromkeys(_domain_of(recipients[i]) for i in entry.state.pending()))
 
 
 def _is_permanent(reply: RemoteReply | None) -> bool:
