@@ -44,7 +44,7 @@ from pathlib import Path
 from typing import Any, TypeVar
 
 from sendgate.errors import SpoolError, SpoolFullError, UnknownQueueIdError
-from sendgate.fsutil import fsync_dir, is_disk_full, write_file_durably
+from sendgate.fsutil import atomic_replace, fsync_dir, is_disk_full, write_file_durably
 
 # Crockford base32, in ascending ASCII order so that ids sort like the numbers they encode.
 _CROCKFORD = "0123456789ABCDEFGHJKMNPQRSTVWXYZ"
@@ -412,22 +412,13 @@ class Spool:
         state file, which `sweep` deletes.
         """
         queue_id = _checked_id(queue_id)
-        tmp_path = self._tmp / f"{queue_id}.state"
-        final = self._state / queue_id
-        path = tmp_path
         if not (self._queue / queue_id).exists():
             raise UnknownQueueIdError(f"unknown queue id {queue_id}")
+        final = self._state / queue_id
         try:
-            with suppress(FileNotFoundError):
-                tmp_path.unlink()  # left by an earlier failed write of ours
-            write_file_durably(tmp_path, (data,))
-            path = final
-            os.rename(tmp_path, final)
-            fsync_dir(self._state)
+            atomic_replace(final, data, self._tmp)
         except OSError as exc:
-            with suppress(OSError):
-                tmp_path.unlink()
-            raise _spool_error("cannot write state file", path, exc) from exc
+            raise _spool_error("cannot write state file", final, exc) from exc
 
     def request_retry(self, queue_id: str) -> None:
         """Ask the delivery runner to try `queue_id` at once; SpoolError if it is not queued."""
@@ -524,10 +515,10 @@ def format_queue_line(env: Envelope) -> str:
     scripts should split off three fields, then split the rest at the first " -> ". Anything
     unprintable in an address is shown as a Python-style escape, so a line is always one line.
     """
-    recipients = ",".join(_printable(rcpt) for rcpt in env.recipients)
+    recipients = ",".join(printable(rcpt) for rcpt in env.recipients)
     return (
-        f"{env.queue_id} {_iso_utc(env.received_at)} {env.size} "
-        f"{_printable(env.sender) or '<>'} -> {recipients}"
+        f"{env.queue_id} {iso_utc(env.received_at)} {env.size} "
+        f"{printable(env.sender) or '<>'} -> {recipients}"
     )
 
 
@@ -539,18 +530,18 @@ def format_queue_show(env: Envelope, message: bytes) -> str:
     """
     lines = [
         f"queue-id: {env.queue_id}",
-        f"received: {_iso_utc(env.received_at)}",
+        f"received: {iso_utc(env.received_at)}",
         f"size: {env.size}",
-        f"user: {_printable(env.user)}",
-        f"sender: {_printable(env.sender) or '<>'}",
-        *(f"recipient: {_printable(rcpt)}" for rcpt in env.recipients),
+        f"user: {printable(env.user)}",
+        f"sender: {printable(env.sender) or '<>'}",
+        *(f"recipient: {printable(rcpt)}" for rcpt in env.recipients),
         f"smtputf8: {'yes' if env.smtputf8 else 'no'}",
         f"body: {env.body}",
         "",
     ]
     header = _header_section(message).decode("utf-8", "backslashreplace")
     if header:
-        lines.extend(_printable(line) for line in header.split("\r\n"))
+        lines.extend(printable(line) for line in header.split("\r\n"))
     return "\n".join(lines)
 
 
@@ -562,11 +553,11 @@ def _header_section(message: bytes) -> bytes:
     return message.removesuffix(b"\r\n") if end < 0 else message[:end]
 
 
-def _iso_utc(timestamp: float) -> str:
+def iso_utc(timestamp: float) -> str:
     return datetime.fromtimestamp(timestamp, UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
 
 
-def _printable(text: str) -> str:
+def printable(text: str) -> str:
     """Escape characters a terminal would act on (controls, bidi overrides); keep tabs."""
     if text.isprintable():
         return text

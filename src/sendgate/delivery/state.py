@@ -16,10 +16,10 @@ from __future__ import annotations
 import json
 import math
 from dataclasses import dataclass, replace
-from datetime import UTC, datetime
 from typing import Any
 
 from sendgate.errors import SpoolError
+from sendgate.spool import iso_utc, printable
 
 PENDING = "pending"
 DELIVERED = "delivered"
@@ -193,30 +193,22 @@ def explain(queue_id: str, sender: str, received_at: float, state: DeliveryState
     One ``recipient:`` block per recipient with its status, attempts, last attempt, the host and
     the reply it gave; then the next attempt time. Times are ISO 8601 UTC.
     """
-    lines = [f"queue-id: {queue_id}", f"sender: {_printable(sender) or '<>'}"]
-    lines.append(f"received: {_iso(received_at)}")
+    lines = [f"queue-id: {queue_id}", f"sender: {printable(sender) or '<>'}"]
+    lines.append(f"received: {iso_utc(received_at)}")
     if state is None:
         lines.append("attempts: 0 (not tried yet; due now)")
         return "\n".join(lines)
     lines.append(f"attempts: {state.attempts}")
     for row in state.recipients:
-        lines.append(f"recipient: {_printable(row.address)}")
+        lines.append(f"recipient: {printable(row.address)}")
         lines.append(f"  status: {row.status}")
         lines.append(f"  attempts: {row.attempts}")
         if row.last_attempt is not None:
-            lines.append(f"  last-attempt: {_iso(row.last_attempt)}")
+            lines.append(f"  last-attempt: {iso_utc(row.last_attempt)}")
         if row.host is not None:
-            lines.append(f"  host: {_printable(row.host)}")
+            lines.append(f"  host: {printable(row.host)}")
         if row.reply is not None:
-            lines.append(f"  reply: {_printable(row.reply)}")
+            lines.append(f"  reply: {printable(row.reply)}")
     if state.pending():
-        lines.append(f"next-attempt: {_iso(state.next_attempt)}")
+        lines.append(f"next-attempt: {iso_utc(state.next_attempt)}")
     return "\n".join(lines)
-
-
-def _iso(timestamp: float) -> str:
-    return datetime.fromtimestamp(timestamp, UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
-
-
-def _printable(text: str) -> str:
-    return "".join(ch if ch.isprintable() else ch.encode("unicode_escape").decode() for ch in text)
