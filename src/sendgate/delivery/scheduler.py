@@ -226,7 +226,9 @@ class Scheduler:
             await self._cache.close()
 
     def _dispatch(self, now: float) -> None:
-        limit = self._cfg.domain_concurrency
+        # Up to one waiting task per sending one for a domain: the waiting one has its message
+        # read and starts the moment a slot frees. More would only crowd out other domains.
+        limit = self._cfg.domain_concurrency * 2
         while self._due and self._due[0][0] <= now and len(self._tasks) < self._task_limit:
             due, queue_id = heapq.heappop(self._due)
             entry = self._entries.get(queue_id)
