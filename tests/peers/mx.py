@@ -96,10 +96,14 @@ class _Controller(Controller):
         done = threading.Event()
 
         def close_all() -> None:
+            if self.server is not None:
+                self.server.close()  # accept nothing more, then end what is open
             for session in self.sessions:
-                if session.transport is not None:
-                    session.transport.close()
-            done.set()
+                transport = session.transport
+                if isinstance(transport, asyncio.Transport):
+                    transport.abort()
+            # abort() finishes in a callback it schedules now: signal after those have run.
+            self.loop.call_soon(done.set)
 
         self.loop.call_soon_threadsafe(close_all)
         done.wait(WAIT)
