@@ -15,6 +15,7 @@ import trustme
 from cryptography import x509
 from cryptography.hazmat.primitives.serialization import Encoding, PublicFormat
 from tests.integration.conftest import World, message_bytes
+from tests.peers.mx import Receiver
 
 ALICE = "alice@sender.test"
 BOB = "bob@example.org"
@@ -24,6 +25,20 @@ MTA_STS_PATH = "/.well-known/mta-sts.txt"
 def _sender_mailbox(world: World, address: str = "127.0.60.5") -> None:
     """The sender's own domain accepts mail on `address` (where bounces go)."""
     world.mx("sender.test", (10, "mx.sender.test", address))
+
+
+def _assert_deferred_by_policy(
+    world: World, receiver: Receiver, queue_id: str, policy: str, reason: str
+) -> None:
+    """Nothing reached `receiver`; the message waits, and the log names the policy and reason."""
+    assert receiver.received == []
+    state = world.state(queue_id)
+    assert state is not None
+    assert state["recipients"][0]["status"] == "pending"
+    [event] = world.events("delivery")
+    assert event["policy"] == policy
+    assert event["result"] == "deferred"
+    assert reason in event["reply"].lower()
 
 
 def _retry_until_done(world: World, queue_id: str, rounds: int = 50) -> int:
@@ -282,14 +297,7 @@ def test_mta_sts_enforce_with_a_wrong_certificate_defers(world: World, ca: trust
 
     world.deliver()
 
-    assert receiver.received == []
-    state = world.state(queue_id)
-    assert state is not None
-    assert state["recipients"][0]["status"] == "pending"
-    [event] = world.events("delivery")
-    assert event["policy"] == "mta-sts"
-    assert event["result"] == "deferred"
-    assert "certificate" in event["reply"].lower()
+    _assert_deferred_by_policy(world, receiver, queue_id, "mta-sts", "certificate")
 
 
 def test_mta_sts_enforce_with_a_valid_certificate_delivers(world: World, ca: trustme.CA) -> None:
@@ -374,14 +382,7 @@ def test_dane_mismatch_defers(world: World, ca: trustme.CA) -> None:
 
     world.deliver()
 
-    assert receiver.received == []
-    state = world.state(queue_id)
-    assert state is not None
-    assert state["recipients"][0]["status"] == "pending"
-    [event] = world.events("delivery")
-    assert event["policy"] == "dane"
-    assert event["result"] == "deferred"
-    assert "tlsa" in event["reply"].lower()
+    _assert_deferred_by_policy(world, receiver, queue_id, "dane", "tlsa")
 
 
 def test_dane_without_starttls_is_not_sent_in_plaintext(world: World, ca: trustme.CA) -> None:
