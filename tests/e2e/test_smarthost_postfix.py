@@ -27,7 +27,7 @@ from tests.e2e.postfix_ref import RefEnv, running_postfix_ref, sink_dumps, wait_
 from tests.peers.dns_server import ZoneServer
 
 if TYPE_CHECKING:
-    from tests.e2e.conftest import ServerFactory
+    from tests.e2e.conftest import ServerFactory, ServerProcess
 
 pytestmark = [pytest.mark.e2e, pytest.mark.slow]
 
@@ -113,6 +113,21 @@ def _delivery_line(lines: list[str], queue_id: str) -> str:
     return line
 
 
+def _submit_and_wait(
+    server: ServerFactory, made: Instance, postfix: RefEnv, prefix: str
+) -> tuple[ServerProcess, str, str, list[str]]:
+    """Serve `made`, submit one tagged message for Postfix's recipient, wait for its attempt."""
+    running = server(made)
+    tag = f"{prefix}-{uuid.uuid4().hex}"
+    mark = running.mark()
+    with running.smtp() as client:
+        queue_id = running.submit(client, made.message(tag), sender=made.user, rcpt=postfix.rcpt)
+    lines = running.wait_for(
+        rf"event=delivery .*queue_id={queue_id} ", since=mark, timeout=DELIVERY_TIMEOUT
+    )
+    return running, tag, queue_id, lines
+
+
 def test_message_reaches_postfix_sink_via_auth_starttls(
     postfix: RefEnv,
     zone: ZoneServer,
@@ -122,15 +137,7 @@ def test_message_reaches_postfix_sink_via_auth_starttls(
     server: ServerFactory,
 ) -> None:
     made = smarthost_instance(tmp_path, ca, ca_pem, postfix, zone, route_password=postfix.password)
-    running = server(made)
-    tag = f"smarthost-{uuid.uuid4().hex}"
-    mark = running.mark()
-
-    with running.smtp() as client:
-        queue_id = running.submit(client, made.message(tag), sender=made.user, rcpt=postfix.rcpt)
-    lines = running.wait_for(
-        rf"event=delivery .*queue_id={queue_id} ", since=mark, timeout=DELIVERY_TIMEOUT
-    )
+    running, tag, queue_id, lines = _submit_and_wait(server, made, postfix, "smarthost")
     postfix_id = wait_relayed(postfix, f"{tag}@example.test")
 
     line = _delivery_line(lines, queue_id)
@@ -164,15 +171,7 @@ def test_wrong_smarthost_password_keeps_message_queued(
     made = smarthost_instance(
         tmp_path, ca, ca_pem, postfix, zone, route_password="not-" + postfix.password
     )
-    running = server(made)
-    tag = f"badlogin-{uuid.uuid4().hex}"
-    mark = running.mark()
-
-    with running.smtp() as client:
-        queue_id = running.submit(client, made.message(tag), sender=made.user, rcpt=postfix.rcpt)
-    lines = running.wait_for(
-        rf"event=delivery .*queue_id={queue_id} ", since=mark, timeout=DELIVERY_TIMEOUT
-    )
+    running, tag, queue_id, lines = _submit_and_wait(server, made, postfix, "badlogin")
     # Stopping lets the runner finish the attempt, so its state is on disk before we read it.
     assert running.stop() == 0
 

@@ -187,12 +187,10 @@ class Planner:
                 for address in hop.addresses
             )
         if not targets:
-            if refused:
-                raise PlanError(
-                    f"no MX host of {domain} is allowed by its MTA-STS policy "
-                    f"({', '.join(refused)})"
-                )
-            raise PlanError(f"no usable MX host for {domain}", status="4.4.4")
+            # mx_route returns only hosts with addresses: only the policy can leave none.
+            raise PlanError(
+                f"no MX host of {domain} is allowed by its MTA-STS policy ({', '.join(refused)})"
+            )
         return targets[:MAX_TARGETS]
 
     async def _dane_requirement(self, host: str) -> TlsRequirement | None:
