@@ -46,7 +46,8 @@ from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import IO, Any
 
-from sendgate.spool import Envelope, Spool
+from sendgate.store.envelope import Envelope
+from sendgate.store.local.spool import Spool
 
 ROOT = Path(__file__).resolve().parent.parent
 SHARED = ROOT.parent / "shared"

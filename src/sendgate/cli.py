@@ -22,15 +22,17 @@ from pathlib import Path
 
 from sendgate import __version__
 from sendgate.config import Config, load_config
-from sendgate.delivery.state import DeliveryState, explain
 from sendgate.dkim import default_selector, generate_key
 from sendgate.errors import ConfigError, SendgateError, UnknownQueueIdError, UserError
 from sendgate.log import EventLog
 from sendgate.policy.passwords import hash_password, new_hasher, password_problem
 from sendgate.scaffold import CONFIG_NAME, default_hostname, init_instance
 from sendgate.smtp.address import AddressError, parse_domain, parse_mailbox
-from sendgate.spool import Spool, format_queue_line, format_queue_show
-from sendgate.store.local import LocalUserStore
+from sendgate.store.backends import open_stores
+from sendgate.store.delivery_state import DeliveryState
+from sendgate.store.envelope import Envelope
+from sendgate.store.queue import QueueStore
+from sendgate.text import iso_utc, printable
 
 DEFAULT_DIR = Path("sendgate-data")
 # Unprivileged stand-ins for 587/465 when not running as root.
@@ -198,7 +200,8 @@ def _cmd_serve(args: argparse.Namespace) -> int:
 
 def _cmd_user(args: argparse.Namespace) -> int:
     cfg = _load(args)
-    store = LocalUserStore(cfg.data_dir / "users.db")
+    stores = open_stores(cfg)
+    store = stores.users
     try:
         action = args.action
         if action == "list":
@@ -231,33 +234,39 @@ def _cmd_user(args: argparse.Namespace) -> int:
                 store.remove_address(username, address)
                 print(f"{username} may no longer send as {address}")
     finally:
-        store.close()
+        stores.close()
     return 0
 
 
 def _cmd_queue(args: argparse.Namespace) -> int:
     cfg = _load(args)
-    spool = Spool(cfg.data_dir / "spool")
+    stores = open_stores(cfg)
+    try:
+        return _queue_action(stores.queue, args)
+    finally:
+        stores.close()
+
+
+def _queue_action(queue: QueueStore, args: argparse.Namespace) -> int:
     action = args.action
     if action == "list":
-        for queue_id in spool.ids():
+        for queue_id in queue.ids():
             try:
-                print(format_queue_line(spool.envelope(queue_id)))
+                print(format_queue_line(queue.envelope(queue_id)))
             except UnknownQueueIdError:
                 continue  # delivered since the listing
         return 0
-    envelope = spool.envelope(args.queue_id)
+    envelope = queue.envelope(args.queue_id)
     if action == "show":
-        print(format_queue_show(envelope, spool.message(args.queue_id)))
+        print(format_queue_show(envelope, queue.message(args.queue_id)))
     elif action == "retry":
-        spool.request_retry(envelope.queue_id)
+        queue.request_retry(envelope.queue_id)
         print(f"{envelope.queue_id}: retry requested")
     elif action == "remove":
-        spool.remove(envelope.queue_id)
+        queue.remove(envelope.queue_id)
         print(f"{envelope.queue_id}: removed")
     else:
-        raw = spool.read_state(envelope.queue_id)
-        state = None if raw is None else DeliveryState.from_json(raw, envelope.recipients)
+        state = queue.delivery_state(envelope.queue_id)
         print(explain(envelope.queue_id, envelope.sender, envelope.received_at, state))
     return 0
 
@@ -270,6 +279,83 @@ def _cmd_dkim(args: argparse.Namespace) -> int:
     print("publish this DNS record, then restart sendgate to sign with the key:", file=sys.stderr)
     print(record)
     return 0
+
+
+def format_queue_line(env: Envelope) -> str:
+    """Return the `sendgate queue list` line for one message.
+
+    Format, fields separated by single spaces::
+
+        <id> <received, ISO 8601 UTC to the second, e.g. 2024-05-01T12:00:00Z> <size in bytes>
+        <sender, or "<>" for the null sender> -> <recipients separated by ",">
+
+    The first four fields never contain spaces except a quoted local part of the sender;
+    scripts should split off three fields, then split the rest at the first " -> ". Anything
+    unprintable in an address is shown as a Python-style escape, so a line is always one line.
+    """
+    recipients = ",".join(printable(rcpt) for rcpt in env.recipients)
+    return (
+        f"{env.queue_id} {iso_utc(env.received_at)} {env.size} "
+        f"{printable(env.sender) or '<>'} -> {recipients}"
+    )
+
+
+def format_queue_show(env: Envelope, message: bytes) -> str:
+    """Return the `sendgate queue show ID` text: envelope fields, a blank line, the headers.
+
+    The message body is left out; header bytes that are not UTF-8 and unprintable characters
+    are shown as escapes, so untrusted headers cannot drive the operator's terminal.
+    """
+    lines = [
+        f"queue-id: {env.queue_id}",
+        f"received: {iso_utc(env.received_at)}",
+        f"size: {env.size}",
+        f"user: {printable(env.user)}",
+        f"sender: {printable(env.sender) or '<>'}",
+        *(f"recipient: {printable(rcpt)}" for rcpt in env.recipients),
+        f"smtputf8: {'yes' if env.smtputf8 else 'no'}",
+        f"body: {env.body}",
+        "",
+    ]
+    header = _header_section(message).decode("utf-8", "backslashreplace")
+    if header:
+        lines.extend(printable(line) for line in header.split("\r\n"))
+    return "\n".join(lines)
+
+
+def _header_section(message: bytes) -> bytes:
+    """Return the header lines of `message` (CRLF-separated, without the blank line)."""
+    if message.startswith(b"\r\n"):
+        return b""
+    end = message.find(b"\r\n\r\n")
+    return message.removesuffix(b"\r\n") if end < 0 else message[:end]
+
+
+def explain(queue_id: str, sender: str, received_at: float, state: DeliveryState | None) -> str:
+    """The `sendgate queue explain ID` text: why the message is still queued.
+
+    One ``recipient:`` block per recipient with its status, attempts, last attempt, the host and
+    the reply it gave; then the next attempt time. Times are ISO 8601 UTC.
+    """
+    lines = [f"queue-id: {queue_id}", f"sender: {printable(sender) or '<>'}"]
+    lines.append(f"received: {iso_utc(received_at)}")
+    if state is None:
+        lines.append("attempts: 0 (not tried yet; due now)")
+        return "\n".join(lines)
+    lines.append(f"attempts: {state.attempts}")
+    for row in state.recipients:
+        lines.append(f"recipient: {printable(row.address)}")
+        lines.append(f"  status: {row.status}")
+        lines.append(f"  attempts: {row.attempts}")
+        if row.last_attempt is not None:
+            lines.append(f"  last-attempt: {iso_utc(row.last_attempt)}")
+        if row.host is not None:
+            lines.append(f"  host: {printable(row.host)}")
+        if row.reply is not None:
+            lines.append(f"  reply: {printable(row.reply)}")
+    if state.pending():
+        lines.append(f"next-attempt: {iso_utc(state.next_attempt)}")
+    return "\n".join(lines)
 
 
 _COMMANDS = {

@@ -17,12 +17,20 @@ class UserError(SendgateError):
     """A user-store operation was refused (unknown user, duplicate, weak password, bad address)."""
 
 
+class StoreError(SendgateError):
+    """A store (users, limits) could not be opened, read or written; the message names it."""
+
+
 class SpoolError(SendgateError):
     """The spool could not store or read a message (I/O error); the message was not accepted."""
 
 
 class UnknownQueueIdError(SpoolError):
     """No message with that queue id is queued (never was, delivered, or removed)."""
+
+
+class LeaseLostError(SpoolError):
+    """A delivery claim's lease ran out and the message was claimed again: the result is dropped."""
 
 
 class SpoolFullError(SpoolError):

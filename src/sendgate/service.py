@@ -1,8 +1,9 @@
-"""Assembles a running sendgate from a Config: sockets, TLS, stores, policy, spool and workers.
+"""Assembles a running sendgate from a Config: sockets, TLS, stores, policy and workers.
 
 Order matters: everything shared by the workers (listening sockets, connection counters, TLS
-context and its ticket keys) is made before the fork; everything with threads or open database
-handles (argon2 and fsync pools, SQLite) is made inside each worker after it.
+context and its ticket keys, the stores' preparation) is made before the fork; everything with
+threads or open database handles (argon2 and fsync pools, store handles) is made inside each
+process after it.
 """
 
 from __future__ import annotations
@@ -12,10 +13,8 @@ import os
 import time
 from collections.abc import Callable, Coroutine
 from concurrent.futures import ThreadPoolExecutor
-from pathlib import Path
 from typing import Any
 
-from sendgate.announce import Announcer
 from sendgate.config import Config, unsafe_settings
 from sendgate.delivery.plan import load_relays
 from sendgate.delivery.runner import run_delivery, trust_store
@@ -29,20 +28,11 @@ from sendgate.server.supervisor import Supervisor, bind
 from sendgate.server.tls import TlsContextHolder
 from sendgate.server.worker import Listener, Timeouts, Worker
 from sendgate.smtp.session import SessionSettings
-from sendgate.spool import Spool
-from sendgate.store.local import LocalUserStore
+from sendgate.store.backends import Backends
 from sendgate.submission import Submission
 
 # fsync is I/O-bound: enough threads that concurrent sessions' fsyncs overlap on the disk.
 SPOOL_THREADS = 16
-
-
-def users_path(cfg: Config) -> Path:
-    return cfg.data_dir / "users.db"
-
-
-def spool_path(cfg: Config) -> Path:
-    return cfg.data_dir / "spool"
 
 
 def session_settings(cfg: Config) -> SessionSettings:
@@ -72,22 +62,25 @@ def serve(cfg: Config, log: EventLog) -> int:
     """Run the server until SIGTERM; returns the process exit code."""
     for name, description in unsafe_settings(cfg):
         log.event("unsafe_override", "warning", setting=name, description=description)
-    spool = Spool(spool_path(cfg))
-    swept = spool.sweep()
+    backends = Backends(cfg)
+    recovered = backends.prepare()  # schemas, directories, crash recovery: once, before forking
+    admin = backends.open("admin")
+    try:
+        queued = len(admin.queue.ids())
+    finally:
+        admin.close()
     log.event(
         "spool_swept",
-        tmp_removed=swept.tmp_removed,
-        corrupt=",".join(swept.corrupt),
-        queued=len(spool.ids()),
+        tmp_removed=recovered.removed_partial,
+        corrupt=",".join(recovered.corrupt),
+        queued=queued,
     )
-    LocalUserStore(users_path(cfg)).close()  # create the schema once, before the workers race
     relays = load_relays(cfg.delivery.routes)
     trust_store(cfg)  # refuse a bad delivery.ca_file now, not in the runner after the fork
     keys = load_keys(cfg.dkim.key_dir)
     signer = DkimSigner(keys) if keys else None
     for key in keys:
         log.event("dkim_key", domain=key.domain, selector=key.selector, algorithm=key.algorithm)
-    announcer = Announcer()
     tls = TlsContextHolder(cfg.tls.certificates, cfg.tls.min_version)
     listeners: list[Listener] = []
     for implicit, addresses in ((False, cfg.listen.submission), (True, cfg.listen.submissions)):
@@ -118,9 +111,11 @@ def serve(cfg: Config, log: EventLog) -> int:
     def run_child(index: int) -> int:
         if index == workers:
             log.context = {"runner": "delivery"}
-            os.close(announcer.write_fd)
-            return run_delivery(cfg, log, spool, relays, signer, announcer, run_loop)
-        os.close(announcer.read_fd)
+            stores = backends.open("runner")
+            try:
+                return run_delivery(cfg, log, stores.queue, relays, signer, run_loop)
+            finally:
+                stores.close()
         return run_worker(index)
 
     def forget(index: int) -> None:
@@ -130,22 +125,21 @@ def serve(cfg: Config, log: EventLog) -> int:
     def run_worker(index: int) -> int:
         limiter.worker = index
         log.context = {"worker": index}
-        store = LocalUserStore(users_path(cfg))
+        stores = backends.open("acceptor")
         auth_pool = ThreadPoolExecutor(cfg.auth.verify_threads, thread_name_prefix="argon2")
         spool_pool = ThreadPoolExecutor(SPOOL_THREADS, thread_name_prefix="spool")
         authenticator = Authenticator(
-            store, new_hasher(), auth_pool, cfg.auth.cache_ttl, time.monotonic
+            stores.users, new_hasher(), auth_pool, cfg.auth.cache_ttl, time.monotonic
         )
         submission = Submission(
             hostname=cfg.hostname,
             authenticator=authenticator,
-            spool=spool,
+            queue=stores.queue,
             executor=spool_pool,
             log=log,
             clock=time.time,
             received_client_ip=cfg.privacy.received_client_ip,
             signer=signer,
-            announce=announcer.announce,
         )
         worker = Worker(
             listeners=listeners,
@@ -161,10 +155,13 @@ def serve(cfg: Config, log: EventLog) -> int:
         finally:
             auth_pool.shutdown(wait=False, cancel_futures=True)
             spool_pool.shutdown(wait=True)
-            store.close()
+            stores.close()
         return 0
 
     log.event("ready", workers=workers, hostname=cfg.hostname)
     # The child after the acceptors is the delivery runner.
     supervisor = Supervisor(workers, run_child, log, forget, runners=1)
-    return supervisor.run()
+    try:
+        return supervisor.run()
+    finally:
+        backends.close()

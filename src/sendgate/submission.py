@@ -3,8 +3,8 @@
 This is the file to read to know what happens to mail. AUTH goes to the authenticator (argon2
 in a thread pool, verified-login cache); MAIL FROM must be an address the user owns; at the end
 of the message the header From: (and Sender:) must be owned too; then the message gets its
-Received/Message-ID/Date fix-ups and is written durably to the spool. Only after `Spool.put`
-returns does the client get `250 2.0.0 queued as <id>`.
+Received/Message-ID/Date fix-ups and is written durably to the queue. Only after
+`QueueStore.put` returns does the client get `250 2.0.0 queued as <id>`.
 """
 
 from __future__ import annotations
@@ -25,8 +25,9 @@ from sendgate.smtp.address import Address
 from sendgate.smtp.events import AuthAttempt, Event, MailFrom, MessageReceived, RcptTo, StartTls
 from sendgate.smtp.replies import Reply
 from sendgate.smtp.session import Session
-from sendgate.spool import Envelope, Spool
-from sendgate.store import UserRecord
+from sendgate.store.envelope import Envelope
+from sendgate.store.queue import QueueStore
+from sendgate.store.users import UserRecord
 
 ANONYMOUS = "anonymous"
 
@@ -39,35 +40,33 @@ class Submission:
         *,
         hostname: str,
         authenticator: Authenticator,
-        spool: Spool,
+        queue: QueueStore,
         executor: Executor,
         log: EventLog,
         clock: Callable[[], float],
         received_client_ip: bool = False,
         signer: DkimSigner | None = None,
-        announce: Callable[[str], None] | None = None,
     ) -> None:
         self.hostname = hostname
         self.authenticator = authenticator
-        self.spool = spool
+        self.queue = queue
         self.executor = executor
         self.log = log
         self.clock = clock
         self.received_client_ip = received_client_ip
         self.signer = signer
-        self.announce = announce
 
     def store(self, envelope: Envelope, message: bytes, signing_domain: str | None) -> int:
         """Sign (when a key exists for the domain) and durably queue; returns the stored size.
 
-        Runs in the spool thread pool: RSA signing and the fsync share one handoff.
+        Runs in the queue's thread pool: RSA signing and the fsync share one handoff.
         """
         if self.signer is not None and signing_domain is not None:
             signature = self.signer.sign(message, signing_domain)
             if signature:
                 message = signature + message
                 envelope = replace(envelope, size=len(message))
-        self.spool.put(envelope, message)
+        self.queue.put(envelope, message)
         return len(message)
 
     def connection(self, client_ip: str, conn_id: str) -> SubmissionConnection:
@@ -183,7 +182,7 @@ class SubmissionConnection:
                     replies.HEADER_SENDER_NOT_OWNED,
                     header_sender=str(address),
                 )
-        queue_id = server.spool.new_id()
+        queue_id = server.queue.new_id()
         unix = server.clock()
         now = now_utc(unix)
         received = received_header(
@@ -225,8 +224,6 @@ class SubmissionConnection:
         except DkimError as exc:
             # The same message would fail the same way again: refuse it, do not ask for a retry.
             return self._reject("dkim_error", replies.BAD_HEADER, detail=str(exc))
-        if server.announce is not None:
-            server.announce(queue_id)
         self._log.event(
             "accepted",
             conn=self.conn_id,

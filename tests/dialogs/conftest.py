@@ -38,8 +38,8 @@ from sendgate.server.worker import Listener, Timeouts, Worker
 from sendgate.smtp import replies
 from sendgate.smtp.events import NEED_DATA, StartTls, TlsInfo
 from sendgate.smtp.session import Session, SessionSettings
-from sendgate.spool import Spool
-from sendgate.store.local import LocalUserStore
+from sendgate.store.local.queue import LocalQueueStore
+from sendgate.store.local.users import LocalUserStore
 from sendgate.submission import Submission
 
 HOSTNAME = "mx.example.test"
@@ -131,7 +131,7 @@ class Backend:
     """Real store (SQLite), spool and submission rules in a temporary directory."""
 
     store: LocalUserStore
-    spool: Spool
+    queue: LocalQueueStore
     submission: Submission
     settings: SessionSettings
     executor: ThreadPoolExecutor
@@ -144,14 +144,14 @@ def make_backend(root: Path, settings: dict[str, int]) -> Backend:
     hasher = PasswordHasher(time_cost=1, memory_cost=8, parallelism=1)
     for user, password in PASSWORDS.items():
         store.add_user(user, hasher.hash(password))
-    spool = Spool(root / "spool")
+    queue = LocalQueueStore(root / "spool")
     executor = ThreadPoolExecutor(4)
     log_stream = (root / "log.txt").open("a")
     authenticator = Authenticator(store, hasher, executor, 60.0, time.monotonic)
     submission = Submission(
         hostname=HOSTNAME,
         authenticator=authenticator,
-        spool=spool,
+        queue=queue,
         executor=executor,
         log=EventLog(log_stream),
         clock=time.time,
@@ -159,7 +159,7 @@ def make_backend(root: Path, settings: dict[str, int]) -> Backend:
     base = SessionSettings(hostname=HOSTNAME)
     # Transcripts only set integer limits (max_message_size, max_recipients, max_errors).
     tuned = replace(base, **settings)  # type: ignore[arg-type]
-    return Backend(store, spool, submission, tuned, executor, log_stream)
+    return Backend(store, queue, submission, tuned, executor, log_stream)
 
 
 def play_in_memory(dialog: Dialog, backend: Backend) -> None:
@@ -200,7 +200,7 @@ async def _play_in_memory(dialog: Dialog, backend: Backend) -> None:
             assert not replies_seen, f"{where}: unexpected replies before close: {replies_seen}"
             assert session.closed, f"{where}: session still open"
         else:
-            assert len(backend.spool.ids()) == step.code, f"{where}: queued count"
+            assert len(backend.queue.ids()) == step.code, f"{where}: queued count"
     collect()
     assert not replies_seen, f"{dialog.name}: trailing replies {replies_seen}"
     assert not leftover, f"{dialog.name}: trailing bytes {leftover!r}"
@@ -285,7 +285,7 @@ def play_live(
                 tail = sock.recv(65536)
                 assert tail == b"", f"{where}: server did not close, sent {tail!r}"
             else:
-                assert len(backend.spool.ids()) == step.code, f"{where}: queued count"
+                assert len(backend.queue.ids()) == step.code, f"{where}: queued count"
         assert not replies_seen, f"{dialog.name}: trailing replies {replies_seen}"
         assert not leftover, f"{dialog.name}: trailing bytes {leftover!r}"
     finally:

@@ -36,7 +36,7 @@ import pytest
 import trustme
 from cryptography import x509
 
-from sendgate.spool import Spool
+from sendgate.store.local.spool import Spool
 
 HOSTNAME = "mx.example.test"
 USER = "alice@example.test"

@@ -14,8 +14,8 @@ from typing import TYPE_CHECKING
 import pytest
 
 from sendgate.config import HostPort, RouteConfig, load_config
-from sendgate.delivery.state import DeliveryState, RecipientState
-from sendgate.spool import Envelope
+from sendgate.store.delivery_state import DeliveryState, RecipientState
+from sendgate.store.envelope import Envelope
 
 if TYPE_CHECKING:
     from tests.e2e.conftest import Cmd, Instance, InstanceFactory

@@ -24,7 +24,7 @@ from typing import TYPE_CHECKING
 
 import pytest
 
-from sendgate.spool import Spool
+from sendgate.store.local.spool import Spool
 
 if TYPE_CHECKING:
     from tests.e2e.conftest import Instance, InstanceFactory, ServerFactory, ServerProcess
@@ -38,7 +38,7 @@ PER_CONNECTION = 5
 MAX_KILL_AFTER = 20  # kill once this many (at most) messages got 250
 ACCEPT_TIMEOUT = 30.0
 _MESSAGE_ID = re.compile(rb"\r\nMessage-ID: <([^>]+)>\r\n")
-_SWEPT = re.compile(r'event=spool_swept tmp_removed=(\d+) corrupt=("")? ?.*queued=(\d+)')
+_SWEPT = re.compile(r'event=spool_swept removed_partial=(\d+) corrupt=("")? ?.*queued=(\d+)')
 
 
 @dataclass
@@ -216,7 +216,7 @@ def test_sigkill_never_loses_an_accepted_message(
             kills_with_tmp += tmp_left > 0
             if (iteration + 1) % SWEEP_AT_START_EVERY:
                 result = Spool(root).sweep()  # what the next start would do
-                assert (result.tmp_removed, result.corrupt) == (tmp_left, ())
+                assert (result.removed_partial, result.corrupt) == (tmp_left, ())
                 assert result.unknown_entries == 0
                 _check_swept(root)
                 tmp_left = 0

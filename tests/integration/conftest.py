@@ -34,9 +34,11 @@ from sendgate.delivery.client import Timeouts
 from sendgate.delivery.plan import load_relays
 from sendgate.delivery.runner import build_scheduler
 from sendgate.dkim import DkimSigner, load_keys
+from sendgate.errors import UnknownQueueIdError
 from sendgate.log import EventLog
 from sendgate.scaffold import init_instance
-from sendgate.spool import Envelope, Spool
+from sendgate.store.envelope import Envelope
+from sendgate.store.local.queue import LocalQueueStore
 
 NAMESERVER = "127.0.60.53"
 SENDER_HOST = "mta.sender.test"
@@ -94,7 +96,7 @@ class World:
                 base.delivery, resolver=(HostPort(NAMESERVER, 53),), ca_file=ca_file
             ),
         )
-        self.spool = Spool(self.cfg.data_dir / "spool", clock=self.clock)
+        self.spool = LocalQueueStore(self.cfg.data_dir / "spool", clock=self.clock)
         self._stack = contextlib.ExitStack()
 
     def configure(self, **delivery: Any) -> None:
@@ -149,9 +151,11 @@ class World:
         async def main() -> None:
             with ThreadPoolExecutor(4) as executor:
                 keys = load_keys(self.cfg.dkim.key_dir)
+                # A fresh queue handle too: the runner's index lives in it.
+                queue = LocalQueueStore(self.cfg.data_dir / "spool", clock=self.clock)
                 scheduler = build_scheduler(
                     self.cfg,
-                    spool=self.spool,
+                    queue=queue,
                     relays=load_relays(self.cfg.delivery.routes),
                     signer=DkimSigner(keys) if keys else None,
                     log=self.log,
@@ -169,8 +173,12 @@ class World:
         return [event for event in map(json.loads, lines) if event["event"] == name]
 
     def state(self, queue_id: str) -> dict[str, Any] | None:
-        raw = self.spool.read_state(queue_id)
-        return None if raw is None else dict(json.loads(raw))
+        """The stored delivery state; None before the first attempt or once delivered."""
+        try:
+            state = self.spool.delivery_state(queue_id)
+        except UnknownQueueIdError:
+            return None
+        return None if state is None else dict(json.loads(state.to_json()))
 
 
 @pytest.fixture(scope="session")

@@ -184,7 +184,7 @@ def test_imports_are_resolved_to_modules(modules: dict[str, Module]) -> None:
     known = frozenset(modules)
     submission = set(imports_of(modules["sendgate.submission"], known))
     assert {
-        "sendgate.spool",
+        "sendgate.store.queue",
         "sendgate.smtp.replies",
         "sendgate.policy.auth",
         "asyncio",

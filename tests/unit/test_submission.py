@@ -35,8 +35,9 @@ from sendgate.smtp.data import dot_stuff
 from sendgate.smtp.events import NEED_DATA, StartTls, TlsInfo
 from sendgate.smtp.replies import Reply
 from sendgate.smtp.session import Session, SessionSettings
-from sendgate.spool import Envelope, Spool
-from sendgate.store.local import LocalUserStore
+from sendgate.store.envelope import Envelope
+from sendgate.store.local.queue import LocalQueueStore
+from sendgate.store.local.users import LocalUserStore
 from sendgate.submission import Submission
 
 HOSTNAME = "mx.example.test"
@@ -58,7 +59,7 @@ _LOG_TOKEN = re.compile(r'([a-z_]+)=("(?:[^"\\]|\\.)*"|[^ "]+)(?: |$)')
 @dataclass
 class Backend:
     store: LocalUserStore
-    spool: Spool
+    queue: LocalQueueStore
     submission: Submission
     log: io.StringIO
 
@@ -78,19 +79,23 @@ def _log_value(raw: str) -> str:
 
 
 def build_backend(
-    store: LocalUserStore, spool: Spool, executor: Executor, *, received_client_ip: bool = False
+    store: LocalUserStore,
+    queue: LocalQueueStore,
+    executor: Executor,
+    *,
+    received_client_ip: bool = False,
 ) -> Backend:
     stream = io.StringIO()
     submission = Submission(
         hostname=HOSTNAME,
         authenticator=Authenticator(store, HASHER, executor, 60.0, lambda: NOW),
-        spool=spool,
+        queue=queue,
         executor=executor,
         log=EventLog(stream, clock=lambda: NOW),
         clock=lambda: NOW,
         received_client_ip=received_client_ip,
     )
-    return Backend(store, spool, submission, stream)
+    return Backend(store, queue, submission, stream)
 
 
 def create_store(path: Path) -> LocalUserStore:
@@ -183,7 +188,7 @@ def store(tmp_path: Path) -> Iterator[LocalUserStore]:
 
 @pytest.fixture
 def backend(tmp_path: Path, store: LocalUserStore, executor: ThreadPoolExecutor) -> Backend:
-    return build_backend(store, Spool(tmp_path / "spool"), executor)
+    return build_backend(store, LocalQueueStore(tmp_path / "spool"), executor)
 
 
 @pytest.fixture
@@ -248,7 +253,7 @@ def test_store_failure_is_a_temporary_failure(backend: Backend, store: LocalUser
     store.close()
     assert client.login(ALICE, ALICE_PASSWORD) == "454 4.7.0 Temporary authentication failure"
     [event] = backend.events("auth_error")
-    assert event["error"] == "SendgateError"
+    assert event["error"] == "StoreError"
     assert event["user"] == ALICE
     assert event["level"] == "error"
     assert client.handler.user is None
@@ -310,7 +315,7 @@ def test_foreign_header_from_is_refused(backend: Backend, alice: Client) -> None
     [event] = backend.events("rejected")
     assert event["reason"] == "from_not_owned"
     assert event["header_from"] == "ceo@example.com"
-    assert backend.spool.ids() == []
+    assert backend.queue.ids() == []
 
 
 def test_one_foreign_mailbox_in_from_is_enough_to_refuse(alice: Client) -> None:
@@ -357,7 +362,7 @@ def test_bad_header_is_refused(backend: Backend, alice: Client, header: bytes, d
     [event] = backend.events("rejected")
     assert event["reason"] == "bad_header"
     assert detail in event["detail"]
-    assert backend.spool.ids() == []
+    assert backend.queue.ids() == []
 
 
 def test_utf8_from_address_needs_smtputf8(alice: Client) -> None:
@@ -369,7 +374,7 @@ def test_utf8_from_address_needs_smtputf8(alice: Client) -> None:
 def test_session_goes_on_after_a_refused_message(backend: Backend, alice: Client) -> None:
     assert code(alice.submit(message("ceo@example.com"))) == "550 5.7.1"
     assert alice.submit(message()).startswith("250 2.0.0 queued as ")
-    assert len(backend.spool.ids()) == 1
+    assert len(backend.queue.ids()) == 1
 
 
 def test_unterminated_last_header_line_cannot_smuggle_a_from(
@@ -380,7 +385,7 @@ def test_unterminated_last_header_line_cannot_smuggle_a_from(
     assert alice.say("RCPT TO:<bob@example.net>").startswith("250")
     answers = alice.send(f"BDAT {len(content)} LAST\r\n".encode() + content)
     assert [code(answer) for answer in answers] == ["550 5.6.0"]
-    assert backend.spool.ids() == []
+    assert backend.queue.ids() == []
 
 
 # --- the stored message ----------------------------------------------------------------------
@@ -390,8 +395,8 @@ def test_stored_message_is_received_plus_original(backend: Backend, alice: Clien
     content = message()
     reply = alice.submit(content)
     queue_id = reply.removeprefix("250 2.0.0 queued as ")
-    assert backend.spool.ids() == [queue_id]
-    assert backend.spool.message(queue_id) == (
+    assert backend.queue.ids() == [queue_id]
+    assert backend.queue.message(queue_id) == (
         b"Received: from pc.local\r\n"
         b"\tby mx.example.test (sendgate) with ESMTPSA id " + queue_id.encode() + b"\r\n"
         b"\t(using TLSv1.3 with cipher TLS_AES_128_GCM_SHA256 (128 bits));\r\n"
@@ -402,7 +407,7 @@ def test_stored_message_is_received_plus_original(backend: Backend, alice: Clien
 def test_missing_message_id_and_date_are_added(backend: Backend, alice: Client) -> None:
     content = message(message_id=False, date=False)
     queue_id = alice.submit(content).removeprefix("250 2.0.0 queued as ")
-    stored = backend.spool.message(queue_id)
+    stored = backend.queue.message(queue_id)
     received, rest = stored.split(b"\r\n\t" + NOW_TEXT.encode() + b"\r\n", 1)
     assert received.startswith(b"Received: from pc.local\r\n")
     header, body = content.split(b"\r\n\r\n", 1)
@@ -423,7 +428,7 @@ def test_hostile_ehlo_name_cannot_add_a_header(backend: Backend) -> None:
     client = Client(backend, ehlo="x;Bcc:(victim@example.com)")
     assert code(client.login(ALICE, ALICE_PASSWORD)) == "235 2.7.0"
     queue_id = client.submit(message()).removeprefix("250 2.0.0 queued as ")
-    stored = backend.spool.message(queue_id)
+    stored = backend.queue.message(queue_id)
     assert stored.startswith(b"Received: from x_Bcc:_victim_example.com_\r\n\tby ")
     assert b"\r\nBcc" not in stored
 
@@ -431,14 +436,16 @@ def test_hostile_ehlo_name_cannot_add_a_header(backend: Backend) -> None:
 def test_client_ip_is_in_received_only_when_configured(
     tmp_path: Path, store: LocalUserStore, executor: ThreadPoolExecutor, backend: Backend
 ) -> None:
-    with_ip = build_backend(store, Spool(tmp_path / "spool2"), executor, received_client_ip=True)
+    with_ip = build_backend(
+        store, LocalQueueStore(tmp_path / "spool2"), executor, received_client_ip=True
+    )
     for current, shown in ((with_ip, True), (backend, False)):
         client = Client(current)
         assert code(client.login(ALICE, ALICE_PASSWORD)) == "235 2.7.0"
         queue_id = client.submit(message()).removeprefix("250 2.0.0 queued as ")
-        first_line = current.spool.message(queue_id).split(b"\r\n", 1)[0]
+        first_line = current.queue.message(queue_id).split(b"\r\n", 1)[0]
         assert (first_line == b"Received: from pc.local ([192.0.2.1])") is shown
-        assert (CLIENT_IP.encode() in current.spool.message(queue_id)) is shown
+        assert (CLIENT_IP.encode() in current.queue.message(queue_id)) is shown
 
 
 def test_envelope_records_the_transaction(backend: Backend, alice: Client) -> None:
@@ -449,10 +456,10 @@ def test_envelope_records_the_transaction(backend: Backend, alice: Client) -> No
         params=" BODY=8BITMIME SMTPUTF8",
     )
     queue_id = reply.removeprefix("250 2.0.0 queued as ")
-    stored = backend.spool.message(queue_id)
+    stored = backend.queue.message(queue_id)
     assert stored.startswith(b"Received: from pc.local\r\n")
     assert b" with UTF8SMTPSA id " in stored
-    assert backend.spool.envelope(queue_id) == Envelope(
+    assert backend.queue.envelope(queue_id) == Envelope(
         queue_id=queue_id,
         sender="alias@example.net",
         recipients=("bob@example.net", "carol@example.com"),
@@ -508,7 +515,7 @@ def submit_on_small_disk(store_path: str, spool_root: str) -> dict[str, object]:
     store = LocalUserStore(Path(store_path))
     try:
         with ThreadPoolExecutor(max_workers=2) as pool:
-            backend = build_backend(store, Spool(Path(spool_root)), pool)
+            backend = build_backend(store, LocalQueueStore(Path(spool_root)), pool)
             client = Client(backend)
             assert client.login(ALICE, ALICE_PASSWORD).startswith("235 ")
             big = message().replace(b"\r\n\r\n", b"\r\n\r\n" + (b"z" * 998 + b"\r\n") * 200, 1)
@@ -568,7 +575,7 @@ def test_log_records_outcomes_without_secrets_or_body(backend: Backend) -> None:
     assert accepted["user"] == ALICE
     assert accepted["client"] == CLIENT_IP
     assert accepted["recipients"] == "1"
-    assert accepted["size"] == str(len(backend.spool.message(queue_id)))
+    assert accepted["size"] == str(len(backend.queue.message(queue_id)))
     assert [event["reason"] for event in backend.events("rejected")] == [
         "from_not_owned",
         "sender_not_owned",
@@ -589,7 +596,7 @@ def test_log_records_outcomes_without_secrets_or_body(backend: Backend) -> None:
 
 def _signed_backend(tmp_path: Path, store: LocalUserStore, executor: Executor) -> Backend:
     generate_key(tmp_path / "dkim", "example.org", "sel1")
-    backend = build_backend(store, Spool(tmp_path / "spool"), executor)
+    backend = build_backend(store, LocalQueueStore(tmp_path / "spool"), executor)
     backend.submission.signer = DkimSigner(load_keys(tmp_path / "dkim"))
     return backend
 
@@ -603,10 +610,10 @@ def test_message_is_dkim_signed_for_the_header_from_domain_before_spooling(
     reply = client.submit(message())
     assert reply.startswith("250 2.0.0 queued as ")
     queue_id = reply.rsplit(" ", 1)[1]
-    stored = backend.spool.message(queue_id)
+    stored = backend.queue.message(queue_id)
     assert stored.startswith(b"DKIM-Signature: ")
     assert stored.endswith(b"\r\n\r\n" + BODY)
-    assert backend.spool.envelope(queue_id).size == len(stored)
+    assert backend.queue.envelope(queue_id).size == len(stored)
     [key] = load_keys(tmp_path / "dkim")
     record = key.public_record.encode()
     assert dkim.verify(stored, dnsfunc=lambda name, timeout=5: record)
@@ -623,4 +630,4 @@ def test_message_from_a_domain_without_a_key_is_not_signed(
     assert client.login(ALICE, ALICE_PASSWORD).startswith("235")
     reply = client.submit(message("alias@example.net"), sender="alias@example.net")
     queue_id = reply.rsplit(" ", 1)[1]
-    assert b"DKIM-Signature" not in backend.spool.message(queue_id)
+    assert b"DKIM-Signature" not in backend.queue.message(queue_id)

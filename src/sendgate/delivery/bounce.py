@@ -4,9 +4,9 @@ The report is a multipart/report (RFC 6522): a human explanation, the machine-re
 delivery status, and the original message (or its header section) copied byte for byte. When
 an envelope address is non-ASCII the report uses RFC 6533: message/global-delivery-status with
 "utf-8" address types, and the DSN must be sent with SMTPUTF8. An original whose header
-section is non-ASCII travels as message/global (or message/global-headers). This module is pure:
-no I/O and no clock; the scheduler passes the times in and never asks for a DSN to the null
-sender (a bounce is never bounced; `build_dsn` refuses).
+section is non-ASCII travels as message/global (or message/global-headers). `build_dsn` is
+pure (no I/O, no clock: the times are passed in) and refuses a DSN to the null sender (a bounce
+is never bounced); `DsnWriter` signs a built DSN and queues it like any other message.
 
 Security: the remote reply (`RecipientNotice.diagnostic`) and the remote MTA's name come from
 the network, and the original message from the client. Reply text loses control characters
@@ -27,6 +27,11 @@ from dataclasses import dataclass
 from datetime import UTC, datetime
 from email.utils import format_datetime
 
+from sendgate.dkim import DkimError, DkimSigner
+from sendgate.store.envelope import Envelope
+from sendgate.store.queue import QueueStore
+
+BOUNCE_USER = "MAILER-DAEMON"  # the envelope's `user` for messages sendgate itself sends
 MAX_DIAGNOSTIC = 1000  # characters of one remote reply kept in the report
 _MAX_ADDRESS = 512  # octets; RFC 5321 paths are at most 256, so this only cuts junk
 _MAX_HOST = 255
@@ -148,6 +153,66 @@ def build_dsn(
     out += [delimiter, b"--\r\n"]
     message = b"".join(out)
     return Dsn(message=message, eight_bit=not message.isascii(), smtputf8=smtputf8)
+
+
+@dataclass(frozen=True, slots=True)
+class QueuedDsn:
+    """A DSN that is now queued, and why it went out unsigned if it did."""
+
+    envelope: Envelope
+    signing_problem: str | None
+
+
+class DsnWriter:
+    """Builds, signs and queues DSNs for this host (blocking: run it in the I/O pool)."""
+
+    def __init__(self, queue: QueueStore, hostname: str, signer: DkimSigner | None) -> None:
+        self._queue = queue
+        self._hostname = hostname
+        self._signer = signer
+
+    def write(
+        self,
+        original: Envelope,
+        notices: Sequence[RecipientNotice],
+        message: bytes,
+        now: float,
+        retry_until: float | None,
+    ) -> QueuedDsn:
+        """Queue the DSN about `original` (whose bytes are `message`) to its sender.
+
+        Raises SpoolError when it cannot be queued; the caller keeps those recipients owed.
+        """
+        queue_id = self._queue.new_id()
+        dsn = build_dsn(
+            reporting_host=self._hostname,
+            queue_id=original.queue_id,
+            original_sender=original.sender,
+            received_at=original.received_at,
+            notices=notices,
+            original=message,
+            now=now,
+            message_id=f"{queue_id}@{self._hostname}",
+            will_retry_until=retry_until,
+        )
+        data, problem = dsn.message, None
+        if self._signer is not None:
+            try:
+                data = self._signer.sign(data, self._hostname) + data
+            except DkimError as exc:
+                problem = str(exc)
+        envelope = Envelope(
+            queue_id=queue_id,
+            sender="",
+            recipients=(original.sender,),
+            user=BOUNCE_USER,
+            received_at=now,
+            size=len(data),
+            smtputf8=dsn.smtputf8,
+            body="8BITMIME" if dsn.eight_bit else "7BIT",
+        )
+        self._queue.put(envelope, data)
+        return QueuedDsn(envelope, problem)
 
 
 def _checked(value: str, pattern: re.Pattern[str], what: str) -> str:

@@ -1,9 +1,9 @@
-"""The delivery runner: the process `sendgate serve` starts beside the acceptors to empty the spool.
+"""The delivery runner: the process `sendgate serve` starts beside the acceptors to empty the queue.
 
 It wires the scheduler to its collaborators (resolver, MTA-STS cache, planner, TLS trust store,
-DKIM signer for bounces), listens for ids announced by the workers, and stops on SIGTERM after
-letting running attempts finish within the grace period. What it cannot finish is retried after
-the restart (the spool is the only truth).
+courier, DSN writer with the DKIM signer), and stops on SIGTERM after letting running attempts
+finish within the grace period. What it cannot finish is retried after the restart (the queue
+is the only truth).
 """
 
 from __future__ import annotations
@@ -17,9 +17,10 @@ from collections.abc import Callable, Coroutine
 from concurrent.futures import ThreadPoolExecutor
 from typing import Any
 
-from sendgate.announce import Announcer
 from sendgate.config import Config
+from sendgate.delivery.bounce import DsnWriter
 from sendgate.delivery.client import Timeouts
+from sendgate.delivery.courier import Courier
 from sendgate.delivery.dns import Resolver
 from sendgate.delivery.mtasts import MtaSts
 from sendgate.delivery.plan import MX_PORT, Planner, Relay
@@ -27,7 +28,7 @@ from sendgate.delivery.scheduler import Scheduler
 from sendgate.dkim import DkimSigner
 from sendgate.errors import ConfigError
 from sendgate.log import EventLog
-from sendgate.spool import Spool
+from sendgate.store.queue import QueueStore
 
 IO_THREADS = 8
 
@@ -54,7 +55,7 @@ def trust_store(cfg: Config) -> ssl.SSLContext:
 def build_scheduler(
     cfg: Config,
     *,
-    spool: Spool,
+    queue: QueueStore,
     relays: tuple[Relay, ...],
     signer: DkimSigner | None,
     log: EventLog,
@@ -80,28 +81,32 @@ def build_scheduler(
         rng=rng,
         mx_port=mx_port,
     )
-    return Scheduler(
-        spool=spool,
+    courier = Courier(
         planner=planner,
+        helo=cfg.hostname,
+        ssl_context=context,
+        timeouts=timeouts or Timeouts(),
+        concurrency=delivery.concurrency,
+        log=log,
+    )
+    return Scheduler(
+        queue=queue,
+        courier=courier,
+        dsn=DsnWriter(queue, cfg.hostname, signer),
         executor=executor,
         log=log,
         settings=delivery,
-        hostname=cfg.hostname,
-        ssl_context=context,
         clock=clock,
         rng=rng,
-        signer=signer,
-        timeouts=timeouts,
     )
 
 
 def run_delivery(
     cfg: Config,
     log: EventLog,
-    spool: Spool,
+    queue: QueueStore,
     relays: tuple[Relay, ...],
     signer: DkimSigner | None,
-    announcer: Announcer | None,
     run: Callable[[Callable[[], Coroutine[Any, Any, None]]], None],
 ) -> int:
     """The runner process's main; `run` runs a coroutine function on the chosen event loop."""
@@ -114,14 +119,12 @@ def run_delivery(
             loop.add_signal_handler(sig, stop.set)
         loop.add_signal_handler(signal.SIGHUP, lambda: None)  # TLS reload is for the acceptors
         scheduler = build_scheduler(
-            cfg, spool=spool, relays=relays, signer=signer, log=log, executor=executor
+            cfg, queue=queue, relays=relays, signer=signer, log=log, executor=executor
         )
         if cfg.delivery.hold:
             log.event("delivery_held", "warning", reason="delivery.hold = true")
             await stop.wait()
         else:
-            if announcer is not None:
-                loop.add_reader(announcer.read_fd, announcer.receive, scheduler.announce)
             log.event("delivery_started", routes=len(relays))
             await scheduler.run(stop, grace=cfg.limits.shutdown_grace)
         log.event("delivery_stopped")

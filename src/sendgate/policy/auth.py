@@ -21,7 +21,7 @@ from dataclasses import dataclass
 from argon2 import PasswordHasher, extract_parameters
 from argon2.exceptions import VerificationError
 
-from sendgate.store import UserRecord, UserStore
+from sendgate.store.users import UserRecord, UserStore
 
 
 @dataclass(frozen=True, slots=True)

@@ -1,9 +1,9 @@
 """Tests for sendgate.delivery.scheduler: what tests/integration/test_delivery.py does not reach.
 
-Enhanced-code parsing, backoff bounds, messages removed while queued, unreadable state files,
-retry requests, state writes that fail, and ids announced to a running scheduler. Mail goes
-through a plaintext smarthost route to a real aiosmtpd receiver on 127.0.62.x:25 (one address
-per test), so no DNS is involved; time is injected.
+Messages removed while queued, unreadable state files, retry requests, state writes that fail,
+ids announced to a running scheduler, leases, fairness. Mail goes through a plaintext smarthost
+route to a real aiosmtpd receiver on 127.0.62.x:25 (one address per test), so no DNS is
+involved; time is injected. Each scheduler gets a new queue handle, as a restarted runner would.
 """
 
 from __future__ import annotations
@@ -14,24 +14,27 @@ import json
 import random
 import ssl
 import threading
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Iterator
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Any, TypeVar
 
 import pytest
-from hypothesis import given
-from hypothesis import strategies as st
 from tests.peers.mx import Receiver
 
 from sendgate.config import DeliveryConfig
-from sendgate.delivery.client import RemoteReply, Timeouts
+from sendgate.delivery.bounce import DsnWriter
+from sendgate.delivery.client import Timeouts
+from sendgate.delivery.courier import Courier
 from sendgate.delivery.dns import Resolver
 from sendgate.delivery.plan import Planner, Relay
-from sendgate.delivery.scheduler import Scheduler, _enhanced
-from sendgate.delivery.state import DeliveryState
+from sendgate.delivery.scheduler import LEASE, Scheduler
 from sendgate.log import EventLog
-from sendgate.spool import Envelope, Spool
+from sendgate.store.delivery_state import DeliveryState
+from sendgate.store.envelope import Envelope
+from sendgate.store.local.announce import AnnouncePipe, AnnounceReader, AnnounceWriter
+from sendgate.store.local.queue import LocalQueueStore
+from sendgate.store.local.spool import Spool
 
 _T = TypeVar("_T")
 START = 1_800_000_000.0
@@ -59,10 +62,19 @@ class Rig:
         self.clock = Clock()
         self.stream = io.StringIO()
         self.log = EventLog(self.stream, fmt="json", level="debug", clock=self.clock)
-        self.spool = Spool(root / "spool", clock=self.clock)
         self.root = root
+        self.spool = Spool(root / "spool", clock=self.clock)  # the files, for tests to break
+        self.pipe = AnnouncePipe()
+        # The acceptors' handle: puts announce themselves to the runner's handle.
+        self.store = LocalQueueStore(
+            root / "spool", clock=self.clock, announce_to=AnnounceWriter(self.pipe.write_fd)
+        )
+        self.runner_store: LocalQueueStore | None = None
         self.settings = DeliveryConfig(**settings)
         self.relay = Relay(("*",), relay_address, 25, "none", None)
+
+    def close(self) -> None:
+        self.pipe.close()
 
     def scheduler(self, executor: ThreadPoolExecutor, seed: int = 7) -> Scheduler:
         rng = random.Random(seed)
@@ -73,18 +85,37 @@ class Rig:
             dane_enabled=False,
             rng=rng,
         )
-        return Scheduler(
-            spool=self.spool,
+        queue = LocalQueueStore(
+            self.root / "spool",
+            clock=self.clock,
+            scan_interval=self.settings.scan_interval,
+            announced=AnnounceReader(self.pipe.read_fd),
+        )
+        self.runner_store = queue
+        courier = Courier(
             planner=planner,
+            helo="mta.sender.test",
+            ssl_context=ssl.create_default_context(),
+            timeouts=FAST,
+            concurrency=self.settings.concurrency,
+            log=self.log,
+        )
+        return Scheduler(
+            queue=queue,
+            courier=courier,
+            dsn=DsnWriter(queue, "mta.sender.test", None),
             executor=executor,
             log=self.log,
             settings=self.settings,
-            hostname="mta.sender.test",
-            ssl_context=ssl.create_default_context(),
             clock=self.clock,
             rng=rng,
-            timeouts=FAST,
         )
+
+    async def index(self) -> None:
+        """Let the runner's queue handle read the spool now (a claim of nothing)."""
+        assert self.runner_store is not None
+        loop = asyncio.get_running_loop()
+        await loop.run_in_executor(None, self.runner_store.claim, 0, LEASE)
 
     def run(self, body: Callable[[Scheduler], Awaitable[_T]]) -> _T:
         """Run `body(scheduler)` on a fresh event loop with a fresh scheduler."""
@@ -101,8 +132,8 @@ class Rig:
 
     def queue(self, subject: str = "Hello", recipients: tuple[str, ...] = (BOB,)) -> str:
         message = f"From: <{ALICE}>\r\nSubject: {subject}\r\n\r\nbody\r\n".encode()
-        queue_id = self.spool.new_id()
-        self.spool.put(
+        queue_id = self.store.new_id()
+        self.store.put(
             Envelope(
                 queue_id=queue_id,
                 sender=ALICE,
@@ -121,6 +152,20 @@ class Rig:
         return [event for event in map(json.loads, lines) if event["event"] == name]
 
 
+@pytest.fixture
+def rigs(tmp_path: Path) -> Iterator[Callable[..., Rig]]:
+    """Makes rigs in tmp_path (closing their pipes afterwards)."""
+    made: list[Rig] = []
+
+    def make(relay_address: str, **settings: Any) -> Rig:
+        made.append(Rig(tmp_path, relay_address, **settings))
+        return made[-1]
+
+    yield make
+    for rig in made:
+        rig.close()
+
+
 def _subjects(receiver: Receiver) -> list[str]:
     return [
         line.split(b": ", 1)[1].decode()
@@ -130,117 +175,21 @@ def _subjects(receiver: Receiver) -> list[str]:
     ]
 
 
-# --- _enhanced ----------------------------------------------------------------------------------
-
-
-@pytest.mark.parametrize(
-    ("code", "text", "expected"),
-    [
-        (550, "5.1.1 No such user", "5.1.1"),
-        (250, "2.0.0 Ok: queued", "2.0.0"),
-        (451, "4.3.0 Try again", "4.3.0"),
-        (550, "5.1.1", "5.1.1"),  # the code alone
-        (550, "5.1.1\nsecond line", "5.1.1"),
-        (550, "5.123.456 long but valid", "5.123.456"),
-        (550, "No such user", "5.0.0"),  # no enhanced code: derived from the basic code
-        (451, "Try again", "4.0.0"),
-        (550, "4.1.1 class disagrees with the code", "5.0.0"),
-        (450, "5.7.1 class disagrees with the code", "4.0.0"),
-        (550, "5.1.1x no separator", "5.0.0"),
-        (550, "5.1234.1 too many digits", "5.0.0"),
-        (550, " 5.1.1 not at the start", "5.0.0"),
-        (550, "user 5.1.1 in the middle", "5.0.0"),
-        (550, "3.1.1 not a class", "5.0.0"),
-        (554, "", "5.0.0"),
-    ],
-)
-def test_enhanced_code_of_a_reply(code: int, text: str, expected: str) -> None:
-    assert _enhanced(RemoteReply(code, text)) == expected
-
-
-def test_no_reply_at_all_is_4_4_1() -> None:
-    assert _enhanced(None) == "4.4.1"
-
-
-@given(st.integers(200, 599), st.text(max_size=40))
-def test_enhanced_code_is_well_formed_and_of_the_reply_class(code: int, text: str) -> None:
-    result = _enhanced(RemoteReply(code, text))
-    klass, subject, detail = result.split(".")
-    assert klass == str(code)[0]
-    assert subject.isdigit()
-    assert detail.isdigit()
-    assert 1 <= len(subject) <= 3
-    assert 1 <= len(detail) <= 3
-
-
-# --- backoff ------------------------------------------------------------------------------------
-
-
-def _waits(rig: Rig, seed: int, attempts: range) -> list[float]:
-    with ThreadPoolExecutor(1) as executor:
-        scheduler = rig.scheduler(executor, seed)
-        return [scheduler._backoff(n) for n in attempts]
-
-
-def test_backoff_doubles_from_retry_first_up_to_retry_max_with_ten_percent_jitter(
-    tmp_path: Path,
-) -> None:
-    rig = Rig(tmp_path, retry_first=300.0, retry_max=7200.0)
-    waits = _waits(rig, 1, range(1, 41))
-    for attempts, wait in enumerate(waits, start=1):
-        base = min(300.0 * 2 ** (attempts - 1), 7200.0)
-        assert 0.9 * base <= wait <= 1.1 * base, (attempts, wait)
-    assert waits[0] < 330
-    assert min(waits[10:]) >= 7200 * 0.9
-    assert len(set(waits)) == len(waits)  # jittered: no two equal
-
-
-def test_backoff_is_reproducible_from_the_seed(tmp_path: Path) -> None:
-    rig = Rig(tmp_path)
-    assert _waits(rig, 3, range(1, 10)) == _waits(rig, 3, range(1, 10))
-    assert _waits(rig, 3, range(1, 10)) != _waits(rig, 4, range(1, 10))
-
-
-@given(
-    seed=st.integers(0, 2**32),
-    attempts=st.integers(1, 10**9),
-    first=st.floats(1, 86400),
-    extra=st.floats(0, 86400),
-)
-def test_backoff_stays_within_bounds_for_any_attempt_count(
-    seed: int, attempts: int, first: float, extra: float
-) -> None:
-    maximum = min(first + extra, 86400.0)
-    scheduler = Scheduler(
-        spool=None,  # type: ignore[arg-type]  # _backoff touches only settings and rng
-        planner=None,  # type: ignore[arg-type]
-        executor=None,  # type: ignore[arg-type]
-        log=EventLog(io.StringIO()),
-        settings=DeliveryConfig(retry_first=first, retry_max=maximum),
-        hostname="mta.sender.test",
-        ssl_context=None,  # type: ignore[arg-type]
-        clock=lambda: START,
-        rng=random.Random(seed),
-    )
-    wait = scheduler._backoff(attempts)
-    base = min(first * 2.0 ** min(attempts - 1, 30), maximum)
-    assert 0.9 * base <= wait <= 1.1 * base
-    assert wait <= 1.1 * maximum
-
-
 # --- messages removed while queued --------------------------------------------------------------
 
 
-def test_a_message_removed_while_waiting_for_a_slot_is_dropped(tmp_path: Path) -> None:
+def test_a_message_removed_while_waiting_for_a_slot_is_dropped(
+    tmp_path: Path, rigs: Callable[..., Rig]
+) -> None:
     # concurrency 1: two attempts in flight (one sending, one waiting), the third not started.
-    rig = Rig(tmp_path, "127.0.62.10", concurrency=1)
+    rig = rigs("127.0.62.10", concurrency=1)
     first, second, third = rig.queue("one"), rig.queue("two"), rig.queue("three")
 
     async def body(scheduler: Scheduler) -> None:
         loop = asyncio.get_running_loop()
         drain = asyncio.ensure_future(scheduler.drain())
         assert await loop.run_in_executor(None, receiver.data_started.wait, WAIT)
-        rig.spool.remove(third)  # the operator's `queue remove` while the first is being sent
+        rig.store.remove(third)  # the operator's `queue remove` while the first is being sent
         hold.set()
         await drain
 
@@ -256,13 +205,15 @@ def test_a_message_removed_while_waiting_for_a_slot_is_dropped(tmp_path: Path) -
     assert rig.spool.ids() == []
 
 
-def test_a_message_removed_before_a_scan_is_forgotten(tmp_path: Path) -> None:
-    rig = Rig(tmp_path, "127.0.62.11")
+def test_a_message_removed_before_a_scan_is_forgotten(
+    tmp_path: Path, rigs: Callable[..., Rig]
+) -> None:
+    rig = rigs("127.0.62.11")
     queue_id = rig.queue()
 
     async def body(scheduler: Scheduler) -> None:
-        await scheduler.scan()
-        rig.spool.remove(queue_id)
+        await rig.index()
+        rig.store.remove(queue_id)
         await scheduler.drain()  # nothing listens on 127.0.62.11: an attempt would be logged
 
     rig.run(body)
@@ -282,8 +233,10 @@ def test_a_message_removed_before_a_scan_is_forgotten(tmp_path: Path) -> None:
     ],
     ids=["garbage", "other-recipients"],
 )
-def test_an_unreadable_state_file_starts_the_message_over(tmp_path: Path, state: bytes) -> None:
-    rig = Rig(tmp_path, "127.0.62.12")
+def test_an_unreadable_state_file_starts_the_message_over(
+    tmp_path: Path, rigs: Callable[..., Rig], state: bytes
+) -> None:
+    rig = rigs("127.0.62.12")
     queue_id = rig.queue("kept")
     rig.spool.write_state(queue_id, state)
 
@@ -298,8 +251,10 @@ def test_an_unreadable_state_file_starts_the_message_over(tmp_path: Path, state:
     assert rig.spool.ids() == []
 
 
-def test_a_state_with_a_nan_time_does_not_stall_other_messages(tmp_path: Path) -> None:
-    rig = Rig(tmp_path, "127.0.62.13")
+def test_a_state_with_a_nan_time_does_not_stall_other_messages(
+    tmp_path: Path, rigs: Callable[..., Rig]
+) -> None:
+    rig = rigs("127.0.62.13")
     stuck = rig.queue("stuck")
     record = json.loads(DeliveryState.fresh((BOB,)).to_json())
     record["next_attempt"] = float("nan")
@@ -315,8 +270,10 @@ def test_a_state_with_a_nan_time_does_not_stall_other_messages(tmp_path: Path) -
 # --- retry requests -----------------------------------------------------------------------------
 
 
-def test_a_retry_request_makes_a_deferred_message_due_at_once(tmp_path: Path) -> None:
-    rig = Rig(tmp_path, "127.0.62.14")
+def test_a_retry_request_makes_a_deferred_message_due_at_once(
+    tmp_path: Path, rigs: Callable[..., Rig]
+) -> None:
+    rig = rigs("127.0.62.14")
     queue_id = rig.queue("again")
 
     async def body(scheduler: Scheduler) -> None:
@@ -326,7 +283,8 @@ def test_a_retry_request_makes_a_deferred_message_due_at_once(tmp_path: Path) ->
         assert DeliveryState.from_json(raw, (BOB,)).next_attempt > rig.clock() + 200
         await scheduler.drain()  # not due: nothing happens
         assert len(rig.events("delivery")) == 1
-        rig.spool.request_retry(queue_id)
+        rig.store.request_retry(queue_id)
+        rig.clock.advance(rig.settings.scan_interval)  # the runner's next look at the spool
         await scheduler.drain()
 
     with Receiver("127.0.62.14", 25, data_replies=["451 4.3.0 later"]) as receiver:
@@ -338,14 +296,16 @@ def test_a_retry_request_makes_a_deferred_message_due_at_once(tmp_path: Path) ->
     assert rig.spool.take_retry_requests() == []
 
 
-def test_a_retry_request_is_honoured_by_a_restarted_runner(tmp_path: Path) -> None:
-    rig = Rig(tmp_path, "127.0.62.15")
+def test_a_retry_request_is_honoured_by_a_restarted_runner(
+    tmp_path: Path, rigs: Callable[..., Rig]
+) -> None:
+    rig = rigs("127.0.62.15")
     queue_id = rig.queue("again")
     with Receiver("127.0.62.15", 25, data_replies=["451 4.3.0 later"]) as receiver:
         rig.drain()
         rig.drain()  # a restart does not make it due either
         assert len(rig.events("delivery")) == 1
-        rig.spool.request_retry(queue_id)
+        rig.store.request_retry(queue_id)
         rig.drain()
 
     assert [event["result"] for event in rig.events("delivery")] == ["deferred", "sent"]
@@ -355,14 +315,16 @@ def test_a_retry_request_is_honoured_by_a_restarted_runner(tmp_path: Path) -> No
 # --- a state that cannot be written -------------------------------------------------------------
 
 
-def test_a_state_write_failure_keeps_the_message_due_later(tmp_path: Path) -> None:
-    rig = Rig(tmp_path, "127.0.62.16", retry_first=300.0)
+def test_a_state_write_failure_keeps_the_message_due_later(
+    tmp_path: Path, rigs: Callable[..., Rig]
+) -> None:
+    rig = rigs("127.0.62.16", retry_first=300.0)
     queue_id = rig.queue("later")
     state_dir = tmp_path / "spool" / "state"
     aside = tmp_path / "state-aside"
 
     async def body(scheduler: Scheduler) -> None:
-        await scheduler.scan()
+        await rig.index()
         # A real failure even for root: state/ is a file, so the rename into it fails (ENOTDIR).
         state_dir.rename(aside)
         state_dir.write_bytes(b"")
@@ -394,8 +356,10 @@ def test_a_state_write_failure_keeps_the_message_due_later(tmp_path: Path) -> No
 # --- announced ids ------------------------------------------------------------------------------
 
 
-def test_run_delivers_an_announced_message_without_waiting_for_a_scan(tmp_path: Path) -> None:
-    rig = Rig(tmp_path, "127.0.62.17", scan_interval=3600.0)
+def test_run_delivers_an_announced_message_without_waiting_for_a_scan(
+    tmp_path: Path, rigs: Callable[..., Rig]
+) -> None:
+    rig = rigs("127.0.62.17", scan_interval=3600.0)
     rig.queue("first")  # found by the scan at start
 
     async def body(scheduler: Scheduler) -> None:
@@ -403,8 +367,7 @@ def test_run_delivers_an_announced_message_without_waiting_for_a_scan(tmp_path: 
         stop = asyncio.Event()
         running = asyncio.ensure_future(scheduler.run(stop, grace=5.0))
         await loop.run_in_executor(None, receiver.wait_for, 1)
-        queue_id = rig.queue("second")  # the next scan is an hour away
-        scheduler.announce(queue_id)
+        rig.queue("second")  # announced through the pipe; the next scan is an hour away
         await loop.run_in_executor(None, receiver.wait_for, 2)
         stop.set()
         await running
@@ -417,14 +380,14 @@ def test_run_delivers_an_announced_message_without_waiting_for_a_scan(tmp_path: 
     assert rig.events("delivery_bug") == []
 
 
-def test_announcing_an_unknown_id_is_harmless(tmp_path: Path) -> None:
-    rig = Rig(tmp_path, "127.0.62.18", scan_interval=3600.0)
+def test_announcing_an_unknown_id_is_harmless(tmp_path: Path, rigs: Callable[..., Rig]) -> None:
+    rig = rigs("127.0.62.18", scan_interval=3600.0)
     rig.queue("real")
 
     async def body(scheduler: Scheduler) -> None:
         loop = asyncio.get_running_loop()
         stop = asyncio.Event()
-        scheduler.announce("0123456789ABCDEFGH")  # never queued (or already delivered)
+        AnnounceWriter(rig.pipe.write_fd).announce("0123456789ABCDEFGH")  # never queued
         running = asyncio.ensure_future(scheduler.run(stop, grace=5.0))
         await loop.run_in_executor(None, receiver.wait_for, 1)
         stop.set()

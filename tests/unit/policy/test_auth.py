@@ -11,7 +11,7 @@ import pytest
 from argon2 import PasswordHasher, extract_parameters
 
 from sendgate.policy.auth import Authenticator, AuthResult
-from sendgate.store.local import LocalUserStore
+from sendgate.store.local.users import LocalUserStore
 
 PASSWORD = "correct horse battery staple"
 NEW_PASSWORD = "a different long passphrase"

@@ -1,8 +1,7 @@
-"""Tests for sendgate.announce: ids cross a real pipe whole, in order, and never block a writer."""
+"""Tests for sendgate.store.local.announce: ids cross a pipe whole, in order, never blocking."""
 
 from __future__ import annotations
 
-import contextlib
 import itertools
 import os
 import threading
@@ -12,45 +11,53 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
-from sendgate.announce import Announcer
+from sendgate.store.local.announce import AnnouncePipe, AnnounceReader, AnnounceWriter
 
 IDS = ["01HZZZZZZZZZZZZZZA", "01HZZZZZZZZZZZZZZB", "01HZZZZZZZZZZZZZZC"]
 
 
+class Ends:
+    """Both ends of one pipe in this process, as the acceptors and the runner hold them."""
+
+    def __init__(self, pipe: AnnouncePipe) -> None:
+        self.read_fd, self.write_fd = pipe.read_fd, pipe.write_fd
+        self.writer = AnnounceWriter(pipe.write_fd)
+        self.reader = AnnounceReader(pipe.read_fd)
+
+    def announce(self, queue_id: str) -> None:
+        self.writer.announce(queue_id)
+
+
 @pytest.fixture
-def announcer() -> Iterator[Announcer]:
-    made = Announcer()
+def announcer() -> Iterator[Ends]:
+    pipe = AnnouncePipe()
     try:
-        yield made
+        yield Ends(pipe)
     finally:
-        for fd in (made.read_fd, made.write_fd):
-            with contextlib.suppress(OSError):
-                os.close(fd)
+        pipe.close()
 
 
-def _received(announcer: Announcer) -> list[str]:
-    got: list[str] = []
-    announcer.receive(got.append)
-    return got
+def _received(announcer: Ends) -> list[str]:
+    return announcer.reader.take()
 
 
-def test_announced_ids_arrive_in_order(announcer: Announcer) -> None:
+def test_announced_ids_arrive_in_order(announcer: Ends) -> None:
     for queue_id in IDS:
         announcer.announce(queue_id)
     assert _received(announcer) == IDS
     assert _received(announcer) == []  # each id once
 
 
-def test_both_ends_are_non_blocking(announcer: Announcer) -> None:
+def test_both_ends_are_non_blocking(announcer: Ends) -> None:
     assert not os.get_blocking(announcer.read_fd)
     assert not os.get_blocking(announcer.write_fd)
 
 
-def test_receive_on_an_empty_pipe_returns_at_once(announcer: Announcer) -> None:
+def test_receive_on_an_empty_pipe_returns_at_once(announcer: Ends) -> None:
     assert _received(announcer) == []
 
 
-def test_a_partial_line_waits_for_its_end(announcer: Announcer) -> None:
+def test_a_partial_line_waits_for_its_end(announcer: Ends) -> None:
     os.write(announcer.write_fd, b"01HZZZZZZZ")
     assert _received(announcer) == []
     os.write(announcer.write_fd, b"ZZZZZZZA\n01HZZZZZZZZZZZZZZB\n01HZ")
@@ -59,19 +66,19 @@ def test_a_partial_line_waits_for_its_end(announcer: Announcer) -> None:
     assert _received(announcer) == IDS[2:]
 
 
-def test_a_line_that_is_not_ascii_is_skipped(announcer: Announcer) -> None:
-    os.write(announcer.write_fd, b"\xff\xfe\n" + IDS[0].encode() + b"\n")
+def test_a_line_that_is_not_a_queue_id_is_skipped(announcer: Ends) -> None:
+    os.write(announcer.write_fd, b"\xff\xfe\n../../etc\n" + IDS[0].encode() + b"\n")
     assert _received(announcer) == [IDS[0]]
 
 
-def test_receive_stops_at_end_of_file(announcer: Announcer) -> None:
+def test_receive_stops_at_end_of_file(announcer: Ends) -> None:
     announcer.announce(IDS[0])
     os.close(announcer.write_fd)  # every writer gone (e.g. the workers exited)
     assert _received(announcer) == [IDS[0]]
     assert _received(announcer) == []
 
 
-def test_a_full_pipe_drops_ids_instead_of_blocking(announcer: Announcer) -> None:
+def test_a_full_pipe_drops_ids_instead_of_blocking(announcer: Ends) -> None:
     line = len(IDS[0]) + 1
     capacity_guess = 1 << 20  # far beyond any default pipe buffer (64 KiB on Linux)
     for _ in range(capacity_guess // line):
@@ -83,12 +90,12 @@ def test_a_full_pipe_drops_ids_instead_of_blocking(announcer: Announcer) -> None
     assert _received(announcer) == [IDS[1]]
 
 
-def test_a_gone_reader_does_not_hurt_the_writer(announcer: Announcer) -> None:
+def test_a_gone_reader_does_not_hurt_the_writer(announcer: Ends) -> None:
     os.close(announcer.read_fd)
     announcer.announce(IDS[0])  # EPIPE is swallowed: the runner rescans the spool anyway
 
 
-def test_concurrent_writers_never_interleave(announcer: Announcer) -> None:
+def test_concurrent_writers_never_interleave(announcer: Ends) -> None:
     per_thread = 400  # 4 x 400 x 19 bytes fit in the pipe: nothing is dropped
     names = [f"0{t}{'Z' * 11}{n:05d}" for t in range(4) for n in range(per_thread)]
 
@@ -109,19 +116,41 @@ def test_concurrent_writers_never_interleave(announcer: Announcer) -> None:
 
 
 @given(
-    ids=st.lists(st.from_regex(r"[0-7][0-9A-Z]{17}", fullmatch=True), max_size=20),
+    ids=st.lists(st.from_regex(r"[0-7][0-9A-HJKMNP-TV-Z]{17}", fullmatch=True), max_size=20),
     cuts=st.lists(st.integers(0, 400), max_size=10),
 )
 def test_any_chunking_of_the_stream_gives_the_same_ids(ids: list[str], cuts: list[int]) -> None:
     stream = b"".join(queue_id.encode() + b"\n" for queue_id in ids)
     points = sorted({min(cut, len(stream)) for cut in cuts} | {0, len(stream)})
-    made = Announcer()
+    pipe = AnnouncePipe()
     try:
+        reader = AnnounceReader(pipe.read_fd)
         got: list[str] = []
         for start, end in itertools.pairwise(points):
-            os.write(made.write_fd, stream[start:end])
-            made.receive(got.append)
+            os.write(pipe.write_fd, stream[start:end])
+            got.extend(reader.take())
         assert got == ids
     finally:
-        os.close(made.read_fd)
-        os.close(made.write_fd)
+        pipe.close()
+
+
+def test_each_process_keeps_only_its_end() -> None:
+    pipe = AnnouncePipe()
+    pid = os.fork()
+    if pid == 0:  # the acceptor's side
+        code = 1
+        try:
+            writer = pipe.writer()
+            writer.announce(IDS[0])
+            writer.close()
+            code = 0
+        finally:
+            os._exit(code)
+    reader = pipe.reader()
+    try:
+        _, status = os.waitpid(pid, 0)
+        assert os.waitstatus_to_exitcode(status) == 0
+        assert reader.take() == [IDS[0]]
+        assert os.read(reader.fd, 1) == b""  # every writer is gone: end of file, not EAGAIN
+    finally:
+        reader.close()

@@ -1,4 +1,4 @@
-"""The durable spool: accepted messages on disk, each committed before its 250 is sent.
+"""The spool directory: the local queue's files, each message committed before its 250 is sent.
 
 Layout under the spool root (directories mode 0o700, files mode 0o600):
 
@@ -23,195 +23,23 @@ itself is never rewritten.
 Security: queue ids come from the command line and from directory listings, so every id is
 checked against a strict pattern before it becomes part of a path (no ``../``). Envelope files
 are parsed strictly (exact keys, exact types, no control characters in addresses). Message bytes
-come from clients and are stored verbatim; only `format_queue_show` looks inside them, and it
-escapes anything unprintable before it reaches an operator's terminal. This module touches only
-files under the spool root and does not log.
+come from clients and are stored verbatim and never interpreted here. This module touches only
+files under the spool root and does not log; `store.local.queue` builds the `QueueStore` on it.
 """
 
 import errno
-import json
-import math
 import os
-import re
 import secrets
 import threading
 import time
 from collections.abc import Callable
 from contextlib import suppress
-from dataclasses import dataclass, fields
-from datetime import UTC, datetime
 from pathlib import Path
-from typing import Any, TypeVar
 
 from sendgate.errors import SpoolError, SpoolFullError, UnknownQueueIdError
 from sendgate.fsutil import atomic_replace, fsync_dir, is_disk_full, write_file_durably
-
-# Crockford base32, in ascending ASCII order so that ids sort like the numbers they encode.
-_CROCKFORD = "0123456789ABCDEFGHJKMNPQRSTVWXYZ"
-_ID_CHARS = 18
-_RANDOM_BYTES = 5
-# 48 bits of time + 40 random bits fill 88 of 90 bits: the first character is at most "7".
-_QUEUE_ID_RE = re.compile(r"[0-7][0-9A-HJKMNP-TV-Z]{17}")
-_CONTROL_RE = re.compile(r"[\x00-\x1f\x7f-\x9f]")
-_ENVELOPE_VERSION = 1
-_BODY_TYPES = frozenset({"7BIT", "8BITMIME"})
-
-_T = TypeVar("_T")
-
-
-def new_queue_id(now: float, rand: bytes) -> str:
-    """Return the queue id for unix time `now` and 5 random bytes `rand`; pure.
-
-    The id is 18 characters of Crockford base32 (0-9 and A-Z without I, L, O, U) encoding the
-    48-bit milliseconds since the epoch followed by the 40 random bits, so ids sort by time.
-    """
-    if len(rand) != _RANDOM_BYTES:
-        raise ValueError(f"queue id needs {_RANDOM_BYTES} random bytes, got {len(rand)}")
-    millis = int(now * 1000)
-    if not 0 <= millis < 1 << 48:
-        raise ValueError(f"time {now!r} is outside the queue id range")
-    value = millis << (8 * _RANDOM_BYTES) | int.from_bytes(rand, "big")
-    chars = []
-    for _ in range(_ID_CHARS):
-        chars.append(_CROCKFORD[value & 0x1F])
-        value >>= 5
-    return "".join(reversed(chars))
-
-
-def _checked_id(queue_id: str) -> str:
-    """Return `queue_id` if it is a well-formed queue id, else raise SpoolError."""
-    if not _QUEUE_ID_RE.fullmatch(queue_id):
-        raise SpoolError(f"invalid queue id {queue_id!r}")
-    return queue_id
-
-
-@dataclass(frozen=True, slots=True)
-class Envelope:
-    """What the server knows about one accepted message besides its bytes.
-
-    Values are checked on construction (SpoolError naming the field), so an envelope that was
-    written can always be read back.
-    """
-
-    queue_id: str
-    sender: str  # reverse-path mailbox ("" for the null sender)
-    recipients: tuple[str, ...]
-    user: str  # authenticated login
-    received_at: float  # unix time
-    size: int  # len(message bytes)
-    smtputf8: bool = False
-    body: str = "7BIT"  # "7BIT" | "8BITMIME"
-
-    def __post_init__(self) -> None:
-        try:
-            _checked_id(self.queue_id)
-        except SpoolError as exc:
-            raise SpoolError(f"envelope field 'queue_id': {exc}") from None
-        _check_text("sender", self.sender)
-        if not self.recipients:
-            raise SpoolError("envelope field 'recipients': must not be empty")
-        for recipient in self.recipients:
-            _check_text("recipients", recipient, allow_empty=False)
-        _check_text("user", self.user, allow_empty=False)
-        if not math.isfinite(self.received_at) or self.received_at < 0:
-            raise SpoolError("envelope field 'received_at': must be a finite time >= 0")
-        if self.size < 0:
-            raise SpoolError("envelope field 'size': must be >= 0")
-        if self.body not in _BODY_TYPES:
-            raise SpoolError(f"envelope field 'body': unknown body type {self.body!r}")
-
-    def to_json(self) -> bytes:
-        """Serialise as UTF-8 JSON (non-ASCII addresses stay readable, keys sorted)."""
-        record = {
-            "version": _ENVELOPE_VERSION,
-            "queue_id": self.queue_id,
-            "sender": self.sender,
-            "recipients": list(self.recipients),
-            "user": self.user,
-            "received_at": self.received_at,
-            "size": self.size,
-            "smtputf8": self.smtputf8,
-            "body": self.body,
-        }
-        return json.dumps(record, ensure_ascii=False, sort_keys=True).encode("utf-8")
-
-    @classmethod
-    def from_json(cls, data: bytes) -> "Envelope":
-        """Parse what `to_json` wrote; SpoolError naming the field on anything malformed."""
-        try:
-            text = data.decode("utf-8")
-        except UnicodeDecodeError:
-            raise SpoolError("envelope is not valid UTF-8") from None
-        try:
-            raw = json.loads(text, object_pairs_hook=_unique_keys)
-        except RecursionError:
-            raise SpoolError("envelope is not valid JSON: nested too deeply") from None
-        except ValueError as exc:
-            raise SpoolError(f"envelope is not valid JSON: {exc}") from None
-        if not isinstance(raw, dict):
-            raise SpoolError("envelope is not a JSON object")
-        expected = {"version", *(field.name for field in fields(cls))}
-        missing = sorted(expected - raw.keys())
-        if missing:
-            raise SpoolError(f"envelope field {missing[0]!r}: missing")
-        unknown = sorted(raw.keys() - expected)
-        if unknown:
-            raise SpoolError(f"envelope field {unknown[0]!r}: not a known field")
-        version = raw["version"]
-        if type(version) is not int or version != _ENVELOPE_VERSION:
-            raise SpoolError(f"envelope field 'version': unsupported version {version!r}")
-        recipients = _typed(raw, "recipients", list, "a list")
-        for recipient in recipients:
-            if not isinstance(recipient, str):
-                raise SpoolError("envelope field 'recipients': expected a list of strings")
-        received_at = raw["received_at"]
-        if type(received_at) not in (int, float) or abs(received_at) > 1e15:
-            raise SpoolError("envelope field 'received_at': expected a unix time")
-        return cls(
-            queue_id=_typed(raw, "queue_id", str, "a string"),
-            sender=_typed(raw, "sender", str, "a string"),
-            recipients=tuple(recipients),
-            user=_typed(raw, "user", str, "a string"),
-            received_at=float(received_at),
-            size=_typed(raw, "size", int, "an integer"),
-            smtputf8=_typed(raw, "smtputf8", bool, "true or false"),
-            body=_typed(raw, "body", str, "a string"),
-        )
-
-
-def _check_text(field: str, value: str, *, allow_empty: bool = True) -> None:
-    """Reject control characters (never valid in a mailbox or login) and unwanted emptiness."""
-    if not value and not allow_empty:
-        raise SpoolError(f"envelope field {field!r}: must not be empty")
-    if _CONTROL_RE.search(value):
-        raise SpoolError(f"envelope field {field!r}: contains a control character")
-
-
-def _unique_keys(pairs: list[tuple[str, Any]]) -> dict[str, Any]:
-    """Build a JSON object, refusing a key given twice (json would silently keep the last)."""
-    result: dict[str, Any] = {}
-    for key, value in pairs:
-        if key in result:
-            raise SpoolError(f"envelope field {key!r}: given twice")
-        result[key] = value
-    return result
-
-
-def _typed(raw: dict[str, Any], field: str, kind: type[_T], description: str) -> _T:
-    """Return raw[field] if it is exactly of type `kind` (so True is not an int)."""
-    value = raw[field]
-    if type(value) is not kind:
-        raise SpoolError(f"envelope field {field!r}: expected {description}")
-    return value
-
-
-@dataclass(frozen=True, slots=True)
-class SweepResult:
-    """What `Spool.sweep` cleaned up."""
-
-    tmp_removed: int  # entries deleted from tmp/ (writes a crash interrupted)
-    corrupt: tuple[str, ...]  # ids whose queue file has no readable envelope; moved to corrupt/
-    unknown_entries: int  # names in queue/ that are not spool files; left in place
+from sendgate.store.envelope import RANDOM_BYTES, Envelope, checked_id, is_queue_id, new_queue_id
+from sendgate.store.queue import Recovery
 
 
 class Spool:
@@ -245,7 +73,7 @@ class Spool:
 
     def new_id(self) -> str:
         """Return a new queue id: sortable by time, unique across processes (40 random bits)."""
-        return new_queue_id(self._clock(), secrets.token_bytes(_RANDOM_BYTES))
+        return new_queue_id(self._clock(), secrets.token_bytes(RANDOM_BYTES))
 
     def put(self, envelope: Envelope, message: bytes) -> None:
         """Store `message` under `envelope.queue_id`; it is durably queued when this returns.
@@ -255,7 +83,7 @@ class Spool:
         """
         if envelope.size != len(message):
             raise ValueError(f"envelope size {envelope.size} != message size {len(message)}")
-        queue_id = _checked_id(envelope.queue_id)
+        queue_id = checked_id(envelope.queue_id)
         tmp_path = self._tmp / queue_id
         final = self._queue / queue_id
         try:
@@ -292,7 +120,7 @@ class Spool:
             fsync_dir(self._queue)
             self._synced = covered
 
-    def sweep(self) -> SweepResult:
+    def sweep(self) -> Recovery:
         """Remove what crashed writes left behind; run at startup before serving.
 
         Deletes everything in tmp/; a queue file without a readable envelope line is moved to
@@ -329,7 +157,9 @@ class Spool:
                 fsync_dir(self._corrupt)
         except OSError as exc:
             raise _spool_error("cannot sweep spool path", path, exc) from exc
-        return SweepResult(tmp_removed=tmp_removed, corrupt=tuple(corrupt), unknown_entries=unknown)
+        return Recovery(
+            removed_partial=tmp_removed, corrupt=tuple(corrupt), unknown_entries=unknown
+        )
 
     def ids(self) -> list[str]:
         """Return the committed queue ids, oldest first."""
@@ -341,7 +171,7 @@ class Spool:
 
     def envelope(self, queue_id: str) -> Envelope:
         """Return the envelope of a committed message; SpoolError if unknown or corrupt."""
-        path = self._queue / _checked_id(queue_id)
+        path = self._queue / checked_id(queue_id)
         try:
             with path.open("rb") as file:
                 line = file.readline()
@@ -361,7 +191,7 @@ class Spool:
 
     def message(self, queue_id: str) -> bytes:
         """Return the message bytes of `queue_id` exactly as they will be sent."""
-        path = self._queue / _checked_id(queue_id)
+        path = self._queue / checked_id(queue_id)
         data = _read(path, queue_id)
         newline = data.find(b"\n")
         if newline < 0:
@@ -377,7 +207,7 @@ class Spool:
         again (at least once), which is what delivery promises anyway; it saves an fsync per
         delivered message.
         """
-        path = self._queue / _checked_id(queue_id)
+        path = self._queue / checked_id(queue_id)
         action = "cannot remove spool file"
         try:
             path.unlink()
@@ -396,7 +226,7 @@ class Spool:
 
     def read_state(self, queue_id: str) -> bytes | None:
         """The delivery state written by `write_state`, or None before the first attempt."""
-        path = self._state / _checked_id(queue_id)
+        path = self._state / checked_id(queue_id)
         try:
             return path.read_bytes()
         except FileNotFoundError:
@@ -411,7 +241,7 @@ class Spool:
         an attempt): no state is written for it. A removal racing the rename leaves an orphan
         state file, which `sweep` deletes.
         """
-        queue_id = _checked_id(queue_id)
+        queue_id = checked_id(queue_id)
         if not (self._queue / queue_id).exists():
             raise UnknownQueueIdError(f"unknown queue id {queue_id}")
         final = self._state / queue_id
@@ -422,7 +252,7 @@ class Spool:
 
     def request_retry(self, queue_id: str) -> None:
         """Ask the delivery runner to try `queue_id` at once; SpoolError if it is not queued."""
-        queue_id = _checked_id(queue_id)
+        queue_id = checked_id(queue_id)
         if not (self._queue / queue_id).exists():
             raise UnknownQueueIdError(f"unknown queue id {queue_id}")
         path = self._retry / queue_id
@@ -438,7 +268,7 @@ class Spool:
             for name in os.listdir(self._retry):
                 with suppress(FileNotFoundError):
                     os.unlink(self._retry / name)
-                if _QUEUE_ID_RE.fullmatch(name):
+                if is_queue_id(name):
                     taken.append(name)
         except OSError as exc:
             raise _spool_error("cannot read retry flags", self._retry, exc) from exc
@@ -462,7 +292,7 @@ class Spool:
         queued: list[str] = []
         unknown = 0
         for name in os.listdir(self._queue):
-            if _QUEUE_ID_RE.fullmatch(name):
+            if is_queue_id(name):
                 queued.append(name)
             else:
                 unknown += 1
@@ -501,67 +331,3 @@ def _spool_error(action: str, path: Path, exc: OSError) -> SpoolError:
     """Build the one-line error for a failed spool operation, SpoolFullError if the disk is full."""
     kind = SpoolFullError if is_disk_full(exc) else SpoolError
     return kind(f"{action} {path}: {exc.strerror or exc}")
-
-
-def format_queue_line(env: Envelope) -> str:
-    """Return the `sendgate queue list` line for one message.
-
-    Format, fields separated by single spaces::
-
-        <id> <received, ISO 8601 UTC to the second, e.g. 2024-05-01T12:00:00Z> <size in bytes>
-        <sender, or "<>" for the null sender> -> <recipients separated by ",">
-
-    The first four fields never contain spaces except a quoted local part of the sender;
-    scripts should split off three fields, then split the rest at the first " -> ". Anything
-    unprintable in an address is shown as a Python-style escape, so a line is always one line.
-    """
-    recipients = ",".join(printable(rcpt) for rcpt in env.recipients)
-    return (
-        f"{env.queue_id} {iso_utc(env.received_at)} {env.size} "
-        f"{printable(env.sender) or '<>'} -> {recipients}"
-    )
-
-
-def format_queue_show(env: Envelope, message: bytes) -> str:
-    """Return the `sendgate queue show ID` text: envelope fields, a blank line, the headers.
-
-    The message body is left out; header bytes that are not UTF-8 and unprintable characters
-    are shown as escapes, so untrusted headers cannot drive the operator's terminal.
-    """
-    lines = [
-        f"queue-id: {env.queue_id}",
-        f"received: {iso_utc(env.received_at)}",
-        f"size: {env.size}",
-        f"user: {printable(env.user)}",
-        f"sender: {printable(env.sender) or '<>'}",
-        *(f"recipient: {printable(rcpt)}" for rcpt in env.recipients),
-        f"smtputf8: {'yes' if env.smtputf8 else 'no'}",
-        f"body: {env.body}",
-        "",
-    ]
-    header = _header_section(message).decode("utf-8", "backslashreplace")
-    if header:
-        lines.extend(printable(line) for line in header.split("\r\n"))
-    return "\n".join(lines)
-
-
-def _header_section(message: bytes) -> bytes:
-    """Return the header lines of `message` (CRLF-separated, without the blank line)."""
-    if message.startswith(b"\r\n"):
-        return b""
-    end = message.find(b"\r\n\r\n")
-    return message.removesuffix(b"\r\n") if end < 0 else message[:end]
-
-
-def iso_utc(timestamp: float) -> str:
-    return datetime.fromtimestamp(timestamp, UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
-
-
-def printable(text: str) -> str:
-    """Escape characters a terminal would act on (controls, bidi overrides); keep tabs."""
-    if text.isprintable():
-        return text
-    return "".join(
-        char if char.isprintable() or char == "\t" else char.encode("unicode_escape").decode()
-        for char in text
-    )

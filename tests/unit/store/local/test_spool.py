@@ -1,9 +1,8 @@
-"""Tests for sendgate.spool: durable put, readback, sweep, queue ids and queue listings."""
+"""Tests for sendgate.store.local.spool: durable put, readback, sweep, state and retry files."""
 
 import dataclasses
 import json
 import os
-import random
 import re
 import shutil
 import stat
@@ -21,14 +20,9 @@ import pytest
 import sendgate
 from sendgate.errors import SpoolError, SpoolFullError
 from sendgate.fsutil import fsync_dir
-from sendgate.spool import (
-    Envelope,
-    Spool,
-    SweepResult,
-    format_queue_line,
-    format_queue_show,
-    new_queue_id,
-)
+from sendgate.store.envelope import Envelope, new_queue_id
+from sendgate.store.local.spool import Spool
+from sendgate.store.queue import Recovery
 
 MESSAGE = (
     b"From: Alice <alice@example.com>\r\n"
@@ -47,7 +41,8 @@ _CONSTRAINED_PUT = textwrap.dedent(
     import json, resource, signal, sys
     from pathlib import Path
     from sendgate.errors import SpoolError
-    from sendgate.spool import Envelope, Spool
+    from sendgate.store.envelope import Envelope
+    from sendgate.store.local.spool import Spool
 
     root, size, fsize_limit = Path(sys.argv[1]), int(sys.argv[2]), int(sys.argv[3])
     spool = Spool(root)
@@ -110,37 +105,6 @@ def spool(tmp_path: Path) -> Spool:
     return Spool(tmp_path / "spool")
 
 
-# --- queue ids -------------------------------------------------------------------------------
-
-
-def test_new_queue_id_known_values() -> None:
-    assert new_queue_id(0.0, bytes(5)) == "000000000000000000"
-    assert new_queue_id(0.0, b"\xff" * 5) == "0000000000ZZZZZZZZ"
-    assert new_queue_id(0.001, bytes(5)) == "000000000100000000"
-    assert ID_PATTERN.fullmatch(new_queue_id(1_714_564_800.0, b"\x12\x34\x56\x78\x9a"))
-
-
-@pytest.mark.parametrize(
-    ("now", "rand"),
-    [(-1.0, bytes(5)), (1e12, bytes(5)), (0.0, bytes(4)), (0.0, bytes(6))],
-)
-def test_new_queue_id_rejects_out_of_range_input(now: float, rand: bytes) -> None:
-    with pytest.raises(ValueError, match="queue id"):
-        new_queue_id(now, rand)
-
-
-def test_queue_ids_sort_by_time_then_randomness() -> None:
-    rng = random.Random(1)
-    # A narrow window gives many ties and neighbours; extremes check that time outranks chance.
-    base = 1_714_564_800_000
-    keys = [(base + rng.randrange(40), rng.randbytes(5)) for _ in range(3000)]
-    keys += [(base + 50, b"\xff" * 5), (base + 51, bytes(5))]
-    ids = [new_queue_id(millis / 1000, rand) for millis, rand in keys]
-    by_id = sorted(range(len(keys)), key=lambda i: ids[i])
-    by_key = sorted(range(len(keys)), key=lambda i: keys[i])
-    assert by_id == by_key
-
-
 def test_spool_ids_are_unique_within_one_millisecond(tmp_path: Path) -> None:
     spool = Spool(tmp_path, clock=lambda: 1_714_564_800.0)
     ids = [spool.new_id() for _ in range(20_000)]
@@ -153,89 +117,6 @@ def test_spool_ids_follow_the_clock(tmp_path: Path) -> None:
     spool = Spool(tmp_path, clock=lambda: next(times))
     ids = [spool.new_id() for _ in range(500)]
     assert ids == sorted(ids)
-
-
-# --- envelopes -------------------------------------------------------------------------------
-
-
-def test_envelope_json_round_trip_keeps_non_ascii_addresses() -> None:
-    envelope = make_envelope(
-        "01HX0000000000ABCD",
-        sender="用户@例子.广告",
-        recipients=("josé@exämple.de", "Ωmega@example.com"),
-        user="josé",
-        smtputf8=True,
-        body="8BITMIME",
-    )
-    data = envelope.to_json()
-    assert "用户@例子.广告".encode() in data  # stored as UTF-8, not \\u escapes
-    assert Envelope.from_json(data) == envelope
-
-
-def test_envelope_with_null_sender_round_trips() -> None:
-    envelope = make_envelope("01HX0000000000ABCD", sender="")
-    assert Envelope.from_json(envelope.to_json()).sender == ""
-
-
-@pytest.mark.parametrize(
-    ("field", "value"),
-    [
-        pytest.param("sender", DELETE, id="missing-field"),
-        pytest.param("priority", 1, id="unknown-field"),
-        pytest.param("version", 2, id="future-version"),
-        pytest.param("version", True, id="bool-version"),
-        pytest.param("queue_id", "../x", id="traversal-id"),
-        pytest.param("queue_id", 7, id="numeric-id"),
-        pytest.param("sender", None, id="null-sender"),
-        pytest.param("sender", "a\r\nRCPT TO:<x@y>", id="control-in-sender"),
-        pytest.param("recipients", [], id="no-recipients"),
-        pytest.param("recipients", "bob@example.org", id="recipients-string"),
-        pytest.param("recipients", ["bob@example.org", 3], id="recipient-number"),
-        pytest.param("recipients", [""], id="empty-recipient"),
-        pytest.param("user", "", id="empty-user"),
-        pytest.param("received_at", "yesterday", id="time-string"),
-        pytest.param("received_at", float("nan"), id="time-nan"),
-        pytest.param("received_at", -5, id="time-negative"),
-        pytest.param("received_at", 10**400, id="time-huge"),
-        pytest.param("size", "12", id="size-string"),
-        pytest.param("size", True, id="size-bool"),
-        pytest.param("size", 1.5, id="size-float"),
-        pytest.param("size", -1, id="size-negative"),
-        pytest.param("smtputf8", 1, id="smtputf8-number"),
-        pytest.param("body", "BINARYMIME", id="body-unknown"),
-    ],
-)
-def test_malformed_envelope_names_the_field(field: str, value: object) -> None:
-    raw = json.loads(make_envelope("01HX0000000000ABCD").to_json())
-    if value is DELETE:
-        del raw[field]
-    else:
-        raw[field] = value
-    with pytest.raises(SpoolError, match=f"envelope field '{field}'"):
-        Envelope.from_json(json.dumps(raw).encode())
-
-
-@pytest.mark.parametrize(
-    ("data", "problem"),
-    [
-        (b"\xff{}", "not valid UTF-8"),
-        (b'{"size": ', "not valid JSON"),
-        (b"[1, 2]", "not a JSON object"),
-        (b'{"size": 1, "size": 2}', "'size': given twice"),
-    ],
-)
-def test_unparsable_envelope_says_why(data: bytes, problem: str) -> None:
-    with pytest.raises(SpoolError, match=re.escape(problem)):
-        Envelope.from_json(data)
-
-
-def test_envelope_cannot_be_built_with_a_bad_value() -> None:
-    expected = "envelope field 'queue_id': invalid queue id '../x'"
-    with pytest.raises(SpoolError, match=re.escape(expected)):
-        make_envelope("../x")
-
-
-# --- put and readback ------------------------------------------------------------------------
 
 
 def test_spool_root_and_subdirectories_are_private(tmp_path: Path) -> None:
@@ -425,9 +306,6 @@ def test_unlistable_queue_is_a_one_line_error(spool: Spool, tmp_path: Path) -> N
         spool.ids()
 
 
-# --- failed puts -----------------------------------------------------------------------------
-
-
 def test_put_onto_an_existing_message_fails_and_touches_nothing(
     spool: Spool, tmp_path: Path
 ) -> None:
@@ -477,7 +355,7 @@ def test_put_whose_directory_sync_fails_is_not_queued(
     def failing_fsync_dir(path: Path) -> None:
         raise OSError(28, "No space left on device")
 
-    monkeypatch.setattr("sendgate.spool.fsync_dir", failing_fsync_dir)
+    monkeypatch.setattr("sendgate.store.local.spool.fsync_dir", failing_fsync_dir)
     root = tmp_path / "spool"
     queue_id = spool.new_id()
     expected = f"cannot sync spool directory {root / 'queue'}: No space left on device"
@@ -531,8 +409,6 @@ def test_put_on_a_full_disk_raises_spool_full_and_frees_the_space(tmp_path: Path
     assert report["retried"] is None
     assert names(mount_point) == []  # the tiny file system lived only in the subprocess
 
-
-# --- concurrent puts -------------------------------------------------------------------------
 
 THREADS = 16
 PUTS_PER_THREAD = 200
@@ -601,7 +477,7 @@ def test_every_put_returns_after_a_directory_sync_that_began_after_its_rename(
             events.append(("return", queue_id))
 
     monkeypatch.setattr(os, "rename", rename)
-    monkeypatch.setattr("sendgate.spool.fsync_dir", recording_fsync_dir)
+    monkeypatch.setattr("sendgate.store.local.spool.fsync_dir", recording_fsync_dir)
     messages = put_from_threads(spool, returned)
 
     position = {(kind, queue_id): n for n, (kind, queue_id) in enumerate(events) if queue_id}
@@ -647,7 +523,7 @@ def test_a_put_whose_rename_another_sync_covered_does_not_sync_again(
         fsync_dir(path)
 
     monkeypatch.setattr(os, "rename", rename)
-    monkeypatch.setattr("sendgate.spool.fsync_dir", gated_fsync_dir)
+    monkeypatch.setattr("sendgate.store.local.spool.fsync_dir", gated_fsync_dir)
     ids = [spool.new_id() for _ in range(1 + others)]
 
     def put(queue_id: str) -> None:
@@ -663,9 +539,6 @@ def test_a_put_whose_rename_another_sync_covered_does_not_sync_again(
     assert syncs[0] == 1
     # The next sync covers every rename done by then; the puts it covered issue none.
     assert len(syncs) < 1 + others
-
-
-# --- sweep -----------------------------------------------------------------------------------
 
 
 def test_sweep_empties_tmp_and_sets_corrupt_queue_files_aside(spool: Spool, tmp_path: Path) -> None:
@@ -689,8 +562,8 @@ def test_sweep_empties_tmp_and_sets_corrupt_queue_files_aside(spool: Spool, tmp_
 
     result = spool.sweep()
 
-    assert result == SweepResult(
-        tmp_removed=3, corrupt=tuple(sorted([no_line, bad_json])), unknown_entries=2
+    assert result == Recovery(
+        removed_partial=3, corrupt=tuple(sorted([no_line, bad_json])), unknown_entries=2
     )
     assert names(root / "tmp") == []
     assert names(outside) == ["precious"]  # the symlink was removed, not followed
@@ -709,7 +582,7 @@ def test_sweep_keeps_an_earlier_corrupt_file_with_the_same_id(spool: Spool, tmp_
     queue_id = spool.new_id()
     (root / "corrupt" / queue_id).write_bytes(b"first")
     (root / "queue" / queue_id).write_bytes(b"second")
-    assert spool.sweep() == SweepResult(tmp_removed=0, corrupt=(queue_id,), unknown_entries=0)
+    assert spool.sweep() == Recovery(removed_partial=0, corrupt=(queue_id,), unknown_entries=0)
     kept = names(root / "corrupt")
     assert len(kept) == 2
     assert kept[0] == queue_id
@@ -732,7 +605,7 @@ def test_sweep_of_a_clean_spool_changes_nothing(spool: Spool, tmp_path: Path) ->
         }
 
     before = snapshot()
-    assert spool.sweep() == SweepResult(0, (), 0)
+    assert spool.sweep() == Recovery(0, (), 0)
     assert snapshot() == before
 
 
@@ -787,89 +660,6 @@ def test_corrupt_envelope_line_that_is_not_json_names_the_file(
     assert spool.message(queue_id) == MESSAGE
 
 
-# --- queue listings --------------------------------------------------------------------------
-
-
-def test_format_queue_line() -> None:
-    envelope = make_envelope("01HX0000000000ABCD", received_at=86_399.9, size=1234)
-    assert format_queue_line(envelope) == (
-        "01HX0000000000ABCD 1970-01-01T23:59:59Z 1234 alice@example.com"
-        " -> bob@example.org,carol@example.net"
-    )
-
-
-def test_format_queue_line_shows_the_null_sender_as_angle_brackets() -> None:
-    envelope = make_envelope("01HX0000000000ABCD", sender="", recipients=("x@y.example",))
-    assert format_queue_line(envelope) == (
-        f"01HX0000000000ABCD 2024-05-01T12:00:00Z {len(MESSAGE)} <> -> x@y.example"
-    )
-
-
-def test_format_queue_line_escapes_what_a_terminal_would_act_on() -> None:
-    envelope = make_envelope(
-        "01HX0000000000ABCD",
-        sender="evil\u202egro.elpmaxe@a",
-        recipients=("用户@例子.广告", "b\u2028c@example.org"),
-    )
-    line = format_queue_line(envelope)
-    assert line.endswith(" evil\\u202egro.elpmaxe@a -> 用户@例子.广告,b\\u2028c@example.org")
-    assert line.isprintable()
-
-
-def test_format_queue_show_prints_envelope_and_headers_only() -> None:
-    message = (
-        b"Subject: hello \x1b[31mred\r\n"
-        b"X-Folded: one\r\n\ttwo\r\n"
-        b"X-Bad-Utf8: \xff\r\n"
-        b"X-Bidi: \xe2\x80\xae\r\n"
-        b"\r\n"
-        b"SECRET BODY\r\n"
-    )
-    envelope = make_envelope(
-        "01HX0000000000ABCD",
-        message,
-        sender="",
-        received_at=0.0,
-        smtputf8=True,
-        body="8BITMIME",
-    )
-    assert format_queue_show(envelope, message) == "\n".join(
-        [
-            "queue-id: 01HX0000000000ABCD",
-            "received: 1970-01-01T00:00:00Z",
-            f"size: {len(message)}",
-            "user: alice",
-            "sender: <>",
-            "recipient: bob@example.org",
-            "recipient: carol@example.net",
-            "smtputf8: yes",
-            "body: 8BITMIME",
-            "",
-            "Subject: hello \\x1b[31mred",
-            "X-Folded: one",
-            "\ttwo",
-            "X-Bad-Utf8: \\xff",
-            "X-Bidi: \\u202e",
-        ]
-    )
-
-
-def test_format_queue_show_of_a_message_with_only_headers() -> None:
-    message = b"Subject: only headers\r\n"
-    text = format_queue_show(make_envelope("01HX0000000000ABCD", message), message)
-    assert text.endswith("smtputf8: no\nbody: 7BIT\n\nSubject: only headers")
-
-
-def test_format_queue_show_of_a_message_without_headers() -> None:
-    message = b"\r\nSECRET BODY\r\n"
-    text = format_queue_show(make_envelope("01HX0000000000ABCD", message), message)
-    assert text.endswith(
-        "sender: alice@example.com\nrecipient: bob@example.org\n"
-        "recipient: carol@example.net\nsmtputf8: no\nbody: 7BIT\n"
-    )
-    assert "SECRET" not in text
-
-
 def test_state_is_absent_before_the_first_write_then_replaced(tmp_path: Path) -> None:
     spool = Spool(tmp_path / "spool")
     envelope = make_envelope(spool.new_id())
@@ -914,8 +704,3 @@ def test_sweep_deletes_state_of_messages_no_longer_queued(tmp_path: Path) -> Non
     (tmp_path / "spool" / "state" / orphan).write_bytes(b"orphan")
     spool.sweep()
     assert names(tmp_path / "spool" / "state") == [kept.queue_id]
-
-
-def test_deeply_nested_envelope_json_is_a_spool_error() -> None:
-    with pytest.raises(SpoolError, match="nested too deeply"):
-        Envelope.from_json(b"[" * 100_000 + b"]" * 100_000)

@@ -1,24 +1,22 @@
-"""The user store kept in one SQLite file (WAL mode) that every worker process on the host opens.
+"""`UserStore` kept in one SQLite file (WAL mode) that every process on the host opens.
 
-Security: the file holds password hashes, so a new file is created owner-only (SQLite gives its
--wal and -shm files the same mode); the mode of an existing file is left for `sendgate audit` to
-judge. Usernames and addresses arrive validated by the caller and are only ever bound as SQL
+Security: the file holds password hashes, so a new file is created owner-only (see
+`store.local.sqlite`); the mode of an existing file is left for `sendgate audit` to judge.
+Usernames and addresses arrive validated by the caller and are only ever bound as SQL
 parameters. Case is folded with str.lower(), as the address parser does, not str.casefold():
 casefold maps "ß" to "ss", which would make the distinct IDNA domains straße.de and strasse.de
 one key.
 """
 
-import os
 import sqlite3
-import threading
-from collections.abc import Iterable, Iterator
-from contextlib import contextmanager
+from collections.abc import Iterable
 from itertools import groupby
 from pathlib import Path
 from typing import Any
 
-from sendgate.errors import SendgateError, UserError
-from sendgate.store import UserRecord
+from sendgate.errors import UserError
+from sendgate.store.local.sqlite import Database
+from sendgate.store.users import UserRecord
 
 SCHEMA_VERSION = 1
 
@@ -46,24 +44,17 @@ class LocalUserStore:
 
     def __init__(self, path: Path, *, busy_timeout: float = 5.0) -> None:
         """Open (creating if needed) the store at `path`; wait up to `busy_timeout` s for locks."""
-        self._path = path
-        self._lock = threading.Lock()
-        try:
-            _create_owner_only(path)
-            self._db = sqlite3.connect(
-                path, timeout=busy_timeout, isolation_level=None, check_same_thread=False
-            )
-        except (OSError, sqlite3.Error) as exc:
-            raise SendgateError(f"cannot open user store {path}: {_reason(exc)}") from exc
-        try:
-            self._set_up()
-        except BaseException:
-            self._db.close()
-            raise
+        self._db = Database(
+            path,
+            name="user store",
+            schema=_SCHEMA,
+            version=SCHEMA_VERSION,
+            busy_timeout=busy_timeout,
+        )
 
     def get_user(self, username: str) -> UserRecord | None:
         """Return the user, or None when there is no such user."""
-        with self._connection() as db:
+        with self._db.reading() as db:
             rows = db.execute(
                 f"{_SELECT_USERS} WHERE users.username = ?{_ORDER}", (username.lower(),)
             )
@@ -73,7 +64,7 @@ class LocalUserStore:
     def add_user(self, username: str, password_hash: str) -> None:
         """Create a user who owns its own address; refuse an existing user or owned address."""
         key = username.lower()
-        with self._writing() as db:
+        with self._db.writing() as db:
             if _user_exists(db, key):
                 raise UserError(f"user {key} already exists")
             _refuse_owned(db, key)
@@ -86,7 +77,7 @@ class LocalUserStore:
     def set_password_hash(self, username: str, password_hash: str) -> None:
         """Replace the user's hash and bump its generation; refuse an unknown user."""
         key = username.lower()
-        with self._writing() as db:
+        with self._db.writing() as db:
             cursor = db.execute(
                 "UPDATE users SET password_hash = ?, generation = generation + 1"
                 " WHERE username = ?",
@@ -98,20 +89,20 @@ class LocalUserStore:
     def remove_user(self, username: str) -> None:
         """Delete the user and (by cascade) its addresses; refuse an unknown user."""
         key = username.lower()
-        with self._writing() as db:
+        with self._db.writing() as db:
             cursor = db.execute("DELETE FROM users WHERE username = ?", (key,))
             if cursor.rowcount == 0:
                 raise UserError(f"unknown user {key}")
 
     def list_users(self) -> list[UserRecord]:
         """Return every user, sorted by username."""
-        with self._connection() as db:
+        with self._db.reading() as db:
             return _records(db.execute(f"{_SELECT_USERS}{_ORDER}"))
 
     def add_address(self, username: str, address: str) -> None:
         """Let the user send as `address`; refuse an unknown user or an address already owned."""
         key, wanted = username.lower(), address.lower()
-        with self._writing() as db:
+        with self._db.writing() as db:
             if not _user_exists(db, key):
                 raise UserError(f"unknown user {key}")
             _refuse_owned(db, wanted)
@@ -120,7 +111,7 @@ class LocalUserStore:
     def remove_address(self, username: str, address: str) -> None:
         """Take `address` away from the user; refuse one that user does not own."""
         key, unwanted = username.lower(), address.lower()
-        with self._writing() as db:
+        with self._db.writing() as db:
             cursor = db.execute(
                 "DELETE FROM addresses WHERE address = ? AND username = ?", (unwanted, key)
             )
@@ -129,56 +120,7 @@ class LocalUserStore:
 
     def close(self) -> None:
         """Close the connection; calling it again does nothing."""
-        with self._lock:
-            self._db.close()
-
-    def _set_up(self) -> None:
-        with self._connection() as db:
-            # WAL lets workers read while one writes; with WAL, synchronous=NORMAL can lose the
-            # last commits on power loss but never corrupts the file.
-            db.execute("PRAGMA journal_mode = WAL")
-            db.execute("PRAGMA synchronous = NORMAL")
-            db.execute("PRAGMA foreign_keys = ON")
-        with self._writing() as db:
-            # Under BEGIN IMMEDIATE, so two processes opening a new file create the schema once.
-            version = db.execute("PRAGMA user_version").fetchone()[0]
-            if version == 0:
-                for statement in _SCHEMA:
-                    db.execute(statement)
-                db.execute(f"PRAGMA user_version = {SCHEMA_VERSION:d}")
-            elif version != SCHEMA_VERSION:
-                raise SendgateError(
-                    f"user store {self._path} has schema version {version},"
-                    f" this sendgate knows version {SCHEMA_VERSION}"
-                )
-
-    @contextmanager
-    def _connection(self) -> Iterator[sqlite3.Connection]:
-        """Hold the lock; turn SQLite failures into one-line errors naming the file."""
-        with self._lock:
-            try:
-                yield self._db
-            except sqlite3.Error as exc:
-                raise SendgateError(f"user store {self._path}: {_reason(exc)}") from exc
-
-    @contextmanager
-    def _writing(self) -> Iterator[sqlite3.Connection]:
-        """A write transaction: the write lock taken up front, rolled back on any exception."""
-        with self._connection() as db:
-            # IMMEDIATE takes the write lock now, so a check-then-insert cannot race another
-            # process, and waiting for the lock honours the busy timeout.
-            db.execute("BEGIN IMMEDIATE")
-            with db:  # commits on success, rolls back on any exception
-                yield db
-
-
-def _create_owner_only(path: Path) -> None:
-    """Create the database file with mode 0o600 unless it exists (SQLite would use the umask)."""
-    try:
-        fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_CLOEXEC, 0o600)
-    except FileExistsError:
-        return
-    os.close(fd)
+        self._db.close()
 
 
 def _user_exists(db: sqlite3.Connection, username: str) -> bool:
@@ -206,9 +148,3 @@ def _records(rows: Iterable[Any]) -> list[UserRecord]:
             )
         )
     return records
-
-
-def _reason(exc: OSError | sqlite3.Error) -> str:
-    if isinstance(exc, OSError) and exc.strerror:
-        return exc.strerror
-    return str(exc)

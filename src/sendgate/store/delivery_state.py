@@ -1,14 +1,15 @@
 """Delivery state of one queued message: per-recipient outcome, attempts and the next due time.
 
-The state is stored in the spool (`Spool.write_state`, ``state/<id>``) after every attempt
-that leaves work to do, so a restarted runner continues where it stopped: delivered recipients
-are never tried again, failed ones were already reported (a crash between queueing the DSN and
-writing the state can report them twice). A message delivered in one attempt never gets a
-state file. Recipients are kept in envelope order (a list, not a mapping), so an envelope that
-names the same address twice stays consistent.
+It is part of the queue's data model (`QueueStore.update` stores it, `Claim.state` gives it
+back), so a restarted runner, or another node, continues where the last attempt stopped:
+delivered recipients are never tried again, failed ones were already reported (a crash between
+queueing the DSN and storing the state can report them twice). A message delivered in one
+attempt never gets a stored state. Recipients are kept in envelope order (a list, not a
+mapping), so an envelope that names the same address twice stays consistent.
 
-Security: the file is written by the runner only, but read back strictly (exact keys and types);
-remote reply texts in it are untrusted and were made one-line and bounded before storing.
+Security: the stored form is written by the delivery runner only, but read back strictly (exact
+keys and types, finite times); remote reply texts in it are untrusted and were made one-line and
+bounded before storing.
 """
 
 from __future__ import annotations
@@ -19,7 +20,6 @@ from dataclasses import dataclass, replace
 from typing import Any
 
 from sendgate.errors import SpoolError
-from sendgate.spool import iso_utc, printable
 
 PENDING = "pending"
 DELIVERED = "delivered"
@@ -185,30 +185,3 @@ def _str(value: Any) -> str:
 
 def _opt_str(value: Any) -> str | None:
     return None if value is None else _str(value)
-
-
-def explain(queue_id: str, sender: str, received_at: float, state: DeliveryState | None) -> str:
-    """The `sendgate queue explain ID` text: why the message is still queued.
-
-    One ``recipient:`` block per recipient with its status, attempts, last attempt, the host and
-    the reply it gave; then the next attempt time. Times are ISO 8601 UTC.
-    """
-    lines = [f"queue-id: {queue_id}", f"sender: {printable(sender) or '<>'}"]
-    lines.append(f"received: {iso_utc(received_at)}")
-    if state is None:
-        lines.append("attempts: 0 (not tried yet; due now)")
-        return "\n".join(lines)
-    lines.append(f"attempts: {state.attempts}")
-    for row in state.recipients:
-        lines.append(f"recipient: {printable(row.address)}")
-        lines.append(f"  status: {row.status}")
-        lines.append(f"  attempts: {row.attempts}")
-        if row.last_attempt is not None:
-            lines.append(f"  last-attempt: {iso_utc(row.last_attempt)}")
-        if row.host is not None:
-            lines.append(f"  host: {printable(row.host)}")
-        if row.reply is not None:
-            lines.append(f"  reply: {printable(row.reply)}")
-    if state.pending():
-        lines.append(f"next-attempt: {iso_utc(state.next_attempt)}")
-    return "\n".join(lines)

@@ -1,0 +1,133 @@
+"""The one place that chooses storage backends and their paths for a configuration.
+
+`Backends(config)` is made once by whoever runs sendgate: `serve` calls `prepare()` in the
+supervisor before forking (schemas, directories, crash recovery of the queue, the local queue's
+announce pipe), then each process calls `open(role)`: the acceptors, the delivery runner and the
+command line each get the handles their role needs. `open_stores(config)` is the short form for
+the command line and tests. Only this module imports a backend; everything else sees the
+contracts (UserStore, QueueStore, LimitStore).
+
+Today every store is local (one node): `data_dir/users.db`, `data_dir/limits.db` (SQLite,
+WAL) and `data_dir/spool/` (the file spool). To add a backend: implement the contract, pass
+its contract tests (tests/contracts/), and choose it here from the configuration.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Callable
+from pathlib import Path
+from typing import Literal
+
+from sendgate.config import Config
+from sendgate.store.limits import LimitStore
+from sendgate.store.local.announce import AnnouncePipe
+from sendgate.store.local.limits import LocalLimitStore
+from sendgate.store.local.queue import LocalQueueStore
+from sendgate.store.local.users import LocalUserStore
+from sendgate.store.queue import QueueStore, Recovery
+from sendgate.store.users import UserStore
+
+Role = Literal["acceptor", "runner", "admin"]
+
+
+def users_path(config: Config) -> Path:
+    return config.data_dir / "users.db"
+
+
+def limits_path(config: Config) -> Path:
+    return config.data_dir / "limits.db"
+
+
+def spool_path(config: Config) -> Path:
+    return config.data_dir / "spool"
+
+
+class Stores:
+    """The stores of one process; each is opened on first use and closed by `close`."""
+
+    def __init__(self, backends: Backends, role: Role) -> None:
+        self._backends = backends
+        self._role = role
+        self._users: UserStore | None = None
+        self._queue: QueueStore | None = None
+        self._limits: LimitStore | None = None
+
+    @property
+    def users(self) -> UserStore:
+        if self._users is None:
+            self._users = self._backends.open_users()
+        return self._users
+
+    @property
+    def queue(self) -> QueueStore:
+        if self._queue is None:
+            self._queue = self._backends.open_queue(self._role)
+        return self._queue
+
+    @property
+    def limits(self) -> LimitStore:
+        if self._limits is None:
+            self._limits = self._backends.open_limits()
+        return self._limits
+
+    def close(self) -> None:
+        for store in (self._users, self._queue, self._limits):
+            if store is not None:
+                store.close()
+        self._users = self._queue = self._limits = None
+
+
+class Backends:
+    """The backends `config` chooses (see the module docstring)."""
+
+    def __init__(self, config: Config, *, clock: Callable[[], float] = time.time) -> None:
+        self._config = config
+        self._clock = clock
+        self._pipe: AnnouncePipe | None = None
+
+    def prepare(self) -> Recovery:
+        """Before serving, in the parent: create what is missing and recover the queue.
+
+        Creating the schemas here, once, keeps the forked workers from racing to do it.
+        """
+        LocalUserStore(users_path(self._config)).close()
+        LocalLimitStore(limits_path(self._config), clock=self._clock).close()
+        queue = LocalQueueStore(spool_path(self._config), clock=self._clock)
+        try:
+            recovery = queue.recover()
+        finally:
+            queue.close()
+        self._pipe = AnnouncePipe()
+        return recovery
+
+    def open(self, role: Role) -> Stores:
+        """The stores for a process of `role` (after the fork, for the serving roles)."""
+        return Stores(self, role)
+
+    def close(self) -> None:
+        """Release what `prepare` made (the supervisor, once it stops)."""
+        if self._pipe is not None:
+            self._pipe.close()
+            self._pipe = None
+
+    def open_users(self) -> UserStore:
+        return LocalUserStore(users_path(self._config))
+
+    def open_limits(self) -> LimitStore:
+        return LocalLimitStore(limits_path(self._config), clock=self._clock)
+
+    def open_queue(self, role: Role) -> QueueStore:
+        pipe = self._pipe
+        return LocalQueueStore(
+            spool_path(self._config),
+            clock=self._clock,
+            scan_interval=self._config.delivery.scan_interval,
+            announce_to=pipe.writer() if pipe is not None and role == "acceptor" else None,
+            announced=pipe.reader() if pipe is not None and role == "runner" else None,
+        )
+
+
+def open_stores(config: Config, *, clock: Callable[[], float] = time.time) -> Stores:
+    """The stores for the command line and tests (no announce pipe, nothing prepared)."""
+    return Backends(config, clock=clock).open("admin")

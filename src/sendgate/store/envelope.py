@@ -1,0 +1,178 @@
+"""A queued message's envelope and its queue id: the values every queue backend stores.
+
+Security: queue ids come from the command line and from directory listings, so `checked_id`
+holds every id to a strict pattern before it names anything (no ``../``). Envelopes are checked
+on construction and parsed back strictly (exact keys, exact types, no control characters in
+addresses), so an envelope that was written can always be read back.
+"""
+
+import json
+import math
+import re
+from dataclasses import dataclass, fields
+from typing import Any, TypeVar
+
+from sendgate.errors import SpoolError
+
+# Crockford base32, in ascending ASCII order so that ids sort like the numbers they encode.
+_CROCKFORD = "0123456789ABCDEFGHJKMNPQRSTVWXYZ"
+_ID_CHARS = 18
+RANDOM_BYTES = 5
+# 48 bits of time + 40 random bits fill 88 of 90 bits: the first character is at most "7".
+_QUEUE_ID_RE = re.compile(r"[0-7][0-9A-HJKMNP-TV-Z]{17}")
+_CONTROL_RE = re.compile(r"[\x00-\x1f\x7f-\x9f]")
+_ENVELOPE_VERSION = 1
+_BODY_TYPES = frozenset({"7BIT", "8BITMIME"})
+
+_T = TypeVar("_T")
+
+
+def new_queue_id(now: float, rand: bytes) -> str:
+    """Return the queue id for unix time `now` and 5 random bytes `rand`; pure.
+
+    The id is 18 characters of Crockford base32 (0-9 and A-Z without I, L, O, U) encoding the
+    48-bit milliseconds since the epoch followed by the 40 random bits, so ids sort by time.
+    """
+    if len(rand) != RANDOM_BYTES:
+        raise ValueError(f"queue id needs {RANDOM_BYTES} random bytes, got {len(rand)}")
+    millis = int(now * 1000)
+    if not 0 <= millis < 1 << 48:
+        raise ValueError(f"time {now!r} is outside the queue id range")
+    value = millis << (8 * RANDOM_BYTES) | int.from_bytes(rand, "big")
+    chars = []
+    for _ in range(_ID_CHARS):
+        chars.append(_CROCKFORD[value & 0x1F])
+        value >>= 5
+    return "".join(reversed(chars))
+
+
+def is_queue_id(text: str) -> bool:
+    """Tell whether `text` is a well-formed queue id (as `new_queue_id` makes them)."""
+    return _QUEUE_ID_RE.fullmatch(text) is not None
+
+
+def checked_id(queue_id: str) -> str:
+    """Return `queue_id` if it is a well-formed queue id, else raise SpoolError."""
+    if not _QUEUE_ID_RE.fullmatch(queue_id):
+        raise SpoolError(f"invalid queue id {queue_id!r}")
+    return queue_id
+
+
+@dataclass(frozen=True, slots=True)
+class Envelope:
+    """What the server knows about one accepted message besides its bytes.
+
+    Values are checked on construction (SpoolError naming the field), so an envelope that was
+    written can always be read back.
+    """
+
+    queue_id: str
+    sender: str  # reverse-path mailbox ("" for the null sender)
+    recipients: tuple[str, ...]
+    user: str  # authenticated login
+    received_at: float  # unix time
+    size: int  # len(message bytes)
+    smtputf8: bool = False
+    body: str = "7BIT"  # "7BIT" | "8BITMIME"
+
+    def __post_init__(self) -> None:
+        try:
+            checked_id(self.queue_id)
+        except SpoolError as exc:
+            raise SpoolError(f"envelope field 'queue_id': {exc}") from None
+        _check_text("sender", self.sender)
+        if not self.recipients:
+            raise SpoolError("envelope field 'recipients': must not be empty")
+        for recipient in self.recipients:
+            _check_text("recipients", recipient, allow_empty=False)
+        _check_text("user", self.user, allow_empty=False)
+        if not math.isfinite(self.received_at) or self.received_at < 0:
+            raise SpoolError("envelope field 'received_at': must be a finite time >= 0")
+        if self.size < 0:
+            raise SpoolError("envelope field 'size': must be >= 0")
+        if self.body not in _BODY_TYPES:
+            raise SpoolError(f"envelope field 'body': unknown body type {self.body!r}")
+
+    def to_json(self) -> bytes:
+        """Serialise as UTF-8 JSON (non-ASCII addresses stay readable, keys sorted)."""
+        record = {
+            "version": _ENVELOPE_VERSION,
+            "queue_id": self.queue_id,
+            "sender": self.sender,
+            "recipients": list(self.recipients),
+            "user": self.user,
+            "received_at": self.received_at,
+            "size": self.size,
+            "smtputf8": self.smtputf8,
+            "body": self.body,
+        }
+        return json.dumps(record, ensure_ascii=False, sort_keys=True).encode("utf-8")
+
+    @classmethod
+    def from_json(cls, data: bytes) -> "Envelope":
+        """Parse what `to_json` wrote; SpoolError naming the field on anything malformed."""
+        try:
+            text = data.decode("utf-8")
+        except UnicodeDecodeError:
+            raise SpoolError("envelope is not valid UTF-8") from None
+        try:
+            raw = json.loads(text, object_pairs_hook=_unique_keys)
+        except RecursionError:
+            raise SpoolError("envelope is not valid JSON: nested too deeply") from None
+        except ValueError as exc:
+            raise SpoolError(f"envelope is not valid JSON: {exc}") from None
+        if not isinstance(raw, dict):
+            raise SpoolError("envelope is not a JSON object")
+        expected = {"version", *(field.name for field in fields(cls))}
+        missing = sorted(expected - raw.keys())
+        if missing:
+            raise SpoolError(f"envelope field {missing[0]!r}: missing")
+        unknown = sorted(raw.keys() - expected)
+        if unknown:
+            raise SpoolError(f"envelope field {unknown[0]!r}: not a known field")
+        version = raw["version"]
+        if type(version) is not int or version != _ENVELOPE_VERSION:
+            raise SpoolError(f"envelope field 'version': unsupported version {version!r}")
+        recipients = _typed(raw, "recipients", list, "a list")
+        for recipient in recipients:
+            if not isinstance(recipient, str):
+                raise SpoolError("envelope field 'recipients': expected a list of strings")
+        received_at = raw["received_at"]
+        if type(received_at) not in (int, float) or abs(received_at) > 1e15:
+            raise SpoolError("envelope field 'received_at': expected a unix time")
+        return cls(
+            queue_id=_typed(raw, "queue_id", str, "a string"),
+            sender=_typed(raw, "sender", str, "a string"),
+            recipients=tuple(recipients),
+            user=_typed(raw, "user", str, "a string"),
+            received_at=float(received_at),
+            size=_typed(raw, "size", int, "an integer"),
+            smtputf8=_typed(raw, "smtputf8", bool, "true or false"),
+            body=_typed(raw, "body", str, "a string"),
+        )
+
+
+def _check_text(field: str, value: str, *, allow_empty: bool = True) -> None:
+    """Reject control characters (never valid in a mailbox or login) and unwanted emptiness."""
+    if not value and not allow_empty:
+        raise SpoolError(f"envelope field {field!r}: must not be empty")
+    if _CONTROL_RE.search(value):
+        raise SpoolError(f"envelope field {field!r}: contains a control character")
+
+
+def _unique_keys(pairs: list[tuple[str, Any]]) -> dict[str, Any]:
+    """Build a JSON object, refusing a key given twice (json would silently keep the last)."""
+    result: dict[str, Any] = {}
+    for key, value in pairs:
+        if key in result:
+            raise SpoolError(f"envelope field {key!r}: given twice")
+        result[key] = value
+    return result
+
+
+def _typed(raw: dict[str, Any], field: str, kind: type[_T], description: str) -> _T:
+    """Return raw[field] if it is exactly of type `kind` (so True is not an int)."""
+    value = raw[field]
+    if type(value) is not kind:
+        raise SpoolError(f"envelope field {field!r}: expected {description}")
+    return value

@@ -1,0 +1,132 @@
+"""The limits contract: counters, rates, bans and flags that every worker process (and node) shares.
+
+The defences (failed-login limits, bans, sending quotas, compromised-account flags) keep all
+their state behind `LimitStore`, so that every acceptor process, a restart, and later every node
+of a cluster see the same numbers. The local backend keeps them in SQLite; a Redis backend can
+replace it without touching the callers, which is why each operation is one atomic step on the
+store's own clock (`now`) instead of a read-modify-write by the caller.
+
+Keys are opaque strings chosen by the policy (for instance ``auth:net4:192.0.2.0/24``); a key is
+always used with the same window. Members are short strings (a network, a password fingerprint,
+a recipient hash), never secrets in clear.
+
+The methods block: call them from a thread pool, never on an event loop. Implementations are
+safe to use from several threads at once. Failures raise `StoreError`.
+"""
+
+from dataclasses import dataclass
+from typing import Protocol
+
+
+@dataclass(frozen=True, slots=True)
+class RateVerdict:
+    """The answer of `LimitStore.take`."""
+
+    allowed: bool
+    retry_after: float
+    """Seconds until the request would be allowed (0 when it was)."""
+    remaining: int
+    """Units that could still be taken at once after this request."""
+
+
+@dataclass(frozen=True, slots=True)
+class Ban:
+    """A key refused until `until` (store clock)."""
+
+    key: str
+    since: float
+    until: float
+    reason: str
+    offences: int
+    """Bans of this key remembered so far, this one included (repeat offenders wait longer)."""
+
+
+@dataclass(frozen=True, slots=True)
+class Flag:
+    """A key marked for attention (a compromised account) until an operator clears it."""
+
+    key: str
+    since: float
+    reason: str
+
+
+class LimitStore(Protocol):
+    """Shared counters, GCRA rates, bans and flags (see the module docstring)."""
+
+    def now(self) -> float:
+        """The store's clock (unix seconds): ban and flag times are on it."""
+        ...
+
+    def record(self, key: str, member: str, window: float) -> int:
+        """Note `member` under `key` now; return the distinct members noted in the last `window` s.
+
+        Noting a member again refreshes its time and never counts it twice (a client repeating
+        the same wrong password counts once). Members older than `window` are forgotten.
+        """
+        ...
+
+    def count(self, key: str, window: float) -> int:
+        """The distinct members noted under `key` in the last `window` seconds."""
+        ...
+
+    def seen(self, key: str, member: str, window: float) -> bool:
+        """Whether `member` was noted under `key` in the last `window` seconds."""
+        ...
+
+    def take(self, key: str, limit: int, period: float, cost: int = 1) -> RateVerdict:
+        """Take `cost` units from a GCRA budget of `limit` units per `period`, all or nothing.
+
+        The budget refills continuously (one unit every period/limit seconds) up to `limit`,
+        so a burst is at most `limit` and no window edge lets a second burst through.
+        ValueError if `cost` exceeds `limit` (such a request could never be allowed).
+        """
+        ...
+
+    def forget(self, key: str) -> None:
+        """Drop the members and the rate budget kept under `key`."""
+        ...
+
+    def ban(self, key: str, duration: float, reason: str, *, memory: float) -> Ban:
+        """Refuse `key` for `duration` seconds from now; return the ban.
+
+        Its `offences` counts this ban and the earlier ones of `key`, unless the last of those
+        ended more than `memory` seconds ago (then the count starts again at 1). A ban replaces
+        a shorter active one and never shortens a longer one.
+        """
+        ...
+
+    def ban_of(self, key: str) -> Ban | None:
+        """The active ban of `key`, or None."""
+        ...
+
+    def offences(self, key: str, *, memory: float) -> int:
+        """How many bans of `key` are remembered, as `ban` would count them before a new one."""
+        ...
+
+    def unban(self, key: str) -> bool:
+        """End the active ban of `key` now (its offences stay remembered); False if none."""
+        ...
+
+    def bans(self) -> list[Ban]:
+        """Every active ban, ordered by key."""
+        ...
+
+    def set_flag(self, key: str, reason: str) -> Flag:
+        """Flag `key` (an existing flag is kept as it is); return the flag in force."""
+        ...
+
+    def flag_of(self, key: str) -> Flag | None:
+        """The flag of `key`, or None."""
+        ...
+
+    def clear_flag(self, key: str) -> bool:
+        """Remove the flag of `key`; False if it had none."""
+        ...
+
+    def flags(self) -> list[Flag]:
+        """Every flag, ordered by key."""
+        ...
+
+    def close(self) -> None:
+        """Release the backend's resources; the store is unusable afterwards."""
+        ...

@@ -1,0 +1,1 @@
+"""The embedded backends for one node: SQLite users and limits, the durable file spool."""

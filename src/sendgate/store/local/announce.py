@@ -1,0 +1,85 @@
+"""A pipe from the acceptor processes to the delivery runner carrying ids of newly queued messages.
+
+Part of the local queue backend: it only shortens the wait before the first attempt, since the
+runner's queue handle also scans the spool; an announcement lost to a full pipe or a dead runner
+delays a message, never loses it. Writes of one id are far below PIPE_BUF, so they are atomic
+and lines never interleave.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+
+from sendgate.store.envelope import is_queue_id
+
+
+class AnnouncePipe:
+    """Both ends of the pipe: make it before forking; each process then keeps the end it uses."""
+
+    def __init__(self) -> None:
+        self.read_fd, self.write_fd = os.pipe()
+        os.set_blocking(self.write_fd, False)
+        os.set_blocking(self.read_fd, False)
+
+    def writer(self) -> AnnounceWriter:
+        """The acceptors' end; closes the reading end in this process."""
+        os.close(self.read_fd)
+        return AnnounceWriter(self.write_fd)
+
+    def reader(self) -> AnnounceReader:
+        """The runner's end; closes the writing end in this process."""
+        os.close(self.write_fd)
+        return AnnounceReader(self.read_fd)
+
+    def close(self) -> None:
+        """Close both ends (the supervisor keeps them open for the children it may restart)."""
+        for fd in (self.read_fd, self.write_fd):
+            with contextlib.suppress(OSError):
+                os.close(fd)
+
+
+class AnnounceWriter:
+    """Writes ids; never blocks (a full pipe drops the hint)."""
+
+    def __init__(self, fd: int) -> None:
+        self.fd = fd
+
+    def announce(self, queue_id: str) -> None:
+        with contextlib.suppress(BlockingIOError, BrokenPipeError):
+            os.write(self.fd, queue_id.encode("ascii") + b"\n")
+
+    def close(self) -> None:
+        with contextlib.suppress(OSError):
+            os.close(self.fd)
+
+
+class AnnounceReader:
+    """Reads ids without blocking; `fd` turns readable when some are waiting."""
+
+    def __init__(self, fd: int) -> None:
+        self.fd = fd
+        self._pending = b""
+
+    def take(self) -> list[str]:
+        """The well-formed ids written since the last call (a partial line waits for its end)."""
+        ids: list[str] = []
+        while True:
+            try:
+                chunk = os.read(self.fd, 65536)
+            except BlockingIOError:
+                break
+            if not chunk:
+                break
+            lines = (self._pending + chunk).split(b"\n")
+            self._pending = lines.pop()
+            for line in lines:
+                with contextlib.suppress(UnicodeDecodeError):
+                    text = line.decode("ascii")
+                    if is_queue_id(text):
+                        ids.append(text)
+        return ids
+
+    def close(self) -> None:
+        with contextlib.suppress(OSError):
+            os.close(self.fd)

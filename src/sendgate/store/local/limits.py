@@ -1,0 +1,252 @@
+"""`LimitStore` kept in one SQLite file (WAL mode) that every process on the host opens.
+
+Each operation is one write transaction (BEGIN IMMEDIATE), so concurrent workers never lose an
+update and a restart or a SIGKILL keeps what was committed. Rows carry the time after which
+nobody needs them (`expires`), and every `PRUNE_EVERY` writes a process deletes what has
+expired everywhere, so keys that are never touched again (an attacker's address) do not pile up.
+
+Security: keys and members are chosen by the policy (networks, hashed names), bound only as SQL
+parameters; the file is created owner-only (see `store.local.sqlite`).
+"""
+
+import math
+import sqlite3
+import threading
+import time
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+from sendgate.store.limits import Ban, Flag, RateVerdict
+from sendgate.store.local.sqlite import Database
+
+SCHEMA_VERSION = 1
+PRUNE_EVERY = 1000
+# Float slack for GCRA comparisons: limit/period rarely divides evenly, and a budget's last
+# unit must not be refused for a rounding error.
+_SLACK = 1e-9
+
+_SCHEMA = (
+    """CREATE TABLE members (
+        key TEXT NOT NULL,
+        member TEXT NOT NULL,
+        at REAL NOT NULL,
+        expires REAL NOT NULL,
+        PRIMARY KEY (key, member)
+    ) STRICT, WITHOUT ROWID""",
+    "CREATE INDEX members_by_expiry ON members (expires)",
+    "CREATE TABLE rates (key TEXT PRIMARY KEY, tat REAL NOT NULL) STRICT",
+    """CREATE TABLE bans (
+        key TEXT PRIMARY KEY,
+        since REAL NOT NULL,
+        until REAL NOT NULL,
+        reason TEXT NOT NULL,
+        offences INTEGER NOT NULL,
+        expires REAL NOT NULL
+    ) STRICT""",
+    "CREATE TABLE flags (key TEXT PRIMARY KEY, since REAL NOT NULL, reason TEXT NOT NULL) STRICT",
+)
+
+
+class LocalLimitStore:
+    """`LimitStore` on SQLite; one connection per instance, shared by threads under a lock."""
+
+    def __init__(
+        self, path: Path, *, clock: Callable[[], float] = time.time, busy_timeout: float = 5.0
+    ) -> None:
+        self._db = Database(
+            path,
+            name="limit store",
+            schema=_SCHEMA,
+            version=SCHEMA_VERSION,
+            busy_timeout=busy_timeout,
+        )
+        self._clock = clock
+        self._writes = 0
+        self._writes_lock = threading.Lock()
+
+    def now(self) -> float:
+        return self._clock()
+
+    # --- members in a sliding window ----------------------------------------------------------
+
+    def record(self, key: str, member: str, window: float) -> int:
+        now = self._clock()
+        with self._db.writing() as db:
+            db.execute("DELETE FROM members WHERE key = ? AND at <= ?", (key, now - window))
+            db.execute(
+                "INSERT OR REPLACE INTO members (key, member, at, expires) VALUES (?, ?, ?, ?)",
+                (key, member, now, now + window),
+            )
+            count = int(
+                db.execute("SELECT count(*) FROM members WHERE key = ?", (key,)).fetchone()[0]
+            )
+            self._maybe_prune(db, now)
+        return count
+
+    def count(self, key: str, window: float) -> int:
+        now = self._clock()
+        with self._db.reading() as db:
+            row = db.execute(
+                "SELECT count(*) FROM members WHERE key = ? AND at > ?", (key, now - window)
+            ).fetchone()
+        return int(row[0])
+
+    def seen(self, key: str, member: str, window: float) -> bool:
+        now = self._clock()
+        with self._db.reading() as db:
+            row = db.execute(
+                "SELECT 1 FROM members WHERE key = ? AND member = ? AND at > ?",
+                (key, member, now - window),
+            ).fetchone()
+        return row is not None
+
+    def forget(self, key: str) -> None:
+        with self._db.writing() as db:
+            db.execute("DELETE FROM members WHERE key = ?", (key,))
+            db.execute("DELETE FROM rates WHERE key = ?", (key,))
+
+    # --- GCRA -----------------------------------------------------------------------------------
+
+    def take(self, key: str, limit: int, period: float, cost: int = 1) -> RateVerdict:
+        if limit < 1 or period <= 0 or cost < 1:
+            raise ValueError(
+                f"a rate needs limit >= 1, period > 0, cost >= 1; got {limit}, {period}, {cost}"
+            )
+        if cost > limit:
+            raise ValueError(f"cost {cost} exceeds the limit {limit}: it could never be allowed")
+        interval = period / limit  # one unit comes back every `interval` seconds
+        now = self._clock()
+        with self._db.writing() as db:
+            row = db.execute("SELECT tat FROM rates WHERE key = ?", (key,)).fetchone()
+            # The theoretical arrival time: when the budget would be full again.
+            tat = max(float(row[0]), now) if row is not None else now
+            wanted = tat + cost * interval
+            if wanted - now > period * (1 + _SLACK):
+                return RateVerdict(
+                    allowed=False,
+                    retry_after=wanted - period - now,
+                    remaining=_units(period - (tat - now), interval),
+                )
+            db.execute("INSERT OR REPLACE INTO rates (key, tat) VALUES (?, ?)", (key, wanted))
+            self._maybe_prune(db, now)
+        return RateVerdict(
+            allowed=True, retry_after=0.0, remaining=_units(period - (wanted - now), interval)
+        )
+
+    # --- bans -----------------------------------------------------------------------------------
+
+    def ban(self, key: str, duration: float, reason: str, *, memory: float) -> Ban:
+        now = self._clock()
+        with self._db.writing() as db:
+            row = db.execute(
+                "SELECT since, until, offences FROM bans WHERE key = ?", (key,)
+            ).fetchone()
+            offences, since, until = 1, now, now + duration
+            if row is not None:
+                old_since, old_until, old_offences = float(row[0]), float(row[1]), int(row[2])
+                if old_until > now:  # active: never shortened, keeps its start
+                    since, until = old_since, max(until, old_until)
+                if now - old_until <= memory:
+                    offences = old_offences + 1
+            db.execute(
+                "INSERT OR REPLACE INTO bans (key, since, until, reason, offences, expires)"
+                " VALUES (?, ?, ?, ?, ?, ?)",
+                (key, since, until, reason, offences, until + memory),
+            )
+            self._maybe_prune(db, now)
+        return Ban(key, since, until, reason, offences)
+
+    def ban_of(self, key: str) -> Ban | None:
+        now = self._clock()
+        with self._db.reading() as db:
+            row = db.execute(
+                "SELECT key, since, until, reason, offences FROM bans WHERE key = ? AND until > ?",
+                (key, now),
+            ).fetchone()
+        return None if row is None else _ban(row)
+
+    def offences(self, key: str, *, memory: float) -> int:
+        now = self._clock()
+        with self._db.reading() as db:
+            row = db.execute("SELECT until, offences FROM bans WHERE key = ?", (key,)).fetchone()
+        if row is None or now - float(row[0]) > memory:
+            return 0
+        return int(row[1])
+
+    def unban(self, key: str) -> bool:
+        now = self._clock()
+        with self._db.writing() as db:
+            cursor = db.execute(
+                "UPDATE bans SET until = ?, expires = expires - (until - ?)"
+                " WHERE key = ? AND until > ?",
+                (now, now, key, now),
+            )
+            return cursor.rowcount > 0
+
+    def bans(self) -> list[Ban]:
+        now = self._clock()
+        with self._db.reading() as db:
+            rows = db.execute(
+                "SELECT key, since, until, reason, offences FROM bans WHERE until > ? ORDER BY key",
+                (now,),
+            ).fetchall()
+        return [_ban(row) for row in rows]
+
+    # --- flags ----------------------------------------------------------------------------------
+
+    def set_flag(self, key: str, reason: str) -> Flag:
+        now = self._clock()
+        with self._db.writing() as db:
+            db.execute(
+                "INSERT OR IGNORE INTO flags (key, since, reason) VALUES (?, ?, ?)",
+                (key, now, reason),
+            )
+            row = db.execute(
+                "SELECT key, since, reason FROM flags WHERE key = ?", (key,)
+            ).fetchone()
+        return _flag(row)
+
+    def flag_of(self, key: str) -> Flag | None:
+        with self._db.reading() as db:
+            row = db.execute(
+                "SELECT key, since, reason FROM flags WHERE key = ?", (key,)
+            ).fetchone()
+        return None if row is None else _flag(row)
+
+    def clear_flag(self, key: str) -> bool:
+        with self._db.writing() as db:
+            return db.execute("DELETE FROM flags WHERE key = ?", (key,)).rowcount > 0
+
+    def flags(self) -> list[Flag]:
+        with self._db.reading() as db:
+            rows = db.execute("SELECT key, since, reason FROM flags ORDER BY key").fetchall()
+        return [_flag(row) for row in rows]
+
+    def close(self) -> None:
+        self._db.close()
+
+    def _maybe_prune(self, db: sqlite3.Connection, now: float) -> None:
+        """Every PRUNE_EVERY writes of this process, delete what nobody needs any more."""
+        with self._writes_lock:
+            self._writes += 1
+            due = self._writes % PRUNE_EVERY == 0
+        if due:
+            db.execute("DELETE FROM members WHERE expires <= ?", (now,))
+            db.execute("DELETE FROM rates WHERE tat <= ?", (now,))
+            db.execute("DELETE FROM bans WHERE expires <= ?", (now,))
+
+
+def _units(room: float, interval: float) -> int:
+    """Whole units that fit in `room` seconds of budget."""
+    return max(0, math.floor(room / interval + _SLACK))
+
+
+def _ban(row: Any) -> Ban:
+    key, since, until, reason, offences = row
+    return Ban(key, float(since), float(until), reason, int(offences))
+
+
+def _flag(row: Any) -> Flag:
+    key, since, reason = row
+    return Flag(key, float(since), reason)

@@ -1,0 +1,306 @@
+"""`QueueStore` on the spool directory: the local queue for one node and its one delivery runner.
+
+The files (`store.local.spool`) are the only truth; what a claiming handle adds is an index in
+memory: every queued message with its delivery state and due time, and the leases it handed
+out. The index is built by scanning the spool (at the first claim, then every `scan_interval`
+seconds, loading at most `LOAD_BATCH` new messages per claim so that a big backlog starts moving
+at once), by the ids the acceptors announce through the pipe, and by this handle's own puts.
+Leases live in this memory too, so one spool must have exactly one claiming process (the one
+delivery runner `serve` starts); a lease that runs out makes the message claimable again with a
+larger token, and the old holder's update is refused.
+
+Security: ids read from the announce pipe and from directory listings are checked before use;
+stored delivery states are parsed strictly, and an unreadable one is reported and replaced by a
+fresh state (the message is tried again, never lost). This module does not log: problems go
+back to the caller in `Claimed.problems` and `Claim.state_problem`.
+"""
+
+from __future__ import annotations
+
+import heapq
+import threading
+import time
+from collections import deque
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+
+from sendgate.errors import LeaseLostError, SpoolError, UnknownQueueIdError
+from sendgate.store.delivery_state import DeliveryState
+from sendgate.store.envelope import Envelope
+from sendgate.store.local.announce import AnnounceReader, AnnounceWriter
+from sendgate.store.local.spool import Spool
+from sendgate.store.queue import Claim, Claimed, Recovery
+
+LOAD_BATCH = 1024  # new messages read from disk per claim: bounds the time one call takes
+
+
+@dataclass(slots=True)
+class _Row:
+    envelope: Envelope
+    state: DeliveryState
+    due: float
+    token: int = 0
+    lease_until: float | None = None
+    state_problem: str | None = None
+
+
+class LocalQueueStore:
+    """The local `QueueStore` (see the module docstring); thread-safe."""
+
+    def __init__(
+        self,
+        root: Path,
+        *,
+        clock: Callable[[], float] = time.time,
+        scan_interval: float = 5.0,
+        announce_to: AnnounceWriter | None = None,
+        announced: AnnounceReader | None = None,
+    ) -> None:
+        self._spool = Spool(root, clock=clock)
+        self._clock = clock
+        self._scan_interval = scan_interval
+        self._announce_to = announce_to
+        self._announced = announced
+        self._lock = threading.Lock()
+        self._indexing = False  # set by the first claim: only a runner keeps an index
+        self._rows: dict[str, _Row] = {}
+        self._due: list[tuple[float, str]] = []  # unleased rows; stale entries skipped on pop
+        self._leases: list[tuple[float, str, int]] = []  # (until, id, token) of leased rows
+        self._to_load: deque[str] = deque()
+        self._retry_wanted: set[str] = set()  # retry requests for ids not loaded yet
+        self._next_scan = 0.0
+
+    # --- submission and the operator --------------------------------------------------------
+
+    def new_id(self) -> str:
+        return self._spool.new_id()
+
+    def put(self, envelope: Envelope, message: bytes) -> None:
+        self._spool.put(envelope, message)
+        if self._announce_to is not None:
+            self._announce_to.announce(envelope.queue_id)
+        if self._indexing:
+            with self._lock:
+                self._add(envelope, None, self._clock())
+
+    def ids(self) -> list[str]:
+        return self._spool.ids()
+
+    def envelope(self, queue_id: str) -> Envelope:
+        return self._spool.envelope(queue_id)
+
+    def message(self, queue_id: str) -> bytes:
+        return self._spool.message(queue_id)
+
+    def delivery_state(self, queue_id: str) -> DeliveryState | None:
+        envelope = self._spool.envelope(queue_id)
+        raw = self._spool.read_state(queue_id)
+        return None if raw is None else DeliveryState.from_json(raw, envelope.recipients)
+
+    def remove(self, queue_id: str) -> None:
+        self._spool.remove(queue_id)
+        with self._lock:
+            row = self._rows.get(queue_id)
+            if row is not None and row.lease_until is None:
+                del self._rows[queue_id]
+
+    def request_retry(self, queue_id: str) -> None:
+        self._spool.request_retry(queue_id)
+        with self._lock:
+            row = self._rows.get(queue_id)
+            if row is not None and row.lease_until is None:
+                self._reschedule(queue_id, row, self._clock())
+
+    def recover(self) -> Recovery:
+        return self._spool.sweep()
+
+    # --- delivery ---------------------------------------------------------------------------
+
+    def claim(self, limit: int, lease: float) -> Claimed:
+        problems: list[str] = []
+        with self._lock:
+            self._indexing = True
+            now = self._clock()
+            self._refresh(now, problems)
+            self._expire(now)
+            claims: list[Claim] = []
+            while self._due and self._due[0][0] <= now and len(claims) < limit:
+                due, queue_id = heapq.heappop(self._due)
+                row = self._rows.get(queue_id)
+                if row is None or row.lease_until is not None or row.due != due:
+                    continue  # a stale heap entry: removed, leased, or rescheduled
+                row.token += 1
+                row.lease_until = now + lease
+                heapq.heappush(self._leases, (row.lease_until, queue_id, row.token))
+                claims.append(
+                    Claim(row.envelope, row.state, row.token, row.lease_until, row.state_problem)
+                )
+                row.state_problem = None  # reported once
+            return Claimed(tuple(claims), self._next_check(now), tuple(problems))
+
+    def renew(self, claims: Sequence[Claim], lease: float) -> list[Claim]:
+        kept = []
+        with self._lock:
+            until = self._clock() + lease
+            for claim in claims:
+                row = self._rows.get(claim.queue_id)
+                if row is None or row.token != claim.token or row.lease_until is None:
+                    continue
+                row.lease_until = until
+                heapq.heappush(self._leases, (until, claim.queue_id, row.token))
+                kept.append(
+                    Claim(claim.envelope, claim.state, claim.token, until, claim.state_problem)
+                )
+        return kept
+
+    def update(self, claim: Claim, state: DeliveryState) -> None:
+        queue_id = claim.queue_id
+        self._held(claim)
+        try:
+            self._spool.write_state(queue_id, state.to_json())
+        except UnknownQueueIdError:
+            self._drop(claim)
+            raise
+        except SpoolError:
+            with self._lock:
+                row = self._rows.get(queue_id)
+                if row is not None and row.token == claim.token:
+                    # Not on disk, but this runner will not resend what it delivered (unless it
+                    # restarts first: at least once, never lost).
+                    row.state = state
+            raise
+        with self._lock:
+            row = self._rows.get(queue_id)
+            if row is not None and row.token == claim.token:
+                row.state = state
+                row.lease_until = None
+                self._reschedule(queue_id, row, state.next_attempt)
+
+    def complete(self, claim: Claim) -> None:
+        self._held(claim)
+        try:
+            self._spool.remove(claim.queue_id, durable=False)
+        finally:
+            self._drop(claim)
+
+    def release(self, claim: Claim, due: float | None = None) -> None:
+        with self._lock:
+            row = self._rows.get(claim.queue_id)
+            if row is None or row.token != claim.token or row.lease_until is None:
+                return
+            row.lease_until = None
+            self._reschedule(claim.queue_id, row, row.due if due is None else due)
+
+    def arrivals_fd(self) -> int | None:
+        return None if self._announced is None else self._announced.fd
+
+    def close(self) -> None:
+        for end in (self._announce_to, self._announced):
+            if end is not None:
+                end.close()
+
+    # --- the index --------------------------------------------------------------------------
+
+    def _held(self, claim: Claim) -> None:
+        """LeaseLostError unless `claim` is the latest lease of its message."""
+        with self._lock:
+            row = self._rows.get(claim.queue_id)
+            if row is not None and row.token != claim.token:
+                raise LeaseLostError(f"lease on {claim.queue_id} was lost")
+
+    def _drop(self, claim: Claim) -> None:
+        with self._lock:
+            row = self._rows.get(claim.queue_id)
+            if row is not None and row.token == claim.token:
+                del self._rows[claim.queue_id]
+
+    def _add(self, envelope: Envelope, raw_state: bytes | None, now: float) -> _Row:
+        problem = None
+        if raw_state is None:
+            state = DeliveryState.fresh(envelope.recipients, now)
+        else:
+            try:
+                state = DeliveryState.from_json(raw_state, envelope.recipients)
+            except SpoolError as exc:
+                # An unreadable state must not lose the message: start it over (at least once).
+                problem = str(exc)
+                state = DeliveryState.fresh(envelope.recipients, now)
+        row = _Row(envelope, state, state.next_attempt, state_problem=problem)
+        self._rows[envelope.queue_id] = row
+        heapq.heappush(self._due, (row.due, envelope.queue_id))
+        return row
+
+    def _reschedule(self, queue_id: str, row: _Row, due: float) -> None:
+        row.due = due
+        heapq.heappush(self._due, (due, queue_id))
+
+    def _refresh(self, now: float, problems: list[str]) -> None:
+        """Bring the index in line with the spool: a scan when one is due, arrivals, loads."""
+        if now >= self._next_scan:
+            try:
+                self._scan(now)
+            except SpoolError as exc:
+                problems.append(str(exc))
+            self._next_scan = now + self._scan_interval
+        if self._announced is not None:
+            self._to_load.extend(q for q in self._announced.take() if q not in self._rows)
+        batch = [self._to_load.popleft() for _ in range(min(LOAD_BATCH, len(self._to_load)))]
+        for queue_id in batch:
+            if queue_id in self._rows:
+                continue
+            try:
+                envelope = self._spool.envelope(queue_id)
+                raw_state = self._spool.read_state(queue_id)
+            except UnknownQueueIdError:
+                continue  # delivered or removed since it was listed
+            except SpoolError as exc:
+                problems.append(str(exc))
+                continue
+            row = self._add(envelope, raw_state, now)
+            if queue_id in self._retry_wanted:
+                self._retry_wanted.discard(queue_id)
+                self._reschedule(queue_id, row, now)
+
+    def _scan(self, now: float) -> None:
+        queued = self._spool.ids()
+        present = set(queued)
+        for queue_id in [q for q, row in self._rows.items() if q not in present]:
+            if self._rows[queue_id].lease_until is None:
+                del self._rows[queue_id]  # removed by the operator or another handle
+        known = set(self._to_load)
+        self._to_load.extend(q for q in queued if q not in self._rows and q not in known)
+        for queue_id in self._spool.take_retry_requests():
+            row = self._rows.get(queue_id)
+            if row is None:
+                if queue_id in present:
+                    self._retry_wanted.add(queue_id)
+            elif row.lease_until is None:
+                self._reschedule(queue_id, row, now)
+
+    def _expire(self, now: float) -> None:
+        """Leases that ran out make their messages due again (with their last due time)."""
+        while self._leases and self._leases[0][0] <= now:
+            until, queue_id, token = heapq.heappop(self._leases)
+            row = self._rows.get(queue_id)
+            if row is None or row.token != token or row.lease_until != until:
+                continue  # renewed, ended or reclaimed since
+            row.lease_until = None
+            self._reschedule(queue_id, row, min(row.due, now))
+
+    def _next_check(self, now: float) -> float:
+        """When `claim` should run again at the latest: next due, lease expiry or scan."""
+        while self._due:
+            due, queue_id = self._due[0]
+            row = self._rows.get(queue_id)
+            if row is not None and row.lease_until is None and row.due == due:
+                break
+            heapq.heappop(self._due)
+        candidates = [self._next_scan]
+        if self._due:
+            candidates.append(self._due[0][0])
+        if self._leases:
+            candidates.append(self._leases[0][0])
+        if self._to_load:
+            candidates.append(now)
+        return min(candidates)

@@ -1,0 +1,109 @@
+"""One SQLite file (WAL mode) that every process of the host opens: the local stores' database.
+
+Both local SQLite stores (users, limits) go through `Database`: it creates the file owner-only,
+sets the pragmas, creates or checks the schema once (two processes opening a new file race
+safely), serialises the threads of one process on its connection, and turns every SQLite
+failure into a one-line `StoreError` naming the file.
+
+Security: the files may hold password hashes and client addresses, so a new file is created
+with mode 0o600 (SQLite gives its -wal and -shm files the same mode); values are only ever bound
+as SQL parameters by the callers.
+"""
+
+import os
+import sqlite3
+import threading
+from collections.abc import Iterator, Sequence
+from contextlib import contextmanager
+from pathlib import Path
+
+from sendgate.errors import StoreError
+
+
+class Database:
+    """A connection to one SQLite file, shared by the threads of a process under a lock."""
+
+    def __init__(
+        self,
+        path: Path,
+        *,
+        name: str,
+        schema: Sequence[str],
+        version: int,
+        busy_timeout: float = 5.0,
+    ) -> None:
+        """Open (creating if needed) `path`; `name` ("user store") appears in every error."""
+        self.path = path
+        self._name = name
+        self._lock = threading.Lock()
+        try:
+            _create_owner_only(path)
+            self._db = sqlite3.connect(
+                path, timeout=busy_timeout, isolation_level=None, check_same_thread=False
+            )
+        except (OSError, sqlite3.Error) as exc:
+            raise StoreError(f"cannot open {name} {path}: {_reason(exc)}") from exc
+        try:
+            self._set_up(schema, version)
+        except BaseException:
+            self._db.close()
+            raise
+
+    @contextmanager
+    def reading(self) -> Iterator[sqlite3.Connection]:
+        """Hold the lock; turn SQLite failures into one-line errors naming the file."""
+        with self._lock:
+            try:
+                yield self._db
+            except sqlite3.Error as exc:
+                raise StoreError(f"{self._name} {self.path}: {_reason(exc)}") from exc
+
+    @contextmanager
+    def writing(self) -> Iterator[sqlite3.Connection]:
+        """A write transaction: the write lock taken up front, rolled back on any exception."""
+        with self.reading() as db:
+            # IMMEDIATE takes the write lock now, so a check-then-write cannot race another
+            # process, and waiting for the lock honours the busy timeout.
+            db.execute("BEGIN IMMEDIATE")
+            with db:  # commits on success, rolls back on any exception
+                yield db
+
+    def close(self) -> None:
+        """Close the connection; calling it again does nothing."""
+        with self._lock:
+            self._db.close()
+
+    def _set_up(self, schema: Sequence[str], version: int) -> None:
+        with self.reading() as db:
+            # WAL lets workers read while one writes; with WAL, synchronous=NORMAL can lose the
+            # last commits on power loss but never corrupts the file.
+            db.execute("PRAGMA journal_mode = WAL")
+            db.execute("PRAGMA synchronous = NORMAL")
+            db.execute("PRAGMA foreign_keys = ON")
+        with self.writing() as db:
+            # Under BEGIN IMMEDIATE, so two processes opening a new file create the schema once.
+            found = db.execute("PRAGMA user_version").fetchone()[0]
+            if found == 0:
+                for statement in schema:
+                    db.execute(statement)
+                db.execute(f"PRAGMA user_version = {version:d}")
+            elif found != version:
+                raise StoreError(
+                    f"{self._name} {self.path} has schema version {found},"
+                    f" this sendgate knows version {version}"
+                )
+
+
+def _create_owner_only(path: Path) -> None:
+    """Create the database file with mode 0o600 unless it exists (SQLite would use the umask)."""
+    try:
+        fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_CLOEXEC, 0o600)
+    except FileExistsError:
+        return
+    os.close(fd)
+
+
+def _reason(exc: OSError | sqlite3.Error) -> str:
+    if isinstance(exc, OSError) and exc.strerror:
+        return exc.strerror
+    return str(exc)

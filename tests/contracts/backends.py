@@ -1,0 +1,74 @@
+"""The storage backends the contract tests run against, behind one small interface.
+
+A contract test receives a `StoreBackend` and asks it for store handles. Each call opens a new
+handle on the same storage, as another process (or another node) would, so that a test can
+check what one handle's writes look like through another. `advance` moves the stores' clock:
+the local backend injects a clock; a networked backend moves it its own way (for Redis, a time
+offset its test scripts add). To run the contracts against a new backend, add a class here and
+name it in BACKENDS.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Protocol
+
+from sendgate.store.limits import LimitStore
+from sendgate.store.local.limits import LocalLimitStore
+from sendgate.store.local.queue import LocalQueueStore
+from sendgate.store.local.users import LocalUserStore
+from sendgate.store.queue import QueueStore
+from sendgate.store.users import UserStore
+
+START = 1_800_000_000.0
+
+
+class StoreBackend(Protocol):
+    def users(self) -> UserStore: ...
+    def queue(self) -> QueueStore: ...
+    def limits(self) -> LimitStore: ...
+    def advance(self, seconds: float) -> None: ...
+    def close(self) -> None: ...
+
+
+class _Clock:
+    def __init__(self) -> None:
+        self.now = START
+
+    def __call__(self) -> float:
+        return self.now
+
+
+class LocalBackend:
+    """The embedded backends in a temporary directory, on an injected clock."""
+
+    def __init__(self, root: Path) -> None:
+        self._root = root
+        self._clock = _Clock()
+        self._opened: list[UserStore | QueueStore | LimitStore] = []
+
+    def users(self) -> UserStore:
+        store = LocalUserStore(self._root / "users.db")
+        self._opened.append(store)
+        return store
+
+    def queue(self) -> QueueStore:
+        # scan_interval 0: a handle looks at the spool at every claim, as if the interval passed.
+        store = LocalQueueStore(self._root / "spool", clock=self._clock, scan_interval=0.0)
+        self._opened.append(store)
+        return store
+
+    def limits(self) -> LimitStore:
+        store = LocalLimitStore(self._root / "limits.db", clock=self._clock)
+        self._opened.append(store)
+        return store
+
+    def advance(self, seconds: float) -> None:
+        self._clock.now += seconds
+
+    def close(self) -> None:
+        for store in self._opened:
+            store.close()
+
+
+BACKENDS = {"local": LocalBackend}

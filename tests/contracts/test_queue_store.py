@@ -1,0 +1,274 @@
+"""The QueueStore contract: what every queue backend must do (run once per backend)."""
+
+from __future__ import annotations
+
+import dataclasses
+
+import pytest
+from tests.contracts.backends import StoreBackend
+
+from sendgate.errors import LeaseLostError, SpoolError, UnknownQueueIdError
+from sendgate.store.delivery_state import DELIVERED, PENDING, DeliveryState
+from sendgate.store.envelope import Envelope
+from sendgate.store.queue import Claim, QueueStore, Recovery
+
+MESSAGE = b"From: <alice@example.com>\r\nSubject: hi\r\n\r\n8-bit \xff body\r\n..dot\r\n"
+LEASE = 600.0
+
+
+def put(queue: QueueStore, message: bytes = MESSAGE, **changes: object) -> str:
+    queue_id = queue.new_id()
+    envelope = Envelope(
+        queue_id=queue_id,
+        sender="alice@example.com",
+        recipients=("bob@example.org", "carol@example.net"),
+        user="alice@example.com",
+        received_at=1_800_000_000.0,
+        size=len(message),
+    )
+    queue.put(dataclasses.replace(envelope, **changes), message)  # type: ignore[arg-type]
+    return queue_id
+
+
+def claim_one(queue: QueueStore) -> Claim:
+    [claim] = queue.claim(10, LEASE).claims
+    return claim
+
+
+def later(state: DeliveryState, at: float) -> DeliveryState:
+    delivered = dataclasses.replace(state.recipients[0], status=DELIVERED, attempts=1)
+    return dataclasses.replace(
+        state.with_results({0: delivered}), next_attempt=at, attempts=state.attempts + 1
+    )
+
+
+@pytest.fixture
+def queue(backend: StoreBackend) -> QueueStore:
+    return backend.queue()
+
+
+# --- put and read ------------------------------------------------------------------------------
+
+
+def test_put_reads_back_byte_identical_through_another_handle(backend: StoreBackend) -> None:
+    writer, reader = backend.queue(), backend.queue()
+    queue_id = put(writer)
+    assert reader.ids() == [queue_id]
+    assert reader.message(queue_id) == MESSAGE
+    envelope = reader.envelope(queue_id)
+    assert (envelope.queue_id, envelope.recipients, envelope.size) == (
+        queue_id,
+        ("bob@example.org", "carol@example.net"),
+        len(MESSAGE),
+    )
+    assert reader.delivery_state(queue_id) is None
+
+
+def test_ids_are_unique_and_listed_oldest_first(queue: QueueStore, backend: StoreBackend) -> None:
+    made = []
+    for _ in range(5):
+        made.append(put(queue))
+        backend.advance(0.01)
+    assert len(set(made)) == 5
+    assert queue.ids() == made == sorted(made)
+
+
+def test_an_id_cannot_be_put_twice(queue: QueueStore) -> None:
+    queue_id = put(queue)
+    with pytest.raises(SpoolError):
+        put(queue, b"other\r\n", queue_id=queue_id)
+    assert queue.message(queue_id) == MESSAGE
+
+
+@pytest.mark.parametrize(
+    "operation", ["envelope", "message", "delivery_state", "remove", "request_retry"]
+)
+def test_an_unknown_id_is_refused(queue: QueueStore, operation: str) -> None:
+    unknown = queue.new_id()
+    calls = {
+        "envelope": queue.envelope,
+        "message": queue.message,
+        "delivery_state": queue.delivery_state,
+        "remove": queue.remove,
+        "request_retry": queue.request_retry,
+    }
+    with pytest.raises(UnknownQueueIdError):
+        calls[operation](unknown)
+
+
+def test_remove_takes_a_message_out_for_good(backend: StoreBackend) -> None:
+    queue, other = backend.queue(), backend.queue()
+    queue_id = put(queue)
+    other.remove(queue_id)
+    assert queue.ids() == []
+    assert queue.claim(10, LEASE).claims == ()
+    with pytest.raises(UnknownQueueIdError):
+        queue.envelope(queue_id)
+
+
+def test_recover_of_a_clean_queue_finds_nothing(queue: QueueStore) -> None:
+    put(queue)
+    assert queue.recover() == Recovery(removed_partial=0, corrupt=(), unknown_entries=0)
+    assert len(queue.ids()) == 1
+
+
+# --- claims ------------------------------------------------------------------------------------
+
+
+def test_nothing_queued_claims_nothing(queue: QueueStore) -> None:
+    claimed = queue.claim(10, LEASE)
+    assert claimed.claims == ()
+    assert isinstance(claimed.next_check, float)
+
+
+def test_a_new_message_is_claimed_with_a_fresh_state(backend: StoreBackend) -> None:
+    writer, runner = backend.queue(), backend.queue()
+    queue_id = put(writer)
+    claim = claim_one(runner)
+    assert claim.queue_id == queue_id
+    assert claim.envelope == writer.envelope(queue_id)
+    assert claim.state.pending() == [0, 1]
+    assert claim.state.attempts == 0
+    assert claim.state_problem is None
+
+
+def test_claims_come_oldest_first_up_to_the_limit(queue: QueueStore, backend: StoreBackend) -> None:
+    made = []
+    for _ in range(3):
+        made.append(put(queue))
+        backend.advance(0.01)
+    first = queue.claim(2, LEASE).claims
+    assert [claim.queue_id for claim in first] == made[:2]
+    assert [claim.queue_id for claim in queue.claim(2, LEASE).claims] == made[2:]
+
+
+def test_a_leased_message_is_not_claimed_again(backend: StoreBackend) -> None:
+    queue = backend.queue()
+    put(queue)
+    claim_one(queue)
+    backend.advance(LEASE - 1)
+    assert queue.claim(10, LEASE).claims == ()
+
+
+def test_update_stores_the_state_and_the_due_time(backend: StoreBackend) -> None:
+    queue = backend.queue()
+    queue_id = put(queue)
+    claim = claim_one(queue)
+    state = later(claim.state, claim.lease_until - LEASE + 300)
+    queue.update(claim, state)
+    assert backend.queue().delivery_state(queue_id) == state
+    backend.advance(299)
+    assert queue.claim(10, LEASE).claims == ()
+    backend.advance(1)
+    again = claim_one(queue)
+    assert again.state == state
+    assert again.state.pending() == [1]
+    assert again.token > claim.token
+
+
+def test_complete_takes_the_message_out(queue: QueueStore) -> None:
+    queue_id = put(queue)
+    queue.complete(claim_one(queue))
+    assert queue.ids() == []
+    with pytest.raises(UnknownQueueIdError):
+        queue.message(queue_id)
+
+
+def test_release_gives_a_message_back_unchanged(queue: QueueStore) -> None:
+    put(queue)
+    claim = claim_one(queue)
+    queue.release(claim)
+    again = claim_one(queue)
+    assert again.state == claim.state
+    assert again.token > claim.token
+
+
+def test_release_with_a_due_time_defers_it(backend: StoreBackend) -> None:
+    queue = backend.queue()
+    put(queue)
+    claim = claim_one(queue)
+    queue.release(claim, claim.lease_until - LEASE + 60)
+    assert queue.claim(10, LEASE).claims == ()
+    backend.advance(60)
+    assert len(queue.claim(10, LEASE).claims) == 1
+
+
+def test_a_lease_that_runs_out_is_claimed_again_and_fences_the_old_holder(
+    backend: StoreBackend,
+) -> None:
+    queue = backend.queue()
+    put(queue)
+    stale = claim_one(queue)
+    backend.advance(LEASE)
+    fresh = claim_one(queue)
+    assert fresh.token > stale.token
+    with pytest.raises(LeaseLostError):
+        queue.update(stale, later(stale.state, 0.0))
+    with pytest.raises(LeaseLostError):
+        queue.complete(stale)
+    queue.release(stale)  # ignored: the lease is not the caller's any more
+    assert queue.claim(10, LEASE).claims == ()
+    queue.complete(fresh)
+    assert queue.ids() == []
+
+
+def test_renew_keeps_a_lease_alive(backend: StoreBackend) -> None:
+    queue = backend.queue()
+    put(queue)
+    claim = claim_one(queue)
+    backend.advance(LEASE / 2)
+    [renewed] = queue.renew([claim], LEASE)
+    assert renewed.token == claim.token
+    assert renewed.lease_until > claim.lease_until
+    backend.advance(LEASE / 2 + 1)
+    assert queue.claim(10, LEASE).claims == ()
+    queue.complete(renewed)
+
+
+def test_renew_leaves_out_a_lost_lease(backend: StoreBackend) -> None:
+    queue = backend.queue()
+    put(queue)
+    stale = claim_one(queue)
+    backend.advance(LEASE)
+    claim_one(queue)
+    assert queue.renew([stale], LEASE) == []
+
+
+def test_a_message_removed_during_its_attempt_refuses_the_result(backend: StoreBackend) -> None:
+    queue = backend.queue()
+    queue_id = put(queue)
+    claim = claim_one(queue)
+    backend.queue().remove(queue_id)
+    with pytest.raises(UnknownQueueIdError):
+        queue.update(claim, later(claim.state, 0.0))
+    assert queue.ids() == []
+
+
+def test_retry_makes_a_waiting_message_due_now(backend: StoreBackend) -> None:
+    queue = backend.queue()
+    queue_id = put(queue)
+    claim = claim_one(queue)
+    queue.update(claim, later(claim.state, claim.lease_until + 3600))
+    backend.queue().request_retry(queue_id)
+    assert claim_one(queue).queue_id == queue_id
+
+
+def test_a_message_put_by_the_claiming_handle_is_claimable_at_once(queue: QueueStore) -> None:
+    first = put(queue)
+    queue.complete(claim_one(queue))
+    second = put(queue, sender="")  # as the runner queues a DSN
+    claim = claim_one(queue)
+    assert (claim.queue_id, claim.envelope.sender) == (second, "")
+    assert first != second
+
+
+def test_the_next_check_is_no_later_than_the_next_due_message(backend: StoreBackend) -> None:
+    queue = backend.queue()
+    put(queue)
+    claim = claim_one(queue)
+    due = claim.lease_until - LEASE + 120
+    queue.update(claim, later(claim.state, due))
+    claimed = queue.claim(10, LEASE)
+    assert claimed.claims == ()
+    assert claimed.next_check <= due
+    assert [row.status for row in claim.state.recipients] == [PENDING, PENDING]

@@ -1,0 +1,209 @@
+"""Tests for sendgate.store.envelope: queue ids and the envelope's strict JSON form."""
+
+import dataclasses
+import json
+import os
+import random
+import re
+import stat
+import subprocess
+import textwrap
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+import sendgate
+from sendgate.errors import SpoolError
+from sendgate.store.envelope import Envelope, new_queue_id
+from sendgate.store.local.spool import Spool
+
+MESSAGE = (
+    b"From: Alice <alice@example.com>\r\n"
+    b"Subject: caf\xc3\xa9\r\n"
+    b"\r\n"
+    b"8-bit body \xff\xfe\x00 bytes\r\n"
+    b"..leading dot kept as stored\r\n"
+    b"bare \n and \r inside stay as they are\r\n"
+)
+ID_PATTERN = re.compile(r"[0-7][0-9A-HJKMNP-TV-Z]{17}")
+DELETE = object()  # marks a field to drop in the malformed-envelope cases
+
+# Runs one put that cannot fit (RLIMIT_FSIZE or a tiny file system), then one small put.
+_CONSTRAINED_PUT = textwrap.dedent(
+    """
+    import json, resource, signal, sys
+    from pathlib import Path
+    from sendgate.errors import SpoolError
+    from sendgate.store.envelope import Envelope
+    from sendgate.store.local.spool import Spool
+
+    root, size, fsize_limit = Path(sys.argv[1]), int(sys.argv[2]), int(sys.argv[3])
+    spool = Spool(root)
+    if fsize_limit:
+        signal.signal(signal.SIGXFSZ, signal.SIG_IGN)
+        resource.setrlimit(resource.RLIMIT_FSIZE, (fsize_limit, resource.RLIM_INFINITY))
+
+    def put(size):
+        env = Envelope(spool.new_id(), "a@example.com", ("b@example.com",), "alice", 0.0, size)
+        try:
+            spool.put(env, b"x" * size)
+        except SpoolError as exc:
+            return [type(exc).__name__, str(exc)]
+        return None
+
+    failed = put(size)
+    leftovers = sorted(p.name for d in ("tmp", "queue") for p in (root / d).iterdir())
+    retried = put(1000)
+    print(json.dumps({"failed": failed, "leftovers": leftovers, "retried": retried}))
+    """
+)
+
+
+def make_envelope(queue_id: str, message: bytes = MESSAGE, **changes: Any) -> Envelope:
+    envelope = Envelope(
+        queue_id=queue_id,
+        sender="alice@example.com",
+        recipients=("bob@example.org", "carol@example.net"),
+        user="alice",
+        received_at=1_714_564_800.25,
+        size=len(message),
+    )
+    return dataclasses.replace(envelope, **changes)
+
+
+def file_mode(path: Path) -> int:
+    return stat.S_IMODE(path.stat().st_mode)
+
+
+def names(directory: Path) -> list[str]:
+    return sorted(path.name for path in directory.iterdir())
+
+
+def run_constrained_put(argv: list[str]) -> dict[str, Any]:
+    src = str(Path(sendgate.__file__).parents[1])
+    result = subprocess.run(
+        argv,
+        capture_output=True,
+        text=True,
+        check=True,
+        timeout=60,
+        env={**os.environ, "PYTHONPATH": src},
+    )
+    report: dict[str, Any] = json.loads(result.stdout)
+    return report
+
+
+@pytest.fixture
+def spool(tmp_path: Path) -> Spool:
+    return Spool(tmp_path / "spool")
+
+
+def test_new_queue_id_known_values() -> None:
+    assert new_queue_id(0.0, bytes(5)) == "000000000000000000"
+    assert new_queue_id(0.0, b"\xff" * 5) == "0000000000ZZZZZZZZ"
+    assert new_queue_id(0.001, bytes(5)) == "000000000100000000"
+    assert ID_PATTERN.fullmatch(new_queue_id(1_714_564_800.0, b"\x12\x34\x56\x78\x9a"))
+
+
+@pytest.mark.parametrize(
+    ("now", "rand"),
+    [(-1.0, bytes(5)), (1e12, bytes(5)), (0.0, bytes(4)), (0.0, bytes(6))],
+)
+def test_new_queue_id_rejects_out_of_range_input(now: float, rand: bytes) -> None:
+    with pytest.raises(ValueError, match="queue id"):
+        new_queue_id(now, rand)
+
+
+def test_queue_ids_sort_by_time_then_randomness() -> None:
+    rng = random.Random(1)
+    # A narrow window gives many ties and neighbours; extremes check that time outranks chance.
+    base = 1_714_564_800_000
+    keys = [(base + rng.randrange(40), rng.randbytes(5)) for _ in range(3000)]
+    keys += [(base + 50, b"\xff" * 5), (base + 51, bytes(5))]
+    ids = [new_queue_id(millis / 1000, rand) for millis, rand in keys]
+    by_id = sorted(range(len(keys)), key=lambda i: ids[i])
+    by_key = sorted(range(len(keys)), key=lambda i: keys[i])
+    assert by_id == by_key
+
+
+def test_envelope_json_round_trip_keeps_non_ascii_addresses() -> None:
+    envelope = make_envelope(
+        "01HX0000000000ABCD",
+        sender="用户@例子.广告",
+        recipients=("josé@exämple.de", "Ωmega@example.com"),
+        user="josé",
+        smtputf8=True,
+        body="8BITMIME",
+    )
+    data = envelope.to_json()
+    assert "用户@例子.广告".encode() in data  # stored as UTF-8, not \\u escapes
+    assert Envelope.from_json(data) == envelope
+
+
+def test_envelope_with_null_sender_round_trips() -> None:
+    envelope = make_envelope("01HX0000000000ABCD", sender="")
+    assert Envelope.from_json(envelope.to_json()).sender == ""
+
+
+@pytest.mark.parametrize(
+    ("field", "value"),
+    [
+        pytest.param("sender", DELETE, id="missing-field"),
+        pytest.param("priority", 1, id="unknown-field"),
+        pytest.param("version", 2, id="future-version"),
+        pytest.param("version", True, id="bool-version"),
+        pytest.param("queue_id", "../x", id="traversal-id"),
+        pytest.param("queue_id", 7, id="numeric-id"),
+        pytest.param("sender", None, id="null-sender"),
+        pytest.param("sender", "a\r\nRCPT TO:<x@y>", id="control-in-sender"),
+        pytest.param("recipients", [], id="no-recipients"),
+        pytest.param("recipients", "bob@example.org", id="recipients-string"),
+        pytest.param("recipients", ["bob@example.org", 3], id="recipient-number"),
+        pytest.param("recipients", [""], id="empty-recipient"),
+        pytest.param("user", "", id="empty-user"),
+        pytest.param("received_at", "yesterday", id="time-string"),
+        pytest.param("received_at", float("nan"), id="time-nan"),
+        pytest.param("received_at", -5, id="time-negative"),
+        pytest.param("received_at", 10**400, id="time-huge"),
+        pytest.param("size", "12", id="size-string"),
+        pytest.param("size", True, id="size-bool"),
+        pytest.param("size", 1.5, id="size-float"),
+        pytest.param("size", -1, id="size-negative"),
+        pytest.param("smtputf8", 1, id="smtputf8-number"),
+        pytest.param("body", "BINARYMIME", id="body-unknown"),
+    ],
+)
+def test_malformed_envelope_names_the_field(field: str, value: object) -> None:
+    raw = json.loads(make_envelope("01HX0000000000ABCD").to_json())
+    if value is DELETE:
+        del raw[field]
+    else:
+        raw[field] = value
+    with pytest.raises(SpoolError, match=f"envelope field '{field}'"):
+        Envelope.from_json(json.dumps(raw).encode())
+
+
+@pytest.mark.parametrize(
+    ("data", "problem"),
+    [
+        (b"\xff{}", "not valid UTF-8"),
+        (b'{"size": ', "not valid JSON"),
+        (b"[1, 2]", "not a JSON object"),
+        (b'{"size": 1, "size": 2}', "'size': given twice"),
+    ],
+)
+def test_unparsable_envelope_says_why(data: bytes, problem: str) -> None:
+    with pytest.raises(SpoolError, match=re.escape(problem)):
+        Envelope.from_json(data)
+
+
+def test_envelope_cannot_be_built_with_a_bad_value() -> None:
+    expected = "envelope field 'queue_id': invalid queue id '../x'"
+    with pytest.raises(SpoolError, match=re.escape(expected)):
+        make_envelope("../x")
+
+
+def test_deeply_nested_envelope_json_is_a_spool_error() -> None:
+    with pytest.raises(SpoolError, match="nested too deeply"):
+        Envelope.from_json(b"[" * 100_000 + b"]" * 100_000)
