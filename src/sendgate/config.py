@@ -28,6 +28,7 @@ from typing import TYPE_CHECKING, Any, Protocol, TypeVar
 
 from sendgate import certs
 from sendgate.errors import ConfigError, TlsConfigError
+from sendgate.smtp.address import is_host_name
 
 if TYPE_CHECKING:
     from _typeshed import DataclassInstance
@@ -45,7 +46,6 @@ _OVERRIDES = (
 _RELAY_TLS = ("starttls", "implicit", "none")
 _TLS_VERSIONS = ("1.0", "1.1", "1.2", "1.3")
 _WEAK_TLS_VERSIONS = ("1.0", "1.1")
-_HOST_LABEL = re.compile(r"(?!-)[A-Za-z0-9-]{1,63}(?<!-)")
 _BARE_KEY = re.compile(r"[A-Za-z0-9_-]+")
 _TOML_ERROR_AT = re.compile(r"(.*) \(at line (\d+), column (\d+)\)", re.DOTALL)
 _ECHO_LIMIT = 60
@@ -78,7 +78,7 @@ class HostPort:
                 raise ValueError(f"expected HOST:PORT, got {shown}")
             if ":" in host:
                 raise ValueError(f'an IPv6 address needs brackets, as in "[::1]:587", got {shown}')
-            if not _is_ipv4(host) and not _is_hostname(host):
+            if not _is_ipv4(host) and not is_host_name(host):
                 raise ValueError(
                     f"expected an IP address or host name before the port, got {shown}"
                 )
@@ -96,17 +96,9 @@ class HostPort:
 
 def parse_hostname(text: str) -> str:
     """Return `text` if it is a DNS host name (letters, digits, hyphens); else raise ValueError."""
-    if not _is_hostname(text):
+    if not is_host_name(text):
         raise ValueError(f'expected a host name like "mail.example.com", got {_quote(text)}')
     return text
-
-
-def _is_hostname(text: str) -> bool:
-    if not text.isascii() or len(text) > 253:
-        return False
-    labels = text.split(".")
-    # An all-digit last label would make "192.0.2.1" pass as a name.
-    return all(_HOST_LABEL.fullmatch(label) for label in labels) and not labels[-1].isdigit()
 
 
 def is_loopback(host: str) -> bool:
@@ -506,7 +498,7 @@ class _Domains:
         for index, item in enumerate(raw):
             spot = where.item(index)
             name = item[1:] if isinstance(item, str) and item.startswith(".") else item
-            if not isinstance(item, str) or (item != "*" and not _is_hostname(str(name))):
+            if not isinstance(item, str) or (item != "*" and not is_host_name(str(name))):
                 raise spot.error(f'expected a domain, ".domain" or "*", got {_describe(item)}')
             domains.append(item.lower())
         return tuple(domains)
