@@ -18,7 +18,7 @@ from concurrent.futures import ThreadPoolExecutor
 from typing import Any
 
 from sendgate.announce import Announcer
-from sendgate.config import Config
+from sendgate.config.schema import Config
 from sendgate.delivery.client import Timeouts
 from sendgate.delivery.dns import Resolver
 from sendgate.delivery.mtasts import MtaSts

@@ -27,7 +27,7 @@ from dataclasses import dataclass, replace
 from functools import partial
 from typing import TypeVar
 
-from sendgate.config import DeliveryConfig
+from sendgate.config.schema import DeliveryConfig
 from sendgate.delivery.bounce import RecipientNotice, build_dsn
 from sendgate.delivery.client import (
     ConnectionCache,

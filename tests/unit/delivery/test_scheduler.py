@@ -24,7 +24,7 @@ from hypothesis import given
 from hypothesis import strategies as st
 from tests.peers.mx import Receiver
 
-from sendgate.config import DeliveryConfig
+from sendgate.config.schema import DeliveryConfig
 from sendgate.delivery.client import RemoteReply, Timeouts
 from sendgate.delivery.dns import Resolver
 from sendgate.delivery.plan import Planner, Relay
