@@ -87,9 +87,9 @@ def build_dsn(
         raise ValueError("no DSN for the null sender: a bounce is never bounced")
     if not notices:
         raise ValueError("a DSN needs at least one recipient notice")
-    if not is_host_name(reporting_host):
-        raise ValueError(f"malformed reporting host {reporting_host!r}")
     host = reporting_host
+    if not is_host_name(host):
+        raise ValueError(f"malformed reporting host {host!r}")
     _checked(queue_id, _TOKEN, "queue id")
     msg_id = _checked(message_id.removeprefix("<").removesuffix(">"), _TOKEN, "message id")
     for notice in notices:
