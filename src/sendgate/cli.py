@@ -21,7 +21,8 @@ from collections.abc import Sequence
 from pathlib import Path
 
 from sendgate import __version__
-from sendgate.config import Config, load_config
+from sendgate.config.load import load_config
+from sendgate.config.schema import Config
 from sendgate.dkim import default_selector, generate_key
 from sendgate.errors import ConfigError, SendgateError, UnknownQueueIdError, UserError
 from sendgate.log import EventLog

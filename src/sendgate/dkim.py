@@ -22,7 +22,6 @@ import base64
 import errno
 import hashlib
 import os
-import re
 import stat
 import time
 from collections.abc import Mapping, Sequence
@@ -39,6 +38,7 @@ from dkim.canonicalization import CanonicalizationPolicy
 
 from sendgate.errors import ConfigError, SendgateError, UserError
 from sendgate.fsutil import fsync_dir, write_file_durably
+from sendgate.smtp.address import is_ldh_label
 
 ALGORITHMS: tuple[str, ...] = ("rsa", "ed25519")
 
@@ -49,7 +49,6 @@ _MAX_KEY_FILE_BYTES = 64 * 1024
 _MAX_DOMAIN_LENGTH = 68
 _TXT_STRING_MAX = 255
 _DETAIL_MAX = 200
-_LABEL = re.compile(r"[a-z0-9](?:[a-z0-9-]{0,61}[a-z0-9])?")
 _LAYOUT = "<key_dir>/<domain>/<selector>.<algorithm>.key"
 _FIELD_NAME = b"DKIM-Signature"
 _CANONICALIZATION = b"relaxed/relaxed"
@@ -357,7 +356,7 @@ def _normalize_domain(domain: str) -> str:
                 ascii_label = dns.name.IDNA_2008_Practical.encode(label).decode("ascii")
             except (dns.exception.DNSException, UnicodeError):
                 raise ValueError(f"label {label!r} is not a valid IDNA label") from None
-        if not _LABEL.fullmatch(ascii_label):
+        if not is_ldh_label(ascii_label):
             raise ValueError(f"label {label!r} must be 1-63 letters, digits or inner hyphens")
         labels.append(ascii_label)
     if len(labels) < 2:
@@ -390,7 +389,7 @@ def _user_domain(domain: str) -> str:
 def _user_selector(selector: str) -> str:
     """Lower-case a selector given by a user; UserError unless it is one DNS label."""
     lowered = selector.lower()
-    if not selector.isascii() or not _LABEL.fullmatch(lowered):
+    if not selector.isascii() or not is_ldh_label(lowered):
         raise UserError(
             f"not a DKIM selector: {selector!r}: use 1-63 letters, digits or inner hyphens"
         )
@@ -478,7 +477,8 @@ def _load_key(path: Path, domain: str) -> DkimKey:
         len(parts) != 3
         or parts[2] != "key"
         or parts[1] not in ALGORITHMS
-        or not _LABEL.fullmatch(parts[0])
+        or not is_ldh_label(parts[0])
+        or parts[0] != parts[0].lower()
     ):
         raise ConfigError(
             f"{path}: not a key file of the dkim key layout {_LAYOUT} "

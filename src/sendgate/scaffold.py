@@ -12,14 +12,10 @@ import socket
 from pathlib import Path
 
 from sendgate import certs
-from sendgate.config import (
-    HostPort,
-    RouteConfig,
-    is_loopback,
-    load_config,
-    parse_hostname,
-    render_example,
-)
+from sendgate.config.kinds import HostPort, is_loopback, parse_hostname
+from sendgate.config.load import load_config
+from sendgate.config.render import render_example
+from sendgate.config.schema import RouteConfig
 from sendgate.errors import ConfigError, UserError
 from sendgate.fsutil import fsync_dir, write_file_durably
 

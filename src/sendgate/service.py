@@ -15,7 +15,8 @@ from collections.abc import Callable, Coroutine
 from concurrent.futures import ThreadPoolExecutor
 from typing import Any
 
-from sendgate.config import Config, unsafe_settings
+from sendgate.config.schema import Config
+from sendgate.config.unsafe import unsafe_settings
 from sendgate.delivery.plan import load_relays
 from sendgate.delivery.runner import run_delivery, trust_store
 from sendgate.dkim import DkimSigner, load_keys
@@ -60,8 +61,10 @@ def run_loop(main: Callable[[], Coroutine[Any, Any, None]]) -> None:
 
 def serve(cfg: Config, log: EventLog) -> int:
     """Run the server until SIGTERM; returns the process exit code."""
-    for name, description in unsafe_settings(cfg):
-        log.event("unsafe_override", "warning", setting=name, description=description)
+    for unsafe in unsafe_settings(cfg):
+        log.event(
+            "unsafe_override", "warning", setting=unsafe.override, description=unsafe.description
+        )
     backends = Backends(cfg)
     recovered = backends.prepare()  # schemas, directories, crash recovery: once, before forking
     admin = backends.open("admin")

@@ -12,7 +12,7 @@ from pathlib import Path
 import pytest
 
 from sendgate.certs import generate_self_signed
-from sendgate.config import load_config
+from sendgate.config.load import load_config
 from sendgate.errors import ConfigError
 
 BAD_DIR = Path(__file__).parent / "bad"

@@ -13,7 +13,9 @@ from typing import TYPE_CHECKING
 
 import pytest
 
-from sendgate.config import HostPort, RouteConfig, load_config
+from sendgate.config.kinds import HostPort
+from sendgate.config.load import load_config
+from sendgate.config.schema import RouteConfig
 from sendgate.store.delivery_state import DeliveryState, RecipientState
 from sendgate.store.envelope import Envelope
 

@@ -29,7 +29,9 @@ from tests.peers.dns_server import ZoneServer
 from tests.peers.https_server import HttpsServer
 from tests.peers.mx import Receiver
 
-from sendgate.config import Config, HostPort, load_config
+from sendgate.config.kinds import HostPort
+from sendgate.config.load import load_config
+from sendgate.config.schema import Config
 from sendgate.delivery.client import Timeouts
 from sendgate.delivery.plan import load_relays
 from sendgate.delivery.runner import build_scheduler

@@ -7,7 +7,9 @@ from pathlib import Path
 import pytest
 
 from sendgate.certs import check_pair, describe_certificate, generate_self_signed
-from sendgate.config import HostPort, load_config, parse_hostname, unsafe_settings
+from sendgate.config.kinds import HostPort, parse_hostname
+from sendgate.config.load import load_config
+from sendgate.config.unsafe import unsafe_settings
 from sendgate.errors import UserError
 from sendgate.scaffold import default_hostname, init_instance
 

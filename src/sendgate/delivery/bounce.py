@@ -28,6 +28,7 @@ from datetime import UTC, datetime
 from email.utils import format_datetime
 
 from sendgate.dkim import DkimError, DkimSigner
+from sendgate.smtp.address import is_host_name
 from sendgate.store.envelope import Envelope
 from sendgate.store.queue import QueueStore
 
@@ -40,7 +41,6 @@ _WRAP = 72  # octets of reply text per output line
 _ACTIONS = frozenset({"failed", "delayed"})
 _STATUS = re.compile(r"[245]\.[0-9]{1,3}\.[0-9]{1,3}")
 _TOKEN = re.compile(r"[\x21-\x3b\x3d\x3f-\x7e]+")  # printable ASCII except "<" and ">"
-_HOSTNAME = re.compile(r"[A-Za-z0-9](?:[A-Za-z0-9.\-]*[A-Za-z0-9])?")
 # Control characters (C0, DEL, C1), line/paragraph separators, bidi overrides and isolates
 # (they can make a reply display as something else), and lone surrogates (not encodable).
 _UNSAFE = re.compile("[\x00-\x1f\x7f-\x9f\u2028\u2029\u202a-\u202e\u2066-\u2069\ud800-\udfff]")
@@ -91,7 +91,9 @@ def build_dsn(
         raise ValueError("no DSN for the null sender: a bounce is never bounced")
     if not notices:
         raise ValueError("a DSN needs at least one recipient notice")
-    host = _checked(reporting_host, _HOSTNAME, "reporting host")
+    host = reporting_host
+    if not is_host_name(host):
+        raise ValueError(f"malformed reporting host {host!r}")
     _checked(queue_id, _TOKEN, "queue id")
     msg_id = _checked(message_id.removeprefix("<").removesuffix(">"), _TOKEN, "message id")
     for notice in notices:

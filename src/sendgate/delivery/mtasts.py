@@ -30,6 +30,7 @@ import h11
 from sendgate.delivery.dns import DnsError, Resolver
 from sendgate.errors import SendgateError
 from sendgate.fsutil import atomic_replace
+from sendgate.smtp.address import is_domain_name
 
 MAX_AGE_LIMIT = 31557600  # RFC 8461 section 3.2: about one year
 RECHECK_SECONDS = 300.0  # how long one discovery result serves all messages to a domain
@@ -38,8 +39,6 @@ _MAX_HEADER_BYTES = 16384
 _READ_SIZE = 16384
 _SHOWN_CHARS = 60
 
-_LDH_LABEL = r"[a-z0-9](?:[a-z0-9-]{0,61}[a-z0-9])?"
-_DOMAIN = re.compile(rf"{_LDH_LABEL}(?:\.{_LDH_LABEL})*", re.ASCII)
 _TXT_ID = re.compile(r"[A-Za-z0-9]{1,32}", re.ASCII)
 _TXT_EXT_NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9_.-]{0,31}", re.ASCII)
 _TXT_EXT_VALUE = re.compile(r"[\x21-\x3a\x3c\x3e-\x7e]+", re.ASCII)
@@ -386,14 +385,14 @@ def _check_response(response: h11.Response, host: str, max_size: int) -> None:
 def _mx_pattern(value: str, number: int) -> str:
     pattern = value.lower()
     name = pattern.removeprefix("*.")
-    if len(name) > 253 or not _DOMAIN.fullmatch(name):
+    if not is_domain_name(name):
         raise MtaStsError(f"MTA-STS policy line {number}: bad mx pattern {_shown(value)}")
     return pattern
 
 
 def _domain(domain: str) -> str:
     name = domain.lower().removesuffix(".")
-    if len(name) > 253 or not _DOMAIN.fullmatch(name):
+    if not is_domain_name(name):
         raise MtaStsError(f"not a valid domain for MTA-STS: {_shown(domain)}")
     return name
 

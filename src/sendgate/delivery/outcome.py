@@ -21,7 +21,7 @@ import re
 from collections.abc import Sequence
 from dataclasses import dataclass, replace
 
-from sendgate.config import DeliveryConfig
+from sendgate.config.schema import DeliveryConfig
 from sendgate.delivery.bounce import RecipientNotice
 from sendgate.delivery.client import Outcome, RemoteReply
 from sendgate.store.delivery_state import (

@@ -19,7 +19,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from sendgate.config import RouteConfig
+from sendgate.config.schema import RouteConfig
 from sendgate.delivery import dane
 from sendgate.delivery.client import Target, TlsRequirement
 from sendgate.delivery.dns import DnsError, Resolver, ascii_name

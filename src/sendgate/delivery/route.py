@@ -4,9 +4,9 @@ Follows RFC 5321 5.1 (MX by preference, equal preferences in random order, impli
 the domain's own addresses when it has no MX) and RFC 7505 (a null MX means no mail).
 
 Security: MX and address records are untrusted DNS data. At most `MAX_HOPS` hosts are resolved
-(a hostile domain cannot make us query hundreds of names); MX targets that are IP literals or
-contain bytes other than letters, digits, "-" and "_" are dropped, as are the unspecified
-addresses 0.0.0.0 and ::, which would connect to ourselves.
+(a hostile domain cannot make us query hundreds of names); MX targets that are not host names
+(`smtp.address.is_host_name`, with "_" allowed), IP literals among them, are dropped, as are the
+unspecified addresses 0.0.0.0 and ::, which would connect to ourselves.
 """
 
 from __future__ import annotations
@@ -14,17 +14,15 @@ from __future__ import annotations
 import asyncio
 import ipaddress
 import random
-import re
 from collections.abc import Sequence
 from dataclasses import dataclass
 from itertools import groupby
 
 from sendgate.delivery.dns import Answer, DnsError, MxRecord, Resolver
 from sendgate.errors import SendgateError
+from sendgate.smtp.address import is_host_name
 
 MAX_HOPS = 10
-
-_HOST_LABELS = re.compile(r"[a-z0-9_-]+(\.[a-z0-9_-]+)*")
 
 
 @dataclass(frozen=True, slots=True)
@@ -110,7 +108,7 @@ def _ordered(records: Sequence[MxRecord], rng: random.Random) -> list[MxRecord]:
     """Valid hosts by preference, equal preferences shuffled; a repeated host keeps its best."""
     seen: set[str] = set()
     result: list[MxRecord] = []
-    valid = sorted(record for record in records if _is_host_name(record.host))
+    valid = sorted(record for record in records if is_host_name(record.host, underscore=True))
     for preference, group in groupby(valid, key=lambda record: record[0]):
         # Sorted first, so the order depends only on the RRset and rng, not on the wire order.
         hosts = [host for _, host in group if host not in seen]
@@ -118,16 +116,6 @@ def _ordered(records: Sequence[MxRecord], rng: random.Random) -> list[MxRecord]:
         seen.update(hosts)
         result.extend(MxRecord(preference, host) for host in hosts)
     return result
-
-
-def _is_host_name(host: str) -> bool:
-    if not _HOST_LABELS.fullmatch(host):
-        return False
-    try:
-        ipaddress.ip_address(host)
-    except ValueError:
-        return True
-    return False
 
 
 def _usable(answer: Answer[str]) -> tuple[str, ...]:

@@ -17,7 +17,7 @@ from collections.abc import Callable, Coroutine
 from concurrent.futures import ThreadPoolExecutor
 from typing import Any
 
-from sendgate.config import Config
+from sendgate.config.schema import Config
 from sendgate.delivery.bounce import DsnWriter
 from sendgate.delivery.client import Timeouts
 from sendgate.delivery.courier import Courier

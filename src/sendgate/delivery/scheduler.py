@@ -24,7 +24,7 @@ from collections.abc import Callable
 from concurrent.futures import Executor
 from typing import TypeVar
 
-from sendgate.config import DeliveryConfig
+from sendgate.config.schema import DeliveryConfig
 from sendgate.delivery import outcome
 from sendgate.delivery.bounce import DsnWriter
 from sendgate.delivery.courier import Courier

@@ -1,10 +1,15 @@
-"""The one strict parser of mail addresses: SMTP paths (RFC 5321, RFC 6531) and header mailboxes.
+"""The one strict parser of mail addresses and host names: SMTP paths (RFC 5321, RFC 6531), header
+mailboxes, and the host-name grammar every other module checks names with.
 
 Security: everything parsed here comes from the client (MAIL/RCPT arguments, From:/Sender:
 header fields). Only what RFC 5321 section 4.1.2 allows is accepted, with UTF-8 local parts and
 U-label domains only when SMTPUTF8 was requested; lengths are capped per RFC 5321 section
 4.5.3.1. The result is a canonical `Address` that the sender policy compares; no other module
 parses addresses.
+
+Host names: `is_ldh_label`, `is_domain_name` and `is_host_name` are the one grammar of DNS names
+in sendgate (config, DKIM, MX targets, MTA-STS, DSNs). They only answer yes or no, never
+normalise: callers that want canonical names lower-case them first.
 """
 
 from __future__ import annotations
@@ -20,6 +25,7 @@ from typing import cast
 MAX_LOCAL_PART = 64
 MAX_DOMAIN = 255
 MAX_PATH = 256
+MAX_HOST_NAME = 253  # a DNS name as text without the final dot (255 octets on the wire)
 _MAX_LABEL = 63
 
 # RFC 5321 atext (RFC 5322 3.2.3) as a character class, ASCII part.
@@ -29,7 +35,9 @@ _DOT_STRING_UTF8 = re.compile(rf"[{_ATEXT}\u0080-\U0010ffff]+(?:\.[{_ATEXT}\u008
 # qtextSMTP / quoted-pairSMTP contents (printable ASCII, space included).
 _QUOTED_ASCII = re.compile(r'"((?:[\x20\x21\x23-\x5b\x5d-\x7e]|\\[\x20-\x7e])*)"')
 _QUOTED_UTF8 = re.compile(r'"((?:[\x20\x21\x23-\x5b\x5d-\x7e\u0080-\U0010ffff]|\\[\x20-\x7e])*)"')
-_LDH_LABEL = re.compile(r"[A-Za-z0-9](?:[A-Za-z0-9-]*[A-Za-z0-9])?")
+# RFC 1123 2.1: letters, digits and hyphens, 1 to 63 of them, no hyphen at either end.
+_LDH_LABEL = re.compile(r"[A-Za-z0-9](?:[A-Za-z0-9-]{0,61}[A-Za-z0-9])?")
+_LDH_LABEL_UNDERSCORE = re.compile(r"[A-Za-z0-9_](?:[A-Za-z0-9_-]{0,61}[A-Za-z0-9_])?")
 _UNQUOTE = re.compile(r"\\(.)")
 
 
@@ -82,6 +90,34 @@ def _utf8_label_ok(label: str) -> bool:
     return len(b"xn--" + label.encode("punycode")) <= _MAX_LABEL
 
 
+def is_ldh_label(label: str, *, underscore: bool = False) -> bool:
+    """True for one host-name label: 1 to 63 ASCII letters, digits and inner hyphens.
+
+    `underscore` also lets "_" stand where a letter may: host names as found in DNS (MX
+    targets) have them, though RFC 1123 does not.
+    """
+    return (_LDH_LABEL_UNDERSCORE if underscore else _LDH_LABEL).fullmatch(label) is not None
+
+
+def is_domain_name(name: str, *, underscore: bool = False) -> bool:
+    """True for host-name labels joined by dots, at most 253 characters, without a final dot.
+
+    Labels of digits only are allowed anywhere, as in RFC 5321's Domain, so "192.0.2.1" passes;
+    `is_host_name` is the check for a name that must not read as an address.
+    """
+    return len(name) <= MAX_HOST_NAME and all(
+        is_ldh_label(label, underscore=underscore) for label in name.split(".")
+    )
+
+
+def is_host_name(name: str, *, underscore: bool = False) -> bool:
+    """True for a domain name whose last label is not all digits, so never an IPv4 address.
+
+    RFC 1123 2.1 and RFC 3696 2: a top-level domain is never numeric.
+    """
+    return is_domain_name(name, underscore=underscore) and not name.rpartition(".")[2].isdigit()
+
+
 def parse_domain(text: str, *, smtputf8: bool) -> str:
     """Validate a domain or address literal; return its canonical (lower-case) form."""
     _check_non_ascii(text, smtputf8)
@@ -93,7 +129,7 @@ def parse_domain(text: str, *, smtputf8: bool) -> str:
         raise AddressError("bad domain length")
     for label in text.split("."):
         if label.isascii():
-            if len(label) > _MAX_LABEL or not _LDH_LABEL.fullmatch(label):
+            if not is_ldh_label(label):
                 raise AddressError("bad domain label")
         elif not _utf8_label_ok(label):
             raise AddressError("bad internationalised domain label")

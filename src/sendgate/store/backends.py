@@ -19,7 +19,7 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Literal
 
-from sendgate.config import Config
+from sendgate.config.schema import Config
 from sendgate.store.limits import LimitStore
 from sendgate.store.local.announce import AnnouncePipe
 from sendgate.store.local.limits import LocalLimitStore

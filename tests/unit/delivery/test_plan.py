@@ -21,7 +21,9 @@ from hypothesis import given
 from hypothesis import strategies as st
 from tests.peers.dns_server import ZoneServer
 
-from sendgate.config import Config, HostPort, RouteConfig, load_config
+from sendgate.config.kinds import HostPort
+from sendgate.config.load import load_config
+from sendgate.config.schema import Config, RouteConfig
 from sendgate.delivery.client import Target, TlsRequirement
 from sendgate.delivery.dns import Resolver
 from sendgate.delivery.plan import MAX_TARGETS, PlanError, Planner, Relay, load_relays, relay_for

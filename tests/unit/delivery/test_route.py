@@ -168,12 +168,17 @@ def test_ip_literals_and_odd_names_in_mx_are_dropped() -> None:
         server.add("example.test", "MX", "1 192.0.2.1.")  # resolvable, but not a host name
         server.add("example.test", "MX", "2 bad\\032name.example.test.")
         server.add("example.test", "MX", "3 good.example.test.")
-        for host in ("192.0.2.1", "bad\\032name.example.test", "good.example.test"):
+        server.add("example.test", "MX", "4 under_score.example.test.")  # found in the wild
+        hosts = ("192.0.2.1", "bad\\032name.example.test", "good.example.test")
+        for host in (*hosts, "under_score.example.test"):
             server.add(host, "A", "192.0.2.9")
         result = route(server, "example.test")
         asked = {query.name for query in server.queries if query.rdtype == "A"}
-    assert result.hops == (Hop("good.example.test", ("192.0.2.9",), 3),)
-    assert asked == {"good.example.test"}
+    assert result.hops == (
+        Hop("good.example.test", ("192.0.2.9",), 3),
+        Hop("under_score.example.test", ("192.0.2.9",), 4),
+    )
+    assert asked == {"good.example.test", "under_score.example.test"}
 
 
 def test_unspecified_addresses_are_dropped() -> None:

@@ -22,7 +22,7 @@ from typing import Any, TypeVar
 import pytest
 from tests.peers.mx import Receiver
 
-from sendgate.config import DeliveryConfig
+from sendgate.config.schema import DeliveryConfig
 from sendgate.delivery.bounce import DsnWriter
 from sendgate.delivery.client import Timeouts
 from sendgate.delivery.courier import Courier

@@ -1,0 +1,139 @@
+"""Tests for sendgate.config.unsafe: the override list, the findings, and the gate."""
+
+import os
+from pathlib import Path
+
+import pytest
+from tests.unit.config.conftest import CERTIFICATES, MINIMAL, write_config
+
+from sendgate.config.echo import Where
+from sendgate.config.load import load_config
+from sendgate.config.unsafe import OVERRIDES, UnsafeSetting, refuse_unsafe, unsafe_settings
+from sendgate.errors import ConfigError
+
+UNSAFE_CASES = [
+    ("plaintext_auth", "[auth]\nallow_plaintext = true\n" + CERTIFICATES),
+    ("tls_below_1_2", CERTIFICATES + 'min_version = "1.0"\n'),
+    ("no_auth", "[auth]\nrequired = false\n" + CERTIFICATES),
+]
+
+
+@pytest.mark.parametrize(("override", "tables"), UNSAFE_CASES, ids=[c[0] for c in UNSAFE_CASES])
+def test_unsafe_setting_with_its_override_loads_and_is_listed(
+    pair_dir: Path, override: str, tables: str
+) -> None:
+    text = f'hostname = "mail.example.com"\nunsafe_overrides = ["{override}"]\n' + tables
+
+    config = load_config(write_config(pair_dir, text))
+
+    assert [unsafe.override for unsafe in unsafe_settings(config)] == [override]
+    assert config.unsafe_overrides == (override,)
+
+
+def test_world_readable_key_with_override_loads_and_is_described(pair_dir: Path) -> None:
+    os.chmod(pair_dir / "key.pem", 0o644)
+    text = 'hostname = "mail.example.com"\nunsafe_overrides = ["world_readable_key"]\n'
+
+    config = load_config(write_config(pair_dir, text + CERTIFICATES))
+
+    assert unsafe_settings(config) == [
+        UnsafeSetting(
+            "world_readable_key",
+            "tls.certificates[0].key",
+            f"tls.certificates[0].key: {pair_dir}/key.pem is open to group or others (mode 0644)",
+        )
+    ]
+
+
+def test_unsafe_settings_reads_the_key_mode_now(pair_dir: Path) -> None:
+    config = load_config(write_config(pair_dir, MINIMAL))
+    assert unsafe_settings(config) == []
+
+    os.chmod(pair_dir / "key.pem", 0o604)
+
+    assert [unsafe.override for unsafe in unsafe_settings(config)] == ["world_readable_key"]
+
+
+def test_every_unsafe_setting_at_once_is_listed_in_order(pair_dir: Path) -> None:
+    os.chmod(pair_dir / "key.pem", 0o660)
+    text = (
+        'hostname = "mail.example.com"\n'
+        'unsafe_overrides = ["world_readable_key", "no_auth", "tls_below_1_2", "plaintext_auth"]\n'
+        "[auth]\nrequired = false\nallow_plaintext = true\n"
+        + CERTIFICATES.replace("[tls]", '[tls]\nmin_version = "1.1"')
+    )
+
+    config = load_config(write_config(pair_dir, text))
+
+    assert [unsafe.override for unsafe in unsafe_settings(config)] == [
+        "plaintext_auth",
+        "tls_below_1_2",
+        "no_auth",
+        "world_readable_key",
+    ]
+
+
+def test_override_listed_but_not_needed_is_fine(pair_dir: Path) -> None:
+    text = 'hostname = "mail.example.com"\nunsafe_overrides = ["no_auth", "plaintext_auth"]\n'
+
+    config = load_config(write_config(pair_dir, text + CERTIFICATES))
+
+    assert config.unsafe_overrides == ("no_auth", "plaintext_auth")
+    assert unsafe_settings(config) == []
+
+
+def test_plaintext_relay_names_the_route(pair_dir: Path) -> None:
+    text = (
+        'unsafe_overrides = ["plaintext_relay"]\n'
+        + MINIMAL
+        + "[[delivery.routes]]\n"
+        + 'domains = ["*"]\nsmarthost = "relay.example.net:25"\ntls = "none"\n'
+    )
+
+    config = load_config(write_config(pair_dir, text))
+
+    assert unsafe_settings(config) == [
+        UnsafeSetting(
+            "plaintext_relay",
+            "delivery.routes[0].tls",
+            'delivery.routes[0]: tls = "none" to relay.example.net:25: mail and passwords '
+            "cross the network in clear",
+        )
+    ]
+
+
+def test_gate_refuses_the_first_setting_not_overridden(pair_dir: Path) -> None:
+    text = 'unsafe_overrides = ["no_auth"]\n' + MINIMAL + "[auth]\nrequired = false\n"
+    config = load_config(write_config(pair_dir, text))
+    os.chmod(pair_dir / "key.pem", 0o640)
+
+    with pytest.raises(ConfigError) as caught:
+        refuse_unsafe(config, Where("sendgate.toml", "", pair_dir))
+
+    assert str(caught.value) == (
+        "sendgate.toml: tls.certificates[0].key: unsafe setting refused; "
+        'add "world_readable_key" to unsafe_overrides to allow it'
+    )
+
+
+def test_key_that_cannot_be_checked_is_an_error(pair_dir: Path) -> None:
+    config = load_config(write_config(pair_dir, MINIMAL))
+    (pair_dir / "key.pem").unlink()
+
+    with pytest.raises(ConfigError) as caught:
+        unsafe_settings(config)
+
+    assert str(caught.value) == (
+        f"tls.certificates[0].key: cannot check {pair_dir}/key.pem: No such file or directory"
+    )
+
+
+def test_overrides_are_named_in_a_fixed_order_with_one_line_each() -> None:
+    assert list(OVERRIDES) == [
+        "plaintext_auth",
+        "tls_below_1_2",
+        "no_auth",
+        "world_readable_key",
+        "plaintext_relay",
+    ]
+    assert all(allows and "\n" not in allows for allows in OVERRIDES.values())
