@@ -23,9 +23,9 @@ itself is never rewritten.
 Security: queue ids come from the command line and from directory listings, so every id is
 checked against a strict pattern before it becomes part of a path (no ``../``). Envelope files
 are parsed strictly (exact keys, exact types, no control characters in addresses). Message bytes
-come from clients and are stored verbatim; only `format_queue_show` looks inside them, and it
-escapes anything unprintable before it reaches an operator's terminal. This module touches only
-files under the spool root and does not log.
+come from clients and are stored verbatim; this module never looks inside them (`queue show`
+in cli/ escapes them for the terminal). This module touches only files under the spool root and
+does not log.
 """
 
 import errno
@@ -39,7 +39,6 @@ import time
 from collections.abc import Callable
 from contextlib import suppress
 from dataclasses import dataclass, fields
-from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any, TypeVar
 
@@ -501,67 +500,3 @@ def _spool_error(action: str, path: Path, exc: OSError) -> SpoolError:
     """Build the one-line error for a failed spool operation, SpoolFullError if the disk is full."""
     kind = SpoolFullError if is_disk_full(exc) else SpoolError
     return kind(f"{action} {path}: {exc.strerror or exc}")
-
-
-def format_queue_line(env: Envelope) -> str:
-    """Return the `sendgate queue list` line for one message.
-
-    Format, fields separated by single spaces::
-
-        <id> <received, ISO 8601 UTC to the second, e.g. 2024-05-01T12:00:00Z> <size in bytes>
-        <sender, or "<>" for the null sender> -> <recipients separated by ",">
-
-    The first four fields never contain spaces except a quoted local part of the sender;
-    scripts should split off three fields, then split the rest at the first " -> ". Anything
-    unprintable in an address is shown as a Python-style escape, so a line is always one line.
-    """
-    recipients = ",".join(printable(rcpt) for rcpt in env.recipients)
-    return (
-        f"{env.queue_id} {iso_utc(env.received_at)} {env.size} "
-        f"{printable(env.sender) or '<>'} -> {recipients}"
-    )
-
-
-def format_queue_show(env: Envelope, message: bytes) -> str:
-    """Return the `sendgate queue show ID` text: envelope fields, a blank line, the headers.
-
-    The message body is left out; header bytes that are not UTF-8 and unprintable characters
-    are shown as escapes, so untrusted headers cannot drive the operator's terminal.
-    """
-    lines = [
-        f"queue-id: {env.queue_id}",
-        f"received: {iso_utc(env.received_at)}",
-        f"size: {env.size}",
-        f"user: {printable(env.user)}",
-        f"sender: {printable(env.sender) or '<>'}",
-        *(f"recipient: {printable(rcpt)}" for rcpt in env.recipients),
-        f"smtputf8: {'yes' if env.smtputf8 else 'no'}",
-        f"body: {env.body}",
-        "",
-    ]
-    header = _header_section(message).decode("utf-8", "backslashreplace")
-    if header:
-        lines.extend(printable(line) for line in header.split("\r\n"))
-    return "\n".join(lines)
-
-
-def _header_section(message: bytes) -> bytes:
-    """Return the header lines of `message` (CRLF-separated, without the blank line)."""
-    if message.startswith(b"\r\n"):
-        return b""
-    end = message.find(b"\r\n\r\n")
-    return message.removesuffix(b"\r\n") if end < 0 else message[:end]
-
-
-def iso_utc(timestamp: float) -> str:
-    return datetime.fromtimestamp(timestamp, UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
-
-
-def printable(text: str) -> str:
-    """Escape characters a terminal would act on (controls, bidi overrides); keep tabs."""
-    if text.isprintable():
-        return text
-    return "".join(
-        char if char.isprintable() or char == "\t" else char.encode("unicode_escape").decode()
-        for char in text
-    )

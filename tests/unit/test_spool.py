@@ -1,4 +1,4 @@
-"""Tests for sendgate.spool: durable put, readback, sweep, queue ids and queue listings."""
+"""Tests for sendgate.spool: durable put, readback, sweep, queue ids and delivery state."""
 
 import dataclasses
 import json
@@ -21,14 +21,7 @@ import pytest
 import sendgate
 from sendgate.errors import SpoolError, SpoolFullError
 from sendgate.fsutil import fsync_dir
-from sendgate.spool import (
-    Envelope,
-    Spool,
-    SweepResult,
-    format_queue_line,
-    format_queue_show,
-    new_queue_id,
-)
+from sendgate.spool import Envelope, Spool, SweepResult, new_queue_id
 
 MESSAGE = (
     b"From: Alice <alice@example.com>\r\n"
@@ -785,89 +778,6 @@ def test_corrupt_envelope_line_that_is_not_json_names_the_file(
     with pytest.raises(SpoolError, match=f"^corrupt envelope {path}: envelope is not valid JSON"):
         spool.envelope(queue_id)
     assert spool.message(queue_id) == MESSAGE
-
-
-# --- queue listings --------------------------------------------------------------------------
-
-
-def test_format_queue_line() -> None:
-    envelope = make_envelope("01HX0000000000ABCD", received_at=86_399.9, size=1234)
-    assert format_queue_line(envelope) == (
-        "01HX0000000000ABCD 1970-01-01T23:59:59Z 1234 alice@example.com"
-        " -> bob@example.org,carol@example.net"
-    )
-
-
-def test_format_queue_line_shows_the_null_sender_as_angle_brackets() -> None:
-    envelope = make_envelope("01HX0000000000ABCD", sender="", recipients=("x@y.example",))
-    assert format_queue_line(envelope) == (
-        f"01HX0000000000ABCD 2024-05-01T12:00:00Z {len(MESSAGE)} <> -> x@y.example"
-    )
-
-
-def test_format_queue_line_escapes_what_a_terminal_would_act_on() -> None:
-    envelope = make_envelope(
-        "01HX0000000000ABCD",
-        sender="evil\u202egro.elpmaxe@a",
-        recipients=("用户@例子.广告", "b\u2028c@example.org"),
-    )
-    line = format_queue_line(envelope)
-    assert line.endswith(" evil\\u202egro.elpmaxe@a -> 用户@例子.广告,b\\u2028c@example.org")
-    assert line.isprintable()
-
-
-def test_format_queue_show_prints_envelope_and_headers_only() -> None:
-    message = (
-        b"Subject: hello \x1b[31mred\r\n"
-        b"X-Folded: one\r\n\ttwo\r\n"
-        b"X-Bad-Utf8: \xff\r\n"
-        b"X-Bidi: \xe2\x80\xae\r\n"
-        b"\r\n"
-        b"SECRET BODY\r\n"
-    )
-    envelope = make_envelope(
-        "01HX0000000000ABCD",
-        message,
-        sender="",
-        received_at=0.0,
-        smtputf8=True,
-        body="8BITMIME",
-    )
-    assert format_queue_show(envelope, message) == "\n".join(
-        [
-            "queue-id: 01HX0000000000ABCD",
-            "received: 1970-01-01T00:00:00Z",
-            f"size: {len(message)}",
-            "user: alice",
-            "sender: <>",
-            "recipient: bob@example.org",
-            "recipient: carol@example.net",
-            "smtputf8: yes",
-            "body: 8BITMIME",
-            "",
-            "Subject: hello \\x1b[31mred",
-            "X-Folded: one",
-            "\ttwo",
-            "X-Bad-Utf8: \\xff",
-            "X-Bidi: \\u202e",
-        ]
-    )
-
-
-def test_format_queue_show_of_a_message_with_only_headers() -> None:
-    message = b"Subject: only headers\r\n"
-    text = format_queue_show(make_envelope("01HX0000000000ABCD", message), message)
-    assert text.endswith("smtputf8: no\nbody: 7BIT\n\nSubject: only headers")
-
-
-def test_format_queue_show_of_a_message_without_headers() -> None:
-    message = b"\r\nSECRET BODY\r\n"
-    text = format_queue_show(make_envelope("01HX0000000000ABCD", message), message)
-    assert text.endswith(
-        "sender: alice@example.com\nrecipient: bob@example.org\n"
-        "recipient: carol@example.net\nsmtputf8: no\nbody: 7BIT\n"
-    )
-    assert "SECRET" not in text
 
 
 def test_state_is_absent_before_the_first_write_then_replaced(tmp_path: Path) -> None:

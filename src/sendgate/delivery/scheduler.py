@@ -39,18 +39,12 @@ from sendgate.delivery.client import (
 )
 from sendgate.delivery.plan import Planner
 from sendgate.delivery.route import RouteError
-from sendgate.delivery.state import (
-    DELIVERED,
-    FAILED,
-    PENDING,
-    DeliveryState,
-    RecipientState,
-    one_line,
-)
+from sendgate.delivery.state import DELIVERED, FAILED, PENDING, DeliveryState, RecipientState
 from sendgate.dkim import DkimError, DkimSigner
 from sendgate.errors import SpoolError, UnknownQueueIdError
 from sendgate.log import EventLog
 from sendgate.spool import Envelope, Spool
+from sendgate.text import one_line
 
 _ENHANCED = re.compile(r"([245])\.(\d{1,3})\.(\d{1,3})(?=\s|$)")
 _T = TypeVar("_T")

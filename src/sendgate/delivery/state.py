@@ -19,14 +19,13 @@ from dataclasses import dataclass, replace
 from typing import Any
 
 from sendgate.errors import SpoolError
-from sendgate.spool import iso_utc, printable
+from sendgate.text import one_line
 
 PENDING = "pending"
 DELIVERED = "delivered"
 FAILED = "failed"
 _STATUSES = (PENDING, DELIVERED, FAILED)
 _VERSION = 1
-_REPLY_LIMIT = 1000
 
 
 @dataclass(frozen=True, slots=True)
@@ -115,12 +114,6 @@ class DeliveryState:
         return state
 
 
-def one_line(text: str) -> str:
-    """Make a remote reply safe for logs, state and DSNs: no controls, bounded length."""
-    cleaned = "".join(ch if ch.isprintable() else " " for ch in text.replace("\n", " / "))
-    return cleaned[:_REPLY_LIMIT]
-
-
 _STATE_KEYS = frozenset({"version", "next_attempt", "attempts", "delay_notified", "recipients"})
 _RECIPIENT_KEYS = frozenset(
     {"address", "status", "attempts", "last_attempt", "host", "reply", "enhanced"}
@@ -185,30 +178,3 @@ def _str(value: Any) -> str:
 
 def _opt_str(value: Any) -> str | None:
     return None if value is None else _str(value)
-
-
-def explain(queue_id: str, sender: str, received_at: float, state: DeliveryState | None) -> str:
-    """The `sendgate queue explain ID` text: why the message is still queued.
-
-    One ``recipient:`` block per recipient with its status, attempts, last attempt, the host and
-    the reply it gave; then the next attempt time. Times are ISO 8601 UTC.
-    """
-    lines = [f"queue-id: {queue_id}", f"sender: {printable(sender) or '<>'}"]
-    lines.append(f"received: {iso_utc(received_at)}")
-    if state is None:
-        lines.append("attempts: 0 (not tried yet; due now)")
-        return "\n".join(lines)
-    lines.append(f"attempts: {state.attempts}")
-    for row in state.recipients:
-        lines.append(f"recipient: {printable(row.address)}")
-        lines.append(f"  status: {row.status}")
-        lines.append(f"  attempts: {row.attempts}")
-        if row.last_attempt is not None:
-            lines.append(f"  last-attempt: {iso_utc(row.last_attempt)}")
-        if row.host is not None:
-            lines.append(f"  host: {printable(row.host)}")
-        if row.reply is not None:
-            lines.append(f"  reply: {printable(row.reply)}")
-    if state.pending():
-        lines.append(f"next-attempt: {iso_utc(state.next_attempt)}")
-    return "\n".join(lines)

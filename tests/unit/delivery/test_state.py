@@ -1,4 +1,4 @@
-"""Tests for sendgate.delivery.state: round trips, strict parsing, one_line and explain."""
+"""Tests for sendgate.delivery.state: round trips and strict parsing."""
 
 from __future__ import annotations
 
@@ -16,10 +16,9 @@ from sendgate.delivery.state import (
     PENDING,
     DeliveryState,
     RecipientState,
-    explain,
-    one_line,
 )
 from sendgate.errors import SpoolError
+from sendgate.text import one_line
 
 BOB = "bob@example.org"
 CAROL = "carol@example.org"
@@ -362,92 +361,3 @@ def test_any_value_in_any_field_gives_a_state_or_a_spool_error(field: str, value
     target[key] = value
     problem = _problem(json.dumps(record).encode())
     assert problem is None or (problem.startswith("state: ") and "\n" not in problem)
-
-
-# --- one_line -----------------------------------------------------------------------------------
-
-
-def test_one_line_joins_lines_and_replaces_controls() -> None:
-    assert (
-        one_line("550-5.1.1 no such user\n550 5.1.1 bye")
-        == "550-5.1.1 no such user / 550 5.1.1 bye"
-    )
-    assert one_line("a\rb\tc\x00d\x7fe\u2028f\u202eg") == "a b c d e f g"
-
-
-def test_one_line_bounds_the_length() -> None:
-    assert len(one_line("x" * 5000)) == 1000
-    assert one_line("short") == "short"
-
-
-@given(st.text())
-def test_one_line_output_is_printable_bounded_and_stable(text: str) -> None:
-    line = one_line(text)
-    assert line.isprintable()
-    assert len(line) <= 1000
-    assert one_line(line) == line
-
-
-# --- explain ------------------------------------------------------------------------------------
-
-
-def test_explain_before_any_attempt() -> None:
-    text = explain("0123456789ABCDEFGH", "alice@sender.test", T0, None)
-    assert text.splitlines() == [
-        "queue-id: 0123456789ABCDEFGH",
-        "sender: alice@sender.test",
-        "received: 2027-01-15T08:00:00Z",
-        "attempts: 0 (not tried yet; due now)",
-    ]
-
-
-def test_explain_after_attempts_lists_each_recipient_and_the_next_attempt() -> None:
-    state = _parse(_valid_record())
-    text = explain("0123456789ABCDEFGH", "", T0 - 60, state)
-    assert text.splitlines() == [
-        "queue-id: 0123456789ABCDEFGH",
-        "sender: <>",
-        "received: 2027-01-15T07:59:00Z",
-        "attempts: 1",
-        f"recipient: {BOB}",
-        "  status: delivered",
-        "  attempts: 1",
-        "  last-attempt: 2027-01-15T08:00:00Z",
-        "  host: mx1.example.org",
-        "  reply: 250 2.0.0 OK",
-        f"recipient: {CAROL}",
-        "  status: pending",
-        "  attempts: 1",
-        "  last-attempt: 2027-01-15T08:00:00Z",
-        "  host: mx1.example.org",
-        "  reply: 451 4.3.0 later",
-        "next-attempt: 2027-01-15T08:05:00Z",
-    ]
-
-
-def test_explain_leaves_out_unknown_fields_and_the_next_attempt_when_finished() -> None:
-    state = DeliveryState(
-        (RecipientState(BOB, FAILED, attempts=2, reply="domain does not exist"),),
-        next_attempt=T0,
-        attempts=2,
-    )
-    lines = explain("0123456789ABCDEFGH", "alice@sender.test", T0, state).splitlines()
-    assert lines[-4:] == [
-        f"recipient: {BOB}",
-        "  status: failed",
-        "  attempts: 2",
-        "  reply: domain does not exist",
-    ]
-    assert not any(line.startswith(("next-attempt", "  host", "  last-attempt")) for line in lines)
-
-
-def test_explain_escapes_what_a_terminal_would_act_on() -> None:
-    state = DeliveryState(
-        (RecipientState("bob\x1b[2J@example.org", reply="451 \u202eevil", host="mx\x07"),),
-    )
-    text = explain("0123456789ABCDEFGH", "al\nice@sender.test", T0, state)
-    assert "sender: al\\nice@sender.test" in text
-    assert "recipient: bob\\x1b[2J@example.org" in text
-    assert "  reply: 451 \\u202eevil" in text
-    assert "  host: mx\\x07" in text
-    assert all(line.isprintable() for line in text.splitlines())
