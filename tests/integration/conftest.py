@@ -30,9 +30,9 @@ from tests.peers.https_server import HttpsServer
 from tests.peers.mx import Receiver
 
 from sendgate.config import Config, HostPort, load_config
-from sendgate.delivery.client import Timeouts
 from sendgate.delivery.plan import load_relays
 from sendgate.delivery.runner import build_scheduler
+from sendgate.delivery.target import Timeouts
 from sendgate.dkim import DkimSigner, load_keys
 from sendgate.log import EventLog
 from sendgate.scaffold import init_instance

@@ -29,17 +29,12 @@ from typing import TypeVar
 
 from sendgate.config import DeliveryConfig
 from sendgate.delivery.bounce import RecipientNotice, build_dsn
-from sendgate.delivery.client import (
-    ConnectionCache,
-    Outcome,
-    RemoteReply,
-    Target,
-    Timeouts,
-    deliver,
-)
+from sendgate.delivery.client import deliver
+from sendgate.delivery.connections import ConnectionCache
 from sendgate.delivery.plan import Planner
 from sendgate.delivery.route import RouteError
 from sendgate.delivery.state import DELIVERED, FAILED, PENDING, DeliveryState, RecipientState
+from sendgate.delivery.target import Outcome, RemoteReply, Target, Timeouts
 from sendgate.dkim import DkimError, DkimSigner
 from sendgate.errors import SpoolError, UnknownQueueIdError
 from sendgate.log import EventLog

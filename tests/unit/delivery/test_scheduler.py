@@ -25,11 +25,11 @@ from hypothesis import strategies as st
 from tests.peers.mx import Receiver
 
 from sendgate.config import DeliveryConfig
-from sendgate.delivery.client import RemoteReply, Timeouts
 from sendgate.delivery.dns import Resolver
 from sendgate.delivery.plan import Planner, Relay
 from sendgate.delivery.scheduler import Scheduler, _enhanced
 from sendgate.delivery.state import DeliveryState
+from sendgate.delivery.target import RemoteReply, Timeouts
 from sendgate.log import EventLog
 from sendgate.spool import Envelope, Spool
 
