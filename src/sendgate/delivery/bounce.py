@@ -13,9 +13,10 @@ the network, and the original message from the client. Reply text loses control 
 (line breaks end a line, lone surrogates become U+FFFD), is capped at 1000 characters, folded
 into short lines and always written indented, so it can neither start a header field nor a
 MIME boundary line; the boundary is chosen so that it occurs in no part. Addresses and host
-names show control characters as "?" and are capped. The original is copied only when it is
-clean 8BITMIME text (CRLF lines of at most 998 octets, no NUL) and within `max_original_size`;
-otherwise only its header section (truncated to that size at a line end), or nothing.
+names show control characters as "?" and are capped (these rules live in sendgate.text). The
+original is copied only when it is clean 8BITMIME text (CRLF lines of at most 998 octets, no
+NUL) and within `max_original_size`; otherwise only its header section (truncated to that size
+at a line end), or nothing.
 """
 
 from __future__ import annotations
