@@ -24,6 +24,7 @@ from cryptography.x509.oid import ExtendedKeyUsageOID, NameOID
 
 from sendgate.errors import TlsConfigError
 from sendgate.fsutil import atomic_replace
+from sendgate.text import iso_utc, printable
 
 # X.520 caps a commonName at 64 characters; longer host names go in the SAN only.
 _MAX_COMMON_NAME = 64
@@ -95,8 +96,8 @@ def check_pair(cert_path: Path, key_path: Path) -> str:
     key = _load_private_key(key_path)
     if _public_der(cert.public_key()) != _public_der(key.public_key()):
         raise TlsConfigError(
-            f"{_printable(str(key_path))}: private key does not match "
-            f"certificate {_printable(str(cert_path))}"
+            f"{printable(str(key_path), keep_tabs=False)}: private key does not match "
+            f"certificate {printable(str(cert_path), keep_tabs=False)}"
         )
     return _key_type(key.public_key())[0]
 
@@ -115,10 +116,10 @@ def describe_certificate(cert_path: Path) -> str:
     except x509.ExtensionNotFound:
         names = []
     key = " ".join(part for part in _key_type(cert.public_key()) if part)
-    not_after = cert.not_valid_after_utc.strftime("%Y-%m-%dT%H:%M:%SZ")
+    not_after = iso_utc(cert.not_valid_after_utc.timestamp())
     return (
-        f"CN={_printable(', '.join(common_names)) or '(none)'}; "
-        f"SAN={_printable(', '.join(names)) or '(none)'}; "
+        f"CN={printable(', '.join(common_names), keep_tabs=False) or '(none)'}; "
+        f"SAN={printable(', '.join(names), keep_tabs=False) or '(none)'}; "
         f"key={key}; not after {not_after}"
     )
 
@@ -128,7 +129,9 @@ def _load_certificate(path: Path) -> x509.Certificate:
     try:
         return x509.load_pem_x509_certificates(_read(path))[0]
     except ValueError:
-        raise TlsConfigError(f"{_printable(str(path))}: no valid PEM certificate found") from None
+        raise TlsConfigError(
+            f"{printable(str(path), keep_tabs=False)}: no valid PEM certificate found"
+        ) from None
 
 
 def _load_private_key(path: Path) -> PrivateKeyTypes:
@@ -137,10 +140,13 @@ def _load_private_key(path: Path) -> PrivateKeyTypes:
     except TypeError:
         # cryptography signals "encrypted but no password" with TypeError.
         raise TlsConfigError(
-            f"{_printable(str(path))}: private key is encrypted; sendgate needs it unencrypted"
+            f"{printable(str(path), keep_tabs=False)}: private key is encrypted; "
+            "sendgate needs it unencrypted"
         ) from None
     except (ValueError, UnsupportedAlgorithm):
-        raise TlsConfigError(f"{_printable(str(path))}: no valid PEM private key found") from None
+        raise TlsConfigError(
+            f"{printable(str(path), keep_tabs=False)}: no valid PEM private key found"
+        ) from None
 
 
 def _read(path: Path) -> bytes:
@@ -148,7 +154,7 @@ def _read(path: Path) -> bytes:
         return path.read_bytes()
     except OSError as error:
         raise TlsConfigError(
-            f"{_printable(str(path))}: cannot read: {error.strerror or error}"
+            f"{printable(str(path), keep_tabs=False)}: cannot read: {error.strerror or error}"
         ) from None
 
 
@@ -178,13 +184,5 @@ def _write_atomic(path: Path, data: bytes, mode: int) -> None:
         atomic_replace(path, data, tmp_dir=path.parent, mode=mode)
     except OSError as error:
         raise TlsConfigError(
-            f"{_printable(str(path))}: cannot write: {error.strerror or error}"
+            f"{printable(str(path), keep_tabs=False)}: cannot write: {error.strerror or error}"
         ) from None
-
-
-def _printable(text: str) -> str:
-    """Escape characters that could break a log line or a terminal (controls, bidi marks)."""
-    return "".join(
-        char if char.isprintable() else char.encode("unicode_escape").decode("ascii")
-        for char in text
-    )

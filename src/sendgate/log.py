@@ -8,17 +8,15 @@ or message bodies; events carry names, addresses, counts and codes only.
 from __future__ import annotations
 
 import json
-import re
 import sys
 import time
 from collections.abc import Callable
 from typing import TextIO
 
+from sendgate.text import log_timestamp, log_value
+
 LEVELS = {"debug": 10, "info": 20, "warning": 30, "error": 40}
 Value = str | int | float | bool | None
-
-_UNSAFE = re.compile("[\x7f-\x9f\u2028\u2029]")
-_BARE = re.compile(r"[A-Za-z0-9_.:@/+\-\[\]<>,]+")
 
 
 def _kv_value(value: Value) -> str:
@@ -28,17 +26,7 @@ def _kv_value(value: Value) -> str:
         return "true" if value else "false"
     if isinstance(value, float):
         return f"{value:.3f}"
-    text = str(value)
-    if _BARE.fullmatch(text):
-        return text
-    # json.dumps escapes quotes, backslashes and C0 controls (CR/LF included); DEL, C1 controls
-    # and the Unicode line separators it leaves raw would still break lines or drive terminals.
-    return _UNSAFE.sub(lambda m: f"\\u{ord(m.group()):04x}", json.dumps(text, ensure_ascii=False))
-
-
-def _timestamp(now: float) -> str:
-    ms = int(now * 1000) % 1000
-    return time.strftime("%Y-%m-%dT%H:%M:%S", time.gmtime(now)) + f".{ms:03d}Z"
+    return log_value(str(value))
 
 
 class EventLog:
@@ -64,7 +52,7 @@ class EventLog:
     def event(self, name: str, level: str = "info", /, **fields: Value) -> None:
         if LEVELS[level] < self._min:
             return
-        ts = _timestamp(self._clock())
+        ts = log_timestamp(self._clock())
         merged = {**self.context, **fields}
         if self._json:
             line = json.dumps({"ts": ts, "level": level, "event": name, **merged})

@@ -14,11 +14,12 @@ from dataclasses import dataclass
 from datetime import UTC, datetime
 from email.utils import format_datetime
 
+from sendgate.headers import header_end
 from sendgate.smtp.address import Address, AddressError, parse_header_mailboxes
 from sendgate.smtp.events import TlsInfo
+from sendgate.text import header_host
 
 _FIELD_NAME = re.compile(rb"[\x21-\x39\x3b-\x7e]+")
-_UNSAFE_HELO = re.compile(r"[^A-Za-z0-9.\-:\[\]_]")
 _WANTED = (b"from", b"sender", b"message-id", b"date")
 
 
@@ -37,16 +38,9 @@ class HeaderSummary:
     header_end: int  # offset of the empty line ending the header (or len(content))
 
 
-def _header_end(content: bytes) -> int:
-    if content.startswith(b"\r\n"):
-        return 0
-    end = content.find(b"\r\n\r\n")
-    return len(content) if end < 0 else end + 2
-
-
 def summarize(content: bytes, *, smtputf8: bool) -> HeaderSummary:
     """Parse the header block once; HeaderError on malformed lines or unusable From/Sender."""
-    end = _header_end(content)
+    end = header_end(content)
     found: dict[bytes, list[bytes]] = {name: [] for name in _WANTED}
     current: bytes | None = None  # the wanted field whose folded lines are being collected
     started = False
@@ -106,7 +100,7 @@ def received_header(
         + ("S" if tls else "")
         + ("A" if authenticated else "")
     )
-    name = _UNSAFE_HELO.sub("_", helo or "unknown")[:255]
+    name = header_host(helo or "unknown", "_")
     source = f"from {name}" + (f" ([{client_ip}])" if client_ip else "")
     lines = [f"Received: {source}", f"\tby {hostname} (sendgate) with {protocol} id {queue_id}"]
     if tls is not None:

@@ -32,9 +32,9 @@ from tests.peers.mx import Receiver
 from sendgate.config.kinds import HostPort
 from sendgate.config.load import load_config
 from sendgate.config.schema import Config
-from sendgate.delivery.client import Timeouts
 from sendgate.delivery.plan import load_relays
 from sendgate.delivery.runner import build_scheduler
+from sendgate.delivery.target import Timeouts
 from sendgate.dkim import DkimSigner, load_keys
 from sendgate.errors import UnknownQueueIdError
 from sendgate.log import EventLog

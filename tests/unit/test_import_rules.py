@@ -4,6 +4,8 @@
 - policy/ imports neither sendgate.server nor sendgate.smtp.session;
 - server/ imports neither sendgate.policy, sendgate.spool, sendgate.submission nor service;
 - delivery/ shares only sendgate.smtp.replies and sendgate.smtp.address with the inbound side;
+- the neutral helpers both sides use (sendgate.text, sendgate.headers) import only the stdlib,
+  so that using them never brings the inbound side into delivery/;
 - no module is called utils.py, and smtp/ and policy/ keep no module-level mutable globals.
 """
 
@@ -27,6 +29,7 @@ INBOUND = (
     "sendgate.policy",
     "sendgate.message",
 )
+NEUTRAL = ("sendgate.text", "sendgate.headers")
 _MUTABLE_FACTORIES = frozenset(
     {"list", "dict", "set", "bytearray", "defaultdict", "OrderedDict", "deque", "Counter"}
 )
@@ -84,6 +87,10 @@ def rule_violation(importer: str, imported: str) -> str | None:
         if top == "sendgate":
             return None if within(imported, "sendgate.smtp") else "smtp/ imports only smtp/"
         return None if top in sys.stdlib_module_names else "smtp/ imports only the stdlib"
+    if any(within(importer, neutral) for neutral in NEUTRAL):
+        top = imported.partition(".")[0]
+        if top not in sys.stdlib_module_names:
+            return f"{importer} imports only the stdlib"
     if within(importer, "sendgate.policy"):
         for banned in ("sendgate.server", "sendgate.smtp.session"):
             if within(imported, banned):
@@ -199,7 +206,9 @@ def test_checker_flags_each_kind_of_violation(modules: dict[str, Module]) -> Non
         "sendgate.server.x": "from ..spool import Spool\nfrom sendgate.policy import auth\n",
         "sendgate.delivery.x": (
             "from sendgate.smtp import address, replies\nimport sendgate.smtp.data\n"
+            "from sendgate import headers, text\n"
         ),
+        "sendgate.text": "import re\nfrom sendgate.smtp import address\n",
     }
     found: list[str] = []
     for name, source in cases.items():
@@ -213,6 +222,7 @@ def test_checker_flags_each_kind_of_violation(modules: dict[str, Module]) -> Non
         "sendgate.server.x imports sendgate.policy.auth: server/ must not import sendgate.policy",
         "sendgate.delivery.x imports sendgate.smtp.data: delivery/ must not share"
         " sendgate.smtp.data with the inbound side",
+        "sendgate.text imports sendgate.smtp.address: sendgate.text imports only the stdlib",
     ]
 
 
@@ -251,6 +261,7 @@ def test_inbound_packages_exist(modules: dict[str, Module]) -> None:
     # A rule about a package that was renamed away would pass vacuously.
     for package in ("sendgate.smtp", "sendgate.policy", "sendgate.server"):
         assert any(within(name, package) for name in modules if name != package)
+    assert set(NEUTRAL) <= set(modules)
 
 
 def test_no_utils_module() -> None:

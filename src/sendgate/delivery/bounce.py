@@ -13,9 +13,10 @@ the network, and the original message from the client. Reply text loses control 
 (line breaks end a line, lone surrogates become U+FFFD), is capped at 1000 characters, folded
 into short lines and always written indented, so it can neither start a header field nor a
 MIME boundary line; the boundary is chosen so that it occurs in no part. Addresses and host
-names show control characters as "?" and are capped. The original is copied only when it is
-clean 8BITMIME text (CRLF lines of at most 998 octets, no NUL) and within `max_original_size`;
-otherwise only its header section (truncated to that size at a line end), or nothing.
+names show control characters as "?" and are capped (these rules live in sendgate.text). The
+original is copied only when it is clean 8BITMIME text (CRLF lines of at most 998 octets, no
+NUL) and within `max_original_size`; otherwise only its header section (truncated to that size
+at a line end), or nothing.
 """
 
 from __future__ import annotations
@@ -24,13 +25,13 @@ import hashlib
 import re
 from collections.abc import Sequence
 from dataclasses import dataclass
-from datetime import UTC, datetime
-from email.utils import format_datetime
 
 from sendgate.dkim import DkimError, DkimSigner
+from sendgate.headers import header_section
 from sendgate.smtp.address import is_host_name
 from sendgate.store.envelope import Envelope
 from sendgate.store.queue import QueueStore
+from sendgate.text import dsn_address, dsn_ascii, dsn_lines, header_host, mail_date
 
 BOUNCE_USER = "MAILER-DAEMON"  # the envelope's `user` for messages sendgate itself sends
 MAX_DIAGNOSTIC = 1000  # characters of one remote reply kept in the report
@@ -41,11 +42,6 @@ _WRAP = 72  # octets of reply text per output line
 _ACTIONS = frozenset({"failed", "delayed"})
 _STATUS = re.compile(r"[245]\.[0-9]{1,3}\.[0-9]{1,3}")
 _TOKEN = re.compile(r"[\x21-\x3b\x3d\x3f-\x7e]+")  # printable ASCII except "<" and ">"
-# Control characters (C0, DEL, C1), line/paragraph separators, bidi overrides and isolates
-# (they can make a reply display as something else), and lone surrogates (not encodable).
-_UNSAFE = re.compile("[\x00-\x1f\x7f-\x9f\u2028\u2029\u202a-\u202e\u2066-\u2069\ud800-\udfff]")
-_SURROGATE = re.compile("[\ud800-\udfff]")
-_HOST_UNSAFE = re.compile(r"[^A-Za-z0-9.\-_:\[\]]")
 
 
 @dataclass(frozen=True, slots=True)
@@ -103,8 +99,8 @@ def build_dsn(
         if not notice.recipient:
             raise ValueError("empty recipient in a DSN notice")
 
-    sender = _clean_address(original_sender)
-    recipients = [_clean_address(notice.recipient) for notice in notices]
+    sender = dsn_address(original_sender, _MAX_ADDRESS)
+    recipients = [dsn_address(notice.recipient, _MAX_ADDRESS) for notice in notices]
     smtputf8 = not sender.isascii() or not all(r.isascii() for r in recipients)
     failed = any(notice.action == "failed" for notice in notices)
     retry_until = will_retry_until if any(n.action == "delayed" for n in notices) else None
@@ -132,7 +128,7 @@ def build_dsn(
         f"From: Mail Delivery System <MAILER-DAEMON@{host}>",
         f"To: <{sender}>",
         f"Subject: {subject}",
-        f"Date: {_date(now)}",
+        f"Date: {mail_date(now)}",
         f"Message-ID: <{msg_id}>",
         "MIME-Version: 1.0",
         "Auto-Submitted: auto-replied",
@@ -223,33 +219,15 @@ def _checked(value: str, pattern: re.Pattern[str], what: str) -> str:
     return value
 
 
-def _clean_address(address: str) -> str:
-    """The address with unsafe characters shown as "?", cut to `_MAX_ADDRESS` octets."""
-    return _cut(_UNSAFE.sub("?", address), _MAX_ADDRESS)
-
-
-def _cut(text: str, octets: int) -> str:
-    encoded = text.encode("utf-8")
-    if len(encoded) <= octets:
-        return text
-    return encoded[:octets].decode("utf-8", "ignore")  # never half a character
-
-
 def _clean_host(name: str | None) -> str | None:
-    if name is None:
-        return None
-    return _HOST_UNSAFE.sub("?", name)[:_MAX_HOST] or None
+    return None if name is None else header_host(name, "?") or None
 
 
 def _reply_lines(diagnostic: str | None) -> list[str]:
     """The remote reply as clean, non-empty lines with single spaces, capped in total length."""
     if diagnostic is None:
         return []
-    text = _SURROGATE.sub("\ufffd", diagnostic)
-    lines = [
-        " ".join(_UNSAFE.sub("", line.replace("\t", " ")).split()) for line in text.splitlines()
-    ]
-    joined = "\n".join(line for line in lines if line)
+    joined = "\n".join(dsn_lines(diagnostic))
     if len(joined) > MAX_DIAGNOSTIC:
         joined = joined[: MAX_DIAGNOSTIC - 3].rstrip() + "..."
     return [line for line in joined.split("\n") if line]
@@ -282,15 +260,6 @@ def _wrap(line: str, width: int) -> list[str]:
     return pieces
 
 
-def _escape_non_ascii(text: str) -> str:
-    """ASCII form of `text` for message/delivery-status: non-ASCII as RFC 6533 \\x{HEX}."""
-    return "".join(c if c.isascii() else f"\\x{{{ord(c):X}}}" for c in text)
-
-
-def _date(unix: float) -> str:
-    return format_datetime(datetime.fromtimestamp(unix, UTC))
-
-
 def _human_text(
     host: str,
     notices: Sequence[RecipientNotice],
@@ -298,7 +267,7 @@ def _human_text(
     retry_until: float | None,
     note: str,
 ) -> bytes:
-    until = f" until {_date(retry_until)}" if retry_until is not None else ""
+    until = f" until {mail_date(retry_until)}" if retry_until is not None else ""
     lines = [f"This is the mail system at {host}.", ""]
     if any(notice.action == "failed" for notice in notices):
         lines.append("Your message could not be delivered to one or more recipients.")
@@ -336,7 +305,7 @@ def _status_fields(
         [
             f"Reporting-MTA: dns; {host}",
             f"X-Sendgate-Queue-ID: {queue_id}",
-            f"Arrival-Date: {_date(received_at)}",
+            f"Arrival-Date: {mail_date(received_at)}",
         ]
     ]
     for notice, recipient in zip(notices, recipients, strict=True):
@@ -351,22 +320,22 @@ def _status_fields(
             block.append(f"Remote-MTA: dns; {remote}")
         reply = _reply_lines(notice.diagnostic)
         if not utf8:
-            reply = [_escape_non_ascii(line) for line in reply]
+            reply = [dsn_ascii(line) for line in reply]
         # Each reply line and each wrapped piece becomes a folded continuation line.
         pieces = [piece for line in reply for piece in _wrap(line, _WRAP)]
         if pieces:
             block.append("Diagnostic-Code: smtp; " + "\r\n ".join(pieces))
         if notice.last_attempt is not None:
-            block.append(f"Last-Attempt-Date: {_date(notice.last_attempt)}")
+            block.append(f"Last-Attempt-Date: {mail_date(notice.last_attempt)}")
         if notice.action == "delayed" and retry_until is not None:
-            block.append(f"Will-Retry-Until: {_date(retry_until)}")
+            block.append(f"Will-Retry-Until: {mail_date(retry_until)}")
         blocks.append(block)
     return b"\r\n".join(_lines(block) for block in blocks)
 
 
 def _attachment(original: bytes, max_size: int) -> tuple[str, bytes] | None:
     """Content type and body for the original: whole, header section only, or nothing."""
-    headers = original[: _header_end(original)]
+    headers = header_section(original)
     if len(original) <= max_size and _is_clean(original):
         return ("message/rfc822" if headers.isascii() else "message/global"), original
     if len(headers) > max_size:
@@ -375,14 +344,6 @@ def _attachment(original: bytes, max_size: int) -> tuple[str, bytes] | None:
     if not headers or not _is_clean(headers):
         return None
     return ("text/rfc822-headers" if headers.isascii() else "message/global-headers"), headers
-
-
-def _header_end(content: bytes) -> int:
-    """Offset just past the last header line's CRLF (0 when there is no header section)."""
-    if content.startswith(b"\r\n"):
-        return 0
-    end = content.find(b"\r\n\r\n")
-    return len(content) if end < 0 else end + 2
 
 
 def _is_clean(data: bytes) -> bool:

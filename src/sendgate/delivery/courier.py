@@ -17,7 +17,8 @@ import asyncio
 import ssl
 from collections.abc import Sequence
 
-from sendgate.delivery.client import ConnectionCache, Outcome, Target, Timeouts, deliver
+from sendgate.delivery.client import deliver
+from sendgate.delivery.connections import ConnectionCache
 from sendgate.delivery.outcome import (
     LOCAL_ERROR,
     RESULT,
@@ -27,9 +28,11 @@ from sendgate.delivery.outcome import (
 )
 from sendgate.delivery.plan import Planner
 from sendgate.delivery.route import RouteError
+from sendgate.delivery.target import Outcome, Target, Timeouts
 from sendgate.log import EventLog
-from sendgate.store.delivery_state import FAILED, PENDING, RecipientState, one_line
+from sendgate.store.delivery_state import FAILED, PENDING, RecipientState
 from sendgate.store.envelope import Envelope
+from sendgate.text import one_line
 
 
 class Courier:

@@ -23,16 +23,16 @@ from dataclasses import dataclass, replace
 
 from sendgate.config.schema import DeliveryConfig
 from sendgate.delivery.bounce import RecipientNotice
-from sendgate.delivery.client import Outcome, RemoteReply
+from sendgate.delivery.target import Outcome, RemoteReply
 from sendgate.store.delivery_state import (
     DELIVERED,
     FAILED,
     PENDING,
     DeliveryState,
     RecipientState,
-    one_line,
 )
 from sendgate.store.envelope import Envelope
+from sendgate.text import one_line
 
 _ENHANCED = re.compile(r"([245])\.(\d{1,3})\.(\d{1,3})(?=\s|$)")
 # Log words for recipient states: stable, scripts parse them.

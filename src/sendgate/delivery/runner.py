@@ -19,12 +19,12 @@ from typing import Any
 
 from sendgate.config.schema import Config
 from sendgate.delivery.bounce import DsnWriter
-from sendgate.delivery.client import Timeouts
 from sendgate.delivery.courier import Courier
 from sendgate.delivery.dns import Resolver
 from sendgate.delivery.mtasts import MtaSts
 from sendgate.delivery.plan import MX_PORT, Planner, Relay
 from sendgate.delivery.scheduler import Scheduler
+from sendgate.delivery.target import Timeouts
 from sendgate.dkim import DkimSigner
 from sendgate.errors import ConfigError
 from sendgate.log import EventLog

@@ -20,13 +20,13 @@ from dataclasses import dataclass, replace
 from typing import Any
 
 from sendgate.errors import SpoolError
+from sendgate.text import one_line
 
 PENDING = "pending"
 DELIVERED = "delivered"
 FAILED = "failed"
 _STATUSES = (PENDING, DELIVERED, FAILED)
 _VERSION = 1
-_REPLY_LIMIT = 1000
 
 
 @dataclass(frozen=True, slots=True)
@@ -113,12 +113,6 @@ class DeliveryState:
         if tuple(row.address for row in rows) != recipients:
             raise SpoolError("state: recipients do not match the envelope")
         return state
-
-
-def one_line(text: str) -> str:
-    """Make a remote reply safe for logs, state and DSNs: no controls, bounded length."""
-    cleaned = "".join(ch if ch.isprintable() else " " for ch in text.replace("\n", " / "))
-    return cleaned[:_REPLY_LIMIT]
 
 
 _STATE_KEYS = frozenset({"version", "next_attempt", "attempts", "delay_notified", "recipients"})

@@ -24,11 +24,11 @@ from tests.peers.dns_server import ZoneServer
 from sendgate.config.kinds import HostPort
 from sendgate.config.load import load_config
 from sendgate.config.schema import Config, RouteConfig
-from sendgate.delivery.client import Target, TlsRequirement
 from sendgate.delivery.dns import Resolver
 from sendgate.delivery.plan import MAX_TARGETS, PlanError, Planner, Relay, load_relays, relay_for
 from sendgate.delivery.route import RouteError
 from sendgate.delivery.runner import trust_store
+from sendgate.delivery.target import Target, TlsRequirement
 from sendgate.errors import ConfigError
 from sendgate.scaffold import init_instance
 

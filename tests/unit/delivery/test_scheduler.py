@@ -24,11 +24,11 @@ from tests.peers.mx import Receiver
 
 from sendgate.config.schema import DeliveryConfig
 from sendgate.delivery.bounce import DsnWriter
-from sendgate.delivery.client import Timeouts
 from sendgate.delivery.courier import Courier
 from sendgate.delivery.dns import Resolver
 from sendgate.delivery.plan import Planner, Relay
 from sendgate.delivery.scheduler import LEASE, Scheduler
+from sendgate.delivery.target import Timeouts
 from sendgate.log import EventLog
 from sendgate.store.delivery_state import DeliveryState
 from sendgate.store.envelope import Envelope

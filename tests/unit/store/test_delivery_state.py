@@ -1,4 +1,4 @@
-"""Tests for sendgate.store.delivery_state: round trips, strict parsing and one_line."""
+"""Tests for sendgate.store.delivery_state: round trips and strict parsing."""
 
 from __future__ import annotations
 
@@ -17,8 +17,8 @@ from sendgate.store.delivery_state import (
     PENDING,
     DeliveryState,
     RecipientState,
-    one_line,
 )
+from sendgate.text import one_line
 
 BOB = "bob@example.org"
 CAROL = "carol@example.org"
@@ -361,27 +361,3 @@ def test_any_value_in_any_field_gives_a_state_or_a_spool_error(field: str, value
     target[key] = value
     problem = _problem(json.dumps(record).encode())
     assert problem is None or (problem.startswith("state: ") and "\n" not in problem)
-
-
-# --- one_line -----------------------------------------------------------------------------------
-
-
-def test_one_line_joins_lines_and_replaces_controls() -> None:
-    assert (
-        one_line("550-5.1.1 no such user\n550 5.1.1 bye")
-        == "550-5.1.1 no such user / 550 5.1.1 bye"
-    )
-    assert one_line("a\rb\tc\x00d\x7fe\u2028f\u202eg") == "a b c d e f g"
-
-
-def test_one_line_bounds_the_length() -> None:
-    assert len(one_line("x" * 5000)) == 1000
-    assert one_line("short") == "short"
-
-
-@given(st.text())
-def test_one_line_output_is_printable_bounded_and_stable(text: str) -> None:
-    line = one_line(text)
-    assert line.isprintable()
-    assert len(line) <= 1000
-    assert one_line(line) == line

@@ -1,63 +1,18 @@
-"""Tests for the queue listings printed by `sendgate queue list|show`."""
+"""Tests for sendgate.cli.queue's texts: `queue list` lines, `queue show` and `queue explain`."""
+
+from __future__ import annotations
 
 import dataclasses
-import json
-import os
-import re
-import stat
-import subprocess
-import textwrap
-from pathlib import Path
 from typing import Any
 
-import pytest
-
-import sendgate
-from sendgate.cli import explain, format_queue_line, format_queue_show
-from sendgate.store.delivery_state import FAILED, DeliveryState, RecipientState
+from sendgate.cli.queue import format_queue_explain, format_queue_line, format_queue_show
+from sendgate.store.delivery_state import DELIVERED, FAILED, PENDING, DeliveryState, RecipientState
 from sendgate.store.envelope import Envelope
-from sendgate.store.local.spool import Spool
 
-MESSAGE = (
-    b"From: Alice <alice@example.com>\r\n"
-    b"Subject: caf\xc3\xa9\r\n"
-    b"\r\n"
-    b"8-bit body \xff\xfe\x00 bytes\r\n"
-    b"..leading dot kept as stored\r\n"
-    b"bare \n and \r inside stay as they are\r\n"
-)
-ID_PATTERN = re.compile(r"[0-7][0-9A-HJKMNP-TV-Z]{17}")
-DELETE = object()  # marks a field to drop in the malformed-envelope cases
-
-# Runs one put that cannot fit (RLIMIT_FSIZE or a tiny file system), then one small put.
-_CONSTRAINED_PUT = textwrap.dedent(
-    """
-    import json, resource, signal, sys
-    from pathlib import Path
-    from sendgate.errors import SpoolError
-    from sendgate.store.envelope import Envelope
-    from sendgate.store.local.spool import Spool
-
-    root, size, fsize_limit = Path(sys.argv[1]), int(sys.argv[2]), int(sys.argv[3])
-    spool = Spool(root)
-    if fsize_limit:
-        signal.signal(signal.SIGXFSZ, signal.SIG_IGN)
-        resource.setrlimit(resource.RLIMIT_FSIZE, (fsize_limit, resource.RLIM_INFINITY))
-
-    def put(size):
-        env = Envelope(spool.new_id(), "a@example.com", ("b@example.com",), "alice", 0.0, size)
-        try:
-            spool.put(env, b"x" * size)
-        except SpoolError as exc:
-            return [type(exc).__name__, str(exc)]
-        return None
-
-    failed = put(size)
-    leftovers = sorted(p.name for d in ("tmp", "queue") for p in (root / d).iterdir())
-    retried = put(1000)
-    print(json.dumps({"failed": failed, "leftovers": leftovers, "retried": retried}))
-    """
-)
+MESSAGE = b"From: Alice <alice@example.com>\r\nSubject: caf\xc3\xa9\r\n\r\nbody\r\n"
+BOB = "bob@example.org"
+CAROL = "carol@example.org"
+T0 = 1_800_000_000.0  # 2027-01-15T08:00:00Z
 
 
 def make_envelope(queue_id: str, message: bytes = MESSAGE, **changes: Any) -> Envelope:
@@ -72,31 +27,7 @@ def make_envelope(queue_id: str, message: bytes = MESSAGE, **changes: Any) -> En
     return dataclasses.replace(envelope, **changes)
 
 
-def file_mode(path: Path) -> int:
-    return stat.S_IMODE(path.stat().st_mode)
-
-
-def names(directory: Path) -> list[str]:
-    return sorted(path.name for path in directory.iterdir())
-
-
-def run_constrained_put(argv: list[str]) -> dict[str, Any]:
-    src = str(Path(sendgate.__file__).parents[1])
-    result = subprocess.run(
-        argv,
-        capture_output=True,
-        text=True,
-        check=True,
-        timeout=60,
-        env={**os.environ, "PYTHONPATH": src},
-    )
-    report: dict[str, Any] = json.loads(result.stdout)
-    return report
-
-
-@pytest.fixture
-def spool(tmp_path: Path) -> Spool:
-    return Spool(tmp_path / "spool")
+# --- queue list and queue show ----------------------------------------------------------------
 
 
 def test_format_queue_line() -> None:
@@ -179,27 +110,11 @@ def test_format_queue_show_of_a_message_without_headers() -> None:
     assert "SECRET" not in text
 
 
-BOB = "bob@example.org"
-CAROL = "carol@example.org"
-T0 = 1_800_000_000.0  # 2027-01-15T08:00:00Z
-
-
-def _state() -> DeliveryState:
-    return DeliveryState(
-        (
-            RecipientState(BOB, "delivered", 1, T0, "mx1.example.org", "250 2.0.0 OK", "2.0.0"),
-            RecipientState(CAROL, "pending", 1, T0, "mx1.example.org", "451 4.3.0 later", "4.3.0"),
-        ),
-        next_attempt=T0 + 300,
-        attempts=1,
-    )
-
-
-# --- explain ------------------------------------------------------------------------------------
+# --- queue explain ----------------------------------------------------------------------------
 
 
 def test_explain_before_any_attempt() -> None:
-    text = explain("0123456789ABCDEFGH", "alice@sender.test", T0, None)
+    text = format_queue_explain("0123456789ABCDEFGH", "alice@sender.test", T0, None)
     assert text.splitlines() == [
         "queue-id: 0123456789ABCDEFGH",
         "sender: alice@sender.test",
@@ -209,8 +124,15 @@ def test_explain_before_any_attempt() -> None:
 
 
 def test_explain_after_attempts_lists_each_recipient_and_the_next_attempt() -> None:
-    state = _state()
-    text = explain("0123456789ABCDEFGH", "", T0 - 60, state)
+    state = DeliveryState(
+        (
+            RecipientState(BOB, DELIVERED, 1, T0, "mx1.example.org", "250 2.0.0 OK", "2.0.0"),
+            RecipientState(CAROL, PENDING, 1, T0, "mx1.example.org", "451 4.3.0 later", "4.3.0"),
+        ),
+        next_attempt=T0 + 300,
+        attempts=1,
+    )
+    text = format_queue_explain("0123456789ABCDEFGH", "", T0 - 60, state)
     assert text.splitlines() == [
         "queue-id: 0123456789ABCDEFGH",
         "sender: <>",
@@ -238,7 +160,7 @@ def test_explain_leaves_out_unknown_fields_and_the_next_attempt_when_finished() 
         next_attempt=T0,
         attempts=2,
     )
-    lines = explain("0123456789ABCDEFGH", "alice@sender.test", T0, state).splitlines()
+    lines = format_queue_explain("0123456789ABCDEFGH", "alice@sender.test", T0, state).splitlines()
     assert lines[-4:] == [
         f"recipient: {BOB}",
         "  status: failed",
@@ -252,7 +174,7 @@ def test_explain_escapes_what_a_terminal_would_act_on() -> None:
     state = DeliveryState(
         (RecipientState("bob\x1b[2J@example.org", reply="451 \u202eevil", host="mx\x07"),),
     )
-    text = explain("0123456789ABCDEFGH", "al\nice@sender.test", T0, state)
+    text = format_queue_explain("0123456789ABCDEFGH", "al\nice@sender.test", T0, state)
     assert "sender: al\\nice@sender.test" in text
     assert "recipient: bob\\x1b[2J@example.org" in text
     assert "  reply: 451 \\u202eevil" in text

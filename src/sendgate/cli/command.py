@@ -1,0 +1,39 @@
+"""What every command group shares: its row in the command table and the configuration it reads."""
+
+from __future__ import annotations
+
+import argparse
+import os
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+
+from sendgate.config.load import load_config
+from sendgate.config.schema import Config
+from sendgate.scaffold import CONFIG_NAME
+
+
+@dataclass(frozen=True, slots=True)
+class Group:
+    """One command group, `sendgate NAME ...`: its help line, its arguments, what it runs.
+
+    `run` gets the parsed arguments and returns the exit status; it raises `SendgateError`
+    (exit 1) or `ConfigError` (exit 2) for `main` to print as one line.
+    """
+
+    name: str
+    help: str
+    add_arguments: Callable[[argparse.ArgumentParser], None]
+    run: Callable[[argparse.Namespace], int]
+
+
+def config_path(args: argparse.Namespace) -> Path:
+    """--config, else $SENDGATE_CONFIG, else ./sendgate.toml."""
+    if args.config is not None:
+        return Path(args.config)
+    return Path(os.environ.get("SENDGATE_CONFIG", CONFIG_NAME))
+
+
+def load(args: argparse.Namespace) -> Config:
+    """The configuration the command runs against; ConfigError if it is missing or invalid."""
+    return load_config(config_path(args))

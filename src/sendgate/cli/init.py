@@ -1,0 +1,49 @@
+"""`sendgate init DIR`: a new instance (configuration, certificate, data directory)."""
+
+from __future__ import annotations
+
+import argparse
+from pathlib import Path
+
+from sendgate.cli.command import Group
+from sendgate.errors import UserError
+from sendgate.scaffold import default_hostname, init_instance
+
+
+def _arguments(init: argparse.ArgumentParser) -> None:
+    init.add_argument("directory", type=Path, metavar="DIR")
+    init.add_argument("--hostname", help="server name (default: this machine's FQDN)")
+    init.add_argument("--submission", metavar="HOST:PORT", help="STARTTLS listener")
+    init.add_argument("--submissions", metavar="HOST:PORT", help="implicit-TLS listener")
+    init.add_argument("--cert", type=Path, help="use this certificate instead of generating one")
+    init.add_argument("--key", type=Path, help="private key for --cert")
+    init.add_argument(
+        "--smarthost", metavar="HOST:PORT", help="relay all outgoing mail through this server"
+    )
+    init.add_argument(
+        "--smarthost-tls",
+        choices=("none", "starttls", "implicit"),
+        default="starttls",
+        help="TLS to the smarthost (default starttls; none only to a loopback address)",
+    )
+
+
+def run(args: argparse.Namespace) -> int:
+    if (args.cert is None) != (args.key is None):
+        raise UserError("--cert and --key go together")
+    path = init_instance(
+        args.directory,
+        hostname=args.hostname or default_hostname(),
+        submission=args.submission or "0.0.0.0:587",
+        submissions=args.submissions or "0.0.0.0:465",
+        cert=args.cert,
+        key=args.key,
+        smarthost=args.smarthost,
+        smarthost_tls=args.smarthost_tls,
+    )
+    print(f"wrote {path}")
+    print(f"next: sendgate --config {path} user add ADDRESS")
+    return 0
+
+
+GROUP = Group("init", "create a configuration, certificate and data directory", _arguments, run)
