@@ -1,4 +1,4 @@
-"""Tests for sendgate.log: one line per event, escaping that forges nothing, levels, context, binding."""
+"""Tests for sendgate.log: one line per event, escaping that forges nothing, levels, binding."""
 
 from __future__ import annotations
 

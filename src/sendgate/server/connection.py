@@ -83,6 +83,7 @@ class SmtpConnection(asyncio.Protocol):
         self._loop = asyncio.get_running_loop()
         self._transport: asyncio.Transport | None = None
         self._sock: socket.socket | None = None  # 465, until the handshake owns it
+        self._early = b""  # 587: what a client sent while its admission was pending
         self._session: Session | None = None
         self._handler: ConnectionHandler | None = None
         self._slot: int | None = None
@@ -147,9 +148,9 @@ class SmtpConnection(asyncio.Protocol):
             admission = self._admission_error(exc)
         if self._closing:
             return
+        if self._transport is not None:
+            self._transport.resume_reading()  # before the Session may pause it again
         self._admitted(admission)
-        if self._transport is not None and not self._closing:
-            self._transport.resume_reading()
 
     def _admission_error(self, exc: Exception) -> Reply:
         self._log.event("admission_error", "error", error=repr(exc))
@@ -170,8 +171,13 @@ class SmtpConnection(asyncio.Protocol):
         self._handler = admission
         if self._implicit_tls:
             self._task = self._loop.create_task(self._handshake())
+            return
+        session = self._session = Session(self._server.settings)
+        if self._early:
+            session.receive_data(self._early)
+            self._early = b""
+            self._pump()
         else:
-            self._session = Session(self._server.settings)
             self._flush()
 
     async def _handshake(self) -> None:
@@ -215,6 +221,7 @@ class SmtpConnection(asyncio.Protocol):
             self._flush()
             return
         if not self._open(transport.get_extra_info("peername")):
+            self._closing = True
             transport.write(replies.TOO_MANY_CONNECTIONS.encode())
             transport.close()
             return
@@ -222,7 +229,14 @@ class SmtpConnection(asyncio.Protocol):
 
     def data_received(self, data: bytes) -> None:
         session = self._session
-        if session is None or self._closing:
+        if session is None:
+            if self._transport is not None and not self._closing:
+                # 587, admission pending: uvloop starts reading after connection_made even
+                # when it paused, so hold what came for the Session and pause again.
+                self._early += data
+                self._transport.pause_reading()
+            return
+        if self._closing:
             return
         self._last_activity = self._loop.time()
         session.receive_data(data)
