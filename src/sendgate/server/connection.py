@@ -94,21 +94,21 @@ class SmtpConnection(asyncio.Protocol):
         self._closing = False
         self.conn_id = f"c{next(_conn_ids)}"
         self.client_ip = "?"
-        self._log: BoundLog = server.log.bind(conn=self.conn_id, client=self.client_ip)
+        self._log: BoundLog  # bound to conn= and client= once the peer is known
 
     # --- admission (before any TLS work or banner) ---
 
     def accepted(self, sock: socket.socket) -> None:
         """465: a socket the worker accepted; the handshake waits for the admission."""
-        self._sock = sock
         try:
             peer = sock.getpeername()
         except OSError:
-            peer = None  # already reset by the client
+            sock.close()  # reset by the client already: nobody to serve
+            return
         if not self._open(peer):
-            self._sock = None
             sock.close()  # no plaintext reply: the client expects a TLS handshake
             return
+        self._sock = sock
         self._ask_admission()
 
     def _open(self, peer: tuple[str, int] | None) -> bool:
@@ -128,6 +128,9 @@ class SmtpConnection(asyncio.Protocol):
         return True
 
     def _ask_admission(self) -> None:
+        if self._server.draining:  # accepted just before the listener closed
+            self._admitted(replies.SHUTTING_DOWN)
+            return
         try:
             admission = self._server.admit(self.client_ip, self.conn_id)
         except Exception as exc:

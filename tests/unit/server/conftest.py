@@ -15,6 +15,7 @@ import socket
 import ssl
 import threading
 from collections.abc import Awaitable, Callable, Iterator
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Literal
@@ -69,9 +70,23 @@ class LogLines(io.StringIO):
         return self.matching(pattern)[count - 1]
 
 
-def _gate_wait(gate: threading.Event) -> Awaitable[bool]:
-    """Wait for a test's gate in a thread, as a store lookup would, keeping the loop free."""
-    return asyncio.get_running_loop().run_in_executor(None, gate.wait, WAIT)
+@dataclass
+class Gate:
+    """Opened from the test's thread, awaited on the worker's loop in a thread as a store lookup
+    would be; its own threads, so that a stopping loop does not wait for a gate never opened."""
+
+    opened: threading.Event = field(default_factory=threading.Event)
+    _pool: ThreadPoolExecutor = field(default_factory=lambda: ThreadPoolExecutor(4))
+
+    def open(self) -> None:
+        self.opened.set()
+
+    def passed(self) -> Awaitable[bool]:
+        return asyncio.get_running_loop().run_in_executor(self._pool, self.opened.wait, WAIT)
+
+    def close(self) -> None:
+        self.opened.set()
+        self._pool.shutdown(wait=True)
 
 
 @dataclass
@@ -81,7 +96,7 @@ class Handler:
     events: list[Event] = field(default_factory=list)
     raising: dict[type, Literal["now", "later"]] = field(default_factory=dict)
     gated: set[type] = field(default_factory=set)
-    gate: threading.Event = field(default_factory=threading.Event)
+    gate: Gate = field(default_factory=Gate)
     waiting: threading.Event = field(default_factory=threading.Event)
 
     def handle(self, event: Event, session: Session) -> Reply | Awaitable[Reply]:
@@ -97,7 +112,7 @@ class Handler:
         if type(event) in self.raising:
             raise RuntimeError("handler bug, later")
         self.waiting.set()
-        await _gate_wait(self.gate)
+        await self.gate.passed()
         return self._answer(event)
 
     @staticmethod
@@ -120,7 +135,7 @@ class Admissions:
     handler: Handler = field(default_factory=Handler)
     asked: list[tuple[str, str]] = field(default_factory=list)
     asking: threading.Event = field(default_factory=threading.Event)
-    gate: threading.Event = field(default_factory=threading.Event)
+    gate: Gate = field(default_factory=Gate)
 
     def __call__(self, client_ip: str, conn_id: str) -> Admission | Awaitable[Admission]:
         self.asked.append((client_ip, conn_id))
@@ -134,7 +149,7 @@ class Admissions:
         return self._later(self.mode)
 
     async def _later(self, mode: Mode) -> Admission:
-        await _gate_wait(self.gate)
+        await self.gate.passed()
         if mode == "later_raise":
             raise RuntimeError("factory bug, later")
         return REFUSAL if mode == "later_refuse" else self.handler
@@ -164,13 +179,14 @@ class LiveWorker:
         caps: ConnectionCaps,
         timeouts: Timeouts,
         settings: SessionSettings,
+        pair: CertPair | None = None,
     ) -> None:
         self.loop_kind = loop_kind
         self.client_ctx = pki.client
         self.admissions = admissions
         self.caps = caps
         self.log = LogLines()
-        self.tls = TlsContextHolder([pki.pair])
+        self.tls = TlsContextHolder([pair or pki.pair])
         self._socks = [bind("127.0.0.1", 0), bind("127.0.0.1", 0)]
         self.port = self._socks[0].getsockname()[1]
         self.tls_port = self._socks[1].getsockname()[1]
@@ -335,7 +351,7 @@ ServeFactory = Callable[..., LiveWorker]
 
 @pytest.fixture
 def serve(loop_kind: LoopKind, pki: Pki) -> Iterator[ServeFactory]:
-    """Start a LiveWorker; keyword arguments override the caps, timeouts and settings."""
+    """Start a LiveWorker; keyword arguments override caps, timeouts, settings, certificate."""
     started: list[LiveWorker] = []
 
     def start(
@@ -344,6 +360,7 @@ def serve(loop_kind: LoopKind, pki: Pki) -> Iterator[ServeFactory]:
         caps: ConnectionCaps | None = None,
         timeouts: Timeouts | None = None,
         settings: SessionSettings | None = None,
+        pair: CertPair | None = None,
     ) -> LiveWorker:
         live = LiveWorker(
             loop_kind,
@@ -352,13 +369,17 @@ def serve(loop_kind: LoopKind, pki: Pki) -> Iterator[ServeFactory]:
             caps=caps or ConnectionCaps(1, 100, 100),
             timeouts=timeouts or Timeouts(command=30, session=60, handshake=10, reload_interval=0),
             settings=settings or SessionSettings(hostname=HOSTNAME, auth_required=False),
+            pair=pair,
         )
         started.append(live.start())
         return live
 
     yield start
     for live in started:
-        live.admissions.gate.set()  # nothing may still wait for a test that has ended
-        live.admissions.handler.gate.set()
+        gates = (live.admissions.gate, live.admissions.handler.gate)
+        for gate in gates:
+            gate.open()  # nothing may still wait for a test that has ended
         if live.running:
             live.stop()
+        for gate in gates:
+            gate.close()

@@ -129,7 +129,7 @@ def test_admission_decided_later_keeps_an_early_talkers_bytes(serve: ServeFactor
         client.send(b"EHLO early.example\r\n")  # before the banner: held, not lost
         assert admissions.asking.wait(10)
         assert no_bytes_yet(client.sock)
-        admissions.gate.set()
+        admissions.gate.open()
         greeted(client)
         assert client.reply().code == 250
         assert client.command("NOOP").code == 250
@@ -142,14 +142,14 @@ def test_465_admission_decided_later_then_the_handshake(serve: ServeFactory) -> 
         connecting = pool.submit(live.tls_client)  # blocks in the handshake until admitted
         assert admissions.asking.wait(10)
         assert not live.log.matching(r"event=tls")
-        admissions.gate.set()
+        admissions.gate.open()
         with greeted(connecting.result(10)) as client:
             assert client.command("NOOP").code == 250
 
 
 def test_refusal_decided_later(serve: ServeFactory) -> None:
     admissions = Admissions(mode="later_refuse")
-    admissions.gate.set()
+    admissions.gate.open()
     live = serve(admissions)
     with live.client() as client:
         assert client.reply().code == 421
@@ -160,7 +160,7 @@ def test_refusal_decided_later(serve: ServeFactory) -> None:
 @pytest.mark.parametrize("mode", ["raise", "later_raise"])
 def test_a_factory_that_raises_costs_one_connection(serve: ServeFactory, mode: str) -> None:
     admissions = Admissions(mode="raise" if mode == "raise" else "later_raise")
-    admissions.gate.set()
+    admissions.gate.open()
     live = serve(admissions)
     with live.client() as client:
         reply = client.reply()
@@ -297,7 +297,7 @@ def test_client_reset_mid_transaction_frees_the_slot(serve: ServeFactory) -> Non
     client.sock.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, b"\x01\x00\x00\x00\x00\x00\x00\x00")
     client.sock.close()  # RST while the handler still works
     # Reading is paused until the answer, so the reset may show only when the answer is sent.
-    admissions.handler.gate.set()
+    admissions.handler.gate.open()
     live.log.wait_for(rf"event=disconnect {CONN} errors=0$")
     assert live.caps.active() == 0
     with greeted(live.client()) as other:
