@@ -52,8 +52,14 @@ class EventLog:
     def event(self, name: str, level: str = "info", /, **fields: Value) -> None:
         if LEVELS[level] < self._min:
             return
+        self._write(name, level, {**self.context, **fields})
+
+    def bind(self, **fields: Value) -> BoundLog:
+        """A logger that adds `fields` (e.g. conn=, client=) to every event, after the context."""
+        return BoundLog(self, fields)
+
+    def _write(self, name: str, level: str, merged: dict[str, Value]) -> None:
         ts = log_timestamp(self._clock())
-        merged = {**self.context, **fields}
         if self._json:
             line = json.dumps({"ts": ts, "level": level, "event": name, **merged})
         else:
@@ -66,3 +72,22 @@ class EventLog:
         except (OSError, ValueError):
             # A closed or broken log stream must never take a connection down with it.
             pass
+
+
+class BoundLog:
+    """Events of one connection: fixed fields go after the log's context, before the event's own.
+
+    The fields are read at each event, so the log's context may change after binding (the
+    worker sets it once forked). An event field of the same name overrides a bound one in place.
+    """
+
+    __slots__ = ("_fields", "_log")
+
+    def __init__(self, log: EventLog, fields: dict[str, Value]) -> None:
+        self._log = log
+        self._fields = fields
+
+    def event(self, name: str, level: str = "info", /, **fields: Value) -> None:
+        log = self._log
+        if log.enabled(level):
+            log._write(name, level, {**log.context, **self._fields, **fields})

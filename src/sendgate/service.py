@@ -24,7 +24,7 @@ from sendgate.errors import SendgateError
 from sendgate.log import EventLog
 from sendgate.policy.auth import Authenticator
 from sendgate.policy.passwords import new_hasher
-from sendgate.server.limits import ConnectionLimiter
+from sendgate.server.caps import ConnectionCaps
 from sendgate.server.supervisor import Supervisor, bind
 from sendgate.server.tls import TlsContextHolder
 from sendgate.server.worker import Listener, Timeouts, Worker
@@ -100,9 +100,7 @@ def serve(cfg: Config, log: EventLog) -> int:
                 address=f"[{host}]:{port}" if ":" in host else f"{host}:{port}",
             )
     workers = cfg.listen.workers or os.cpu_count() or 1
-    limiter = ConnectionLimiter(
-        workers, cfg.limits.max_connections, cfg.limits.max_connections_per_ip
-    )
+    caps = ConnectionCaps(workers, cfg.limits.max_connections, cfg.limits.max_connections_per_ip)
     settings = session_settings(cfg)
     timeouts = Timeouts(
         command=cfg.limits.command_timeout,
@@ -123,10 +121,10 @@ def serve(cfg: Config, log: EventLog) -> int:
 
     def forget(index: int) -> None:
         if index < workers:
-            limiter.forget_worker(index)
+            caps.forget_worker(index)
 
     def run_worker(index: int) -> int:
-        limiter.worker = index
+        caps.worker = index
         log.context = {"worker": index}
         stores = backends.open("acceptor")
         auth_pool = ThreadPoolExecutor(cfg.auth.verify_threads, thread_name_prefix="argon2")
@@ -148,7 +146,7 @@ def serve(cfg: Config, log: EventLog) -> int:
             listeners=listeners,
             settings=settings,
             tls=tls,
-            limiter=limiter,
+            caps=caps,
             handler_factory=submission.connection,
             log=log,
             timeouts=timeouts,

@@ -70,6 +70,7 @@ class Submission:
         return len(message)
 
     def connection(self, client_ip: str, conn_id: str) -> SubmissionConnection:
+        """The I/O shell's handler factory: admits every client (a ban check will go here)."""
         return SubmissionConnection(self, client_ip, conn_id)
 
 
@@ -78,7 +79,7 @@ class SubmissionConnection:
 
     def __init__(self, server: Submission, client_ip: str, conn_id: str) -> None:
         self._server = server
-        self._log = server.log
+        self._log = server.log.bind(conn=conn_id, client=client_ip)
         self.client_ip = client_ip
         self.conn_id = conn_id
         self.user: UserRecord | None = None
@@ -96,6 +97,7 @@ class SubmissionConnection:
         return replies.TLS_NOT_AVAILABLE
 
     def _reject(self, reason: str, reply: Reply, **fields: Value) -> Reply:
+        # Not the bound log: this line has always carried its details before conn= and client=.
         fields.update(
             conn=self.conn_id,
             client=self.client_ip,
@@ -103,7 +105,7 @@ class SubmissionConnection:
             reason=reason,
             code=f"{reply.code} {reply.enhanced}",
         )
-        self._log.event("rejected", **fields)
+        self._server.log.event("rejected", **fields)
         return reply
 
     async def _authenticate(self, event: AuthAttempt) -> Reply:
@@ -116,34 +118,15 @@ class SubmissionConnection:
             try:
                 result = await self._server.authenticator.verify(username, event.password)
             except Exception as exc:
-                self._log.event(
-                    "auth_error",
-                    "error",
-                    conn=self.conn_id,
-                    client=self.client_ip,
-                    user=username,
-                    error=type(exc).__name__,
-                )
+                self._log.event("auth_error", "error", user=username, error=type(exc).__name__)
                 return replies.AUTH_TEMPORARY_FAILURE
             result_user, cached = result.user, result.cached
         if result_user is None:
-            self._log.event(
-                "auth_fail",
-                "warning",
-                conn=self.conn_id,
-                client=self.client_ip,
-                user=username,
-                mechanism=event.mechanism,
-            )
+            self._log.event("auth_fail", "warning", user=username, mechanism=event.mechanism)
             return replies.AUTH_FAILED
         self.user = result_user
         self._log.event(
-            "auth_ok",
-            conn=self.conn_id,
-            client=self.client_ip,
-            user=result_user.username,
-            mechanism=event.mechanism,
-            cached=cached,
+            "auth_ok", user=result_user.username, mechanism=event.mechanism, cached=cached
         )
         return replies.AUTH_OK
 
@@ -216,18 +199,16 @@ class SubmissionConnection:
                 server.executor, server.store, envelope, message, summary.from_[0].domain
             )
         except SpoolFullError as exc:
-            self._log.event("spool_error", "error", conn=self.conn_id, error=str(exc))
+            self._server.log.event("spool_error", "error", conn=self.conn_id, error=str(exc))
             return replies.STORAGE_FULL
         except (SpoolError, OSError) as exc:
-            self._log.event("spool_error", "error", conn=self.conn_id, error=str(exc))
+            self._server.log.event("spool_error", "error", conn=self.conn_id, error=str(exc))
             return replies.LOCAL_ERROR
         except DkimError as exc:
             # The same message would fail the same way again: refuse it, do not ask for a retry.
             return self._reject("dkim_error", replies.BAD_HEADER, detail=str(exc))
         self._log.event(
             "accepted",
-            conn=self.conn_id,
-            client=self.client_ip,
             user=envelope.user,
             queue_id=queue_id,
             size=size,

@@ -31,7 +31,7 @@ from argon2 import PasswordHasher
 
 from sendgate.log import EventLog
 from sendgate.policy.auth import Authenticator
-from sendgate.server.limits import ConnectionLimiter
+from sendgate.server.caps import ConnectionCaps
 from sendgate.server.supervisor import bind
 from sendgate.server.tls import TlsContextHolder
 from sendgate.server.worker import Listener, Timeouts, Worker
@@ -224,7 +224,7 @@ class LiveServer:
             listeners=[Listener(self.sock, implicit_tls=False)],
             settings=backend.settings,
             tls=TlsContextHolder([pair]),
-            limiter=ConnectionLimiter(1, 100, 100),
+            caps=ConnectionCaps(1, 100, 100),
             handler_factory=backend.submission.connection,
             log=backend.submission.log,
             timeouts=Timeouts(command=30, session=60, shutdown_grace=5, reload_interval=0),

@@ -200,10 +200,7 @@ def test_broken_handshakes_do_not_affect_the_next_client(
             bad.sendall(junk)
             closed = _closed_by_server(bad)
         assert closed, "the server neither failed the handshake nor closed"
-        if not implicit_tls:
-            # Our STARTTLS code logs it; on 465 the event loop does the handshake and uvloop
-            # reports failures only in debug mode.
-            running.wait_for(r"event=tls_failed .*error=SSLError", since=since)
+        running.wait_for(r"event=tls_failed .*error=SSLError", since=since)
 
         with running.smtp() as client:
             assert running.submit(client, running.instance.message("after-junk"))

@@ -1,4 +1,4 @@
-"""Tests for sendgate.log: one line per event, escaping that forges nothing, levels, context."""
+"""Tests for sendgate.log: one line per event, escaping that forges nothing, levels, binding."""
 
 from __future__ import annotations
 
@@ -222,3 +222,54 @@ def test_default_stream_is_stderr(capsys: pytest.CaptureFixture[str]) -> None:
     captured = capsys.readouterr()
     assert captured.out == ""
     assert captured.err == f"ts={TS_TEXT} level=info event=e size=1\n"
+
+
+# --- bound loggers ---------------------------------------------------------------------------
+
+
+def test_bound_fields_come_after_the_context_and_before_the_event_fields() -> None:
+    log, stream = make_log()
+    log.context["worker"] = 1
+    bound = log.bind(conn="c7", client="192.0.2.1")
+    bound.event("auth_ok", user="alice@example.org", cached=False)
+    assert stream.getvalue() == (
+        f"ts={TS_TEXT} level=info event=auth_ok worker=1 conn=c7 client=192.0.2.1"
+        " user=alice@example.org cached=false\n"
+    )
+
+
+def test_bound_line_is_the_line_the_fields_written_out_give() -> None:
+    bound_log, bound_stream = make_log()
+    plain_log, plain_stream = make_log()
+    bound_log.bind(conn="c1", client="2001:db8::1").event("timeout", "warning", kind="idle")
+    plain_log.event("timeout", "warning", conn="c1", client="2001:db8::1", kind="idle")
+    assert bound_stream.getvalue() == plain_stream.getvalue()
+
+
+def test_bound_logger_sees_a_context_set_after_binding() -> None:
+    log, stream = make_log("json")
+    bound = log.bind(conn="c1")
+    log.context = {"worker": 3}  # as a forked worker does
+    bound.event("connect", tls="starttls")
+    assert list(json.loads(stream.getvalue()).items()) == [
+        ("ts", TS_TEXT),
+        ("level", "info"),
+        ("event", "connect"),
+        ("worker", 3),
+        ("conn", "c1"),
+        ("tls", "starttls"),
+    ]
+
+
+def test_event_field_overrides_a_bound_one_in_its_place() -> None:
+    log, stream = make_log()
+    log.bind(conn="c1", client="?").event("e", client="192.0.2.9", size=1)
+    assert stream.getvalue() == f"ts={TS_TEXT} level=info event=e conn=c1 client=192.0.2.9 size=1\n"
+
+
+def test_bound_logger_drops_levels_below_the_minimum() -> None:
+    log, stream = make_log(level="warning")
+    bound = log.bind(conn="c1")
+    bound.event("connect")
+    bound.event("timeout", "warning", kind="idle")
+    assert stream.getvalue() == f"ts={TS_TEXT} level=warning event=timeout conn=c1 kind=idle\n"

@@ -1,4 +1,4 @@
-"""I/O shell: listeners, connections, TLS contexts, time and connection limits, worker processes.
+"""I/O shell: listeners, connections, admission, TLS contexts, timeouts, connection caps, workers.
 
 No SMTP grammar lives here; bytes go to `sendgate.smtp.Session` and decisions to a handler.
 """

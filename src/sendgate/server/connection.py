@@ -12,11 +12,12 @@ from __future__ import annotations
 
 import asyncio
 import itertools
+import socket
 import ssl
 from collections.abc import Awaitable, Callable
-from typing import Protocol, cast
+from typing import Protocol, TypeAlias, cast
 
-from sendgate.log import EventLog
+from sendgate.log import BoundLog, EventLog
 from sendgate.server.tls import describe
 from sendgate.smtp import replies
 from sendgate.smtp.events import NEED_DATA, Event, StartTls, TlsInfo
@@ -35,7 +36,11 @@ class ConnectionHandler(Protocol):
     def handle(self, event: Event, session: Session) -> Reply | Awaitable[Reply]: ...
 
 
-HandlerFactory = Callable[[str, str], ConnectionHandler]  # (client_ip, conn_id) -> handler
+# A connection is admitted with the handler that will answer its decisions, or refused with a
+# reply (sent in plaintext on 587; on 465 the socket is just closed, before any handshake).
+Admission: TypeAlias = ConnectionHandler | Reply
+# (client_ip, conn_id) -> admission, possibly after I/O (a store lookup in a thread).
+HandlerFactory = Callable[[str, str], Admission | Awaitable[Admission]]
 
 
 class ServerContext(Protocol):
@@ -51,7 +56,7 @@ class ServerContext(Protocol):
     def tls_context(self) -> ssl.SSLContext: ...
     def acquire(self, ip: str) -> int | None: ...
     def release(self, slot: int) -> None: ...
-    def handler(self, ip: str, conn_id: str) -> ConnectionHandler: ...
+    def admit(self, ip: str, conn_id: str) -> Admission | Awaitable[Admission]: ...
     def register(self, conn: SmtpConnection) -> None: ...
     def unregister(self, conn: SmtpConnection) -> None: ...
 
@@ -61,13 +66,24 @@ def _tls_info(transport: asyncio.BaseTransport) -> TlsInfo:
 
 
 class SmtpConnection(asyncio.Protocol):
-    """asyncio Protocol for one SMTP connection (587 STARTTLS or 465 implicit TLS)."""
+    """asyncio Protocol for one SMTP connection (587 STARTTLS or 465 implicit TLS).
+
+    587: the listener makes the plain transport and calls `connection_made`, which checks the
+    caps, asks for admission and sends the banner. 465: the worker accepts the socket itself
+    and calls `accepted`, which checks the caps and asks for admission before any TLS work;
+    only an admitted client gets the handshake (`connect_accepted_socket` with the front
+    context), after which `connection_made` receives the TLS transport and sends the banner.
+    A plain transport is never made on 465, so no ClientHello byte can reach this protocol
+    in plaintext (uvloop starts reading after `connection_made` even when it paused).
+    """
 
     def __init__(self, server: ServerContext, *, implicit_tls: bool) -> None:
         self._server = server
         self._implicit_tls = implicit_tls
         self._loop = asyncio.get_running_loop()
         self._transport: asyncio.Transport | None = None
+        self._sock: socket.socket | None = None  # 465, until the handshake owns it
+        self._early = b""  # 587: what a client sent while its admission was pending
         self._session: Session | None = None
         self._handler: ConnectionHandler | None = None
         self._slot: int | None = None
@@ -78,6 +94,120 @@ class SmtpConnection(asyncio.Protocol):
         self._closing = False
         self.conn_id = f"c{next(_conn_ids)}"
         self.client_ip = "?"
+        self._log: BoundLog  # bound to conn= and client= once the peer is known
+
+    # --- admission (before any TLS work or banner) ---
+
+    def accepted(self, sock: socket.socket) -> None:
+        """465: a socket the worker accepted; the handshake waits for the admission."""
+        try:
+            peer = sock.getpeername()
+        except OSError:
+            sock.close()  # reset by the client already: nobody to serve
+            return
+        if not self._open(peer):
+            sock.close()  # no plaintext reply: the client expects a TLS handshake
+            return
+        self._sock = sock
+        self._ask_admission()
+
+    def _open(self, peer: tuple[str, int] | None) -> bool:
+        """Check the caps and start the clocks; False when the connection is refused."""
+        self.client_ip = str(peer[0]) if peer else "unknown"
+        self._log = log = self._server.log.bind(conn=self.conn_id, client=self.client_ip)
+        server = self._server
+        self._slot = server.acquire(self.client_ip)
+        if self._slot is None:
+            log.event("refused", "warning", reason="connection_cap")
+            return False
+        server.register(self)
+        log.event("connect", tls="implicit" if self._implicit_tls else "starttls")
+        self._last_activity = self._loop.time()
+        self._idle_timer = self._loop.call_later(server.command_timeout, self._idle_check)
+        self._session_timer = self._loop.call_later(server.session_timeout, self._session_expired)
+        return True
+
+    def _ask_admission(self) -> None:
+        if self._server.draining:  # accepted just before the listener closed
+            self._admitted(replies.SHUTTING_DOWN)
+            return
+        try:
+            admission = self._server.admit(self.client_ip, self.conn_id)
+        except Exception as exc:
+            admission = self._admission_error(exc)
+        if isinstance(admission, Awaitable):
+            if self._transport is not None:
+                self._transport.pause_reading()  # 587: an early talker waits for the verdict
+            self._task = self._loop.create_task(self._await_admission(admission))
+        else:
+            self._admitted(admission)
+
+    async def _await_admission(self, pending: Awaitable[Admission]) -> None:
+        try:
+            admission = await pending
+        except asyncio.CancelledError:
+            raise
+        except Exception as exc:
+            admission = self._admission_error(exc)
+        if self._closing:
+            return
+        if self._transport is not None:
+            self._transport.resume_reading()  # before the Session may pause it again
+        self._admitted(admission)
+
+    def _admission_error(self, exc: Exception) -> Reply:
+        self._log.event("admission_error", "error", error=repr(exc))
+        return replies.SERVICE_UNAVAILABLE
+
+    def _admitted(self, admission: Admission) -> None:
+        if isinstance(admission, Reply):
+            self._log.event(
+                "refused",
+                "warning",
+                reason="admission",
+                code=f"{admission.code} {admission.enhanced}",
+            )
+            if not self._implicit_tls:
+                self._write(admission.encode())
+            self._close()
+            return
+        self._handler = admission
+        if self._implicit_tls:
+            self._task = self._loop.create_task(self._handshake())
+            return
+        session = self._session = Session(self._server.settings)
+        if self._early:
+            session.receive_data(self._early)
+            self._early = b""
+            self._pump()
+        else:
+            self._flush()
+
+    async def _handshake(self) -> None:
+        """465: TLS on the accepted socket; `connection_made` follows once it is done."""
+        sock = self._sock
+        assert sock is not None
+        self._sock = None  # the transport made below owns (and closes) it from now on
+        server = self._server
+        try:
+            await self._loop.connect_accepted_socket(
+                lambda: self,
+                sock,
+                ssl=server.tls_context(),
+                ssl_handshake_timeout=server.handshake_timeout,
+                ssl_shutdown_timeout=SSL_SHUTDOWN_TIMEOUT,
+            )
+        except asyncio.CancelledError:
+            raise
+        except Exception as exc:
+            self._tls_failed(exc)
+            self._close()
+
+    def _tls_failed(self, exc: Exception) -> None:
+        if not self._closing:
+            self._log.event(
+                "tls_failed", "warning", error=type(exc).__name__, detail=str(exc)[:200]
+            )
 
     # --- asyncio callbacks ---
 
@@ -85,44 +215,31 @@ class SmtpConnection(asyncio.Protocol):
         # uvloop's transports implement asyncio.Transport without subclassing it.
         transport = cast(asyncio.Transport, transport)
         self._transport = transport
-        peer = transport.get_extra_info("peername")
-        self.client_ip = str(peer[0]) if peer else "unknown"
-        server = self._server
-        self._slot = server.acquire(self.client_ip)
-        if self._slot is None:
-            server.log.event(
-                "refused",
-                "warning",
-                conn=self.conn_id,
-                client=self.client_ip,
-                reason="connection_cap",
-            )
+        if self._implicit_tls:
+            # Admitted, and the handshake is done: the banner goes out over TLS.
+            info = _tls_info(transport)
+            self._log_tls(transport, info)
+            self._session = Session(self._server.settings, tls=info)
+            self._last_activity = self._loop.time()
+            self._flush()
+            return
+        if not self._open(transport.get_extra_info("peername")):
+            self._closing = True
             transport.write(replies.TOO_MANY_CONNECTIONS.encode())
             transport.close()
             return
-        server.register(self)
-        server.log.event(
-            "connect",
-            conn=self.conn_id,
-            client=self.client_ip,
-            tls="implicit" if self._implicit_tls else "starttls",
-        )
-        self._handler = server.handler(self.client_ip, self.conn_id)
-        self._last_activity = self._loop.time()
-        self._idle_timer = self._loop.call_later(server.command_timeout, self._idle_check)
-        self._session_timer = self._loop.call_later(server.session_timeout, self._session_expired)
-        if self._implicit_tls:
-            # The listener already did the handshake (create_server with ssl=).
-            info = _tls_info(transport)
-            self._log_tls(transport, info)
-            self._session = Session(server.settings, tls=info)
-        else:
-            self._session = Session(server.settings)
-        self._flush()
+        self._ask_admission()
 
     def data_received(self, data: bytes) -> None:
         session = self._session
-        if session is None or self._closing:
+        if session is None:
+            if self._transport is not None and not self._closing:
+                # 587, admission pending: uvloop starts reading after connection_made even
+                # when it paused, so hold what came for the Session and pause again.
+                self._early += data
+                self._transport.pause_reading()
+            return
+        if self._closing:
             return
         self._last_activity = self._loop.time()
         session.receive_data(data)
@@ -141,9 +258,6 @@ class SmtpConnection(asyncio.Protocol):
 
     def connection_lost(self, exc: Exception | None) -> None:
         self._closing = True
-        for timer in (self._idle_timer, self._session_timer):
-            if timer is not None:
-                timer.cancel()
         if self._task is not None and not self._task.done():
             self._task.cancel()
         self._release()
@@ -167,12 +281,8 @@ class SmtpConnection(asyncio.Protocol):
                 self._transport.pause_reading()
                 self._flush()
                 if session.discarded_plaintext:
-                    self._server.log.event(
-                        "starttls_injection",
-                        "warning",
-                        conn=self.conn_id,
-                        client=self.client_ip,
-                        discarded=session.discarded_plaintext,
+                    self._log.event(
+                        "starttls_injection", "warning", discarded=session.discarded_plaintext
                     )
                 self._task = self._loop.create_task(self._start_tls(self._transport))
                 return
@@ -212,6 +322,7 @@ class SmtpConnection(asyncio.Protocol):
         self._pump()
 
     async def _start_tls(self, transport: asyncio.Transport) -> None:
+        """587: STARTTLS on the plain transport (reading is paused since the 220)."""
         server = self._server
         try:
             tls_transport = await self._loop.start_tls(
@@ -225,14 +336,7 @@ class SmtpConnection(asyncio.Protocol):
         except asyncio.CancelledError:
             raise
         except Exception as exc:
-            server.log.event(
-                "tls_failed",
-                "warning",
-                conn=self.conn_id,
-                client=self.client_ip,
-                error=type(exc).__name__,
-                detail=str(exc)[:200],
-            )
+            self._tls_failed(exc)
             transport.abort()
             return
         if tls_transport is None or self._closing or self._session is None:
@@ -246,10 +350,8 @@ class SmtpConnection(asyncio.Protocol):
 
     def _log_tls(self, transport: asyncio.BaseTransport, info: TlsInfo) -> None:
         ssl_object = transport.get_extra_info("ssl_object")
-        self._server.log.event(
+        self._log.event(
             "tls",
-            conn=self.conn_id,
-            client=self.client_ip,
             version=info.version,
             cipher=info.cipher,
             resumed=bool(getattr(ssl_object, "session_reused", False)),
@@ -269,10 +371,8 @@ class SmtpConnection(asyncio.Protocol):
         if out:
             self._write(out)
             for refusal in session.refusals():
-                self._server.log.event(
+                self._log.event(
                     "rejected",
-                    conn=self.conn_id,
-                    client=self.client_ip,
                     reason="protocol",
                     code=f"{refusal.code} {refusal.enhanced}",
                     text=refusal.text,
@@ -281,24 +381,29 @@ class SmtpConnection(asyncio.Protocol):
             self._close()
 
     def _close(self) -> None:
-        if not self._closing and self._transport is not None:
-            self._closing = True
+        if self._closing:
+            return
+        self._closing = True
+        if self._transport is not None:
             self._transport.close()
-            self._release()
+        elif self._sock is not None:  # 465, refused or stopped before the handshake
+            self._sock.close()
+            self._sock = None
+        if self._task is not None and self._task is not asyncio.current_task():
+            self._task.cancel()  # a pending admission or 465 handshake: nothing more to do
+        self._release()
 
     def _release(self) -> None:
         """Give the connection slot back as soon as we are done, not when TLS shutdown ends."""
+        for timer in (self._idle_timer, self._session_timer):
+            if timer is not None:
+                timer.cancel()
         if self._slot is not None:
             self._server.release(self._slot)
             self._slot = None
             self._server.unregister(self)
             session = self._session
-            self._server.log.event(
-                "disconnect",
-                conn=self.conn_id,
-                client=self.client_ip,
-                errors=session.errors if session else 0,
-            )
+            self._log.event("disconnect", errors=session.errors if session else 0)
 
     def _idle_check(self) -> None:
         elapsed = self._loop.time() - self._last_activity
@@ -307,16 +412,12 @@ class SmtpConnection(asyncio.Protocol):
         if elapsed < timeout or busy_answering:
             self._idle_timer = self._loop.call_later(max(timeout - elapsed, 1.0), self._idle_check)
             return
-        self._server.log.event(
-            "timeout", "warning", conn=self.conn_id, client=self.client_ip, kind="idle"
-        )
+        self._log.event("timeout", "warning", kind="idle")
         self._write(replies.IDLE_TIMEOUT.encode())
         self._abort_soon()
 
     def _session_expired(self) -> None:
-        self._server.log.event(
-            "timeout", "warning", conn=self.conn_id, client=self.client_ip, kind="session"
-        )
+        self._log.event("timeout", "warning", kind="session")
         self._write(replies.SESSION_TOO_LONG.encode())
         self._abort_soon()
 
@@ -329,7 +430,10 @@ class SmtpConnection(asyncio.Protocol):
         """Graceful stop: idle sessions get 421 now; busy ones after their transaction."""
         session = self._session
         if session is None:
-            self._close()  # mid-handshake: nothing can be said in plaintext
+            # Waiting for admission (587 can still be told in plaintext) or mid-handshake.
+            if not self._implicit_tls:
+                self._write(replies.SHUTTING_DOWN.encode())
+            self._close()
         elif not session.busy:
             session.close()
             self._write(replies.SHUTTING_DOWN.encode())
@@ -338,3 +442,5 @@ class SmtpConnection(asyncio.Protocol):
     def abort(self) -> None:
         if self._transport is not None:
             self._transport.abort()
+        else:
+            self._close()

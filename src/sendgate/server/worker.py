@@ -14,20 +14,18 @@ import functools
 import signal
 import socket
 import ssl
+from collections.abc import Awaitable
 from dataclasses import dataclass
 from typing import Any
 
 from sendgate.errors import TlsConfigError
 from sendgate.log import EventLog
-from sendgate.server.connection import (
-    SSL_SHUTDOWN_TIMEOUT,
-    ConnectionHandler,
-    HandlerFactory,
-    SmtpConnection,
-)
-from sendgate.server.limits import ConnectionLimiter
+from sendgate.server.caps import ConnectionCaps
+from sendgate.server.connection import Admission, HandlerFactory, SmtpConnection
 from sendgate.server.tls import TlsContextHolder
 from sendgate.smtp.session import SessionSettings
+
+_ACCEPT_RETRY_DELAY = 1.0  # seconds without accepting after EMFILE and the like
 
 
 @dataclass(frozen=True, slots=True)
@@ -54,7 +52,7 @@ class Worker:
         listeners: list[Listener],
         settings: SessionSettings,
         tls: TlsContextHolder,
-        limiter: ConnectionLimiter,
+        caps: ConnectionCaps,
         handler_factory: HandlerFactory,
         log: EventLog,
         timeouts: Timeouts,
@@ -67,7 +65,7 @@ class Worker:
         self.draining = False
         self._listeners = listeners
         self._tls = tls
-        self._limiter = limiter
+        self._caps = caps
         self._handler_factory = handler_factory
         self._timeouts = timeouts
         self._connections: set[SmtpConnection] = set()
@@ -81,12 +79,12 @@ class Worker:
         return self._tls.front
 
     def acquire(self, ip: str) -> int | None:
-        return self._limiter.acquire(ip)
+        return self._caps.acquire(ip)
 
     def release(self, slot: int) -> None:
-        self._limiter.release(slot)
+        self._caps.release(slot)
 
-    def handler(self, ip: str, conn_id: str) -> ConnectionHandler:
+    def admit(self, ip: str, conn_id: str) -> Admission | Awaitable[Admission]:
         return self._handler_factory(ip, conn_id)
 
     def register(self, conn: SmtpConnection) -> None:
@@ -116,7 +114,7 @@ class Worker:
             self.log.event("tls_reload_failed", "error", error=str(exc))
 
     def _loop_error(self, _loop: asyncio.AbstractEventLoop, context: dict[str, Any]) -> None:
-        """One log line instead of asyncio's traceback (failed 465 handshakes land here)."""
+        """One log line instead of asyncio's traceback (e.g. a fatal error in a TLS transport)."""
         exc = context.get("exception")
         message = str(context.get("message", ""))
         self.log.event(
@@ -133,25 +131,46 @@ class Worker:
             await asyncio.sleep(interval)
             self.reload_tls(force=False)
 
+    async def _accept_tls(self, sock: socket.socket) -> None:
+        """Port 465: accept here, so caps and admission come before any TLS work.
+
+        A listener with ssl= would do the handshake before we could refuse, and a plain
+        listener cannot hold back the ClientHello (uvloop starts reading after connection_made
+        whatever it did), so the accepted socket goes to the handshake only once admitted.
+        """
+        loop = asyncio.get_running_loop()
+        while True:
+            try:
+                conn, _ = await loop.sock_accept(sock)
+            except (BlockingIOError, InterruptedError, ConnectionAbortedError):
+                continue  # the client left before we took it: nothing to do
+            except OSError as exc:
+                # Out of descriptors or buffers: back off as asyncio's own listeners do.
+                self.log.event("accept_failed", "error", error=type(exc).__name__, detail=str(exc))
+                await asyncio.sleep(_ACCEPT_RETRY_DELAY)
+                continue
+            try:
+                SmtpConnection(self, implicit_tls=True).accepted(conn)
+            except Exception as exc:  # a bug must cost one connection, never the listener
+                self.log.event("accept_failed", "error", error=repr(exc))
+                conn.close()
+
     async def run(self, *, install_signals: bool = True) -> None:
         loop = self._loop = asyncio.get_running_loop()
         self._stop = asyncio.Event()
         self._idle = asyncio.Event()
-        servers = []
+        servers: list[asyncio.Server] = []
+        acceptors: list[asyncio.Task[None]] = []
         loop.set_exception_handler(self._loop_error)
         for listener in self._listeners:
-            implicit = listener.implicit_tls
-            # Port 465: asyncio does the handshake before the protocol sees a byte, so no part
-            # of the ClientHello can race the set-up (the current certificate is chosen by the
-            # front context's SNI callback).
+            if listener.implicit_tls:
+                acceptors.append(loop.create_task(self._accept_tls(listener.sock)))
+                continue
             servers.append(
                 await loop.create_server(
-                    functools.partial(SmtpConnection, self, implicit_tls=implicit),
+                    functools.partial(SmtpConnection, self, implicit_tls=False),
                     sock=listener.sock,
                     backlog=1024,
-                    ssl=self._tls.front if implicit else None,
-                    ssl_handshake_timeout=self.handshake_timeout if implicit else None,
-                    ssl_shutdown_timeout=SSL_SHUTDOWN_TIMEOUT if implicit else None,
                 )
             )
         if install_signals:
@@ -164,11 +183,19 @@ class Worker:
         await self._stop.wait()
         if watcher is not None:
             watcher.cancel()
-        await self._drain(servers)
+        await self._drain(servers, acceptors)
 
-    async def _drain(self, servers: list[asyncio.Server]) -> None:
+    async def _drain(
+        self, servers: list[asyncio.Server], acceptors: list[asyncio.Task[None]]
+    ) -> None:
         for server in servers:
             server.close()
+        for acceptor in acceptors:
+            acceptor.cancel()
+        await asyncio.gather(*acceptors, return_exceptions=True)
+        for listener in self._listeners:
+            if listener.implicit_tls:
+                listener.sock.close()  # as server.close() does for the 587 listeners
         self.draining = True
         for conn in list(self._connections):
             conn.shutdown()

@@ -84,6 +84,7 @@ def test_only_221_and_421_close() -> None:
     assert closing == {
         "CLOSING",
         "SHUTTING_DOWN",
+        "SERVICE_UNAVAILABLE",
         "TOO_MANY_CONNECTIONS",
         "TOO_MANY_ERRORS",
         "IDLE_TIMEOUT",

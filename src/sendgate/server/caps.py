@@ -19,7 +19,7 @@ BUCKETS = 65536
 _WIDTH = 4  # bytes per counter (uint32)
 
 
-class ConnectionLimiter:
+class ConnectionCaps:
     """Global and per-IP connection counting across `workers` processes."""
 
     def __init__(self, workers: int, max_total: int, max_per_ip: int) -> None:

@@ -1,0 +1,140 @@
+"""Tests for sendgate.server.caps: global and per-IP caps shared by worker processes."""
+
+from __future__ import annotations
+
+import os
+
+from sendgate.server.caps import BUCKETS, ConnectionCaps
+
+
+def other_ip(caps: ConnectionCaps, taken: str, candidates: list[str]) -> str:
+    """The first candidate in another bucket than `taken` (buckets collide by design, rarely)."""
+    for candidate in candidates:
+        if caps.bucket(candidate) != caps.bucket(taken):
+            return candidate
+    raise AssertionError("every candidate collided with the taken address")
+
+
+V4_OTHERS = [f"198.51.100.{n}" for n in range(1, 9)]
+
+
+def test_global_cap() -> None:
+    caps = ConnectionCaps(workers=1, max_total=3, max_per_ip=10)
+    slots = [caps.acquire(f"192.0.2.{n}") for n in range(3)]
+    assert all(slot is not None for slot in slots)
+    assert caps.active() == 3
+    assert caps.acquire("192.0.2.99") is None
+    assert caps.active() == 3  # a refusal counts nothing
+
+
+def test_per_ip_cap() -> None:
+    caps = ConnectionCaps(workers=1, max_total=100, max_per_ip=2)
+    assert caps.acquire("192.0.2.1") is not None
+    assert caps.acquire("192.0.2.1") is not None
+    assert caps.acquire("192.0.2.1") is None
+    assert caps.acquire(other_ip(caps, "192.0.2.1", V4_OTHERS)) is not None
+    assert caps.active() == 3
+
+
+def test_release_frees_both_counts() -> None:
+    caps = ConnectionCaps(workers=1, max_total=1, max_per_ip=1)
+    slot = caps.acquire("192.0.2.1")
+    assert slot is not None
+    assert caps.acquire("192.0.2.1") is None
+    caps.release(slot)
+    assert caps.active() == 0
+    again = caps.acquire("192.0.2.1")
+    assert again == slot
+    assert caps.active() == 1
+
+
+def test_release_never_goes_below_zero() -> None:
+    caps = ConnectionCaps(workers=1, max_total=1, max_per_ip=1)
+    slot = caps.acquire("192.0.2.1")
+    assert slot is not None
+    caps.release(slot)
+    caps.release(slot)
+    assert caps.active() == 0
+    assert caps.acquire("192.0.2.1") is not None
+    assert caps.acquire("192.0.2.1") is None
+
+
+def test_buckets_are_in_range_and_stable() -> None:
+    caps = ConnectionCaps(workers=1, max_total=1, max_per_ip=1)
+    for ip in ["192.0.2.1", "2001:db8::1", "unknown", ""]:
+        bucket = caps.bucket(ip)
+        assert 1 <= bucket <= BUCKETS
+        assert caps.bucket(ip) == bucket
+
+
+def test_ipv6_is_counted_per_64() -> None:
+    caps = ConnectionCaps(workers=1, max_total=100, max_per_ip=1)
+    first, same_64 = "2001:db8:1:2::1", "2001:db8:1:2:ffff:eeee:dddd:cccc"
+    assert caps.bucket(first) == caps.bucket(same_64)
+    assert caps.acquire(first) is not None
+    assert caps.acquire(same_64) is None
+    others = [f"2001:db8:1:{n:x}::1" for n in range(3, 11)]
+    assert caps.acquire(other_ip(caps, first, others)) is not None
+
+
+def test_ipv4_mapped_ipv6_counts_as_the_ipv4_address() -> None:
+    caps = ConnectionCaps(workers=1, max_total=100, max_per_ip=1)
+    assert caps.bucket("::ffff:192.0.2.1") == caps.bucket("192.0.2.1")
+    assert caps.acquire("192.0.2.1") is not None
+    assert caps.acquire("::ffff:192.0.2.1") is None
+
+
+def test_mapped_addresses_are_not_grouped_by_64() -> None:
+    # All of ::ffff:0:0/96 sits in one /64; the mapped IPv4 address, not the /64, is the key.
+    caps = ConnectionCaps(workers=1, max_total=100, max_per_ip=1)
+    assert caps.acquire("::ffff:192.0.2.1") is not None
+    others = [f"::ffff:{ip}" for ip in V4_OTHERS]
+    assert caps.acquire(other_ip(caps, "::ffff:192.0.2.1", others)) is not None
+
+
+def test_workers_rows_are_summed() -> None:
+    caps = ConnectionCaps(workers=2, max_total=3, max_per_ip=2)
+    caps.worker = 0
+    assert caps.acquire("192.0.2.1") is not None
+    caps.worker = 1
+    assert caps.acquire("192.0.2.1") is not None
+    assert caps.active() == 2
+    assert caps.acquire("192.0.2.1") is None  # per-IP cap across both workers
+    assert caps.acquire(other_ip(caps, "192.0.2.1", V4_OTHERS)) is not None
+    caps.worker = 0
+    assert caps.acquire("203.0.113.9") is None  # global cap across both workers
+
+
+def test_forget_worker_drops_only_that_workers_counts() -> None:
+    caps = ConnectionCaps(workers=2, max_total=10, max_per_ip=2)
+    caps.worker = 1
+    assert caps.acquire("192.0.2.1") is not None
+    assert caps.acquire("192.0.2.1") is not None
+    caps.worker = 0
+    kept = caps.acquire(other_ip(caps, "192.0.2.1", V4_OTHERS))
+    assert kept is not None
+    assert caps.acquire("192.0.2.1") is None
+    caps.forget_worker(1)
+    assert caps.active() == 1
+    assert caps.acquire("192.0.2.1") is not None
+    assert caps.acquire("192.0.2.1") is not None
+    assert caps.acquire("192.0.2.1") is None
+
+
+def test_counts_are_shared_across_fork() -> None:
+    caps = ConnectionCaps(workers=2, max_total=10, max_per_ip=1)
+    pid = os.fork()
+    if pid == 0:
+        code = 1
+        try:
+            caps.worker = 1
+            code = 0 if caps.acquire("192.0.2.1") is not None else 2
+        finally:
+            os._exit(code)
+    _, status = os.waitpid(pid, 0)
+    assert os.waitstatus_to_exitcode(status) == 0
+    assert caps.active() == 1
+    assert caps.acquire("192.0.2.1") is None  # the child's connection counts here too
+    caps.forget_worker(1)  # as the supervisor does once the child is gone
+    assert caps.active() == 0
+    assert caps.acquire("192.0.2.1") is not None
