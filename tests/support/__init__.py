@@ -1,0 +1,1 @@
+"""Shared test support: a fake clock, the in-memory SMTP session preamble, loopback servers."""
