@@ -27,6 +27,7 @@ import trustme
 from argon2 import PasswordHasher
 from tests.support.loopback import AsyncioServer
 from tests.support.session import TLS, plain, respond_async, shell
+from tests.support.tls import client_context
 
 from sendgate.log import EventLog
 from sendgate.policy.auth import Authenticator
@@ -286,9 +287,7 @@ def tls_files(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, Path, tru
 
 @pytest.fixture
 def client_ctx(tls_files: tuple[Path, Path, trustme.CA]) -> ssl.SSLContext:
-    ctx = ssl.create_default_context()
-    tls_files[2].configure_trust(ctx)
-    return ctx
+    return client_context(tls_files[2])
 
 
 @pytest.fixture

@@ -21,6 +21,8 @@ import trustme
 from aiosmtpd.smtp import SMTP, AuthResult, LoginPassword
 from hypothesis import given
 from hypothesis import strategies as st
+from tests.support.clock import FakeClock
+from tests.support.tls import client_context, server_context
 
 from sendgate.delivery.client import (
     MAX_REPLY_TEXT,
@@ -54,14 +56,10 @@ class Pki:
     other: Any  # trustme.LeafCert for other.test only
 
     def server(self, leaf: Any) -> ssl.SSLContext:
-        context = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
-        leaf.configure_cert(context)
-        return context
+        return server_context(leaf)
 
     def client(self) -> ssl.SSLContext:
-        context = ssl.create_default_context()
-        self.ca.configure_trust(context)
-        return context
+        return client_context(self.ca)
 
     @staticmethod
     def der(leaf: Any) -> bytes:
@@ -1144,14 +1142,6 @@ def test_certificate_matches_reads_the_san(pki: Pki) -> None:
 # --- connection reuse (127.0.55.61 - 127.0.55.90) -----------------------------------------------
 
 
-@dataclass
-class FakeClock:
-    now: float = 1000.0
-
-    def __call__(self) -> float:
-        return self.now
-
-
 def message(number: int) -> bytes:
     return MESSAGE.replace(b"Hello.", b"Hello, number %d." % number)
 
@@ -1285,13 +1275,13 @@ def test_limits_force_a_new_connection(
 ) -> None:
     async def run() -> None:
         peer = RawPeer(serve)
-        clock = FakeClock()
+        clock = FakeClock(1000.0)
         cache = ConnectionCache(clock=clock, **limits)  # type: ignore[arg-type]
         async with peer.serving("127.0.55.65") as port:
             to = target(port, "127.0.55.65", PLAINTEXT)
             outcomes = [await send(to, pki.client(), cache=cache)]
             for step in steps:
-                clock.now += step
+                clock.advance(step)
                 outcomes.append(await send(to, pki.client(), cache=cache))
             await cache.close()
         assert all(delivered(outcome) for outcome in outcomes)
