@@ -1,1 +1,1 @@
-"""Shared test support: a fake clock, the in-memory SMTP session preamble, loopback servers."""
+"""Shared test support: fake clock, SMTP session preamble, loopback server base, TLS contexts."""

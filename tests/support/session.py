@@ -184,6 +184,12 @@ def start(settings: SessionSettings | None = None, *, tls: bool = False) -> Sess
     return session
 
 
+def starttls(session: Session, tls: TlsInfo = TLS) -> None:
+    """STARTTLS accepted (by `accept`), then the handshake done: the Session is back at INIT."""
+    assert talk(session, "STARTTLS").codes == ["220 2.0.0"]
+    session.tls_established(tls)
+
+
 def ready(
     settings: SessionSettings | None = None, *, tls: bool = True, login: bool = True
 ) -> Session:

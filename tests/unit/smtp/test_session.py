@@ -17,6 +17,7 @@ from tests.support.session import (
     plain,
     ready,
     start,
+    starttls,
     talk,
 )
 
@@ -367,8 +368,7 @@ def test_bytes_arriving_in_tls_wait_are_discarded() -> None:
 def test_tls_established_resets_to_init() -> None:
     session = ready(SessionSettings(HOST, auth_without_tls=True), tls=False)
     assert identity_of(session) == ("alice", "client.example", True)
-    assert talk(session, "STARTTLS").codes == ["220 2.0.0"]
-    session.tls_established(TLS)
+    starttls(session)
     assert session.tls == TLS
     assert state_of(session) is State.INIT
     assert identity_of(session) == (None, None, False)
@@ -384,8 +384,7 @@ def test_tls_established_resets_to_init() -> None:
 
 def test_second_starttls_refused() -> None:
     session = ready(tls=False, login=False)
-    assert talk(session, "STARTTLS").codes == ["220 2.0.0"]
-    session.tls_established(TLS)
+    starttls(session)
     # Refused as such even before EHLO, and again after it.
     assert talk(session, "STARTTLS").lines == ["503 5.5.1 TLS already active"]
     talk(session, "EHLO client.example")
@@ -427,8 +426,7 @@ def test_tls_established_without_starttls_is_misuse() -> None:
     session = ready(tls=False, login=False)
     with pytest.raises(ProtocolUsageError):
         session.tls_established(TLS)
-    assert talk(session, "STARTTLS").codes == ["220 2.0.0"]
-    session.tls_established(TLS)
+    starttls(session)
     with pytest.raises(ProtocolUsageError):
         session.tls_established(TLS)
 
