@@ -13,14 +13,14 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Protocol
 
+from tests.support.clock import FakeClock
+
 from sendgate.store.limits import LimitStore
 from sendgate.store.local.limits import LocalLimitStore
 from sendgate.store.local.queue import LocalQueueStore
 from sendgate.store.local.users import LocalUserStore
 from sendgate.store.queue import QueueStore
 from sendgate.store.users import UserStore
-
-START = 1_800_000_000.0
 
 
 class StoreBackend(Protocol):
@@ -31,20 +31,12 @@ class StoreBackend(Protocol):
     def close(self) -> None: ...
 
 
-class _Clock:
-    def __init__(self) -> None:
-        self.now = START
-
-    def __call__(self) -> float:
-        return self.now
-
-
 class LocalBackend:
     """The embedded backends in a temporary directory, on an injected clock."""
 
     def __init__(self, root: Path) -> None:
         self._root = root
-        self._clock = _Clock()
+        self._clock = FakeClock()
         self._opened: list[UserStore | QueueStore | LimitStore] = []
 
     def users(self) -> UserStore:
@@ -64,7 +56,7 @@ class LocalBackend:
         return store
 
     def advance(self, seconds: float) -> None:
-        self._clock.now += seconds
+        self._clock.advance(seconds)
 
     def close(self) -> None:
         for store in self._opened:

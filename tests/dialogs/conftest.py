@@ -12,12 +12,9 @@ Transcript lines:
 from __future__ import annotations
 
 import asyncio
-import base64
-import inspect
 import re
 import socket
 import ssl
-import threading
 import time
 from collections.abc import Callable, Iterator
 from concurrent.futures import ThreadPoolExecutor
@@ -28,6 +25,9 @@ from typing import TextIO
 import pytest
 import trustme
 from argon2 import PasswordHasher
+from tests.support.loopback import AsyncioServer
+from tests.support.session import TLS, plain, respond_async, shell
+from tests.support.tls import client_context
 
 from sendgate.log import EventLog
 from sendgate.policy.auth import Authenticator
@@ -35,8 +35,6 @@ from sendgate.server.caps import ConnectionCaps
 from sendgate.server.supervisor import bind
 from sendgate.server.tls import TlsContextHolder
 from sendgate.server.worker import Listener, Timeouts, Worker
-from sendgate.smtp import replies
-from sendgate.smtp.events import NEED_DATA, StartTls, TlsInfo
 from sendgate.smtp.session import Session, SessionSettings
 from sendgate.store.local.queue import LocalQueueStore
 from sendgate.store.local.users import LocalUserStore
@@ -48,10 +46,6 @@ PASSWORDS = {
     "bob@example.test": "bob-dialog-password",
 }
 _REPLY = re.compile(rb"(\d{3})([ -])(\d\.\d{1,3}\.\d{1,3} )?.*")
-
-
-def plain(user: str, password: str) -> str:
-    return base64.b64encode(f"\0{user}\0{password}".encode()).decode()
 
 
 MACROS = {
@@ -168,7 +162,7 @@ def play_in_memory(dialog: Dialog, backend: Backend) -> None:
 
 async def _play_in_memory(dialog: Dialog, backend: Backend) -> None:
     session = Session(backend.settings)
-    handler = backend.submission.connection("192.0.2.1", "mem")
+    answer = shell(backend.submission.connection("192.0.2.1", "mem"), session)
     replies_seen: list[tuple[int, str]] = []
     leftover = b""
 
@@ -181,20 +175,13 @@ async def _play_in_memory(dialog: Dialog, backend: Backend) -> None:
         where = f"{dialog.name}:{step.line}"
         if step.kind == "send":
             session.receive_data(step.data)
-            while (event := session.next_event()) is not NEED_DATA:
-                if isinstance(event, StartTls):
-                    session.answer(replies.READY_TLS)
-                    continue
-                answer = handler.handle(event, session)
-                if inspect.isawaitable(answer):
-                    answer = await answer
-                session.answer(answer)
+            await respond_async(session, answer)
         elif step.kind == "expect":
             collect()
             assert replies_seen, f"{where}: expected {step.code}, got no reply"
             check_reply(where, step, replies_seen.pop(0))
         elif step.kind == "starttls":
-            session.tls_established(TlsInfo("TLSv1.3", "TLS_AES_128_GCM_SHA256", 128))
+            session.tls_established(TLS)
         elif step.kind == "close":
             collect()
             assert not replies_seen, f"{where}: unexpected replies before close: {replies_seen}"
@@ -213,10 +200,11 @@ def check_reply(where: str, step: Step, got: tuple[int, str]) -> None:
     )
 
 
-class LiveServer:
+class LiveServer(AsyncioServer):
     """A real Worker (the production I/O shell) on 127.0.0.1, run in a thread with its loop."""
 
     def __init__(self, backend: Backend, cert: Path, key: Path) -> None:
+        super().__init__("dialog-server")
         pair = _Pair(cert, key)
         self.sock = bind("127.0.0.1", 0)
         self.port = self.sock.getsockname()[1]
@@ -229,26 +217,20 @@ class LiveServer:
             log=backend.submission.log,
             timeouts=Timeouts(command=30, session=60, shutdown_grace=5, reload_interval=0),
         )
-        self._started = threading.Event()
-        self._thread = threading.Thread(target=self._run, daemon=True)
 
-    def _run(self) -> None:
-        async def main() -> None:
-            task = asyncio.ensure_future(self.worker.run(install_signals=False))
-            await asyncio.sleep(0)  # let run() create its stop event before announcing readiness
-            self._started.set()
-            await task
+    def _bind(self) -> None:
+        """Bound when made: `port` is known before the worker starts."""
 
-        asyncio.run(main())
+    async def _run_async(self) -> None:
+        task = asyncio.ensure_future(self.worker.run(install_signals=False))
+        await asyncio.sleep(0)  # let run() create its stop event before announcing readiness
+        self._serving()
+        await task
 
-    def __enter__(self) -> LiveServer:
-        self._thread.start()
-        assert self._started.wait(10)
-        return self
-
-    def __exit__(self, *exc: object) -> None:
+    def _interrupt(self) -> None:
         self.worker.stop_threadsafe()
-        self._thread.join(10)
+
+    def _release(self) -> None:
         self.sock.close()
 
 
@@ -305,9 +287,7 @@ def tls_files(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, Path, tru
 
 @pytest.fixture
 def client_ctx(tls_files: tuple[Path, Path, trustme.CA]) -> ssl.SSLContext:
-    ctx = ssl.create_default_context()
-    tls_files[2].configure_trust(ctx)
-    return ctx
+    return client_context(tls_files[2])
 
 
 @pytest.fixture

@@ -11,7 +11,6 @@ Security: the servers' log lines and SMTP replies are only matched and compared,
 
 from __future__ import annotations
 
-import base64
 import contextlib
 import json
 import os
@@ -35,6 +34,7 @@ from typing import IO
 import pytest
 import trustme
 from cryptography import x509
+from tests.support.session import plain
 
 from sendgate.store.local.spool import Spool
 
@@ -204,7 +204,7 @@ class Instance:
 
     def auth_plain(self) -> str:
         """The base64 initial response of AUTH PLAIN for this instance's user."""
-        return base64.b64encode(f"\0{self.user}\0{self.password}".encode()).decode()
+        return plain(self.user, self.password)
 
     def queue_ids(self) -> list[str]:
         return self.spool().ids()

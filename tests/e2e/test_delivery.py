@@ -43,6 +43,7 @@ import pytest
 import trustme
 from tests.peers.dns_server import ZoneServer
 from tests.peers.mx import Delivered, Receiver
+from tests.support.tls import server_context
 
 if TYPE_CHECKING:
     from tests.e2e.conftest import (
@@ -122,9 +123,7 @@ def _delivering(zone: ZoneServer, **extra: TomlScalar) -> dict[str, TomlScalar]:
 
 
 def _tls_context(ca: trustme.CA) -> ssl.SSLContext:
-    context = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
-    ca.issue_cert(MX_HOST).configure_cert(context)
-    return context
+    return server_context(ca.issue_cert(MX_HOST))
 
 
 def _message(tag: str) -> tuple[str, bytes]:

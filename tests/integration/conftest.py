@@ -17,7 +17,6 @@ import dataclasses
 import io
 import json
 import random
-import ssl
 from collections.abc import Iterator
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
@@ -28,6 +27,8 @@ import trustme
 from tests.peers.dns_server import ZoneServer
 from tests.peers.https_server import HttpsServer
 from tests.peers.mx import Receiver
+from tests.support.clock import FakeClock
+from tests.support.tls import server_context
 
 from sendgate.config.kinds import HostPort
 from sendgate.config.load import load_config
@@ -44,21 +45,7 @@ from sendgate.store.local.queue import LocalQueueStore
 
 NAMESERVER = "127.0.60.53"
 SENDER_HOST = "mta.sender.test"
-START = 1_800_000_000.0
 FAST = Timeouts(connect=5.0, command=10.0, data=10.0)
-
-
-class Clock:
-    """Injected time: starts at START and moves only when a test says so."""
-
-    def __init__(self) -> None:
-        self.now = START
-
-    def __call__(self) -> float:
-        return self.now
-
-    def advance(self, seconds: float) -> None:
-        self.now += seconds
 
 
 def message_bytes(sender: str, recipient: str, subject: str = "Hello", body: str = "Hi.") -> bytes:
@@ -80,7 +67,7 @@ class World:
         self.root = root
         self.dns = dns
         self.ca = ca
-        self.clock = Clock()
+        self.clock = FakeClock()
         self.log_stream = io.StringIO()
         self.log = EventLog(self.log_stream, fmt="json", level="debug", clock=self.clock)
         config_path = init_instance(
@@ -121,10 +108,7 @@ class World:
         self, address: str, *, leaf: trustme.LeafCert | None = None, **script: Any
     ) -> Receiver:
         """An aiosmtpd receiver on address:25, offering STARTTLS with `leaf` when given."""
-        tls = None
-        if leaf is not None:
-            tls = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
-            leaf.configure_cert(tls)
+        tls = None if leaf is None else server_context(leaf)
         return self._stack.enter_context(Receiver(address, 25, tls=tls, **script))
 
     def https(self, address: str, leaf: trustme.LeafCert, routes: dict[str, Any]) -> HttpsServer:

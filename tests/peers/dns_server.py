@@ -24,7 +24,6 @@ import socket
 import struct
 import threading
 from dataclasses import dataclass
-from types import TracebackType
 
 import dns.exception
 import dns.flags
@@ -36,10 +35,11 @@ import dns.rdataclass
 import dns.rdatatype
 import dns.rdtypes.ANY.CNAME
 import dns.rrset
+from tests.support.loopback import ThreadedServer
 
 _MAX_CHAIN = 8  # CNAME hops followed before giving up (loops end here)
 _UDP_MIN_PAYLOAD = 512  # RFC 1035 size for clients without EDNS
-_START_TIMEOUT = 10.0
+_SEND_TIMEOUT = 10.0  # a client that stops reading cannot hang the server longer
 
 
 @dataclass(frozen=True, slots=True)
@@ -55,7 +55,7 @@ class Query:
     ednsflags: int  # EDNS flags (dns.flags.DO)
 
 
-class ZoneServer:
+class ZoneServer(ThreadedServer):
     """A DNS server on (address, port), UDP and TCP, run by one background thread.
 
     `port=0` picks a free port (the same for UDP and TCP); `nameserver` is (address, port)
@@ -63,6 +63,7 @@ class ZoneServer:
     """
 
     def __init__(self, address: str, port: int = 53) -> None:
+        super().__init__(f"dns-{address}")
         self.address = address
         self.port = port
         self._family = socket.AF_INET6 if ":" in address else socket.AF_INET
@@ -71,52 +72,8 @@ class ZoneServer:
         self._secure: list[dns.name.Name] = []
         self._failing: set[tuple[dns.name.Name, dns.rdatatype.RdataType | None]] = set()
         self._queries: list[Query] = []
-        self._errors: list[Exception] = []  # raised by stop(): a server bug fails the test
-        self._ready = threading.Event()
-        self._thread: threading.Thread | None = None
-        self._udp: socket.socket | None = None
-        self._tcp: socket.socket | None = None
-        self._wake_r, self._wake_w = socket.socketpair()
-
-    # -- lifecycle --------------------------------------------------------------------------
-
-    def start(self) -> None:
-        try:
-            self._udp, self._tcp = self._bind()
-        except BaseException:
-            self.stop()
-            raise
-        self.port = self._udp.getsockname()[1]
-        self._thread = threading.Thread(
-            target=self._serve, args=(self._udp, self._tcp), name=f"dns-{self.address}"
-        )
-        self._thread.daemon = True
-        self._thread.start()
-        if not self._ready.wait(_START_TIMEOUT):
-            raise RuntimeError(f"DNS server on {self.address} did not start")
-
-    def stop(self) -> None:
-        if self._thread is not None:
-            self._wake_w.send(b"x")
-            self._thread.join()
-            self._thread = None
-        for sock in (self._udp, self._tcp, self._wake_r, self._wake_w):
-            if sock is not None:
-                sock.close()
-        if self._errors:
-            raise RuntimeError(f"DNS server on {self.address} failed") from self._errors[0]
-
-    def __enter__(self) -> ZoneServer:
-        self.start()
-        return self
-
-    def __exit__(
-        self,
-        exc_type: type[BaseException] | None,
-        exc: BaseException | None,
-        traceback: TracebackType | None,
-    ) -> None:
-        self.stop()
+        self._sockets: tuple[socket.socket, socket.socket] | None = None
+        self._wake: tuple[socket.socket, socket.socket] | None = None
 
     @property
     def nameserver(self) -> tuple[str, int]:
@@ -166,7 +123,22 @@ class ZoneServer:
 
     # -- serving ----------------------------------------------------------------------------
 
-    def _bind(self) -> tuple[socket.socket, socket.socket]:
+    def _bind(self) -> None:
+        self._wake = socket.socketpair()
+        self._sockets = self._bind_pair()
+        self.port = self._sockets[0].getsockname()[1]
+
+    def _release(self) -> None:
+        for pair in (self._sockets, self._wake):
+            for sock in pair or ():
+                sock.close()
+        self._sockets = self._wake = None
+
+    def _interrupt(self) -> None:
+        assert self._wake is not None
+        self._wake[1].send(b"x")
+
+    def _bind_pair(self) -> tuple[socket.socket, socket.socket]:
         # With port 0, UDP picks the port and TCP must get the same one; retry if it is taken.
         for _ in range(20):
             udp = socket.socket(self._family, socket.SOCK_DGRAM)
@@ -185,24 +157,28 @@ class ZoneServer:
             return udp, tcp
         raise RuntimeError(f"no free port for UDP and TCP on {self.address}")
 
-    def _serve(self, udp: socket.socket, tcp: socket.socket) -> None:
+    def _serve(self) -> None:
+        assert self._sockets is not None
+        assert self._wake is not None
+        udp, tcp = self._sockets
+        wake = self._wake[0]
         buffers: dict[socket.socket, bytearray] = {}
         with selectors.DefaultSelector() as selector:
             selector.register(udp, selectors.EVENT_READ)
             selector.register(tcp, selectors.EVENT_READ)
-            selector.register(self._wake_r, selectors.EVENT_READ)
-            self._ready.set()
+            selector.register(wake, selectors.EVENT_READ)
+            self._serving()
             try:
                 while True:
                     for key, _ in selector.select():
                         sock = key.fileobj
                         assert isinstance(sock, socket.socket)
-                        if sock is self._wake_r:
+                        if sock is wake:
                             return
                         try:
                             self._dispatch(selector, sock, udp, tcp, buffers)
                         except Exception as e:  # kept for stop() to raise
-                            self._errors.append(e)
+                            self._failed(e)
             finally:
                 for conn in buffers:
                     conn.close()
@@ -263,7 +239,7 @@ class ZoneServer:
             if query is None:
                 return False
             wire = self._respond(query, "tcp").to_wire(max_size=65535)
-            conn.settimeout(_START_TIMEOUT)  # a client that stops reading cannot hang us
+            conn.settimeout(_SEND_TIMEOUT)
             try:
                 conn.sendall(struct.pack("!H", len(wire)) + wire)
             except OSError:

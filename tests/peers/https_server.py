@@ -4,8 +4,8 @@
 the Location header instead (an empty body follows), so redirects are easy to serve; status 0
 sends the body raw as the whole response (for malformed-response tests). With
 `chunked=True` every body is sent with Transfer-Encoding: chunked in small chunks. Unknown paths
-get 404. The server runs stdlib http.server on a background thread; `start` returns once the
-thread is serving, and `stop` joins every thread it started.
+get 404. The server runs stdlib http.server on a background thread (a `ThreadedServer`); `stop`
+joins every thread it started.
 """
 
 from __future__ import annotations
@@ -17,8 +17,9 @@ import threading
 from dataclasses import dataclass
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
-from types import TracebackType
 from typing import Any, cast
+
+from tests.support.loopback import ThreadedServer
 
 Route = tuple[int, str, bytes]
 _CHUNK = 7  # small and odd, so chunk boundaries fall inside lines
@@ -34,8 +35,11 @@ class RecordedRequest:
     sni: str | None
 
 
-class HttpsServer:
-    """HTTPS on `address:port` with a certificate from PEM bytes or a trustme.LeafCert."""
+class HttpsServer(ThreadedServer):
+    """HTTPS on `address:port` with a certificate from PEM bytes or a trustme.LeafCert.
+
+    It binds when made (so `address` is known before `start`, also with port 0).
+    """
 
     def __init__(
         self,
@@ -48,11 +52,11 @@ class HttpsServer:
         routes: dict[str, Route] | None = None,
         chunked: bool = False,
     ) -> None:
+        super().__init__(f"https-{address}")
         self.routes: dict[str, Route] = dict(routes or {})
         self.chunked = chunked
         self.requests: list[RecordedRequest] = []
         self._lock = threading.Lock()
-        self._ready = threading.Event()
         self._context = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
         self._context.sni_callback = self._remember_sni
         self._sni: dict[int, str | None] = {}
@@ -63,37 +67,11 @@ class HttpsServer:
         else:
             raise ValueError("HttpsServer needs cert or both cert_pem and key_pem")
         self._httpd = _Server((address, port), _Handler, self)
-        self._thread: threading.Thread | None = None
 
     @property
     def address(self) -> tuple[str, int]:
         host, port = self._httpd.server_address[:2]
         return str(host), int(port)
-
-    def start(self) -> None:
-        self._thread = threading.Thread(target=self._serve, name="https-peer", daemon=True)
-        self._thread.start()
-        if not self._ready.wait(timeout=10):
-            raise RuntimeError("HTTPS test server did not start")
-
-    def stop(self) -> None:
-        if self._thread is not None:
-            self._httpd.shutdown()
-            self._thread.join()
-            self._thread = None
-        self._httpd.server_close()
-
-    def __enter__(self) -> HttpsServer:
-        self.start()
-        return self
-
-    def __exit__(
-        self,
-        exc_type: type[BaseException] | None,
-        exc: BaseException | None,
-        tb: TracebackType | None,
-    ) -> None:
-        self.stop()
 
     def record(self, request: RecordedRequest) -> None:
         with self._lock:
@@ -115,9 +93,18 @@ class HttpsServer:
         with self._lock:
             self._sni[id(sock)] = name
 
+    def _bind(self) -> None:
+        """Bound and listening since __init__: connections wait in the backlog until served."""
+
     def _serve(self) -> None:
-        self._ready.set()
+        self._serving()
         self._httpd.serve_forever(poll_interval=0.05)
+
+    def _interrupt(self) -> None:
+        self._httpd.shutdown()
+
+    def _release(self) -> None:
+        self._httpd.server_close()
 
     def _load_pem(self, cert_pem: bytes, key_pem: bytes) -> None:
         # ssl loads certificates only from files.

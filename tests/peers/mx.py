@@ -4,7 +4,8 @@ Each `Receiver` listens on (address, port) with optional STARTTLS (a trustme cer
 records every message it accepts (envelope and exact bytes), and answers according to a script:
 `data_replies` is consumed one reply per DATA (then "250 OK" for ever), `reject_rcpt` maps
 addresses to an error reply. `received` is a thread-safe list; `wait_for(n)` blocks on a
-condition, never on a sleep.
+condition, never on a sleep. Stopping it ends the connections still open (a sender may keep
+idle ones cached).
 
 Security: test code only; listens on loopback only.
 """
@@ -12,15 +13,14 @@ Security: test code only; listens on loopback only.
 from __future__ import annotations
 
 import asyncio
+import socket
 import ssl
 import threading
 from collections.abc import Sequence
 from dataclasses import dataclass, field
-from types import TracebackType
-from typing import Any
 
-from aiosmtpd.controller import Controller
 from aiosmtpd.smtp import SMTP, Envelope, Session
+from tests.support.loopback import AsyncioServer
 
 WAIT = 30.0
 
@@ -79,38 +79,8 @@ class _Handler:
         return reply
 
 
-class _Controller(Controller):
-    """aiosmtpd's threaded controller, remembering each session so that stopping ends them."""
-
-    def __init__(self, *args: Any, **kwargs: Any) -> None:
-        super().__init__(*args, **kwargs)
-        self.sessions: list[SMTP] = []
-
-    def factory(self) -> SMTP:
-        session: SMTP = super().factory()  # type: ignore[no-untyped-call]
-        self.sessions.append(session)
-        return session
-
-    def close_sessions(self) -> None:
-        """Close every client connection still open (a sender may keep idle ones cached)."""
-        done = threading.Event()
-
-        def close_all() -> None:
-            if self.server is not None:
-                self.server.close()  # accept nothing more, then end what is open
-            for session in self.sessions:
-                transport = session.transport
-                if isinstance(transport, asyncio.Transport):
-                    transport.abort()
-            # abort() finishes in a callback it schedules now: signal after those have run.
-            self.loop.call_soon(done.set)
-
-        self.loop.call_soon_threadsafe(close_all)
-        done.wait(WAIT)
-
-
-class Receiver:
-    """aiosmtpd on `address:port`; use as a context manager."""
+class Receiver(AsyncioServer):
+    """aiosmtpd on `address:port`, in its own event loop on a thread; use as a context manager."""
 
     def __init__(
         self,
@@ -123,38 +93,23 @@ class Receiver:
         hold: threading.Event | None = None,
         smtputf8: bool = True,
     ) -> None:
+        super().__init__(f"mx-{address}")
         self.address = address
         self.port = port
         self.script = _Script(list(data_replies), dict(reject_rcpt or {}), hold)
         self.received: list[Delivered] = []
         self.lock = threading.Condition()
         self.data_started = threading.Event()
-        kwargs: dict[str, Any] = {"enable_SMTPUTF8": smtputf8}
-        if tls is not None:
-            kwargs.update(tls_context=tls, require_starttls=False)
-        self._controller = _Controller(
-            _Handler(self),
-            hostname=address,
-            port=port,
-            ready_timeout=WAIT,
-            server_hostname="mx.receiver.test",
-            **kwargs,
-        )
+        self._tls = tls
+        self._smtputf8 = smtputf8
+        self._handler = _Handler(self)
+        self._sock: socket.socket | None = None
+        self._sessions: list[SMTP] = []  # stopping ends them: a sender may keep idle ones
 
-    def __enter__(self) -> Receiver:
-        self._controller.start()
-        return self
-
-    def __exit__(
-        self,
-        kind: type[BaseException] | None,
-        value: BaseException | None,
-        traceback: TracebackType | None,
-    ) -> None:
+    def stop(self) -> None:
         if self.script.hold is not None:
             self.script.hold.set()
-        self._controller.close_sessions()
-        self._controller.stop()
+        super().stop()
 
     def wait_for(self, count: int, timeout: float = WAIT) -> list[Delivered]:
         """Block until `count` messages were received; AssertionError on timeout."""
@@ -162,3 +117,38 @@ class Receiver:
             if not self.lock.wait_for(lambda: len(self.received) >= count, timeout):
                 raise AssertionError(f"{self.address}: {len(self.received)} of {count} messages")
             return list(self.received)
+
+    def _bind(self) -> None:
+        self._sock = socket.create_server((self.address, self.port))
+        self.port = self._sock.getsockname()[1]
+
+    def _release(self) -> None:
+        if self._sock is not None:
+            self._sock.close()
+
+    async def _run_async(self) -> None:
+        assert self._sock is not None
+        loop = asyncio.get_running_loop()
+
+        def session() -> SMTP:
+            made = SMTP(
+                self._handler,
+                hostname="mx.receiver.test",
+                tls_context=self._tls,
+                require_starttls=False,
+                enable_SMTPUTF8=self._smtputf8,
+                loop=loop,
+            )
+            self._sessions.append(made)
+            return made
+
+        server = await loop.create_server(session, sock=self._sock)
+        self._serving()
+        await self._stopped()
+        server.close()  # accept nothing more, then end what is open
+        for made in self._sessions:
+            transport = made.transport
+            if isinstance(transport, asyncio.Transport):
+                transport.abort()
+        await asyncio.sleep(0)  # abort() closes the socket in a callback it scheduled now
+        await server.wait_closed()

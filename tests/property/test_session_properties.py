@@ -4,7 +4,6 @@ Also: dot-stuffing round-trips, DataReader is chunking-independent, and addresse
 through their canonical text.
 """
 
-import base64
 import re
 import string
 from collections.abc import Callable
@@ -12,6 +11,7 @@ from dataclasses import dataclass
 
 from hypothesis import assume, given, settings
 from hypothesis import strategies as st
+from tests.support.session import HOST, QUEUED, TLS, Answerer, accept, b64, drain, eof, plain
 
 from sendgate.smtp import replies
 from sendgate.smtp.address import Address, AddressError, parse_mailbox, parse_path
@@ -22,7 +22,6 @@ from sendgate.smtp.events import (
     Event,
     MailFrom,
     MessageReceived,
-    NeedData,
     RcptTo,
     StartTls,
     TlsInfo,
@@ -30,9 +29,6 @@ from sendgate.smtp.events import (
 from sendgate.smtp.replies import Reply
 from sendgate.smtp.session import Session, SessionSettings, State
 
-HOST = "mx.example.test"
-TLS = TlsInfo("TLSv1.3", "TLS_AES_128_GCM_SHA256", 128)
-QUEUED = replies.QUEUED.with_text("queued as Q1")
 SLACK = 64 * 1024  # DataReader keeps at most max_size + SLACK octets
 
 Config = tuple[SessionSettings, TlsInfo | None]
@@ -49,11 +45,7 @@ CONFIGS: tuple[Config, ...] = (
 )
 
 
-def _b64(data: bytes) -> str:
-    return base64.b64encode(data).decode()
-
-
-_PLAIN = _b64(b"\0alice\0secret")
+_PLAIN = plain("alice", "secret")
 _FIXED_LINES = (
     "EHLO client.example",
     "HELO client.example",
@@ -62,8 +54,8 @@ _FIXED_LINES = (
     "AUTH PLAIN",
     _PLAIN,
     "AUTH LOGIN",
-    _b64(b"alice"),
-    _b64(b"secret"),
+    b64("alice"),
+    b64("secret"),
     "*",
     "MAIL FROM:<alice@example.org>",
     "MAIL FROM:<> SIZE=100 BODY=8BITMIME",
@@ -164,18 +156,6 @@ def chunked(draw: st.DrawFn, data: st.SearchStrategy[bytes]) -> tuple[bytes, lis
     return raw, [raw[a:b] for a, b in bounds if b > a]
 
 
-def accept(event: Event) -> Reply:
-    if isinstance(event, StartTls):
-        return replies.READY_TLS
-    if isinstance(event, AuthAttempt):
-        return replies.AUTH_OK
-    if isinstance(event, MailFrom):
-        return replies.SENDER_OK
-    if isinstance(event, RcptTo):
-        return replies.RECIPIENT_OK
-    return QUEUED
-
-
 def choices(event: Event) -> tuple[Reply, ...]:
     """Plausible answers of an application, positive first."""
     if isinstance(event, StartTls):
@@ -200,18 +180,10 @@ class Run:
     state: State
 
 
-def drain(session: Session, answer: Callable[[Event], Reply], events: list[Event]) -> bytes:
-    """Answer every event the Session produces from what it holds; return the bytes to send."""
-    while not isinstance(event := session.next_event(), NeedData):
-        events.append(event)
-        session.answer(answer(event))
-    return session.data_to_send()
-
-
 def run(
     config: Config,
     chunks: list[bytes],
-    answer: Callable[[Event], Reply],
+    answer: Answerer,
     *,
     early_eof: bool = False,
     upgrade: Callable[[], bool] = lambda: False,
@@ -228,12 +200,15 @@ def run(
         session.receive_data(chunk)
         if early_eof and i == len(chunks):
             session.receive_data(b"")
-        output += drain(session, answer, events)
+        exchange = drain(session, answer)
+        events += exchange.events
+        output += exchange.output
         if session.state is State.TLS_WAIT and upgrade():
             session.tls_established(TLS)
         assert session.errors <= config[0].max_errors
-    session.receive_data(b"")
-    output += drain(session, answer, events)
+    exchange = eof(session, answer)
+    events += exchange.events
+    output += exchange.output
     result = Run(output, tuple(events), session.discarded_plaintext, session.state)
     assert closed_after_eof(result)
     return result

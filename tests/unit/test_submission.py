@@ -8,7 +8,6 @@ connection handler under test, exactly as the I/O shell does.
 from __future__ import annotations
 
 import asyncio
-import base64
 import io
 import json
 import os
@@ -17,7 +16,7 @@ import shutil
 import subprocess
 import sys
 import textwrap
-from collections.abc import Iterator
+from collections.abc import Awaitable, Iterator
 from concurrent.futures import Executor, ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
@@ -25,6 +24,7 @@ from pathlib import Path
 import dkim
 import pytest
 from argon2 import PasswordHasher
+from tests.support.session import b64, feed_async, plain, start
 
 import sendgate
 from sendgate.dkim import DkimSigner, generate_key, load_keys
@@ -32,9 +32,9 @@ from sendgate.log import EventLog
 from sendgate.policy.auth import Authenticator
 from sendgate.smtp import replies
 from sendgate.smtp.data import dot_stuff
-from sendgate.smtp.events import NEED_DATA, StartTls, TlsInfo
+from sendgate.smtp.events import Event, StartTls
 from sendgate.smtp.replies import Reply
-from sendgate.smtp.session import Session, SessionSettings
+from sendgate.smtp.session import SessionSettings
 from sendgate.store.envelope import Envelope
 from sendgate.store.local.queue import LocalQueueStore
 from sendgate.store.local.users import LocalUserStore
@@ -44,7 +44,6 @@ HOSTNAME = "mx.example.test"
 NOW = 1_714_564_800.0
 NOW_TEXT = "Wed, 01 May 2024 12:00:00 +0000"
 CLIENT_IP = "192.0.2.1"
-TLS = TlsInfo("TLSv1.3", "TLS_AES_128_GCM_SHA256", 128)
 ALICE = "alice@example.org"
 ALICE_PASSWORD = "alice-Pa55word-q7x3"
 WRONG_PASSWORD = "guess-Pa55word-z9k1"
@@ -113,25 +112,16 @@ class Client:
     def __init__(
         self, backend: Backend, *, settings: SessionSettings | None = None, ehlo: str = "pc.local"
     ) -> None:
-        self.session = Session(settings or SessionSettings(hostname=HOSTNAME), tls=TLS)
+        self.session = start(settings or SessionSettings(hostname=HOSTNAME), tls=True)
         self.handler = backend.submission.connection(CLIENT_IP, "c1")
-        assert self.session.data_to_send().startswith(b"220 ")
         assert self.say(f"EHLO {ehlo}").startswith("250 ")
 
-    async def _feed(self, data: bytes) -> None:
-        session = self.session
-        session.receive_data(data)
-        while (event := session.next_event()) is not NEED_DATA:
-            answer = self.handler.handle(event, session)
-            if not isinstance(answer, Reply):
-                answer = await answer
-            session.answer(answer)
+    def _answer(self, event: Event) -> Reply | Awaitable[Reply]:
+        return self.handler.handle(event, self.session)
 
     def send(self, data: bytes) -> list[str]:
         """Feed bytes; return the final line of every reply they caused."""
-        asyncio.run(self._feed(data))
-        out = self.session.data_to_send().decode()
-        return [line for line in out.split("\r\n") if line[3:4] == " "]
+        return asyncio.run(feed_async(self.session, data, answer=self._answer)).finals
 
     def say(self, line: str) -> str:
         answers = self.send(line.encode() + b"\r\n")
@@ -139,8 +129,7 @@ class Client:
         return answers[0]
 
     def login(self, user: str, password: str, authzid: str = "") -> str:
-        token = base64.b64encode(f"{authzid}\0{user}\0{password}".encode()).decode()
-        return self.say(f"AUTH PLAIN {token}")
+        return self.say(f"AUTH PLAIN {plain(user, password, authzid)}")
 
     def submit(
         self,
@@ -218,8 +207,8 @@ def test_auth_ok(backend: Backend) -> None:
 def test_auth_with_login_mechanism(backend: Backend) -> None:
     client = Client(backend)
     assert client.say("AUTH LOGIN").startswith("334 ")
-    assert client.say(base64.b64encode(ALICE.encode()).decode()).startswith("334 ")
-    assert client.say(base64.b64encode(ALICE_PASSWORD.encode()).decode()).startswith("235 2.7.0")
+    assert client.say(b64(ALICE)).startswith("334 ")
+    assert client.say(b64(ALICE_PASSWORD)).startswith("235 2.7.0")
     assert backend.events("auth_ok")[0]["mechanism"] == "LOGIN"
 
 

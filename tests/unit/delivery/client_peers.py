@@ -17,6 +17,7 @@ from typing import Any
 
 import trustme
 from aiosmtpd.smtp import SMTP, AuthResult, LoginPassword
+from tests.support.tls import client_context, server_context
 
 from sendgate.delivery.client import deliver
 from sendgate.delivery.connections import ConnectionCache
@@ -39,14 +40,10 @@ class Pki:
     other: Any  # trustme.LeafCert for other.test only
 
     def server(self, leaf: Any) -> ssl.SSLContext:
-        context = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
-        leaf.configure_cert(context)
-        return context
+        return server_context(leaf)
 
     def client(self) -> ssl.SSLContext:
-        context = ssl.create_default_context()
-        self.ca.configure_trust(context)
-        return context
+        return client_context(self.ca)
 
     @staticmethod
     def der(leaf: Any) -> bytes:

@@ -6,12 +6,12 @@ Loopback addresses 127.0.55.61-127.0.55.90 are shared with test_client_reuse.py.
 from __future__ import annotations
 
 import asyncio
-from dataclasses import dataclass
 
 import aiosmtplib
 import pytest
 import trustme
 from aiosmtpd.smtp import SMTP
+from tests.support.clock import FakeClock
 from tests.unit.delivery.client_peers import (
     OPPORTUNISTIC,
     PLAINTEXT,
@@ -39,14 +39,6 @@ def pki() -> Pki:
 
 
 # --- the connection cache (127.0.55.61 - 127.0.55.90) -------------------------------------------
-
-
-@dataclass
-class FakeClock:
-    now: float = 1000.0
-
-    def __call__(self) -> float:
-        return self.now
 
 
 @pytest.mark.parametrize("variant", ["host", "tls mode", "helo", "auth user"])
@@ -129,13 +121,13 @@ def test_limits_force_a_new_connection(
 ) -> None:
     async def run() -> None:
         peer = RawPeer(serve)
-        clock = FakeClock()
+        clock = FakeClock(1000.0)
         cache = ConnectionCache(clock=clock, **limits)  # type: ignore[arg-type]
         async with peer.serving("127.0.55.65") as port:
             to = target(port, "127.0.55.65", PLAINTEXT)
             outcomes = [await send(to, pki.client(), cache=cache)]
             for step in steps:
-                clock.now += step
+                clock.advance(step)
                 outcomes.append(await send(to, pki.client(), cache=cache))
             await cache.close()
         assert all(delivered(outcome) for outcome in outcomes)
@@ -286,7 +278,7 @@ def test_connection_cache_refuses_limits_that_are_not_positive(limit: str) -> No
 
 def test_take_and_give_on_their_own() -> None:
     async def run() -> None:
-        clock = FakeClock()
+        clock = FakeClock(1000.0)
         cache = ConnectionCache(clock=clock)
         assert cache.now() == 1000.0
         key = session_key(Target("mx.test", "127.0.55.90", 25, PLAINTEXT), "client.test", None)

@@ -20,6 +20,8 @@ from hypothesis import given
 from hypothesis import strategies as st
 from tests.peers.dns_server import ZoneServer
 from tests.peers.https_server import HttpsServer
+from tests.support import tls
+from tests.support.clock import FakeClock
 
 from sendgate.delivery.dns import Resolver
 from sendgate.delivery.mtasts import (
@@ -273,9 +275,7 @@ def ca() -> trustme.CA:
 
 @pytest.fixture
 def client_context(ca: trustme.CA) -> ssl.SSLContext:
-    context = ssl.create_default_context()
-    ca.configure_trust(context)
-    return context
+    return tls.client_context(ca)
 
 
 def _fetch(
@@ -477,14 +477,6 @@ def test_fetch_needs_a_verifying_context() -> None:
 # -- MtaSts.policy -----------------------------------------------------------------------------
 
 
-class Clock:
-    def __init__(self, now: float) -> None:
-        self.now = now
-
-    def __call__(self) -> float:
-        return self.now
-
-
 class World:
     """A DNS zone, an HTTPS policy server on a free port, and an MtaSts over them."""
 
@@ -494,7 +486,7 @@ class World:
         self.zone = zone
         self.https = https
         self.cache_dir = cache_dir
-        self.clock = Clock(1_000_000.0)
+        self.clock = FakeClock(1_000_000.0)
         self.context = context
         self.sts = self.new_mtasts()
 
@@ -546,7 +538,7 @@ def test_policy_is_fetched_and_cached_on_disk(world: World) -> None:
 def test_same_id_reuses_the_cache_without_fetching(world: World) -> None:
     world.publish("one")
     first = world.lookup()
-    world.clock.now += 1000
+    world.clock.advance(1000)
     world.sts = world.new_mtasts()  # a new process: only the file remembers
     assert world.lookup() == first
     assert world.fetches == 1
@@ -555,7 +547,7 @@ def test_same_id_reuses_the_cache_without_fetching(world: World) -> None:
 def test_new_id_refetches(world: World) -> None:
     world.publish("one")
     world.lookup()
-    world.clock.now += 10
+    world.clock.advance(10)
     world.publish("two", RFC_POLICY.replace(b"enforce", b"testing"))
     policy = world.lookup()
     assert policy is not None
@@ -568,7 +560,7 @@ def test_new_id_refetches(world: World) -> None:
 def test_expired_cache_is_refetched_even_with_the_same_id(world: World) -> None:
     world.publish("one", b"version: STSv1\nmode: enforce\nmx: a.example\nmax_age: 60\n")
     world.lookup()
-    world.clock.now += 60
+    world.clock.advance(60)
     policy = world.lookup()
     assert policy is not None
     assert policy.fetched_at == world.clock.now
@@ -578,12 +570,12 @@ def test_expired_cache_is_refetched_even_with_the_same_id(world: World) -> None:
 def test_fetch_failure_keeps_the_unexpired_cache(world: World) -> None:
     world.publish("one", b"version: STSv1\nmode: enforce\nmx: a.example\nmax_age: 60\n")
     first = world.lookup()
-    world.clock.now += 30
+    world.clock.advance(30)
     world.publish("two", status=500)
     assert world.lookup() == first
     world.publish("three", b"version: STSv2\n")  # parse failure
     assert world.lookup() == first
-    world.clock.now += 30  # now expired, and the fetch still fails
+    world.clock.advance(30)  # now expired, and the fetch still fails
     assert world.lookup() is None
     assert world.fetches == 4
 
@@ -608,7 +600,7 @@ def test_dns_failure_uses_the_cache(world: World) -> None:
     world.publish("one")
     first = world.lookup()
     world.zone.fail(f"_mta-sts.{DOMAIN}", "TXT")
-    world.clock.now += 5
+    world.clock.advance(5)
     assert world.lookup() == first
 
 
@@ -624,7 +616,7 @@ def test_mode_none_is_cached_and_returned(world: World) -> None:
     policy = world.lookup()
     assert policy is not None
     assert (policy.mode, policy.mx) == ("none", ())
-    world.clock.now += 100
+    world.clock.advance(100)
     assert world.lookup() == policy
     assert world.fetches == 1
 
@@ -658,10 +650,10 @@ def test_answers_are_remembered_briefly_so_messages_do_not_each_ask_dns(world: W
     world.publish("one")
     first = world.lookup()
     asked = len(world.zone.queries)
-    world.clock.now += RECHECK_SECONDS - 1
+    world.clock.advance(RECHECK_SECONDS - 1)
     assert world.lookup_again() == first
     assert len(world.zone.queries) == asked
-    world.clock.now += 2
+    world.clock.advance(2)
     assert world.lookup_again() == first
     assert len(world.zone.queries) > asked  # the TXT record is asked again
     assert world.fetches == 1
@@ -678,7 +670,7 @@ def test_no_policy_is_remembered_too(world: World) -> None:
 def test_a_policy_past_half_its_max_age_is_refreshed_early(world: World) -> None:
     world.publish("one", b"version: STSv1\nmode: enforce\nmx: a.example\nmax_age: 86400\n")
     world.lookup()
-    world.clock.now += 43201
+    world.clock.advance(43201)
     refreshed = world.lookup()
     assert refreshed is not None
     assert refreshed.fetched_at == world.clock.now
@@ -689,6 +681,6 @@ def test_a_failed_early_refresh_keeps_the_cached_policy(world: World) -> None:
     world.publish("one", b"version: STSv1\nmode: enforce\nmx: a.example\nmax_age: 86400\n")
     first = world.lookup()
     world.https.routes[PATH] = (404, "text/plain", b"gone")
-    world.clock.now += 43201
+    world.clock.advance(43201)
     assert world.lookup() == first
     assert world.fetches == 2

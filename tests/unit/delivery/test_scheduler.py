@@ -21,6 +21,7 @@ from typing import Any, TypeVar
 
 import pytest
 from tests.peers.mx import Receiver
+from tests.support.clock import FakeClock
 
 from sendgate.config.schema import DeliveryConfig
 from sendgate.delivery.bounce import DsnWriter
@@ -44,22 +45,11 @@ FAST = Timeouts(connect=5.0, command=10.0, data=10.0)
 WAIT = 30.0
 
 
-class Clock:
-    def __init__(self) -> None:
-        self.now = START
-
-    def __call__(self) -> float:
-        return self.now
-
-    def advance(self, seconds: float) -> None:
-        self.now += seconds
-
-
 class Rig:
     """A spool, a log and the settings; `scheduler()` makes a scheduler as the runner would."""
 
     def __init__(self, root: Path, relay_address: str = "127.0.62.1", **settings: Any) -> None:
-        self.clock = Clock()
+        self.clock = FakeClock()
         self.stream = io.StringIO()
         self.log = EventLog(self.stream, fmt="json", level="debug", clock=self.clock)
         self.root = root

@@ -9,6 +9,7 @@ from typing import Literal
 
 import pytest
 from argon2 import PasswordHasher, extract_parameters
+from tests.support.clock import FakeClock
 
 from sendgate.policy.auth import Authenticator, AuthResult
 from sendgate.store.local.users import LocalUserStore
@@ -33,24 +34,14 @@ class CountingHasher(PasswordHasher):
         return super().verify(hash, password)
 
 
-class Clock:
-    """An injected clock that moves only when told to."""
-
-    def __init__(self) -> None:
-        self.now = 1000.0
-
-    def __call__(self) -> float:
-        return self.now
-
-
 @pytest.fixture
 def hasher() -> CountingHasher:
     return CountingHasher()
 
 
 @pytest.fixture
-def clock() -> Clock:
-    return Clock()
+def clock() -> FakeClock:
+    return FakeClock(1000.0)
 
 
 @pytest.fixture
@@ -71,7 +62,7 @@ def make_auth(
     store: LocalUserStore,
     hasher: CountingHasher,
     executor: ThreadPoolExecutor,
-    clock: Clock,
+    clock: FakeClock,
     cache_ttl: float = 60.0,
     cache_max: int = 10000,
 ) -> Authenticator:
@@ -80,7 +71,7 @@ def make_auth(
 
 @pytest.fixture
 def auth(
-    store: LocalUserStore, hasher: CountingHasher, executor: ThreadPoolExecutor, clock: Clock
+    store: LocalUserStore, hasher: CountingHasher, executor: ThreadPoolExecutor, clock: FakeClock
 ) -> Authenticator:
     return make_auth(store, hasher, executor, clock)
 
@@ -149,11 +140,11 @@ def test_failures_are_not_cached(auth: Authenticator, hasher: CountingHasher) ->
     assert len(hasher.verified) == 3
 
 
-def test_cache_entry_expires(auth: Authenticator, hasher: CountingHasher, clock: Clock) -> None:
+def test_cache_entry_expires(auth: Authenticator, hasher: CountingHasher, clock: FakeClock) -> None:
     auth.verify_blocking("alice@example.org", PASSWORD)
-    clock.now += 59
+    clock.advance(59)
     assert auth.verify_blocking("alice@example.org", PASSWORD).cached is True
-    clock.now += 1  # exactly at the expiry time
+    clock.advance(1)  # exactly at the expiry time
     expired = auth.verify_blocking("alice@example.org", PASSWORD)
     assert expired.user is not None
     assert expired.cached is False
@@ -175,13 +166,13 @@ def test_password_change_invalidates_the_cache(
 
 
 def test_cache_is_bounded_evicting_the_oldest(
-    store: LocalUserStore, hasher: CountingHasher, executor: ThreadPoolExecutor, clock: Clock
+    store: LocalUserStore, hasher: CountingHasher, executor: ThreadPoolExecutor, clock: FakeClock
 ) -> None:
     for name in ("bob", "carol"):
         store.add_user(f"{name}@example.org", hasher.hash(PASSWORD))
     auth = make_auth(store, hasher, executor, clock, cache_max=2)
     for name in ("alice", "bob", "carol"):
-        clock.now += 1
+        clock.advance(1)
         auth.verify_blocking(f"{name}@example.org", PASSWORD)
     assert auth.verify_blocking("carol@example.org", PASSWORD).cached is True
     assert auth.verify_blocking("bob@example.org", PASSWORD).cached is True
@@ -196,7 +187,7 @@ def test_cache_can_be_disabled(
     store: LocalUserStore,
     hasher: CountingHasher,
     executor: ThreadPoolExecutor,
-    clock: Clock,
+    clock: FakeClock,
     cache_ttl: float,
     cache_max: int,
 ) -> None:

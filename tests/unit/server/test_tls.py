@@ -17,6 +17,7 @@ from typing import Any
 
 import pytest
 import trustme
+from tests.support.tls import client_context
 
 from sendgate.errors import TlsConfigError
 from sendgate.server.tls import TLS12_CIPHERS, TlsContextHolder, build_context, describe
@@ -135,8 +136,7 @@ def client(
     maximum: ssl.TLSVersion | None = None,
     ciphers: str | None = None,
 ) -> ssl.SSLContext:
-    ctx = ssl.create_default_context()
-    ca.configure_trust(ctx)
+    ctx = client_context(ca)
     with warnings.catch_warnings():
         # Naming TLS 1.0/1.1 is deprecated, which is the point of the refusal tests.
         warnings.simplefilter("ignore", DeprecationWarning)

@@ -1,114 +1,45 @@
 """Tests for the Session state machine: every command in every state, TLS, AUTH, DATA and BDAT."""
 
-import base64
-import re
 from collections.abc import Callable
-from dataclasses import dataclass
 
 import pytest
+from tests.support.session import (
+    HOST,
+    PASSWORD,
+    QUEUED,
+    TLS,
+    Exchange,
+    answer_with,
+    b64,
+    drain,
+    eof,
+    feed,
+    plain,
+    ready,
+    start,
+    starttls,
+    talk,
+)
 
 from sendgate.smtp import replies
 from sendgate.smtp.address import Address
 from sendgate.smtp.events import (
     NEED_DATA,
     AuthAttempt,
-    Event,
     MailFrom,
     MessageReceived,
     NeedData,
     RcptTo,
     StartTls,
-    TlsInfo,
 )
 from sendgate.smtp.replies import Reply
 from sendgate.smtp.session import ProtocolUsageError, Session, SessionSettings, State
 
-HOST = "mx.example.test"
-TLS = TlsInfo("TLSv1.3", "TLS_AES_256_GCM_SHA384", 256)
 GREETING = b"220 mx.example.test ESMTP ready\r\n"
-PASSWORD = "hunter2 correct horse"
 ALICE = Address("alice", "example.org")
 BOB = Address("bob", "example.net")
-QUEUED = replies.QUEUED.with_text("queued as Q1")
-_STATUS = re.compile(r"(\d{3}) (\d\.\d{1,3}\.\d{1,3})(?: |$)")
 
-Answerer = Callable[[Event], Reply]
 Setup = Callable[[], Session]
-
-
-def b64(text: str) -> str:
-    return base64.b64encode(text.encode()).decode()
-
-
-def plain(username: str = "alice", password: str = PASSWORD, authzid: str = "") -> str:
-    return b64(f"{authzid}\0{username}\0{password}")
-
-
-def accept(event: Event) -> Reply:
-    """What a permissive application answers to each decision."""
-    if isinstance(event, StartTls):
-        return replies.READY_TLS
-    if isinstance(event, AuthAttempt):
-        return replies.AUTH_OK
-    if isinstance(event, MailFrom):
-        return replies.SENDER_OK
-    if isinstance(event, RcptTo):
-        return replies.RECIPIENT_OK
-    return QUEUED
-
-
-def answer_with(reply: Reply) -> Answerer:
-    def answer(event: Event) -> Reply:
-        return reply
-
-    return answer
-
-
-@dataclass(frozen=True)
-class Exchange:
-    """What feeding some bytes produced: the bytes to send and the events, in order."""
-
-    output: bytes
-    events: list[Event]
-
-    @property
-    def lines(self) -> list[str]:
-        text = self.output.decode()
-        assert text == "" or text.endswith("\r\n")
-        return text.split("\r\n")[:-1]
-
-    @property
-    def codes(self) -> list[str]:
-        """The last line of each reply as "code" or "code enhanced-code"."""
-        result = []
-        for line in self.lines:
-            if line[3:4] == "-":
-                continue
-            match = _STATUS.match(line)
-            result.append(f"{match[1]} {match[2]}" if match else line[:3])
-        return result
-
-    @property
-    def event_names(self) -> list[str]:
-        return [type(event).__name__ for event in self.events]
-
-
-def feed(session: Session, *chunks: bytes, answer: Answerer = accept) -> Exchange:
-    """Give each chunk to the Session as one read, answering every event as it comes."""
-    events: list[Event] = []
-    output = b""
-    for chunk in chunks:
-        assert chunk, "an empty read means EOF"
-        session.receive_data(chunk)
-        while not isinstance(event := session.next_event(), NeedData):
-            events.append(event)
-            session.answer(answer(event))
-        output += session.data_to_send()
-    return Exchange(output, events)
-
-
-def talk(session: Session, *lines: str, answer: Answerer = accept) -> Exchange:
-    return feed(session, "".join(f"{line}\r\n" for line in lines).encode(), answer=answer)
 
 
 # Read through calls, so mypy does not carry narrowing of attributes across Session calls.
@@ -127,23 +58,6 @@ def closed_of(session: Session) -> bool:
 def identity_of(session: Session) -> tuple[str | None, str | None, bool]:
     """Who the client said it is and who it proved to be: (authenticated, client_name, esmtp)."""
     return session.authenticated, session.client_name, session.esmtp
-
-
-def start(settings: SessionSettings | None = None, *, tls: bool = False) -> Session:
-    settings = settings or SessionSettings(HOST)
-    session = Session(settings, TLS if tls else None)
-    assert session.data_to_send() == f"220 {settings.hostname} ESMTP ready\r\n".encode()
-    return session
-
-
-def ready(
-    settings: SessionSettings | None = None, *, tls: bool = True, login: bool = True
-) -> Session:
-    session = start(settings, tls=tls)
-    assert talk(session, "EHLO client.example").codes == ["250"]
-    if login:
-        assert talk(session, f"AUTH PLAIN {plain()}").codes == ["235 2.7.0"]
-    return session
 
 
 def mail(settings: SessionSettings | None = None, *, tls: bool = True, params: str = "") -> Session:
@@ -454,8 +368,7 @@ def test_bytes_arriving_in_tls_wait_are_discarded() -> None:
 def test_tls_established_resets_to_init() -> None:
     session = ready(SessionSettings(HOST, auth_without_tls=True), tls=False)
     assert identity_of(session) == ("alice", "client.example", True)
-    assert talk(session, "STARTTLS").codes == ["220 2.0.0"]
-    session.tls_established(TLS)
+    starttls(session)
     assert session.tls == TLS
     assert state_of(session) is State.INIT
     assert identity_of(session) == (None, None, False)
@@ -471,8 +384,7 @@ def test_tls_established_resets_to_init() -> None:
 
 def test_second_starttls_refused() -> None:
     session = ready(tls=False, login=False)
-    assert talk(session, "STARTTLS").codes == ["220 2.0.0"]
-    session.tls_established(TLS)
+    starttls(session)
     # Refused as such even before EHLO, and again after it.
     assert talk(session, "STARTTLS").lines == ["503 5.5.1 TLS already active"]
     talk(session, "EHLO client.example")
@@ -514,8 +426,7 @@ def test_tls_established_without_starttls_is_misuse() -> None:
     session = ready(tls=False, login=False)
     with pytest.raises(ProtocolUsageError):
         session.tls_established(TLS)
-    assert talk(session, "STARTTLS").codes == ["220 2.0.0"]
-    session.tls_established(TLS)
+    starttls(session)
     with pytest.raises(ProtocolUsageError):
         session.tls_established(TLS)
 
@@ -1485,20 +1396,6 @@ def test_oversize_data_split_before_the_final_crlf_is_refused() -> None:
 
 
 # --- EOF and close() ---
-
-
-def drain(session: Session, answer: Answerer = accept) -> Exchange:
-    """Answer every event the Session produces from what it already holds (no new bytes)."""
-    events: list[Event] = []
-    while not isinstance(event := session.next_event(), NeedData):
-        events.append(event)
-        session.answer(answer(event))
-    return Exchange(session.data_to_send(), events)
-
-
-def eof(session: Session, answer: Answerer = accept) -> Exchange:
-    session.receive_data(b"")
-    return drain(session, answer)
 
 
 def _in_auth() -> Session:
