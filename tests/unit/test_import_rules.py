@@ -1,9 +1,14 @@
-"""The architecture's import rules (docs: DESIGN "Import rules"), enforced on the source with ast.
+"""The architecture's import rules (docs/ARCHITECTURE.md), enforced on the source with ast.
 
 - smtp/ imports only the standard library and sendgate.smtp.*;
-- policy/ imports neither sendgate.server nor sendgate.smtp.session;
-- server/ imports neither sendgate.policy, sendgate.spool, sendgate.submission nor service;
-- delivery/ shares only sendgate.smtp.replies and sendgate.smtp.address with the inbound side;
+- policy/ imports neither sendgate.server, sendgate.smtp.session nor a storage backend;
+- server/ imports neither policy/, store/, delivery/, submission nor service;
+- delivery/ shares only sendgate.smtp.replies and sendgate.smtp.address with the inbound side,
+  and reaches storage only through the queue contract (store.queue and its records);
+- only store.backends imports a backend (store.local.*, later store.cluster.*);
+- outside config/, features import config.schema only; the loader, kinds and renderer are for
+  cli/ and scaffold, config.unsafe also for service (which logs the overrides in force);
+- only cli/ imports audit and probe;
 - the neutral helpers both sides use (sendgate.text, sendgate.headers) import only the stdlib,
   so that using them never brings the inbound side into delivery/;
 - no module is called utils.py, and smtp/ and policy/ keep no module-level mutable globals.
@@ -30,6 +35,16 @@ INBOUND = (
     "sendgate.message",
 )
 NEUTRAL = ("sendgate.text", "sendgate.headers")
+BACKENDS = ("sendgate.store.local", "sendgate.store.cluster")
+QUEUE_CONTRACT = frozenset(
+    {"sendgate.store.queue", "sendgate.store.envelope", "sendgate.store.delivery_state"}
+)
+CONFIG_FOR_FEATURES = "sendgate.config.schema"
+CONFIG_USERS = {
+    "sendgate.config.unsafe": ("sendgate.cli", "sendgate.scaffold", "sendgate.service"),
+}
+CONFIG_TOOLS = ("sendgate.cli", "sendgate.scaffold")
+CLI_ONLY = ("sendgate.audit", "sendgate.probe")
 _MUTABLE_FACTORIES = frozenset(
     {"list", "dict", "set", "bytearray", "defaultdict", "OrderedDict", "deque", "Counter"}
 )
@@ -92,22 +107,39 @@ def rule_violation(importer: str, imported: str) -> str | None:
         if top not in sys.stdlib_module_names:
             return f"{importer} imports only the stdlib"
     if within(importer, "sendgate.policy"):
-        for banned in ("sendgate.server", "sendgate.smtp.session"):
+        for banned in ("sendgate.server", "sendgate.smtp.session", "sendgate.store.backends"):
             if within(imported, banned):
                 return f"policy/ must not import {banned}"
     if within(importer, "sendgate.server"):
         for banned in (
             "sendgate.policy",
-            "sendgate.spool",
+            "sendgate.store",
+            "sendgate.delivery",
             "sendgate.submission",
             "sendgate.service",
         ):
             if within(imported, banned):
                 return f"server/ must not import {banned}"
-    if within(importer, "sendgate.delivery") and imported not in ALLOWED_FROM_INBOUND:
-        for inbound in INBOUND:
-            if within(imported, inbound):
-                return f"delivery/ must not share {imported} with the inbound side"
+    if within(importer, "sendgate.delivery"):
+        if imported not in ALLOWED_FROM_INBOUND:
+            for inbound in INBOUND:
+                if within(imported, inbound):
+                    return f"delivery/ must not share {imported} with the inbound side"
+        if within(imported, "sendgate.store") and imported not in QUEUE_CONTRACT:
+            return "delivery/ reaches storage only through the queue contract"
+    if any(within(imported, backend) for backend in BACKENDS) and not (
+        importer == "sendgate.store.backends"
+        or any(within(importer, backend) for backend in BACKENDS)
+    ):
+        return "only store.backends chooses a storage backend"
+    if within(imported, "sendgate.config") and not within(importer, "sendgate.config"):
+        if imported == "sendgate.config" or imported == CONFIG_FOR_FEATURES:
+            return None
+        allowed = CONFIG_USERS.get(imported, CONFIG_TOOLS)
+        if not any(within(importer, user) for user in allowed):
+            return f"outside config/, {importer} may import only {CONFIG_FOR_FEATURES}"
+    if any(within(imported, tool) for tool in CLI_ONLY) and not within(importer, "sendgate.cli"):
+        return f"only cli/ imports {imported}"
     return None
 
 
@@ -203,12 +235,21 @@ def test_checker_flags_each_kind_of_violation(modules: dict[str, Module]) -> Non
     cases = {
         "sendgate.smtp.x": "import argon2\nfrom sendgate import log\nimport os\n",
         "sendgate.policy.x": "from sendgate.smtp.session import Session\n",
-        "sendgate.server.x": "from ..spool import Spool\nfrom sendgate.policy import auth\n",
+        "sendgate.server.x": (
+            "from ..store.local import spool\nfrom sendgate.policy import auth\n"
+        ),
         "sendgate.delivery.x": (
             "from sendgate.smtp import address, replies\nimport sendgate.smtp.data\n"
             "from sendgate import headers, text\n"
         ),
         "sendgate.text": "import re\nfrom sendgate.smtp import address\n",
+        "sendgate.delivery.y": (
+            "from sendgate.store.queue import QueueStore\nfrom sendgate.store import users\n"
+        ),
+        "sendgate.policy.y": "from sendgate.store.local.users import LocalUserStore\n",
+        "sendgate.submission2": "from sendgate.config.load import load_config\n",
+        "sendgate.service2": "from sendgate.config.unsafe import unsafe_settings\n",
+        "sendgate.delivery.z": "import sendgate.audit\n",
     }
     found: list[str] = []
     for name, source in cases.items():
@@ -218,11 +259,21 @@ def test_checker_flags_each_kind_of_violation(modules: dict[str, Module]) -> Non
         "sendgate.smtp.x imports sendgate.log: smtp/ imports only smtp/",
         "sendgate.policy.x imports sendgate.smtp.session: policy/ must not import"
         " sendgate.smtp.session",
-        "sendgate.server.x imports sendgate.spool: server/ must not import sendgate.spool",
+        "sendgate.server.x imports sendgate.store.local.spool: server/ must not import"
+        " sendgate.store",
         "sendgate.server.x imports sendgate.policy.auth: server/ must not import sendgate.policy",
         "sendgate.delivery.x imports sendgate.smtp.data: delivery/ must not share"
         " sendgate.smtp.data with the inbound side",
         "sendgate.text imports sendgate.smtp.address: sendgate.text imports only the stdlib",
+        "sendgate.delivery.y imports sendgate.store.users: delivery/ reaches storage only"
+        " through the queue contract",
+        "sendgate.policy.y imports sendgate.store.local.users: only store.backends chooses a"
+        " storage backend",
+        "sendgate.submission2 imports sendgate.config.load: outside config/,"
+        " sendgate.submission2 may import only sendgate.config.schema",
+        "sendgate.service2 imports sendgate.config.unsafe: outside config/, sendgate.service2"
+        " may import only sendgate.config.schema",
+        "sendgate.delivery.z imports sendgate.audit: only cli/ imports sendgate.audit",
     ]
 
 
@@ -259,9 +310,19 @@ def test_import_rules_hold(modules: dict[str, Module]) -> None:
 
 def test_inbound_packages_exist(modules: dict[str, Module]) -> None:
     # A rule about a package that was renamed away would pass vacuously.
-    for package in ("sendgate.smtp", "sendgate.policy", "sendgate.server"):
+    for package in (
+        "sendgate.smtp",
+        "sendgate.policy",
+        "sendgate.server",
+        "sendgate.delivery",
+        "sendgate.store.local",
+        "sendgate.config",
+        "sendgate.cli",
+    ):
         assert any(within(name, package) for name in modules if name != package)
     assert set(NEUTRAL) <= set(modules)
+    assert set(modules) >= QUEUE_CONTRACT
+    assert {CONFIG_FOR_FEATURES, *CONFIG_USERS, "sendgate.store.backends"} <= set(modules)
 
 
 def test_no_utils_module() -> None:

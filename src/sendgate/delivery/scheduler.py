@@ -193,6 +193,7 @@ class Scheduler:
             self._log.event("queue_error", "error", error=str(exc))
             return
         renewed = {claim.queue_id: claim for claim in kept}
+        self._log.event("leases_renewed", "debug", held=len(held), kept=len(kept))
         for claim in held:
             if self._held.get(claim.queue_id) is not claim:
                 continue  # replaced or finished meanwhile

@@ -45,12 +45,32 @@ FAST = Timeouts(connect=5.0, command=10.0, data=10.0)
 WAIT = 30.0
 
 
+class LogStream(io.StringIO):
+    """The log as text, with a way to wait for an event written by another thread."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self._written = threading.Condition()
+
+    def write(self, text: str) -> int:
+        with self._written:
+            count = super().write(text)
+            self._written.notify_all()
+        return count
+
+    def wait_for(self, event: str, timeout: float = WAIT) -> None:
+        marker = f'"event": "{event}"'
+        with self._written:
+            if not self._written.wait_for(lambda: marker in self.getvalue(), timeout):
+                raise AssertionError(f"no {event} event in the log")
+
+
 class Rig:
     """A spool, a log and the settings; `scheduler()` makes a scheduler as the runner would."""
 
     def __init__(self, root: Path, relay_address: str = "127.0.62.1", **settings: Any) -> None:
         self.clock = FakeClock()
-        self.stream = io.StringIO()
+        self.stream = LogStream()
         self.log = EventLog(self.stream, fmt="json", level="debug", clock=self.clock)
         self.root = root
         self.spool = Spool(root / "spool", clock=self.clock)  # the files, for tests to break
@@ -389,3 +409,90 @@ def test_announcing_an_unknown_id_is_harmless(tmp_path: Path, rigs: Callable[...
     assert _subjects(receiver) == ["real"]
     assert rig.events("queue_error") == []
     assert rig.events("delivery_bug") == []
+
+
+# --- leases -------------------------------------------------------------------------------------
+
+
+def test_a_result_whose_lease_was_lost_is_dropped(tmp_path: Path, rigs: Callable[..., Rig]) -> None:
+    rig = rigs("127.0.62.20")
+    queue_id = rig.queue("taken over")
+
+    async def body(scheduler: Scheduler) -> None:
+        loop = asyncio.get_running_loop()
+        drain = asyncio.ensure_future(scheduler.drain())
+        assert await loop.run_in_executor(None, receiver.data_started.wait, WAIT)
+        # The lease runs out mid-transaction and another runner takes the message over.
+        rig.clock.advance(LEASE)
+        assert rig.runner_store is not None
+        [other] = rig.runner_store.claim(10, LEASE).claims
+        assert other.queue_id == queue_id
+        hold.set()
+        await drain
+
+    hold = threading.Event()
+    with Receiver("127.0.62.20", 25, hold=hold, data_replies=["451 4.3.0 later"]) as receiver:
+        rig.run(body)
+
+    [lost] = rig.events("lease_lost")
+    assert lost["queue_id"] == queue_id
+    assert rig.spool.read_state(queue_id) is None  # the stale result was not stored
+    assert rig.store.ids() == [queue_id]
+
+
+def test_held_leases_are_renewed_while_a_transaction_runs(
+    tmp_path: Path, rigs: Callable[..., Rig]
+) -> None:
+    rig = rigs("127.0.62.21", scan_interval=3600.0)
+    queue_id = rig.queue("slow")
+
+    async def body(scheduler: Scheduler) -> None:
+        loop = asyncio.get_running_loop()
+        stop = asyncio.Event()
+        running = asyncio.ensure_future(scheduler.run(stop, grace=5.0))
+        assert await loop.run_in_executor(None, receiver.data_started.wait, WAIT)
+        rig.clock.advance(LEASE / 3)
+        # An announcement (of nothing queued) wakes the loop, which renews what it holds.
+        AnnounceWriter(rig.pipe.write_fd).announce("0123456789ABCDEFGH")
+        await loop.run_in_executor(None, rig.stream.wait_for, "leases_renewed")
+        rig.clock.advance(LEASE * 2 / 3 + 1)  # past the first lease, within the renewed one
+        assert rig.runner_store is not None
+        taken = await loop.run_in_executor(None, rig.runner_store.claim, 10, LEASE)
+        assert queue_id not in [claim.queue_id for claim in taken.claims]
+        hold.set()
+        stop.set()
+        await running
+
+    hold = threading.Event()
+    with Receiver("127.0.62.21", 25, hold=hold) as receiver:
+        rig.run(body)
+
+    assert _subjects(receiver) == ["slow"]
+    [renewed] = rig.events("leases_renewed")
+    assert (renewed["held"], renewed["kept"]) == (1, 1)
+    assert rig.events("lease_lost") == []
+    assert rig.store.ids() == []
+
+
+def test_a_stop_gives_back_what_waits_aside(tmp_path: Path, rigs: Callable[..., Rig]) -> None:
+    # One slot for the domain, two tasks for it at most: the third message waits aside.
+    rig = rigs("127.0.62.22", concurrency=1, domain_concurrency=1)
+    first, second, third = rig.queue("one"), rig.queue("two"), rig.queue("three")
+
+    async def body(scheduler: Scheduler) -> None:
+        loop = asyncio.get_running_loop()
+        stop = asyncio.Event()
+        running = asyncio.ensure_future(scheduler.run(stop, grace=0.2))
+        assert await loop.run_in_executor(None, receiver.data_started.wait, WAIT)
+        stop.set()
+        await running  # the held transaction is cut off after the grace period
+
+    hold = threading.Event()
+    with Receiver("127.0.62.22", 25, hold=hold) as receiver:
+        rig.run(body)
+        hold.set()
+
+    assert rig.runner_store is not None
+    free = [claim.queue_id for claim in rig.runner_store.claim(10, LEASE).claims]
+    assert free == [third]  # released at the stop; the two started ones keep their leases
+    assert sorted(rig.store.ids()) == sorted([first, second, third])

@@ -1,0 +1,184 @@
+"""Tests for sendgate.store.local.queue beyond the contract: the runner's index and its inputs.
+
+The contract tests (tests/contracts/test_queue_store.py) check what every queue does; these
+check how the local one learns about mail (announcements, scans, batches), what it reports
+instead of logging, and how it keeps a state it could not write.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import select
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+from tests.support.clock import FakeClock
+
+from sendgate.errors import SpoolError
+from sendgate.store import local
+from sendgate.store.delivery_state import DELIVERED, DeliveryState
+from sendgate.store.envelope import Envelope
+from sendgate.store.local.announce import AnnouncePipe, AnnounceReader, AnnounceWriter
+from sendgate.store.local.queue import LocalQueueStore
+from sendgate.store.queue import Claim
+
+MESSAGE = b"From: <alice@example.com>\r\n\r\nhi\r\n"
+LEASE = 600.0
+
+
+class Pair:
+    """An acceptor's handle and the runner's, on one spool, joined by an announce pipe."""
+
+    def __init__(self, root: Path, scan_interval: float = 3600.0) -> None:
+        self.clock = FakeClock()
+        self.pipe = AnnouncePipe()
+        self.root = root
+        self.acceptor = LocalQueueStore(
+            root, clock=self.clock, announce_to=AnnounceWriter(self.pipe.write_fd)
+        )
+        self.runner = LocalQueueStore(
+            root,
+            clock=self.clock,
+            scan_interval=scan_interval,
+            announced=AnnounceReader(self.pipe.read_fd),
+        )
+        self.quiet = LocalQueueStore(root, clock=self.clock)  # puts without announcing
+
+    def put(self, store: LocalQueueStore | None = None) -> str:
+        store = store or self.acceptor
+        queue_id = store.new_id()
+        store.put(
+            Envelope(
+                queue_id, "alice@example.com", ("bob@example.org",), "alice", 0.0, len(MESSAGE)
+            ),
+            MESSAGE,
+        )
+        self.clock.advance(0.01)
+        return queue_id
+
+    def claim(self, limit: int = 10) -> list[Claim]:
+        return list(self.runner.claim(limit, LEASE).claims)
+
+
+@pytest.fixture
+def pair(tmp_path: Path) -> Iterator[Pair]:
+    made = Pair(tmp_path / "spool")
+    yield made
+    made.pipe.close()
+
+
+def readable(fd: int | None) -> bool:
+    assert fd is not None
+    return bool(select.select([fd], [], [], 0)[0])
+
+
+def test_an_announced_message_is_claimable_before_the_next_scan(pair: Pair) -> None:
+    assert pair.claim() == []  # the first claim scans; the next scan is an hour away
+    fd = pair.runner.arrivals_fd()
+    assert fd == pair.pipe.read_fd
+    assert not readable(fd)
+    queue_id = pair.put()
+    assert readable(fd)
+    assert [claim.queue_id for claim in pair.claim()] == [queue_id]
+    assert not readable(fd)  # the claim consumed the announcement
+
+
+def test_an_unannounced_message_waits_for_the_scan(pair: Pair) -> None:
+    assert pair.claim() == []
+    queue_id = pair.put(pair.quiet)
+    assert pair.claim() == []
+    claimed = pair.runner.claim(10, LEASE)
+    assert claimed.next_check == pytest.approx(pair.clock.now + 3600, abs=1)
+    pair.clock.advance(3600)
+    assert [claim.queue_id for claim in pair.claim()] == [queue_id]
+
+
+def test_handles_that_never_claim_keep_no_index_and_no_pipe(pair: Pair) -> None:
+    assert pair.quiet.arrivals_fd() is None
+    assert pair.acceptor.arrivals_fd() is None
+    pair.put()
+    assert pair.acceptor.claim(10, LEASE).claims != ()  # any handle may still claim
+
+
+def test_a_claim_of_nothing_reads_the_spool_without_leasing(pair: Pair) -> None:
+    queue_id = pair.put()
+    assert pair.runner.claim(0, LEASE).claims == ()
+    assert [claim.queue_id for claim in pair.claim()] == [queue_id]
+
+
+def test_an_unreadable_state_starts_the_message_over_and_says_why(pair: Pair) -> None:
+    queue_id = pair.put()
+    (pair.root / "state" / queue_id).write_bytes(b"{not json")
+    [claim] = pair.claim()
+    assert claim.state == DeliveryState.fresh(("bob@example.org",), claim.state.next_attempt)
+    assert claim.state_problem is not None
+    assert claim.state_problem.startswith("state: ")
+
+
+def test_a_corrupt_envelope_is_reported_and_the_rest_still_flows(pair: Pair) -> None:
+    bad = pair.put(pair.quiet)
+    good = pair.put(pair.quiet)
+    (pair.root / "queue" / bad).write_bytes(b"not an envelope\n")
+    claimed = pair.runner.claim(10, LEASE)
+    assert [claim.queue_id for claim in claimed.claims] == [good]
+    [problem] = claimed.problems
+    assert bad in problem
+
+
+def test_an_unlistable_spool_is_reported_and_the_index_kept(pair: Pair) -> None:
+    queue_id = pair.put()
+    pair.runner.claim(0, LEASE)  # indexed
+    queue_dir = pair.root / "queue"
+    queue_dir.rename(pair.root / "aside")
+    queue_dir.write_bytes(b"")  # listing it fails even for root (ENOTDIR)
+    pair.clock.advance(3600)
+    claimed = pair.runner.claim(10, LEASE)
+    assert [claim.queue_id for claim in claimed.claims] == [queue_id]
+    [problem] = claimed.problems
+    assert problem.startswith("cannot list spool directory")
+
+
+def test_a_big_backlog_is_read_in_batches(pair: Pair, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(local.queue, "LOAD_BATCH", 2)
+    made = [pair.put(pair.quiet) for _ in range(5)]
+    first = pair.runner.claim(10, LEASE)
+    assert [claim.queue_id for claim in first.claims] == made[:2]
+    assert first.next_check == pair.clock.now  # more to read: call again at once
+    rest = [claim.queue_id for claim in pair.claim()] + [c.queue_id for c in pair.claim()]
+    assert rest == made[2:]
+
+
+def test_a_state_that_cannot_be_written_is_kept_while_the_lease_holds(pair: Pair) -> None:
+    queue_id = pair.put()
+    [claim] = pair.claim()
+    delivered = dataclasses.replace(claim.state.recipients[0], status=DELIVERED)
+    state = dataclasses.replace(claim.state.with_results({0: delivered}), next_attempt=0.0)
+    state_dir = pair.root / "state"
+    state_dir.rename(pair.root / "state-aside")
+    state_dir.write_bytes(b"")
+    with pytest.raises(SpoolError, match="cannot write state file"):
+        pair.runner.update(claim, state)
+    assert pair.claim() == []  # still leased
+    pair.runner.release(claim, pair.clock.now)
+    [again] = pair.claim()
+    assert again.queue_id == queue_id
+    assert again.state == state  # not on disk, but this runner remembers what it delivered
+
+
+def test_a_message_removed_by_another_handle_leaves_the_index_at_the_scan(pair: Pair) -> None:
+    queue_id = pair.put()
+    pair.runner.claim(0, LEASE)
+    pair.quiet.remove(queue_id)
+    pair.clock.advance(3600)
+    assert pair.claim() == []
+    assert pair.runner.ids() == []
+
+
+def test_close_closes_the_pipe_ends(tmp_path: Path) -> None:
+    pipe = AnnouncePipe()
+    store = LocalQueueStore(tmp_path, announced=AnnounceReader(pipe.read_fd))
+    store.close()
+    with pytest.raises(OSError, match="Bad file descriptor"):
+        select.select([pipe.read_fd], [], [], 0)
+    pipe.close()
