@@ -6,10 +6,10 @@ import dataclasses
 
 import pytest
 from tests.contracts.backends import StoreBackend
+from tests.support.mail import make_envelope
 
 from sendgate.errors import LeaseLostError, SpoolError, UnknownQueueIdError
 from sendgate.store.delivery_state import DELIVERED, PENDING, DeliveryState
-from sendgate.store.envelope import Envelope
 from sendgate.store.queue import Claim, QueueStore, Recovery
 
 MESSAGE = b"From: <alice@example.com>\r\nSubject: hi\r\n\r\n8-bit \xff body\r\n..dot\r\n"
@@ -17,16 +17,8 @@ LEASE = 600.0
 
 
 def put(queue: QueueStore, message: bytes = MESSAGE, **changes: object) -> str:
-    queue_id = queue.new_id()
-    envelope = Envelope(
-        queue_id=queue_id,
-        sender="alice@example.com",
-        recipients=("bob@example.org", "carol@example.net"),
-        user="alice@example.com",
-        received_at=1_800_000_000.0,
-        size=len(message),
-    )
-    queue.put(dataclasses.replace(envelope, **changes), message)  # type: ignore[arg-type]
+    queue_id = str(changes.pop("queue_id", None) or queue.new_id())
+    queue.put(make_envelope(queue_id, message, **changes), message)
     return queue_id
 
 

@@ -2,29 +2,15 @@
 
 from __future__ import annotations
 
-import dataclasses
-from typing import Any
+from tests.support.mail import make_envelope
 
 from sendgate.cli.queue import format_queue_explain, format_queue_line, format_queue_show
 from sendgate.store.delivery_state import DELIVERED, FAILED, PENDING, DeliveryState, RecipientState
-from sendgate.store.envelope import Envelope
 
 MESSAGE = b"From: Alice <alice@example.com>\r\nSubject: caf\xc3\xa9\r\n\r\nbody\r\n"
 BOB = "bob@example.org"
 CAROL = "carol@example.org"
 T0 = 1_800_000_000.0  # 2027-01-15T08:00:00Z
-
-
-def make_envelope(queue_id: str, message: bytes = MESSAGE, **changes: Any) -> Envelope:
-    envelope = Envelope(
-        queue_id=queue_id,
-        sender="alice@example.com",
-        recipients=("bob@example.org", "carol@example.net"),
-        user="alice",
-        received_at=1_714_564_800.25,
-        size=len(message),
-    )
-    return dataclasses.replace(envelope, **changes)
 
 
 # --- queue list and queue show ----------------------------------------------------------------
@@ -39,7 +25,7 @@ def test_format_queue_line() -> None:
 
 
 def test_format_queue_line_shows_the_null_sender_as_angle_brackets() -> None:
-    envelope = make_envelope("01HX0000000000ABCD", sender="", recipients=("x@y.example",))
+    envelope = make_envelope("01HX0000000000ABCD", MESSAGE, sender="", recipients=("x@y.example",))
     assert format_queue_line(envelope) == (
         f"01HX0000000000ABCD 2024-05-01T12:00:00Z {len(MESSAGE)} <> -> x@y.example"
     )

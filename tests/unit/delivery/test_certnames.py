@@ -10,12 +10,6 @@ from tests.unit.delivery.client_peers import Pki
 from sendgate.delivery.certnames import certificate_matches, certificate_problem, dns_name_matches
 from sendgate.delivery.target import Target, TlsRequirement
 
-
-@pytest.fixture(scope="module")
-def pki() -> Pki:
-    return Pki.make()
-
-
 label = st.from_regex(r"[a-z0-9]([a-z0-9-]{0,8}[a-z0-9])?", fullmatch=True)
 hostname = st.lists(label, min_size=2, max_size=4).map(".".join)
 

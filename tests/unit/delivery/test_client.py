@@ -29,12 +29,6 @@ from tests.unit.delivery.client_peers import (
 from sendgate.delivery.client import deliver
 from sendgate.delivery.target import MAX_REPLY_TEXT, RemoteReply, Target, Timeouts
 
-
-@pytest.fixture(scope="module")
-def pki() -> Pki:
-    return Pki.make()
-
-
 # --- the transaction ----------------------------------------------------------------------------
 
 

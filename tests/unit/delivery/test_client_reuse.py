@@ -29,12 +29,6 @@ from sendgate.delivery.connections import ConnectionCache
 from sendgate.delivery.payload import data_payload
 from sendgate.delivery.target import Timeouts
 
-
-@pytest.fixture(scope="module")
-def pki() -> Pki:
-    return Pki.make()
-
-
 # --- connection reuse (127.0.55.61 - 127.0.55.90) -----------------------------------------------
 
 

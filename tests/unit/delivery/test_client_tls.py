@@ -25,12 +25,6 @@ from tests.unit.delivery.client_peers import (
 
 from sendgate.delivery.target import TlsRequirement
 
-
-@pytest.fixture(scope="module")
-def pki() -> Pki:
-    return Pki.make()
-
-
 # --- TLS ----------------------------------------------------------------------------------------
 
 

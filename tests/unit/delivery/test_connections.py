@@ -32,12 +32,6 @@ from sendgate.delivery.connections import CachedSession, ConnectionCache, sessio
 from sendgate.delivery.payload import data_payload
 from sendgate.delivery.target import Target, TlsRequirement
 
-
-@pytest.fixture(scope="module")
-def pki() -> Pki:
-    return Pki.make()
-
-
 # --- the connection cache (127.0.55.61 - 127.0.55.90) -------------------------------------------
 
 

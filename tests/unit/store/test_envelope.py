@@ -1,102 +1,17 @@
 """Tests for sendgate.store.envelope: queue ids and the envelope's strict JSON form."""
 
-import dataclasses
 import json
-import os
 import random
 import re
-import stat
-import subprocess
-import textwrap
-from pathlib import Path
-from typing import Any
 
 import pytest
+from tests.support.mail import make_envelope
 
-import sendgate
 from sendgate.errors import SpoolError
 from sendgate.store.envelope import Envelope, new_queue_id
-from sendgate.store.local.spool import Spool
 
-MESSAGE = (
-    b"From: Alice <alice@example.com>\r\n"
-    b"Subject: caf\xc3\xa9\r\n"
-    b"\r\n"
-    b"8-bit body \xff\xfe\x00 bytes\r\n"
-    b"..leading dot kept as stored\r\n"
-    b"bare \n and \r inside stay as they are\r\n"
-)
 ID_PATTERN = re.compile(r"[0-7][0-9A-HJKMNP-TV-Z]{17}")
 DELETE = object()  # marks a field to drop in the malformed-envelope cases
-
-# Runs one put that cannot fit (RLIMIT_FSIZE or a tiny file system), then one small put.
-_CONSTRAINED_PUT = textwrap.dedent(
-    """
-    import json, resource, signal, sys
-    from pathlib import Path
-    from sendgate.errors import SpoolError
-    from sendgate.store.envelope import Envelope
-    from sendgate.store.local.spool import Spool
-
-    root, size, fsize_limit = Path(sys.argv[1]), int(sys.argv[2]), int(sys.argv[3])
-    spool = Spool(root)
-    if fsize_limit:
-        signal.signal(signal.SIGXFSZ, signal.SIG_IGN)
-        resource.setrlimit(resource.RLIMIT_FSIZE, (fsize_limit, resource.RLIM_INFINITY))
-
-    def put(size):
-        env = Envelope(spool.new_id(), "a@example.com", ("b@example.com",), "alice", 0.0, size)
-        try:
-            spool.put(env, b"x" * size)
-        except SpoolError as exc:
-            return [type(exc).__name__, str(exc)]
-        return None
-
-    failed = put(size)
-    leftovers = sorted(p.name for d in ("tmp", "queue") for p in (root / d).iterdir())
-    retried = put(1000)
-    print(json.dumps({"failed": failed, "leftovers": leftovers, "retried": retried}))
-    """
-)
-
-
-def make_envelope(queue_id: str, message: bytes = MESSAGE, **changes: Any) -> Envelope:
-    envelope = Envelope(
-        queue_id=queue_id,
-        sender="alice@example.com",
-        recipients=("bob@example.org", "carol@example.net"),
-        user="alice",
-        received_at=1_714_564_800.25,
-        size=len(message),
-    )
-    return dataclasses.replace(envelope, **changes)
-
-
-def file_mode(path: Path) -> int:
-    return stat.S_IMODE(path.stat().st_mode)
-
-
-def names(directory: Path) -> list[str]:
-    return sorted(path.name for path in directory.iterdir())
-
-
-def run_constrained_put(argv: list[str]) -> dict[str, Any]:
-    src = str(Path(sendgate.__file__).parents[1])
-    result = subprocess.run(
-        argv,
-        capture_output=True,
-        text=True,
-        check=True,
-        timeout=60,
-        env={**os.environ, "PYTHONPATH": src},
-    )
-    report: dict[str, Any] = json.loads(result.stdout)
-    return report
-
-
-@pytest.fixture
-def spool(tmp_path: Path) -> Spool:
-    return Spool(tmp_path / "spool")
 
 
 def test_new_queue_id_known_values() -> None:

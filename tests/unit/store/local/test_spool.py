@@ -1,6 +1,5 @@
 """Tests for sendgate.store.local.spool: durable put, readback, sweep, state and retry files."""
 
-import dataclasses
 import json
 import os
 import re
@@ -16,6 +15,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+from tests.support.mail import MESSAGE, make_envelope
 
 import sendgate
 from sendgate.errors import SpoolError, SpoolFullError
@@ -24,14 +24,6 @@ from sendgate.store.envelope import Envelope, new_queue_id
 from sendgate.store.local.spool import Spool
 from sendgate.store.queue import Recovery
 
-MESSAGE = (
-    b"From: Alice <alice@example.com>\r\n"
-    b"Subject: caf\xc3\xa9\r\n"
-    b"\r\n"
-    b"8-bit body \xff\xfe\x00 bytes\r\n"
-    b"..leading dot kept as stored\r\n"
-    b"bare \n and \r inside stay as they are\r\n"
-)
 ID_PATTERN = re.compile(r"[0-7][0-9A-HJKMNP-TV-Z]{17}")
 DELETE = object()  # marks a field to drop in the malformed-envelope cases
 
@@ -64,18 +56,6 @@ _CONSTRAINED_PUT = textwrap.dedent(
     print(json.dumps({"failed": failed, "leftovers": leftovers, "retried": retried}))
     """
 )
-
-
-def make_envelope(queue_id: str, message: bytes = MESSAGE, **changes: Any) -> Envelope:
-    envelope = Envelope(
-        queue_id=queue_id,
-        sender="alice@example.com",
-        recipients=("bob@example.org", "carol@example.net"),
-        user="alice",
-        received_at=1_714_564_800.25,
-        size=len(message),
-    )
-    return dataclasses.replace(envelope, **changes)
 
 
 def file_mode(path: Path) -> int:
