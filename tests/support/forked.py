@@ -15,6 +15,7 @@ import os
 import re
 import select
 import signal
+import sys
 import time
 import traceback
 from collections.abc import Callable
@@ -48,8 +49,7 @@ class Forked:
                 os.setpgid(0, 0)
                 os.close(read_fd)
                 signal.alarm(WATCHDOG)
-                stream = os.fdopen(write_fd, "w", buffering=1, encoding="utf-8")
-                log = EventLog(stream)
+                log = EventLog(os.fdopen(write_fd, "w", buffering=1, encoding="utf-8"))
                 try:
                     code = self._main(log)
                 except BaseException as exc:
@@ -57,6 +57,9 @@ class Forked:
                     log.event("child_error", "error", error=f"{type(exc).__name__}: {exc}")
                     code = 70
             finally:
+                for output in (sys.stdout, sys.stderr):  # os._exit flushes nothing
+                    with contextlib.suppress(Exception):
+                        output.flush()
                 os._exit(code)
         os.close(write_fd)
         with contextlib.suppress(OSError):  # also here: close() may kill the group at once
