@@ -1,14 +1,19 @@
-"""Tests for the test support itself: the fake clock and the loopback server life cycle."""
+"""Tests for the test support itself: the fake clock, the loopback server life cycle, Forked."""
 
 from __future__ import annotations
 
 import asyncio
+import os
+import signal
 import socket
 import threading
 
 import pytest
 from tests.support.clock import START, FakeClock
+from tests.support.forked import Forked
 from tests.support.loopback import AsyncioServer, ThreadedServer
+
+from sendgate.log import EventLog
 
 # --- FakeClock -------------------------------------------------------------------------------
 
@@ -157,3 +162,43 @@ def test_an_asyncio_server_serves_until_stopped() -> None:
         with socket.create_connection(probe.sock.getsockname(), timeout=5) as client:
             assert client.recv(16) == b"hi"
     assert not any(thread.name == "loop-probe" for thread in threading.enumerate())
+
+
+# --- Forked ----------------------------------------------------------------------------------
+
+
+def test_a_forked_child_logs_to_the_test_and_exits_with_its_code() -> None:
+    def main(log: EventLog) -> int:
+        log.event("hello", pid=os.getpid())
+        return 3
+
+    with Forked(main) as child:
+        line = child.wait_for("event=hello")
+        assert child.wait() == 3
+    assert line.endswith(f"pid={child.pid}")  # a child of its own, not this process
+
+
+def test_what_escapes_a_forked_child_is_logged_and_exits_70() -> None:
+    def main(log: EventLog) -> int:
+        raise RuntimeError("broken child")
+
+    with Forked(main) as child:
+        assert child.wait() == 70
+    assert child.matching("event=child_error .*RuntimeError: broken child")
+
+
+def test_leaving_ends_a_forked_child_that_still_runs() -> None:
+    def main(log: EventLog) -> int:
+        grandchild = os.fork()
+        if grandchild == 0:
+            signal.pause()
+            os._exit(0)
+        log.event("forked")
+        signal.pause()
+        return 0
+
+    with Forked(main) as child:
+        child.wait_for("event=forked")
+        with pytest.raises(AssertionError, match="still running"):
+            child.wait(timeout=0.2)  # the log stays open while anything holds it
+    assert child.code == -signal.SIGKILL

@@ -102,7 +102,11 @@ class Backends:
         return recovery
 
     def open(self, role: Role) -> Stores:
-        """The stores for a process of `role` (after the fork, for the serving roles)."""
+        """The stores for a process of `role` (after the fork, for the serving roles).
+
+        The first queue of an acceptor or the runner takes this process's end of the announce
+        pipe; a queue opened after it (or for the command line) neither announces nor listens.
+        """
         return Stores(self, role)
 
     def close(self) -> None:
@@ -119,6 +123,12 @@ class Backends:
 
     def open_queue(self, role: Role) -> QueueStore:
         pipe = self._pipe
+        if pipe is not None and role != "admin":
+            # Taking one end closes the other in this process: the handle owns the pipe from
+            # now on, so neither `close` nor a second open may close its descriptors again.
+            self._pipe = None
+        else:
+            pipe = None
         return LocalQueueStore(
             spool_path(self._config),
             clock=self._clock,
