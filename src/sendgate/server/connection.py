@@ -121,7 +121,7 @@ class SmtpConnection(asyncio.Protocol):
             self._admitted(admission)
 
     async def _await_admission(self, pending: Awaitable[Admission]) -> None:
-        admission = await pending
+        admission = await pending  # never raises: `ask` turned a failure into a 421
         if self._closing:
             return
         if self._transport is not None:
