@@ -38,7 +38,7 @@ PER_CONNECTION = 5
 MAX_KILL_AFTER = 20  # kill once this many (at most) messages got 250
 ACCEPT_TIMEOUT = 30.0
 _MESSAGE_ID = re.compile(rb"\r\nMessage-ID: <([^>]+)>\r\n")
-_SWEPT = re.compile(r'event=spool_swept removed_partial=(\d+) corrupt=("")? ?.*queued=(\d+)')
+_SWEPT = re.compile(r'event=spool_swept tmp_removed=(\d+) corrupt=("")? ?.*queued=(\d+)')
 
 
 @dataclass
