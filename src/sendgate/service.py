@@ -19,7 +19,8 @@ from sendgate.config.schema import Config
 from sendgate.config.unsafe import unsafe_settings
 from sendgate.delivery.plan import load_relays
 from sendgate.delivery.runner import run_delivery, trust_store
-from sendgate.dkim import DkimSigner, load_keys
+from sendgate.dkim.keys import load_keys
+from sendgate.dkim.signer import DkimSigner
 from sendgate.errors import SendgateError
 from sendgate.log import EventLog
 from sendgate.policy.auth import Authenticator

@@ -14,7 +14,7 @@ from collections.abc import Awaitable, Callable
 from concurrent.futures import Executor
 from dataclasses import replace
 
-from sendgate.dkim import DkimError, DkimSigner
+from sendgate.dkim.signer import DkimError, DkimSigner
 from sendgate.errors import SpoolError, SpoolFullError
 from sendgate.log import EventLog, Value
 from sendgate.message import HeaderError, fix_up, now_utc, received_header, summarize

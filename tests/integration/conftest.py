@@ -36,7 +36,8 @@ from sendgate.config.schema import Config
 from sendgate.delivery.plan import load_relays
 from sendgate.delivery.runner import build_scheduler
 from sendgate.delivery.target import Timeouts
-from sendgate.dkim import DkimSigner, load_keys
+from sendgate.dkim.keys import load_keys
+from sendgate.dkim.signer import DkimSigner
 from sendgate.errors import UnknownQueueIdError
 from sendgate.log import EventLog
 from sendgate.scaffold import init_instance

@@ -21,7 +21,7 @@ from sendgate.smtp.replies import Reply
 from sendgate.smtp.session import Session, SessionSettings
 
 if TYPE_CHECKING:  # the protocol tests need nothing of the I/O shell at run time
-    from sendgate.server.connection import ConnectionHandler
+    from sendgate.server.admission import ConnectionHandler
 
 HOST = "mx.example.test"
 TLS = TlsInfo("TLSv1.3", "TLS_AES_128_GCM_SHA256", 128)

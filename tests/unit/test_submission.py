@@ -27,7 +27,8 @@ from argon2 import PasswordHasher
 from tests.support.session import b64, feed_async, plain, start
 
 import sendgate
-from sendgate.dkim import DkimSigner, generate_key, load_keys
+from sendgate.dkim.keys import generate_key, load_keys
+from sendgate.dkim.signer import DkimSigner
 from sendgate.log import EventLog
 from sendgate.policy.auth import Authenticator
 from sendgate.smtp import replies

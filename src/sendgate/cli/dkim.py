@@ -7,7 +7,7 @@ import sys
 import time
 
 from sendgate.cli.command import Group, load
-from sendgate.dkim import default_selector, generate_key
+from sendgate.dkim.keys import default_selector, generate_key
 
 
 def _arguments(parser: argparse.ArgumentParser) -> None:

@@ -26,7 +26,7 @@ import re
 from collections.abc import Sequence
 from dataclasses import dataclass
 
-from sendgate.dkim import DkimError, DkimSigner
+from sendgate.dkim.signer import DkimError, DkimSigner
 from sendgate.headers import header_section
 from sendgate.smtp.address import is_host_name
 from sendgate.store.envelope import Envelope

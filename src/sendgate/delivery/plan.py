@@ -22,7 +22,8 @@ from pathlib import Path
 from sendgate.config.schema import RouteConfig
 from sendgate.delivery import dane
 from sendgate.delivery.dns import DnsError, Resolver, ascii_name
-from sendgate.delivery.mtasts import MtaSts, MtaStsError
+from sendgate.delivery.mtasts import MtaSts
+from sendgate.delivery.mtasts_policy import MtaStsError
 from sendgate.delivery.route import RouteError, mx_route
 from sendgate.delivery.target import Target, TlsRequirement
 from sendgate.errors import ConfigError

@@ -25,7 +25,7 @@ from sendgate.delivery.mtasts import MtaSts
 from sendgate.delivery.plan import MX_PORT, Planner, Relay
 from sendgate.delivery.scheduler import Scheduler
 from sendgate.delivery.target import Timeouts
-from sendgate.dkim import DkimSigner
+from sendgate.dkim.signer import DkimSigner
 from sendgate.errors import ConfigError
 from sendgate.log import EventLog
 from sendgate.store.queue import QueueStore

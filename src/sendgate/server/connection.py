@@ -14,33 +14,18 @@ import asyncio
 import itertools
 import socket
 import ssl
-from collections.abc import Awaitable, Callable
-from typing import Protocol, TypeAlias, cast
+from collections.abc import Awaitable
+from typing import Protocol, cast
 
 from sendgate.log import BoundLog, EventLog
-from sendgate.server.tls import describe
+from sendgate.server.admission import Admission, ConnectionHandler, ask, log_refusal
+from sendgate.server.handshake import accept_tls, established, log_failure, start_tls
 from sendgate.smtp import replies
-from sendgate.smtp.events import NEED_DATA, Event, StartTls, TlsInfo
+from sendgate.smtp.events import NEED_DATA, StartTls
 from sendgate.smtp.replies import Reply
 from sendgate.smtp.session import Session, SessionSettings
 
 _conn_ids = itertools.count(1)
-# Seconds to wait for the client's TLS close_notify after we close; a silent client must not
-# hold its connection slot (or a graceful stop) for asyncio's default 30 s.
-SSL_SHUTDOWN_TIMEOUT = 5.0
-
-
-class ConnectionHandler(Protocol):
-    """Answers a Session's decisions (implemented by submission.SubmissionConnection)."""
-
-    def handle(self, event: Event, session: Session) -> Reply | Awaitable[Reply]: ...
-
-
-# A connection is admitted with the handler that will answer its decisions, or refused with a
-# reply (sent in plaintext on 587; on 465 the socket is just closed, before any handshake).
-Admission: TypeAlias = ConnectionHandler | Reply
-# (client_ip, conn_id) -> admission, possibly after I/O (a store lookup in a thread).
-HandlerFactory = Callable[[str, str], Admission | Awaitable[Admission]]
 
 
 class ServerContext(Protocol):
@@ -59,10 +44,6 @@ class ServerContext(Protocol):
     def admit(self, ip: str, conn_id: str) -> Admission | Awaitable[Admission]: ...
     def register(self, conn: SmtpConnection) -> None: ...
     def unregister(self, conn: SmtpConnection) -> None: ...
-
-
-def _tls_info(transport: asyncio.BaseTransport) -> TlsInfo:
-    return TlsInfo(*describe(transport.get_extra_info("ssl_object")))
 
 
 class SmtpConnection(asyncio.Protocol):
@@ -128,13 +109,10 @@ class SmtpConnection(asyncio.Protocol):
         return True
 
     def _ask_admission(self) -> None:
-        if self._server.draining:  # accepted just before the listener closed
-            self._admitted(replies.SHUTTING_DOWN)
-            return
-        try:
-            admission = self._server.admit(self.client_ip, self.conn_id)
-        except Exception as exc:
-            admission = self._admission_error(exc)
+        server = self._server
+        admission = ask(
+            server.admit, self.client_ip, self.conn_id, self._log, draining=server.draining
+        )
         if isinstance(admission, Awaitable):
             if self._transport is not None:
                 self._transport.pause_reading()  # 587: an early talker waits for the verdict
@@ -143,30 +121,16 @@ class SmtpConnection(asyncio.Protocol):
             self._admitted(admission)
 
     async def _await_admission(self, pending: Awaitable[Admission]) -> None:
-        try:
-            admission = await pending
-        except asyncio.CancelledError:
-            raise
-        except Exception as exc:
-            admission = self._admission_error(exc)
+        admission = await pending  # never raises: `ask` turned a failure into a 421
         if self._closing:
             return
         if self._transport is not None:
             self._transport.resume_reading()  # before the Session may pause it again
         self._admitted(admission)
 
-    def _admission_error(self, exc: Exception) -> Reply:
-        self._log.event("admission_error", "error", error=repr(exc))
-        return replies.SERVICE_UNAVAILABLE
-
     def _admitted(self, admission: Admission) -> None:
         if isinstance(admission, Reply):
-            self._log.event(
-                "refused",
-                "warning",
-                reason="admission",
-                code=f"{admission.code} {admission.enhanced}",
-            )
+            log_refusal(self._log, admission)
             if not self._implicit_tls:
                 self._write(admission.encode())
             self._close()
@@ -190,13 +154,7 @@ class SmtpConnection(asyncio.Protocol):
         self._sock = None  # the transport made below owns (and closes) it from now on
         server = self._server
         try:
-            await self._loop.connect_accepted_socket(
-                lambda: self,
-                sock,
-                ssl=server.tls_context(),
-                ssl_handshake_timeout=server.handshake_timeout,
-                ssl_shutdown_timeout=SSL_SHUTDOWN_TIMEOUT,
-            )
+            await accept_tls(self._loop, self, sock, server.tls_context(), server.handshake_timeout)
         except asyncio.CancelledError:
             raise
         except Exception as exc:
@@ -205,9 +163,7 @@ class SmtpConnection(asyncio.Protocol):
 
     def _tls_failed(self, exc: Exception) -> None:
         if not self._closing:
-            self._log.event(
-                "tls_failed", "warning", error=type(exc).__name__, detail=str(exc)[:200]
-            )
+            log_failure(self._log, exc)
 
     # --- asyncio callbacks ---
 
@@ -217,8 +173,7 @@ class SmtpConnection(asyncio.Protocol):
         self._transport = transport
         if self._implicit_tls:
             # Admitted, and the handshake is done: the banner goes out over TLS.
-            info = _tls_info(transport)
-            self._log_tls(transport, info)
+            info = established(transport, self._log)
             self._session = Session(self._server.settings, tls=info)
             self._last_activity = self._loop.time()
             self._flush()
@@ -325,13 +280,8 @@ class SmtpConnection(asyncio.Protocol):
         """587: STARTTLS on the plain transport (reading is paused since the 220)."""
         server = self._server
         try:
-            tls_transport = await self._loop.start_tls(
-                transport,
-                self,
-                server.tls_context(),
-                server_side=True,
-                ssl_handshake_timeout=server.handshake_timeout,
-                ssl_shutdown_timeout=SSL_SHUTDOWN_TIMEOUT,
+            tls_transport = await start_tls(
+                self._loop, transport, self, server.tls_context(), server.handshake_timeout
             )
         except asyncio.CancelledError:
             raise
@@ -342,20 +292,9 @@ class SmtpConnection(asyncio.Protocol):
         if tls_transport is None or self._closing or self._session is None:
             return
         self._transport = tls_transport
-        info = _tls_info(tls_transport)
-        self._log_tls(tls_transport, info)
-        self._session.tls_established(info)
+        self._session.tls_established(established(tls_transport, self._log))
         self._last_activity = self._loop.time()
         self._flush()
-
-    def _log_tls(self, transport: asyncio.BaseTransport, info: TlsInfo) -> None:
-        ssl_object = transport.get_extra_info("ssl_object")
-        self._log.event(
-            "tls",
-            version=info.version,
-            cipher=info.cipher,
-            resumed=bool(getattr(ssl_object, "session_reused", False)),
-        )
 
     # --- output, timers, closing ---
 

@@ -20,8 +20,9 @@ from typing import Any
 
 from sendgate.errors import TlsConfigError
 from sendgate.log import EventLog
+from sendgate.server.admission import Admission, HandlerFactory
 from sendgate.server.caps import ConnectionCaps
-from sendgate.server.connection import Admission, HandlerFactory, SmtpConnection
+from sendgate.server.connection import SmtpConnection
 from sendgate.server.tls import TlsContextHolder
 from sendgate.smtp.session import SessionSettings
 

@@ -25,8 +25,8 @@ import trustme
 import uvloop
 
 from sendgate.log import EventLog
+from sendgate.server.admission import Admission
 from sendgate.server.caps import ConnectionCaps
-from sendgate.server.connection import Admission
 from sendgate.server.supervisor import bind
 from sendgate.server.tls import TlsContextHolder
 from sendgate.server.worker import Listener, Timeouts, Worker

@@ -1,0 +1,70 @@
+"""Admission: a connection is let in with the handler that will answer it, or refused with a reply.
+
+The handler factory (submission's) is asked once per connection, after the connection caps and
+before any TLS work or banner, so a refused client costs no handshake. It answers at once or
+after I/O (a store lookup in a thread). A worker that is stopping refuses without asking, and a
+factory that fails, now or later, refuses with 421 instead of leaving the client waiting.
+"""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import Awaitable, Callable
+from typing import Protocol, TypeAlias
+
+from sendgate.log import BoundLog
+from sendgate.smtp import replies
+from sendgate.smtp.events import Event
+from sendgate.smtp.replies import Reply
+from sendgate.smtp.session import Session
+
+
+class ConnectionHandler(Protocol):
+    """Answers a Session's decisions (implemented by submission.SubmissionConnection)."""
+
+    def handle(self, event: Event, session: Session) -> Reply | Awaitable[Reply]: ...
+
+
+# A connection is admitted with the handler that will answer its decisions, or refused with a
+# reply (sent in plaintext on 587; on 465 the socket is just closed, before any handshake).
+Admission: TypeAlias = ConnectionHandler | Reply
+# (client_ip, conn_id) -> admission, possibly after I/O (a store lookup in a thread).
+HandlerFactory = Callable[[str, str], Admission | Awaitable[Admission]]
+
+
+def ask(
+    factory: HandlerFactory, client_ip: str, conn_id: str, log: BoundLog, *, draining: bool
+) -> Admission | Awaitable[Admission]:
+    """Return the factory's verdict, or an awaitable of it that never raises but is cancellable.
+
+    `draining` (the worker is stopping) refuses with 421 without asking; a factory that raises
+    is logged as admission_error and refused with 421.
+    """
+    if draining:  # accepted just before the listener closed
+        return replies.SHUTTING_DOWN
+    try:
+        admission = factory(client_ip, conn_id)
+    except Exception as exc:
+        return _failed(log, exc)
+    if isinstance(admission, Awaitable):
+        return _settle(admission, log)
+    return admission
+
+
+def log_refusal(log: BoundLog, reply: Reply) -> None:
+    """Log that the factory refused the connection, with the reply's codes."""
+    log.event("refused", "warning", reason="admission", code=f"{reply.code} {reply.enhanced}")
+
+
+async def _settle(pending: Awaitable[Admission], log: BoundLog) -> Admission:
+    try:
+        return await pending
+    except asyncio.CancelledError:
+        raise
+    except Exception as exc:
+        return _failed(log, exc)
+
+
+def _failed(log: BoundLog, exc: Exception) -> Reply:
+    log.event("admission_error", "error", error=repr(exc))
+    return replies.SERVICE_UNAVAILABLE
