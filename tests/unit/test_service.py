@@ -27,7 +27,7 @@ from tests.support.tls import client_context
 from sendgate.cli import main as cli_main
 from sendgate.config.load import load_config
 from sendgate.config.schema import Config
-from sendgate.dkim import generate_key
+from sendgate.dkim.keys import generate_key
 from sendgate.policy.passwords import hash_password, new_hasher
 from sendgate.scaffold import init_instance
 from sendgate.service import run_loop, serve, session_settings

@@ -8,7 +8,8 @@ import dkim
 import pytest
 
 from sendgate.delivery.bounce import BOUNCE_USER, DsnWriter, RecipientNotice
-from sendgate.dkim import DkimSigner, generate_key, load_keys
+from sendgate.dkim.keys import generate_key, load_keys
+from sendgate.dkim.signer import DkimSigner
 from sendgate.errors import SpoolError
 from sendgate.store.envelope import Envelope
 from sendgate.store.local.queue import LocalQueueStore
