@@ -22,6 +22,7 @@ from tests.support.session import (
 )
 
 from sendgate.smtp import replies
+from sendgate.smtp import session as session_module
 from sendgate.smtp.address import Address
 from sendgate.smtp.events import (
     NEED_DATA,
@@ -1644,3 +1645,10 @@ def test_refusals_leave_out_the_applications_answers_and_include_the_421() -> No
     session.receive_data(b"BOGUS\r\n")
     assert session.next_event() is NEED_DATA
     assert session.refusals() == [replies.UNRECOGNIZED, replies.TOO_MANY_ERRORS]
+
+
+def test_every_verb_of_the_transition_table_has_its_handler() -> None:
+    table = session_module._COMMANDS
+    assert set(table) == set(session_module._ALLOWED)
+    for verb, handler in table.items():
+        assert handler.__name__ == "_cmd_" + verb.lower()
