@@ -64,7 +64,8 @@ class SmtpConnection(asyncio.Protocol):
         self._loop = asyncio.get_running_loop()
         self._transport: asyncio.Transport | None = None
         self._sock: socket.socket | None = None  # 465, until the handshake owns it
-        self._early = b""  # 587: what a client sent while its admission was pending
+        self._early = b""  # 587: sent while admission or the STARTTLS upgrade was pending
+        self._upgrading = False
         self._session: Session | None = None
         self._handler: ConnectionHandler | None = None
         self._slot: int | None = None
@@ -186,6 +187,11 @@ class SmtpConnection(asyncio.Protocol):
         self._ask_admission()
 
     def data_received(self, data: bytes) -> None:
+        if self._upgrading:
+            # asyncio's TLS layer hands over what came with the client's Finished before
+            # start_tls returns: the first command over TLS, for after tls_established.
+            self._early += data
+            return
         session = self._session
         if session is None:
             if self._transport is not None and not self._closing:
@@ -239,6 +245,7 @@ class SmtpConnection(asyncio.Protocol):
                     self._log.event(
                         "starttls_injection", "warning", discarded=session.discarded_plaintext
                     )
+                self._upgrading = True
                 self._task = self._loop.create_task(self._start_tls(self._transport))
                 return
             try:
@@ -286,15 +293,23 @@ class SmtpConnection(asyncio.Protocol):
         except asyncio.CancelledError:
             raise
         except Exception as exc:
+            self._upgrading = False
             self._tls_failed(exc)
             transport.abort()
             return
-        if tls_transport is None or self._closing or self._session is None:
+        self._upgrading = False
+        held, self._early = self._early, b""
+        session = self._session
+        if tls_transport is None or self._closing or session is None:
             return
         self._transport = tls_transport
-        self._session.tls_established(established(tls_transport, self._log))
+        session.tls_established(established(tls_transport, self._log))
         self._last_activity = self._loop.time()
-        self._flush()
+        if held:
+            session.receive_data(held)
+            self._pump()
+        else:
+            self._flush()
 
     # --- output, timers, closing ---
 

@@ -259,6 +259,36 @@ def test_starttls_discards_pipelined_plaintext(serve: ServeFactory) -> None:
     assert not any(isinstance(e, MailFrom) for e in live.admissions.handler.events)
 
 
+def test_a_command_sent_with_the_tls_finished_message_is_answered(serve: ServeFactory) -> None:
+    # The client's last handshake flight and its first command over TLS in one segment:
+    # asyncio's TLS layer hands the command over before start_tls returns.
+    live = serve()
+    with greeted(live.client()) as client:
+        assert client.command("EHLO client.example").code == 250
+        assert client.command("STARTTLS").code == 220
+        incoming, outgoing = ssl.MemoryBIO(), ssl.MemoryBIO()
+        tls = live.client_ctx.wrap_bio(incoming, outgoing, server_hostname="localhost")
+        while True:
+            try:
+                tls.do_handshake()
+                break
+            except ssl.SSLWantReadError:
+                client.sock.sendall(outgoing.read())
+                incoming.write(client.sock.recv(65536))
+        tls.write(b"EHLO client.example\r\n")
+        client.sock.sendall(outgoing.read())  # Finished and the EHLO together
+        received = b""
+        while b"\r\n250 " not in b"\r\n" + received:
+            chunk = client.sock.recv(65536)
+            assert chunk, f"closed after {received!r}"
+            incoming.write(chunk)
+            with contextlib.suppress(ssl.SSLWantReadError):
+                while piece := tls.read(65536):
+                    received += piece
+    assert received.startswith(b"250-")
+    assert not live.log.matching(r"event=starttls_injection ")
+
+
 def test_587_failed_starttls_handshake_is_logged(serve: ServeFactory) -> None:
     live = serve()
     with greeted(live.client()) as client:
