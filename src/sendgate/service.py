@@ -30,7 +30,7 @@ from sendgate.server.supervisor import Supervisor, bind
 from sendgate.server.tls import TlsContextHolder
 from sendgate.server.worker import Listener, Timeouts, Worker
 from sendgate.smtp.session import SessionSettings
-from sendgate.store.backends import Backends
+from sendgate.store.backends import Backends, mta_sts_path
 from sendgate.submission import Submission
 
 # fsync is I/O-bound: enough threads that concurrent sessions' fsyncs overlap on the disk.
@@ -115,7 +115,9 @@ def serve(cfg: Config, log: EventLog) -> int:
             log.context = {"runner": "delivery"}
             stores = backends.open("runner")
             try:
-                return run_delivery(cfg, log, stores.queue, relays, signer, run_loop)
+                return run_delivery(
+                    cfg, log, stores.queue, mta_sts_path(cfg), relays, signer, run_loop
+                )
             finally:
                 stores.close()
         return run_worker(index)

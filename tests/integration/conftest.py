@@ -41,6 +41,7 @@ from sendgate.dkim.signer import DkimSigner
 from sendgate.errors import UnknownQueueIdError
 from sendgate.log import EventLog
 from sendgate.scaffold import init_instance
+from sendgate.store.backends import mta_sts_path
 from sendgate.store.envelope import Envelope
 from sendgate.store.local.queue import LocalQueueStore
 
@@ -143,6 +144,7 @@ class World:
                 scheduler = build_scheduler(
                     self.cfg,
                     queue=queue,
+                    mta_sts_cache=mta_sts_path(self.cfg),
                     relays=load_relays(self.cfg.delivery.routes),
                     signer=DkimSigner(keys) if keys else None,
                     log=self.log,

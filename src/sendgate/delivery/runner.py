@@ -15,6 +15,7 @@ import ssl
 import time
 from collections.abc import Callable, Coroutine
 from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
 from typing import Any
 
 from sendgate.config.schema import Config
@@ -56,6 +57,7 @@ def build_scheduler(
     cfg: Config,
     *,
     queue: QueueStore,
+    mta_sts_cache: Path,
     relays: tuple[Relay, ...],
     signer: DkimSigner | None,
     log: EventLog,
@@ -70,9 +72,7 @@ def build_scheduler(
     nameservers = [(hp.host, hp.port) for hp in delivery.resolver] or None
     resolver = Resolver(nameservers)
     context = trust_store(cfg)
-    mta_sts = (
-        MtaSts(resolver, cfg.data_dir / "mta-sts", context, clock) if delivery.mta_sts else None
-    )
+    mta_sts = MtaSts(resolver, mta_sts_cache, context, clock) if delivery.mta_sts else None
     planner = Planner(
         relays=relays,
         resolver=resolver,
@@ -105,11 +105,16 @@ def run_delivery(
     cfg: Config,
     log: EventLog,
     queue: QueueStore,
+    mta_sts_cache: Path,
     relays: tuple[Relay, ...],
     signer: DkimSigner | None,
     run: Callable[[Callable[[], Coroutine[Any, Any, None]]], None],
 ) -> int:
-    """The runner process's main; `run` runs a coroutine function on the chosen event loop."""
+    """The runner process's main; `run` runs a coroutine function on the chosen event loop.
+
+    `queue` and `mta_sts_cache` (the directory of cached MTA-STS policies) come from the
+    storage backends (`store.backends`): the runner chooses no path of its own.
+    """
     executor = ThreadPoolExecutor(IO_THREADS, thread_name_prefix="delivery")
 
     async def main() -> None:
@@ -119,7 +124,13 @@ def run_delivery(
             loop.add_signal_handler(sig, stop.set)
         loop.add_signal_handler(signal.SIGHUP, lambda: None)  # TLS reload is for the acceptors
         scheduler = build_scheduler(
-            cfg, queue=queue, relays=relays, signer=signer, log=log, executor=executor
+            cfg,
+            queue=queue,
+            mta_sts_cache=mta_sts_cache,
+            relays=relays,
+            signer=signer,
+            log=log,
+            executor=executor,
         )
         if cfg.delivery.hold:
             log.event("delivery_held", "warning", reason="delivery.hold = true")

@@ -8,8 +8,9 @@ the command line and tests. Only this module imports a backend; everything else 
 contracts (UserStore, QueueStore, LimitStore).
 
 Today every store is local (one node): `data_dir/users.db`, `data_dir/limits.db` (SQLite,
-WAL) and `data_dir/spool/` (the file spool). To add a backend: implement the contract, pass
-its contract tests (tests/contracts/), and choose it here from the configuration.
+WAL), `data_dir/spool/` (the file spool) and `data_dir/mta-sts/` (cached MTA-STS policies).
+To add a backend: implement the contract, pass its contract tests (tests/contracts/), and
+choose it here from the configuration.
 """
 
 from __future__ import annotations
@@ -41,6 +42,11 @@ def limits_path(config: Config) -> Path:
 
 def spool_path(config: Config) -> Path:
     return config.data_dir / "spool"
+
+
+def mta_sts_path(config: Config) -> Path:
+    """The delivery runner's cache of MTA-STS policies (one JSON file per domain)."""
+    return config.data_dir / "mta-sts"
 
 
 class Stores:

@@ -36,7 +36,7 @@ from sendgate.errors import ConfigError
 from sendgate.log import EventLog
 from sendgate.scaffold import init_instance
 from sendgate.service import run_loop
-from sendgate.store.backends import Backends, Stores, open_stores
+from sendgate.store.backends import Backends, Stores, mta_sts_path, open_stores
 from sendgate.store.envelope import Envelope
 from sendgate.store.queue import QueueStore
 
@@ -102,6 +102,7 @@ def drain(cfg: Config, queue: QueueStore, *, mx_port: int = 25) -> str:
             scheduler = build_scheduler(
                 cfg,
                 queue=queue,
+                mta_sts_cache=mta_sts_path(cfg),
                 relays=load_relays(cfg.delivery.routes),
                 signer=None,
                 log=EventLog(stream),
@@ -141,7 +142,7 @@ def run_runner(cfg: Config, backends: Backends | None = None) -> Forked:
         stores = open_stores(cfg) if backends is None else backends.open("runner")
         relays = load_relays(cfg.delivery.routes)
         try:
-            return run_delivery(cfg, log, stores.queue, relays, None, run_loop)
+            return run_delivery(cfg, log, stores.queue, mta_sts_path(cfg), relays, None, run_loop)
         finally:
             stores.close()
 
