@@ -89,6 +89,8 @@ class Supervisor:
         for sig in _SIGNALS:
             signal.signal(sig, self._forward)
         for index in range(self._count):
+            if self._stopping:
+                break  # a stop during start-up: a child forked now would never be told
             self._spawn(index)
         self._log.event(
             "workers_started",

@@ -86,14 +86,22 @@ class Outcome:
 
 
 def run_supervised(
-    tmp_path: Path, workers: int, child: Callable[[int], int], *, runners: int = 0
+    tmp_path: Path,
+    workers: int,
+    child: Callable[[int], int],
+    *,
+    runners: int = 0,
+    prepare: Callable[[], None] | None = None,
 ) -> Outcome:
+    """Run a Supervisor in a forked process; `prepare` runs there first."""
     report = tmp_path / "supervisor.json"
     pid = os.fork()
     if pid == 0:
         code = 99
         try:
             signal.alarm(WATCHDOG)
+            if prepare is not None:
+                prepare()
             supervisor._RESTART_BACKOFF = 0.0  # only in this forked process
             stream = io.StringIO()
             exits: list[int] = []
@@ -140,6 +148,39 @@ def test_children_are_stopped_with_sigterm_and_the_worst_code_wins(
     assert re.search(rf"event=workers_started workers=2 {pids}\n", outcome.log)
     assert outcome.log.endswith("event=stopped code=3\n")
     assert "worker_died" not in outcome.log
+
+
+def test_a_stop_during_start_up_forks_no_more_children(
+    tmp_path: Path, pipes: Callable[[], Pipe]
+) -> None:
+    done = pipes()
+
+    def stop_after_the_first_fork() -> None:  # in the supervisor's process only
+        real_fork = os.fork
+        forks: list[int] = []
+
+        def fork_then_stop() -> int:
+            pid = real_fork()
+            if pid:
+                forks.append(pid)
+                if len(forks) == 1:
+                    # Delivered when the supervisor unblocks signals after this first fork.
+                    os.kill(os.getpid(), signal.SIGTERM)
+            return pid
+
+        os.fork = fork_then_stop
+
+    def child(index: int) -> int:
+        received = wait_for_signals(signal.SIGTERM)
+        done.put(f"{index}:{received().name}")
+        return 0
+
+    outcome = run_supervised(tmp_path, 2, child, runners=1, prepare=stop_after_the_first_fork)
+    # Only the first child was forked (the others, forked after the stop, would never have
+    # been told and would hang the supervisor); it was stopped, whether or not it had set up.
+    assert outcome.exits == [0]
+    assert done.drain() in ([], ["0:SIGTERM"])
+    assert re.search(r"event=workers_started workers=2 pids=\d+ runner_pids=\"\"\n", outcome.log)
 
 
 def test_sighup_is_forwarded_and_a_child_that_raises_exits_70(
