@@ -44,9 +44,15 @@ def reference_env() -> dict[str, str]:
 
 
 def start_sendgate(
-    workdir: Path, ref: dict[str, str], port: int
+    workdir: Path,
+    ref: dict[str, str],
+    port: int,
+    *,
+    python: str = sys.executable,
+    hold: bool = False,
 ) -> tuple[subprocess.Popen[str], int]:
-    sendgate = [sys.executable, "-m", "sendgate"]
+    """A throw-away instance of the sendgate installed for `python` (bench/ab.py runs two)."""
+    sendgate = [python, "-m", "sendgate"]
     subprocess.run(
         [
             *sendgate,
@@ -76,6 +82,8 @@ def start_sendgate(
     text = config.read_text().replace(
         "max_connections_per_ip = 50", "max_connections_per_ip = 1000"
     )
+    if hold:  # no relaying: only the submission path is measured
+        text = text.replace("hold = false", "hold = true")
     config.write_text(text)
     subprocess.run(
         [*sendgate, "--config", str(config), "user", "add", ref["REF_USER"]],
