@@ -177,7 +177,7 @@ def conclude(
     state = replace(after, attempts=after.attempts + 1)
     expired = False
     delayed: list[int] = []
-    if state.pending() and now >= envelope.received_at + settings.queue_lifetime:
+    if state.pending() and now >= retry_until(envelope, settings):
         expired = True
         state = state.with_results(
             {
@@ -220,13 +220,14 @@ def schedule(
     state: DeliveryState, envelope: Envelope, now: float, settings: DeliveryConfig, jitter: float
 ) -> DeliveryState:
     """`state` with its next attempt set; never later than the message's expiry."""
-    expires = envelope.received_at + settings.queue_lifetime
+    expires = retry_until(envelope, settings)
     wait = backoff(state.attempts, settings, jitter)
     return replace(state, next_attempt=min(now + wait, max(expires, now)))
 
 
 def retry_until(envelope: Envelope, settings: DeliveryConfig) -> float:
-    """When delivery stops being tried (for a delay notice's Will-Retry-Until)."""
+    """When delivery stops being tried: the message's expiry (a delay notice's
+    Will-Retry-Until)."""
     return envelope.received_at + settings.queue_lifetime
 
 

@@ -140,13 +140,8 @@ class SmtpConnection(asyncio.Protocol):
         if self._implicit_tls:
             self._task = self._loop.create_task(self._handshake())
             return
-        session = self._session = Session(self._server.settings)
-        if self._early:
-            session.receive_data(self._early)
-            self._early = b""
-            self._pump()
-        else:
-            self._flush()
+        self._session = Session(self._server.settings)
+        self._resume()
 
     async def _handshake(self) -> None:
         """465: TLS on the accepted socket; `connection_made` follows once it is done."""
@@ -298,15 +293,20 @@ class SmtpConnection(asyncio.Protocol):
             transport.abort()
             return
         self._upgrading = False
-        held, self._early = self._early, b""
         session = self._session
         if tls_transport is None or self._closing or session is None:
             return
         self._transport = tls_transport
         session.tls_established(established(tls_transport, self._log))
         self._last_activity = self._loop.time()
+        self._resume()
+
+    def _resume(self) -> None:
+        """The Session may read now: give it what was held for it, or just send its output."""
+        assert self._session is not None
+        held, self._early = self._early, b""
         if held:
-            session.receive_data(held)
+            self._session.receive_data(held)
             self._pump()
         else:
             self._flush()

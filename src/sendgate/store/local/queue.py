@@ -181,8 +181,11 @@ class LocalQueueStore:
         self._held(claim)
         try:
             self._spool.remove(claim.queue_id, durable=False)
-        finally:
+        except UnknownQueueIdError:
             self._drop(claim)
+            raise
+        # Any other failure keeps the row (and its lease): the caller releases it for a retry.
+        self._drop(claim)
 
     def release(self, claim: Claim, due: float | None = None) -> None:
         with self._lock:

@@ -182,3 +182,21 @@ def test_close_closes_the_pipe_ends(tmp_path: Path) -> None:
     with pytest.raises(OSError, match="Bad file descriptor"):
         select.select([pipe.read_fd], [], [], 0)
     pipe.close()
+
+
+def test_a_message_that_cannot_be_removed_stays_held_for_a_retry(pair: Pair) -> None:
+    queue_id = pair.put()
+    [claim] = pair.claim()
+    queue_dir = pair.root / "queue"
+    queue_dir.rename(pair.root / "aside")
+    queue_dir.write_bytes(b"")  # unlinking in it fails even for root (ENOTDIR)
+    with pytest.raises(SpoolError, match="cannot remove spool file"):
+        pair.runner.complete(claim)
+    queue_dir.unlink()
+    (pair.root / "aside").rename(queue_dir)
+    assert pair.claim() == []  # still leased: not forgotten, not handed out twice
+    pair.runner.release(claim, pair.clock.now)
+    [again] = pair.claim()
+    assert again.queue_id == queue_id
+    pair.runner.complete(again)
+    assert pair.runner.ids() == []
