@@ -7,7 +7,7 @@ import threading
 import pytest
 from tests.contracts.backends import StoreBackend
 
-from sendgate.store.limits import Flag, LimitStore
+from sendgate.store.limits import LimitStore
 
 WINDOW = 600.0
 MEMORY = 86400.0
@@ -199,33 +199,3 @@ def test_bans_are_listed_by_key_and_shared(backend: StoreBackend) -> None:
     first.ban("b", 60, "x", memory=MEMORY)
     first.ban("a", 60, "y", memory=MEMORY)
     assert [ban.key for ban in second.bans()] == ["a", "b"]
-
-
-# --- flags -------------------------------------------------------------------------------------
-
-
-def test_a_flag_is_kept_until_cleared(limits: LimitStore, backend: StoreBackend) -> None:
-    now = limits.now()
-    assert limits.set_flag("user:alice", "sending limit") == Flag(
-        "user:alice", now, "sending limit"
-    )
-    backend.advance(60)
-    assert limits.set_flag("user:alice", "other reason") == Flag("user:alice", now, "sending limit")
-    assert limits.flag_of("user:alice") == Flag("user:alice", now, "sending limit")
-    assert limits.flags() == [Flag("user:alice", now, "sending limit")]
-    assert limits.clear_flag("user:alice")
-    assert not limits.clear_flag("user:alice")
-    assert limits.flag_of("user:alice") is None
-    assert limits.flags() == []
-
-
-def test_state_survives_reopening(backend: StoreBackend) -> None:
-    first = backend.limits()
-    first.record("k", "a", WINDOW)
-    first.ban("b", 60, "x", memory=MEMORY)
-    first.set_flag("f", "why")
-    first.close()
-    again = backend.limits()
-    assert again.count("k", WINDOW) == 1
-    assert again.ban_of("b") is not None
-    assert again.flag_of("f") is not None

@@ -357,3 +357,31 @@ class Overrides:
 
     def to_raw(self, value: tuple[str, ...]) -> object:
         return list(value)
+
+
+@dataclass(frozen=True, slots=True)
+class Networks:
+    """An array of IP networks in CIDR notation ("192.0.2.0/24", "2001:db8::/48"), or addresses."""
+
+    def describe(self) -> str:
+        return 'array of networks, "ADDRESS/PREFIX" or a single address'
+
+    def parse(self, raw: object, where: Where) -> tuple[str, ...]:
+        if not isinstance(raw, list):
+            raise where.error(f"must be an array of networks, got {shown(raw)}")
+        networks = []
+        for index, item in enumerate(raw):
+            try:
+                # strict: "192.0.2.7/24" is almost always a typo for a host or the /24.
+                network = ipaddress.ip_network(item, strict=True) if isinstance(item, str) else None
+            except ValueError:
+                network = None
+            if network is None:
+                raise where.item(index).error(
+                    f'expected a network such as "192.0.2.0/24" (host bits zero), got {shown(item)}'
+                )
+            networks.append(str(network))
+        return tuple(networks)
+
+    def to_raw(self, value: tuple[str, ...]) -> object:
+        return list(value)

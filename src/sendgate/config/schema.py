@@ -16,6 +16,10 @@ type of addresses, `HostPort`, is defined in kinds.py next to its parser.
 from dataclasses import dataclass, field
 from pathlib import Path
 
+# Re-exported: features import every section class from this module.
+from sendgate.config.defences import LoginLimitsConfig as LoginLimitsConfig
+from sendgate.config.defences import SendingLimitsConfig as SendingLimitsConfig
+from sendgate.config.defences import SignInNoticeConfig as SignInNoticeConfig
 from sendgate.config.kinds import (
     Bool,
     Choice,
@@ -354,6 +358,9 @@ class Config:
     tls: TlsConfig
     auth: AuthConfig = field(default_factory=AuthConfig)
     limits: LimitsConfig = field(default_factory=LimitsConfig)
+    login_limits: LoginLimitsConfig = field(default_factory=LoginLimitsConfig)
+    sending_limits: SendingLimitsConfig = field(default_factory=SendingLimitsConfig)
+    sign_in_notice: SignInNoticeConfig = field(default_factory=SignInNoticeConfig)
     privacy: PrivacyConfig = field(default_factory=PrivacyConfig)
     delivery: DeliveryConfig = field(default_factory=DeliveryConfig)
     dkim: DkimConfig = field(default_factory=DkimConfig)

@@ -1,14 +1,14 @@
-"""The limits contract: counters, rates, bans and flags that every worker process (and node) shares.
+"""The limits contract: counters, rates and bans that every worker process (and node) shares.
 
-The defences (failed-login limits, bans, sending quotas, compromised-account flags) keep all
-their state behind `LimitStore`, so that every acceptor process, a restart, and later every node
+The defences (failed-login limits, bans, sending quotas) keep all their
+state behind `LimitStore`, so that every acceptor process, a restart, and later every node
 of a cluster see the same numbers. The local backend keeps them in SQLite; a Redis backend can
 replace it without touching the callers, which is why each operation is one atomic step on the
 store's own clock (`now`) instead of a read-modify-write by the caller.
 
-Keys are opaque strings chosen by the policy (for instance ``auth:net4:192.0.2.0/24``); a key is
-always used with the same window. Members are short strings (a network, a password fingerprint,
-a recipient hash), never secrets in clear.
+Keys are opaque strings chosen by the policy (made in `sendgate.policy.keys`, for instance
+``net:192.0.2.0/24``); a key is always used with the same window. Members are short strings
+(a network, a password fingerprint, a recipient hash), never secrets in clear.
 
 The methods block: call them from a thread pool, never on an event loop. Implementations are
 safe to use from several threads at once. Failures raise `StoreError`.
@@ -41,20 +41,11 @@ class Ban:
     """Bans of this key remembered so far, this one included (repeat offenders wait longer)."""
 
 
-@dataclass(frozen=True, slots=True)
-class Flag:
-    """A key marked for attention (a compromised account) until an operator clears it."""
-
-    key: str
-    since: float
-    reason: str
-
-
 class LimitStore(Protocol):
-    """Shared counters, GCRA rates, bans and flags (see the module docstring)."""
+    """Shared counters, GCRA rates and bans (see the module docstring)."""
 
     def now(self) -> float:
-        """The store's clock (unix seconds): ban and flag times are on it."""
+        """The store's clock (unix seconds): ban times are on it."""
         ...
 
     def record(self, key: str, member: str, window: float) -> int:
@@ -109,22 +100,6 @@ class LimitStore(Protocol):
 
     def bans(self) -> list[Ban]:
         """Every active ban, ordered by key."""
-        ...
-
-    def set_flag(self, key: str, reason: str) -> Flag:
-        """Flag `key` (an existing flag is kept as it is); return the flag in force."""
-        ...
-
-    def flag_of(self, key: str) -> Flag | None:
-        """The flag of `key`, or None."""
-        ...
-
-    def clear_flag(self, key: str) -> bool:
-        """Remove the flag of `key`; False if it had none."""
-        ...
-
-    def flags(self) -> list[Flag]:
-        """Every flag, ordered by key."""
         ...
 
     def close(self) -> None:

@@ -17,7 +17,7 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
-from sendgate.store.limits import Ban, Flag, RateVerdict
+from sendgate.store.limits import Ban, RateVerdict
 from sendgate.store.local.sqlite import Database
 
 SCHEMA_VERSION = 1
@@ -44,7 +44,6 @@ _SCHEMA = (
         offences INTEGER NOT NULL,
         expires REAL NOT NULL
     ) STRICT""",
-    "CREATE TABLE flags (key TEXT PRIMARY KEY, since REAL NOT NULL, reason TEXT NOT NULL) STRICT",
 )
 
 
@@ -193,36 +192,6 @@ class LocalLimitStore:
             ).fetchall()
         return [_ban(row) for row in rows]
 
-    # --- flags ----------------------------------------------------------------------------------
-
-    def set_flag(self, key: str, reason: str) -> Flag:
-        now = self._clock()
-        with self._db.writing() as db:
-            db.execute(
-                "INSERT OR IGNORE INTO flags (key, since, reason) VALUES (?, ?, ?)",
-                (key, now, reason),
-            )
-            row = db.execute(
-                "SELECT key, since, reason FROM flags WHERE key = ?", (key,)
-            ).fetchone()
-        return _flag(row)
-
-    def flag_of(self, key: str) -> Flag | None:
-        with self._db.reading() as db:
-            row = db.execute(
-                "SELECT key, since, reason FROM flags WHERE key = ?", (key,)
-            ).fetchone()
-        return None if row is None else _flag(row)
-
-    def clear_flag(self, key: str) -> bool:
-        with self._db.writing() as db:
-            return db.execute("DELETE FROM flags WHERE key = ?", (key,)).rowcount > 0
-
-    def flags(self) -> list[Flag]:
-        with self._db.reading() as db:
-            rows = db.execute("SELECT key, since, reason FROM flags ORDER BY key").fetchall()
-        return [_flag(row) for row in rows]
-
     def close(self) -> None:
         self._db.close()
 
@@ -245,8 +214,3 @@ def _units(room: float, interval: float) -> int:
 def _ban(row: Any) -> Ban:
     key, since, until, reason, offences = row
     return Ban(key, float(since), float(until), reason, int(offences))
-
-
-def _flag(row: Any) -> Flag:
-    key, since, reason = row
-    return Flag(key, float(since), reason)

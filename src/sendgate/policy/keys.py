@@ -1,0 +1,77 @@
+"""The names the defences give their entries in the `LimitStore`, and the operator's ban targets.
+
+Every key the policy writes is made here, so the CLI (`sendgate bans`), the log and the
+defences agree on them: ``net:192.0.2.0/24`` bans a network, ``account:alice@example.org``
+locks an account (for networks it has not logged in from). Counters have their own prefixes.
+"""
+
+from __future__ import annotations
+
+import ipaddress
+
+from sendgate.policy.networks import HOST_PREFIX, IPNetwork, client_address, supernet
+
+NET = "net:"
+ACCOUNT = "account:"
+
+
+def net_key(network: IPNetwork) -> str:
+    """The ban key of a network."""
+    return NET + str(network)
+
+
+def account_key(username: str) -> str:
+    """The ban (lock) key of an account."""
+    return ACCOUNT + username.lower()
+
+
+def failures_key(network: IPNetwork) -> str:
+    """Failed logins counted for a network (members: fingerprints of user and password)."""
+    return "fail:" + str(network)
+
+
+def account_failures_key(username: str) -> str:
+    """Wrong passwords counted for an account from every network (members: fingerprints)."""
+    return "fail-account:" + username.lower()
+
+
+def known_failures_key(username: str, network: IPNetwork) -> str:
+    """Wrong passwords for an account from one of its known networks."""
+    return f"fail-known:{username.lower()}|{network}"
+
+
+def escalation_key(network: IPNetwork) -> str:
+    """Banned narrower networks counted inside `network` (IPv6 escalation)."""
+    return "banned-in:" + str(network)
+
+
+def parse_ban_target(text: str) -> str:
+    """The ban key for what an operator typed: a network, an address or an account.
+
+    A bare IPv4 address means itself; a bare IPv6 address means its /64 (the defences ban IPv6
+    clients per /64). An account is anything with an "@". ValueError with a one-line reason.
+    """
+    text = text.strip()
+    if "@" in text and "/" not in text:
+        local, _, domain = text.rpartition("@")
+        if not local or not domain or any(char.isspace() for char in text):
+            raise ValueError(f"{text!r} is not an account name")
+        return account_key(text)
+    try:
+        if "/" in text:
+            return net_key(ipaddress.ip_network(text, strict=True))
+        address = client_address(text)
+    except ValueError as exc:
+        raise ValueError(
+            f"{text!r} is not an address, a network (host bits zero) or an account"
+        ) from exc
+    return net_key(supernet(address, HOST_PREFIX[address.version]))
+
+
+def describe_key(key: str) -> tuple[str, str]:
+    """("network", "192.0.2.0/24") or ("account", "alice@example.org") for a ban key."""
+    if key.startswith(NET):
+        return "network", key[len(NET) :]
+    if key.startswith(ACCOUNT):
+        return "account", key[len(ACCOUNT) :]
+    return "other", key
