@@ -199,3 +199,18 @@ def test_bans_are_listed_by_key_and_shared(backend: StoreBackend) -> None:
     first.ban("b", 60, "x", memory=MEMORY)
     first.ban("a", 60, "y", memory=MEMORY)
     assert [ban.key for ban in second.bans()] == ["a", "b"]
+
+
+def test_active_bans_reads_several_keys_at_once_in_their_order(
+    limits: LimitStore, backend: StoreBackend
+) -> None:
+    assert limits.active_bans([]) == []
+    limits.ban("b", 100, "r", memory=MEMORY)
+    limits.ban("a", 50, "r", memory=MEMORY)
+    found = limits.active_bans(["a", "none", "b", "a"])
+    assert [ban.key for ban in found] == ["a", "b"]
+    assert found[0] == limits.ban_of("a")
+    backend.advance(50)
+    assert [ban.key for ban in limits.active_bans(["a", "b"])] == ["b"]
+    limits.unban("b")
+    assert limits.active_bans(["a", "b"]) == []

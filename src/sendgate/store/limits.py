@@ -14,6 +14,7 @@ The methods block: call them from a thread pool, never on an event loop. Impleme
 safe to use from several threads at once. Failures raise `StoreError`.
 """
 
+from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Protocol
 
@@ -88,6 +89,10 @@ class LimitStore(Protocol):
 
     def ban_of(self, key: str) -> Ban | None:
         """The active ban of `key`, or None."""
+        ...
+
+    def active_bans(self, keys: Sequence[str]) -> list[Ban]:
+        """The active bans among `keys`, in the order of `keys` (one round trip: hot path)."""
         ...
 
     def offences(self, key: str, *, memory: float) -> int:

@@ -13,7 +13,7 @@ import math
 import sqlite3
 import threading
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -164,6 +164,21 @@ class LocalLimitStore:
                 (key, now),
             ).fetchone()
         return None if row is None else _ban(row)
+
+    def active_bans(self, keys: Sequence[str]) -> list[Ban]:
+        if not keys:
+            return []
+        now = self._clock()
+        marks = ",".join("?" * len(keys))
+        # Only "?" placeholders are formatted in; the keys themselves are bound.
+        query = f"SELECT key, since, until, reason, offences FROM bans WHERE key IN ({marks})"  # noqa: S608
+        with self._db.reading() as db:
+            rows = db.execute(
+                query + " AND until > ?",
+                (*keys, now),
+            ).fetchall()
+        found = {row[0]: _ban(row) for row in rows}
+        return [found[key] for key in dict.fromkeys(keys) if key in found]
 
     def offences(self, key: str, *, memory: float) -> int:
         now = self._clock()
