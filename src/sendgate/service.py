@@ -150,7 +150,7 @@ def serve(cfg: Config, log: EventLog) -> int:
             settings=settings,
             tls=tls,
             caps=caps,
-            handler_factory=submission.connection,
+            handler_factory=submission.admit,
             log=log,
             timeouts=timeouts,
         )

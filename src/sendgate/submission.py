@@ -19,7 +19,11 @@ from sendgate.errors import SpoolError, SpoolFullError
 from sendgate.log import EventLog, Value
 from sendgate.message import HeaderError, fix_up, now_utc, received_header, summarize
 from sendgate.policy.auth import Authenticator
+from sendgate.policy.guard import LoginGuard
+from sendgate.policy.login import LoginRequest, LoginResult, Logins
+from sendgate.policy.networks import ClientNetworks
 from sendgate.policy.sender import may_send_as
+from sendgate.server.admission import Admission, Refusal
 from sendgate.smtp import replies
 from sendgate.smtp.address import Address
 from sendgate.smtp.events import AuthAttempt, Event, MailFrom, MessageReceived, RcptTo, StartTls
@@ -28,6 +32,7 @@ from sendgate.smtp.session import Session
 from sendgate.store.envelope import Envelope
 from sendgate.store.queue import QueueStore
 from sendgate.store.users import UserRecord
+from sendgate.text import iso_utc
 
 ANONYMOUS = "anonymous"
 
@@ -46,6 +51,7 @@ class Submission:
         clock: Callable[[], float],
         received_client_ip: bool = False,
         signer: DkimSigner | None = None,
+        logins: Logins | None = None,
     ) -> None:
         self.hostname = hostname
         self.authenticator = authenticator
@@ -55,6 +61,7 @@ class Submission:
         self.clock = clock
         self.received_client_ip = received_client_ip
         self.signer = signer
+        self.logins = logins
 
     def store(self, envelope: Envelope, message: bytes, signing_domain: str | None) -> int:
         """Sign (when a key exists for the domain) and durably queue; returns the stored size.
@@ -69,16 +76,44 @@ class Submission:
         self.queue.put(envelope, message)
         return len(message)
 
-    def connection(self, client_ip: str, conn_id: str) -> SubmissionConnection:
-        """The I/O shell's handler factory: admits every client (a ban check will go here)."""
-        return SubmissionConnection(self, client_ip, conn_id)
+    def connection(
+        self, client_ip: str, conn_id: str, client: ClientNetworks | None = None
+    ) -> SubmissionConnection:
+        """The handler of one admitted connection (`client`: its networks, for login limits)."""
+        return SubmissionConnection(self, client_ip, conn_id, client)
+
+    def admit(self, client_ip: str, conn_id: str) -> Admission | Awaitable[Admission]:
+        """The I/O shell's handler factory: a banned network is refused here, before any TLS."""
+        if self.logins is None:
+            return self.connection(client_ip, conn_id)
+        try:
+            client = ClientNetworks.of(client_ip)
+        except ValueError:  # not an IP peer (a test's socketpair): nothing to count
+            return self.connection(client_ip, conn_id)
+        return self._admit(self.logins.guard, client, client_ip, conn_id)
+
+    async def _admit(
+        self, guard: LoginGuard, client: ClientNetworks, client_ip: str, conn_id: str
+    ) -> Admission:
+        loop = asyncio.get_running_loop()
+        verdict = await loop.run_in_executor(self.executor, guard.admit, client)
+        if verdict.refuse and verdict.ban is not None:
+            return Refusal(replies.BANNED, "banned", verdict.ban.key)
+        return self.connection(client_ip, conn_id, client)
 
 
 class SubmissionConnection:
     """Answers the decisions of one SMTP session."""
 
-    def __init__(self, server: Submission, client_ip: str, conn_id: str) -> None:
+    def __init__(
+        self,
+        server: Submission,
+        client_ip: str,
+        conn_id: str,
+        client: ClientNetworks | None,
+    ) -> None:
         self._server = server
+        self._client = client
         self._log = server.log.bind(conn=conn_id, client=client_ip)
         self.client_ip = client_ip
         self.conn_id = conn_id
@@ -86,7 +121,7 @@ class SubmissionConnection:
 
     def handle(self, event: Event, session: Session) -> Reply | Awaitable[Reply]:
         if isinstance(event, AuthAttempt):
-            return self._authenticate(event)
+            return self._authenticate(event, session)
         if isinstance(event, MailFrom):
             return self._mail_from(event)
         if isinstance(event, RcptTo):
@@ -108,25 +143,90 @@ class SubmissionConnection:
         self._server.log.event("rejected", **fields)
         return reply
 
-    async def _authenticate(self, event: AuthAttempt) -> Reply:
+    async def _authenticate(self, event: AuthAttempt, session: Session) -> Reply:
         username = event.username.lower()
         if event.authzid and event.authzid.lower() != username:
             # Acting as another identity is not offered; answer as for a wrong password.
-            result_user = None
-            cached = False
-        else:
-            try:
-                result = await self._server.authenticator.verify(username, event.password)
-            except Exception as exc:
-                self._log.event("auth_error", "error", user=username, error=type(exc).__name__)
-                return replies.AUTH_TEMPORARY_FAILURE
-            result_user, cached = result.user, result.cached
-        if result_user is None:
             self._log.event("auth_fail", "warning", user=username, mechanism=event.mechanism)
             return replies.AUTH_FAILED
-        self.user = result_user
+        logins = self._server.logins
+        if logins is None or self._client is None:
+            return await self._verify_only(event, username)
+        request = LoginRequest(
+            client=self._client,
+            client_ip=self.client_ip,
+            username=username,
+            password=event.password,
+            client_name=session.client_name,
+            tls_version=session.tls.version if session.tls else None,
+        )
+        loop = asyncio.get_running_loop()
+        try:
+            result = await loop.run_in_executor(
+                self._server.authenticator.executor, logins.attempt, request
+            )
+        except Exception as exc:
+            self._log.event("auth_error", "error", user=username, error=type(exc).__name__)
+            return replies.AUTH_TEMPORARY_FAILURE
+        if result.wait > 0:
+            await asyncio.sleep(result.wait)  # a timer: the worker serves others meanwhile
+        return self._answer(event, result)
+
+    def _answer(self, event: AuthAttempt, result: LoginResult) -> Reply:
+        log = self._log
+        username = event.username.lower()
+        if result.refused is not None:
+            reason, ban = result.refused
+            log.event("auth_refused", "warning", user=username, reason=reason, key=ban.key)
+            return replies.AUTH_REFUSED
+        if result.user is None:
+            failure = result.failure
+            log.event(
+                "auth_fail",
+                "warning",
+                user=username,
+                mechanism=event.mechanism,
+                failures=failure.failures if failure else None,
+                delay=failure.delay if failure else None,
+            )
+            for ban in failure.bans if failure else ():
+                log.event(
+                    "ban",
+                    "warning",
+                    key=ban.key,
+                    until=iso_utc(ban.until),
+                    offences=ban.offences,
+                    reason=ban.reason,
+                )
+            return replies.AUTH_FAILED
+        user = result.user
+        self.user = user
+        note = result.note
+        log.event(
+            "auth_ok",
+            user=user.username,
+            mechanism=event.mechanism,
+            cached=result.cached,
+            app_password=result.app_password,
+            new_network=note.new if note else False,
+        )
+        if result.flagged is not None:
+            log.event("flagged", "warning", user=user.username, reason=result.flagged.reason)
+        return replies.AUTH_OK
+
+    async def _verify_only(self, event: AuthAttempt, username: str) -> Reply:
+        """Without login limits (tests of the session alone): verify and answer."""
+        try:
+            result = await self._server.authenticator.verify(username, event.password)
+        except Exception as exc:
+            self._log.event("auth_error", "error", user=username, error=type(exc).__name__)
+            return replies.AUTH_TEMPORARY_FAILURE
+        if result.user is None:
+            self._log.event("auth_fail", "warning", user=username, mechanism=event.mechanism)
+            return replies.AUTH_FAILED
+        self.user = result.user
         self._log.event(
-            "auth_ok", user=result_user.username, mechanism=event.mechanism, cached=cached
+            "auth_ok", user=result.user.username, mechanism=event.mechanism, cached=result.cached
         )
         return replies.AUTH_OK
 

@@ -63,6 +63,11 @@ class Authenticator:
         self._cache: OrderedDict[bytes, float] = OrderedDict()
         self._cache_lock = threading.Lock()
 
+    @property
+    def executor(self) -> concurrent.futures.Executor:
+        """The pool the blocking work runs in (the login path runs its whole attempt there)."""
+        return self._executor
+
     async def verify(self, username: str, password: str) -> AuthResult:
         """Check the pair in the executor (store lookup and argon2 both block)."""
         loop = asyncio.get_running_loop()

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import asyncio
 from collections.abc import Awaitable, Callable
+from dataclasses import dataclass
 from typing import Protocol, TypeAlias
 
 from sendgate.log import BoundLog
@@ -25,9 +26,18 @@ class ConnectionHandler(Protocol):
     def handle(self, event: Event, session: Session) -> Reply | Awaitable[Reply]: ...
 
 
+@dataclass(frozen=True, slots=True)
+class Refusal:
+    """A refusal with the policy's reason (and the ban key behind it) for the log line."""
+
+    reply: Reply
+    reason: str
+    key: str | None = None
+
+
 # A connection is admitted with the handler that will answer its decisions, or refused with a
 # reply (sent in plaintext on 587; on 465 the socket is just closed, before any handshake).
-Admission: TypeAlias = ConnectionHandler | Reply
+Admission: TypeAlias = ConnectionHandler | Refusal | Reply
 # (client_ip, conn_id) -> admission, possibly after I/O (a store lookup in a thread).
 HandlerFactory = Callable[[str, str], Admission | Awaitable[Admission]]
 
@@ -51,9 +61,17 @@ def ask(
     return admission
 
 
-def log_refusal(log: BoundLog, reply: Reply) -> None:
-    """Log that the factory refused the connection, with the reply's codes."""
-    log.event("refused", "warning", reason="admission", code=f"{reply.code} {reply.enhanced}")
+def log_refusal(log: BoundLog, refusal: Refusal | Reply) -> Reply:
+    """Log that the factory refused the connection (reason, key, codes); return the reply."""
+    if isinstance(refusal, Reply):
+        refusal = Refusal(refusal, "admission")
+    reply = refusal.reply
+    code = f"{reply.code} {reply.enhanced}"
+    if refusal.key is None:
+        log.event("refused", "warning", reason=refusal.reason, code=code)
+    else:
+        log.event("refused", "warning", reason=refusal.reason, key=refusal.key, code=code)
+    return reply
 
 
 async def _settle(pending: Awaitable[Admission], log: BoundLog) -> Admission:

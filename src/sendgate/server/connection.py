@@ -18,7 +18,7 @@ from collections.abc import Awaitable
 from typing import Protocol, cast
 
 from sendgate.log import BoundLog, EventLog
-from sendgate.server.admission import Admission, ConnectionHandler, ask, log_refusal
+from sendgate.server.admission import Admission, ConnectionHandler, Refusal, ask, log_refusal
 from sendgate.server.handshake import accept_tls, established, log_failure, start_tls
 from sendgate.smtp import replies
 from sendgate.smtp.events import NEED_DATA, StartTls
@@ -130,10 +130,10 @@ class SmtpConnection(asyncio.Protocol):
         self._admitted(admission)
 
     def _admitted(self, admission: Admission) -> None:
-        if isinstance(admission, Reply):
-            log_refusal(self._log, admission)
+        if isinstance(admission, Reply | Refusal):
+            reply = log_refusal(self._log, admission)
             if not self._implicit_tls:
-                self._write(admission.encode())
+                self._write(reply.encode())
             self._close()
             return
         self._handler = admission

@@ -8,19 +8,23 @@ the command line and tests. Only this module imports a backend; everything else 
 contracts (UserStore, QueueStore, LimitStore).
 
 Today every store is local (one node): `data_dir/users.db`, `data_dir/limits.db` (SQLite,
-WAL), `data_dir/spool/` (the file spool) and `data_dir/mta-sts/` (cached MTA-STS policies).
+WAL), `data_dir/spool/` (the file spool), `data_dir/mta-sts/` (cached MTA-STS policies) and
+`data_dir/login.key` (the installation's secret).
 To add a backend: implement the contract, pass its contract tests (tests/contracts/), and
 choose it here from the configuration.
 """
 
 from __future__ import annotations
 
+import os
+import secrets
 import time
 from collections.abc import Callable
 from pathlib import Path
 from typing import Literal
 
 from sendgate.config.schema import Config
+from sendgate.errors import StoreError
 from sendgate.store.limits import LimitStore
 from sendgate.store.local.announce import AnnouncePipe
 from sendgate.store.local.limits import LocalLimitStore
@@ -30,6 +34,7 @@ from sendgate.store.queue import QueueStore, Recovery
 from sendgate.store.users import UserStore
 
 Role = Literal["acceptor", "runner", "admin"]
+SECRET_BYTES = 32
 
 
 def users_path(config: Config) -> Path:
@@ -42,6 +47,44 @@ def limits_path(config: Config) -> Path:
 
 def spool_path(config: Config) -> Path:
     return config.data_dir / "spool"
+
+
+def secret_path(config: Config) -> Path:
+    """This installation's secret key (fingerprints of failed passwords in the limit store)."""
+    return config.data_dir / "login.key"
+
+
+def installation_secret(config: Config) -> bytes:
+    """Read the installation's secret key, creating it (owner-only) on first use.
+
+    A cluster will need the same key on every node; it then moves into the shared store.
+    """
+    path = secret_path(config)
+    if not path.exists():
+        # Written aside and linked into place: a concurrent reader never sees a partial key.
+        aside = path.with_name(f".{path.name}.{os.getpid()}.{secrets.token_hex(4)}")
+        try:
+            fd = os.open(aside, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_CLOEXEC, 0o600)
+            try:
+                os.write(fd, secrets.token_bytes(SECRET_BYTES))
+                os.fsync(fd)
+            finally:
+                os.close(fd)
+            try:
+                os.link(aside, path)
+            except FileExistsError:
+                pass  # another process made it first: use theirs
+            finally:
+                os.unlink(aside)
+        except OSError as exc:
+            raise StoreError(f"cannot create {path}: {exc.strerror or exc}") from exc
+    try:
+        key = path.read_bytes()
+    except OSError as exc:
+        raise StoreError(f"cannot read {path}: {exc.strerror or exc}") from exc
+    if len(key) != SECRET_BYTES:
+        raise StoreError(f"{path} is damaged: {len(key)} bytes, expected {SECRET_BYTES}")
+    return key
 
 
 def mta_sts_path(config: Config) -> Path:
@@ -97,6 +140,7 @@ class Backends:
 
         Creating the schemas here, once, keeps the forked workers from racing to do it.
         """
+        installation_secret(self._config)
         LocalUserStore(users_path(self._config)).close()
         LocalLimitStore(limits_path(self._config), clock=self._clock).close()
         queue = LocalQueueStore(spool_path(self._config), clock=self._clock)

@@ -24,6 +24,27 @@ class UserRecord:
     """Bumped on every password change so caches keyed on it go stale by construction."""
 
 
+@dataclass(frozen=True, slots=True)
+class Flag:
+    """A compromised-account flag, kept until an operator clears it."""
+
+    username: str
+    since: float
+    reason: str
+
+
+@dataclass(frozen=True, slots=True)
+class LoginNote:
+    """What `note_login` learned."""
+
+    new: bool
+    """The network was not known to this account (within `memory`)."""
+    first: bool
+    """The account had no known network at all."""
+    recent: int
+    """Distinct networks of this account seen within `recent` s, this one included."""
+
+
 class UserStore(Protocol):
     """Users, their password hashes and owned addresses, shared by every worker process.
 

@@ -87,6 +87,7 @@ def test_only_221_and_421_close() -> None:
         "SERVICE_UNAVAILABLE",
         "TOO_MANY_CONNECTIONS",
         "TOO_MANY_ERRORS",
+        "BANNED",
         "IDLE_TIMEOUT",
         "SESSION_TOO_LONG",
     }

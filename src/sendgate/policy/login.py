@@ -1,0 +1,200 @@
+"""One login attempt from start to end: refuse unchecked, or verify, then count, note and notify.
+
+This is the blocking part of an AUTH, run in one thread hop: the guard's refusal check, at most
+one argon2 verification, then either the failure count (with its delay and bans) or the
+success bookkeeping: the known-network record, the compromised-account rule (logins from too
+many networks within an hour flag the account) and the sign-in notice for a network the
+account has not used before. The caller (submission) waits `wait` seconds on a timer, logs the
+result and answers.
+
+Timing: an attempt refused without checking the password waits as long as a verification
+takes (the median of recent ones), so the answer time does not tell a locked account, an
+unknown user and a wrong password apart.
+"""
+
+from __future__ import annotations
+
+import secrets
+import statistics
+import threading
+import time
+from collections import OrderedDict, deque
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import Protocol
+
+from sendgate.config.schema import LoginLimitsConfig
+from sendgate.policy.auth import Authenticator
+from sendgate.policy.guard import Failure, KnownNetworks, LoginGuard
+from sendgate.policy.networks import ClientNetworks
+from sendgate.store.limits import Ban
+from sendgate.store.users import Flag, LoginNote, UserRecord
+
+# A network noted for an account by this process is not written again for this long: a client
+# that logs in for every message would otherwise cost a store write per message.
+NOTE_REFRESH = 300.0
+NOTE_CACHE_MAX = 10000
+_SAMPLES = 31
+
+
+class Accounts(KnownNetworks, Protocol):
+    """The part of the `UserStore` a login writes: known networks and flags."""
+
+    def note_login(
+        self, username: str, network: str, at: float, *, memory: float, recent: float
+    ) -> LoginNote: ...
+
+    def set_flag(self, username: str, reason: str, at: float) -> Flag: ...
+
+
+class Notifier(Protocol):
+    """Sends the sign-in notice (policy.notice.SignInNotices); returns the queue id or None."""
+
+    def send(
+        self,
+        user: UserRecord,
+        *,
+        network: str,
+        client_ip: str,
+        client_name: str | None,
+        tls_version: str | None,
+        app_password: str | None,
+    ) -> str | None: ...
+
+
+@dataclass(frozen=True, slots=True)
+class LoginRequest:
+    client: ClientNetworks
+    client_ip: str
+    username: str
+    password: str
+    client_name: str | None
+    tls_version: str | None
+
+    def __repr__(self) -> str:  # never the password
+        return f"LoginRequest(client_ip={self.client_ip!r}, username={self.username!r})"
+
+
+@dataclass(frozen=True, slots=True)
+class LoginResult:
+    user: UserRecord | None
+    """The verified user; None when refused or failed."""
+    wait: float
+    """Seconds to wait before answering (a failure's delay, or a refusal's padding)."""
+    refused: tuple[str, Ban] | None = None
+    """Refused without checking the password: the reason and the ban behind it."""
+    failure: Failure | None = None
+    cached: bool = False
+    app_password: str | None = None
+    note: LoginNote | None = None
+    """What the known-network record said (None when this process noted it recently)."""
+    flagged: Flag | None = None
+    """The flag this login set (too many networks within an hour)."""
+    notice: str | None = None
+    """Queue id of the sign-in notice sent."""
+
+
+class Logins:
+    """Runs login attempts (module docstring); safe to call from several threads at once."""
+
+    def __init__(
+        self,
+        guard: LoginGuard,
+        authenticator: Authenticator,
+        accounts: Accounts,
+        settings: LoginLimitsConfig,
+        now: Callable[[], float],
+        notifier: Notifier | None = None,
+        timer: Callable[[], float] = time.perf_counter,
+    ) -> None:
+        self.guard = guard
+        self._auth = authenticator
+        self._accounts = accounts
+        self._cfg = settings
+        self._now = now
+        self._notifier = notifier
+        self._timer = timer
+        self._lock = threading.Lock()
+        self._samples: deque[float] = deque(maxlen=_SAMPLES)
+        self._noted: OrderedDict[tuple[str, str], float] = OrderedDict()
+
+    def attempt(self, request: LoginRequest) -> LoginResult:
+        """Decide one attempt (blocking: store reads and writes, argon2)."""
+        refused = self.guard.refusal(request.client, request.username)
+        if refused is not None:
+            return LoginResult(user=None, wait=self.verify_time(), refused=refused)
+        started = self._timer()
+        result = self._auth.verify_blocking(request.username, request.password)
+        if not result.cached:
+            self._sample(self._timer() - started)
+        if result.user is None:
+            failure = self.guard.failed(request.client, request.username, request.password)
+            return LoginResult(user=None, wait=failure.delay, failure=failure)
+        user = result.user
+        app_password = getattr(result, "app_password", None)
+        note = self._note(user, request)
+        flagged = None
+        notice = None
+        if note is not None:
+            flagged = self._maybe_flag(user, note)
+            if note.new and not note.first and self._notifier is not None:
+                notice = self._notifier.send(
+                    user,
+                    network=str(request.client.block),
+                    client_ip=request.client_ip,
+                    client_name=request.client_name,
+                    tls_version=request.tls_version,
+                    app_password=app_password,
+                )
+        return LoginResult(
+            user=user,
+            wait=0.0,
+            cached=result.cached,
+            app_password=app_password,
+            note=note,
+            flagged=flagged,
+            notice=notice,
+        )
+
+    def verify_time(self) -> float:
+        """The median wall time of recent argon2 verifications (measured once if none yet)."""
+        with self._lock:
+            samples = list(self._samples)
+        if not samples:
+            started = self._timer()
+            self._auth.verify_blocking("", secrets.token_urlsafe(16))
+            elapsed = self._timer() - started
+            self._sample(elapsed)
+            return elapsed
+        return statistics.median(samples)
+
+    def _sample(self, seconds: float) -> None:
+        with self._lock:
+            self._samples.append(seconds)
+
+    def _note(self, user: UserRecord, request: LoginRequest) -> LoginNote | None:
+        network = str(request.client.block)
+        key = (user.username, network)
+        now = self._now()
+        with self._lock:
+            noted = self._noted.get(key)
+            if noted is not None and 0 <= now - noted < NOTE_REFRESH:
+                return None
+            self._noted.pop(key, None)
+            while len(self._noted) >= NOTE_CACHE_MAX:
+                self._noted.popitem(last=False)
+            self._noted[key] = now
+        return self._accounts.note_login(
+            user.username,
+            network,
+            now,
+            memory=self._cfg.known_network_memory,
+            recent=3600.0,
+        )
+
+    def _maybe_flag(self, user: UserRecord, note: LoginNote) -> Flag | None:
+        limit = self._cfg.networks_per_hour
+        if limit <= 0 or note.recent <= limit:
+            return None
+        reason = f"logged in from {note.recent} networks within an hour"
+        return self._accounts.set_flag(user.username, reason, self._now())
