@@ -145,7 +145,7 @@ def build_dsn(
         header.append("Content-Transfer-Encoding: 8bit")
 
     delimiter = b"\r\n--" + boundary.encode("ascii")
-    out = [_lines(header), b"\r\nThis is a MIME-formatted delivery status notification.\r\n"]
+    out = [crlf_lines(header), b"\r\nThis is a MIME-formatted delivery status notification.\r\n"]
     for part in parts:
         out += [delimiter, b"\r\n", part]
     out += [delimiter, b"--\r\n"]
@@ -193,7 +193,18 @@ class DsnWriter:
             message_id=f"{queue_id}@{self._hostname}",
             will_retry_until=retry_until,
         )
-        data, problem = dsn.message, None
+        return self.queue_message(queue_id, original.sender, dsn.message, now, dsn.smtputf8)
+
+    def queue_message(
+        self, queue_id: str, recipient: str, message: bytes, now: float, smtputf8: bool
+    ) -> QueuedDsn:
+        """Sign `message` for the host name (when it has a key) and queue it to `recipient`.
+
+        The way sendgate sends its own messages (DSNs, sign-in notices): from the null sender,
+        as BOUNCE_USER, so that nothing answers them. `queue_id` comes from the queue's
+        `new_id`. Raises SpoolError when it cannot be queued.
+        """
+        data, problem = message, None
         if self._signer is not None:
             try:
                 data = self._signer.sign(data, self._hostname) + data
@@ -202,12 +213,12 @@ class DsnWriter:
         envelope = Envelope(
             queue_id=queue_id,
             sender="",
-            recipients=(original.sender,),
+            recipients=(recipient,),
             user=BOUNCE_USER,
             received_at=now,
             size=len(data),
-            smtputf8=dsn.smtputf8,
-            body="8BITMIME" if dsn.eight_bit else "7BIT",
+            smtputf8=smtputf8,
+            body="7BIT" if data.isascii() else "8BITMIME",
         )
         self._queue.put(envelope, data)
         return QueuedDsn(envelope, problem)
@@ -233,7 +244,7 @@ def _reply_lines(diagnostic: str | None) -> list[str]:
     return [line for line in joined.split("\n") if line]
 
 
-def _wrap(line: str, width: int) -> list[str]:
+def wrap(line: str, width: int) -> list[str]:
     """Split a clean line at spaces into pieces of at most `width` octets; long words are cut."""
     chunks: list[str] = []
     for word in line.split(" "):
@@ -284,11 +295,11 @@ def _human_text(
         if reply:
             remote = _clean_host(notice.remote_mta)
             lines.append(f"    {remote or 'The remote server'} replied:")
-            lines += ["        " + piece for line in reply for piece in _wrap(line, _WRAP)]
+            lines += ["        " + piece for line in reply for piece in wrap(line, _WRAP)]
         else:
             lines.append("    No reply from a remote server was received.")
         lines.append("")
-    return _lines(lines)
+    return crlf_lines(lines)
 
 
 def _status_fields(
@@ -322,7 +333,7 @@ def _status_fields(
         if not utf8:
             reply = [dsn_ascii(line) for line in reply]
         # Each reply line and each wrapped piece becomes a folded continuation line.
-        pieces = [piece for line in reply for piece in _wrap(line, _WRAP)]
+        pieces = [piece for line in reply for piece in wrap(line, _WRAP)]
         if pieces:
             block.append("Diagnostic-Code: smtp; " + "\r\n ".join(pieces))
         if notice.last_attempt is not None:
@@ -330,7 +341,7 @@ def _status_fields(
         if notice.action == "delayed" and retry_until is not None:
             block.append(f"Will-Retry-Until: {mail_date(retry_until)}")
         blocks.append(block)
-    return b"\r\n".join(_lines(block) for block in blocks)
+    return b"\r\n".join(crlf_lines(block) for block in blocks)
 
 
 def _attachment(original: bytes, max_size: int) -> tuple[str, bytes] | None:
@@ -371,9 +382,9 @@ def _part(content_type: str, description: str, body: bytes) -> bytes:
         f"Content-Description: {description}",
         "Content-Transfer-Encoding: " + ("7bit" if body.isascii() else "8bit"),
     ]
-    return _lines(headers) + b"\r\n" + body
+    return crlf_lines(headers) + b"\r\n" + body
 
 
-def _lines(lines: Sequence[str]) -> bytes:
+def crlf_lines(lines: Sequence[str]) -> bytes:
     """Lines joined and terminated with CRLF; only deliberate folds ("\r\n ") are inside."""
     return "".join(line + "\r\n" for line in lines).encode("utf-8")

@@ -40,6 +40,11 @@ def known_failures_key(username: str, network: IPNetwork) -> str:
     return f"fail-known:{username.lower()}|{network}"
 
 
+def notice_key(username: str) -> str:
+    """The rate budget of an account's sign-in notices."""
+    return "notice:" + username.lower()
+
+
 def escalation_key(network: IPNetwork) -> str:
     """Banned narrower networks counted inside `network` (IPv6 escalation)."""
     return "banned-in:" + str(network)

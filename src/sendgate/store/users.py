@@ -11,6 +11,22 @@ from typing import Protocol
 
 
 @dataclass(frozen=True, slots=True)
+class UserSettings:
+    """Per-account switches and limits; None means the configuration's default decides."""
+
+    app_passwords_only: bool = False
+    """SMTP AUTH accepts only app passwords."""
+    sign_in_notice: bool | None = None
+    """None: ``[sign_in_notice].enabled`` decides."""
+    messages_per_hour: int | None = None
+    """None: the ``[sending_limits]`` default; 0: unlimited (likewise below)."""
+    messages_per_day: int | None = None
+    recipients_per_message: int | None = None
+    recipients_per_day: int | None = None
+    new_recipients_per_day: int | None = None
+
+
+@dataclass(frozen=True, slots=True)
 class UserRecord:
     """One login: who it is, its password hash, and the addresses it may send as."""
 
@@ -22,6 +38,8 @@ class UserRecord:
     """Sorted owned addresses: exact ``bob@example.org`` or a whole domain ``@example.org``."""
     generation: int
     """Bumped on every password change so caches keyed on it go stale by construction."""
+    settings: UserSettings = UserSettings()
+    """Per-account switches and limits."""
 
 
 @dataclass(frozen=True, slots=True)
