@@ -11,6 +11,28 @@ from typing import Protocol
 
 
 @dataclass(frozen=True, slots=True)
+class UserSettings:
+    """Per-user overrides; None means the configuration's default, 0 a limit means unlimited."""
+
+    app_passwords_only: bool = False
+    sign_in_notice: bool | None = None
+    messages_per_hour: int | None = None
+    messages_per_day: int | None = None
+    recipients_per_message: int | None = None
+    recipients_per_day: int | None = None
+    new_recipients_per_day: int | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class Flag:
+    """An account flagged as compromised, until an operator clears the flag."""
+
+    username: str
+    since: float
+    reason: str
+
+
+@dataclass(frozen=True, slots=True)
 class UserRecord:
     """One login: who it is, its password hash, and the addresses it may send as."""
 
@@ -22,6 +44,7 @@ class UserRecord:
     """Sorted owned addresses: exact ``bob@example.org`` or a whole domain ``@example.org``."""
     generation: int
     """Bumped on every password change so caches keyed on it go stale by construction."""
+    settings: UserSettings = UserSettings()
 
 
 class UserStore(Protocol):
@@ -57,6 +80,14 @@ class UserStore(Protocol):
 
     def remove_address(self, username: str, address: str) -> None:
         """Take `address` away from the user; refuse one that user does not own."""
+        ...
+
+    def set_flag(self, username: str, reason: str, at: float) -> Flag:
+        """Flag the account (since `at`, for `reason`); an existing flag is kept as it is."""
+        ...
+
+    def flag_of(self, username: str) -> Flag | None:
+        """The account's flag, or None."""
         ...
 
     def close(self) -> None:
