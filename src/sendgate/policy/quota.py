@@ -21,12 +21,13 @@ from __future__ import annotations
 import hashlib
 from collections.abc import Sequence
 from dataclasses import dataclass
+from typing import Protocol
 
 from sendgate.config.schema import SendingLimitsConfig
 from sendgate.log import EventLog
 from sendgate.policy.keys import sending_key
 from sendgate.store.limits import DistinctRequest, LimitStore, RateRequest
-from sendgate.store.users import Flag, UserRecord, UserSettings, UserStore
+from sendgate.store.users import Flag, UserRecord, UserSettings
 
 MESSAGES_PER_HOUR = "messages_per_hour"
 MESSAGES_PER_DAY = "messages_per_day"
@@ -44,6 +45,14 @@ HOUR = 3600.0
 DAY = 86400.0
 # 64 bits: no two of an account's recipients in a day collide in practice.
 RECIPIENT_HASH_CHARS = 16
+
+
+class Flags(Protocol):
+    """The part of `UserStore` the limits use: the accounts' flags."""
+
+    def flag_of(self, username: str) -> Flag | None: ...
+
+    def set_flag(self, username: str, reason: str, at: float) -> Flag: ...
 
 
 @dataclass(frozen=True, slots=True)
@@ -105,7 +114,7 @@ class SendingLimits:
     def __init__(
         self,
         limits: LimitStore,
-        users: UserStore,
+        users: Flags,
         config: SendingLimitsConfig,
         log: EventLog,
     ) -> None:
