@@ -186,7 +186,7 @@ def test_a_refused_budget_takes_nothing_from_the_others(limits: LimitStore) -> N
     assert [v.allowed for v in refused.rates] == [True, False, True]
     assert refused.rates[0].remaining == 4  # as if taken: what `take` would have said
     assert refused.distinct[0].allowed
-    assert refused.distinct[0].count == 2
+    assert refused.distinct[0].new == 2
     # Nothing was taken or noted: every other budget is still whole.
     assert limits.take("room", 5, 3600, cost=5).allowed
     assert limits.take("more", 4, 3600, cost=4).allowed
@@ -198,16 +198,19 @@ def test_a_refused_member_limit_takes_nothing_from_the_rates(limits: LimitStore)
     refused = limits.take_all([hourly("msgs", 1)], [daily_members("people", 3, "c", "d")])
     assert not refused.allowed
     assert refused.rates[0].allowed
-    assert (refused.distinct[0].allowed, refused.distinct[0].count) == (False, 4)
+    assert (refused.distinct[0].allowed, refused.distinct[0].new) == (False, 2)
     assert limits.count("people", 86400) == 2
     assert limits.take("msgs", 1, 3600).allowed
 
 
 def test_members_count_once_however_often_they_are_noted(limits: LimitStore) -> None:
+    news = []
     for _ in range(5):
         taken = limits.take_all([], [daily_members("people", 2, "a", "b", "a")])
         assert taken.allowed
-        assert taken.distinct[0].count == 2
+        news.append(taken.distinct[0].new)
+    assert news == [2, 0, 0, 0, 0]
+    assert limits.count("people", 86400) == 2
     # N-1 and N are allowed above; N+1 is not, while a known member still is.
     assert not limits.take_all([], [daily_members("people", 2, "c")]).allowed
     assert limits.take_all([], [daily_members("people", 2, "b")]).allowed
@@ -239,9 +242,10 @@ def test_noting_a_member_again_keeps_it_in_the_member_limit(
 def test_many_members_in_one_request(limits: LimitStore) -> None:
     members = tuple(f"m{number}" for number in range(1200))
     taken = limits.take_all([], [daily_members("people", 1200, *members)])
-    assert (taken.allowed, taken.distinct[0].count) == (True, 1200)
+    assert (taken.allowed, taken.distinct[0].new) == (True, 1200)
     again = limits.take_all([], [daily_members("people", 1200, *members[::-1])])
-    assert (again.allowed, again.distinct[0].count) == (True, 1200)
+    assert (again.allowed, again.distinct[0].new) == (True, 0)
+    assert limits.count("people", 86400) == 1200
     assert not limits.take_all([], [daily_members("people", 1200, "new")]).allowed
 
 

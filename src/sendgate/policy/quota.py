@@ -7,7 +7,9 @@ caller holds or refuses it. Otherwise every limit is taken in one all-or-nothing
 `LimitStore.take_all` (one write transaction): messages per hour and per day and recipients
 per day are GCRA budgets (exact, no window edge lets a burst through twice), distinct
 recipients per day a distinct-members limit; recipients per message needs no store. A message
-over any limit uses up none of the others, and flags the account (`event=flagged`).
+over any limit uses up none of the others, and flags the account (`event=flagged`). Measured
+with bench/quota.py: 50 to 65 us of CPU per message of 1 to 3 recipients (about 2% of what an
+accepted message costs), most of it the commit; 140 us with 20 recipients.
 
 Limits come from `[sending_limits]`, overridden per user by `UserSettings` (None: the default,
 0: unlimited). When several limits are reached, the first in `LIMITS` is named.

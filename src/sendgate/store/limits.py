@@ -59,8 +59,8 @@ class DistinctVerdict:
     """The answer for one `DistinctRequest`."""
 
     allowed: bool
-    count: int
-    """Distinct members in the window with this request's included (taken or not)."""
+    new: int
+    """Members of the request not in the window yet: those that would count (taken or not)."""
 
 
 @dataclass(frozen=True, slots=True)

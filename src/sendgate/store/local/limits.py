@@ -147,10 +147,7 @@ class LocalLimitStore:
                 verdict, tat = _gcra(_tat(db, rate.key), now, rate.limit, rate.period, rate.cost)
                 rate_verdicts.append(verdict)
                 tats.append((rate.key, tat))
-            distinct_verdicts: list[DistinctVerdict] = []
-            for request in distinct:
-                count = _count_with(db, request, now)
-                distinct_verdicts.append(DistinctVerdict(count <= request.limit, count))
+            distinct_verdicts = [_distinct(db, request, now) for request in distinct]
             allowed = all(v.allowed for v in rate_verdicts) and all(
                 v.allowed for v in distinct_verdicts
             )
@@ -273,14 +270,9 @@ def _gcra(
     return RateVerdict(True, 0.0, _units(period - (wanted - now), interval)), wanted
 
 
-def _count_with(db: sqlite3.Connection, request: DistinctRequest, now: float) -> int:
-    """Distinct members under the key within the window once `request.members` are added."""
+def _distinct(db: sqlite3.Connection, request: DistinctRequest, now: float) -> DistinctVerdict:
+    """Whether `request.members` fit under the key's limit, and how many of them are new."""
     since = now - request.window
-    present = int(
-        db.execute(
-            "SELECT count(*) FROM members WHERE key = ? AND at > ?", (request.key, since)
-        ).fetchone()[0]
-    )
     wanted = sorted(set(request.members))
     # One parameter for any number of members (a JSON array), not one "?" per member.
     known = int(
@@ -290,7 +282,16 @@ def _count_with(db: sqlite3.Connection, request: DistinctRequest, now: float) ->
             (request.key, since, json.dumps(wanted)),
         ).fetchone()[0]
     )
-    return present + len(wanted) - known
+    new = len(wanted) - known
+    if new == 0:
+        # The usual case (mail to known correspondents): nothing to count, it cannot grow.
+        return DistinctVerdict(True, 0)
+    present = int(
+        db.execute(
+            "SELECT count(*) FROM members WHERE key = ? AND at > ?", (request.key, since)
+        ).fetchone()[0]
+    )
+    return DistinctVerdict(present + new <= request.limit, new)
 
 
 def _units(room: float, interval: float) -> int:
