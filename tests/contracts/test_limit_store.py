@@ -216,6 +216,14 @@ def test_members_count_once_however_often_they_are_noted(limits: LimitStore) -> 
     assert limits.take_all([], [daily_members("people", 2, "b")]).allowed
 
 
+def test_known_members_pass_even_over_a_lowered_limit(limits: LimitStore) -> None:
+    assert limits.take_all([], [daily_members("people", 5, "a", "b", "c")]).allowed
+    lowered = limits.take_all([], [daily_members("people", 2, "b", "a")])
+    assert (lowered.allowed, lowered.distinct[0].new) == (True, 0)
+    refused = limits.take_all([], [daily_members("people", 2, "a", "d")])
+    assert (refused.allowed, refused.distinct[0].new) == (False, 1)
+
+
 def test_members_leave_the_member_limit_at_the_window_end(
     limits: LimitStore, backend: StoreBackend
 ) -> None:

@@ -45,7 +45,8 @@ class DistinctRequest:
     """One distinct-members budget of `LimitStore.take_all`.
 
     At most `limit` distinct members may be noted under `key` within `window` seconds; the
-    request notes `members` (a member already noted in the window does not count again).
+    request notes `members` (a member already noted in the window does not count again). A
+    request whose members are all in the window is always allowed, even over a lowered limit.
     """
 
     key: str
