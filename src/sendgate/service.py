@@ -25,6 +25,7 @@ from sendgate.errors import SendgateError
 from sendgate.log import EventLog
 from sendgate.policy.auth import Authenticator
 from sendgate.policy.passwords import new_hasher
+from sendgate.policy.quota import SendingLimits
 from sendgate.server.caps import ConnectionCaps
 from sendgate.server.supervisor import Supervisor, bind
 from sendgate.server.tls import TlsContextHolder
@@ -144,6 +145,7 @@ def serve(cfg: Config, log: EventLog) -> int:
             clock=time.time,
             received_client_ip=cfg.privacy.received_client_ip,
             signer=signer,
+            limits=SendingLimits(stores.limits, stores.users, cfg.sending_limits, log),
         )
         worker = Worker(
             listeners=listeners,

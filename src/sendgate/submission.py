@@ -3,7 +3,8 @@
 This is the file to read to know what happens to mail. AUTH goes to the authenticator (argon2
 in a thread pool, verified-login cache); MAIL FROM must be an address the user owns; at the end
 of the message the header From: (and Sender:) must be owned too; then the message gets its
-Received/Message-ID/Date fix-ups and is written durably to the queue. Only after
+Received/Message-ID/Date fix-ups, the account's sending limits are taken (a flagged account's
+mail is held or refused instead), and it is written durably to the queue. Only after
 `QueueStore.put` returns does the client get `250 2.0.0 queued as <id>`.
 """
 
@@ -12,16 +13,18 @@ from __future__ import annotations
 import asyncio
 from collections.abc import Awaitable, Callable
 from concurrent.futures import Executor
-from dataclasses import replace
+from dataclasses import dataclass, replace
 
+from sendgate.counters import Counters
 from sendgate.dkim.signer import DkimError, DkimSigner
-from sendgate.errors import SpoolError, SpoolFullError
+from sendgate.errors import SpoolError, SpoolFullError, StoreError
 from sendgate.log import EventLog, Value
 from sendgate.message import HeaderError, fix_up, now_utc, received_header, summarize
 from sendgate.policy.auth import Authenticator
 from sendgate.policy.guard import LoginGuard
 from sendgate.policy.login import LoginRequest, LoginResult, Logins
 from sendgate.policy.networks import ClientNetworks
+from sendgate.policy.quota import SendingLimits, Verdict
 from sendgate.policy.sender import may_send_as
 from sendgate.server.admission import Admission, Refusal
 from sendgate.smtp import replies
@@ -35,6 +38,18 @@ from sendgate.store.users import UserRecord
 from sendgate.text import iso_utc
 
 ANONYMOUS = "anonymous"
+
+
+@dataclass(frozen=True, slots=True)
+class Stored:
+    """What `Submission.store` did with one message."""
+
+    size: int
+    """The stored size (with the DKIM signature); 0 when not queued."""
+    hold: str | None = None
+    """Why the queued message is held, or None."""
+    refused: Verdict | None = None
+    """Why the sending limits kept the message out (then it is not queued), or None."""
 
 
 class Submission:
@@ -52,6 +67,8 @@ class Submission:
         received_client_ip: bool = False,
         signer: DkimSigner | None = None,
         logins: Logins | None = None,
+        limits: SendingLimits | None = None,
+        counters: Counters | None = None,
     ) -> None:
         self.hostname = hostname
         self.authenticator = authenticator
@@ -62,19 +79,38 @@ class Submission:
         self.received_client_ip = received_client_ip
         self.signer = signer
         self.logins = logins
+        self.limits = limits
+        self.counters = counters if counters is not None else Counters()
 
-    def store(self, envelope: Envelope, message: bytes, signing_domain: str | None) -> int:
-        """Sign (when a key exists for the domain) and durably queue; returns the stored size.
+    def store(
+        self,
+        envelope: Envelope,
+        message: bytes,
+        signing_domain: str | None,
+        user: UserRecord | None = None,
+    ) -> Stored:
+        """Take the user's sending limits, sign (when a key exists for the domain) and queue.
 
-        Runs in the queue's thread pool: RSA signing and the fsync share one handoff.
+        Runs in the queue's thread pool: the limits, RSA signing and the fsync share one
+        handoff. A message over a limit, or from a flagged account when such mail is refused,
+        is not queued (and not signed); a flagged account's mail is otherwise queued held.
         """
+        hold = None
+        if user is not None and self.limits is not None:
+            verdict = self.limits.check(user, envelope.recipients)
+            if verdict.limit is not None:
+                return Stored(0, refused=verdict)
+            if verdict.flag is not None:
+                if not self.limits.hold_flagged:
+                    return Stored(0, refused=verdict)
+                hold = f"flagged: {verdict.flag.reason}"
         if self.signer is not None and signing_domain is not None:
             signature = self.signer.sign(message, signing_domain)
             if signature:
                 message = signature + message
                 envelope = replace(envelope, size=len(message))
-        self.queue.put(envelope, message)
-        return len(message)
+        self.queue.put(envelope, message, hold=hold)
+        return Stored(len(message), hold)
 
     def connection(
         self, client_ip: str, conn_id: str, client: ClientNetworks | None = None
@@ -295,8 +331,13 @@ class SubmissionConnection:
                 smtputf8=event.smtputf8,
                 body=event.body,
             )
-            size = await loop.run_in_executor(
-                server.executor, server.store, envelope, message, summary.from_[0].domain
+            stored = await loop.run_in_executor(
+                server.executor,
+                server.store,
+                envelope,
+                message,
+                summary.from_[0].domain,
+                self.user,
             )
         except SpoolFullError as exc:
             self._server.log.event("spool_error", "error", conn=self.conn_id, error=str(exc))
@@ -304,14 +345,45 @@ class SubmissionConnection:
         except (SpoolError, OSError) as exc:
             self._server.log.event("spool_error", "error", conn=self.conn_id, error=str(exc))
             return replies.LOCAL_ERROR
+        except StoreError as exc:
+            # The limits or the flag could not be read: ask for a retry rather than let
+            # unlimited mail through.
+            self._log.event("limits_error", "error", user=envelope.user, error=str(exc))
+            return replies.LOCAL_ERROR
         except DkimError as exc:
             # The same message would fail the same way again: refuse it, do not ask for a retry.
             return self._reject("dkim_error", replies.BAD_HEADER, detail=str(exc))
+        if stored.refused is not None:
+            return self._refused(envelope, stored.refused)
+        if stored.hold is not None:
+            server.counters.add("held", reason="flagged")
         self._log.event(
             "accepted",
             user=envelope.user,
             queue_id=queue_id,
-            size=size,
+            size=stored.size,
             recipients=len(envelope.recipients),
+            **({"held": stored.hold} if stored.hold is not None else {}),
         )
         return replies.QUEUED.with_text(f"queued as {queue_id}")
+
+    def _refused(self, envelope: Envelope, verdict: Verdict) -> Reply:
+        """The reply (and log line, and count) for a message the sending limits kept out."""
+        counters = self._server.counters
+        if verdict.flagged_now:
+            counters.add("flagged", reason="sending_limit")
+        if verdict.limit is None:
+            counters.add("refused", reason="flagged")
+            flag = verdict.flag.reason if verdict.flag is not None else ""
+            return self._reject("flagged", replies.ACCOUNT_SUSPENDED, flag=flag)
+        counters.add("sending_limit", limit=verdict.limit)
+        self._log.event(
+            "sending_limit",
+            "warning",
+            user=envelope.user,
+            limit=verdict.limit,
+            recipients=len(envelope.recipients),
+            retry_after=verdict.retry_after,
+            queue_id=envelope.queue_id,
+        )
+        return replies.sending_limit(verdict.limit)

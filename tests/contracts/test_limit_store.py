@@ -7,7 +7,7 @@ import threading
 import pytest
 from tests.contracts.backends import StoreBackend
 
-from sendgate.store.limits import LimitStore
+from sendgate.store.limits import DistinctRequest, LimitStore, RateRequest
 
 WINDOW = 600.0
 MEMORY = 86400.0
@@ -144,6 +144,182 @@ def test_a_cost_over_the_limit_is_a_bug(limits: LimitStore) -> None:
 def test_uneven_intervals_still_allow_the_whole_budget(limits: LimitStore) -> None:
     assert all(limits.take("rate", 7, 600).allowed for _ in range(7))
     assert not limits.take("rate", 7, 600).allowed
+
+
+# --- several budgets at once ------------------------------------------------------------------
+
+
+def hourly(key: str, limit: int, cost: int = 1) -> RateRequest:
+    return RateRequest(key, limit, 3600.0, cost)
+
+
+def daily_members(key: str, limit: int, *members: str) -> DistinctRequest:
+    return DistinctRequest(key, members, limit, 86400.0)
+
+
+def test_take_all_takes_every_budget_when_all_have_room(limits: LimitStore) -> None:
+    taken = limits.take_all([hourly("a", 3), hourly("b", 10, cost=4)])
+    assert taken.allowed
+    assert [(v.allowed, v.remaining) for v in taken.rates] == [(True, 2), (True, 6)]
+    assert taken.distinct == ()
+    assert limits.take("a", 3, 3600, cost=2).allowed
+    assert not limits.take("a", 3, 3600).allowed
+    assert limits.take("b", 10, 3600, cost=6).allowed
+    assert not limits.take("b", 10, 3600).allowed
+
+
+def test_take_all_is_exact_at_n_minus_1_n_and_n_plus_1(limits: LimitStore) -> None:
+    verdicts = [limits.take_all([hourly("m", 5)]) for _ in range(6)]
+    assert [t.allowed for t in verdicts] == [True] * 5 + [False]
+    assert [t.rates[0].remaining for t in verdicts] == [4, 3, 2, 1, 0, 0]
+    assert verdicts[4].rates[0].retry_after == 0.0  # the N-th still goes through
+    assert verdicts[5].rates[0].retry_after == pytest.approx(720.0)
+
+
+def test_a_refused_budget_takes_nothing_from_the_others(limits: LimitStore) -> None:
+    assert limits.take("full", 2, 3600, cost=2).allowed
+    refused = limits.take_all(
+        [hourly("room", 5), hourly("full", 2), hourly("more", 4, cost=3)],
+        [daily_members("people", 10, "x", "y")],
+    )
+    assert not refused.allowed
+    assert [v.allowed for v in refused.rates] == [True, False, True]
+    assert refused.rates[0].remaining == 4  # as if taken: what `take` would have said
+    assert refused.distinct[0].allowed
+    assert refused.distinct[0].new == 2
+    # Nothing was taken or noted: every other budget is still whole.
+    assert limits.take("room", 5, 3600, cost=5).allowed
+    assert limits.take("more", 4, 3600, cost=4).allowed
+    assert limits.count("people", 86400) == 0
+
+
+def test_a_refused_member_limit_takes_nothing_from_the_rates(limits: LimitStore) -> None:
+    assert limits.take_all([], [daily_members("people", 3, "a", "b")]).allowed
+    refused = limits.take_all([hourly("msgs", 1)], [daily_members("people", 3, "c", "d")])
+    assert not refused.allowed
+    assert refused.rates[0].allowed
+    assert (refused.distinct[0].allowed, refused.distinct[0].new) == (False, 2)
+    assert limits.count("people", 86400) == 2
+    assert limits.take("msgs", 1, 3600).allowed
+
+
+def test_members_count_once_however_often_they_are_noted(limits: LimitStore) -> None:
+    news = []
+    for _ in range(5):
+        taken = limits.take_all([], [daily_members("people", 2, "a", "b", "a")])
+        assert taken.allowed
+        news.append(taken.distinct[0].new)
+    assert news == [2, 0, 0, 0, 0]
+    assert limits.count("people", 86400) == 2
+    # N-1 and N are allowed above; N+1 is not, while a known member still is.
+    assert not limits.take_all([], [daily_members("people", 2, "c")]).allowed
+    assert limits.take_all([], [daily_members("people", 2, "b")]).allowed
+
+
+def test_known_members_pass_even_over_a_lowered_limit(limits: LimitStore) -> None:
+    assert limits.take_all([], [daily_members("people", 5, "a", "b", "c")]).allowed
+    lowered = limits.take_all([], [daily_members("people", 2, "b", "a")])
+    assert (lowered.allowed, lowered.distinct[0].new) == (True, 0)
+    refused = limits.take_all([], [daily_members("people", 2, "a", "d")])
+    assert (refused.allowed, refused.distinct[0].new) == (False, 1)
+
+
+def test_members_leave_the_member_limit_at_the_window_end(
+    limits: LimitStore, backend: StoreBackend
+) -> None:
+    assert limits.take_all([], [daily_members("people", 2, "a")]).allowed
+    backend.advance(3600)
+    assert limits.take_all([], [daily_members("people", 2, "b")]).allowed
+    backend.advance(86400 - 3600 - 0.001)
+    assert not limits.take_all([], [daily_members("people", 2, "c")]).allowed
+    backend.advance(0.001)  # "a" is a day old now
+    assert limits.take_all([], [daily_members("people", 2, "c")]).allowed
+    assert not limits.take_all([], [daily_members("people", 2, "a")]).allowed
+
+
+def test_noting_a_member_again_keeps_it_in_the_member_limit(
+    limits: LimitStore, backend: StoreBackend
+) -> None:
+    assert limits.take_all([], [daily_members("people", 1, "a")]).allowed
+    backend.advance(86000)
+    assert limits.take_all([], [daily_members("people", 1, "a")]).allowed
+    backend.advance(1000)  # a day after the first note, not after the second
+    assert not limits.take_all([], [daily_members("people", 1, "b")]).allowed
+
+
+def test_many_members_in_one_request(limits: LimitStore) -> None:
+    members = tuple(f"m{number}" for number in range(1200))
+    taken = limits.take_all([], [daily_members("people", 1200, *members)])
+    assert (taken.allowed, taken.distinct[0].new) == (True, 1200)
+    again = limits.take_all([], [daily_members("people", 1200, *members[::-1])])
+    assert (again.allowed, again.distinct[0].new) == (True, 0)
+    assert limits.count("people", 86400) == 1200
+    assert not limits.take_all([], [daily_members("people", 1200, "new")]).allowed
+
+
+def test_a_take_all_burst_at_an_hour_edge_is_not_let_through_twice(
+    limits: LimitStore, backend: StoreBackend
+) -> None:
+    backend.advance(3599)
+    assert sum(limits.take_all([hourly("rate", 50)]).allowed for _ in range(60)) == 50
+    backend.advance(2)  # a fixed window would have reset here
+    assert sum(limits.take_all([hourly("rate", 50)]).allowed for _ in range(60)) == 0
+    backend.advance(72)  # 74 s after the burst: one unit back (one per 72 s), not two
+    assert sum(limits.take_all([hourly("rate", 50)]).allowed for _ in range(60)) == 1
+
+
+def test_take_all_and_take_share_a_budget(backend: StoreBackend) -> None:
+    first, second = backend.limits(), backend.limits()
+    assert first.take_all([hourly("rate", 2)]).allowed
+    assert second.take("rate", 2, 3600).allowed
+    assert not first.take_all([hourly("rate", 2)]).allowed
+
+
+def test_concurrent_take_all_never_overspends(backend: StoreBackend) -> None:
+    handles = [backend.limits(), backend.limits()]
+    start = threading.Barrier(4)
+    allowed: list[bool] = []
+    errors: list[BaseException] = []
+    lock = threading.Lock()
+
+    def spend(index: int) -> None:
+        start.wait()
+        try:
+            for number in range(20):
+                taken = handles[index % 2].take_all(
+                    [hourly("msgs", 30)], [daily_members("people", 1000, f"{index}-{number}")]
+                )
+                with lock:
+                    allowed.append(taken.allowed)
+        except BaseException as exc:  # reported below
+            errors.append(exc)
+
+    threads = [threading.Thread(target=spend, args=(index,)) for index in range(4)]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join()
+    assert errors == []
+    assert len(allowed) == 80
+    assert allowed.count(True) == 30
+    assert handles[0].count("people", 86400) == 30
+
+
+@pytest.mark.parametrize(
+    ("rates", "distinct", "problem"),
+    [
+        ([hourly("k", 2, cost=3)], [], "exceeds the limit"),
+        ([hourly("k", 0)], [], "limit >= 1"),
+        ([], [DistinctRequest("k", ("a",), -1, 60.0)], "limit >= 0"),
+        ([], [DistinctRequest("k", ("a",), 1, 0.0)], "window > 0"),
+        ([hourly("k", 2)], [daily_members("k", 2, "a")], "asked twice"),
+    ],
+)
+def test_take_all_refuses_bad_requests(
+    limits: LimitStore, rates: list[RateRequest], distinct: list[DistinctRequest], problem: str
+) -> None:
+    with pytest.raises(ValueError, match=problem):
+        limits.take_all(rates, distinct)
 
 
 # --- bans --------------------------------------------------------------------------------------

@@ -80,3 +80,8 @@ def describe_key(key: str) -> tuple[str, str]:
     if key.startswith(ACCOUNT):
         return "account", key[len(ACCOUNT) :]
     return "other", key
+
+
+def sending_key(limit: str, username: str) -> str:
+    """One sending-limit budget of an account (`limit` is its name, e.g. messages_per_hour)."""
+    return f"send:{limit}:{username.lower()}"

@@ -80,6 +80,9 @@ AUTH_REFUSED = Reply(454, "4.7.0", "Too many failed logins, try again later")
 LOCAL_ERROR = Reply(451, "4.3.0", "Local error, message not accepted, try again later")
 STORAGE_FULL = Reply(452, "4.3.1", "Insufficient system storage, try again later")
 TOO_MANY_RECIPIENTS = Reply(452, "4.5.3", "Too many recipients")
+# Text completed by `sending_limit(which)`.
+SENDING_LIMIT = Reply(451, "4.7.1", "Sending limit reached ({}); try again later")
+ACCOUNT_SUSPENDED = Reply(451, "4.7.1", "Account suspended for review; contact your administrator")
 
 # --- 5xx: syntax and sequence ---
 LINE_TOO_LONG = Reply(500, "5.5.2", "Line too long")
@@ -120,3 +123,8 @@ MISSING_FROM = Reply(550, "5.6.0", "Message has no valid From header")
 BARE_NEWLINE_IN_DATA = Reply(550, "5.6.0", "Message contains bare CR or LF, use CRLF")
 TEXT_LINE_TOO_LONG = Reply(550, "5.6.0", "Message contains a line longer than 998 octets")
 NO_FINAL_CRLF = Reply(550, "5.6.0", "Message must end with CRLF")
+
+
+def sending_limit(which: str) -> Reply:
+    """451 4.7.1 naming the sending limit reached (a limit name such as messages_per_hour)."""
+    return SENDING_LIMIT.with_text(SENDING_LIMIT.text.format(which))

@@ -31,6 +31,50 @@ class RateVerdict:
 
 
 @dataclass(frozen=True, slots=True)
+class RateRequest:
+    """One GCRA budget of `LimitStore.take_all`: `cost` units of `limit` per `period` s."""
+
+    key: str
+    limit: int
+    period: float
+    cost: int = 1
+
+
+@dataclass(frozen=True, slots=True)
+class DistinctRequest:
+    """One distinct-members budget of `LimitStore.take_all`.
+
+    At most `limit` distinct members may be noted under `key` within `window` seconds; the
+    request notes `members` (a member already noted in the window does not count again). A
+    request whose members are all in the window is always allowed, even over a lowered limit.
+    """
+
+    key: str
+    members: tuple[str, ...]
+    limit: int
+    window: float
+
+
+@dataclass(frozen=True, slots=True)
+class DistinctVerdict:
+    """The answer for one `DistinctRequest`."""
+
+    allowed: bool
+    new: int
+    """Members of the request not in the window yet: those that would count (taken or not)."""
+
+
+@dataclass(frozen=True, slots=True)
+class Taken:
+    """The answer of `LimitStore.take_all`: one verdict per request, in the order asked."""
+
+    allowed: bool
+    """Every request had room, and all were taken; otherwise nothing was."""
+    rates: tuple[RateVerdict, ...]
+    distinct: tuple[DistinctVerdict, ...]
+
+
+@dataclass(frozen=True, slots=True)
 class Ban:
     """A key refused until `until` (store clock)."""
 
@@ -71,6 +115,19 @@ class LimitStore(Protocol):
         The budget refills continuously (one unit every period/limit seconds) up to `limit`,
         so a burst is at most `limit` and no window edge lets a second burst through.
         ValueError if `cost` exceeds `limit` (such a request could never be allowed).
+        """
+        ...
+
+    def take_all(
+        self, rates: Sequence[RateRequest], distinct: Sequence[DistinctRequest] = ()
+    ) -> Taken:
+        """Take every request in one atomic step, or none of them.
+
+        Each verdict says whether its own budget had room, as `take` would (the remaining units
+        and retry times as if only that request were made); when any lacks room nothing at all
+        is taken or noted, so a refused request never uses up another budget. Noting a member
+        refreshes its time, as `record` does. ValueError for a bad rate (as `take`), a negative
+        distinct limit, a window <= 0, or a key asked twice.
         """
         ...
 

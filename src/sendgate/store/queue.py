@@ -73,8 +73,11 @@ class QueueStore(Protocol):
         """A new queue id: unique across processes and nodes, sortable by time."""
         ...
 
-    def put(self, envelope: Envelope, message: bytes) -> None:
+    def put(self, envelope: Envelope, message: bytes, *, hold: str | None = None) -> None:
         """Queue `message` under `envelope.queue_id`: it is durable when this returns.
+
+        With `hold` (a reason) the message is durable AND held when this returns: never
+        claimed until an operator releases it.
 
         The promise behind every 250: once `put` returns, the message survives a crash or a
         power loss at any instant, and it is claimable (at once by runners sharing this handle's
@@ -82,6 +85,10 @@ class QueueStore(Protocol):
         the message stays behind: SpoolFullError when storage is full, SpoolError otherwise
         (including an id already in use).
         """
+        ...
+
+    def hold_reason(self, queue_id: str) -> str | None:
+        """Why a queued message is held, or None when it is not."""
         ...
 
     def ids(self) -> list[str]:

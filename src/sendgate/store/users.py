@@ -98,6 +98,14 @@ class UserStore(Protocol):
         """Take `address` away from the user; refuse one that user does not own."""
         ...
 
+    def set_flag(self, username: str, reason: str, at: float) -> Flag:
+        """Flag the account (since `at`, for `reason`); an existing flag is kept as it is."""
+        ...
+
+    def flag_of(self, username: str) -> Flag | None:
+        """The account's flag, or None."""
+        ...
+
     def close(self) -> None:
         """Release the backend's resources; the store is unusable afterwards."""
         ...

@@ -9,6 +9,7 @@ Security: keys and members are chosen by the policy (networks, hashed names), bo
 parameters; the file is created owner-only (see `store.local.sqlite`).
 """
 
+import json
 import math
 import sqlite3
 import threading
@@ -17,7 +18,14 @@ from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
 
-from sendgate.store.limits import Ban, RateVerdict
+from sendgate.store.limits import (
+    Ban,
+    DistinctRequest,
+    DistinctVerdict,
+    RateRequest,
+    RateVerdict,
+    Taken,
+)
 from sendgate.store.local.sqlite import Database
 
 SCHEMA_VERSION = 1
@@ -108,30 +116,54 @@ class LocalLimitStore:
     # --- GCRA -----------------------------------------------------------------------------------
 
     def take(self, key: str, limit: int, period: float, cost: int = 1) -> RateVerdict:
-        if limit < 1 or period <= 0 or cost < 1:
-            raise ValueError(
-                f"a rate needs limit >= 1, period > 0, cost >= 1; got {limit}, {period}, {cost}"
-            )
-        if cost > limit:
-            raise ValueError(f"cost {cost} exceeds the limit {limit}: it could never be allowed")
-        interval = period / limit  # one unit comes back every `interval` seconds
+        _check_rate(limit, period, cost)
         now = self._clock()
         with self._db.writing() as db:
-            row = db.execute("SELECT tat FROM rates WHERE key = ?", (key,)).fetchone()
-            # The theoretical arrival time: when the budget would be full again.
-            tat = max(float(row[0]), now) if row is not None else now
-            wanted = tat + cost * interval
-            if wanted - now > period * (1 + _SLACK):
-                return RateVerdict(
-                    allowed=False,
-                    retry_after=wanted - period - now,
-                    remaining=_units(period - (tat - now), interval),
+            verdict, tat = _gcra(_tat(db, key), now, limit, period, cost)
+            if verdict.allowed:
+                db.execute("INSERT OR REPLACE INTO rates (key, tat) VALUES (?, ?)", (key, tat))
+                self._maybe_prune(db, now)
+        return verdict
+
+    def take_all(
+        self, rates: Sequence[RateRequest], distinct: Sequence[DistinctRequest] = ()
+    ) -> Taken:
+        keys = [rate.key for rate in rates] + [request.key for request in distinct]
+        if len(set(keys)) != len(keys):
+            raise ValueError(f"a key is asked twice in one take_all: {sorted(keys)}")
+        for rate in rates:
+            _check_rate(rate.limit, rate.period, rate.cost)
+        for request in distinct:
+            if request.limit < 0 or request.window <= 0:
+                raise ValueError(
+                    f"a distinct limit needs limit >= 0, window > 0; got {request.limit},"
+                    f" {request.window}"
                 )
-            db.execute("INSERT OR REPLACE INTO rates (key, tat) VALUES (?, ?)", (key, wanted))
-            self._maybe_prune(db, now)
-        return RateVerdict(
-            allowed=True, retry_after=0.0, remaining=_units(period - (wanted - now), interval)
-        )
+        now = self._clock()
+        with self._db.writing() as db:
+            rate_verdicts: list[RateVerdict] = []
+            tats: list[tuple[str, float]] = []
+            for rate in rates:
+                verdict, tat = _gcra(_tat(db, rate.key), now, rate.limit, rate.period, rate.cost)
+                rate_verdicts.append(verdict)
+                tats.append((rate.key, tat))
+            distinct_verdicts = [_distinct(db, request, now) for request in distinct]
+            allowed = all(v.allowed for v in rate_verdicts) and all(
+                v.allowed for v in distinct_verdicts
+            )
+            if allowed:
+                db.executemany("INSERT OR REPLACE INTO rates (key, tat) VALUES (?, ?)", tats)
+                for request in distinct:
+                    db.executemany(
+                        "INSERT OR REPLACE INTO members (key, member, at, expires)"
+                        " VALUES (?, ?, ?, ?)",
+                        [
+                            (request.key, member, now, now + request.window)
+                            for member in set(request.members)
+                        ],
+                    )
+                self._maybe_prune(db, now)
+        return Taken(allowed, tuple(rate_verdicts), tuple(distinct_verdicts))
 
     # --- bans -----------------------------------------------------------------------------------
 
@@ -219,6 +251,62 @@ class LocalLimitStore:
             db.execute("DELETE FROM members WHERE expires <= ?", (now,))
             db.execute("DELETE FROM rates WHERE tat <= ?", (now,))
             db.execute("DELETE FROM bans WHERE expires <= ?", (now,))
+
+
+def _check_rate(limit: int, period: float, cost: int) -> None:
+    if limit < 1 or period <= 0 or cost < 1:
+        raise ValueError(
+            f"a rate needs limit >= 1, period > 0, cost >= 1; got {limit}, {period}, {cost}"
+        )
+    if cost > limit:
+        raise ValueError(f"cost {cost} exceeds the limit {limit}: it could never be allowed")
+
+
+def _tat(db: sqlite3.Connection, key: str) -> float | None:
+    row = db.execute("SELECT tat FROM rates WHERE key = ?", (key,)).fetchone()
+    return None if row is None else float(row[0])
+
+
+def _gcra(
+    stored: float | None, now: float, limit: int, period: float, cost: int
+) -> tuple[RateVerdict, float]:
+    """The verdict for taking `cost` units, and the theoretical arrival time if they are taken."""
+    interval = period / limit  # one unit comes back every `interval` seconds
+    # The theoretical arrival time: when the budget would be full again.
+    tat = now if stored is None else max(stored, now)
+    wanted = tat + cost * interval
+    if wanted - now > period * (1 + _SLACK):
+        verdict = RateVerdict(
+            allowed=False,
+            retry_after=wanted - period - now,
+            remaining=_units(period - (tat - now), interval),
+        )
+        return verdict, tat
+    return RateVerdict(True, 0.0, _units(period - (wanted - now), interval)), wanted
+
+
+def _distinct(db: sqlite3.Connection, request: DistinctRequest, now: float) -> DistinctVerdict:
+    """Whether `request.members` fit under the key's limit, and how many of them are new."""
+    since = now - request.window
+    wanted = sorted(set(request.members))
+    # One parameter for any number of members (a JSON array), not one "?" per member.
+    known = int(
+        db.execute(
+            "SELECT count(*) FROM members WHERE key = ? AND at > ?"
+            " AND member IN (SELECT value FROM json_each(?))",
+            (request.key, since, json.dumps(wanted)),
+        ).fetchone()[0]
+    )
+    new = len(wanted) - known
+    if new == 0:
+        # The usual case (mail to known correspondents): nothing to count, it cannot grow.
+        return DistinctVerdict(True, 0)
+    present = int(
+        db.execute(
+            "SELECT count(*) FROM members WHERE key = ? AND at > ?", (request.key, since)
+        ).fetchone()[0]
+    )
+    return DistinctVerdict(present + new <= request.limit, new)
 
 
 def _units(room: float, interval: float) -> int:

@@ -26,8 +26,9 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from sendgate.errors import LeaseLostError, SpoolError, UnknownQueueIdError
+from sendgate.fsutil import write_file_durably
 from sendgate.store.delivery_state import DeliveryState
-from sendgate.store.envelope import Envelope
+from sendgate.store.envelope import Envelope, checked_id
 from sendgate.store.local.announce import AnnounceReader, AnnounceWriter
 from sendgate.store.local.spool import Spool
 from sendgate.store.queue import Claim, Claimed, Recovery
@@ -58,6 +59,7 @@ class LocalQueueStore:
         announced: AnnounceReader | None = None,
     ) -> None:
         self._spool = Spool(root, clock=clock)
+        self._root = root
         self._clock = clock
         self._scan_interval = scan_interval
         self._announce_to = announce_to
@@ -76,7 +78,9 @@ class LocalQueueStore:
     def new_id(self) -> str:
         return self._spool.new_id()
 
-    def put(self, envelope: Envelope, message: bytes) -> None:
+    def put(self, envelope: Envelope, message: bytes, *, hold: str | None = None) -> None:
+        if hold is not None:
+            self._write_hold_stub(envelope.queue_id, hold)
         self._spool.put(envelope, message)
         if self._announce_to is not None:
             self._announce_to.announce(envelope.queue_id)
@@ -86,6 +90,22 @@ class LocalQueueStore:
 
     def ids(self) -> list[str]:
         return self._spool.ids()
+
+    # --- hold: a stand-in (H-quota) for the real hold (H-queue); the runner ignores it ------
+
+    def _write_hold_stub(self, queue_id: str, reason: str) -> None:
+        held = self._root / "held"
+        try:
+            held.mkdir(mode=0o700, exist_ok=True)
+            write_file_durably(held / checked_id(queue_id), reason.encode(), exclusive=False)
+        except OSError as exc:
+            raise SpoolError(f"cannot hold {queue_id}: {exc.strerror or exc}") from exc
+
+    def hold_reason(self, queue_id: str) -> str | None:
+        try:
+            return (self._root / "held" / checked_id(queue_id)).read_text()
+        except FileNotFoundError:
+            return None
 
     def envelope(self, queue_id: str) -> Envelope:
         return self._spool.envelope(queue_id)

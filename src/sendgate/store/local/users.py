@@ -16,7 +16,7 @@ from typing import Any
 
 from sendgate.errors import UserError
 from sendgate.store.local.sqlite import Database
-from sendgate.store.users import UserRecord
+from sendgate.store.users import Flag, UserRecord
 
 SCHEMA_VERSION = 1
 
@@ -51,6 +51,7 @@ class LocalUserStore:
             version=SCHEMA_VERSION,
             busy_timeout=busy_timeout,
         )
+        self._create_flags()
 
     def get_user(self, username: str) -> UserRecord | None:
         """Return the user, or None when there is no such user."""
@@ -121,6 +122,34 @@ class LocalUserStore:
     def close(self) -> None:
         """Close the connection; calling it again does nothing."""
         self._db.close()
+
+    # --- flags: a stand-in (H-quota) until the schema's version 2 brings them (H-users) -----
+
+    def _create_flags(self) -> None:
+        with self._db.writing() as db:
+            db.execute(
+                "CREATE TABLE IF NOT EXISTS flags (username TEXT PRIMARY KEY,"
+                " since REAL NOT NULL, reason TEXT NOT NULL) STRICT"
+            )
+
+    def set_flag(self, username: str, reason: str, at: float) -> Flag:
+        key = username.lower()
+        with self._db.writing() as db:
+            db.execute(
+                "INSERT OR IGNORE INTO flags (username, since, reason) VALUES (?, ?, ?)",
+                (key, at, reason),
+            )
+            row = db.execute(
+                "SELECT since, reason FROM flags WHERE username = ?", (key,)
+            ).fetchone()
+        return Flag(key, float(row[0]), str(row[1]))
+
+    def flag_of(self, username: str) -> Flag | None:
+        with self._db.reading() as db:
+            row = db.execute(
+                "SELECT since, reason FROM flags WHERE username = ?", (username.lower(),)
+            ).fetchone()
+        return None if row is None else Flag(username.lower(), float(row[0]), str(row[1]))
 
 
 def _user_exists(db: sqlite3.Connection, username: str) -> bool:
