@@ -230,8 +230,7 @@ class LocalUserStore:
         """Whether the user logged in from `network` within `memory` seconds before `at`."""
         with self._db.reading() as db:
             row = db.execute(
-                "SELECT 1 FROM known_networks WHERE username = ? AND network = ?"
-                " AND last_seen > ?",
+                "SELECT 1 FROM known_networks WHERE username = ? AND network = ? AND last_seen > ?",
                 (username.lower(), network, at - memory),
             ).fetchone()
         return row is not None

@@ -136,8 +136,7 @@ def schema_of(path: Path) -> dict[str, list[tuple[object, ...]]]:
     """Columns, foreign keys and indexes of every table, comparable across ALTER TABLE."""
     with closing(sqlite3.connect(path)) as raw:
         tables = [
-            row[0]
-            for row in raw.execute("SELECT name FROM sqlite_master WHERE type = 'table'")
+            row[0] for row in raw.execute("SELECT name FROM sqlite_master WHERE type = 'table'")
         ]
         found: dict[str, list[tuple[object, ...]]] = {}
         for table in sorted(tables):
@@ -182,14 +181,17 @@ def test_a_version_1_file_is_upgraded_in_place(db_path: Path, tmp_path: Path) ->
         reopened.close()
 
 
+BAD_LIMIT = "messages_per_hour must be a non-negative integer or unset"
+
+
 @pytest.mark.parametrize(
     ("stored", "reason"),
     [
         ("not json", "Expecting value: line 1 column 1 (char 0)"),
         ("[]", "not a JSON object"),
-        ('{"messages_per_hour": -1}', "messages_per_hour must be a non-negative integer or unset"),
-        ('{"messages_per_hour": 1.5}', "messages_per_hour must be a non-negative integer or unset"),
-        ('{"messages_per_hour": true}', "messages_per_hour must be a non-negative integer or unset"),
+        ('{"messages_per_hour": -1}', BAD_LIMIT),
+        ('{"messages_per_hour": 1.5}', BAD_LIMIT),
+        ('{"messages_per_hour": true}', BAD_LIMIT),
         ('{"app_passwords_only": 1}', "app_passwords_only must be true or false"),
         ('{"app_passwords_only": null}', "app_passwords_only must be true or false"),
         ('{"sign_in_notice": "yes"}', "sign_in_notice must be true, false or unset"),
