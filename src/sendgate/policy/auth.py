@@ -89,11 +89,13 @@ class Authenticator:
         # surrogatepass: a lone surrogate must fail to match, not raise.
         secret = password.encode("utf-8", "surrogatepass")
         user = self._users.get_user(username)
-        app = None if user is None else self._matching_app_password(user, password)
-        if user is None or (app is None and user.settings.app_passwords_only):
-            stored = None
-        else:
-            stored = user.password_hash if app is None else app.password_hash
+        app = stored = None  # the app password that may match; the one hash to verify
+        if user is not None:
+            app = self._matching_app_password(user, password)
+            if app is not None:
+                stored = app.password_hash
+            elif not user.settings.app_passwords_only:
+                stored = user.password_hash
         if user is None or stored is None or not _is_parsable(stored):
             # The dummy hash costs what a real verification costs and never matches.
             self._argon2_verify(self._dummy_hash, secret)
