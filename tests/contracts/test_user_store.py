@@ -4,7 +4,7 @@ import pytest
 from tests.contracts.backends import StoreBackend
 
 from sendgate.errors import UserError
-from sendgate.store.users import UserRecord, UserStore
+from sendgate.store.users import UserRecord, UserSettings, UserStore
 
 HASH = "$argon2id$v=19$m=8,t=1,p=1$c2FsdHNhbHQ$aGFzaGhhc2g"
 OTHER_HASH = "$argon2id$v=19$m=8,t=1,p=1$cGVwcGVycGVwcGVy$b3RoZXJoYXNo"
@@ -22,6 +22,7 @@ def test_added_user_owns_its_own_address(store: UserStore) -> None:
         password_hash=HASH,
         addresses=("alice@example.org",),
         generation=1,
+        settings=UserSettings(),
     )
 
 

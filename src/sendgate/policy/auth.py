@@ -1,11 +1,18 @@
 """Verify a login's password against the user store, in equal time and with a short-lived cache.
 
+A user has a main password and any number of app passwords. The password's lookup (a short
+SHA-256 prefix, `policy.app_passwords.lookup_of`) picks the one stored hash to verify: the app
+password with that lookup, else the main password, unless the account accepts app passwords
+only. A success with an app password says its label and records its use (at most about once a
+minute per label, to spare the store writes).
+
 Security: username and password come from the client's AUTH exchange. Every attempt that reaches
-argon2 costs exactly one verification, whether or not the user exists and whether or not its
-stored hash is usable, so timing does not tell which usernames exist. A successful login is
-remembered only as an HMAC under a per-process random key, computed over the password and the
-user's current hash and generation, so a password change ends it. Passwords are never stored,
-logged or shown in a repr.
+argon2 costs exactly one verification, whether or not the user exists, whether the secret is an
+app password, and whether or not the stored hash is usable or the main password is refused, so
+timing does not tell which usernames exist or how they are set up. A successful login is
+remembered only as an HMAC under a per-process random key, computed over the password, which
+secret it matched and that secret's hash, and the user's generation, so a password change or a
+removed app password ends it. Passwords are never stored, logged or shown in a repr.
 """
 
 import asyncio
@@ -21,7 +28,11 @@ from dataclasses import dataclass
 from argon2 import PasswordHasher, extract_parameters
 from argon2.exceptions import VerificationError
 
-from sendgate.store.users import UserRecord, UserStore
+from sendgate.policy.app_passwords import lookup_of
+from sendgate.store.users import AppPassword, UserRecord, UserStore
+
+TOUCH_INTERVAL = 60.0
+"""Seconds within which a second use of an app password is not written to the store again."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -32,6 +43,11 @@ class AuthResult:
     """The verified user, or None when the attempt failed."""
     cached: bool
     """True when the verified-login cache answered instead of argon2 (for logs and metrics)."""
+    app_password: str | None = None
+    """The label of the app password that matched; None for the main password or a failure."""
+
+
+_FAILED = AuthResult(user=None, cached=False)
 
 
 class Authenticator:
@@ -78,19 +94,45 @@ class Authenticator:
         # surrogatepass: a lone surrogate must fail to match, not raise.
         secret = password.encode("utf-8", "surrogatepass")
         user = self._users.get_user(username)
-        if user is None or not _is_parsable(user.password_hash):
+        app = stored = None  # the app password that may match; the one hash to verify
+        if user is not None:
+            app = self._matching_app_password(user, password)
+            if app is not None:
+                stored = app.password_hash
+            elif not user.settings.app_passwords_only:
+                stored = user.password_hash
+        if user is None or stored is None or not _is_parsable(stored):
+            # The dummy hash costs what a real verification costs and never matches.
             self._argon2_verify(self._dummy_hash, secret)
-            return AuthResult(user=None, cached=False)
-        key = self._cache_key(user, secret) if self._caching else None
+            return _FAILED
+        label = None if app is None else app.label
+        key = self._cache_key(user, label, stored, secret) if self._caching else None
         if key is not None and self._cache_hit(key):
-            return AuthResult(user=user, cached=True)
-        if not self._argon2_verify(user.password_hash, secret):
-            return AuthResult(user=None, cached=False)
+            self._note_use(user, app)
+            return AuthResult(user=user, cached=True, app_password=label)
+        if not self._argon2_verify(stored, secret):
+            return _FAILED
         # check_needs_rehash is not acted on: rehashing here would write to the store on the
         # login path; hashes move to new parameters when the password is next set.
         if key is not None:
             self._remember(key)
-        return AuthResult(user=user, cached=False)
+        self._note_use(user, app)
+        return AuthResult(user=user, cached=False, app_password=label)
+
+    def _matching_app_password(self, user: UserRecord, password: str) -> AppPassword | None:
+        """The app password whose lookup matches, if any (the first by label if several do)."""
+        lookup = lookup_of(password)
+        for app in self._users.app_passwords(user.username):
+            if app.lookup == lookup:
+                return app
+        return None
+
+    def _note_use(self, user: UserRecord, app: AppPassword | None) -> None:
+        if app is None:
+            return
+        now = self._clock()
+        if app.last_used is None or now - app.last_used >= TOUCH_INTERVAL:
+            self._users.touch_app_password(user.username, app.label, now)
 
     def _argon2_verify(self, encoded_hash: str, secret: bytes) -> bool:
         try:
@@ -99,12 +141,17 @@ class Authenticator:
             # Mismatch, or a hash that parsed but does not decode: either way a failed login.
             return False
 
-    def _cache_key(self, user: UserRecord, secret: bytes) -> bytes:
+    def _cache_key(
+        self, user: UserRecord, label: str | None, stored_hash: str, secret: bytes
+    ) -> bytes:
         mac = hmac.new(self._cache_secret, digestmod=hashlib.sha256)
+        # Which secret matched is part of the key: "main" or "app:" + label cannot collide.
+        which = "main" if label is None else "app:" + label
         fields = (
             user.username.encode(),
             str(user.generation).encode(),
-            user.password_hash.encode(),
+            which.encode("utf-8", "surrogatepass"),
+            stored_hash.encode(),
             secret,
         )
         for part in fields:

@@ -1,9 +1,14 @@
 """One SQLite file (WAL mode) that every process of the host opens: the local stores' database.
 
 Both local SQLite stores (users, limits) go through `Database`: it creates the file owner-only,
-sets the pragmas, creates or checks the schema once (two processes opening a new file race
-safely), serialises the threads of one process on its connection, and turns every SQLite
-failure into a one-line `StoreError` naming the file.
+sets the pragmas, creates, checks or upgrades the schema once (two processes opening a new or an
+old file race safely), serialises the threads of one process on its connection, and turns every
+SQLite failure into a one-line `StoreError` naming the file.
+
+Schema versions: a store passes the statements that create its current schema (`version`) and,
+in `migrations`, for each older version N the statements that turn version N into N + 1. A file
+of an older version is upgraded in place, step by step, in the one transaction that reads its
+version; a file of a newer version (made by a newer sendgate) is refused.
 
 Security: the files may hold password hashes and client addresses, so a new file is created
 with mode 0o600 (SQLite gives its -wal and -shm files the same mode); values are only ever bound
@@ -13,7 +18,7 @@ as SQL parameters by the callers.
 import os
 import sqlite3
 import threading
-from collections.abc import Iterator, Sequence
+from collections.abc import Iterator, Mapping, Sequence
 from contextlib import contextmanager
 from pathlib import Path
 
@@ -30,9 +35,13 @@ class Database:
         name: str,
         schema: Sequence[str],
         version: int,
+        migrations: Mapping[int, Sequence[str]] | None = None,
         busy_timeout: float = 5.0,
     ) -> None:
-        """Open (creating if needed) `path`; `name` ("user store") appears in every error."""
+        """Open (creating or upgrading if needed) `path`; `name` ("user store") names it in errors.
+
+        `migrations` maps a version N to the statements that upgrade a version-N file to N + 1.
+        """
         self.path = path
         self._name = name
         self._lock = threading.Lock()
@@ -44,7 +53,7 @@ class Database:
         except (OSError, sqlite3.Error) as exc:
             raise StoreError(f"cannot open {name} {path}: {_reason(exc)}") from exc
         try:
-            self._set_up(schema, version)
+            self._set_up(schema, version, migrations or {})
         except BaseException:
             self._db.close()
             raise
@@ -73,7 +82,9 @@ class Database:
         with self._lock:
             self._db.close()
 
-    def _set_up(self, schema: Sequence[str], version: int) -> None:
+    def _set_up(
+        self, schema: Sequence[str], version: int, migrations: Mapping[int, Sequence[str]]
+    ) -> None:
         with self.reading() as db:
             # WAL lets workers read while one writes; with WAL, synchronous=NORMAL can lose the
             # last commits on power loss but never corrupts the file.
@@ -81,17 +92,23 @@ class Database:
             db.execute("PRAGMA synchronous = NORMAL")
             db.execute("PRAGMA foreign_keys = ON")
         with self.writing() as db:
-            # Under BEGIN IMMEDIATE, so two processes opening a new file create the schema once.
+            # Under BEGIN IMMEDIATE, so two processes opening a new or an old file create or
+            # upgrade the schema once: the second one finds the version already written.
             found = db.execute("PRAGMA user_version").fetchone()[0]
+            if found == version:
+                return
             if found == 0:
-                for statement in schema:
-                    db.execute(statement)
-                db.execute(f"PRAGMA user_version = {version:d}")
-            elif found != version:
+                statements = list(schema)
+            elif found < version and all(step in migrations for step in range(found, version)):
+                statements = [sql for step in range(found, version) for sql in migrations[step]]
+            else:
                 raise StoreError(
                     f"{self._name} {self.path} has schema version {found},"
                     f" this sendgate knows version {version}"
                 )
+            for statement in statements:
+                db.execute(statement)
+            db.execute(f"PRAGMA user_version = {version:d}")
 
 
 def _create_owner_only(path: Path) -> None:
