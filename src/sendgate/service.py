@@ -24,6 +24,9 @@ from sendgate.dkim.signer import DkimSigner
 from sendgate.errors import SendgateError
 from sendgate.log import EventLog
 from sendgate.policy.auth import Authenticator
+from sendgate.policy.guard import LoginGuard
+from sendgate.policy.login import Logins
+from sendgate.policy.notice import SignInNotices
 from sendgate.policy.passwords import new_hasher
 from sendgate.policy.quota import SendingLimits
 from sendgate.server.caps import ConnectionCaps
@@ -31,7 +34,7 @@ from sendgate.server.supervisor import Supervisor, bind
 from sendgate.server.tls import TlsContextHolder
 from sendgate.server.worker import Listener, Timeouts, Worker
 from sendgate.smtp.session import SessionSettings
-from sendgate.store.backends import Backends, mta_sts_path
+from sendgate.store.backends import Backends, Stores, installation_secret, mta_sts_path
 from sendgate.submission import Submission
 
 # fsync is I/O-bound: enough threads that concurrent sessions' fsyncs overlap on the disk.
@@ -59,6 +62,21 @@ def run_loop(main: Callable[[], Coroutine[Any, Any, None]]) -> None:
         return
     with asyncio.Runner(loop_factory=uvloop.new_event_loop) as runner:
         runner.run(main())
+
+
+def logins(
+    cfg: Config,
+    stores: Stores,
+    authenticator: Authenticator,
+    signer: DkimSigner | None,
+    log: EventLog,
+) -> Logins:
+    """The login path of one worker: the guard, its store handles and the sign-in notices."""
+    guard = LoginGuard(stores.limits, stores.users, cfg.login_limits, installation_secret(cfg))
+    notices = SignInNotices(
+        cfg.hostname, stores.queue, stores.limits, signer, cfg.sign_in_notice, time.time, log
+    )
+    return Logins(guard, authenticator, stores.users, cfg.login_limits, stores.limits.now, notices)
 
 
 def serve(cfg: Config, log: EventLog) -> int:
@@ -146,6 +164,7 @@ def serve(cfg: Config, log: EventLog) -> int:
             received_client_ip=cfg.privacy.received_client_ip,
             signer=signer,
             limits=SendingLimits(stores.limits, stores.users, cfg.sending_limits, log),
+            logins=logins(cfg, stores, authenticator, signer, log),
         )
         worker = Worker(
             listeners=listeners,

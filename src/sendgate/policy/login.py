@@ -131,7 +131,7 @@ class Logins:
             failure = self.guard.failed(request.client, request.username, request.password)
             return LoginResult(user=None, wait=failure.delay, failure=failure)
         user = result.user
-        app_password = getattr(result, "app_password", None)
+        app_password = result.app_password
         note = self._note(user, request)
         flagged = None
         notice = None
