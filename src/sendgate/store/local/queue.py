@@ -9,6 +9,12 @@ Leases live in this memory too, so one spool must have exactly one claiming proc
 delivery runner `serve` starts); a lease that runs out makes the message claimable again with a
 larger token, and the old holder's update is refused.
 
+Held messages (``hold/`` in the spool) are never claimed. A claim that finds something due
+lists the hold files once (one directory listing per claim call, none per message), so a hold
+set by another process (the operator's command line) is obeyed at the next claim; a held row
+is parked outside the due heap until a scan sees its hold gone, or `unhold` (whose retry flag
+reaches another process's runner like `request_retry`'s) makes it due at once.
+
 Security: ids read from the announce pipe and from directory listings are checked before use;
 stored delivery states are parsed strictly, and an unreadable one is reported and replaced by a
 fresh state (the message is tried again, never lost). This module does not log: problems go
@@ -22,6 +28,7 @@ import threading
 import time
 from collections import deque
 from collections.abc import Callable, Sequence
+from contextlib import suppress
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -31,6 +38,7 @@ from sendgate.store.envelope import Envelope
 from sendgate.store.local.announce import AnnounceReader, AnnounceWriter
 from sendgate.store.local.spool import Spool
 from sendgate.store.queue import Claim, Claimed, Recovery
+from sendgate.text import one_line
 
 LOAD_BATCH = 1024  # new messages read from disk per claim: bounds the time one call takes
 
@@ -43,6 +51,7 @@ class _Row:
     token: int = 0
     lease_until: float | None = None
     state_problem: str | None = None
+    parked: bool = False  # held when last due: out of the due heap until released
 
 
 class LocalQueueStore:
@@ -76,8 +85,8 @@ class LocalQueueStore:
     def new_id(self) -> str:
         return self._spool.new_id()
 
-    def put(self, envelope: Envelope, message: bytes) -> None:
-        self._spool.put(envelope, message)
+    def put(self, envelope: Envelope, message: bytes, *, hold: str | None = None) -> None:
+        self._spool.put(envelope, message, hold=None if hold is None else one_line(hold))
         if self._announce_to is not None:
             self._announce_to.announce(envelope.queue_id)
         if self._indexing:
@@ -112,6 +121,22 @@ class LocalQueueStore:
             if row is not None and row.lease_until is None:
                 self._reschedule(queue_id, row, self._clock())
 
+    def hold(self, queue_id: str, reason: str) -> None:
+        # A leased row is checked again when it is next due: held after its attempt.
+        self._spool.holds.hold(queue_id, one_line(reason))
+
+    def unhold(self, queue_id: str) -> bool:
+        if not self._spool.holds.unhold(queue_id):
+            return False
+        # Due now, here and in another process's runner; a message finished meanwhile was
+        # released all the same.
+        with suppress(UnknownQueueIdError):
+            self.request_retry(queue_id)
+        return True
+
+    def hold_reason(self, queue_id: str) -> str | None:
+        return self._spool.holds.reason(queue_id)
+
     def recover(self) -> Recovery:
         return self._spool.sweep()
 
@@ -125,11 +150,22 @@ class LocalQueueStore:
             self._refresh(now, problems)
             self._expire(now)
             claims: list[Claim] = []
+            held: set[str] = set()
+            if self._due and self._due[0][0] <= now:
+                try:
+                    held = self._spool.holds.ids()
+                except SpoolError as exc:
+                    # Unsure what is held: hand out nothing rather than deliver held mail.
+                    problems.append(str(exc))
+                    limit = 0
             while self._due and self._due[0][0] <= now and len(claims) < limit:
                 due, queue_id = heapq.heappop(self._due)
                 row = self._rows.get(queue_id)
                 if row is None or row.lease_until is not None or row.due != due:
                     continue  # a stale heap entry: removed, leased, or rescheduled
+                if queue_id in held:
+                    row.parked = True
+                    continue
                 row.token += 1
                 row.lease_until = now + lease
                 heapq.heappush(self._leases, (row.lease_until, queue_id, row.token))
@@ -236,6 +272,7 @@ class LocalQueueStore:
 
     def _reschedule(self, queue_id: str, row: _Row, due: float) -> None:
         row.due = due
+        row.parked = False
         heapq.heappush(self._due, (due, queue_id))
 
     def _refresh(self, now: float, problems: list[str]) -> None:
@@ -280,6 +317,12 @@ class LocalQueueStore:
                     self._retry_wanted.add(queue_id)
             elif row.lease_until is None:
                 self._reschedule(queue_id, row, now)
+        parked = [(q, row) for q, row in self._rows.items() if row.parked]
+        if parked:
+            held = self._spool.holds.ids()
+            for queue_id, row in parked:
+                if queue_id not in held:
+                    self._reschedule(queue_id, row, now)  # released by other means than unhold
 
     def _expire(self, now: float) -> None:
         """Leases that ran out make their messages due again (with their last due time)."""
