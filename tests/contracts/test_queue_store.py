@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import dataclasses
+from collections.abc import Callable
 
 import pytest
 from tests.contracts.backends import StoreBackend
@@ -16,9 +17,11 @@ MESSAGE = b"From: <alice@example.com>\r\nSubject: hi\r\n\r\n8-bit \xff body\r\n.
 LEASE = 600.0
 
 
-def put(queue: QueueStore, message: bytes = MESSAGE, **changes: object) -> str:
+def put(
+    queue: QueueStore, message: bytes = MESSAGE, *, hold: str | None = None, **changes: object
+) -> str:
     queue_id = str(changes.pop("queue_id", None) or queue.new_id())
-    queue.put(make_envelope(queue_id, message, **changes), message)
+    queue.put(make_envelope(queue_id, message, **changes), message, hold=hold)
     return queue_id
 
 
@@ -73,16 +76,29 @@ def test_an_id_cannot_be_put_twice(queue: QueueStore) -> None:
 
 
 @pytest.mark.parametrize(
-    "operation", ["envelope", "message", "delivery_state", "remove", "request_retry"]
+    "operation",
+    [
+        "envelope",
+        "message",
+        "delivery_state",
+        "remove",
+        "request_retry",
+        "hold",
+        "unhold",
+        "hold_reason",
+    ],
 )
 def test_an_unknown_id_is_refused(queue: QueueStore, operation: str) -> None:
     unknown = queue.new_id()
-    calls = {
+    calls: dict[str, Callable[[str], object]] = {
         "envelope": queue.envelope,
         "message": queue.message,
         "delivery_state": queue.delivery_state,
         "remove": queue.remove,
         "request_retry": queue.request_retry,
+        "hold": lambda queue_id: queue.hold(queue_id, "operator"),
+        "unhold": queue.unhold,
+        "hold_reason": queue.hold_reason,
     }
     with pytest.raises(UnknownQueueIdError):
         calls[operation](unknown)
@@ -264,3 +280,113 @@ def test_the_next_check_is_no_later_than_the_next_due_message(backend: StoreBack
     assert claimed.claims == ()
     assert claimed.next_check <= due
     assert [row.status for row in claim.state.recipients] == [PENDING, PENDING]
+
+
+# --- holds -------------------------------------------------------------------------------------
+
+
+def test_a_message_put_held_is_never_claimed_until_released(backend: StoreBackend) -> None:
+    writer, runner = backend.queue(), backend.queue()
+    queue_id = put(writer, hold="account suspended")
+    other = put(writer)
+    [claim] = runner.claim(10, LEASE).claims
+    assert claim.queue_id == other
+    runner.complete(claim)
+    backend.advance(3600)
+    assert runner.claim(10, LEASE).claims == ()
+    assert runner.ids() == [queue_id]
+    assert runner.message(queue_id) == MESSAGE
+    assert backend.queue().hold_reason(queue_id) == "account suspended"
+    assert backend.queue().unhold(queue_id) is True
+    assert runner.hold_reason(queue_id) is None
+    assert claim_one(runner).queue_id == queue_id
+
+
+def test_a_hold_set_through_another_handle_stops_the_next_claim(backend: StoreBackend) -> None:
+    runner, operator = backend.queue(), backend.queue()
+    first, second = put(runner), put(runner)
+    runner.claim(0, LEASE)  # the runner has indexed both, due now
+    operator.hold(first, "operator")
+    assert [claim.queue_id for claim in runner.claim(10, LEASE).claims] == [second]
+    assert runner.hold_reason(first) == "operator"
+
+
+def test_unhold_makes_a_waiting_message_due_now(backend: StoreBackend) -> None:
+    runner, operator = backend.queue(), backend.queue()
+    queue_id = put(runner)
+    claim = claim_one(runner)
+    runner.update(claim, later(claim.state, claim.lease_until + 3600))
+    operator.hold(queue_id, "operator")
+    backend.advance(LEASE + 3600)
+    assert runner.claim(10, LEASE).claims == ()
+    assert operator.unhold(queue_id) is True
+    again = claim_one(runner)
+    assert (again.queue_id, again.state.pending()) == (queue_id, [1])
+
+
+def test_unhold_through_the_claiming_handle_is_due_at_once(queue: QueueStore) -> None:
+    queue_id = put(queue)
+    queue.hold(queue_id, "operator")
+    assert queue.claim(10, LEASE).claims == ()
+    assert queue.unhold(queue_id) is True
+    assert claim_one(queue).queue_id == queue_id
+
+
+@pytest.mark.parametrize("end", ["update", "release", "lease runs out"])
+def test_a_message_leased_when_held_is_held_after_its_attempt(
+    backend: StoreBackend, end: str
+) -> None:
+    runner = backend.queue()
+    queue_id = put(runner)
+    claim = claim_one(runner)
+    backend.queue().hold(queue_id, "operator")
+    if end == "update":
+        runner.update(claim, later(claim.state, claim.lease_until - LEASE))
+    elif end == "release":
+        runner.release(claim)
+    backend.advance(LEASE)
+    assert runner.claim(10, LEASE).claims == ()
+    assert backend.queue().unhold(queue_id) is True
+    again = claim_one(runner)
+    assert again.token > claim.token
+
+
+def test_a_hold_survives_a_new_handle(backend: StoreBackend) -> None:
+    queue = backend.queue()
+    queue_id = put(queue)
+    queue.hold(queue_id, "first")
+    queue.hold(queue_id, "second")  # replaces the reason
+    queue.close()
+    fresh = backend.queue()
+    assert fresh.recover().corrupt == ()
+    assert fresh.hold_reason(queue_id) == "second"
+    assert fresh.claim(10, LEASE).claims == ()
+
+
+def test_unhold_of_a_message_not_held_is_false(queue: QueueStore) -> None:
+    queue_id = put(queue)
+    assert queue.hold_reason(queue_id) is None
+    assert queue.unhold(queue_id) is False
+    assert claim_one(queue).queue_id == queue_id
+
+
+def test_a_reason_is_kept_as_one_printable_line(queue: QueueStore) -> None:
+    queue_id = put(queue)
+    queue.hold(queue_id, "line one\nline \x1b[2J two \u202e")
+    reason = queue.hold_reason(queue_id)
+    assert reason is not None
+    assert reason.isprintable()
+    assert reason.startswith("line one")
+    assert "two" in reason
+    assert "\x1b" not in reason
+
+
+def test_a_held_message_can_be_removed(backend: StoreBackend) -> None:
+    queue = backend.queue()
+    queue_id = put(queue, hold="operator")
+    queue.remove(queue_id)
+    assert queue.ids() == []
+    with pytest.raises(UnknownQueueIdError):
+        queue.hold_reason(queue_id)
+    # The id is free of every trace: nothing held, nothing claimable.
+    assert backend.queue().claim(10, LEASE).claims == ()

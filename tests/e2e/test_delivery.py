@@ -6,8 +6,8 @@ keys); an aiosmtpd receiver on 127.0.61.x:25 takes the mail. No two tests share 
 they may run in parallel (pytest-xdist) without clashing. Covered: signatures that verify
 through real DNS (RSA alone; RSA and Ed25519 side by side), the delivery runner SIGKILLed
 mid-transaction, 1,000 queued messages delivered exactly once after a restart, and `sendgate
-queue explain|retry|remove` against a running server. Tests wait on log events and on the
-receivers' conditions, never on sleeps.
+queue explain|retry|remove|hold|release` against a running server. Tests wait on log events,
+on the receivers' conditions and on spool files, never on sleeps.
 
 The runner logs an attempt before it records the outcome in the spool, so a test that checks the
 spool after a delivery first stops the server: a stopping runner finishes its running attempts.
@@ -20,6 +20,7 @@ from __future__ import annotations
 
 import contextlib
 import functools
+import json
 import os
 import re
 import secrets
@@ -28,6 +29,7 @@ import socket
 import ssl
 import sys
 import threading
+import time
 from collections import Counter
 from collections.abc import Callable, Iterator
 from datetime import UTC, datetime
@@ -473,3 +475,55 @@ def test_queue_remove_during_an_attempt_leaves_nothing_behind(
     assert running.matching(f"event=removed_during_attempt .*queue_id={queue_id}") != []
     leftovers = sorted((made.data_dir / "spool").rglob(f"*{queue_id}*"))
     assert leftovers == [], leftovers
+
+
+def _until(condition: Callable[[], bool], timeout: float = DELIVERY_TIMEOUT) -> None:
+    """Poll `condition` until it holds; AssertionError after `timeout` seconds."""
+    deadline = time.monotonic() + timeout
+    while not condition():
+        assert time.monotonic() < deadline, f"still false after {timeout}s"
+        time.sleep(0.02)
+
+
+def test_a_message_held_by_the_cli_is_delivered_only_after_its_release(
+    instance: InstanceFactory, server: ServerFactory, zones: Callable[[str], ZoneServer]
+) -> None:
+    zone, address = zones("127.0.61.59"), "127.0.61.8"
+    made = instance(_delivering(zone, scan_interval=0.2, retry_first=3600))
+    _publish_mx(zone, address)
+    _, held_message = _message("held")
+    _, other_message = _message("other")
+    retry_flags = made.data_dir / "spool" / "retry"
+    with Receiver(address, 25, data_replies=["451 4.3.0 Greylisted"]) as receiver:
+        running = server(made)
+        running.wait_for("event=delivery_started")
+        with running.smtp() as client:
+            queue_id = running.submit(client, held_message, rcpt=BOB)
+        running.wait_for(_delivery_pattern(queue_id, "deferred"))
+
+        held = made.cli("queue", "hold", queue_id, "--reason", "e2e").ok().stdout
+        assert held == f"{queue_id}: held (operator: e2e)\n"
+        # Due now, were it not held: the runner takes the flag in a claim that sees the hold.
+        made.cli("queue", "retry", queue_id).ok()
+        _until(lambda: not (retry_flags / queue_id).exists())
+        with running.smtp() as client:
+            other = running.submit(client, other_message, rcpt=BOB)
+        running.wait_for(_delivery_pattern(other, "sent"))
+        listed = made.cli("queue", "list").ok().stdout.splitlines()
+        assert [line.split()[0] for line in listed] == [queue_id]
+        assert listed[0].endswith(f" -> {BOB} (held: operator: e2e)")
+        assert len(receiver.received) == 1
+
+        mark = running.mark()
+        released = made.cli("queue", "release", queue_id, "--json").ok().stdout
+        assert json.loads(released) == [{"queue_id": queue_id, "held": None}]
+        running.wait_for(_delivery_pattern(queue_id, "sent"), since=mark)
+        assert running.stop() == 0
+
+    assert [_message_id(got.content) for got in receiver.received] == [
+        _message_id(other_message),
+        _message_id(held_message),
+    ]
+    attempts = running.matching(rf"event=delivery .*queue_id={queue_id} ")
+    assert [re.findall(r" result=(\S+)", line) for line in attempts] == [["deferred"], ["sent"]]
+    assert _queue_is_empty(made)

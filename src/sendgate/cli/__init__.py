@@ -6,10 +6,12 @@ These invocations are relied on by scripts and docs and must keep working exactl
 `sendgate --config FILE serve`, `sendgate --config FILE queue list`,
 `sendgate init DIR --smarthost HOST:PORT [--smarthost-tls none|starttls|implicit]`,
 `sendgate --config FILE dkim keygen DOMAIN [--selector S]`,
-`sendgate --config FILE queue list|show|retry|remove|explain ID`.
+`sendgate --config FILE queue list|show|retry|remove|explain ID`,
+`sendgate --config FILE queue hold|release ID|--user USER`,
+`sendgate --config FILE bans list|add|remove [TARGET]` (each of these with `--json`).
 Passwords are read from a prompt or stdin, never from argv.
 
-Each command group is one module of this package (init, serve, user, queue, dkim) offering a
+Each command group is one module of this package (init, serve, user, queue, bans, dkim) offering a
 `Group` row; `GROUPS` below lists them in the order `--help` shows. Adding a group is one new
 module and one entry there. This package owns every line printed for people; the library
 code it calls returns values and raises `SendgateError`s, and prints nothing.
@@ -24,12 +26,19 @@ from collections.abc import Callable, Sequence
 from pathlib import Path
 
 from sendgate import __version__
-from sendgate.cli import dkim, init, queue, serve, user
+from sendgate.cli import bans, dkim, init, queue, serve, user
 from sendgate.cli.command import Group
 from sendgate.errors import ConfigError, SendgateError
 from sendgate.scaffold import CONFIG_NAME
 
-GROUPS: tuple[Group, ...] = (init.GROUP, serve.GROUP, user.GROUP, queue.GROUP, dkim.GROUP)
+GROUPS: tuple[Group, ...] = (
+    init.GROUP,
+    serve.GROUP,
+    user.GROUP,
+    queue.GROUP,
+    bans.GROUP,
+    dkim.GROUP,
+)
 
 
 def _parser() -> argparse.ArgumentParser:

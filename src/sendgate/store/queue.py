@@ -10,6 +10,10 @@ that was paused past its lease cannot overwrite the result of the runner that to
 due again at its next attempt), `complete` (the message leaves the queue) or `release` (given
 back unchanged); a lease that simply runs out makes the message claimable again.
 
+A message may be *held* (by the operator, or by the defences for a suspended account): it
+stays queued but is never claimed until it is released with `unhold`, which makes it due at
+once. Holds are durable like the messages themselves.
+
 The methods block (disk, database): call them from a thread pool, never on an event loop.
 Implementations are safe to use from several threads at once. Failures raise `SpoolError`
 (`SpoolFullError` when storage is full, `UnknownQueueIdError` for an id that is not queued).
@@ -76,19 +80,13 @@ class QueueStore(Protocol):
     def put(self, envelope: Envelope, message: bytes, *, hold: str | None = None) -> None:
         """Queue `message` under `envelope.queue_id`: it is durable when this returns.
 
-        With `hold` (a reason) the message is durable AND held when this returns: never
-        claimed until an operator releases it.
-
         The promise behind every 250: once `put` returns, the message survives a crash or a
         power loss at any instant, and it is claimable (at once by runners sharing this handle's
-        process tree, within the backend's scan interval by others). On any failure nothing of
-        the message stays behind: SpoolFullError when storage is full, SpoolError otherwise
-        (including an id already in use).
+        process tree, within the backend's scan interval by others). With `hold` (the reason)
+        it is held instead, and no crash at any instant leaves it claimable. On any failure
+        nothing of the message stays behind: SpoolFullError when storage is full, SpoolError
+        otherwise (including an id already in use).
         """
-        ...
-
-    def hold_reason(self, queue_id: str) -> str | None:
-        """Why a queued message is held, or None when it is not."""
         ...
 
     def ids(self) -> list[str]:
@@ -119,6 +117,26 @@ class QueueStore(Protocol):
         """Make a queued message due now (the operator's `queue retry`), unless it is leased."""
         ...
 
+    def hold(self, queue_id: str, reason: str) -> None:
+        """Hold a queued message (durably) for `reason`, replacing an earlier reason.
+
+        From the next `claim` on, in any process, it is not handed out; a message leased now is
+        held after its current attempt (it is never claimed again). UnknownQueueIdError if it
+        is not queued. The reason is kept as one printable line.
+        """
+        ...
+
+    def unhold(self, queue_id: str) -> bool:
+        """Release a held message (durably) and make it due now; False if it was not held.
+
+        UnknownQueueIdError if it is not queued.
+        """
+        ...
+
+    def hold_reason(self, queue_id: str) -> str | None:
+        """Why a queued message is held, or None; UnknownQueueIdError if it is not queued."""
+        ...
+
     def recover(self) -> Recovery:
         """Clean up after a crash; call once at start, before anything is put or claimed."""
         ...
@@ -126,8 +144,8 @@ class QueueStore(Protocol):
     def claim(self, limit: int, lease: float) -> Claimed:
         """Lease up to `limit` messages that are due now, for `lease` seconds, oldest due first.
 
-        A message is due when its state's `next_attempt` has come and nobody holds a live lease
-        on it. Each claim carries a new fencing token.
+        A message is due when its state's `next_attempt` has come, nobody holds a live lease
+        on it and it is not held. Each claim carries a new fencing token.
         """
         ...
 

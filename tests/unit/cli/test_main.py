@@ -44,7 +44,8 @@ def test_help_lists_the_groups_of_the_table_in_order(capsys: pytest.CaptureFixtu
     # Each command is listed on a line of its own, indented by four spaces.
     out = capsys.readouterr().out.splitlines()
     listed = [line.split()[0] for line in out if re.match(r"    \S", line)]
-    assert listed == [group.name for group in GROUPS] == ["init", "serve", "user", "queue", "dkim"]
+    expected = ["init", "serve", "user", "queue", "bans", "dkim"]
+    assert listed == [group.name for group in GROUPS] == expected
 
 
 def test_queue_commands_print_for_people(config: Path, capsys: pytest.CaptureFixture[str]) -> None:

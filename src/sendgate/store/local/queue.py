@@ -9,6 +9,12 @@ Leases live in this memory too, so one spool must have exactly one claiming proc
 delivery runner `serve` starts); a lease that runs out makes the message claimable again with a
 larger token, and the old holder's update is refused.
 
+Held messages (``hold/`` in the spool) are never claimed. A claim that finds something due
+lists the hold files once (one directory listing per claim call, none per message), so a hold
+set by another process (the operator's command line) is obeyed at the next claim; a held row
+is parked outside the due heap until a scan sees its hold gone, or `unhold` (whose retry flag
+reaches another process's runner like `request_retry`'s) makes it due at once.
+
 Security: ids read from the announce pipe and from directory listings are checked before use;
 stored delivery states are parsed strictly, and an unreadable one is reported and replaced by a
 fresh state (the message is tried again, never lost). This module does not log: problems go
@@ -22,16 +28,17 @@ import threading
 import time
 from collections import deque
 from collections.abc import Callable, Sequence
+from contextlib import suppress
 from dataclasses import dataclass
 from pathlib import Path
 
 from sendgate.errors import LeaseLostError, SpoolError, UnknownQueueIdError
-from sendgate.fsutil import write_file_durably
 from sendgate.store.delivery_state import DeliveryState
-from sendgate.store.envelope import Envelope, checked_id
+from sendgate.store.envelope import Envelope
 from sendgate.store.local.announce import AnnounceReader, AnnounceWriter
 from sendgate.store.local.spool import Spool
 from sendgate.store.queue import Claim, Claimed, Recovery
+from sendgate.text import one_line
 
 LOAD_BATCH = 1024  # new messages read from disk per claim: bounds the time one call takes
 
@@ -44,6 +51,7 @@ class _Row:
     token: int = 0
     lease_until: float | None = None
     state_problem: str | None = None
+    parked: bool = False  # held when last due: out of the due heap until released
 
 
 class LocalQueueStore:
@@ -59,7 +67,6 @@ class LocalQueueStore:
         announced: AnnounceReader | None = None,
     ) -> None:
         self._spool = Spool(root, clock=clock)
-        self._root = root
         self._clock = clock
         self._scan_interval = scan_interval
         self._announce_to = announce_to
@@ -79,9 +86,7 @@ class LocalQueueStore:
         return self._spool.new_id()
 
     def put(self, envelope: Envelope, message: bytes, *, hold: str | None = None) -> None:
-        if hold is not None:
-            self._write_hold_stub(envelope.queue_id, hold)
-        self._spool.put(envelope, message)
+        self._spool.put(envelope, message, hold=None if hold is None else one_line(hold))
         if self._announce_to is not None:
             self._announce_to.announce(envelope.queue_id)
         if self._indexing:
@@ -90,22 +95,6 @@ class LocalQueueStore:
 
     def ids(self) -> list[str]:
         return self._spool.ids()
-
-    # --- hold: a stand-in (H-quota) for the real hold (H-queue); the runner ignores it ------
-
-    def _write_hold_stub(self, queue_id: str, reason: str) -> None:
-        held = self._root / "held"
-        try:
-            held.mkdir(mode=0o700, exist_ok=True)
-            write_file_durably(held / checked_id(queue_id), reason.encode(), exclusive=False)
-        except OSError as exc:
-            raise SpoolError(f"cannot hold {queue_id}: {exc.strerror or exc}") from exc
-
-    def hold_reason(self, queue_id: str) -> str | None:
-        try:
-            return (self._root / "held" / checked_id(queue_id)).read_text()
-        except FileNotFoundError:
-            return None
 
     def envelope(self, queue_id: str) -> Envelope:
         return self._spool.envelope(queue_id)
@@ -132,6 +121,22 @@ class LocalQueueStore:
             if row is not None and row.lease_until is None:
                 self._reschedule(queue_id, row, self._clock())
 
+    def hold(self, queue_id: str, reason: str) -> None:
+        # A leased row is checked again when it is next due: held after its attempt.
+        self._spool.holds.hold(queue_id, one_line(reason))
+
+    def unhold(self, queue_id: str) -> bool:
+        if not self._spool.holds.unhold(queue_id):
+            return False
+        # Due now, here and in another process's runner; a message finished meanwhile was
+        # released all the same.
+        with suppress(UnknownQueueIdError):
+            self.request_retry(queue_id)
+        return True
+
+    def hold_reason(self, queue_id: str) -> str | None:
+        return self._spool.holds.reason(queue_id)
+
     def recover(self) -> Recovery:
         return self._spool.sweep()
 
@@ -145,11 +150,22 @@ class LocalQueueStore:
             self._refresh(now, problems)
             self._expire(now)
             claims: list[Claim] = []
+            held: set[str] = set()
+            if self._due and self._due[0][0] <= now:
+                try:
+                    held = self._spool.holds.ids()
+                except SpoolError as exc:
+                    # Unsure what is held: hand out nothing rather than deliver held mail.
+                    problems.append(str(exc))
+                    limit = 0
             while self._due and self._due[0][0] <= now and len(claims) < limit:
                 due, queue_id = heapq.heappop(self._due)
                 row = self._rows.get(queue_id)
                 if row is None or row.lease_until is not None or row.due != due:
                     continue  # a stale heap entry: removed, leased, or rescheduled
+                if queue_id in held:
+                    row.parked = True
+                    continue
                 row.token += 1
                 row.lease_until = now + lease
                 heapq.heappush(self._leases, (row.lease_until, queue_id, row.token))
@@ -256,6 +272,7 @@ class LocalQueueStore:
 
     def _reschedule(self, queue_id: str, row: _Row, due: float) -> None:
         row.due = due
+        row.parked = False
         heapq.heappush(self._due, (due, queue_id))
 
     def _refresh(self, now: float, problems: list[str]) -> None:
@@ -300,6 +317,12 @@ class LocalQueueStore:
                     self._retry_wanted.add(queue_id)
             elif row.lease_until is None:
                 self._reschedule(queue_id, row, now)
+        parked = [(q, row) for q, row in self._rows.items() if row.parked]
+        if parked:
+            held = self._spool.holds.ids()
+            for queue_id, row in parked:
+                if queue_id not in held:
+                    self._reschedule(queue_id, row, now)  # released by other means than unhold
 
     def _expire(self, now: float) -> None:
         """Leases that ran out make their messages due again (with their last due time)."""

@@ -10,6 +10,9 @@ Layout under the spool root (directories mode 0o700, files mode 0o600):
 - ``state/<id>``: delivery state of a message that has had an attempt (which recipients are done,
   when to try next), replaced atomically (tmp/, fsync, rename). No state file: nothing tried yet.
 - ``retry/<id>``: an empty flag asking the delivery runner to try `<id>` now (`queue retry`).
+- ``hold/<id>``: the message is held (never delivered until released); the file holds the
+  reason (UTF-8, one line). A held put writes and syncs it before the queue file's rename, so
+  a crash never leaves an unheld copy of mail that was to be held.
 
 `Spool.put` writes ``tmp/<id>`` in one writev, fsyncs it, renames it into ``queue/`` and then
 makes the rename durable with an fsync of ``queue/``. One file per message (not a message file
@@ -39,6 +42,7 @@ from pathlib import Path
 from sendgate.errors import SpoolError, SpoolFullError, UnknownQueueIdError
 from sendgate.fsutil import atomic_replace, fsync_dir, is_disk_full, write_file_durably
 from sendgate.store.envelope import RANDOM_BYTES, Envelope, checked_id, is_queue_id, new_queue_id
+from sendgate.store.local.holds import Holds
 from sendgate.store.queue import Recovery
 
 
@@ -56,6 +60,9 @@ class Spool:
         self._corrupt = root / "corrupt"
         self._state = root / "state"
         self._retry = root / "retry"
+        self._hold = root / "hold"
+        self.holds = Holds(self._hold, self._queue, self._tmp)
+        """The held messages' hold files (`store.local.holds`)."""
         self._rename_lock = threading.Lock()
         self._sync_lock = threading.Lock()
         self._renames = 0  # renames into queue/ so far
@@ -63,7 +70,14 @@ class Spool:
         path = root
         try:
             root.mkdir(mode=0o700, parents=True, exist_ok=True)
-            for path in (self._tmp, self._queue, self._corrupt, self._state, self._retry):
+            for path in (
+                self._tmp,
+                self._queue,
+                self._corrupt,
+                self._state,
+                self._retry,
+                self._hold,
+            ):
                 path.mkdir(mode=0o700, exist_ok=True)
             # A fresh spool's directories must survive a crash as surely as its messages.
             fsync_dir(root)
@@ -75,15 +89,39 @@ class Spool:
         """Return a new queue id: sortable by time, unique across processes (40 random bits)."""
         return new_queue_id(self._clock(), secrets.token_bytes(RANDOM_BYTES))
 
-    def put(self, envelope: Envelope, message: bytes) -> None:
+    def put(self, envelope: Envelope, message: bytes, *, hold: str | None = None) -> None:
         """Store `message` under `envelope.queue_id`; it is durably queued when this returns.
 
-        Raises SpoolFullError when the disk or quota is full, SpoolError on any other I/O error
-        (including an id already in use); either way nothing of this message stays behind.
+        With `hold` (a reason) the message is held from the start: the hold file is durable
+        before the queue file appears. Raises SpoolFullError when the disk or quota is full,
+        SpoolError on any other I/O error (including an id already in use); either way nothing
+        of this message stays behind.
         """
         if envelope.size != len(message):
             raise ValueError(f"envelope size {envelope.size} != message size {len(message)}")
         queue_id = checked_id(envelope.queue_id)
+        if hold is None:
+            self._commit(envelope, message)
+            return
+        hold_path = self._hold / queue_id
+        try:
+            # Removes what it wrote on failure; an existing file (an id in use) is left alone.
+            write_file_durably(hold_path, hold.encode())
+        except OSError as exc:
+            raise _spool_error("cannot write hold file", hold_path, exc) from exc
+        try:
+            fsync_dir(self._hold)
+            self._commit(envelope, message)
+        except BaseException as exc:
+            with suppress(OSError):
+                hold_path.unlink()
+            if isinstance(exc, OSError):
+                raise _spool_error("cannot sync spool directory", self._hold, exc) from exc
+            raise
+
+    def _commit(self, envelope: Envelope, message: bytes) -> None:
+        """Write the queue file of a checked envelope: tmp/, fsync, rename, directory fsync."""
+        queue_id = envelope.queue_id
         tmp_path = self._tmp / queue_id
         final = self._queue / queue_id
         try:
@@ -134,12 +172,13 @@ class Spool:
                 tmp_removed += 1
             path = self._queue
             queued, unknown = self._scan_queue()
-            path = self._state
             live = set(queued)
-            for name in os.listdir(self._state):
-                if name not in live:
-                    path = self._state / name
-                    _remove_tree(path)
+            for directory in (self._state, self._hold):
+                path = directory
+                for name in os.listdir(directory):
+                    if name not in live:
+                        path = directory / name
+                        _remove_tree(path)
             corrupt: list[str] = []
             for queue_id in queued:
                 try:
@@ -214,7 +253,11 @@ class Spool:
             action = "cannot sync spool directory"
             if durable:
                 fsync_dir(self._queue)
-            for extra in (self._state / queue_id, self._retry / queue_id):
+            for extra in (
+                self._state / queue_id,
+                self._retry / queue_id,
+                self._hold / queue_id,
+            ):
                 path = extra
                 action = "cannot remove spool file"
                 with suppress(FileNotFoundError):
