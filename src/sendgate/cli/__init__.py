@@ -8,7 +8,10 @@ These invocations are relied on by scripts and docs and must keep working exactl
 `sendgate --config FILE dkim keygen DOMAIN [--selector S]`,
 `sendgate --config FILE queue list|show|retry|remove|explain ID`,
 `sendgate --config FILE queue hold|release ID|--user USER`,
-`sendgate --config FILE bans list|add|remove [TARGET]` (each of these with `--json`).
+`sendgate --config FILE bans list|add|remove [TARGET]`,
+`sendgate --config FILE user status|unflag USER` (each of these with `--json`),
+`sendgate --config FILE user app-password add USER LABEL` (the password alone on the last line
+of stdout).
 Passwords are read from a prompt or stdin, never from argv.
 
 Each command group is one module of this package (init, serve, user, queue, bans, dkim) offering a
