@@ -25,6 +25,7 @@ from sendgate.policy.guard import LoginGuard
 from sendgate.policy.login import LoginRequest, LoginResult, Logins
 from sendgate.policy.networks import ClientNetworks
 from sendgate.policy.quota import SendingLimits, Verdict
+from sendgate.policy.refused import RecentlyRefused
 from sendgate.policy.sender import may_send_as
 from sendgate.server.admission import Admission, Refusal
 from sendgate.smtp import replies
@@ -81,6 +82,7 @@ class Submission:
         self.logins = logins
         self.limits = limits
         self.counters = counters if counters is not None else Counters()
+        self._refused = RecentlyRefused(clock)
 
     def store(
         self,
@@ -122,6 +124,9 @@ class Submission:
         """The I/O shell's handler factory: a banned network is refused here, before any TLS."""
         if self.logins is None:
             return self.connection(client_ip, conn_id)
+        ban = self._refused.get(client_ip)
+        if ban is not None:  # refused moments ago: again, without a store read
+            return Refusal(replies.BANNED, "banned", ban.key)
         try:
             client = ClientNetworks.of(client_ip)
         except ValueError:  # not an IP peer (a test's socketpair): nothing to count
@@ -134,6 +139,7 @@ class Submission:
         loop = asyncio.get_running_loop()
         verdict = await loop.run_in_executor(self.executor, guard.admit, client)
         if verdict.refuse and verdict.ban is not None:
+            self._refused.add(client_ip, verdict.ban)
             return Refusal(replies.BANNED, "banned", verdict.ban.key)
         return self.connection(client_ip, conn_id, client)
 
