@@ -17,15 +17,14 @@ from __future__ import annotations
 
 import contextlib
 import re
-import smtplib
 import socket
 import ssl
 import time
 from typing import TYPE_CHECKING
 
 import pytest
-from tests.e2e.conftest import CLIENT_NAME, SOCKET_TIMEOUT, RawClient, SmtpReply
-from tests.support.session import plain
+from tests.e2e.conftest import SOCKET_TIMEOUT, RawClient, SmtpReply
+from tests.e2e.sources import FAILED, REFUSED, auth, field, sends, starttls_client
 
 if TYPE_CHECKING:
     from tests.e2e.conftest import Instance, InstanceFactory, ServerFactory, ServerProcess
@@ -33,34 +32,7 @@ if TYPE_CHECKING:
 pytestmark = pytest.mark.e2e
 
 USER_NET = "127.2.0.1"  # the real user's address, in a /24 of its own
-REFUSED_AUTH = "4.7.0 Too many failed logins, try again later"
 BANNED = "4.7.0 Too many failed logins from your network, try again later"
-
-
-def starttls_client(running: ServerProcess, source: str, name: str = CLIENT_NAME) -> smtplib.SMTP:
-    """An smtplib client from `source` on the STARTTLS port, after STARTTLS and a second EHLO."""
-    client = smtplib.SMTP(
-        "127.0.0.1", running.port, name, SOCKET_TIMEOUT, source_address=(source, 0)
-    )
-    client.starttls(context=running.instance.client_context())
-    client.ehlo()
-    return client
-
-
-def auth(client: smtplib.SMTP, username: str, password: str) -> tuple[int, str]:
-    """One AUTH PLAIN with an initial response: the reply code and text."""
-    code, text = client.docmd("AUTH", "PLAIN " + plain(username, password))
-    return code, text.decode()
-
-
-def sends(running: ServerProcess, source: str, tag: str) -> str:
-    """The real user logs in from `source` and submits one message; its queue id."""
-    made = running.instance
-    with contextlib.closing(starttls_client(running, source)) as client:
-        assert auth(client, made.user, made.password)[0] == 235
-        queue_id = running.submit(client, made.message(tag))
-        client.quit()
-    return queue_id
 
 
 def raw_from(source: str, port: int) -> RawClient:
@@ -98,13 +70,6 @@ def answer_to_hello(source: str, running: ServerProcess) -> bytes:
     return received
 
 
-def field(line: str, name: str) -> str:
-    """The value of `name=` in a kv log line (unquoted values only)."""
-    match = re.search(rf" {name}=(\S+)", line)
-    assert match is not None, f"no {name}= in {line!r}"
-    return match.group(1)
-
-
 def fast_limits(made: Instance, **settings: int | float) -> None:
     made.configure({f"login_limits.{key}": value for key, value in settings.items()})
 
@@ -131,7 +96,7 @@ def test_an_attacker_loop_is_slowed_then_banned_while_the_user_sends(
             started = time.monotonic()
             code, text = auth(attacker, made.user, f"guess {guess}")
             elapsed.append(time.monotonic() - started)
-            assert (code, text) == (535, "5.7.8 Authentication credentials invalid")
+            assert (code, text) == FAILED
         fails = running.wait_for(
             rf"event=auth_fail .*client={ATTACKER} user={made.user} ",
             since=mark,
@@ -147,7 +112,7 @@ def test_an_attacker_loop_is_slowed_then_banned_while_the_user_sends(
         assert "reason=host_failures" in ban
 
         # The open session is refused from now on, even with the right password.
-        assert auth(attacker, made.user, made.password) == (454, REFUSED_AUTH)
+        assert auth(attacker, made.user, made.password) == REFUSED
         running.wait_for(
             rf"event=auth_refused .*client={ATTACKER} user={made.user} reason=network_banned",
             since=mark,
@@ -194,9 +159,7 @@ def test_a_spread_attack_locks_the_account_for_new_networks_only(
         with contextlib.closing(starttls_client(running, source)) as attacker:
             codes.append(auth(attacker, made.user, f"guess {number}"))
             attacker.quit()
-    failed = (535, "5.7.8 Authentication credentials invalid")
-    refused = (454, REFUSED_AUTH)
-    expected = [failed] * ACCOUNT_FAILURES + [refused] * (len(SPREAD) - ACCOUNT_FAILURES)
+    expected = [FAILED] * ACCOUNT_FAILURES + [REFUSED] * (len(SPREAD) - ACCOUNT_FAILURES)
     assert codes == expected
     [lock] = running.wait_for(r"event=ban ", since=mark)
     assert f"key=account:{made.user} " in lock
@@ -211,7 +174,7 @@ def test_a_spread_attack_locks_the_account_for_new_networks_only(
 
     # Even the right password is refused from a network the account never used...
     with contextlib.closing(starttls_client(running, "127.60.0.1")) as stranger:
-        assert auth(stranger, made.user, made.password) == refused
+        assert auth(stranger, made.user, made.password) == REFUSED
         stranger.quit()
     running.wait_for(
         rf"event=auth_refused .*client=127\.60\.0\.1 user={made.user} reason=account_locked",
@@ -251,8 +214,8 @@ def test_behind_one_nat_address_the_known_user_goes_on_while_the_attacker_is_ref
     mark = running.mark()
     with contextlib.closing(starttls_client(running, NAT)) as attacker:
         # ...but every account not known here is refused without a password check.
-        assert auth(attacker, "someone@example.test", "guess") == (454, REFUSED_AUTH)
-        assert auth(attacker, "user0@example.test", "guess") == (454, REFUSED_AUTH)
+        assert auth(attacker, "someone@example.test", "guess") == REFUSED
+        assert auth(attacker, "user0@example.test", "guess") == REFUSED
         attacker.quit()
     refusals = running.wait_for(
         rf"event=auth_refused .*client={NAT} .*reason=network_banned key=net:{NAT}/32$",
