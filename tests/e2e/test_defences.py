@@ -146,6 +146,7 @@ SPREAD = [f"127.{number}.0.1" for number in range(10, 60)]  # 50 different /24s
 ACCOUNT_FAILURES = 10
 
 
+@pytest.mark.slow  # 51 logins, each costing an argon2 verification or as long
 def test_a_spread_attack_locks_the_account_for_new_networks_only(
     instance: InstanceFactory, server: ServerFactory
 ) -> None:
