@@ -204,3 +204,15 @@ def store(tmp_path: Path) -> Iterator[LocalUserStore]:
     users.add_user(ALICE, HASHER.hash(ALICE_PASSWORD))
     yield users
     users.close()
+
+
+def test_a_refused_client_is_refused_again_at_once_from_memory(rig: Rig) -> None:
+    rig.limits.ban(f"net:{ATTACKER}/32", 3600, "operator", memory=0)
+    first = rig.submission.admit(ATTACKER, "c1")
+    assert not isinstance(first, Refusal)  # a store read in a thread: awaitable
+    assert asyncio.run(_settle(first)) == Refusal(replies.BANNED, "banned", f"net:{ATTACKER}/32")
+    rig.limits.unban(f"net:{ATTACKER}/32")
+    # Remembered: refused at once, without asking the store (which no longer bans it).
+    assert rig.submission.admit(ATTACKER, "c2") == Refusal(
+        replies.BANNED, "banned", f"net:{ATTACKER}/32"
+    )
