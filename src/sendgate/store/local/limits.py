@@ -139,30 +139,38 @@ class LocalLimitStore:
                     f"a distinct limit needs limit >= 0, window > 0; got {request.limit},"
                     f" {request.window}"
                 )
-        now = self._clock()
         with self._db.writing() as db:
-            rate_verdicts: list[RateVerdict] = []
-            tats: list[tuple[str, float]] = []
-            for rate in rates:
-                verdict, tat = _gcra(_tat(db, rate.key), now, rate.limit, rate.period, rate.cost)
-                rate_verdicts.append(verdict)
-                tats.append((rate.key, tat))
-            distinct_verdicts = [_distinct(db, request, now) for request in distinct]
-            allowed = all(v.allowed for v in rate_verdicts) and all(
-                v.allowed for v in distinct_verdicts
-            )
-            if allowed:
-                db.executemany("INSERT OR REPLACE INTO rates (key, tat) VALUES (?, ?)", tats)
-                for request in distinct:
-                    db.executemany(
-                        "INSERT OR REPLACE INTO members (key, member, at, expires)"
-                        " VALUES (?, ?, ?, ?)",
-                        [
-                            (request.key, member, now, now + request.window)
-                            for member in set(request.members)
-                        ],
-                    )
-                self._maybe_prune(db, now)
+            return self._take_all(db, rates, distinct)
+
+    def _take_all(
+        self,
+        db: sqlite3.Connection,
+        rates: Sequence[RateRequest],
+        distinct: Sequence[DistinctRequest],
+    ) -> Taken:
+        now = self._clock()
+        stored = _tats(db, [rate.key for rate in rates])
+        rate_verdicts: list[RateVerdict] = []
+        tats: list[tuple[str, float]] = []
+        for rate in rates:
+            verdict, tat = _gcra(stored.get(rate.key), now, rate.limit, rate.period, rate.cost)
+            rate_verdicts.append(verdict)
+            tats.append((rate.key, tat))
+        distinct_verdicts = [_distinct(db, request, now) for request in distinct]
+        allowed = all(v.allowed for v in rate_verdicts) and all(
+            v.allowed for v in distinct_verdicts
+        )
+        if allowed:
+            db.executemany("INSERT OR REPLACE INTO rates (key, tat) VALUES (?, ?)", tats)
+            for request in distinct:
+                db.executemany(
+                    "INSERT OR REPLACE INTO members (key, member, at, expires) VALUES (?, ?, ?, ?)",
+                    [
+                        (request.key, member, now, now + request.window)
+                        for member in set(request.members)
+                    ],
+                )
+            self._maybe_prune(db, now)
         return Taken(allowed, tuple(rate_verdicts), tuple(distinct_verdicts))
 
     # --- bans -----------------------------------------------------------------------------------
@@ -260,6 +268,17 @@ def _check_rate(limit: int, period: float, cost: int) -> None:
         )
     if cost > limit:
         raise ValueError(f"cost {cost} exceeds the limit {limit}: it could never be allowed")
+
+
+def _tats(db: sqlite3.Connection, keys: list[str]) -> dict[str, float]:
+    """The stored theoretical arrival times of `keys` (one query for all of them)."""
+    if not keys:
+        return {}
+    rows = db.execute(
+        "SELECT key, tat FROM rates WHERE key IN (SELECT value FROM json_each(?))",
+        (json.dumps(keys),),
+    ).fetchall()
+    return {key: float(tat) for key, tat in rows}
 
 
 def _tat(db: sqlite3.Connection, key: str) -> float | None:
