@@ -11,13 +11,20 @@ process group and start.
 from __future__ import annotations
 
 import json
+from collections.abc import Mapping
 from typing import TYPE_CHECKING
 
 import pytest
 from tests.e2e.attempts import attempt, auth, events, session
 
 if TYPE_CHECKING:
-    from tests.e2e.conftest import Instance, InstanceFactory, ServerFactory, ServerProcess
+    from tests.e2e.conftest import (
+        Instance,
+        InstanceFactory,
+        ServerFactory,
+        ServerProcess,
+        TomlScalar,
+    )
 
 pytestmark = [pytest.mark.e2e, pytest.mark.slow]
 
@@ -27,7 +34,7 @@ ATTACKER = "127.0.0.2"
 REFUSED = "4.7.0 Too many failed logins, try again later"
 
 
-def limits(workers: int, **more: int | float | str) -> dict[str, int | float | str]:
+def limits(workers: int, more: Mapping[str, TomlScalar] | None = None) -> dict[str, TomlScalar]:
     """Config: thresholds small enough for a test, no delays, no /24 ban to get in the way."""
     return {
         "listen.workers": workers,
@@ -35,7 +42,7 @@ def limits(workers: int, **more: int | float | str) -> dict[str, int | float | s
         "login_limits.block_failures": 1000,
         "login_limits.account_failures": ACCOUNT_FAILURES,
         "login_limits.delay": 0,
-        **more,
+        **(more or {}),
     }
 
 
@@ -129,6 +136,12 @@ def status(made: Instance, username: str) -> dict[str, object]:
     return document
 
 
+def known_networks(document: dict[str, object]) -> list[str]:
+    known = document["known_networks"]
+    assert isinstance(known, list)
+    return [entry["network"] for entry in known]
+
+
 def restart(running: ServerProcess, how: str) -> None:
     if how == "sigkill":
         running.kill()
@@ -144,7 +157,7 @@ def test_counters_bans_known_networks_and_flags_survive_a_restart(
     made = instance(
         limits(
             2,
-            **{
+            {
                 "login_limits.host_failures": RESTART_HOST_FAILURES,
                 "login_limits.account_failures": RESTART_ACCOUNT_FAILURES,
                 "login_limits.networks_per_hour": 1,
@@ -172,7 +185,7 @@ def test_counters_bans_known_networks_and_flags_survive_a_restart(
     running.wait_for(rf"event=flagged .*user={BOB} ")
     alice_before, bob_before = status(made, made.user), status(made, BOB)
     assert alice_before["account_lock"] is not None
-    assert [known["network"] for known in alice_before["known_networks"]] == ["127.2.0.0/24"]  # type: ignore[attr-defined]
+    assert known_networks(alice_before) == ["127.2.0.0/24"]
     assert bob_before["flag"] is not None
 
     restart(running, how)
