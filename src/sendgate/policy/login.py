@@ -89,7 +89,7 @@ class LoginResult:
     note: LoginNote | None = None
     """What the known-network record said (None when this process noted it recently)."""
     flagged: Flag | None = None
-    """The flag this login set (too many networks within an hour)."""
+    """The flag this login set (too many networks within an hour); None if it was set before."""
     notice: str | None = None
     """Queue id of the sign-in notice sent."""
 
@@ -197,4 +197,7 @@ class Logins:
         if limit <= 0 or note.recent <= limit:
             return None
         reason = f"logged in from {note.recent} networks within an hour"
-        return self._accounts.set_flag(user.username, reason, self._now())
+        now = self._now()
+        flag = self._accounts.set_flag(user.username, reason, now)
+        # An account flagged before keeps its flag as it was: nothing new to report.
+        return flag if (flag.since, flag.reason) == (now, reason) else None

@@ -227,3 +227,11 @@ def test_the_request_repr_never_shows_the_password() -> None:
         ClientNetworks.of("192.0.2.1"), "192.0.2.1", "a@b.c", "hunter2-secret", None, None
     )
     assert "hunter2-secret" not in repr(request)
+
+
+def test_an_account_flagged_before_is_not_reported_flagged_again(rig: Rig) -> None:
+    rig.accounts.set_flag("alice@example.org", "messages_per_hour exceeded", rig.clock.now)
+    rig.clock.advance(1)
+    for i in range(CFG.networks_per_hour + 2):
+        assert rig.attempt(f"10.{i}.0.1").flagged is None
+    assert rig.accounts.flags["alice@example.org"].reason == "messages_per_hour exceeded"
