@@ -217,12 +217,11 @@ class SubmissionConnection:
     def _answer(self, event: AuthAttempt, result: LoginResult) -> Reply:
         log = self._log
         username = event.username.lower()
+        failure = result.failure
         if result.refused is not None:
             reason, ban = result.refused
             log.event("auth_refused", "warning", user=username, reason=reason, key=ban.key)
-            return replies.AUTH_REFUSED
-        if result.user is None:
-            failure = result.failure
+        elif result.user is None:
             log.event(
                 "auth_fail",
                 "warning",
@@ -230,16 +229,20 @@ class SubmissionConnection:
                 mechanism=event.mechanism,
                 failures=failure.failures if failure else None,
                 delay=failure.delay if failure else None,
+                repeated=failure.repeated if failure else None,
             )
-            for ban in failure.bans if failure else ():
-                log.event(
-                    "ban",
-                    "warning",
-                    key=ban.key,
-                    until=iso_utc(ban.until),
-                    offences=ban.offences,
-                    reason=ban.reason,
-                )
+        for ban in failure.bans if failure else ():
+            log.event(
+                "ban",
+                "warning",
+                key=ban.key,
+                until=iso_utc(ban.until),
+                offences=ban.offences,
+                reason=ban.reason,
+            )
+        if result.refused is not None:
+            return replies.AUTH_REFUSED
+        if result.user is None:
             return replies.AUTH_FAILED
         user = result.user
         self.user = user

@@ -39,13 +39,18 @@ ENFORCED_PREFIXES = {
 }
 
 
+MAX_DURATION = 8640000.0  # 100 days, the longest [login_limits].ban_max
+
+
 def _seconds(text: str) -> float:
     try:
         value = float(text)
     except ValueError:
         value = math.nan
-    if not math.isfinite(value) or value <= 0:
-        raise argparse.ArgumentTypeError(f"{text!r} is not a positive number of seconds")
+    if not math.isfinite(value) or not 0 < value <= MAX_DURATION:
+        raise argparse.ArgumentTypeError(
+            f"{text!r} is not a number of seconds between 0 and {MAX_DURATION:.0f} (100 days)"
+        )
     return value
 
 

@@ -15,7 +15,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 from sendgate.config.schema import Config
-from sendgate.policy.keys import account_key
+from sendgate.policy.keys import account_key, known_lock_key
 from sendgate.store.backends import Stores
 from sendgate.store.limits import Ban
 from sendgate.store.users import LIMIT_SETTINGS, Flag, KnownNetwork, UserRecord, UserSettings
@@ -33,6 +33,8 @@ class Status:
     known_networks: list[KnownNetwork]
     app_passwords: list[str]
     lock: Ban | None
+    known_locks: list[Ban]
+    """Locks of the account at one of its known networks (`bans remove USER|NETWORK`)."""
 
 
 def read_status(cfg: Config, stores: Stores, record: UserRecord, now: float) -> Status:
@@ -46,6 +48,11 @@ def read_status(cfg: Config, stores: Stores, record: UserRecord, now: float) -> 
         known_networks=users.known_networks(record.username, now, memory=memory),
         app_passwords=[app.label for app in users.app_passwords(record.username)],
         lock=stores.limits.ban_of(account_key(record.username)),
+        known_locks=[
+            ban
+            for ban in stores.limits.bans()
+            if ban.key.startswith(known_lock_key(record.username, ""))
+        ],
     )
 
 
@@ -54,8 +61,9 @@ def settings_in_force(cfg: Config, settings: UserSettings) -> dict[str, tuple[bo
     found: dict[str, tuple[bool | int, bool]] = {
         # No configuration setting: off unless set for the user.
         "app_passwords_only": (settings.app_passwords_only, not settings.app_passwords_only),
+        # Notices switched off for everyone stay off whatever the user's own setting says.
         "sign_in_notice": (cfg.sign_in_notice.enabled, True)
-        if settings.sign_in_notice is None
+        if settings.sign_in_notice is None or not cfg.sign_in_notice.enabled
         else (settings.sign_in_notice, False),
     }
     for name in LIMIT_SETTINGS:
@@ -104,6 +112,11 @@ def format_status(status: Status) -> str:
             f"account-lock: until {iso_utc(lock.until)} ({printable(lock.reason)},"
             f" since {iso_utc(lock.since)})"
         )
+    lines.extend(
+        f"known-network-lock: {ban.key.rpartition('|')[2]} until {iso_utc(ban.until)}"
+        f" ({printable(ban.reason)}, since {iso_utc(ban.since)})"
+        for ban in status.known_locks
+    )
     return "\n".join(lines)
 
 
@@ -135,4 +148,13 @@ def status_json(status: Status) -> dict[str, object]:
             "reason": lock.reason,
             "offences": lock.offences,
         },
+        "known_network_locks": [
+            {
+                "network": ban.key.rpartition("|")[2],
+                "since": iso_utc(ban.since),
+                "until": iso_utc(ban.until),
+                "reason": ban.reason,
+            }
+            for ban in status.known_locks
+        ],
     }

@@ -75,6 +75,22 @@ class Failure:
     """Seconds to wait before answering."""
     bans: tuple[Ban, ...]
     """Bans (or locks) this failure started."""
+    repeated: bool = False
+    """A wrong password tried already: answered without checking, counted nothing new."""
+
+
+@dataclass(frozen=True, slots=True)
+class Check:
+    """The verdict before an attempt's password is checked."""
+
+    refused: tuple[str, Ban] | None = None
+    """Refuse unchecked: the reason and the ban or lock behind it."""
+    banned_here: Ban | None = None
+    """The network's ban, when the account is known there: check the password, and answer a
+    wrong one as refused too, so the answer does not tell a known account from others."""
+
+
+CLEAR = Check()
 
 
 class LoginGuard:
@@ -111,33 +127,58 @@ class LoginGuard:
 
     # --- at AUTH ----------------------------------------------------------------------------
 
-    def refusal(self, client: ClientNetworks, username: str) -> tuple[str, Ban] | None:
-        """Why an attempt for `username` must be refused unchecked (reason, ban), or None."""
+    def check(self, client: ClientNetworks, username: str) -> Check:
+        """Whether an attempt for `username` must be refused unchecked (see `Check`)."""
         account = username.lower()
-        wanted = [keys.account_key(account), self._known_lock_key(account, client.block)]
-        allowed = self.allowed(client)
-        if not allowed:
+        wanted = [keys.account_key(account), keys.known_lock_key(account, client.block)]
+        if not self.allowed(client):
             wanted.extend(keys.net_key(net) for net in client.bannable())
         bans = {ban.key: ban for ban in self._limits.active_bans(wanted)}
         if not bans:
-            return None
+            return CLEAR
         known_lock = bans.get(wanted[1])
         if known_lock is not None:
-            return KNOWN_LOCKED, known_lock
+            return Check(refused=(KNOWN_LOCKED, known_lock))
+        network_ban = next((ban for key, ban in bans.items() if key.startswith(keys.NET)), None)
         if self._is_known(account, client):
-            return None
+            return Check(banned_here=network_ban)
         lock = bans.get(wanted[0])
         if lock is not None:
-            return ACCOUNT_LOCKED, lock
-        network_ban = next(ban for key, ban in bans.items() if key.startswith(keys.NET))
-        return NETWORK_BANNED, network_ban
+            return Check(refused=(ACCOUNT_LOCKED, lock))
+        assert network_ban is not None  # bans held one of the three kinds
+        return Check(refused=(NETWORK_BANNED, network_ban))
 
-    def failed(self, client: ClientNetworks, username: str, password: str) -> Failure:
+    def repeated(
+        self, client: ClientNetworks, username: str, password: str, generation: int
+    ) -> Failure | None:
+        """The failure to answer, unchecked, when this wrong password was tried already.
+
+        A phone with a stale saved password, or a guesser replaying one guess, costs no argon2
+        and counts nothing new; `generation` (the account's password generation, 0 if none) is
+        in the fingerprint, so a password changed since is checked again.
+        """
+        cfg = self._cfg
+        account = username.lower()
+        print_ = self._fingerprint(account, password, generation)
+        if self._is_known(account, client):
+            key = keys.known_failures_key(account, client.block)
+        else:
+            key = keys.account_failures_key(account)
+        if not self._limits.seen(key, print_, cfg.account_window):
+            return None
+        failures = 0
+        if not self.allowed(client):
+            failures = self._limits.count(keys.failures_key(client.host), cfg.window)
+        return Failure(failures=failures, delay=self.delay_for(failures), bans=(), repeated=True)
+
+    def failed(
+        self, client: ClientNetworks, username: str, password: str, generation: int = 0
+    ) -> Failure:
         """Count a failed login; start the bans it earns; say how long to wait before answering."""
         cfg = self._cfg
         limits = self._limits
         account = username.lower()
-        print_ = self._fingerprint(account, password)
+        print_ = self._fingerprint(account, password, generation)
         bans: list[Ban] = []
         failures = 0
         if not self.allowed(client):
@@ -150,9 +191,7 @@ class LoginGuard:
         if self._is_known(account, client):
             key = keys.known_failures_key(account, client.block)
             if limits.record(key, print_, cfg.account_window) >= cfg.known_failures:
-                bans.append(
-                    self._ban(self._known_lock_key(account, client.block), "known_failures")
-                )
+                bans.append(self._ban(keys.known_lock_key(account, client.block), "known_failures"))
                 limits.forget(key)
         else:
             key = keys.account_failures_key(account)
@@ -181,9 +220,6 @@ class LoginGuard:
             account, str(client.block), now, memory=self._cfg.known_network_memory
         )
 
-    def _known_lock_key(self, account: str, network: IPNetwork) -> str:
-        return keys.account_key(f"{account}|{network}")
-
     def _ban_network(self, client: ClientNetworks, network: IPNetwork, reason: str) -> list[Ban]:
         started = [self._ban(keys.net_key(network), reason)]
         self._limits.forget(keys.failures_key(network))
@@ -203,14 +239,18 @@ class LoginGuard:
 
     def _ban(self, key: str, reason: str) -> Ban:
         cfg = self._cfg
+        active = self._limits.ban_of(key)
+        if active is not None:  # another worker banned it a moment ago: not a new offence
+            return active
         offences = self._limits.offences(key, memory=cfg.ban_memory)
         duration = min(cfg.ban_time * 2.0 ** min(offences, 64), cfg.ban_max)
         return self._limits.ban(key, duration, reason, memory=cfg.ban_memory)
 
-    def _fingerprint(self, account: str, password: str) -> str:
+    def _fingerprint(self, account: str, password: str, generation: int) -> str:
         mac = hmac.new(self._secret, digestmod=hashlib.sha256)
         for part in (
             account.encode("utf-8", "surrogatepass"),
+            str(generation).encode(),
             password.encode("utf-8", "surrogatepass"),
         ):
             mac.update(len(part).to_bytes(8, "big"))

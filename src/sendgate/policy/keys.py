@@ -13,6 +13,7 @@ from sendgate.policy.networks import HOST_PREFIX, IPNetwork, client_address, sup
 
 NET = "net:"
 ACCOUNT = "account:"
+KNOWN = "known:"
 
 
 def net_key(network: IPNetwork) -> str:
@@ -23,6 +24,14 @@ def net_key(network: IPNetwork) -> str:
 def account_key(username: str) -> str:
     """The ban (lock) key of an account."""
     return ACCOUNT + username.lower()
+
+
+def known_lock_key(username: str, network: IPNetwork | str) -> str:
+    """The lock of an account at one of its known networks (too many failures from there).
+
+    Its own prefix: no name a client can type makes an account key equal to it.
+    """
+    return f"{KNOWN}{username.lower()}|{network}"
 
 
 def failures_key(network: IPNetwork) -> str:
@@ -57,11 +66,14 @@ def parse_ban_target(text: str) -> str:
     clients per /64). An account is anything with an "@". ValueError with a one-line reason.
     """
     text = text.strip()
+    if "|" in text:  # ACCOUNT|NETWORK: an account's lock at one of its known networks
+        account, _, network = text.partition("|")
+        try:
+            return known_lock_key(_account(account), ipaddress.ip_network(network, strict=True))
+        except ValueError as exc:
+            raise ValueError(f"{text!r} is not ACCOUNT|NETWORK ({exc})") from None
     if "@" in text and "/" not in text:
-        local, _, domain = text.rpartition("@")
-        if not local or not domain or any(char.isspace() for char in text):
-            raise ValueError(f"{text!r} is not an account name")
-        return account_key(text)
+        return account_key(_account(text))
     try:
         if "/" in text:
             return net_key(ipaddress.ip_network(text, strict=True))
@@ -74,12 +86,19 @@ def parse_ban_target(text: str) -> str:
 
 
 def describe_key(key: str) -> tuple[str, str]:
-    """("network", "192.0.2.0/24") or ("account", "alice@example.org") for a ban key."""
-    if key.startswith(NET):
-        return "network", key[len(NET) :]
-    if key.startswith(ACCOUNT):
-        return "account", key[len(ACCOUNT) :]
+    """("network", "192.0.2.0/24"), ("account", "alice@example.org") or ("known",
+    "alice@example.org|192.0.2.0/24") for a ban key; `parse_ban_target` reads the target back."""
+    for prefix, kind in ((NET, "network"), (ACCOUNT, "account"), (KNOWN, "known")):
+        if key.startswith(prefix):
+            return kind, key[len(prefix) :]
     return "other", key
+
+
+def _account(text: str) -> str:
+    local, _, domain = text.rpartition("@")
+    if not local or not domain or any(char.isspace() or char == "|" for char in text):
+        raise ValueError(f"{text!r} is not an account name")
+    return text
 
 
 def sending_key(limit: str, username: str) -> str:

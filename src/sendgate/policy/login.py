@@ -25,7 +25,7 @@ from typing import Protocol
 
 from sendgate.config.schema import LoginLimitsConfig
 from sendgate.policy.auth import Authenticator
-from sendgate.policy.guard import Failure, KnownNetworks, LoginGuard
+from sendgate.policy.guard import NETWORK_BANNED, Failure, KnownNetworks, LoginGuard
 from sendgate.policy.networks import ClientNetworks
 from sendgate.store.limits import Ban
 from sendgate.store.users import Flag, LoginNote, UserRecord
@@ -45,6 +45,8 @@ class Accounts(KnownNetworks, Protocol):
     ) -> LoginNote: ...
 
     def set_flag(self, username: str, reason: str, at: float) -> Flag: ...
+
+    def get_user(self, username: str) -> UserRecord | None: ...
 
 
 class Notifier(Protocol):
@@ -82,7 +84,8 @@ class LoginResult:
     wait: float
     """Seconds to wait before answering (a failure's delay, or a refusal's padding)."""
     refused: tuple[str, Ban] | None = None
-    """Refused without checking the password: the reason and the ban behind it."""
+    """Answer as refused: the reason and the ban behind it (with `failure` too when the
+    password was checked, or was a repeat, on a banned network the account is known on)."""
     failure: Failure | None = None
     cached: bool = False
     app_password: str | None = None
@@ -120,16 +123,25 @@ class Logins:
 
     def attempt(self, request: LoginRequest) -> LoginResult:
         """Decide one attempt (blocking: store reads and writes, argon2)."""
-        refused = self.guard.refusal(request.client, request.username)
-        if refused is not None:
-            return LoginResult(user=None, wait=self.verify_time(), refused=refused)
+        guard = self.guard
+        check = guard.check(request.client, request.username)
+        if check.refused is not None:
+            return LoginResult(user=None, wait=self.verify_time(), refused=check.refused)
+        # As a failure on a banned network known to the account: refused, like everyone there.
+        as_refused = (NETWORK_BANNED, check.banned_here) if check.banned_here else None
+        record = self._accounts.get_user(request.username)
+        generation = record.generation if record is not None else 0
+        repeated = guard.repeated(request.client, request.username, request.password, generation)
+        if repeated is not None:
+            wait = self.verify_time() + repeated.delay
+            return LoginResult(user=None, wait=wait, refused=as_refused, failure=repeated)
         started = self._timer()
         result = self._auth.verify_blocking(request.username, request.password)
         if not result.cached:
             self._sample(self._timer() - started)
         if result.user is None:
-            failure = self.guard.failed(request.client, request.username, request.password)
-            return LoginResult(user=None, wait=failure.delay, failure=failure)
+            failure = guard.failed(request.client, request.username, request.password, generation)
+            return LoginResult(user=None, wait=failure.delay, refused=as_refused, failure=failure)
         user = result.user
         app_password = result.app_password
         note = self._note(user, request)

@@ -2,8 +2,9 @@
 
 `SendingLimits.check` runs once per message, when the message has ended (only then is the
 number of recipients final), in the thread that then signs and queues it. It reads the
-account's flag (one read of the user store): a flagged account's mail is not counted, the
-caller holds or refuses it. Otherwise every limit is taken in one all-or-nothing
+account's flag (one read of the user store): a flagged account's mail is not counted against
+its sending budgets; the caller refuses it, or holds it within a held-mail budget of a day's
+messages (so held mail cannot fill the spool). Otherwise every limit is taken in one all-or-nothing
 `LimitStore.take_all` (one write transaction): messages per hour and per day and recipients
 per day are GCRA budgets (exact, no window edge lets a burst through twice), distinct
 recipients per day a distinct-members limit; recipients per message needs no store. A message
@@ -45,6 +46,8 @@ LIMITS = (
 )
 HOUR = 3600.0
 DAY = 86400.0
+HELD = "held_per_day"  # the budget of held mail of a flagged account
+HELD_PER_DAY = 1000
 # 64 bits: no two of an account's recipients in a day collide in practice.
 RECIPIENT_HASH_CHARS = 16
 
@@ -94,7 +97,7 @@ class Verdict:
     """The answer of `SendingLimits.check` for one message."""
 
     limit: str | None = None
-    """The limit the message would go over (one of `LIMITS`); None when within every limit."""
+    """The limit the message would go over (one of `LIMITS`, or `HELD`); None when within."""
     retry_after: float = 0.0
     """Seconds until that limit would allow the message (0 when unknown or never)."""
     flag: Flag | None = None
@@ -134,7 +137,9 @@ class SendingLimits:
         """Count this message against the account's limits, or say why it may not be sent."""
         flag = self._users.flag_of(user.username)
         if flag is not None:
-            return Verdict(flag=flag)
+            if not self.hold_flagged:
+                return Verdict(flag=flag)
+            return self._hold(user, flag)
         limit, retry_after = self._take(user, recipients)
         if limit is None:
             return Verdict()
@@ -146,6 +151,19 @@ class SendingLimits:
         if flagged_now:
             self._log.event("flagged", "warning", user=user.username, reason=reason)
         return Verdict(limit, retry_after, flag, flagged_now)
+
+    def _hold(self, user: UserRecord, flag: Flag) -> Verdict:
+        """A flagged account's mail is held, within a budget of its own.
+
+        Not its sending budgets: it is held because it went over one. But a spam run that
+        gets 250s must not fill the spool with held mail: at most a day's worth of messages
+        (messages_per_day, or HELD_PER_DAY when that is unlimited) is held per rolling day.
+        """
+        per_day = limits_for(self._config, user.settings).messages_per_day or HELD_PER_DAY
+        taken = self._limits.take_all([RateRequest(sending_key(HELD, user.username), per_day, DAY)])
+        if taken.allowed:
+            return Verdict(flag=flag)
+        return Verdict(HELD, taken.rates[0].retry_after, flag)
 
     def _take(self, user: UserRecord, recipients: Sequence[str]) -> tuple[str | None, float]:
         """Take the message from every budget at once; the first limit that refused, if any."""

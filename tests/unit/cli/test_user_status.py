@@ -10,7 +10,7 @@ import pytest
 from tests.support.cli import Cli, one_line_error
 
 from sendgate.config.load import load_config
-from sendgate.policy.keys import account_key
+from sendgate.policy.keys import account_key, known_lock_key
 from sendgate.store.backends import Stores, open_stores
 from sendgate.store.users import UserSettings
 from sendgate.text import iso_utc
@@ -61,6 +61,10 @@ def test_status_shows_everything_the_stores_know(cli: Cli, stores: Stores) -> No
     users.note_login(ALICE, "2001:db8::/48", now - 60, memory=memory, recent=3600)
     flag = users.set_flag(ALICE, "networks", now - 30)
     lock = stores.limits.ban(account_key(ALICE), 3600, "account_failures", memory=DAY)
+    known = stores.limits.ban(
+        known_lock_key(ALICE, "192.0.2.0/24"), 600, "known_failures", memory=DAY
+    )
+    stores.limits.ban(known_lock_key("x" + ALICE, "192.0.2.0/24"), 600, "other", memory=DAY)
     code, out, err = cli("user", "status", ALICE)
     assert (code, err) == (0, "")
     assert out.splitlines() == [
@@ -82,6 +86,8 @@ def test_status_shows_everything_the_stores_know(cli: Cli, stores: Stores) -> No
         "app-passwords: laptop, phone",
         f"account-lock: until {iso_utc(lock.until)} (account_failures,"
         f" since {iso_utc(lock.since)})",
+        f"known-network-lock: 192.0.2.0/24 until {iso_utc(known.until)} (known_failures,"
+        f" since {iso_utc(known.since)})",
     ]
     document = cli.json("user", "status", ALICE)
     assert document == {
@@ -116,6 +122,14 @@ def test_status_shows_everything_the_stores_know(cli: Cli, stores: Stores) -> No
             "reason": "account_failures",
             "offences": 1,
         },
+        "known_network_locks": [
+            {
+                "network": "192.0.2.0/24",
+                "since": iso_utc(known.since),
+                "until": iso_utc(known.until),
+                "reason": "known_failures",
+            }
+        ],
     }
 
 

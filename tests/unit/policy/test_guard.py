@@ -184,22 +184,22 @@ def test_an_account_is_locked_for_unknown_networks_only(rig: Rig) -> None:
     rig.know("alice@example.org", "198.51.100.20")
     for i in range(CFG.account_failures - 1):
         rig.guard.failed(ClientNetworks.of(f"10.{i}.0.1"), "alice@example.org", f"p{i}")
-    assert rig.guard.refusal(ClientNetworks.of("10.200.0.1"), "alice@example.org") is None
+    assert rig.guard.check(ClientNetworks.of("10.200.0.1"), "alice@example.org").refused is None
     last = rig.guard.failed(ClientNetworks.of("10.99.0.1"), "Alice@Example.org", "last")
     assert [ban.key for ban in last.bans] == [keys.account_key("alice@example.org")]
-    refused = rig.guard.refusal(ClientNetworks.of("10.200.0.1"), "alice@example.org")
+    refused = rig.guard.check(ClientNetworks.of("10.200.0.1"), "alice@example.org").refused
     assert refused is not None
     assert refused[0] == ACCOUNT_LOCKED
     # The real user's network still gets to try its password.
-    assert rig.guard.refusal(ClientNetworks.of("198.51.100.21"), "alice@example.org") is None
+    assert rig.guard.check(ClientNetworks.of("198.51.100.21"), "alice@example.org").refused is None
     # Other accounts are not affected.
-    assert rig.guard.refusal(ClientNetworks.of("10.200.0.1"), "bob@example.org") is None
+    assert rig.guard.check(ClientNetworks.of("10.200.0.1"), "bob@example.org").refused is None
 
 
 def test_unknown_account_names_are_locked_like_real_ones(rig: Rig) -> None:
     for i in range(CFG.account_failures):
         rig.guard.failed(ClientNetworks.of(f"10.{i}.0.1"), "nobody@example.org", f"p{i}")
-    refused = rig.guard.refusal(ClientNetworks.of("10.200.0.1"), "nobody@example.org")
+    refused = rig.guard.check(ClientNetworks.of("10.200.0.1"), "nobody@example.org").refused
     assert refused is not None
     assert refused[0] == ACCOUNT_LOCKED
 
@@ -210,12 +210,12 @@ def test_failures_from_a_known_network_count_apart_and_lock_there(rig: Rig) -> N
     for i in range(CFG.known_failures - 1):
         assert rig.guard.failed(client, "alice@example.org", f"p{i}").bans == ()
         rig.clock.advance(70)  # slower than the network limits, to see the known limit alone
-    assert rig.guard.refusal(client, "alice@example.org") is None
+    assert rig.guard.check(client, "alice@example.org").refused is None
     # The account-wide counter saw none of these.
     assert rig.limits.count(keys.account_failures_key("alice@example.org"), 3600) == 0
     last = rig.guard.failed(client, "alice@example.org", "last")
     assert "known_failures" in [ban.reason for ban in last.bans]
-    refused = rig.guard.refusal(client, "alice@example.org")
+    refused = rig.guard.check(client, "alice@example.org").refused
     assert refused is not None
     assert refused[0] == KNOWN_LOCKED
 
@@ -227,8 +227,8 @@ def test_a_shared_network_is_banned_at_auth_not_at_accept(rig: Rig) -> None:
     verdict = rig.guard.admit(office)
     assert verdict.ban is not None
     assert not verdict.refuse
-    assert rig.guard.refusal(office, "alice@example.org") is None
-    refused = rig.guard.refusal(office, "mallory@example.org")
+    assert rig.guard.check(office, "alice@example.org").refused is None
+    refused = rig.guard.check(office, "mallory@example.org").refused
     assert refused is not None
     assert refused[0] == NETWORK_BANNED
 
@@ -242,7 +242,7 @@ def test_the_allow_list_is_never_counted_delayed_or_banned(tmp_path: Path) -> No
     assert not rig.guard.admit(client).refuse
     rig.limits.ban("net:192.0.2.0/24", 100, "operator", memory=0)
     assert rig.guard.admit(client).ban is None  # an allow-listed client is never refused
-    assert rig.guard.refusal(client, "u1@example.org") is None
+    assert rig.guard.check(client, "u1@example.org").refused is None
 
 
 def test_loopback_is_not_allow_listed_by_default(rig: Rig) -> None:
@@ -254,3 +254,31 @@ def test_passwords_never_reach_the_store(rig: Rig, tmp_path: Path) -> None:
     rig.guard.failed(ClientNetworks.of("192.0.2.7"), "alice@example.org", "Sup3r-Secret-Guess")
     raw = (tmp_path / "limits.db").read_bytes() + (tmp_path / "limits.db-wal").read_bytes()
     assert b"Sup3r-Secret-Guess" not in raw
+
+
+def test_a_name_with_a_bar_cannot_forge_a_known_network_lock(rig: Rig) -> None:
+    rig.know("bob@example.org", "198.51.100.7")
+    forged = "bob@example.org|198.51.100.0/24"
+    for i in range(CFG.account_failures + 5):
+        rig.guard.failed(ClientNetworks.of(f"10.{i}.0.1"), forged, f"p{i}")
+    assert rig.guard.check(ClientNetworks.of("198.51.100.7"), "bob@example.org").refused is None
+
+
+def test_a_ban_already_in_force_is_not_a_new_offence(rig: Rig) -> None:
+    key = "net:192.0.2.7/32"
+    rig.limits.ban(key, CFG.ban_time, "host_failures", memory=CFG.ban_memory)
+    fail(rig, "192.0.2.7", CFG.host_failures)
+    (ban,) = rig.limits.active_bans([key])
+    assert ban.offences == 1
+    assert ban.until - ban.since == CFG.ban_time
+
+
+def test_repeated_is_none_for_a_new_guess_and_a_failure_for_a_replay(rig: Rig) -> None:
+    client = ClientNetworks.of("192.0.2.7")
+    assert rig.guard.repeated(client, "alice@example.org", "guess", 1) is None
+    rig.guard.failed(client, "alice@example.org", "guess", 1)
+    replay = rig.guard.repeated(client, "Alice@example.org", "guess", 1)
+    assert replay is not None
+    assert replay.repeated
+    assert replay.failures == 1
+    assert rig.guard.repeated(client, "alice@example.org", "guess", 2) is None

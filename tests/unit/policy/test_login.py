@@ -27,7 +27,8 @@ CFG = LoginLimitsConfig()
 class FakeAccounts:
     """Known networks and flags as the UserStore keeps them."""
 
-    def __init__(self) -> None:
+    def __init__(self, users: LocalUserStore) -> None:
+        self.users = users
         self.logins: dict[tuple[str, str], tuple[float, float]] = {}
         self.notes = 0
         self.flags: dict[str, Flag] = {}
@@ -52,6 +53,9 @@ class FakeAccounts:
             1 for (user, _), t in self.logins.items() if user == username and at - t[1] < recent
         )
         return LoginNote(new=new, first=first, recent=count)
+
+    def get_user(self, username: str) -> UserRecord | None:
+        return self.users.get_user(username)
 
     def set_flag(self, username: str, reason: str, at: float) -> Flag:
         return self.flags.setdefault(username, Flag(username, at, reason))
@@ -82,7 +86,7 @@ class Rig:
         self.users = LocalUserStore(tmp_path / "users.db")
         self.users.add_user("alice@example.org", self.hasher.hash(PASSWORD))
         self.limits = LocalLimitStore(tmp_path / "limits.db", clock=self.clock)
-        self.accounts = FakeAccounts()
+        self.accounts = FakeAccounts(self.users)
         self.pool = ThreadPoolExecutor(2)
         auth = Authenticator(self.users, self.hasher, self.pool, 300.0, self.clock)
         guard = LoginGuard(self.limits, self.accounts, cfg, b"s" * 32)
@@ -235,3 +239,39 @@ def test_an_account_flagged_before_is_not_reported_flagged_again(rig: Rig) -> No
     for i in range(CFG.networks_per_hour + 2):
         assert rig.attempt(f"10.{i}.0.1").flagged is None
     assert rig.accounts.flags["alice@example.org"].reason == "messages_per_hour exceeded"
+
+
+def test_a_repeated_wrong_password_costs_no_argon2_and_counts_nothing_new(rig: Rig) -> None:
+    first = rig.attempt("192.0.2.7", password="stale saved password")
+    assert first.failure is not None
+    assert not first.failure.repeated
+    verified = len(rig.hasher.verified)
+    for _ in range(20):
+        again = rig.attempt("192.0.2.7", password="stale saved password")
+        assert again.user is None
+        assert again.failure is not None
+        assert again.failure.repeated
+        assert again.failure.failures == 1
+        assert again.wait == pytest.approx(0.125)  # as long as a verification
+    assert len(rig.hasher.verified) == verified
+    # The right password is still checked, and logs in.
+    assert rig.attempt("192.0.2.7").user is not None
+
+
+def test_a_password_changed_since_is_checked_again(rig: Rig) -> None:
+    rig.attempt("192.0.2.7", password="the next password")
+    rig.users.set_password_hash("alice@example.org", rig.hasher.hash("the next password"))
+    assert rig.attempt("192.0.2.7", password="the next password").user is not None
+
+
+def test_a_wrong_password_on_a_banned_network_known_to_the_account_answers_as_refused(
+    rig: Rig,
+) -> None:
+    rig.attempt("192.0.2.7")
+    rig.accounts.logins[("alice@example.org", "192.0.2.0/24")] = (rig.clock.now, rig.clock.now)
+    rig.limits.ban("net:192.0.2.7/32", 600, "operator", memory=0)
+    wrong = rig.attempt("192.0.2.7", password="not her password")
+    assert wrong.refused is not None
+    assert wrong.refused[0] == "network_banned"
+    assert wrong.failure is not None  # checked and counted all the same
+    assert rig.attempt("192.0.2.7").user is not None

@@ -19,6 +19,7 @@ from sendgate.log import EventLog
 from sendgate.policy.keys import sending_key
 from sendgate.policy.quota import (
     DAY,
+    HELD,
     HOUR,
     LIMITS,
     MESSAGES_PER_DAY,
@@ -276,14 +277,21 @@ def test_going_over_a_limit_flags_the_account(harness: Harness) -> None:
 def test_a_flagged_account_is_not_counted(harness: Harness) -> None:
     limits = harness.limits(messages_per_hour=1)
     harness.flags.set_flag(ALICE, "networks_per_hour exceeded", 5.0)
-    takes = harness.store.takes
     verdict = limits.check(user(), to("a"))
     assert verdict == Verdict(flag=harness.flags.flags[ALICE])
     assert not verdict.allowed
-    assert harness.store.takes == takes
     assert harness.log.getvalue() == ""
     harness.unflag()
-    assert limits.check(user(), to("a")).allowed  # the budget is whole
+    assert limits.check(user(), to("a")).allowed  # the sending budget is whole
+
+
+def test_held_mail_of_a_flagged_account_has_a_budget_of_its_own(harness: Harness) -> None:
+    limits = harness.limits(messages_per_hour=1, messages_per_day=3)
+    harness.flags.set_flag(ALICE, "networks_per_hour exceeded", 5.0)
+    verdicts = [limits.check(user(), to("a")) for _ in range(4)]
+    assert [v.limit for v in verdicts] == [None, None, None, HELD]
+    assert all(v.flag is not None for v in verdicts)
+    assert verdicts[3].retry_after > 0
 
 
 def test_an_existing_flag_is_kept_and_not_logged_again(harness: Harness) -> None:
