@@ -23,6 +23,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING
 
 import pytest
+from tests.e2e.settings import UNLIMITED_SENDING
 
 from sendgate.store.local.spool import Spool
 
@@ -191,7 +192,7 @@ def test_sigkill_never_loses_an_accepted_message(
 ) -> None:
     base_seed = int(os.environ.get("SENDGATE_CRASH_SEED") or random.randrange(2**32))
     print(f"SENDGATE_CRASH_SEED={base_seed}")
-    made = instance()
+    made = instance(UNLIMITED_SENDING)
     root = made.data_dir / "spool"
     accepted: list[Sent] = []
     tmp_left = 0  # tmp/ entries the next startup sweep must remove

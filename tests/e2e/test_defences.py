@@ -79,7 +79,7 @@ def fast_limits(made: Instance, **settings: int | float) -> None:
 
 ATTACKER = "127.1.0.1"
 HOST_FAILURES = 5
-_FAILURE = re.compile(r" failures=(\d+) delay=([\d.]+)$")
+_FAILURE = re.compile(r" failures=(\d+) delay=([\d.]+) repeated=false$")
 DELAYS = [0.0, 0.0, 0.1, 0.2, 0.4]  # delay_after=2, delay=0.1, doubling, delay_max=0.4
 
 

@@ -43,6 +43,7 @@ import dns.exception
 import dns.resolver
 import pytest
 import trustme
+from tests.e2e.settings import UNLIMITED_SENDING
 from tests.peers.dns_server import ZoneServer
 from tests.peers.mx import Delivered, Receiver
 from tests.support.tls import server_context
@@ -351,7 +352,8 @@ def test_thousand_queued_messages_are_delivered_once_after_restart(
     instance: InstanceFactory, server: ServerFactory, zones: Callable[[str], ZoneServer]
 ) -> None:
     zone, address = zones("127.0.61.56"), "127.0.61.5"
-    made = instance(_delivering(zone, hold=True, concurrency=40, domain_concurrency=20))
+    settings = _delivering(zone, hold=True, concurrency=40, domain_concurrency=20)
+    made = instance({**settings, **UNLIMITED_SENDING})
     _publish_mx(zone, address)
     sent = dict(_message(f"bulk{index}") for index in range(BULK))
     batches = [list(sent.values())[i::BULK_CLIENTS] for i in range(BULK_CLIENTS)]
