@@ -50,7 +50,6 @@ class Database:
         self._lock = threading.Lock()
         self._local = threading.local()
         self._thread_dbs: list[sqlite3.Connection] = []
-        self._closed = False
         self._busy_timeout = busy_timeout
         self._power_safe = power_safe
         try:
@@ -83,8 +82,6 @@ class Database:
         file's write lock only while SQLite runs it, and threads wait for one another only
         there (SQLite's busy handler), not for the thread that holds the connection.
         """
-        if self._closed:
-            raise StoreError(f"{self._name} {self.path}: closed")
         db = getattr(self._local, "db", None)
         if db is None:
             try:
@@ -118,7 +115,6 @@ class Database:
     def close(self) -> None:
         """Close the connection; calling it again does nothing."""
         with self._lock:
-            self._closed = True
             self._db.close()
             for db in self._thread_dbs:
                 db.close()
