@@ -1,8 +1,7 @@
 """`LimitStore` kept in one SQLite file (WAL mode) that every process on the host opens.
 
 Each operation is one write transaction (BEGIN IMMEDIATE), so concurrent workers never lose an
-update and a restart or a SIGKILL keeps what was committed (a power cut may lose the last
-seconds: the file is never fsynced, see `power_safe`). Rows carry the time after which
+update and a restart or a SIGKILL keeps what was committed. Rows carry the time after which
 nobody needs them (`expires`), and every `PRUNE_EVERY` writes a process deletes what has
 expired everywhere, so keys that are never touched again (an attacker's address) do not pile up.
 
@@ -56,40 +55,6 @@ _SCHEMA = (
 )
 
 
-# All of `take_all`'s rate budgets in one statement, all or none (GCRA as `_gcra` computes
-# it): ?1 is a JSON array of [key, limit, period, cost], ?2 the time, ?3 the slack.
-_TAKE_RATES = """
-WITH asked AS (
-    SELECT json_extract(value, '$[0]') AS key, json_extract(value, '$[1]') AS lim,
-           json_extract(value, '$[2]') AS period, json_extract(value, '$[3]') AS cost
-    FROM json_each(?1)),
-wanted AS (
-    SELECT asked.key AS key, asked.period AS period,
-           max(coalesce(rates.tat, ?2), ?2) + asked.cost * (asked.period / asked.lim) AS tat
-    FROM asked LEFT JOIN rates ON rates.key = asked.key)
-INSERT INTO rates (key, tat) SELECT key, tat FROM wanted
-WHERE NOT EXISTS (SELECT 1 FROM wanted WHERE tat - ?2 > period * (1 + ?3))
-ON CONFLICT (key) DO UPDATE SET tat = excluded.tat
-RETURNING key, tat"""
-
-# One distinct-members budget in one statement: ?1 the members (JSON), ?2 the key, ?3 the
-# time, ?4 the window, ?5 the limit. Noted (all refreshed) if none is new or all fit.
-_NOTE_MEMBERS = """
-WITH asked AS (SELECT DISTINCT value AS member FROM json_each(?1)),
-fresh AS (SELECT count(*) AS n FROM asked WHERE NOT EXISTS (
-    SELECT 1 FROM members WHERE key = ?2 AND member = asked.member AND at > ?3 - ?4)),
-present AS (SELECT count(*) AS n FROM members WHERE key = ?2 AND at > ?3 - ?4)
-INSERT INTO members (key, member, at, expires)
-SELECT ?2, asked.member, ?3, ?3 + ?4 FROM asked, fresh, present
-WHERE fresh.n = 0 OR present.n + fresh.n <= ?5
-ON CONFLICT (key, member) DO UPDATE SET at = excluded.at, expires = excluded.expires
-RETURNING member"""
-
-_NEW_MEMBERS = """
-SELECT count(*) FROM json_each(?1) WHERE NOT EXISTS (
-    SELECT 1 FROM members WHERE key = ?2 AND member = json_each.value AND at > ?3)"""
-
-
 class LocalLimitStore:
     """`LimitStore` on SQLite; one connection per instance, shared by threads under a lock."""
 
@@ -102,10 +67,6 @@ class LocalLimitStore:
             schema=_SCHEMA,
             version=SCHEMA_VERSION,
             busy_timeout=busy_timeout,
-            # Counters and bans must survive a worker's crash or a SIGKILL, which they do
-            # without fsync; a power cut may lose the last seconds of counts. Every message
-            # writes here, and an fsync at each WAL checkpoint cost submissions latency.
-            power_safe=False,
         )
         self._clock = clock
         self._writes = 0
@@ -178,58 +139,8 @@ class LocalLimitStore:
                     f"a distinct limit needs limit >= 0, window > 0; got {request.limit},"
                     f" {request.window}"
                 )
-        if len(distinct) <= 1:
-            taken = self._take_at_once(rates, distinct[0] if distinct else None)
-            if taken is not None:
-                return taken
-        # Refused (or several distinct budgets): one transaction works out every verdict.
         with self._db.writing() as db:
             return self._take_all(db, rates, distinct)
-
-    def _take_at_once(
-        self, rates: Sequence[RateRequest], request: DistinctRequest | None
-    ) -> Taken | None:
-        """The usual case, everything allowed, in single statements; None if one refused.
-
-        Every message takes from its account's budgets here, and all workers share one file:
-        a write transaction of several statements would hold the file's write lock while its
-        thread waits for the GIL between them, and the other workers' submissions queue up
-        behind it. One statement takes all the rate budgets or none; a second notes the
-        distinct members if they fit, else the first is given back (a request refused there
-        may have been refused alongside it meanwhile, never one let through).
-        """
-        now = self._clock()
-        with self._db.autocommit() as db:
-            new = 0
-            if request is not None and request.members:
-                wanted = json.dumps(sorted(set(request.members)))
-                since = now - request.window
-                # Informational (racing other workers); the limit itself is decided below.
-                new = int(db.execute(_NEW_MEMBERS, (wanted, request.key, since)).fetchone()[0])
-            tats: dict[str, float] = {}
-            if rates:
-                asked = json.dumps([[r.key, r.limit, float(r.period), r.cost] for r in rates])
-                rows = db.execute(_TAKE_RATES, (asked, now, _SLACK)).fetchall()
-                if len(rows) != len(rates):
-                    return None
-                tats = {key: float(tat) for key, tat in rows}
-            if request is not None and request.members:
-                noted = db.execute(
-                    _NOTE_MEMBERS,
-                    (wanted, request.key, now, float(request.window), request.limit),
-                ).fetchall()
-                if not noted:
-                    db.executemany(
-                        "UPDATE rates SET tat = tat - ? WHERE key = ?",
-                        [(r.cost * (r.period / r.limit), r.key) for r in rates],
-                    )
-                    return None
-            self._maybe_prune(db, now)
-        verdicts = tuple(
-            RateVerdict(True, 0.0, _units(r.period - (tats[r.key] - now), r.period / r.limit))
-            for r in rates
-        )
-        return Taken(True, verdicts, () if request is None else (DistinctVerdict(True, new),))
 
     def _take_all(
         self,

@@ -37,21 +37,14 @@ class Database:
         version: int,
         migrations: Mapping[int, Sequence[str]] | None = None,
         busy_timeout: float = 5.0,
-        power_safe: bool = True,
     ) -> None:
         """Open (creating or upgrading if needed) `path`; `name` ("user store") names it in errors.
 
         `migrations` maps a version N to the statements that upgrade a version-N file to N + 1.
-        With `power_safe` false, a commit survives the crash of any process but not of the
-        machine: no fsync at all, even when the WAL is checkpointed into the file.
         """
         self.path = path
         self._name = name
         self._lock = threading.Lock()
-        self._local = threading.local()
-        self._thread_dbs: list[sqlite3.Connection] = []
-        self._busy_timeout = busy_timeout
-        self._power_safe = power_safe
         try:
             _create_owner_only(path)
             self._db = sqlite3.connect(
@@ -60,7 +53,7 @@ class Database:
         except (OSError, sqlite3.Error) as exc:
             raise StoreError(f"cannot open {name} {path}: {_reason(exc)}") from exc
         try:
-            self._set_up(schema, version, migrations or {}, power_safe)
+            self._set_up(schema, version, migrations or {})
         except BaseException:
             self._db.close()
             raise
@@ -73,34 +66,6 @@ class Database:
                 yield self._db
             except sqlite3.Error as exc:
                 raise StoreError(f"{self._name} {self.path}: {_reason(exc)}") from exc
-
-    @contextmanager
-    def autocommit(self) -> Iterator[sqlite3.Connection]:
-        """This thread's own connection, for single statements that are each a transaction.
-
-        No lock shared by the process's threads: a single statement that writes holds the
-        file's write lock only while SQLite runs it, and threads wait for one another only
-        there (SQLite's busy handler), not for the thread that holds the connection.
-        """
-        db = getattr(self._local, "db", None)
-        if db is None:
-            try:
-                db = sqlite3.connect(
-                    self.path,
-                    timeout=self._busy_timeout,
-                    isolation_level=None,
-                    check_same_thread=False,
-                )
-                db.execute(f"PRAGMA synchronous = {'NORMAL' if self._power_safe else 'OFF'}")
-            except sqlite3.Error as exc:
-                raise StoreError(f"{self._name} {self.path}: {_reason(exc)}") from exc
-            self._local.db = db
-            with self._lock:
-                self._thread_dbs.append(db)
-        try:
-            yield db
-        except sqlite3.Error as exc:
-            raise StoreError(f"{self._name} {self.path}: {_reason(exc)}") from exc
 
     @contextmanager
     def writing(self) -> Iterator[sqlite3.Connection]:
@@ -116,22 +81,15 @@ class Database:
         """Close the connection; calling it again does nothing."""
         with self._lock:
             self._db.close()
-            for db in self._thread_dbs:
-                db.close()
-            self._thread_dbs.clear()
 
     def _set_up(
-        self,
-        schema: Sequence[str],
-        version: int,
-        migrations: Mapping[int, Sequence[str]],
-        power_safe: bool,
+        self, schema: Sequence[str], version: int, migrations: Mapping[int, Sequence[str]]
     ) -> None:
         with self.reading() as db:
             # WAL lets workers read while one writes; with WAL, synchronous=NORMAL can lose the
             # last commits on power loss but never corrupts the file.
             db.execute("PRAGMA journal_mode = WAL")
-            db.execute(f"PRAGMA synchronous = {'NORMAL' if power_safe else 'OFF'}")
+            db.execute("PRAGMA synchronous = NORMAL")
             db.execute("PRAGMA foreign_keys = ON")
         with self.writing() as db:
             # Under BEGIN IMMEDIATE, so two processes opening a new or an old file create or
