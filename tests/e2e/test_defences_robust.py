@@ -15,7 +15,7 @@ from collections.abc import Mapping
 from typing import TYPE_CHECKING
 
 import pytest
-from tests.e2e.attempts import attempt, auth, events, session
+from tests.e2e.sources import attempt, auth, events, starttls_client
 
 if TYPE_CHECKING:
     from tests.e2e.conftest import (
@@ -92,7 +92,7 @@ def test_failures_from_many_networks_lock_an_account_at_the_same_total(
         code = attempt(running, f"127.{10 + number}.0.1", made.user, f"wrong {number}")
         assert code == 535, f"attempt {number}"
     last = f"127.{11 + ACCOUNT_FAILURES}.0.1"
-    client = session(running, last)
+    client = starttls_client(running, last)
     try:
         assert auth(client, made.user, made.password) == (454, REFUSED)
     finally:
@@ -203,7 +203,7 @@ def test_counters_bans_known_networks_and_flags_survive_a_restart(
     assert "reason=host_failures" in ban
     assert attempt(running, COUNTED, "guess@example.test", "after the ban") == 421
     # Bob's flag still refuses his mail.
-    client = session(running, BOB_NETWORKS[0])
+    client = starttls_client(running, BOB_NETWORKS[0])
     try:
         client.login(BOB, BOB_PASSWORD)
         assert client.mail(BOB)[0] == 250

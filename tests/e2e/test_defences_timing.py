@@ -19,8 +19,8 @@ import time
 from typing import TYPE_CHECKING
 
 import pytest
-from tests.e2e.attempts import attempt, auth, events, fields, session
 from tests.e2e.conftest import CLIENT_NAME, SOCKET_TIMEOUT
+from tests.e2e.sources import attempt, auth, events, fields, starttls_client
 
 if TYPE_CHECKING:
     from tests.e2e.conftest import InstanceFactory, ServerFactory
@@ -58,7 +58,7 @@ def test_auth_takes_as_long_for_an_unknown_user_a_wrong_password_and_a_locked_ac
         "wrong password": ("127.0.0.12", made.user, "not alice's password", 535),
         "locked account": ("127.0.0.13", CAROL, CAROL_PASSWORD, 454),
     }
-    clients = {kind: session(running, source) for kind, (source, *_) in kinds.items()}
+    clients = {kind: starttls_client(running, source) for kind, (source, *_) in kinds.items()}
     times: dict[str, list[float]] = {kind: [] for kind in kinds}
     order = list(kinds)
     try:

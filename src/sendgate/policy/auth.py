@@ -91,9 +91,12 @@ class Authenticator:
 
     def verify_blocking(self, username: str, password: str) -> AuthResult:
         """Check the pair in the calling thread; store failures propagate as SendgateError."""
+        return self.verify_user(self._users.get_user(username), password)
+
+    def verify_user(self, user: UserRecord | None, password: str) -> AuthResult:
+        """Check `password` for a user already read from the store (None: no such user)."""
         # surrogatepass: a lone surrogate must fail to match, not raise.
         secret = password.encode("utf-8", "surrogatepass")
-        user = self._users.get_user(username)
         app = stored = None  # the app password that may match; the one hash to verify
         if user is not None:
             app = self._matching_app_password(user, password)

@@ -63,7 +63,8 @@ def parse_ban_target(text: str) -> str:
     """The ban key for what an operator typed: a network, an address or an account.
 
     A bare IPv4 address means itself; a bare IPv6 address means its /64 (the defences ban IPv6
-    clients per /64). An account is anything with an "@". ValueError with a one-line reason.
+    clients per /64). An account is anything with an "@"; ACCOUNT|NETWORK is the account's
+    lock at one of its known networks. ValueError with a one-line reason.
     """
     text = text.strip()
     if "|" in text:  # ACCOUNT|NETWORK: an account's lock at one of its known networks

@@ -136,7 +136,7 @@ class Logins:
             wait = self.verify_time() + repeated.delay
             return LoginResult(user=None, wait=wait, refused=as_refused, failure=repeated)
         started = self._timer()
-        result = self._auth.verify_blocking(request.username, request.password)
+        result = self._auth.verify_user(record, request.password)
         if not result.cached:
             self._sample(self._timer() - started)
         if result.user is None:

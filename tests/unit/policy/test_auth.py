@@ -35,11 +35,6 @@ class CountingHasher(PasswordHasher):
 
 
 @pytest.fixture
-def hasher() -> CountingHasher:
-    return CountingHasher()
-
-
-@pytest.fixture
 def clock() -> FakeClock:
     return FakeClock(1000.0)
 
@@ -50,12 +45,6 @@ def store(tmp_path: Path, hasher: CountingHasher) -> Iterator[LocalUserStore]:
     users.add_user("alice@example.org", hasher.hash(PASSWORD))
     yield users
     users.close()
-
-
-@pytest.fixture
-def executor() -> Iterator[ThreadPoolExecutor]:
-    with ThreadPoolExecutor(max_workers=4) as pool:
-        yield pool
 
 
 def make_auth(

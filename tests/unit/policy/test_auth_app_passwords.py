@@ -21,11 +21,6 @@ T0 = 1_800_000_000.0
 
 
 @pytest.fixture
-def hasher() -> CountingHasher:
-    return CountingHasher()
-
-
-@pytest.fixture
 def clock() -> FakeClock:
     return FakeClock(T0)
 
@@ -38,12 +33,6 @@ def store(tmp_path: Path, hasher: CountingHasher) -> Iterator[LocalUserStore]:
         users.add_app_password(ALICE, label, hasher.hash(password), lookup_of(password), T0)
     yield users
     users.close()
-
-
-@pytest.fixture
-def executor() -> Iterator[ThreadPoolExecutor]:
-    with ThreadPoolExecutor(max_workers=2) as pool:
-        yield pool
 
 
 def make_auth(
