@@ -20,9 +20,17 @@ from tests.support.forked import WAIT, Forked
 from sendgate.cli import main
 from sendgate.config.load import load_config
 from sendgate.config.schema import Config
+from sendgate.errors import StoreError
 from sendgate.log import EventLog
 from sendgate.scaffold import init_instance
-from sendgate.store.backends import Backends, Stores, open_stores
+from sendgate.store.backends import (
+    SECRET_BYTES,
+    Backends,
+    Stores,
+    installation_secret,
+    open_stores,
+    secret_path,
+)
 from sendgate.store.envelope import Envelope
 from sendgate.store.queue import QueueStore, Recovery
 
@@ -241,3 +249,22 @@ def test_the_runner_hears_what_an_acceptor_queues_and_not_what_an_admin_does(
     assert line.endswith(f" ids={announced}")
     assert sorted(admin.queue.ids()) == sorted([unannounced, announced])
     backends.close()  # the pipe went with the handles: nothing left to close
+
+
+def test_the_installation_secret_is_made_once_owner_only_and_kept(cfg: Config) -> None:
+    path = secret_path(cfg)
+    cfg.data_dir.mkdir(parents=True, exist_ok=True)
+    key = installation_secret(cfg)
+    assert len(key) == SECRET_BYTES
+    assert path.stat().st_mode & 0o777 == 0o600
+    assert installation_secret(cfg) == key
+    assert [entry.name for entry in cfg.data_dir.iterdir() if "login.key" in entry.name] == [
+        "login.key"
+    ]  # nothing left aside
+
+
+def test_a_damaged_installation_secret_is_a_one_line_error(cfg: Config) -> None:
+    cfg.data_dir.mkdir(parents=True, exist_ok=True)
+    secret_path(cfg).write_bytes(b"short")
+    with pytest.raises(StoreError, match=r"^[^\n]*login\.key is damaged: 5 bytes, expected 32$"):
+        installation_secret(cfg)
