@@ -14,10 +14,9 @@ from __future__ import annotations
 
 import argparse
 import ipaddress
-import json
 import math
 
-from sendgate.cli.command import Group, load
+from sendgate.cli.command import Group, add_json_flag, load, print_json
 from sendgate.errors import UserError
 from sendgate.policy.keys import describe_key, parse_ban_target
 from sendgate.policy.networks import (
@@ -74,7 +73,7 @@ def _arguments(parser: argparse.ArgumentParser) -> None:
         )
         actions.append(action)
     for action in actions:
-        action.add_argument("--json", action="store_true", help="print JSON for scripts")
+        add_json_flag(action)
 
 
 def run(args: argparse.Namespace) -> int:
@@ -84,7 +83,7 @@ def run(args: argparse.Namespace) -> int:
         if args.action == "list":
             bans = stores.limits.bans()
             if args.json:
-                _print_json([ban_json(ban) for ban in bans])
+                print_json([ban_json(ban) for ban in bans])
             for ban in [] if args.json else bans:
                 print(format_ban_line(ban))
             return 0
@@ -95,23 +94,19 @@ def run(args: argparse.Namespace) -> int:
             reason = f"operator: {args.reason}" if args.reason else "operator"
             ban = stores.limits.ban(key, duration, reason, memory=cfg.login_limits.ban_memory)
             if args.json:
-                _print_json(ban_json(ban))
+                print_json(ban_json(ban))
             else:
                 print(f"banned {kind} {printable(target)} until {iso_utc(ban.until)}")
         else:
             if not stores.limits.unban(key):
                 raise UserError(f"{printable(target)}: not banned")
             if args.json:
-                _print_json({"kind": kind, "target": target, "removed": True})
+                print_json({"kind": kind, "target": target, "removed": True})
             else:
                 print(f"unbanned {kind} {printable(target)}")
     finally:
         stores.close()
     return 0
-
-
-def _print_json(value: object) -> None:
-    print(json.dumps(value, indent=2))
 
 
 def _key(text: str, allow: tuple[str, ...]) -> str:

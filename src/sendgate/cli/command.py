@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import json
 import os
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -37,3 +38,13 @@ def config_path(args: argparse.Namespace) -> Path:
 def load(args: argparse.Namespace) -> Config:
     """The configuration the command runs against; ConfigError if it is missing or invalid."""
     return load_config(config_path(args))
+
+
+def add_json_flag(parser: argparse.ArgumentParser) -> None:
+    """The `--json` option every admin action offers."""
+    parser.add_argument("--json", action="store_true", help="print one JSON document for scripts")
+
+
+def print_json(document: object) -> None:
+    """Print `document` as the one JSON document of a `--json` action."""
+    print(json.dumps(document, indent=2))

@@ -13,10 +13,9 @@ line breaks inside a field). The message body is never shown.
 from __future__ import annotations
 
 import argparse
-import json
 from collections.abc import Iterator
 
-from sendgate.cli.command import Group, load
+from sendgate.cli.command import Group, add_json_flag, load, print_json
 from sendgate.errors import UnknownQueueIdError, UserError
 from sendgate.headers import header_section
 from sendgate.store.backends import open_stores
@@ -30,7 +29,7 @@ JsonValue = None | bool | int | float | str | list["JsonValue"] | dict[str, "Jso
 
 def _arguments(parser: argparse.ArgumentParser) -> None:
     queue = parser.add_subparsers(dest="action", required=True, metavar="ACTION")
-    _json(queue.add_parser("list", help="one line per queued message"))
+    add_json_flag(queue.add_parser("list", help="one line per queued message"))
     for name, text in (
         ("show", "envelope and headers of one message"),
         ("retry", "try delivering a message now"),
@@ -39,7 +38,7 @@ def _arguments(parser: argparse.ArgumentParser) -> None:
     ):
         action = queue.add_parser(name, help=text)
         action.add_argument("queue_id", metavar="ID")
-        _json(action)
+        add_json_flag(action)
     for name, text in (
         ("hold", "keep a message (or every message of --user) from being delivered"),
         ("release", "let held messages be delivered again, at once"),
@@ -50,11 +49,7 @@ def _arguments(parser: argparse.ArgumentParser) -> None:
         which.add_argument("--user", metavar="USER", help="every queued message of USER")
         if name == "hold":
             action.add_argument("--reason", metavar="TEXT", help="why, shown with the message")
-        _json(action)
-
-
-def _json(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("--json", action="store_true", help="print JSON for scripts")
+        add_json_flag(action)
 
 
 def run(args: argparse.Namespace) -> int:
@@ -70,7 +65,7 @@ def _act(queue: QueueStore, args: argparse.Namespace) -> int:
     if action == "list":
         listed = list(_queued(queue))
         if args.json:
-            _print_json([queue_json(envelope, held) for envelope, held in listed])
+            print_json([queue_json(envelope, held) for envelope, held in listed])
         for envelope, held in [] if args.json else listed:
             print(format_queue_line(envelope, held))
         return 0
@@ -81,7 +76,7 @@ def _act(queue: QueueStore, args: argparse.Namespace) -> int:
     if action == "show":
         message, held = queue.message(queue_id), queue.hold_reason(queue_id)
         if args.json:
-            _print_json({**queue_json(envelope, held), "headers": [*_header_lines(message)]})
+            print_json({**queue_json(envelope, held), "headers": [*_header_lines(message)]})
         else:
             print(format_queue_show(envelope, message, held))
     elif action in ("retry", "remove"):
@@ -91,13 +86,13 @@ def _act(queue: QueueStore, args: argparse.Namespace) -> int:
             queue.remove(queue_id)
         done = "retry requested" if action == "retry" else "removed"
         if args.json:
-            _print_json({"queue_id": queue_id, "done": done})
+            print_json({"queue_id": queue_id, "done": done})
         else:
             print(f"{queue_id}: {done}")
     else:
         state, held = queue.delivery_state(queue_id), queue.hold_reason(queue_id)
         if args.json:
-            _print_json(explain_json(envelope, state, held))
+            print_json(explain_json(envelope, state, held))
         else:
             received = envelope.received_at
             print(format_queue_explain(queue_id, envelope.sender, received, state, held))
@@ -129,7 +124,7 @@ def _hold_or_release(queue: QueueStore, args: argparse.Namespace) -> int:
     if single and not done:
         raise UserError(f"{targets[0]}: not held")
     if args.json:
-        _print_json([{"queue_id": queue_id, "held": held} for queue_id, held in done])
+        print_json([{"queue_id": queue_id, "held": held} for queue_id, held in done])
     elif not done:
         print(f"{printable(args.user)}: no {'queued' if hold else 'held'} messages")
     for queue_id, held in [] if args.json else done:
@@ -144,10 +139,6 @@ def _queued(queue: QueueStore) -> Iterator[tuple[Envelope, str | None]]:
             yield queue.envelope(queue_id), queue.hold_reason(queue_id)
         except UnknownQueueIdError:
             continue  # delivered since the listing
-
-
-def _print_json(value: JsonValue) -> None:
-    print(json.dumps(value, indent=2))
 
 
 def _header_lines(message: bytes) -> list[str]:

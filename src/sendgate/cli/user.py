@@ -12,8 +12,8 @@ import getpass
 import sys
 
 from sendgate.cli import user_account
-from sendgate.cli.command import Group, load
-from sendgate.cli.user_account import canonical_user, emit_json
+from sendgate.cli.command import Group, add_json_flag, load, print_json
+from sendgate.cli.user_account import canonical_user
 from sendgate.errors import UserError
 from sendgate.policy.passwords import hash_password, new_hasher, password_problem
 from sendgate.smtp.address import AddressError, parse_domain
@@ -23,9 +23,7 @@ from sendgate.store.users import UserStore
 
 def _arguments(parser: argparse.ArgumentParser) -> None:
     json_option = argparse.ArgumentParser(add_help=False)
-    json_option.add_argument(
-        "--json", action="store_true", help="print one JSON document instead of lines"
-    )
+    add_json_flag(json_option)
     user = parser.add_subparsers(dest="action", required=True, metavar="ACTION")
     for name, text in (
         ("add", "add a user (it may send as ADDRESS); password from a prompt or stdin"),
@@ -89,7 +87,7 @@ def _run(args: argparse.Namespace, store: UserStore) -> None:
         records = store.list_users()
         if args.json:
             users = [{"username": r.username, "addresses": list(r.addresses)} for r in records]
-            emit_json({"users": users})
+            print_json({"users": users})
         else:
             for record in records:
                 print(f"{record.username} {','.join(record.addresses)}")
@@ -129,7 +127,7 @@ def _run(args: argparse.Namespace, store: UserStore) -> None:
 
 def _say(args: argparse.Namespace, text: str, document: dict[str, object]) -> None:
     if args.json:
-        emit_json(document)
+        print_json(document)
     else:
         print(text)
 

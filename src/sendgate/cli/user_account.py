@@ -13,11 +13,11 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
-import json
 import sys
 import time
 from typing import Any
 
+from sendgate.cli.command import print_json
 from sendgate.cli.user_status import (
     format_status,
     read_status,
@@ -87,11 +87,6 @@ def canonical_user(text: str) -> str:
     return str(address).lower()
 
 
-def emit_json(document: object) -> None:
-    """Print `document` as the one JSON document of a `--json` action."""
-    print(json.dumps(document, indent=2))
-
-
 def run(args: argparse.Namespace, cfg: Config, stores: Stores) -> None:
     """Run one of `ACTIONS`; UserError for bad input or an unknown user."""
     users = stores.users
@@ -106,14 +101,14 @@ def run(args: argparse.Namespace, cfg: Config, stores: Stores) -> None:
     elif args.action == "status":
         status = read_status(cfg, stores, record, time.time())
         if args.json:
-            emit_json(status_json(status))
+            print_json(status_json(status))
         else:
             print(format_status(status))
     else:
         flag = users.flag_of(username)
         cleared = users.clear_flag(username)
         if args.json:
-            emit_json({"username": username, "was_flagged": cleared})
+            print_json({"username": username, "was_flagged": cleared})
         elif flag is None or not cleared:
             print(f"{username}: not flagged")
         else:
@@ -135,7 +130,7 @@ def _app_password(args: argparse.Namespace, users: UserStore, record: UserRecord
                 }
                 for app in apps
             ]
-            emit_json({"username": username, "app_passwords": listed})
+            print_json({"username": username, "app_passwords": listed})
         else:
             for app in apps:
                 last = "never" if app.last_used is None else iso_utc(app.last_used)
@@ -145,7 +140,7 @@ def _app_password(args: argparse.Namespace, users: UserStore, record: UserRecord
     if args.app_action == "remove":
         users.remove_app_password(username, label)
         if args.json:
-            emit_json({"username": username, "label": label, "removed": True})
+            print_json({"username": username, "label": label, "removed": True})
         else:
             print(f"app password {label} removed from {username}")
         return
@@ -156,7 +151,7 @@ def _app_password(args: argparse.Namespace, users: UserStore, record: UserRecord
     hashed = hash_password(new_hasher(), password)
     users.add_app_password(username, label, hashed, lookup_of(password), created)
     if args.json:
-        emit_json(
+        print_json(
             {
                 "username": username,
                 "label": label,
@@ -215,7 +210,7 @@ def _set(args: argparse.Namespace, cfg: Config, users: UserStore, record: UserRe
         )
     in_force, default = settings_in_force(cfg, settings)[args.setting]
     if args.json:
-        emit_json(
+        print_json(
             {
                 "username": record.username,
                 "setting": args.setting,
