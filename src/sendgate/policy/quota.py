@@ -8,9 +8,13 @@ messages (so held mail cannot fill the spool). Otherwise every limit is taken in
 `LimitStore.take_all` (one write transaction): messages per hour and per day and recipients
 per day are GCRA budgets (exact, no window edge lets a burst through twice), distinct
 recipients per day a distinct-members limit; recipients per message needs no store. A message
-over any limit uses up none of the others, and flags the account (`event=flagged`). Measured
-with bench/quota.py: 50 to 65 us of CPU per message of 1 to 3 recipients (about 2% of what an
-accepted message costs), most of it the commit; 140 us with 20 recipients.
+over any limit uses up none of the others, and flags the account (`event=flagged`).
+
+Cost: 50 to 65 us of CPU per message of 1 to 3 recipients, twice that with the spool
+threads and workers contending for the store (bench/quota.py). An account far from its limits
+(a busy application's, not one on the defaults) spends most messages from its worker's
+`Allowances` instead: about 4 us (15 us with 8 threads); see `policy.allowance` for what that
+keeps exact.
 
 Limits come from `[sending_limits]`, overridden per user by `UserSettings` (None: the default,
 0: unlimited). When several limits are reached, the first in `LIMITS` is named.
@@ -28,8 +32,9 @@ from typing import Protocol
 
 from sendgate.config.schema import SendingLimitsConfig
 from sendgate.log import EventLog
+from sendgate.policy.allowance import Allowances, Budgets
 from sendgate.policy.keys import sending_key
-from sendgate.store.limits import DistinctRequest, LimitStore, RateRequest
+from sendgate.store.limits import DistinctRequest, LimitStore, RateRequest, Taken
 from sendgate.store.users import Flag, UserRecord, UserSettings
 
 MESSAGES_PER_HOUR = "messages_per_hour"
@@ -127,6 +132,7 @@ class SendingLimits:
         self._users = users
         self._config = config
         self._log = log
+        self._allowances: Allowances[Limits] = Allowances(DAY)
 
     @property
     def hold_flagged(self) -> bool:
@@ -135,21 +141,35 @@ class SendingLimits:
 
     def check(self, user: UserRecord, recipients: Sequence[str]) -> Verdict:
         """Count this message against the account's limits, or say why it may not be sent."""
-        flag = self._users.flag_of(user.username)
+        name = user.username
+        limits = limits_for(self._config, user.settings)
+        count = len(recipients)
+        hashes: tuple[str, ...] = ()
+        if limits.new_recipients_per_day:
+            hashes = tuple(recipient_hash(recipient) for recipient in recipients)
+        within = not limits.recipients_per_message or count <= limits.recipients_per_message
+        now = self._limits.now()
+        if within and self._allowances.spend(name, limits, count, hashes, now):
+            return Verdict()
+        flag = self._users.flag_of(name)
         if flag is not None:
+            self._allowances.drop(name)
             if not self.hold_flagged:
                 return Verdict(flag=flag)
             return self._hold(user, flag)
-        limit, retry_after = self._take(user, recipients)
+        if within and self._allowances.spend(name, limits, count, hashes, now, flag_read=True):
+            return Verdict()
+        limit, retry_after = self._take(name, limits, count, hashes, now)
         if limit is None:
             return Verdict()
+        self._allowances.drop(name)
         reason = f"{limit} exceeded"
         at = self._limits.now()
-        flag = self._users.set_flag(user.username, reason, at)
+        flag = self._users.set_flag(name, reason, at)
         # Another process may have flagged the account meanwhile: set_flag kept its flag.
         flagged_now = (flag.since, flag.reason) == (at, reason)
         if flagged_now:
-            self._log.event("flagged", "warning", user=user.username, reason=reason)
+            self._log.event("flagged", "warning", user=name, reason=reason)
         return Verdict(limit, retry_after, flag, flagged_now)
 
     def _hold(self, user: UserRecord, flag: Flag) -> Verdict:
@@ -165,35 +185,69 @@ class SendingLimits:
             return Verdict(flag=flag)
         return Verdict(HELD, taken.rates[0].retry_after, flag)
 
-    def _take(self, user: UserRecord, recipients: Sequence[str]) -> tuple[str | None, float]:
-        """Take the message from every budget at once; the first limit that refused, if any."""
-        limits = limits_for(self._config, user.settings)
-        count = len(recipients)
+    def _take(
+        self, name: str, limits: Limits, count: int, hashes: Sequence[str], now: float
+    ) -> tuple[str | None, float]:
+        """Take the message from every budget at once; the first limit that refused, if any.
+
+        A busy account's take also charges spare units for its allowance (see
+        `policy.allowance`); if that is refused, the message alone is asked for.
+        """
         if limits.recipients_per_message and count > limits.recipients_per_message:
             return RECIPIENTS_PER_MESSAGE, 0.0
         if limits.recipients_per_day and count > limits.recipients_per_day:
             return RECIPIENTS_PER_DAY, 0.0  # more than a whole day's budget: never allowed
+        spare = self._allowances.batches(name, limits)
+        recorded = self._allowances.unknown(name, hashes, now)
+        taken, names = self._take_all(name, limits, count, recorded, spare)
+        if taken is not None and not taken.allowed and spare != (0, 0):
+            spare = (0, 0)
+            taken, names = self._take_all(name, limits, count, recorded, spare)
+        if taken is None:
+            return None, 0.0
+        if taken.allowed:
+            left = dict(zip(names, (verdict.remaining for verdict in taken.rates), strict=True))
+            budgets = Budgets(
+                min(
+                    (left[key] for key in (MESSAGES_PER_HOUR, MESSAGES_PER_DAY) if key in left),
+                    default=None,
+                ),
+                left.get(RECIPIENTS_PER_DAY),
+            )
+            self._allowances.taken(name, limits, spare, budgets, recorded, now, count)
+            return None, 0.0
+        for limit, verdict in zip(names, taken.rates, strict=True):
+            if not verdict.allowed:
+                return limit, verdict.retry_after
+        return NEW_RECIPIENTS_PER_DAY, 0.0
+
+    def _take_all(
+        self,
+        name: str,
+        limits: Limits,
+        count: int,
+        recorded: Sequence[str],
+        spare: tuple[int, int],
+    ) -> tuple[Taken | None, list[str]]:
+        """One `take_all` of a message (and `spare` units); None when nothing is limited."""
+        spare_messages, spare_recipients = spare
         names: list[str] = []
         rates: list[RateRequest] = []
-        for name, limit, period, cost in (
-            (MESSAGES_PER_HOUR, limits.messages_per_hour, HOUR, 1),
-            (MESSAGES_PER_DAY, limits.messages_per_day, DAY, 1),
-            (RECIPIENTS_PER_DAY, limits.recipients_per_day, DAY, count),
+        for limit_name, limit, period, cost in (
+            (MESSAGES_PER_HOUR, limits.messages_per_hour, HOUR, 1 + spare_messages),
+            (MESSAGES_PER_DAY, limits.messages_per_day, DAY, 1 + spare_messages),
+            (RECIPIENTS_PER_DAY, limits.recipients_per_day, DAY, count + spare_recipients),
         ):
             if limit and cost:
-                names.append(name)
-                rates.append(RateRequest(sending_key(name, user.username), limit, period, cost))
+                names.append(limit_name)
+                key = sending_key(limit_name, name)
+                rates.append(RateRequest(key, limit, period, min(cost, limit)))
         distinct: list[DistinctRequest] = []
-        if limits.new_recipients_per_day and count:
-            members = tuple(recipient_hash(recipient) for recipient in recipients)
-            key = sending_key(NEW_RECIPIENTS_PER_DAY, user.username)
-            distinct.append(DistinctRequest(key, members, limits.new_recipients_per_day, DAY))
+        if limits.new_recipients_per_day and recorded:
+            key = sending_key(NEW_RECIPIENTS_PER_DAY, name)
+            distinct.append(
+                DistinctRequest(key, tuple(recorded), limits.new_recipients_per_day, DAY)
+            )
         if not rates and not distinct:
-            return None, 0.0
-        taken = self._limits.take_all(rates, distinct)
-        if taken.allowed:
-            return None, 0.0
-        for name, verdict in zip(names, taken.rates, strict=True):
-            if not verdict.allowed:
-                return name, verdict.retry_after
-        return NEW_RECIPIENTS_PER_DAY, 0.0
+            return None, names
+        return self._limits.take_all(rates, distinct), names

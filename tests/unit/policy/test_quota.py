@@ -7,7 +7,7 @@ otherwise every limit is off (0), so each test sees the one limit it is about.
 from __future__ import annotations
 
 import io
-from collections.abc import Iterator, Sequence
+from collections.abc import Sequence
 from pathlib import Path
 
 import pytest
@@ -66,13 +66,6 @@ class Harness:
 
     def unflag(self) -> None:
         assert self.flags.clear_flag(ALICE)
-
-
-@pytest.fixture
-def harness(tmp_path: Path) -> Iterator[Harness]:
-    made = Harness(tmp_path)
-    yield made
-    made.store.close()
 
 
 def user(**settings: int | None) -> UserRecord:
