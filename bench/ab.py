@@ -63,11 +63,15 @@ def main() -> int:
             )
             for index, (name, tree) in enumerate(trees.items())
         }
+        dirs = compare.queue_dirs(ref, *(Path(tmp) / name for name in trees))
+        if len(dirs) != 4 + len(trees):
+            raise SystemExit(f"cannot find both spools' queue directories: {dirs}")
         try:
             for m in args.per_session:
                 for round_ in range(args.rounds):
                     order = ("base", "new") if round_ % 2 == 0 else ("new", "base")
                     for name in order:
+                        waited = compare.settle(dirs)
                         proc, port = servers[name]
                         run = compare.load(
                             "127.0.0.1", port, ref, compare.PASSWORD, m, args, [str(proc.pid)]
@@ -75,7 +79,8 @@ def main() -> int:
                         runs.setdefault(m, {}).setdefault(name, []).append(run)
                         print(
                             f"m{m} round {round_} {name:<4} {run['throughput_msgs_s']:8.1f} "
-                            f"msgs/s  {cpu(run):.3f} s/1000",
+                            f"msgs/s  {cpu(run):.3f} s/1000  (waited {waited:.1f} s for the"
+                            " queues to empty)",
                             flush=True,
                         )
         finally:
