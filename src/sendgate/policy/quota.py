@@ -32,7 +32,7 @@ from typing import Protocol
 
 from sendgate.config.schema import SendingLimitsConfig
 from sendgate.log import EventLog
-from sendgate.policy.allowance import Allowances, Budgets
+from sendgate.policy.allowance import Allowances, Batch, Budgets
 from sendgate.policy.keys import sending_key
 from sendgate.store.limits import DistinctRequest, LimitStore, RateRequest, Taken
 from sendgate.store.users import Flag, UserRecord, UserSettings
@@ -132,7 +132,7 @@ class SendingLimits:
         self._users = users
         self._config = config
         self._log = log
-        self._allowances: Allowances[Limits] = Allowances(DAY)
+        self._allowances: Allowances[Limits] = Allowances()
 
     @property
     def hold_flagged(self) -> bool:
@@ -197,24 +197,18 @@ class SendingLimits:
             return RECIPIENTS_PER_MESSAGE, 0.0
         if limits.recipients_per_day and count > limits.recipients_per_day:
             return RECIPIENTS_PER_DAY, 0.0  # more than a whole day's budget: never allowed
-        spare = self._allowances.batches(name, limits)
-        recorded = self._allowances.unknown(name, hashes, now)
-        taken, names = self._take_all(name, limits, count, recorded, spare)
-        if taken is not None and not taken.allowed and spare != (0, 0):
-            spare = (0, 0)
-            taken, names = self._take_all(name, limits, count, recorded, spare)
+        spare = _within(self._allowances.batch(name, limits, now), limits, count)
+        taken, names = self._take_all(name, limits, count, hashes, spare)
+        if taken is not None and not taken.allowed and (spare.messages or spare.recipients):
+            spare = Batch(drops=spare.drops)
+            taken, names = self._take_all(name, limits, count, hashes, spare)
         if taken is None:
             return None, 0.0
         if taken.allowed:
             left = dict(zip(names, (verdict.remaining for verdict in taken.rates), strict=True))
-            budgets = Budgets(
-                min(
-                    (left[key] for key in (MESSAGES_PER_HOUR, MESSAGES_PER_DAY) if key in left),
-                    default=None,
-                ),
-                left.get(RECIPIENTS_PER_DAY),
-            )
-            self._allowances.taken(name, limits, spare, budgets, recorded, now, count)
+            messages = [left[key] for key in (MESSAGES_PER_HOUR, MESSAGES_PER_DAY) if key in left]
+            budgets = Budgets(min(messages, default=None), left.get(RECIPIENTS_PER_DAY))
+            self._allowances.taken(name, limits, spare, budgets, hashes, now, count)
             return None, 0.0
         for limit, verdict in zip(names, taken.rates, strict=True):
             if not verdict.allowed:
@@ -226,11 +220,11 @@ class SendingLimits:
         name: str,
         limits: Limits,
         count: int,
-        recorded: Sequence[str],
-        spare: tuple[int, int],
+        hashes: Sequence[str],
+        spare: Batch,
     ) -> tuple[Taken | None, list[str]]:
         """One `take_all` of a message (and `spare` units); None when nothing is limited."""
-        spare_messages, spare_recipients = spare
+        spare_messages, spare_recipients = spare.messages, spare.recipients
         names: list[str] = []
         rates: list[RateRequest] = []
         for limit_name, limit, period, cost in (
@@ -240,14 +234,22 @@ class SendingLimits:
         ):
             if limit and cost:
                 names.append(limit_name)
-                key = sending_key(limit_name, name)
-                rates.append(RateRequest(key, limit, period, min(cost, limit)))
+                rates.append(RateRequest(sending_key(limit_name, name), limit, period, cost))
         distinct: list[DistinctRequest] = []
-        if limits.new_recipients_per_day and recorded:
+        if limits.new_recipients_per_day and hashes:
             key = sending_key(NEW_RECIPIENTS_PER_DAY, name)
-            distinct.append(
-                DistinctRequest(key, tuple(recorded), limits.new_recipients_per_day, DAY)
-            )
+            distinct.append(DistinctRequest(key, tuple(hashes), limits.new_recipients_per_day, DAY))
         if not rates and not distinct:
             return None, names
         return self._limits.take_all(rates, distinct), names
+
+
+def _within(spare: Batch, limits: Limits, count: int) -> Batch:
+    """`spare` cut so that no budget is asked for more than its limit (never clipped later)."""
+    messages, recipients = spare.messages, spare.recipients
+    for limit in (limits.messages_per_hour, limits.messages_per_day):
+        if limit:
+            messages = min(messages, limit - 1)
+    if limits.recipients_per_day:
+        recipients = min(recipients, limits.recipients_per_day - count)
+    return Batch(max(0, messages), max(0, recipients), spare.drops)

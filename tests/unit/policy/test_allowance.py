@@ -7,6 +7,8 @@ are taken only far from a limit, flags and new recipients still reach the stores
 
 from __future__ import annotations
 
+from concurrent.futures import ThreadPoolExecutor
+
 import pytest
 from tests.unit.policy.test_quota import ALICE, Harness, send, to, user
 
@@ -17,7 +19,9 @@ from sendgate.policy.allowance import (
     MAX_BATCH,
     MAX_KNOWN,
     MIN_LEFT,
+    SPARE_TTL,
     Allowances,
+    Batch,
     Budgets,
     batch,
     batchable,
@@ -28,7 +32,6 @@ from sendgate.policy.quota import (
     HOUR,
     MESSAGES_PER_HOUR,
     NEW_RECIPIENTS_PER_DAY,
-    RECIPIENTS_PER_DAY,
 )
 from sendgate.store.limits import RateRequest
 
@@ -155,26 +158,75 @@ def test_distinct_recipients_are_exact_across_workers(harness: Harness) -> None:
 
 
 def test_a_known_recipient_is_new_again_after_the_window(harness: Harness) -> None:
-    limits = harness.limits(new_recipients_per_day=MIN_LEFT * 2)
+    limits = harness.limits(new_recipients_per_day=1)
     assert limits.check(user(), to("a")).allowed
-    assert limits.check(user(), to("a")).allowed
-    takes = harness.store.takes
     harness.clock.advance(DAY)
-    assert limits.check(user(), to("a")).allowed
-    assert harness.store.takes == takes + 1
+    assert limits.check(user(), to("a")).allowed  # new again, and counted again:
+    assert limits.check(user(), to("b")).limit == NEW_RECIPIENTS_PER_DAY
 
 
-def test_recipient_units_are_batched_like_messages(harness: Harness) -> None:
-    limits = harness.limits(recipients_per_day=BUSY)
+def test_mail_to_known_recipients_keeps_them_known_in_the_store(harness: Harness) -> None:
+    limits = harness.limits(new_recipients_per_day=3)
+    assert limits.check(user(), to("a", "b", "c")).allowed
+    harness.clock.advance(23 * HOUR)
+    assert limits.check(user(), to("a", "b", "c")).allowed  # refreshed in the store
+    harness.clock.advance(HOUR + 1)
+    assert limits.check(user(), to("d")).limit == NEW_RECIPIENTS_PER_DAY
+
+
+def test_recipient_units_are_batched_like_messages_and_exact_at_the_limit(
+    harness: Harness,
+) -> None:
+    limit = 4 * MIN_LEFT
+    limits = harness.limits(recipients_per_day=limit)
     assert send(limits, 2, to("a", "b")) == [True, True]
     takes = harness.store.takes
-    assert send(limits, 10, to("a", "b")) == [True] * 10
-    assert harness.store.takes == takes
-    verdict = limits.check(user(), to(*(str(n) for n in range(BUSY + 1))))
-    assert verdict.limit == RECIPIENTS_PER_DAY
+    assert send(limits, 4, to("a", "b")) == [True] * 4
+    assert harness.store.takes == takes  # spent from memory
+    sent = 6
+    while limits.check(user(), to("a", "b")).allowed:
+        sent += 1
+    assert 2 * sent == limit
+
+
+def test_spare_recipients_never_take_a_budget_past_its_limit(harness: Harness) -> None:
+    limits = harness.limits(recipients_per_day=1000)
+    assert limits.check(user(), to("a")).allowed  # the next take asks for spare recipients
+    harness.clock.advance(DAY)
+    assert limits.check(user(), to(*(str(n) for n in range(995)))).allowed
+    allowed = 995
+    for _ in range(20):
+        verdict = limits.check(user(), to("a"))
+        if not verdict.allowed:
+            break
+        allowed += 1
+    assert allowed == 1000
+
+
+def test_spare_units_from_long_ago_add_nothing_to_a_full_budget(harness: Harness) -> None:
+    limit = 10_000
+    limits = harness.limits(messages_per_hour=limit)
+    assert send(limits, 2) == [True, True]  # the second take charged spare units
+    harness.clock.advance(HOUR)
+    sent = 0
+    while limits.check(user(), to("bob")).allowed:
+        sent += 1
+    assert sent == limit
+
+
+def test_threads_of_one_worker_never_pass_a_limit(harness: Harness) -> None:
+    limit = 3000
+    limits = harness.limits(messages_per_hour=limit)
+    with ThreadPoolExecutor(8) as pool:
+        verdicts = list(pool.map(lambda _: limits.check(user(), to("bob")).allowed, range(4000)))
+    assert sum(verdicts) <= limit
+    assert sum(verdicts) >= limit - 8 * MAX_BATCH
+    assert harness.store.takes < 4000 / 2
 
 
 # --- Allowances alone ---------------------------------------------------------------------------
+
+ROOMY = Budgets(10**6, 10**6)
 
 
 def test_batch_sizes() -> None:
@@ -188,12 +240,19 @@ def test_batch_sizes() -> None:
     assert not batchable(Budgets(None, MIN_LEFT - 1))
 
 
-def busy(allowances: Allowances[str], name: str, spare: int = 5, now: float = 0.0) -> None:
-    allowances.taken(name, "limits", (spare, spare), Budgets(10**6, 10**6), [], now, 1)
+def busy(
+    allowances: Allowances[str],
+    name: str,
+    spare: int = 5,
+    now: float = 0.0,
+    hashes: tuple[str, ...] = (),
+) -> None:
+    drops = allowances.batch(name, "limits", now).drops
+    allowances.taken(name, "limits", Batch(spare, spare, drops), ROOMY, hashes, now, 1)
 
 
 def test_spend_needs_the_same_limits_and_enough_units() -> None:
-    allowances: Allowances[str] = Allowances(DAY)
+    allowances: Allowances[str] = Allowances()
     assert not allowances.spend("a", "limits", 1, (), 0.0)
     busy(allowances, "a", spare=2)
     assert not allowances.spend("a", "other limits", 1, (), 0.0)
@@ -204,55 +263,102 @@ def test_spend_needs_the_same_limits_and_enough_units() -> None:
 
 
 def test_spend_reads_the_flag_again_after_the_ttl() -> None:
-    allowances: Allowances[str] = Allowances(DAY)
+    allowances: Allowances[str] = Allowances()
     busy(allowances, "a", now=100.0)
     assert allowances.spend("a", "limits", 1, (), 100.0 + FLAG_TTL / 2)
     assert not allowances.spend("a", "limits", 1, (), 100.0 + FLAG_TTL)
-    assert allowances.spend("a", "limits", 1, (), 100.0 + FLAG_TTL, flag_read=True)
-    assert allowances.spend("a", "limits", 1, (), 100.0 + FLAG_TTL * 1.5)
+
+
+def test_spare_units_are_given_up_after_spare_ttl() -> None:
+    allowances: Allowances[str] = Allowances()
+    busy(allowances, "a", spare=10, now=100.0)
+    assert allowances.spend("a", "limits", 1, (), 100.0 + SPARE_TTL / 2)
+    assert not allowances.spend("a", "limits", 1, (), 100.0 + SPARE_TTL, flag_read=True)
+    # A new take does not bring the old units back.
+    busy(allowances, "a", spare=1, now=200.0)
+    assert allowances.spend("a", "limits", 1, (), 200.0)
+    assert not allowances.spend("a", "limits", 1, (), 200.0)
+
+
+def test_a_clock_stepped_back_makes_nothing_fresh() -> None:
+    allowances: Allowances[str] = Allowances()
+    busy(allowances, "a", now=100.0)
+    assert not allowances.spend("a", "limits", 1, (), 99.0)
+
+
+def test_one_thread_at_a_time_asks_for_a_batch() -> None:
+    allowances: Allowances[str] = Allowances()
+    busy(allowances, "a", spare=0)  # now the account asks for batches
+    first = allowances.batch("a", "limits", 0.0)
+    assert first.messages > 0
+    assert allowances.batch("a", "limits", 0.0).messages == 0  # another thread: no batch
+    allowances.taken("a", "limits", first, ROOMY, (), 0.0, 1)
+    assert allowances.batch("a", "limits", 0.0).messages > 0
+    # A take that never reported back (a store error) blocks batches for SPARE_TTL only.
+    assert allowances.batch("a", "limits", SPARE_TTL).messages > 0
+
+
+def test_a_take_under_way_when_an_account_is_dropped_keeps_nothing() -> None:
+    allowances: Allowances[str] = Allowances()
+    busy(allowances, "a", spare=0)
+    asked = allowances.batch("a", "limits", 0.0)
+    allowances.drop("a")  # flagged by another thread meanwhile
+    allowances.taken("a", "limits", asked, ROOMY, (), 0.0, 1)
+    assert not allowances.spend("a", "limits", 1, (), 0.0)
+    assert not allowances.spend("a", "limits", 1, (), 0.0, flag_read=True)
 
 
 def test_dropped_allowances_are_gone() -> None:
-    allowances: Allowances[str] = Allowances(DAY)
+    allowances: Allowances[str] = Allowances()
     busy(allowances, "a")
     allowances.drop("a")
     allowances.drop("a")
     assert not allowances.spend("a", "limits", 1, (), 0.0)
-    assert allowances.batches("a", "limits") == (0, 0)
+    assert allowances.batch("a", "limits", 0.0) == Batch(drops=2)
 
 
-def test_the_oldest_account_is_forgotten_past_max_accounts() -> None:
-    allowances: Allowances[str] = Allowances(DAY)
-    for number in range(MAX_ACCOUNTS + 1):
+def test_the_least_recently_used_account_is_forgotten_past_max_accounts() -> None:
+    allowances: Allowances[str] = Allowances()
+    for number in range(MAX_ACCOUNTS):
         busy(allowances, f"user{number}")
-    assert not allowances.spend("user0", "limits", 1, (), 0.0)
-    assert allowances.spend("user1", "limits", 1, (), 0.0)
-    assert allowances.spend(f"user{MAX_ACCOUNTS}", "limits", 1, (), 0.0)
+    assert allowances.spend("user0", "limits", 1, (), 0.0)  # used: now the most recent
+    busy(allowances, "newcomer")
+    assert allowances.spend("user0", "limits", 1, (), 0.0)
+    assert not allowances.spend("user1", "limits", 1, (), 0.0)
+    assert allowances.spend("newcomer", "limits", 1, (), 0.0)
+
+
+def test_recipients_are_known_for_spare_ttl_after_a_refresh() -> None:
+    allowances: Allowances[str] = Allowances()
+    busy(allowances, "a", spare=10, now=100.0, hashes=("h1", "h2"))
+    assert allowances.spend("a", "limits", 2, ("h2", "h1"), 100.5)
+    assert not allowances.spend("a", "limits", 1, ("h3",), 100.5)
+    busy(allowances, "a", spare=10, now=101.0, hashes=("h3",))
+    assert not allowances.spend("a", "limits", 1, ("h1",), 101.2)  # refreshed 1.2 s ago
+    assert allowances.spend("a", "limits", 1, ("h3",), 101.2)
 
 
 def test_known_recipients_are_bounded() -> None:
-    allowances: Allowances[str] = Allowances(DAY)
-    half = MAX_KNOWN // 2
-    old = [f"old{n}" for n in range(half)]
-    young = [f"young{n}" for n in range(half)]
-    allowances.taken("a", "limits", (5, 5), Budgets(10**6, 10**6), old, 0.0, 1)
-    allowances.taken("a", "limits", (5, 5), Budgets(10**6, 10**6), young, DAY / 2, 1)
-    assert allowances.unknown("a", ["old0", "young0", "x"], DAY / 2) == ["x"]
-    # Full: the expired ones make room first.
-    allowances.taken("a", "limits", (5, 5), Budgets(10**6, 10**6), ["x"], DAY + 1, 1)
-    assert allowances.unknown("a", ["old0", "young0", "x"], DAY + 1) == ["old0"]
-    # Full of unexpired ones: all are forgotten (the store still knows them).
-    more = [f"more{n}" for n in range(half)]
-    allowances.taken("a", "limits", (5, 5), Budgets(10**6, 10**6), more, DAY + 2, 1)
-    allowances.taken("a", "limits", (5, 5), Budgets(10**6, 10**6), ["y"], DAY + 3, 1)
-    assert allowances.unknown("a", ["young0", "more0", "y"], DAY + 3) == ["young0"]
+    allowances: Allowances[str] = Allowances()
+    many = tuple(f"h{n}" for n in range(MAX_KNOWN))
+    busy(allowances, "a", spare=10, now=0.0, hashes=many)
+    assert allowances.spend("a", "limits", 1, ("h0",), 0.5)
+    # Full of fresh entries: all are forgotten (the store still counts them).
+    busy(allowances, "a", spare=10, now=0.6, hashes=("x",))
+    assert not allowances.spend("a", "limits", 1, ("h0",), 0.7)
+    assert allowances.spend("a", "limits", 1, ("x",), 0.7)
+    # Full again, but of stale entries: only those make room.
+    busy(allowances, "a", spare=10, now=5.0, hashes=many[1:])
+    busy(allowances, "a", spare=10, now=10.0, hashes=("y", "z"))
+    assert allowances.spend("a", "limits", 2, ("y", "z"), 10.5)
 
 
-@pytest.mark.parametrize("spare", [(0, 0), (3, 0)])
-def test_an_idle_account_near_a_limit_keeps_no_state(spare: tuple[int, int]) -> None:
-    allowances: Allowances[str] = Allowances(DAY)
-    allowances.taken("a", "limits", spare, Budgets(MIN_LEFT - 1, None), [], 0.0, 1)
-    # Spare units already taken are kept, but the flag must be read for each of them.
+@pytest.mark.parametrize("spare", [0, 3])
+def test_near_a_limit_every_message_reads_the_flag(spare: int) -> None:
+    allowances: Allowances[str] = Allowances()
+    near = Budgets(MIN_LEFT - 1, None)
+    allowances.taken("a", "limits", Batch(spare, 0, 0), near, (), 0.0, 1)
+    # Spare units already charged are spent, each after a flag read; no state without them.
     assert not allowances.spend("a", "limits", 1, (), 0.0)
-    assert allowances.spend("a", "limits", 1, (), 0.0, flag_read=True) == (spare != (0, 0))
-    assert allowances.batches("a", "limits") == (0, 0)
+    assert allowances.spend("a", "limits", 1, (), 0.0, flag_read=True) == (spare > 0)
+    assert allowances.batch("a", "limits", 0.0).messages == 0
