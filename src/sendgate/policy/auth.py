@@ -97,13 +97,7 @@ class Authenticator:
         """Check `password` for a user already read from the store (None: no such user)."""
         # surrogatepass: a lone surrogate must fail to match, not raise.
         secret = password.encode("utf-8", "surrogatepass")
-        app = stored = None  # the app password that may match; the one hash to verify
-        if user is not None:
-            app = self._matching_app_password(user, password)
-            if app is not None:
-                stored = app.password_hash
-            elif not user.settings.app_passwords_only:
-                stored = user.password_hash
+        app, stored = self._secret_for(user, password)
         if user is None or stored is None or not _is_parsable(stored):
             # The dummy hash costs what a real verification costs and never matches.
             self._argon2_verify(self._dummy_hash, secret)
@@ -121,6 +115,37 @@ class Authenticator:
             self._remember(key)
         self._note_use(user, app)
         return AuthResult(user=user, cached=False, app_password=label)
+
+    def cached(self, user: UserRecord | None, password: str) -> AuthResult | None:
+        """The verified-login cache's answer alone: a success, or None when only argon2 can tell.
+
+        Lets the login path skip its checks for a repeated wrong password when the password is
+        known right (a password that verified for this generation and hash is not a wrong one).
+        """
+        if user is None or not self._caching:
+            return None
+        app, stored = self._secret_for(user, password)
+        if stored is None or not _is_parsable(stored):
+            return None
+        label = None if app is None else app.label
+        secret = password.encode("utf-8", "surrogatepass")
+        if not self._cache_hit(self._cache_key(user, label, stored, secret)):
+            return None
+        self._note_use(user, app)
+        return AuthResult(user=user, cached=True, app_password=label)
+
+    def _secret_for(
+        self, user: UserRecord | None, password: str
+    ) -> tuple[AppPassword | None, str | None]:
+        """The app password that may match, and the one stored hash to verify (None: none)."""
+        if user is None:
+            return None, None
+        app = self._matching_app_password(user, password)
+        if app is not None:
+            return app, app.password_hash
+        if user.settings.app_passwords_only:
+            return None, None
+        return None, user.password_hash
 
     def _matching_app_password(self, user: UserRecord, password: str) -> AppPassword | None:
         """The app password whose lookup matches, if any (the first by label if several do)."""

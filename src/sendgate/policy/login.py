@@ -130,15 +130,20 @@ class Logins:
         # As a failure on a banned network known to the account: refused, like everyone there.
         as_refused = (NETWORK_BANNED, check.banned_here) if check.banned_here else None
         record = self._accounts.get_user(request.username)
+        # A password verified lately is right: no need to look for it among the wrong ones.
+        result = self._auth.cached(record, request.password)
         generation = record.generation if record is not None else 0
-        repeated = guard.repeated(request.client, request.username, request.password, generation)
-        if repeated is not None:
-            wait = self.verify_time() + repeated.delay
-            return LoginResult(user=None, wait=wait, refused=as_refused, failure=repeated)
-        started = self._timer()
-        result = self._auth.verify_user(record, request.password)
-        if not result.cached:
-            self._sample(self._timer() - started)
+        if result is None:
+            repeated = guard.repeated(
+                request.client, request.username, request.password, generation
+            )
+            if repeated is not None:
+                wait = self.verify_time() + repeated.delay
+                return LoginResult(user=None, wait=wait, refused=as_refused, failure=repeated)
+            started = self._timer()
+            result = self._auth.verify_user(record, request.password)
+            if not result.cached:
+                self._sample(self._timer() - started)
         if result.user is None:
             failure = guard.failed(request.client, request.username, request.password, generation)
             return LoginResult(user=None, wait=failure.delay, refused=as_refused, failure=failure)

@@ -13,7 +13,7 @@ over any limit uses up none of the others, and flags the account (`event=flagged
 Cost: 50 to 65 us of CPU per message of 1 to 3 recipients, twice that with the spool
 threads and workers contending for the store (bench/quota.py). An account far from its limits
 (a busy application's, not one on the defaults) spends most messages from its worker's
-`Allowances` instead: about 4 us (15 us with 8 threads); see `policy.allowance` for what that
+`Allowances` instead: about 6 us (24 us with 8 threads); see `policy.allowance` for what that
 keeps exact.
 
 Limits come from `[sending_limits]`, overridden per user by `UserSettings` (None: the default,

@@ -13,6 +13,7 @@ from tests.support.clock import FakeClock
 
 from sendgate.policy.auth import Authenticator, AuthResult
 from sendgate.store.local.users import LocalUserStore
+from sendgate.store.users import UserSettings
 
 PASSWORD = "correct horse battery staple"
 NEW_PASSWORD = "a different long passphrase"
@@ -120,6 +121,32 @@ def test_cache_hit_skips_argon2(auth: Authenticator, hasher: CountingHasher) -> 
     assert (first.cached, second.cached) == (False, True)
     assert second.user == first.user
     assert len(hasher.verified) == 1
+
+
+def test_cached_answers_only_from_the_cache(
+    auth: Authenticator, store: LocalUserStore, hasher: CountingHasher, clock: FakeClock
+) -> None:
+    alice = store.get_user("alice@example.org")
+    assert auth.cached(None, PASSWORD) is None
+    assert auth.cached(alice, PASSWORD) is None  # not verified yet: only argon2 can tell
+    assert hasher.verified == []
+    auth.verify_blocking("alice@example.org", PASSWORD)
+    hit = auth.cached(alice, PASSWORD)
+    assert hit is not None
+    assert hit.user == alice
+    assert hit.cached
+    assert auth.cached(alice, "wrong password!") is None
+    clock.advance(60.0)
+    assert auth.cached(alice, PASSWORD) is None  # expired
+    assert len(hasher.verified) == 1
+
+
+def test_cached_is_none_when_the_main_password_is_refused(
+    auth: Authenticator, store: LocalUserStore
+) -> None:
+    auth.verify_blocking("alice@example.org", PASSWORD)
+    store.set_settings("alice@example.org", UserSettings(app_passwords_only=True))
+    assert auth.cached(store.get_user("alice@example.org"), PASSWORD) is None
 
 
 def test_failures_are_not_cached(auth: Authenticator, hasher: CountingHasher) -> None:

@@ -258,6 +258,24 @@ def test_a_repeated_wrong_password_costs_no_argon2_and_counts_nothing_new(rig: R
     assert rig.attempt("192.0.2.7").user is not None
 
 
+def test_a_password_verified_lately_skips_the_wrong_password_lookup(rig: Rig) -> None:
+    assert rig.attempt("192.0.2.7").user is not None  # argon2; now in the verified cache
+    looked_up: list[str] = []
+    original = rig.limits.seen
+
+    def seen(key: str, member: str, window: float) -> bool:
+        looked_up.append(key)
+        return original(key, member, window)
+
+    rig.limits.seen = seen  # type: ignore[method-assign]
+    result = rig.attempt("192.0.2.7")
+    assert result.user is not None
+    assert result.cached
+    assert looked_up == []
+    assert rig.attempt("192.0.2.7", password="a wrong one").user is None
+    assert len(looked_up) == 1  # a password the cache does not know is looked up
+
+
 def test_a_password_changed_since_is_checked_again(rig: Rig) -> None:
     rig.attempt("192.0.2.7", password="the next password")
     rig.users.set_password_hash("alice@example.org", rig.hasher.hash("the next password"))
