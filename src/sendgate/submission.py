@@ -131,7 +131,10 @@ class Submission:
             client = ClientNetworks.of(client_ip)
         except ValueError:  # not an IP peer (a test's socketpair): nothing to count
             return self.connection(client_ip, conn_id)
-        return self._admit(self.logins.guard, client, client_ip, conn_id)
+        guard = self.logins.guard
+        if guard.admits_at_once(client):
+            return self.connection(client_ip, conn_id, client)
+        return self._admit(guard, client, client_ip, conn_id)
 
     async def _admit(
         self, guard: LoginGuard, client: ClientNetworks, client_ip: str, conn_id: str

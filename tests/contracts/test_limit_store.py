@@ -390,3 +390,14 @@ def test_active_bans_reads_several_keys_at_once_in_their_order(
     assert [ban.key for ban in limits.active_bans(["a", "b"])] == ["b"]
     limits.unban("b")
     assert limits.active_bans(["a", "b"]) == []
+
+
+def test_active_bans_at_once_answers_as_active_bans_or_not_at_all(
+    limits: LimitStore, backend: StoreBackend
+) -> None:
+    limits.ban("b", 100, "r", memory=MEMORY)
+    for keys in (["a", "b"], ["b", "a", "b"], ["a"], []):
+        quick = limits.active_bans_at_once(keys)
+        assert quick is None or quick == limits.active_bans(keys)
+    backend.advance(100)
+    assert limits.active_bans_at_once(["b"]) in ([], None)

@@ -101,6 +101,15 @@ def test_a_clean_client_is_admitted_with_its_networks(rig: Rig) -> None:
     assert isinstance(admitted, SubmissionConnection)
 
 
+def test_a_client_without_a_ban_is_admitted_at_once_without_a_thread(rig: Rig) -> None:
+    # Answered on the event loop: no awaitable, so no thread hop per connection.
+    assert isinstance(rig.submission.admit(ATTACKER, "c1"), SubmissionConnection)
+    rig.limits.ban(f"net:{ATTACKER}/32", 3600, "operator", memory=0)
+    pending = rig.submission.admit(ATTACKER, "c2")  # banned: decided in a thread
+    assert not isinstance(pending, SubmissionConnection | Refusal)
+    assert asyncio.run(_settle(pending)) == Refusal(replies.BANNED, "banned", f"net:{ATTACKER}/32")
+
+
 def test_wrong_passwords_are_counted_then_the_address_is_banned(rig: Rig) -> None:
     client = rig.client(ATTACKER)
     for _ in range(CFG.host_failures):

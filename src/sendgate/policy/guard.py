@@ -125,6 +125,17 @@ class LoginGuard:
         )
         return Admission(ban=bans[0], refuse=not shared)
 
+    def admits_at_once(self, client: ClientNetworks) -> bool:
+        """True when `client` is surely admitted, found out without waiting (on the loop).
+
+        False when it may be banned, or the store could not answer at once: then `admit`
+        decides, in a thread. Saves the thread hop on every connection that is not banned.
+        """
+        if self.allowed(client):
+            return True
+        bans = self._limits.active_bans_at_once([keys.net_key(net) for net in client.bannable()])
+        return bans == []
+
     # --- at AUTH ----------------------------------------------------------------------------
 
     def check(self, client: ClientNetworks, username: str) -> Check:

@@ -152,6 +152,14 @@ class LimitStore(Protocol):
         """The active bans among `keys`, in the order of `keys` (one round trip: hot path)."""
         ...
 
+    def active_bans_at_once(self, keys: Sequence[str]) -> list[Ban] | None:
+        """`active_bans` if it can be answered without waiting for anything, else None.
+
+        The one method that may be called on an event loop: a backend that cannot answer
+        without I/O that may wait (a network store) always returns None.
+        """
+        ...
+
     def offences(self, key: str, *, memory: float) -> int:
         """How many bans of `key` are remembered, as `ban` would count them before a new one."""
         ...

@@ -18,6 +18,7 @@ from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
 
+from sendgate.errors import StoreError
 from sendgate.store.limits import (
     Ban,
     DistinctRequest,
@@ -71,6 +72,17 @@ class LocalLimitStore:
         self._clock = clock
         self._writes = 0
         self._writes_lock = threading.Lock()
+        # A second connection for the event loop's ban check at accept: it never waits (no
+        # busy timeout, and a non-blocking lock), so a write in progress cannot stall the loop.
+        # In WAL mode a read does not wait for writers anyway; what is left is a short read.
+        try:
+            self._quick = sqlite3.connect(
+                path, timeout=0, isolation_level=None, check_same_thread=False
+            )
+        except sqlite3.Error as exc:
+            self._db.close()
+            raise StoreError(f"cannot open limit store {path}: {exc}") from exc
+        self._quick_lock = threading.Lock()
 
     def now(self) -> float:
         return self._clock()
@@ -209,16 +221,22 @@ class LocalLimitStore:
         if not keys:
             return []
         now = self._clock()
-        marks = ",".join("?" * len(keys))
-        # Only "?" placeholders are formatted in; the keys themselves are bound.
-        query = f"SELECT key, since, until, reason, offences FROM bans WHERE key IN ({marks})"  # noqa: S608
         with self._db.reading() as db:
-            rows = db.execute(
-                query + " AND until > ?",
-                (*keys, now),
-            ).fetchall()
-        found = {row[0]: _ban(row) for row in rows}
-        return [found[key] for key in dict.fromkeys(keys) if key in found]
+            rows = db.execute(_bans_query(len(keys)), (*keys, now)).fetchall()
+        return _in_order(keys, rows)
+
+    def active_bans_at_once(self, keys: Sequence[str]) -> list[Ban] | None:
+        if not keys:
+            return []
+        if not self._quick_lock.acquire(blocking=False):
+            return None
+        try:
+            rows = self._quick.execute(_bans_query(len(keys)), (*keys, self._clock())).fetchall()
+        except sqlite3.Error:
+            return None  # busy (or worse): the caller asks active_bans in a thread
+        finally:
+            self._quick_lock.release()
+        return _in_order(keys, rows)
 
     def offences(self, key: str, *, memory: float) -> int:
         now = self._clock()
@@ -248,6 +266,8 @@ class LocalLimitStore:
         return [_ban(row) for row in rows]
 
     def close(self) -> None:
+        with self._quick_lock:
+            self._quick.close()
         self._db.close()
 
     def _maybe_prune(self, db: sqlite3.Connection, now: float) -> None:
@@ -259,6 +279,20 @@ class LocalLimitStore:
             db.execute("DELETE FROM members WHERE expires <= ?", (now,))
             db.execute("DELETE FROM rates WHERE tat <= ?", (now,))
             db.execute("DELETE FROM bans WHERE expires <= ?", (now,))
+
+
+def _bans_query(count: int) -> str:
+    """The active bans among `count` keys, bound as parameters, then the time."""
+    marks = ",".join("?" * count)
+    # Only "?" placeholders are formatted in; the keys themselves are bound.
+    return (
+        f"SELECT key, since, until, reason, offences FROM bans WHERE key IN ({marks}) AND until > ?"  # noqa: S608
+    )
+
+
+def _in_order(keys: Sequence[str], rows: list[Any]) -> list[Ban]:
+    found = {row[0]: _ban(row) for row in rows}
+    return [found[key] for key in dict.fromkeys(keys) if key in found]
 
 
 def _check_rate(limit: int, period: float, cost: int) -> None:
