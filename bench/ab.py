@@ -2,8 +2,9 @@
 """A/B benchmark: two sendgate checkouts side by side, for a change's cost against its base.
 
 Each checkout (a directory with its own `.venv`, e.g. `git worktree add ../base <commit>` then
-`python3 -m venv .venv && .venv/bin/pip install -e .`) gets an instance made the way
-compare.py makes one (the reference's certificate, a plaintext smarthost route to the
+`python3 -m venv .venv && .venv/bin/pip install -e '.[fast]'`; without the `fast` extra there
+is no uvloop, and that checkout runs 30 % slower) gets an instance made the way compare.py
+makes one (the reference's certificate, a plaintext smarthost route to the
 reference's sink), and identical smtpload runs alternate between them, the order swapped each
 round. It prints per-run figures, medians and new/base ratios. Needs the reference server
 running for its certificate and sink (see bench/README.md).
