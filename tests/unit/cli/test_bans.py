@@ -12,14 +12,6 @@ from sendgate.store.local.limits import LocalLimitStore
 from sendgate.text import iso_utc
 
 
-@pytest.fixture
-def config(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> Path:
-    directory = tmp_path / "instance"
-    assert main(["init", str(directory), "--hostname", "mx.example.test"]) == 0
-    capsys.readouterr()
-    return directory / "sendgate.toml"
-
-
 def limits(config: Path) -> LocalLimitStore:
     return LocalLimitStore(config.parent / "data" / "limits.db")
 

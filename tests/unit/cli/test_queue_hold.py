@@ -21,14 +21,6 @@ LEASE = 600.0
 
 
 @pytest.fixture
-def config(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> Path:
-    directory = tmp_path / "instance"
-    assert main(["init", str(directory), "--hostname", "mx.example.test"]) == 0
-    capsys.readouterr()
-    return directory / "sendgate.toml"
-
-
-@pytest.fixture
 def queue(config: Path) -> LocalQueueStore:
     # scan_interval 0: releases by the command (another handle) are seen at the next claim.
     return LocalQueueStore(config.parent / "data" / "spool", scan_interval=0.0)
