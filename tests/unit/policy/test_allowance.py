@@ -12,6 +12,7 @@ from concurrent.futures import ThreadPoolExecutor
 import pytest
 from tests.unit.policy.test_quota import ALICE, Harness, send, to, user
 
+from sendgate.config.schema import SendingLimitsConfig
 from sendgate.policy.allowance import (
     DIVISOR,
     FLAG_TTL,
@@ -30,6 +31,7 @@ from sendgate.policy.keys import sending_key
 from sendgate.policy.quota import (
     DAY,
     HOUR,
+    LIMITS,
     MESSAGES_PER_HOUR,
     NEW_RECIPIENTS_PER_DAY,
 )
@@ -53,13 +55,8 @@ def test_a_busy_account_takes_from_the_store_once_per_batch(harness: Harness) ->
 def test_an_account_on_the_default_limits_takes_every_message_from_the_store(
     harness: Harness,
 ) -> None:
-    limits = harness.limits(
-        messages_per_hour=200,
-        messages_per_day=1000,
-        recipients_per_message=100,
-        recipients_per_day=2000,
-        new_recipients_per_day=500,
-    )
+    defaults = SendingLimitsConfig()
+    limits = harness.limits(**{name: getattr(defaults, name) for name in LIMITS})
     assert send(limits, 10) == [True] * 10
     assert (harness.flags.reads, harness.store.takes) == (10, 10)
 
