@@ -113,9 +113,7 @@ class LoginGuard:
 
     def admit(self, client: ClientNetworks) -> Admission:
         """Whether a new connection from `client` may talk to us at all."""
-        if self.allowed(client):
-            return ADMIT
-        bans = self._limits.active_bans([keys.net_key(net) for net in client.bannable()])
+        bans = self._limits.active_bans(self._net_keys(client))
         if not bans:
             return ADMIT
         cfg = self._cfg
@@ -131,10 +129,7 @@ class LoginGuard:
         False when it may be banned, or the store could not answer at once: then `admit`
         decides, in a thread. Saves the thread hop on every connection that is not banned.
         """
-        if self.allowed(client):
-            return True
-        bans = self._limits.active_bans_at_once([keys.net_key(net) for net in client.bannable()])
-        return bans == []
+        return self._limits.active_bans_at_once(self._net_keys(client)) == []
 
     # --- at AUTH ----------------------------------------------------------------------------
 
@@ -142,8 +137,7 @@ class LoginGuard:
         """Whether an attempt for `username` must be refused unchecked (see `Check`)."""
         account = username.lower()
         wanted = [keys.account_key(account), keys.known_lock_key(account, client.block)]
-        if not self.allowed(client):
-            wanted.extend(keys.net_key(net) for net in client.bannable())
+        wanted.extend(self._net_keys(client))
         bans = {ban.key: ban for ban in self._limits.active_bans(wanted)}
         if not bans:
             return CLEAR
@@ -230,6 +224,12 @@ class LoginGuard:
         return self._accounts.is_known(
             account, str(client.block), now, memory=self._cfg.known_network_memory
         )
+
+    def _net_keys(self, client: ClientNetworks) -> list[str]:
+        """The ban keys of the client's networks; none for an allow-listed client."""
+        if self.allowed(client):
+            return []
+        return [keys.net_key(net) for net in client.bannable()]
 
     def _ban_network(self, client: ClientNetworks, network: IPNetwork, reason: str) -> list[Ban]:
         started = [self._ban(keys.net_key(network), reason)]
