@@ -152,38 +152,31 @@ class LocalLimitStore:
                     f" {request.window}"
                 )
         with self._db.writing() as db:
-            return self._take_all(db, rates, distinct)
-
-    def _take_all(
-        self,
-        db: sqlite3.Connection,
-        rates: Sequence[RateRequest],
-        distinct: Sequence[DistinctRequest],
-    ) -> Taken:
-        now = self._clock()
-        stored = _tats(db, [rate.key for rate in rates])
-        rate_verdicts: list[RateVerdict] = []
-        tats: list[tuple[str, float]] = []
-        for rate in rates:
-            verdict, tat = _gcra(stored.get(rate.key), now, rate.limit, rate.period, rate.cost)
-            rate_verdicts.append(verdict)
-            tats.append((rate.key, tat))
-        distinct_verdicts = [_distinct(db, request, now) for request in distinct]
-        allowed = all(v.allowed for v in rate_verdicts) and all(
-            v.allowed for v in distinct_verdicts
-        )
-        if allowed:
-            db.executemany("INSERT OR REPLACE INTO rates (key, tat) VALUES (?, ?)", tats)
-            for request in distinct:
-                db.executemany(
-                    "INSERT OR REPLACE INTO members (key, member, at, expires) VALUES (?, ?, ?, ?)",
-                    [
-                        (request.key, member, now, now + request.window)
-                        for member in set(request.members)
-                    ],
-                )
-            self._maybe_prune(db, now)
-        return Taken(allowed, tuple(rate_verdicts), tuple(distinct_verdicts))
+            now = self._clock()
+            stored = _tats(db, [rate.key for rate in rates])
+            rate_verdicts: list[RateVerdict] = []
+            tats: list[tuple[str, float]] = []
+            for rate in rates:
+                verdict, tat = _gcra(stored.get(rate.key), now, rate.limit, rate.period, rate.cost)
+                rate_verdicts.append(verdict)
+                tats.append((rate.key, tat))
+            distinct_verdicts = [_distinct(db, request, now) for request in distinct]
+            allowed = all(v.allowed for v in rate_verdicts) and all(
+                v.allowed for v in distinct_verdicts
+            )
+            if allowed:
+                db.executemany("INSERT OR REPLACE INTO rates (key, tat) VALUES (?, ?)", tats)
+                for request in distinct:
+                    db.executemany(
+                        "INSERT OR REPLACE INTO members (key, member, at, expires)"
+                        " VALUES (?, ?, ?, ?)",
+                        [
+                            (request.key, member, now, now + request.window)
+                            for member in set(request.members)
+                        ],
+                    )
+                self._maybe_prune(db, now)
+            return Taken(allowed, tuple(rate_verdicts), tuple(distinct_verdicts))
 
     # --- bans -----------------------------------------------------------------------------------
 
