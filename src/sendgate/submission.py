@@ -13,7 +13,6 @@ from __future__ import annotations
 import asyncio
 from collections.abc import Awaitable, Callable
 from concurrent.futures import Executor
-from dataclasses import dataclass, replace
 
 from sendgate.counters import Counters
 from sendgate.dkim.signer import DkimError, DkimSigner
@@ -27,6 +26,7 @@ from sendgate.policy.networks import ClientNetworks
 from sendgate.policy.quota import SendingLimits, Verdict
 from sendgate.policy.refused import RecentlyRefused
 from sendgate.policy.sender import may_send_as
+from sendgate.queueing import Queueing, StoreJob
 from sendgate.server.admission import Admission, Refusal
 from sendgate.smtp import replies
 from sendgate.smtp.address import Address
@@ -39,18 +39,6 @@ from sendgate.store.users import UserRecord
 from sendgate.text import iso_utc
 
 ANONYMOUS = "anonymous"
-
-
-@dataclass(frozen=True, slots=True)
-class Stored:
-    """What `Submission.store` did with one message."""
-
-    size: int
-    """The stored size (with the DKIM signature); 0 when not queued."""
-    hold: str | None = None
-    """Why the queued message is held, or None."""
-    refused: Verdict | None = None
-    """Why the sending limits kept the message out (then it is not queued), or None."""
 
 
 class Submission:
@@ -78,41 +66,10 @@ class Submission:
         self.log = log
         self.clock = clock
         self.received_client_ip = received_client_ip
-        self.signer = signer
         self.logins = logins
-        self.limits = limits
         self.counters = counters if counters is not None else Counters()
         self._refused = RecentlyRefused(clock)
-
-    def store(
-        self,
-        envelope: Envelope,
-        message: bytes,
-        signing_domain: str | None,
-        user: UserRecord | None = None,
-    ) -> Stored:
-        """Take the user's sending limits, sign (when a key exists for the domain) and queue.
-
-        Runs in the queue's thread pool: the limits, RSA signing and the fsync share one
-        handoff. A message over a limit, or from a flagged account when such mail is refused,
-        is not queued (and not signed); a flagged account's mail is otherwise queued held.
-        """
-        hold = None
-        if user is not None and self.limits is not None:
-            verdict = self.limits.check(user, envelope.recipients)
-            if verdict.limit is not None:
-                return Stored(0, refused=verdict)
-            if verdict.flag is not None:
-                if not self.limits.hold_flagged:
-                    return Stored(0, refused=verdict)
-                hold = f"flagged: {verdict.flag.reason}"
-        if self.signer is not None and signing_domain is not None:
-            signature = self.signer.sign(message, signing_domain)
-            if signature:
-                message = signature + message
-                envelope = replace(envelope, size=len(message))
-        self.queue.put(envelope, message, hold=hold)
-        return Stored(len(message), hold)
+        self.queueing = Queueing(queue, executor, signer=signer, limits=limits)
 
     def connection(
         self, client_ip: str, conn_id: str, client: ClientNetworks | None = None
@@ -329,7 +286,6 @@ class SubmissionConnection:
         message = fix_up(
             event.content, summary, received, hostname=server.hostname, queue_id=queue_id, now=now
         )
-        loop = asyncio.get_running_loop()
         try:
             envelope = Envelope(
                 queue_id=queue_id,
@@ -343,13 +299,8 @@ class SubmissionConnection:
                 smtputf8=event.smtputf8,
                 body=event.body,
             )
-            stored = await loop.run_in_executor(
-                server.executor,
-                server.store,
-                envelope,
-                message,
-                summary.from_[0].domain,
-                self.user,
+            stored = await server.queueing.store(
+                StoreJob(envelope, message, summary.from_[0].domain, self.user)
             )
         except SpoolFullError as exc:
             self._server.log.event("spool_error", "error", conn=self.conn_id, error=str(exc))

@@ -75,6 +75,34 @@ def test_an_id_cannot_be_put_twice(queue: QueueStore) -> None:
     assert queue.message(queue_id) == MESSAGE
 
 
+def test_put_many_queues_every_message_and_each_is_claimed_and_completed_alone(
+    backend: StoreBackend,
+) -> None:
+    writer, runner = backend.queue(), backend.queue()
+    messages = [b"first\r\n", MESSAGE, b""]
+    ids = [writer.new_id() for _ in messages]
+    writer.put_many([(make_envelope(q, m), m) for q, m in zip(ids, messages, strict=True)])
+    assert sorted(runner.ids()) == sorted(ids)
+    for queue_id, message in zip(ids, messages, strict=True):
+        assert runner.message(queue_id) == message
+    claims = {c.queue_id: c for c in runner.claim(10, LEASE).claims}
+    assert sorted(claims) == sorted(ids)
+    runner.complete(claims[ids[1]])
+    assert sorted(runner.ids()) == sorted([ids[0], ids[2]])
+    assert runner.message(ids[0]) == b"first\r\n"
+
+
+def test_put_many_with_an_id_in_use_queues_none_of_the_group(queue: QueueStore) -> None:
+    taken = put(queue)
+    fresh = queue.new_id()
+    new = b"new\r\n"
+    with pytest.raises(SpoolError):
+        queue.put_many([(make_envelope(fresh, new), new), (make_envelope(taken, MESSAGE), MESSAGE)])
+    assert queue.ids() == [taken]
+    with pytest.raises(UnknownQueueIdError):
+        queue.envelope(fresh)
+
+
 @pytest.mark.parametrize(
     "operation",
     [

@@ -587,7 +587,7 @@ def test_log_records_outcomes_without_secrets_or_body(backend: Backend) -> None:
 def _signed_backend(tmp_path: Path, store: LocalUserStore, executor: Executor) -> Backend:
     generate_key(tmp_path / "dkim", "example.org", "sel1")
     backend = build_backend(store, LocalQueueStore(tmp_path / "spool"), executor)
-    backend.submission.signer = DkimSigner(load_keys(tmp_path / "dkim"))
+    backend.submission.queueing.signer = DkimSigner(load_keys(tmp_path / "dkim"))
     return backend
 
 

@@ -89,6 +89,14 @@ class QueueStore(Protocol):
         """
         ...
 
+    def put_many(self, items: Sequence[tuple[Envelope, bytes]]) -> None:
+        """Queue several messages in one commit (a group commit): all are durable on return.
+
+        The promise of `put` for each message, at the cost of one commit for all of them. On
+        any failure none of them stays queued: SpoolFullError or SpoolError as for `put`.
+        """
+        ...
+
     def ids(self) -> list[str]:
         """The queued ids, oldest first."""
         ...

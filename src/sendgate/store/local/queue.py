@@ -93,6 +93,17 @@ class LocalQueueStore:
             with self._lock:
                 self._add(envelope, None, self._clock())
 
+    def put_many(self, items: Sequence[tuple[Envelope, bytes]]) -> None:
+        self._spool.put_many(items)
+        if self._announce_to is not None:
+            for envelope, _ in items:
+                self._announce_to.announce(envelope.queue_id)
+        if self._indexing:
+            with self._lock:
+                now = self._clock()
+                for envelope, _ in items:
+                    self._add(envelope, None, now)
+
     def ids(self) -> list[str]:
         return self._spool.ids()
 

@@ -3,9 +3,10 @@
 Layout under the spool root (directories mode 0o700, files mode 0o600):
 
 - ``tmp/``: files being written; anything here is garbage once the server is down.
-- ``queue/<id>``: one file per queued message: its envelope (one line of JSON, UTF-8), a LF,
-  then the message bytes exactly as they will be sent. A message is queued if and only if its
-  file is in ``queue/``: the rename from ``tmp/`` (the envelope's arrival) is the commit point.
+- ``queue/<id>``: one name per queued message: its envelope (one line of JSON, UTF-8), a LF,
+  then the message bytes exactly as they will be sent; or a hard link to a batch file holding
+  several such records (`store.local.batchfile`). A message is queued if and only if its name
+  is in ``queue/``: the rename (or link) from ``tmp/`` is the commit point.
 - ``corrupt/``: queue files whose envelope line cannot be read, moved aside by `Spool.sweep`.
 - ``state/<id>``: delivery state of a message that has had an attempt (which recipients are done,
   when to try next), replaced atomically (tmp/, fsync, rename). No state file: nothing tried yet.
@@ -15,13 +16,12 @@ Layout under the spool root (directories mode 0o700, files mode 0o600):
   a crash never leaves an unheld copy of mail that was to be held.
 
 `Spool.put` writes ``tmp/<id>`` in one writev, fsyncs it, renames it into ``queue/`` and then
-makes the rename durable with an fsync of ``queue/``. One file per message (not a message file
-plus an envelope file) halves inode allocation and file fsyncs, which dominate the cost of a
-durable accept. Directory fsyncs are group-committed: a put whose rename was already covered by
-another thread's directory fsync does not issue its own. On any error `put` removes what it
-wrote and raises `SpoolFullError` (disk full) or `SpoolError`, so a half-written message is never
-visible as queued. Delivery state, when it exists, lives in ``state/<id>``; the queue file
-itself is never rewritten.
+makes the rename durable with an fsync of ``queue/``; `Spool.put_many` does the same for a batch
+with one file, one file fsync and one directory fsync (group commit). Directory fsyncs are also
+shared between threads: a commit already covered by another thread's directory fsync does not
+issue its own. On any error the put removes what it wrote and raises `SpoolFullError` (disk
+full) or `SpoolError`, so a half-written message is never visible as queued. Delivery state,
+when it exists, lives in ``state/<id>``; queue files are never rewritten.
 
 Security: queue ids come from the command line and from directory listings, so every id is
 checked against a strict pattern before it becomes part of a path (no ``../``). Envelope files
@@ -35,13 +35,14 @@ import os
 import secrets
 import threading
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from contextlib import suppress
 from pathlib import Path
 
 from sendgate.errors import SpoolError, SpoolFullError, UnknownQueueIdError
 from sendgate.fsutil import atomic_replace, fsync_dir, is_disk_full, write_file_durably
 from sendgate.store.envelope import RANDOM_BYTES, Envelope, checked_id, is_queue_id, new_queue_id
+from sendgate.store.local import batchfile
 from sendgate.store.local.holds import Holds
 from sendgate.store.queue import Recovery
 
@@ -118,6 +119,46 @@ class Spool:
             if isinstance(exc, OSError):
                 raise _spool_error("cannot sync spool directory", self._hold, exc) from exc
             raise
+
+    def put_many(self, items: Sequence[tuple[Envelope, bytes]]) -> None:
+        """Store several messages in one commit: all are durably queued when this returns.
+
+        One batch file (`store.local.batchfile`) is written and synced, linked into queue/
+        once per message, and the directory is synced once. On any error no link stays
+        behind and SpoolFullError or SpoolError is raised, as by `put`.
+        """
+        if len(items) == 1:
+            self.put(*items[0])
+            return
+        for envelope, message in items:
+            if envelope.size != len(message):
+                raise ValueError(f"envelope size {envelope.size} != message size {len(message)}")
+            checked_id(envelope.queue_id)
+        tmp_path = self._tmp / f"{items[0][0].queue_id}.batch"
+        try:
+            write_file_durably(tmp_path, batchfile.encode(items))
+        except OSError as exc:
+            raise _spool_error("cannot write spool file", tmp_path, exc) from exc
+        linked: list[Path] = []
+        action, path = "cannot commit spool file", self._queue
+        try:
+            for envelope, _ in items:
+                path = self._queue / envelope.queue_id
+                os.link(tmp_path, path)  # EEXIST for an id in use: nothing is overwritten
+                linked.append(path)
+            with self._rename_lock:
+                self._renames += 1
+                mine = self._renames
+            action, path = "cannot sync spool directory", self._queue
+            self._sync_queue_dir(mine)
+        except OSError as exc:
+            for done in linked:
+                with suppress(OSError):
+                    done.unlink()
+            raise _spool_error(action, path, exc) from exc
+        finally:
+            with suppress(OSError):
+                tmp_path.unlink()  # the links keep the batch; a crash leaves this to `sweep`
 
     def _commit(self, envelope: Envelope, message: bytes) -> None:
         """Write the queue file of a checked envelope: tmp/, fsync, rename, directory fsync."""
@@ -211,17 +252,11 @@ class Spool:
     def envelope(self, queue_id: str) -> Envelope:
         """Return the envelope of a committed message; SpoolError if unknown or corrupt."""
         path = self._queue / checked_id(queue_id)
-        try:
-            with path.open("rb") as file:
-                line = file.readline()
-        except FileNotFoundError:
-            raise UnknownQueueIdError(f"unknown queue id {queue_id}") from None
-        except OSError as exc:
-            raise _spool_error("cannot read spool file", path, exc) from exc
-        if not line.endswith(b"\n"):
+        line, newline, _ = self._record(path, queue_id, envelope_only=True).partition(b"\n")
+        if not newline:
             raise SpoolError(f"corrupt envelope {path}: no envelope line")
         try:
-            envelope = Envelope.from_json(line[:-1])
+            envelope = Envelope.from_json(line)
         except SpoolError as exc:
             raise SpoolError(f"corrupt envelope {path}: {exc}") from None
         if envelope.queue_id != queue_id:
@@ -231,11 +266,23 @@ class Spool:
     def message(self, queue_id: str) -> bytes:
         """Return the message bytes of `queue_id` exactly as they will be sent."""
         path = self._queue / checked_id(queue_id)
-        data = _read(path, queue_id)
+        data = self._record(path, queue_id)
         newline = data.find(b"\n")
         if newline < 0:
             raise SpoolError(f"corrupt envelope {path}: no envelope line")
         return data[newline + 1 :]
+
+    @staticmethod
+    def _record(path: Path, queue_id: str, *, envelope_only: bool = False) -> bytes:
+        """The record (envelope line, LF, message) of a queue file, single or batch."""
+        try:
+            return batchfile.read_record(path, queue_id, envelope_only=envelope_only)
+        except FileNotFoundError:
+            raise UnknownQueueIdError(f"unknown queue id {queue_id}") from None
+        except OSError as exc:
+            raise _spool_error("cannot read spool file", path, exc) from exc
+        except SpoolError as exc:
+            raise SpoolError(f"corrupt envelope {path}: {exc}") from None
 
     def remove(self, queue_id: str, *, durable: bool = True) -> None:
         """Un-queue `queue_id` (delivered, bounced or removed by the operator).
@@ -317,19 +364,6 @@ class Spool:
             raise _spool_error("cannot read retry flags", self._retry, exc) from exc
         return taken
 
-    def index_entries(self, ids: list[str]) -> list[tuple[str, Envelope | None, bytes | None]]:
-        """Envelope and delivery state of each id, in one call (one thread handoff for many).
-
-        A message that is gone by now gives (id, None, None); other errors raise SpoolError.
-        """
-        entries: list[tuple[str, Envelope | None, bytes | None]] = []
-        for queue_id in ids:
-            try:
-                entries.append((queue_id, self.envelope(queue_id), self.read_state(queue_id)))
-            except UnknownQueueIdError:
-                entries.append((queue_id, None, None))
-        return entries
-
     def _scan_queue(self) -> tuple[list[str], int]:
         """Return the queued ids (sorted, oldest first) and the count of other names."""
         queued: list[str] = []
@@ -348,16 +382,6 @@ class Spool:
         if target.exists():
             target = self._corrupt / f"{queue_id}.{secrets.token_hex(4)}"
         return target
-
-
-def _read(path: Path, queue_id: str) -> bytes:
-    """Read a spool file; a missing one means the queue id is unknown."""
-    try:
-        return path.read_bytes()
-    except FileNotFoundError:
-        raise UnknownQueueIdError(f"unknown queue id {queue_id}") from None
-    except OSError as exc:
-        raise _spool_error("cannot read spool file", path, exc) from exc
 
 
 def _remove_tree(path: Path) -> None:

@@ -1,0 +1,118 @@
+"""Tests for sendgate.handoff: jobs that arrive while a group runs go together in the next one."""
+
+from __future__ import annotations
+
+import asyncio
+import threading
+from collections.abc import Sequence
+from concurrent.futures import ThreadPoolExecutor
+
+import pytest
+
+from sendgate.handoff import GroupHandoff
+
+
+class Recorder:
+    """A group function that records its groups and can be held at its start."""
+
+    def __init__(self) -> None:
+        self.groups: list[list[int]] = []
+        self.gate = threading.Event()
+        self.gate.set()
+        self.started = threading.Event()
+
+    def __call__(self, jobs: list[int]) -> Sequence[int | BaseException]:
+        self.groups.append(list(jobs))
+        self.started.set()
+        self.gate.wait(10)
+        return [ValueError(f"odd {j}") if j % 2 else j * 10 for j in jobs]
+
+
+@pytest.fixture
+def executor() -> ThreadPoolExecutor:
+    return ThreadPoolExecutor(4)
+
+
+def test_a_lone_job_runs_at_once_and_gets_its_result(executor: ThreadPoolExecutor) -> None:
+    recorder = Recorder()
+
+    async def main() -> int:
+        return await GroupHandoff(executor, recorder).run(4)
+
+    assert asyncio.run(main()) == 40
+    assert recorder.groups == [[4]]
+
+
+def test_jobs_arriving_during_a_group_run_together_next(executor: ThreadPoolExecutor) -> None:
+    recorder = Recorder()
+    recorder.gate.clear()
+
+    async def main() -> list[int | BaseException]:
+        handoff = GroupHandoff(executor, recorder, max_group=3)
+        first = asyncio.ensure_future(handoff.run(0))
+        await asyncio.to_thread(recorder.started.wait, 10)  # the first group is running
+        rest = [asyncio.ensure_future(handoff.run(j)) for j in (2, 4, 6, 8)]
+        await asyncio.sleep(0)  # let them queue behind the running group
+        recorder.gate.set()
+        return await asyncio.gather(first, *rest, return_exceptions=True)
+
+    assert asyncio.run(main()) == [0, 20, 40, 60, 80]
+    assert recorder.groups == [[0], [2, 4, 6], [8]]
+
+
+def test_each_job_gets_its_own_exception(executor: ThreadPoolExecutor) -> None:
+    recorder = Recorder()
+
+    async def main() -> list[int | BaseException]:
+        handoff = GroupHandoff(executor, recorder)
+        return await asyncio.gather(*(handoff.run(j) for j in (1, 2)), return_exceptions=True)
+
+    odd, even = asyncio.run(main())
+    assert isinstance(odd, ValueError)
+    assert str(odd) == "odd 1"
+    assert even == 20
+
+
+def test_a_failing_group_fails_every_job_and_the_next_group_runs(
+    executor: ThreadPoolExecutor,
+) -> None:
+    calls: list[list[int]] = []
+    gate = threading.Event()
+
+    def flaky(jobs: list[int]) -> Sequence[int | BaseException]:
+        calls.append(jobs)
+        gate.wait(10)
+        if len(calls) == 2:
+            raise OSError("disk gone")
+        return jobs
+
+    async def main() -> list[int | BaseException]:
+        handoff = GroupHandoff(executor, flaky)
+        jobs = [asyncio.ensure_future(handoff.run(j)) for j in (1, 2, 3)]
+        await asyncio.sleep(0)
+        gate.set()
+        done = await asyncio.gather(*jobs, return_exceptions=True)
+        return [*done, await handoff.run(4)]
+
+    results = asyncio.run(main())
+    assert calls == [[1], [2, 3], [4]]
+    assert [str(r) for r in results] == ["1", "disk gone", "disk gone", "4"]
+
+
+def test_a_job_whose_waiter_is_cancelled_does_not_break_the_group(
+    executor: ThreadPoolExecutor,
+) -> None:
+    recorder = Recorder()
+    recorder.gate.clear()
+
+    async def main() -> int:
+        handoff = GroupHandoff(executor, recorder)
+        gone = asyncio.ensure_future(handoff.run(0))
+        kept = asyncio.ensure_future(handoff.run(2))
+        await asyncio.to_thread(recorder.started.wait, 10)
+        gone.cancel()  # the client went away while its message was being stored
+        recorder.gate.set()
+        return await kept
+
+    assert asyncio.run(main()) == 20
+    assert recorder.groups == [[0], [2]]
