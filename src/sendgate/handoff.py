@@ -81,3 +81,18 @@ class GroupHandoff(Generic[_J, _R]):
                 future.set_exception(outcome)
             else:
                 future.set_result(outcome)
+
+
+def each(func: Callable[[_J], _R]) -> Callable[[list[_J]], list[_R | BaseException]]:
+    """A group function that calls `func` on every job alone: one handoff, separate outcomes."""
+
+    def run_group(jobs: list[_J]) -> list[_R | BaseException]:
+        outcomes: list[_R | BaseException] = []
+        for job in jobs:
+            try:
+                outcomes.append(func(job))
+            except Exception as exc:
+                outcomes.append(exc)
+        return outcomes
+
+    return run_group

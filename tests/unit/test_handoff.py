@@ -9,7 +9,7 @@ from concurrent.futures import ThreadPoolExecutor
 
 import pytest
 
-from sendgate.handoff import GroupHandoff
+from sendgate.handoff import GroupHandoff, each
 
 
 class Recorder:
@@ -116,3 +116,16 @@ def test_a_job_whose_waiter_is_cancelled_does_not_break_the_group(
 
     assert asyncio.run(main()) == 20
     assert recorder.groups == [[0], [2]]
+
+
+def test_each_calls_the_function_on_every_job_and_keeps_failures_apart() -> None:
+    def half(n: int) -> int:
+        if n % 2:
+            raise ValueError(f"odd {n}")
+        return n // 2
+
+    outcomes = each(half)([4, 3, 8])
+    assert outcomes[0] == 2
+    assert isinstance(outcomes[1], ValueError)
+    assert str(outcomes[1]) == "odd 3"
+    assert outcomes[2] == 4

@@ -29,6 +29,7 @@ from sendgate.delivery import outcome
 from sendgate.delivery.bounce import DsnWriter
 from sendgate.delivery.courier import Courier
 from sendgate.errors import LeaseLostError, SpoolError, UnknownQueueIdError
+from sendgate.handoff import GroupHandoff, each
 from sendgate.log import EventLog
 from sendgate.store.delivery_state import DeliveryState, RecipientState
 from sendgate.store.queue import Claim, QueueStore
@@ -75,6 +76,9 @@ class Scheduler:
         self._next_check = 0.0
         self._renew_at = 0.0
         self._arrivals: int | None = None  # the queue's arrivals descriptor, when watched
+        # Message reads and completions of many attempts share thread handoffs.
+        self._reads = GroupHandoff(executor, each(queue.message), in_flight=2)
+        self._completions = GroupHandoff(executor, each(queue.complete), in_flight=2)
         self._watching = False
 
     def _arrived(self) -> None:
@@ -276,7 +280,7 @@ class Scheduler:
     async def _attempt_message(self, queue_id: str) -> None:
         claim = self._held[queue_id]
         try:
-            message = await self._io(self._queue.message, queue_id)
+            message = await self._reads.run(queue_id)
         except UnknownQueueIdError:
             return  # removed by the operator meanwhile
         envelope, state = claim.envelope, claim.state
@@ -348,7 +352,7 @@ class Scheduler:
         claim = self._held[queue_id]  # the latest lease: a re-claim may have renewed it
         try:
             if state.finished():
-                await self._io(self._queue.complete, claim)
+                await self._completions.run(claim)
                 return
             state = outcome.schedule(state, envelope, now, self._cfg, self._rng.random())
             await self._io(self._queue.update, claim, state)
