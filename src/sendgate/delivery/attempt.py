@@ -25,9 +25,10 @@ from typing import cast
 import aiosmtplib
 from aiosmtplib import SMTPException, SMTPHeloError, SMTPResponseException, SMTPTimeoutError
 
-from sendgate.delivery.certnames import certificate_problem
+from sendgate.delivery.certnames import certificate_problem, ssl_error, tls_failure
 from sendgate.delivery.connections import CachedSession, ConnectionCache, SessionKey
 from sendgate.delivery.payload import Job, size_limit, smtp_path
+from sendgate.delivery.pipeline import Exchange, open_socket
 from sendgate.delivery.target import MAX_REPLY_TEXT, Outcome, RemoteReply, Target, Timeouts
 from sendgate.text import reply_text
 
@@ -171,29 +172,16 @@ class Attempt:
         await self._transaction()
 
     async def _connect(self) -> socket.socket:
-        address = ipaddress.ip_address(self.target.address)
-        family = socket.AF_INET6 if address.version == 6 else socket.AF_INET
-        sock = socket.socket(family, socket.SOCK_STREAM)
         try:
-            sock.setblocking(False)
-            connecting = asyncio.get_running_loop().sock_connect(
-                sock, (self.target.address, self.target.port)
-            )
-            await asyncio.wait_for(connecting, self.timeouts.connect)
+            return await open_socket(self.target.address, self.target.port, self.timeouts.connect)
         except TimeoutError:
-            sock.close()
             raise _SessionError(
                 f"timeout ({self.timeouts.connect:g}s) connecting to {self.peer}"
             ) from None
         except OSError as exc:
-            sock.close()
             # asyncio's message repeats the address; the errno's text says it better.
             detail = os.strerror(exc.errno) if exc.errno else str(exc)
             raise _SessionError(f"cannot connect to {self.peer}: {detail}") from None
-        except BaseException:
-            sock.close()
-            raise
-        return sock
 
     @contextlib.contextmanager
     def _step(self, stage: str, timeout: float | None = None) -> Iterator[None]:
@@ -205,12 +193,12 @@ class Attempt:
             raise _SessionError(reply=self._reply(exc.code, exc.message)) from None
         except (SMTPException, OSError) as exc:
             self.quit_allowed = False
-            handshake = stage == "STARTTLS" or _ssl_error(exc) is not None
+            handshake = stage == "STARTTLS" or ssl_error(exc) is not None
             if isinstance(exc, TimeoutError | SMTPTimeoutError):
                 seconds = self.timeouts.command if timeout is None else timeout
                 reason = f"timeout ({seconds:g}s) in {stage}"
             elif handshake:
-                reason = self._tls_failure(exc)
+                reason = tls_failure(self.target.tls, exc)
             else:
                 reason = f"connection lost in {stage}"
             dropped = not isinstance(exc, TimeoutError | SMTPTimeoutError)
@@ -221,16 +209,6 @@ class Attempt:
             self.quit_allowed = False
             raise _SessionError(f"malformed reply in {self.stage}")
         return RemoteReply(code, reply_text(text, MAX_REPLY_TEXT))
-
-    def _tls_failure(self, exc: BaseException) -> str:
-        tls = self.target.tls
-        policy = f"TLS policy ({tls.reason}): " if tls.mode == "required" else ""
-        error = _ssl_error(exc)
-        if isinstance(error, ssl.SSLCertVerificationError):
-            return f"{policy}certificate not accepted: {error.verify_message}"
-        if error is not None:
-            return f"{policy}TLS handshake failed: {error.reason or error}"
-        return f"{policy}TLS handshake failed: connection lost"
 
     def _check_tls(self) -> None:
         """Record the TLS parameters; apply the checks OpenSSL did not do."""
@@ -330,15 +308,22 @@ class Attempt:
         encoding = "utf-8" if job.smtputf8 else "ascii"
 
         self.in_transaction = True
-        reply = await self._command(
-            "MAIL FROM", b"MAIL", smtp_path(b"FROM:", job.sender, encoding), *options
-        )
+        commands = [b" ".join((b"MAIL", smtp_path(b"FROM:", job.sender, encoding), *options))]
+        commands += [b"RCPT " + smtp_path(b"TO:", r, encoding) for r in job.recipients]
+        if smtp.supports_extension("pipelining"):
+            replies = await self._pipelined([*commands, b"DATA"])
+        else:
+            replies = [await self._command("MAIL FROM", commands[0])]
+        reply = replies[0]
         self.mail_answered = reply.code != 421  # a 421 here says the session is gone, not why
         if reply.code // 100 != 2:
             raise _SessionError(reply=reply)
         accepted: list[str] = []
-        for recipient in job.recipients:
-            reply = await self._command("RCPT TO", b"RCPT", smtp_path(b"TO:", recipient, encoding))
+        for index, recipient in enumerate(job.recipients, 1):
+            if index < len(replies):
+                reply = replies[index]
+            else:
+                reply = await self._command("RCPT TO", commands[index])
             if reply.code == 421:
                 raise _SessionError(reply=reply)
             if reply.code // 100 == 2:
@@ -347,7 +332,9 @@ class Attempt:
                 self.recipients[recipient] = reply
         if not accepted:
             return
-        reply = await self._command("DATA", b"DATA")
+        reply = (
+            replies[-1] if len(replies) > len(commands) else await self._command("DATA", b"DATA")
+        )
         if reply.code != 354:
             raise _SessionError(reply=reply)
         # Not aiosmtplib's data(): it cannot tell a refused DATA from a refused message, and
@@ -362,6 +349,28 @@ class Attempt:
         self.in_transaction = False  # any final reply to the data ends the transaction
         for recipient in accepted:
             self.recipients[recipient] = reply
+
+    async def _pipelined(self, commands: list[bytes]) -> list[RemoteReply]:
+        """MAIL, every RCPT and DATA in one write (RFC 2920); their replies, in order.
+
+        A 421 ends the reading (the server is closing) and stands for the replies after it.
+        """
+        stages = ["MAIL FROM"] + ["RCPT TO"] * (len(commands) - 2) + ["DATA"]
+        replies: list[RemoteReply] = []
+        with self._step("MAIL FROM"):
+            exchange = Exchange(self.smtp.transport, commands)
+        try:
+            for stage in stages:
+                with self._step(stage):
+                    replies.append(self._reply(*await exchange.reply(self.timeouts.command)))
+                if replies[-1].code == 421:
+                    return replies + replies[-1:] * (len(stages) - len(replies))
+            if replies[-1].code == 354 and all(r.code // 100 != 2 for r in replies[1:-1]):
+                with self._step("message data", self.timeouts.data):
+                    await exchange.end_empty_data(self.timeouts.data)  # RFC 2920 section 3.1
+        finally:
+            exchange.finish()
+        return replies
 
     async def _command(self, stage: str, *words: bytes) -> RemoteReply:
         with self._step(stage):
@@ -383,11 +392,3 @@ class Attempt:
         if self.transport is not None:
             cast(asyncio.Transport, self.transport).abort()
         self.smtp.close()
-
-
-def _ssl_error(exc: BaseException) -> ssl.SSLError | None:
-    """The TLS error behind `exc` (aiosmtplib wraps handshake errors of implicit TLS)."""
-    for candidate in (exc, exc.__cause__):
-        if isinstance(candidate, ssl.SSLError):
-            return candidate
-    return None

@@ -1,4 +1,4 @@
-"""Certificate checks beyond OpenSSL's: names (RFC 6125, strictly) and the DANE leaf check.
+"""Certificate checks beyond OpenSSL's (RFC 6125 names, the DANE leaf), and TLS failure reasons.
 
 OpenSSL checks the chain and `Target.host`; a route may accept other names (MTA-STS "mx"
 patterns, a smarthost's names), and DANE replaces both checks with the plan's leaf check.
@@ -9,11 +9,12 @@ subjectAltNames count (no Common Name fallback), and an unparsable one never mat
 
 from __future__ import annotations
 
+import ssl
 from collections.abc import Iterable, Sequence
 
 from cryptography import x509
 
-from sendgate.delivery.target import Target
+from sendgate.delivery.target import Target, TlsRequirement
 
 
 def dns_name_matches(pattern: str, name: str) -> bool:
@@ -70,3 +71,22 @@ def _names_covered(host: str, names: Sequence[str], leaf: bytes | None) -> bool:
     if any(dns_name_matches(name, host) for name in names):
         return True
     return leaf is not None and certificate_matches(leaf, names)
+
+
+def tls_failure(tls: TlsRequirement, exc: BaseException) -> str:
+    """Why a TLS handshake under `tls` ended with `exc`, for the log and the delivery state."""
+    policy = f"TLS policy ({tls.reason}): " if tls.mode == "required" else ""
+    error = ssl_error(exc)
+    if isinstance(error, ssl.SSLCertVerificationError):
+        return f"{policy}certificate not accepted: {error.verify_message}"
+    if error is not None:
+        return f"{policy}TLS handshake failed: {error.reason or error}"
+    return f"{policy}TLS handshake failed: connection lost"
+
+
+def ssl_error(exc: BaseException) -> ssl.SSLError | None:
+    """The TLS error behind `exc` (aiosmtplib wraps handshake errors of implicit TLS)."""
+    for candidate in (exc, exc.__cause__):
+        if isinstance(candidate, ssl.SSLError):
+            return candidate
+    return None
