@@ -418,3 +418,10 @@ def test_a_held_message_can_be_removed(backend: StoreBackend) -> None:
         queue.hold_reason(queue_id)
     # The id is free of every trace: nothing held, nothing claimable.
     assert backend.queue().claim(10, LEASE).claims == ()
+
+
+def test_a_claim_carries_the_stored_bytes_or_none(backend: StoreBackend) -> None:
+    writer, runner = backend.queue(), backend.queue()
+    put(writer)
+    [claim] = runner.claim(10, LEASE).claims
+    assert claim.message in (None, MESSAGE)

@@ -78,7 +78,7 @@ class Scheduler:
         self._arrivals: int | None = None  # the queue's arrivals descriptor, when watched
         # Message reads and completions of many attempts share thread handoffs.
         self._reads = GroupHandoff(executor, each(queue.message), in_flight=2)
-        self._completions = GroupHandoff(executor, each(queue.complete), in_flight=2)
+        self._completions = GroupHandoff(executor, each(queue.complete))
         self._watching = False
 
     def _arrived(self) -> None:
@@ -279,10 +279,12 @@ class Scheduler:
 
     async def _attempt_message(self, queue_id: str) -> None:
         claim = self._held[queue_id]
-        try:
-            message = await self._reads.run(queue_id)
-        except UnknownQueueIdError:
-            return  # removed by the operator meanwhile
+        message = claim.message
+        if message is None:
+            try:
+                message = await self._reads.run(queue_id)
+            except UnknownQueueIdError:
+                return  # removed by the operator meanwhile
         envelope, state = claim.envelope, claim.state
         now = self._clock()
         by_domain: dict[str, list[int]] = {}

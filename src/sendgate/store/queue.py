@@ -29,7 +29,7 @@ from sendgate.store.envelope import Envelope
 
 @dataclass(frozen=True, slots=True)
 class Claim:
-    """One message leased to the caller: what an attempt needs except the message bytes."""
+    """One message leased to the caller: what an attempt needs (perhaps the message bytes too)."""
 
     envelope: Envelope
     state: DeliveryState
@@ -40,6 +40,9 @@ class Claim:
     """When the lease runs out, on the store's clock."""
     state_problem: str | None = None
     """Why a stored state could not be read (the claim then carries a fresh one); for the log."""
+    message: bytes | None = None
+    """The message bytes when the backend read them with the claim (small messages, in the
+    claim's one call instead of a call each); None: read them with `QueueStore.message`."""
 
     @property
     def queue_id(self) -> str:

@@ -2,14 +2,19 @@
 
 Part of the local queue backend: it only shortens the wait before the first attempt, since the
 runner's queue handle also scans the spool; an announcement lost to a full pipe or a dead runner
-delays a message, never loses it. Writes of one id are far below PIPE_BUF, so they are atomic
-and lines never interleave.
+delays a message, never loses it. A line is an id, or an id, a space and the message's envelope
+as stored (one line of JSON), which spares the runner reading it back from disk; a line longer
+than PIPE_BUF goes without its envelope, so every write is atomic and lines never interleave.
+
+Security: the runner parses an announced envelope as strictly as a stored one, and falls back
+to the spool when it cannot (the announcement is a hint, the spool is the truth).
 """
 
 from __future__ import annotations
 
 import contextlib
 import os
+import select
 
 from sendgate.store.envelope import is_queue_id
 
@@ -45,9 +50,12 @@ class AnnounceWriter:
     def __init__(self, fd: int) -> None:
         self.fd = fd
 
-    def announce(self, queue_id: str) -> None:
+    def announce(self, queue_id: str, envelope: bytes | None = None) -> None:
+        line = queue_id.encode("ascii")
+        if envelope is not None and len(line) + len(envelope) + 2 <= select.PIPE_BUF:
+            line += b" " + envelope
         with contextlib.suppress(BlockingIOError, BrokenPipeError):
-            os.write(self.fd, queue_id.encode("ascii") + b"\n")
+            os.write(self.fd, line + b"\n")
 
     def close(self) -> None:
         with contextlib.suppress(OSError):
@@ -63,7 +71,11 @@ class AnnounceReader:
 
     def take(self) -> list[str]:
         """The well-formed ids written since the last call (a partial line waits for its end)."""
-        ids: list[str] = []
+        return [queue_id for queue_id, _ in self.take_envelopes()]
+
+    def take_envelopes(self) -> list[tuple[str, bytes | None]]:
+        """As `take`, each id with the envelope line announced with it (unparsed), if any."""
+        ids: list[tuple[str, bytes | None]] = []
         while True:
             try:
                 chunk = os.read(self.fd, 65536)
@@ -74,10 +86,11 @@ class AnnounceReader:
             lines = (self._pending + chunk).split(b"\n")
             self._pending = lines.pop()
             for line in lines:
+                head, _, envelope = line.partition(b" ")
                 with contextlib.suppress(UnicodeDecodeError):
-                    text = line.decode("ascii")
+                    text = head.decode("ascii")
                     if is_queue_id(text):
-                        ids.append(text)
+                        ids.append((text, envelope or None))
         return ids
 
     def close(self) -> None:

@@ -29,7 +29,7 @@ import time
 from collections import deque
 from collections.abc import Callable, Sequence
 from contextlib import suppress
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 
 from sendgate.errors import LeaseLostError, SpoolError, UnknownQueueIdError
@@ -41,6 +41,7 @@ from sendgate.store.queue import Claim, Claimed, Recovery
 from sendgate.text import one_line
 
 LOAD_BATCH = 1024  # new messages read from disk per claim: bounds the time one call takes
+CLAIM_READ_MAX = 64 * 1024  # messages up to this size come with their claim
 
 
 @dataclass(slots=True)
@@ -77,6 +78,7 @@ class LocalQueueStore:
         self._due: list[tuple[float, str]] = []  # unleased rows; stale entries skipped on pop
         self._leases: list[tuple[float, str, int]] = []  # (until, id, token) of leased rows
         self._to_load: deque[str] = deque()
+        self._announced_envelopes: dict[str, bytes] = {}  # envelope lines of ids to load
         self._retry_wanted: set[str] = set()  # retry requests for ids not loaded yet
         self._next_scan = 0.0
 
@@ -88,7 +90,7 @@ class LocalQueueStore:
     def put(self, envelope: Envelope, message: bytes, *, hold: str | None = None) -> None:
         self._spool.put(envelope, message, hold=None if hold is None else one_line(hold))
         if self._announce_to is not None:
-            self._announce_to.announce(envelope.queue_id)
+            self._announce_to.announce(envelope.queue_id, envelope.to_json())
         if self._indexing:
             with self._lock:
                 self._add(envelope, None, self._clock())
@@ -97,7 +99,7 @@ class LocalQueueStore:
         self._spool.put_many(items)
         if self._announce_to is not None:
             for envelope, _ in items:
-                self._announce_to.announce(envelope.queue_id)
+                self._announce_to.announce(envelope.queue_id, envelope.to_json())
         if self._indexing:
             with self._lock:
                 now = self._clock()
@@ -184,7 +186,19 @@ class LocalQueueStore:
                     Claim(row.envelope, row.state, row.token, row.lease_until, row.state_problem)
                 )
                 row.state_problem = None  # reported once
-            return Claimed(tuple(claims), self._next_check(now), tuple(problems))
+            next_check = self._next_check(now)
+        return Claimed(tuple(self._with_messages(claims)), next_check, tuple(problems))
+
+    def _with_messages(self, claims: list[Claim]) -> list[Claim]:
+        """Small messages' bytes read in this call (one thread handoff for the whole claim)."""
+        read: list[Claim] = []
+        for claim in claims:
+            if claim.envelope.size <= CLAIM_READ_MAX:
+                # Not here: the attempt reads it (and reports what went wrong) as for big ones.
+                with suppress(SpoolError):
+                    claim = replace(claim, message=self._spool.message(claim.queue_id))
+            read.append(claim)
+        return read
 
     def renew(self, claims: Sequence[Claim], lease: float) -> list[Claim]:
         kept = []
@@ -295,13 +309,24 @@ class LocalQueueStore:
                 problems.append(str(exc))
             self._next_scan = now + self._scan_interval
         if self._announced is not None:
-            self._to_load.extend(q for q in self._announced.take() if q not in self._rows)
+            for queue_id, line in self._announced.take_envelopes():
+                if queue_id not in self._rows:
+                    self._to_load.append(queue_id)
+                    if line is not None and len(self._announced_envelopes) < LOAD_BATCH * 4:
+                        self._announced_envelopes[queue_id] = line
         batch = [self._to_load.popleft() for _ in range(min(LOAD_BATCH, len(self._to_load)))]
         for queue_id in batch:
+            line = self._announced_envelopes.pop(queue_id, None)
             if queue_id in self._rows:
                 continue
             try:
-                envelope = self._spool.envelope(queue_id)
+                # An announced envelope spares reading the queue file. The state is read all
+                # the same: a restarted runner may read announcements its predecessor handled.
+                envelope = self._announced_envelope(queue_id, line)
+                if envelope is None:
+                    envelope = self._spool.envelope(queue_id)
+                elif not self._spool.queued(queue_id):
+                    continue  # delivered or removed since it was announced
                 raw_state = self._spool.read_state(queue_id)
             except UnknownQueueIdError:
                 continue  # delivered or removed since it was listed
@@ -312,6 +337,17 @@ class LocalQueueStore:
             if queue_id in self._retry_wanted:
                 self._retry_wanted.discard(queue_id)
                 self._reschedule(queue_id, row, now)
+
+    @staticmethod
+    def _announced_envelope(queue_id: str, line: bytes | None) -> Envelope | None:
+        """The envelope an acceptor announced with `queue_id`, if it reads as a stored one."""
+        if line is None:
+            return None
+        try:
+            envelope = Envelope.from_json(line)
+        except SpoolError:
+            return None  # read it from the spool instead
+        return envelope if envelope.queue_id == queue_id else None
 
     def _scan(self, now: float) -> None:
         queued = self._spool.ids()

@@ -20,8 +20,7 @@ makes the rename durable with an fsync of ``queue/``; `Spool.put_many` does the 
 with one file, one file fsync and one directory fsync (group commit). Directory fsyncs are also
 shared between threads: a commit already covered by another thread's directory fsync does not
 issue its own. On any error the put removes what it wrote and raises `SpoolFullError` (disk
-full) or `SpoolError`, so a half-written message is never visible as queued. Delivery state,
-when it exists, lives in ``state/<id>``; queue files are never rewritten.
+full) or `SpoolError`, so a half-written message is never visible as queued.
 
 Security: queue ids come from the command line and from directory listings, so every id is
 checked against a strict pattern before it becomes part of a path (no ``../``). Envelope files
@@ -263,6 +262,10 @@ class Spool:
             raise SpoolError(f"corrupt envelope {path}: it names queue id {envelope.queue_id}")
         return envelope
 
+    def queued(self, queue_id: str) -> bool:
+        """Whether `queue_id` is queued (a stat, nothing read)."""
+        return (self._queue / checked_id(queue_id)).exists()
+
     def message(self, queue_id: str) -> bytes:
         """Return the message bytes of `queue_id` exactly as they will be sent."""
         path = self._queue / checked_id(queue_id)
@@ -331,8 +334,7 @@ class Spool:
         an attempt): no state is written for it. A removal racing the rename leaves an orphan
         state file, which `sweep` deletes.
         """
-        queue_id = checked_id(queue_id)
-        if not (self._queue / queue_id).exists():
+        if not self.queued(queue_id):
             raise UnknownQueueIdError(f"unknown queue id {queue_id}")
         final = self._state / queue_id
         try:
@@ -342,8 +344,7 @@ class Spool:
 
     def request_retry(self, queue_id: str) -> None:
         """Ask the delivery runner to try `queue_id` at once; SpoolError if it is not queued."""
-        queue_id = checked_id(queue_id)
-        if not (self._queue / queue_id).exists():
+        if not self.queued(queue_id):
             raise UnknownQueueIdError(f"unknown queue id {queue_id}")
         path = self._retry / queue_id
         try:

@@ -154,3 +154,14 @@ def test_each_process_keeps_only_its_end() -> None:
         assert os.read(reader.fd, 1) == b""  # every writer is gone: end of file, not EAGAIN
     finally:
         reader.close()
+
+
+def test_an_envelope_line_travels_with_its_id(announcer: Ends) -> None:
+    announcer.writer.announce(IDS[0], b'{"queue_id": "x"}')
+    announcer.writer.announce(IDS[1])
+    assert announcer.reader.take_envelopes() == [(IDS[0], b'{"queue_id": "x"}'), (IDS[1], None)]
+
+
+def test_an_envelope_too_long_for_one_atomic_write_is_left_out(announcer: Ends) -> None:
+    announcer.writer.announce(IDS[0], b"x" * 5000)
+    assert announcer.reader.take_envelopes() == [(IDS[0], None)]

@@ -20,7 +20,7 @@ from sendgate.store import local
 from sendgate.store.delivery_state import DELIVERED, DeliveryState
 from sendgate.store.envelope import Envelope
 from sendgate.store.local.announce import AnnouncePipe, AnnounceReader, AnnounceWriter
-from sendgate.store.local.queue import LocalQueueStore
+from sendgate.store.local.queue import CLAIM_READ_MAX, LocalQueueStore
 from sendgate.store.queue import Claim
 
 MESSAGE = b"From: <alice@example.com>\r\n\r\nhi\r\n"
@@ -200,3 +200,44 @@ def test_a_message_that_cannot_be_removed_stays_held_for_a_retry(pair: Pair) -> 
     assert again.queue_id == queue_id
     pair.runner.complete(again)
     assert pair.runner.ids() == []
+
+
+def test_an_announced_envelope_spares_reading_the_queue_file(
+    pair: Pair, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    queue_id = pair.put()
+
+    def unread(_queue_id: str) -> Envelope:
+        raise AssertionError("the envelope was read from disk")
+
+    monkeypatch.setattr(pair.runner._spool, "envelope", unread)
+    [claim] = pair.claim()
+    assert claim.envelope == pair.quiet.envelope(queue_id)
+
+
+@pytest.mark.parametrize("line", [b"{not json", b"", b"other"])
+def test_an_unusable_announced_envelope_is_read_from_the_spool(pair: Pair, line: bytes) -> None:
+    stored = pair.put(pair.quiet)  # put without announcing it, then announced with `line`
+    AnnounceWriter(pair.pipe.write_fd).announce(stored, line or None)
+    [claim] = pair.claim()
+    assert claim.envelope == pair.quiet.envelope(stored)
+
+
+def test_a_small_message_comes_with_its_claim_and_a_big_one_does_not(pair: Pair) -> None:
+    small = pair.put()
+    big_message = b"x" * (CLAIM_READ_MAX + 1)
+    big = pair.acceptor.new_id()
+    pair.acceptor.put(
+        Envelope(big, "alice@example.com", ("bob@example.org",), "alice", 0.0, len(big_message)),
+        big_message,
+    )
+    claims = {c.queue_id: c for c in pair.claim()}
+    assert claims[small].message == MESSAGE
+    assert claims[big].message is None
+    assert pair.runner.message(big) == big_message
+
+
+def test_an_announced_message_gone_before_it_was_loaded_is_skipped(pair: Pair) -> None:
+    queue_id = pair.put()
+    pair.quiet.remove(queue_id)
+    assert pair.claim() == []
