@@ -4,10 +4,11 @@
 The same servers and load as compare.py (the reference Postfix + Dovecot and a throw-away
 sendgate, both relaying to the reference's sink), one short run per point and server,
 alternating, each after both queues are empty. Then each server holds `--idle` connections
-that completed STARTTLS and AUTH and do nothing; the growth of its process tree's
-proportional set size (PSS, /proc/PID/smaps_rollup) divided by that count is the memory per
-idle connection. Postfix serves at most 100 connections at once (default_process_limit): at
-256 clients the rest wait in its listen queue.
+that completed STARTTLS and AUTH and do nothing: for sendgate (a fresh instance) the growth of
+its process tree's proportional set size (PSS, /proc/PID/smaps_rollup) per connection, for
+Postfix (a process per connection) the mean PSS of its smtpd processes. Postfix serves at most
+100 connections at once (default_process_limit): at 256 clients the rest wait in its listen
+queue.
 
     .venv/bin/python bench/curves.py --duration 10
 
@@ -64,25 +65,35 @@ def pss_kib(pids: list[int], comm: str | None = None) -> tuple[int, int]:
     return total, count
 
 
+def hold_connections(
+    host: str, port: int, ref: dict[str, str], password: str, count: int
+) -> list[smtplib.SMTP]:
+    """`count` connections that completed STARTTLS and AUTH, left idle."""
+    context = ssl.create_default_context(cafile=ref["REF_CAFILE"])
+    clients: list[smtplib.SMTP] = []
+    for _ in range(count):
+        client = smtplib.SMTP(host, port, timeout=30)
+        client.starttls(context=context)
+        client.login(ref["REF_USER"], password)
+        clients.append(client)
+    return clients
+
+
 def idle_memory(
     host: str, port: int, ref: dict[str, str], password: str, pids: list[int], count: int
 ) -> float:
     """KiB of PSS per connection held open after STARTTLS + AUTH.
 
-    sendgate: the growth of its tree. Postfix runs one smtpd process per connection and keeps
-    idle ones from earlier runs, so its tree need not grow: the mean PSS of its smtpd processes
-    while the connections are open.
+    sendgate (a fresh instance, so that no freed memory of earlier runs is reused): the growth
+    of its tree from 8 idle connections (the first ones fill caches) to 8 + `count`. Postfix
+    runs one smtpd process per connection and keeps idle ones from earlier runs, so its tree
+    need not grow: the mean PSS of its smtpd processes while the connections are open.
     """
-    context = ssl.create_default_context(cafile=ref["REF_CAFILE"])
     postfix = port == int(ref["REF_PORT"])
-    before, _ = pss_kib(pids)
-    clients: list[smtplib.SMTP] = []
+    clients = [] if postfix else hold_connections(host, port, ref, password, 8)
     try:
-        for _ in range(count):
-            client = smtplib.SMTP(host, port, timeout=30)
-            client.starttls(context=context)
-            client.login(ref["REF_USER"], password)
-            clients.append(client)
+        before, _ = pss_kib(pids)
+        clients += hold_connections(host, port, ref, password, count)
         if postfix:
             total, processes = pss_kib(pids, "smtpd")
             return total / max(processes, 1)
@@ -103,6 +114,7 @@ def main() -> int:
         "--sizes", type=int, nargs="+", default=[1024, 10240, 102400, 1048576, 10000000]
     )
     parser.add_argument("--idle", type=int, default=64)
+    parser.add_argument("--memory-only", action="store_true", help="skip the throughput curves")
     parser.add_argument("--port", type=int, default=12587)
     args = parser.parse_args()
     ref = reference_env()
@@ -115,6 +127,8 @@ def main() -> int:
             "sendgate": ("127.0.0.1", port, PASSWORD, [str(proc.pid)]),
         }
         points = [(c, 10240) for c in args.concurrency] + [(16, s) for s in args.sizes]
+        if args.memory_only:
+            points = []
         results: dict[tuple[int, int], dict[str, dict[str, Any]]] = {}
         try:
             for concurrency, size in points:
@@ -126,10 +140,20 @@ def main() -> int:
                     r = load(host, sport, ref, password, args.per_session, ns, pids)
                     results.setdefault((concurrency, size), {})[name] = r
             settle(dirs)
+            host, pf_port, pf_password, pf_pids = servers["postfix"]
             memory = {
-                name: idle_memory(host, sport, ref, password, [int(p) for p in pids], args.idle)
-                for name, (host, sport, password, pids) in servers.items()
+                "postfix": idle_memory(
+                    host, pf_port, ref, pf_password, [int(p) for p in pf_pids], args.idle
+                )
             }
+            fresh, fresh_port = start_sendgate(Path(tmp) / "fresh", ref, args.port + 10)
+            try:
+                memory["sendgate"] = idle_memory(
+                    "127.0.0.1", fresh_port, ref, PASSWORD, [fresh.pid], args.idle
+                )
+            finally:
+                os.killpg(fresh.pid, signal.SIGTERM)
+                fresh.wait(30)
         finally:
             os.killpg(proc.pid, signal.SIGTERM)
             proc.wait(30)
