@@ -5,8 +5,9 @@ certificate as the `TlsRequirement` says, logs in, runs its `Job`'s transaction,
 healthy session to the cache or ends it. `deliver` (client.py) decides which attempts to make.
 
 Security: everything the remote side sends is untrusted. Replies must carry a code from 200 to
-599 (else the session ends as "malformed"); aiosmtplib caps one reply at 32 KiB, and its text is
-cut to MAX_REPLY_TEXT characters here with control characters replaced. After a failed
+599 (else the session ends as "malformed"); aiosmtplib caps one reply at 32 KiB (`pipeline`
+caps the pipelined ones by line length and count), and its text is cut to MAX_REPLY_TEXT
+characters here with control characters replaced. After a failed
 certificate check no MAIL FROM is sent; credentials go only over TLS, or in plaintext to a
 loopback smarthost whose TLS mode is "none".
 """

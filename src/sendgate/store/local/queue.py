@@ -4,7 +4,8 @@ The files (`store.local.spool`) are the only truth; what a claiming handle adds 
 memory: every queued message with its delivery state and due time, and the leases it handed
 out. The index is built by scanning the spool (at the first claim, then every `scan_interval`
 seconds, loading at most `LOAD_BATCH` new messages per claim so that a big backlog starts moving
-at once), by the ids the acceptors announce through the pipe, and by this handle's own puts.
+at once), by the ids (and envelopes) the acceptors announce through the pipe, and by this
+handle's own puts. A claim reads the bytes of messages up to `CLAIM_READ_MAX` itself.
 Leases live in this memory too, so one spool must have exactly one claiming process (the one
 delivery runner `serve` starts); a lease that runs out makes the message claimable again with a
 larger token, and the old holder's update is refused.
@@ -341,13 +342,11 @@ class LocalQueueStore:
     @staticmethod
     def _announced_envelope(queue_id: str, line: bytes | None) -> Envelope | None:
         """The envelope an acceptor announced with `queue_id`, if it reads as a stored one."""
-        if line is None:
-            return None
         try:
-            envelope = Envelope.from_json(line)
+            envelope = None if line is None else Envelope.from_json(line)
         except SpoolError:
             return None  # read it from the spool instead
-        return envelope if envelope.queue_id == queue_id else None
+        return envelope if envelope is not None and envelope.queue_id == queue_id else None
 
     def _scan(self, now: float) -> None:
         queued = self._spool.ids()
