@@ -14,6 +14,7 @@ from contextlib import suppress
 from pathlib import Path
 
 _DISK_FULL_ERRNOS = frozenset({errno.ENOSPC, errno.EDQUOT})
+_IOV_MAX = os.sysconf("SC_IOV_MAX") if "SC_IOV_MAX" in os.sysconf_names else 1024  # writev limit
 
 
 def fsync_dir(path: Path) -> None:
@@ -80,7 +81,7 @@ def _write_all(fd: int, data: bytes | Sequence[bytes]) -> None:
     """Write every byte of `data` (one buffer or several) to `fd`, looping on short writes."""
     views = [memoryview(part) for part in ((data,) if isinstance(data, bytes) else data) if part]
     while views:
-        written = os.writev(fd, views)
+        written = os.writev(fd, views[:_IOV_MAX])
         if written <= 0:
             # Regular files report errors instead; never spin on a descriptor that stalls.
             raise OSError(errno.EIO, "write made no progress")

@@ -145,3 +145,10 @@ def test_is_disk_full_recognises_quota_and_rejects_other_errors(tmp_path: Path) 
     with pytest.raises(FileNotFoundError) as excinfo:
         (tmp_path / "missing").read_bytes()
     assert not is_disk_full(excinfo.value)
+
+
+def test_more_parts_than_one_writev_takes_are_all_written(tmp_path: Path) -> None:
+    parts = [b"%d," % n for n in range(3000)]  # IOV_MAX is 1024 on Linux
+    path = tmp_path / "many"
+    write_file_durably(path, parts)
+    assert path.read_bytes() == b"".join(parts)

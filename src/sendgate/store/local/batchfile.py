@@ -27,8 +27,8 @@ from sendgate.store.envelope import Envelope
 MAGIC = b"SGBATCH1 "
 FIRST_LINE_SIZE = len(MAGIC) + 5  # "SGBATCH1 " + 4 hex digits + LF
 ENTRY_SIZE = 18 + 1 + 16 + 1 + 16 + 1  # id, offset, length, separators
-MAX_MESSAGES = 0xFFFF
 HEADER_READ = 64 * 1024  # one read covers the header of any batch the spool writes
+MAX_MESSAGES = (HEADER_READ - FIRST_LINE_SIZE) // ENTRY_SIZE  # 1236: the header fits that read
 _ENTRY_RE = re.compile(rb"([0-7][0-9A-HJKMNP-TV-Z]{17}) ([0-9a-f]{16}) ([0-9a-f]{16})\n")
 
 

@@ -153,6 +153,20 @@ def test_bad_batch_headers_are_refused(header: bytes) -> None:
         batchfile.locate(data, queue_id, len(data))
 
 
-def test_encode_refuses_an_empty_batch() -> None:
+def test_encode_refuses_an_empty_batch_and_one_whose_header_would_not_fit_one_read() -> None:
     with pytest.raises(ValueError, match="a batch holds 1 to"):
         batchfile.encode([])
+    too_many = [
+        (make_envelope(new_queue_id(1_714_564_800.0, n.to_bytes(5, "big")), b""), b"")
+        for n in range(batchfile.MAX_MESSAGES + 1)
+    ]
+    with pytest.raises(ValueError, match="a batch holds 1 to"):
+        batchfile.encode(too_many)
+
+
+def test_the_largest_batch_is_read_back(spool: Spool) -> None:
+    batch = items(spool, *(b"m%d\r\n" % n for n in range(batchfile.MAX_MESSAGES)))
+    spool.put_many(batch)
+    last = batch[-1][0]
+    assert spool.message(last.queue_id) == batch[-1][1]
+    assert spool.envelope(last.queue_id) == last
