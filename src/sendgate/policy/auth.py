@@ -95,6 +95,9 @@ class Authenticator:
 
     def verify_user(self, user: UserRecord | None, password: str) -> AuthResult:
         """Check `password` for a user already read from the store (None: no such user)."""
+        hit = self.cached(user, password)
+        if hit is not None:
+            return hit
         # surrogatepass: a lone surrogate must fail to match, not raise.
         secret = password.encode("utf-8", "surrogatepass")
         app, stored = self._secret_for(user, password)
@@ -102,17 +105,13 @@ class Authenticator:
             # The dummy hash costs what a real verification costs and never matches.
             self._argon2_verify(self._dummy_hash, secret)
             return _FAILED
-        label = None if app is None else app.label
-        key = self._cache_key(user, label, stored, secret) if self._caching else None
-        if key is not None and self._cache_hit(key):
-            self._note_use(user, app)
-            return AuthResult(user=user, cached=True, app_password=label)
         if not self._argon2_verify(stored, secret):
             return _FAILED
         # check_needs_rehash is not acted on: rehashing here would write to the store on the
         # login path; hashes move to new parameters when the password is next set.
-        if key is not None:
-            self._remember(key)
+        label = None if app is None else app.label
+        if self._caching:
+            self._remember(self._cache_key(user, label, stored, secret))
         self._note_use(user, app)
         return AuthResult(user=user, cached=False, app_password=label)
 

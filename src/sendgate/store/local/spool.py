@@ -145,11 +145,8 @@ class Spool:
                 path = self._queue / envelope.queue_id
                 os.link(tmp_path, path)  # EEXIST for an id in use: nothing is overwritten
                 linked.append(path)
-            with self._rename_lock:
-                self._renames += 1
-                mine = self._renames
             action, path = "cannot sync spool directory", self._queue
-            self._sync_queue_dir(mine)
+            self._sync_new_names()
         except OSError as exc:
             for done in linked:
                 with suppress(OSError):
@@ -175,11 +172,8 @@ class Spool:
             if final.exists():
                 raise FileExistsError(errno.EEXIST, os.strerror(errno.EEXIST))
             os.rename(tmp_path, final)
-            with self._rename_lock:
-                self._renames += 1
-                mine = self._renames
             action, path = "cannot sync spool directory", self._queue
-            self._sync_queue_dir(mine)
+            self._sync_new_names()
         except OSError as exc:
             with suppress(OSError):
                 tmp_path.unlink()
@@ -188,10 +182,13 @@ class Spool:
                     final.unlink()
             raise _spool_error(action, path, exc) from exc
 
-    def _sync_queue_dir(self, rename: int) -> None:
-        """Make rename number `rename` durable, sharing one directory fsync between threads."""
+    def _sync_new_names(self) -> None:
+        """Make the name this thread just put into queue/ durable, sharing directory fsyncs."""
+        with self._rename_lock:
+            self._renames += 1
+            mine = self._renames
         with self._sync_lock:
-            if self._synced >= rename:
+            if self._synced >= mine:
                 return  # another thread's fsync started after our rename: already durable
             with self._rename_lock:
                 covered = self._renames
