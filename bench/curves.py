@@ -80,22 +80,30 @@ def hold_connections(
 
 
 def idle_memory(
-    host: str, port: int, ref: dict[str, str], password: str, pids: list[int], count: int
+    host: str,
+    port: int,
+    ref: dict[str, str],
+    password: str,
+    pids: list[int],
+    count: int,
+    *,
+    process_per_connection: str | None = None,
 ) -> float:
     """KiB of PSS per connection held open after STARTTLS + AUTH.
 
-    sendgate (a fresh instance, so that no freed memory of earlier runs is reused): the growth
-    of its tree from 8 idle connections (the first ones fill caches) to 8 + `count`. Postfix
-    runs one smtpd process per connection and keeps idle ones from earlier runs, so its tree
-    need not grow: the mean PSS of its smtpd processes while the connections are open.
+    Without `process_per_connection` (sendgate, a fresh instance, so that no freed memory of
+    earlier runs is reused): the growth of its tree from 8 idle connections (the first ones
+    fill caches) to 8 + `count`. With it (Postfix: "smtpd", which it keeps running from earlier
+    runs, so its tree need not grow): the mean PSS of those processes while the connections
+    are open.
     """
-    postfix = port == int(ref["REF_PORT"])
-    clients = [] if postfix else hold_connections(host, port, ref, password, 8)
+    per_process = process_per_connection is not None
+    clients = [] if per_process else hold_connections(host, port, ref, password, 8)
     try:
         before, _ = pss_kib(pids)
         clients += hold_connections(host, port, ref, password, count)
-        if postfix:
-            total, processes = pss_kib(pids, "smtpd")
+        if per_process:
+            total, processes = pss_kib(pids, process_per_connection)
             return total / max(processes, 1)
         after, _ = pss_kib(pids)
     finally:
@@ -143,7 +151,13 @@ def main() -> int:
             host, pf_port, pf_password, pf_pids = servers["postfix"]
             memory = {
                 "postfix": idle_memory(
-                    host, pf_port, ref, pf_password, [int(p) for p in pf_pids], args.idle
+                    host,
+                    pf_port,
+                    ref,
+                    pf_password,
+                    [int(p) for p in pf_pids],
+                    args.idle,
+                    process_per_connection="smtpd",
                 )
             }
             fresh, fresh_port = start_sendgate(Path(tmp) / "fresh", ref, args.port + 10)

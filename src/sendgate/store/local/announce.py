@@ -69,12 +69,9 @@ class AnnounceReader:
         self.fd = fd
         self._pending = b""
 
-    def take(self) -> list[str]:
-        """The well-formed ids written since the last call (a partial line waits for its end)."""
-        return [queue_id for queue_id, _ in self.take_envelopes()]
-
-    def take_envelopes(self) -> list[tuple[str, bytes | None]]:
-        """As `take`, each id with the envelope line announced with it (unparsed), if any."""
+    def take(self) -> list[tuple[str, bytes | None]]:
+        """The well-formed ids written since the last call, each with the envelope line
+        announced with it (unparsed), if any; a partial line waits for its end."""
         ids: list[tuple[str, bytes | None]] = []
         while True:
             try:

@@ -310,7 +310,7 @@ class LocalQueueStore:
                 problems.append(str(exc))
             self._next_scan = now + self._scan_interval
         if self._announced is not None:
-            for queue_id, line in self._announced.take_envelopes():
+            for queue_id, line in self._announced.take():
                 if queue_id not in self._rows:
                     self._to_load.append(queue_id)
                     if line is not None and len(self._announced_envelopes) < LOAD_BATCH * 4:
