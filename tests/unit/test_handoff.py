@@ -129,3 +129,15 @@ def test_each_calls_the_function_on_every_job_and_keeps_failures_apart() -> None
     assert isinstance(outcomes[1], ValueError)
     assert str(outcomes[1]) == "odd 3"
     assert outcomes[2] == 4
+
+
+def test_a_group_function_answering_the_wrong_number_fails_each_job(
+    executor: ThreadPoolExecutor,
+) -> None:
+    async def main() -> list[int | BaseException]:
+        handoff: GroupHandoff[int, int] = GroupHandoff(executor, lambda jobs: [])
+        return list(await asyncio.gather(handoff.run(1), return_exceptions=True))
+
+    [outcome] = asyncio.run(main())
+    assert isinstance(outcome, RuntimeError)
+    assert "wrong number of results" in str(outcome)

@@ -241,3 +241,17 @@ def test_an_announced_message_gone_before_it_was_loaded_is_skipped(pair: Pair) -
     queue_id = pair.put()
     pair.quiet.remove(queue_id)
     assert pair.claim() == []
+
+
+def test_an_announced_envelope_of_another_id_is_not_used(pair: Pair) -> None:
+    stored = pair.put(pair.quiet)
+    other = make_announced_other(pair, stored)
+    AnnounceWriter(pair.pipe.write_fd).announce(stored, other)
+    [claim] = pair.claim()
+    assert claim.envelope == pair.quiet.envelope(stored)
+
+
+def make_announced_other(pair: Pair, stored: str) -> bytes:
+    """A well-formed envelope line naming another id than `stored`."""
+    envelope = pair.quiet.envelope(stored)
+    return dataclasses.replace(envelope, queue_id=pair.quiet.new_id()).to_json()

@@ -170,3 +170,20 @@ def test_the_largest_batch_is_read_back(spool: Spool) -> None:
     last = batch[-1][0]
     assert spool.message(last.queue_id) == batch[-1][1]
     assert spool.envelope(last.queue_id) == last
+
+
+def test_a_batch_without_the_asked_record_is_refused() -> None:
+    held = new_queue_id(1_714_564_800.0, b"\x00" * 5)
+    other = new_queue_id(1_714_564_800.0, b"\x01" * 5)
+    data = b"".join(batchfile.encode([(make_envelope(held, b"x\r\n"), b"x\r\n")]))
+    with pytest.raises(SpoolError, match=f"batch does not hold {other}"):
+        batchfile.locate(data, other, len(data))
+
+
+def test_an_envelope_line_longer_than_the_first_read_is_read_whole(spool: Spool) -> None:
+    recipients = tuple(f"rcpt{n}@example.org" for n in range(5000))  # about 110 KB of JSON
+    envelope = make_envelope(spool.new_id(), b"hi\r\n", recipients=recipients)
+    assert len(envelope.to_json()) > batchfile.HEADER_READ
+    spool.put(envelope, b"hi\r\n")
+    assert spool.envelope(envelope.queue_id) == envelope
+    assert spool.message(envelope.queue_id) == b"hi\r\n"
