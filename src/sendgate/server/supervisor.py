@@ -4,7 +4,9 @@ Sockets, the shared connection counters and the TLS context are created before t
 every worker accepts from the same sockets and (until a reload) shares TLS session-ticket keys.
 Runners (the delivery runner) are children like the workers but accept nothing. The supervisor
 forwards SIGTERM/SIGINT (graceful stop) and SIGHUP (TLS reload) to all children, replaces a
-child that dies unexpectedly, and exits once every child has stopped.
+child that dies unexpectedly, and exits once every child has stopped. While it waits for them
+to stop it repeats the SIGTERM every few seconds: stopping is idempotent in every child, and a
+child that somehow missed the first one must not hold the whole tree up.
 """
 
 from __future__ import annotations
@@ -20,6 +22,7 @@ from sendgate.log import EventLog
 
 _SIGNALS = {signal.SIGTERM, signal.SIGINT, signal.SIGHUP}
 _RESTART_BACKOFF = 1.0  # seconds between replacing crashed workers, to avoid a fork storm
+RESEND_EVERY = 5.0  # seconds between repeats of SIGTERM to the children still running
 
 
 def bind(host: str, port: int) -> socket.socket:
@@ -53,6 +56,7 @@ class Supervisor:
         on_worker_exit: Callable[[int], None],
         *,
         runners: int = 0,
+        resend_every: float = RESEND_EVERY,
     ) -> None:
         self._workers = workers
         self._count = workers + runners
@@ -61,6 +65,7 @@ class Supervisor:
         self._on_worker_exit = on_worker_exit
         self._children: dict[int, int] = {}  # pid -> worker index
         self._stopping = False
+        self._resend_every = resend_every
 
     def _spawn(self, index: int) -> None:
         # Block our signals across fork so a child never runs the supervisor's handler.
@@ -79,11 +84,22 @@ class Supervisor:
         signal.pthread_sigmask(signal.SIG_UNBLOCK, _SIGNALS)
 
     def _forward(self, signum: int, _frame: object) -> None:
-        if signum in (signal.SIGTERM, signal.SIGINT):
+        if signum in (signal.SIGTERM, signal.SIGINT) and not self._stopping:
             self._stopping = True
+            signal.signal(signal.SIGALRM, self._repeat)
+            signal.setitimer(signal.ITIMER_REAL, self._resend_every, self._resend_every)
+        self._signal_children(signal.SIGTERM if signum == signal.SIGINT else signum)
+
+    def _repeat(self, _signum: int, _frame: object) -> None:
+        self._log.event(
+            "stop_waiting", "warning", pids=",".join(str(pid) for pid in self._children)
+        )
+        self._signal_children(signal.SIGTERM)
+
+    def _signal_children(self, signum: int) -> None:
         for pid in list(self._children):
             with contextlib.suppress(ProcessLookupError):
-                os.kill(pid, signal.SIGTERM if signum == signal.SIGINT else signum)
+                os.kill(pid, signum)
 
     def run(self) -> int:
         for sig in _SIGNALS:
@@ -116,5 +132,6 @@ class Supervisor:
             time.sleep(_RESTART_BACKOFF)
             if not self._stopping:
                 self._spawn(index)
+        signal.setitimer(signal.ITIMER_REAL, 0)
         self._log.event("stopped", code=worst)
         return worst

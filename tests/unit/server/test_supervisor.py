@@ -92,6 +92,7 @@ def run_supervised(
     *,
     runners: int = 0,
     prepare: Callable[[], None] | None = None,
+    resend_every: float = supervisor.RESEND_EVERY,
 ) -> Outcome:
     """Run a Supervisor in a forked process; `prepare` runs there first."""
     report = tmp_path / "supervisor.json"
@@ -105,7 +106,14 @@ def run_supervised(
             supervisor._RESTART_BACKOFF = 0.0  # only in this forked process
             stream = io.StringIO()
             exits: list[int] = []
-            code = Supervisor(workers, child, EventLog(stream), exits.append, runners=runners).run()
+            code = Supervisor(
+                workers,
+                child,
+                EventLog(stream),
+                exits.append,
+                runners=runners,
+                resend_every=resend_every,
+            ).run()
             report.write_text(json.dumps({"log": stream.getvalue(), "exits": exits}))
         finally:
             os._exit(code)
@@ -181,6 +189,26 @@ def test_a_stop_during_start_up_forks_no_more_children(
     assert outcome.exits == [0]
     assert done.drain() in ([], ["0:SIGTERM"])
     assert re.search(r"event=workers_started workers=2 pids=\d+ runner_pids=\"\"\n", outcome.log)
+
+
+def test_a_child_that_missed_the_sigterm_gets_it_again(
+    tmp_path: Path, pipes: Callable[[], Pipe]
+) -> None:
+    done = pipes()
+
+    def child(index: int) -> int:
+        received = wait_for_signals(signal.SIGTERM)
+        os.kill(os.getppid(), signal.SIGTERM)
+        first = received()  # as if lost: the child goes on
+        done.put(f"missed {first.name}")
+        done.put(f"stopped by {received().name}")
+        return 0
+
+    outcome = run_supervised(tmp_path, 1, child, resend_every=0.05)
+    assert outcome.code == 0
+    assert done.drain() == ["missed SIGTERM", "stopped by SIGTERM"]
+    assert re.search(r"level=warning event=stop_waiting pids=\d+\n", outcome.log)
+    assert outcome.log.endswith("event=stopped code=0\n")
 
 
 def test_sighup_is_forwarded_and_a_child_that_raises_exits_70(
