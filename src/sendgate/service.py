@@ -151,8 +151,9 @@ def serve(cfg: Config, log: EventLog) -> int:
         stores = backends.open("acceptor")
         auth_pool = ThreadPoolExecutor(cfg.auth.verify_threads, thread_name_prefix="argon2")
         spool_pool = ThreadPoolExecutor(SPOOL_THREADS, thread_name_prefix="spool")
+        # Wall-clock time: it is also an app password's last use, stored and listed as a date.
         authenticator = Authenticator(
-            stores.users, new_hasher(), auth_pool, cfg.auth.cache_ttl, time.monotonic
+            stores.users, new_hasher(), auth_pool, cfg.auth.cache_ttl, time.time
         )
         submission = Submission(
             hostname=cfg.hostname,

@@ -20,7 +20,9 @@ import contextlib
 import json
 import re
 import smtplib
+import time
 from collections.abc import Iterator
+from datetime import datetime
 from email import message_from_bytes
 from email.message import Message
 from typing import TYPE_CHECKING
@@ -260,6 +262,10 @@ def test_app_passwords_log_in_until_removed_and_alone_when_required(
     [line] = running.wait_for(r"event=auth_ok ", since=mark)
     assert f"user={made.user} " in line
     assert " app_password=phone " in line
+    listed = json.loads(made.cli("user", "app-password", "list", made.user, "--json").ok().stdout)
+    [phone] = listed["app_passwords"]
+    used = datetime.fromisoformat(phone["last_used"].replace("Z", "+00:00"))
+    assert abs(time.time() - used.timestamp()) < 600  # a wall-clock time, not the uptime
     assert attempt(running, made.password)[0] == 235  # the main password still works
 
     made.cli("user", "set", made.user, "app_passwords_only", "yes").ok()

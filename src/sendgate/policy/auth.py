@@ -22,7 +22,7 @@ import hmac
 import secrets
 import threading
 from collections import OrderedDict
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 
 from argon2 import PasswordHasher, extract_parameters
@@ -62,7 +62,10 @@ class Authenticator:
         clock: Callable[[], float],
         cache_max: int = 10000,
     ) -> None:
-        """Use `executor` for the blocking work; cache successes for `cache_ttl` s (<= 0: off)."""
+        """Use `executor` for the blocking work; cache successes for `cache_ttl` s (<= 0: off).
+
+        `clock` is unix time: an app password's last use is stored (and listed) from it.
+        """
         self._users = users
         self._hasher = hasher
         self._executor = executor
@@ -133,33 +136,51 @@ class Authenticator:
         self._note_use(user, app)
         return AuthResult(user=user, cached=True, app_password=label)
 
+    def cached_at_once(
+        self, user: UserRecord, apps: Sequence[AppPassword], password: str
+    ) -> AuthResult | None:
+        """`cached` for a user read with its app passwords `apps`, without touching the store.
+
+        For an event loop: None also when the answer would write (an app password whose last
+        use is to be recorded); the caller then takes the path that may wait.
+        """
+        if not self._caching:
+            return None
+        app, stored = self._secret_for(user, password, apps)
+        if stored is None or not _is_parsable(stored):
+            return None
+        if app is not None and self._use_due(app):
+            return None
+        label = None if app is None else app.label
+        secret = password.encode("utf-8", "surrogatepass")
+        if not self._cache_hit(self._cache_key(user, label, stored, secret)):
+            return None
+        return AuthResult(user=user, cached=True, app_password=label)
+
     def _secret_for(
-        self, user: UserRecord | None, password: str
+        self, user: UserRecord | None, password: str, apps: Sequence[AppPassword] | None = None
     ) -> tuple[AppPassword | None, str | None]:
-        """The app password that may match, and the one stored hash to verify (None: none)."""
+        """The app password that may match, and the one stored hash to verify (None: none).
+
+        `apps` are the user's app passwords when the caller read them already.
+        """
         if user is None:
             return None, None
-        app = self._matching_app_password(user, password)
+        if apps is None:
+            apps = self._users.app_passwords(user.username)
+        app = _matching_app_password(apps, password)
         if app is not None:
             return app, app.password_hash
         if user.settings.app_passwords_only:
             return None, None
         return None, user.password_hash
 
-    def _matching_app_password(self, user: UserRecord, password: str) -> AppPassword | None:
-        """The app password whose lookup matches, if any (the first by label if several do)."""
-        lookup = lookup_of(password)
-        for app in self._users.app_passwords(user.username):
-            if app.lookup == lookup:
-                return app
-        return None
+    def _use_due(self, app: AppPassword) -> bool:
+        return app.last_used is None or self._clock() - app.last_used >= TOUCH_INTERVAL
 
     def _note_use(self, user: UserRecord, app: AppPassword | None) -> None:
-        if app is None:
-            return
-        now = self._clock()
-        if app.last_used is None or now - app.last_used >= TOUCH_INTERVAL:
-            self._users.touch_app_password(user.username, app.label, now)
+        if app is not None and self._use_due(app):
+            self._users.touch_app_password(user.username, app.label, self._clock())
 
     def _argon2_verify(self, encoded_hash: str, secret: bytes) -> bool:
         try:
@@ -209,6 +230,15 @@ class Authenticator:
             while len(self._cache) >= self._cache_max:
                 self._cache.popitem(last=False)
             self._cache[key] = now + self._cache_ttl
+
+
+def _matching_app_password(apps: Sequence[AppPassword], password: str) -> AppPassword | None:
+    """The app password whose lookup matches, if any (the first by label if several do)."""
+    lookup = lookup_of(password)
+    for app in apps:
+        if app.lookup == lookup:
+            return app
+    return None
 
 
 def _is_parsable(encoded_hash: str) -> bool:

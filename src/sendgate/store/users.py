@@ -128,6 +128,15 @@ class UserStore(Protocol):
         """Return the user, or None when there is no such user."""
         ...
 
+    def login_at_once(self, username: str) -> tuple[UserRecord, list[AppPassword]] | None:
+        """The user and its app passwords (as `app_passwords`), read without waiting.
+
+        The one method that may be called on an event loop: None when the store cannot answer
+        without I/O that may wait (a network store always), and for a user that does not
+        exist; the caller then reads the way that may wait, in a thread.
+        """
+        ...
+
     def add_user(self, username: str, password_hash: str) -> None:
         """Create a user who owns its own address; refuse an existing user or owned address."""
         ...

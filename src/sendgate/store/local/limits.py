@@ -18,7 +18,6 @@ from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
 
-from sendgate.errors import StoreError
 from sendgate.store.limits import (
     Ban,
     DistinctRequest,
@@ -72,17 +71,6 @@ class LocalLimitStore:
         self._clock = clock
         self._writes = 0
         self._writes_lock = threading.Lock()
-        # A second connection for the event loop's ban check at accept: it never waits (no
-        # busy timeout, and a non-blocking lock), so a write in progress cannot stall the loop.
-        # In WAL mode a read does not wait for writers anyway; what is left is a short read.
-        try:
-            self._quick = sqlite3.connect(
-                path, timeout=0, isolation_level=None, check_same_thread=False
-            )
-        except sqlite3.Error as exc:
-            self._db.close()
-            raise StoreError(f"cannot open limit store {path}: {exc}") from exc
-        self._quick_lock = threading.Lock()
 
     def now(self) -> float:
         return self._clock()
@@ -221,15 +209,9 @@ class LocalLimitStore:
     def active_bans_at_once(self, keys: Sequence[str]) -> list[Ban] | None:
         if not keys:
             return []
-        if not self._quick_lock.acquire(blocking=False):
-            return None
-        try:
-            rows = self._quick.execute(_bans_query(len(keys)), (*keys, self._clock())).fetchall()
-        except sqlite3.Error:
-            return None  # busy (or worse): the caller asks active_bans in a thread
-        finally:
-            self._quick_lock.release()
-        return _in_order(keys, rows)
+        query, now = _bans_query(len(keys)), self._clock()
+        rows = self._db.read_at_once(lambda db: db.execute(query, (*keys, now)).fetchall())
+        return None if rows is None else _in_order(keys, rows)
 
     def offences(self, key: str, *, memory: float) -> int:
         now = self._clock()
@@ -259,8 +241,6 @@ class LocalLimitStore:
         return [_ban(row) for row in rows]
 
     def close(self) -> None:
-        with self._quick_lock:
-            self._quick.close()
         self._db.close()
 
     def _maybe_prune(self, db: sqlite3.Connection, now: float) -> None:

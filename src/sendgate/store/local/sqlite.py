@@ -3,7 +3,8 @@
 Both local SQLite stores (users, limits) go through `Database`: it creates the file owner-only,
 sets the pragmas, creates, checks or upgrades the schema once (two processes opening a new or an
 old file race safely), serialises the threads of one process on its connection, and turns every
-SQLite failure into a one-line `StoreError` naming the file.
+SQLite failure into a one-line `StoreError` naming the file. `read_at_once` is the one way to
+read from an event loop: a second connection that never waits.
 
 Schema versions: a store passes the statements that create its current schema (`version`) and,
 in `migrations`, for each older version N the statements that turn version N into N + 1. A file
@@ -18,11 +19,14 @@ as SQL parameters by the callers.
 import os
 import sqlite3
 import threading
-from collections.abc import Iterator, Mapping, Sequence
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from contextlib import contextmanager
 from pathlib import Path
+from typing import TypeVar
 
 from sendgate.errors import StoreError
+
+_T = TypeVar("_T")
 
 
 class Database:
@@ -45,6 +49,10 @@ class Database:
         self.path = path
         self._name = name
         self._lock = threading.Lock()
+        # The event loop's connection (`read_at_once`): opened on first use, never waits.
+        self._quick: sqlite3.Connection | None = None
+        self._quick_lock = threading.Lock()
+        self._closed = False
         try:
             _create_owner_only(path)
             self._db = sqlite3.connect(
@@ -77,8 +85,35 @@ class Database:
             with db:  # commits on success, rolls back on any exception
                 yield db
 
+    def read_at_once(self, read: Callable[[sqlite3.Connection], _T]) -> _T | None:
+        """`read(connection)` if it can run without waiting for anything, else None.
+
+        For an event loop: the connection has no busy timeout and its lock is only tried, so
+        neither a write in progress elsewhere nor another thread's read can stall the caller
+        (in WAL mode a read does not wait for writers anyway). Any SQLite failure is None too:
+        the caller then asks the same question the way that may wait, in a thread.
+        """
+        if not self._quick_lock.acquire(blocking=False):
+            return None
+        try:
+            if self._closed:
+                return None
+            if self._quick is None:
+                self._quick = sqlite3.connect(
+                    self.path, timeout=0, isolation_level=None, check_same_thread=False
+                )
+            return read(self._quick)
+        except sqlite3.Error:
+            return None
+        finally:
+            self._quick_lock.release()
+
     def close(self) -> None:
-        """Close the connection; calling it again does nothing."""
+        """Close the connections; calling it again does nothing."""
+        with self._quick_lock:
+            self._closed = True
+            if self._quick is not None:
+                self._quick.close()
         with self._lock:
             self._db.close()
 

@@ -106,6 +106,22 @@ class LocalUserStore:
             records = _records(rows, self._db.path)
         return records[0] if records else None
 
+    def login_at_once(self, username: str) -> tuple[UserRecord, list[AppPassword]] | None:
+        key = username.lower()
+
+        def read(db: sqlite3.Connection) -> tuple[list[Any], list[Any]] | None:
+            users = db.execute(f"{_SELECT_USERS} WHERE users.username = ?{_ORDER}", (key,))
+            rows = users.fetchall()
+            if not rows:
+                return None
+            return rows, db.execute(_SELECT_APP_PASSWORDS, (key,)).fetchall()
+
+        found = self._db.read_at_once(read)
+        if found is None:
+            return None
+        rows, apps = found
+        return _records(rows, self._db.path)[0], [AppPassword(*row) for row in apps]
+
     def add_user(self, username: str, password_hash: str) -> None:
         """Create a user who owns its own address; refuse an existing user or owned address."""
         key = username.lower()

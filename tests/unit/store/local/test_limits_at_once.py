@@ -53,7 +53,7 @@ def test_it_gives_up_rather_than_wait_for_another_thread(store: LocalLimitStore)
     release = threading.Event()
 
     def hold_the_quick_connection() -> None:
-        with store._quick_lock:  # as a thread in the middle of its own quick read
+        with store._db._quick_lock:  # as a thread in the middle of its own quick read
             holding.set()
             release.wait(5)
 
