@@ -167,3 +167,16 @@ def test_two_handles_see_each_others_writes(backend: StoreBackend) -> None:
     assert (user.password_hash, user.generation) == (OTHER_HASH, 2)
     with pytest.raises(UserError, match="already exists"):
         second.add_user("alice@example.org", HASH)
+
+
+def test_login_at_once_answers_as_get_user_and_app_passwords_or_not_at_all(
+    store: UserStore,
+) -> None:
+    store.add_user("alice@example.org", HASH)
+    store.add_address("alice@example.org", "sales@example.org")
+    store.add_app_password("alice@example.org", "phone", OTHER_HASH, "lookup1", 1.0)
+    for asked in ("alice@example.org", "ALICE@example.org"):
+        quick = store.login_at_once(asked)
+        full = (store.get_user(asked), store.app_passwords(asked))
+        assert quick is None or quick == full
+    assert store.login_at_once("nobody@example.org") is None

@@ -110,6 +110,16 @@ def test_a_client_without_a_ban_is_admitted_at_once_without_a_thread(rig: Rig) -
     assert asyncio.run(_settle(pending)) == Refusal(replies.BANNED, "banned", f"net:{ATTACKER}/32")
 
 
+def test_the_everyday_login_is_answered_without_a_thread(rig: Rig) -> None:
+    assert rig.client(OFFICE).login(ALICE, ALICE_PASSWORD).startswith("235 2.7.0")
+    rig.pool.shutdown()  # from now on a thread hop fails the login with a 454
+    again = rig.client(OFFICE)
+    assert again.login(ALICE, ALICE_PASSWORD).startswith("235 2.7.0")
+    assert [ok["cached"] for ok in rig.backend.events("auth_ok")] == ["false", "true"]
+    wrong = rig.client(OFFICE).login(ALICE, WRONG_PASSWORD)
+    assert wrong.startswith("454 4.7.0")  # a failure: in a thread
+
+
 def test_wrong_passwords_are_counted_then_the_address_is_banned(rig: Rig) -> None:
     client = rig.client(ATTACKER)
     for _ in range(CFG.host_failures):

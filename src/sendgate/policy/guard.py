@@ -153,6 +153,16 @@ class LoginGuard:
         assert network_ban is not None  # bans held one of the three kinds
         return Check(refused=(NETWORK_BANNED, network_ban))
 
+    def clear_at_once(self, client: ClientNetworks, username: str) -> bool:
+        """True when `check` would surely answer CLEAR, found out without waiting (on the loop).
+
+        False when a ban may apply, or the store could not answer at once: `check` decides.
+        """
+        account = username.lower()
+        wanted = [keys.account_key(account), keys.known_lock_key(account, client.block)]
+        wanted.extend(self._net_keys(client))
+        return self._limits.active_bans_at_once(wanted) == []
+
     def repeated(
         self, client: ClientNetworks, username: str, password: str, generation: int
     ) -> Failure | None:

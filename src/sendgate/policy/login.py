@@ -1,11 +1,15 @@
 """One login attempt from start to end: refuse unchecked, or verify, then count, note and notify.
 
-This is the blocking part of an AUTH, run in one thread hop: the guard's refusal check, at most
-one argon2 verification, then either the failure count (with its delay and bans) or the
-success bookkeeping: the known-network record, the compromised-account rule (logins from too
-many networks within an hour flag the account) and the sign-in notice for a network the
-account has not used before. The caller (submission) waits `wait` seconds on a timer, logs the
+This is the blocking part of an AUTH, run in one thread hop (`attempt`): the guard's refusal
+check, at most one argon2 verification, then either the failure count (with its delay and bans)
+or the success bookkeeping: the known-network record, the compromised-account rule (logins
+from too many networks within an hour flag the account) and the sign-in notice for a network
+the account has not used before. The caller (submission) waits `wait` seconds on a timer, logs the
 result and answers.
+
+The everyday login (no ban, a password verified lately, nothing to write) is decided on the
+event loop instead, by `attempt_at_once`, which reads only what the stores answer without
+waiting and leaves everything else to `attempt`.
 
 Timing: an attempt refused without checking the password waits as long as a verification
 takes (the median of recent ones), so the answer time does not tell a locked account, an
@@ -28,7 +32,7 @@ from sendgate.policy.auth import Authenticator
 from sendgate.policy.guard import NETWORK_BANNED, Failure, KnownNetworks, LoginGuard
 from sendgate.policy.networks import ClientNetworks
 from sendgate.store.limits import Ban
-from sendgate.store.users import Flag, LoginNote, UserRecord
+from sendgate.store.users import AppPassword, Flag, LoginNote, UserRecord
 
 # A network noted for an account by this process is not written again for this long: a client
 # that logs in for every message would otherwise cost a store write per message.
@@ -38,7 +42,7 @@ _SAMPLES = 31
 
 
 class Accounts(KnownNetworks, Protocol):
-    """The part of the `UserStore` a login writes: known networks and flags."""
+    """The part of the `UserStore` a login reads and writes: users, known networks and flags."""
 
     def note_login(
         self, username: str, network: str, at: float, *, memory: float, recent: float
@@ -47,6 +51,8 @@ class Accounts(KnownNetworks, Protocol):
     def set_flag(self, username: str, reason: str, at: float) -> Flag: ...
 
     def get_user(self, username: str) -> UserRecord | None: ...
+
+    def login_at_once(self, username: str) -> tuple[UserRecord, list[AppPassword]] | None: ...
 
 
 class Notifier(Protocol):
@@ -173,6 +179,27 @@ class Logins:
             notice=notice,
         )
 
+    def attempt_at_once(self, request: LoginRequest) -> LoginResult | None:
+        """`attempt` when it can be decided on the event loop, without waiting: else None.
+
+        That is the everyday login: no ban applies, the user and the password are known from
+        lately (the verified-login cache) and nothing needs writing (this network was noted
+        lately, no app password's use is due to be recorded). Anything else, including every
+        failure, goes the way that may wait: `attempt`, in a thread.
+        """
+        if not self.guard.clear_at_once(request.client, request.username):
+            return None
+        found = self._accounts.login_at_once(request.username)
+        if found is None:
+            return None
+        user, apps = found
+        if self._note_due(user, request):
+            return None
+        result = self._auth.cached_at_once(user, apps, request.password)
+        if result is None:
+            return None
+        return LoginResult(user=user, wait=0.0, cached=True, app_password=result.app_password)
+
     def verify_time(self) -> float:
         """The median wall time of recent argon2 verifications (measured once if none yet)."""
         with self._lock:
@@ -188,6 +215,12 @@ class Logins:
     def _sample(self, seconds: float) -> None:
         with self._lock:
             self._samples.append(seconds)
+
+    def _note_due(self, user: UserRecord, request: LoginRequest) -> bool:
+        """Whether a login now must note its network (not noted by this process lately)."""
+        with self._lock:
+            noted = self._noted.get((user.username, str(request.client.block)))
+        return noted is None or not 0 <= self._now() - noted < NOTE_REFRESH
 
     def _note(self, user: UserRecord, request: LoginRequest) -> LoginNote | None:
         network = str(request.client.block)

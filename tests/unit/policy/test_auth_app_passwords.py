@@ -11,7 +11,7 @@ from tests.unit.policy.test_auth import CountingHasher
 from sendgate.policy.app_passwords import generate, lookup_of
 from sendgate.policy.auth import TOUCH_INTERVAL, Authenticator, AuthResult
 from sendgate.store.local.users import LocalUserStore
-from sendgate.store.users import UserSettings
+from sendgate.store.users import AppPassword, UserRecord, UserSettings
 
 ALICE = "alice@example.org"
 PASSWORD = "correct horse battery staple"
@@ -205,3 +205,42 @@ def test_without_a_cache_every_app_password_login_is_verified(
     results = [auth.verify_blocking(ALICE, LAPTOP) for _ in range(2)]
     assert [(result.app_password, result.cached) for result in results] == [("laptop", False)] * 2
     assert len(hasher.verified) == 2
+
+
+def test_cached_at_once_answers_from_the_cache_and_never_writes(
+    store: LocalUserStore, hasher: CountingHasher, executor: ThreadPoolExecutor, clock: FakeClock
+) -> None:
+    auth = make_auth(store, hasher, executor, clock, cache_ttl=10 * TOUCH_INTERVAL)
+
+    def read() -> tuple[UserRecord, list[AppPassword]]:
+        found = store.login_at_once(ALICE)
+        assert found is not None
+        return found
+
+    user, apps = read()
+    assert auth.cached_at_once(user, apps, PHONE) is None  # never verified
+    assert auth.verify_blocking(ALICE, PHONE).app_password == "phone"  # its use recorded
+    user, apps = read()
+    assert auth.cached_at_once(user, apps, PHONE) == AuthResult(user, True, "phone")
+    assert auth.cached_at_once(user, apps, PASSWORD) is None  # verified for no one yet
+    assert auth.cached_at_once(user, apps, "wrong password") is None
+    clock.advance(TOUCH_INTERVAL)
+    # Its last use is due to be written: only the path that may wait answers.
+    assert auth.cached_at_once(user, apps, PHONE) is None
+    assert auth.verify_blocking(ALICE, PHONE).cached is True
+    user, apps = read()
+    assert auth.cached_at_once(user, apps, PHONE) == AuthResult(user, True, "phone")
+    assert [app.last_used for app in apps if app.label == "phone"] == [T0 + TOUCH_INTERVAL]
+
+
+def test_cached_at_once_keeps_to_app_passwords_only(
+    auth: Authenticator, store: LocalUserStore
+) -> None:
+    assert auth.verify_blocking(ALICE, PASSWORD).user is not None
+    found = store.login_at_once(ALICE)
+    assert found is not None
+    assert auth.cached_at_once(*found, PASSWORD) is not None
+    store.set_settings(ALICE, UserSettings(app_passwords_only=True))
+    found = store.login_at_once(ALICE)
+    assert found is not None
+    assert auth.cached_at_once(*found, PASSWORD) is None

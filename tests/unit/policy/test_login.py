@@ -18,7 +18,7 @@ from sendgate.policy.login import NOTE_REFRESH, LoginRequest, LoginResult, Login
 from sendgate.policy.networks import ClientNetworks
 from sendgate.store.local.limits import LocalLimitStore
 from sendgate.store.local.users import LocalUserStore
-from sendgate.store.users import Flag, LoginNote, UserRecord
+from sendgate.store.users import AppPassword, Flag, LoginNote, UserRecord
 
 PASSWORD = "correct horse battery staple"
 CFG = LoginLimitsConfig()
@@ -56,6 +56,9 @@ class FakeAccounts:
 
     def get_user(self, username: str) -> UserRecord | None:
         return self.users.get_user(username)
+
+    def login_at_once(self, username: str) -> tuple[UserRecord, list[AppPassword]] | None:
+        return self.users.login_at_once(username)
 
     def set_flag(self, username: str, reason: str, at: float) -> Flag:
         return self.flags.setdefault(username, Flag(username, at, reason))
@@ -108,6 +111,19 @@ class Rig:
             tls_version="TLSv1.3",
         )
         return self.logins.attempt(request)
+
+    def attempt_at_once(
+        self, ip: str, password: str = PASSWORD, user: str = "alice@example.org"
+    ) -> LoginResult | None:
+        request = LoginRequest(
+            client=ClientNetworks.of(ip),
+            client_ip=ip,
+            username=user,
+            password=password,
+            client_name="laptop.example",
+            tls_version="TLSv1.3",
+        )
+        return self.logins.attempt_at_once(request)
 
     def close(self) -> None:
         self.pool.shutdown()
@@ -293,3 +309,28 @@ def test_a_wrong_password_on_a_banned_network_known_to_the_account_answers_as_re
     assert wrong.refused[0] == "network_banned"
     assert wrong.failure is not None  # checked and counted all the same
     assert rig.attempt("192.0.2.7").user is not None
+
+
+def test_the_everyday_login_is_decided_at_once_after_one_in_a_thread(rig: Rig) -> None:
+    assert rig.attempt_at_once("192.0.2.7") is None  # never verified: argon2, in a thread
+    first = rig.attempt("192.0.2.7")
+    assert first.user is not None
+    verified = len(rig.hasher.verified)
+    assert rig.attempt_at_once("192.0.2.7") == LoginResult(user=first.user, wait=0.0, cached=True)
+    assert len(rig.hasher.verified) == verified
+    assert rig.accounts.notes == 1
+
+
+def test_anything_but_the_everyday_login_is_left_to_the_thread(rig: Rig) -> None:
+    assert rig.attempt("192.0.2.7").user is not None
+    assert rig.attempt_at_once("192.0.2.7", password="a wrong one") is None
+    assert rig.attempt_at_once("192.0.2.7", user="nobody@example.org") is None
+    # Not noted from this network lately: the note is a write.
+    assert rig.attempt_at_once("198.51.100.1") is None
+    assert rig.accounts.notes == 1
+    assert rig.attempt_at_once("192.0.2.7") is not None
+    rig.limits.ban("net:192.0.2.7/32", 600, "operator", memory=0)
+    assert rig.attempt_at_once("192.0.2.7") is None  # a ban: the guard decides in a thread
+    rig.limits.unban("net:192.0.2.7/32")
+    rig.limits.ban("account:alice@example.org", 600, "operator", memory=0)
+    assert rig.attempt_at_once("192.0.2.7") is None

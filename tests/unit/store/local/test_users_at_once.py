@@ -1,0 +1,73 @@
+"""Tests for LocalUserStore.login_at_once: the user lookup an event loop may make.
+
+Like the ban check at accept (test_limits_at_once), it must answer from SQLite without ever
+waiting: not for a write in progress in another process, not for another thread.
+"""
+
+from __future__ import annotations
+
+import sqlite3
+import threading
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+
+from sendgate.store.local.users import LocalUserStore
+
+HASH = "$argon2id$v=19$m=8,t=1,p=1$c2FsdHNhbHQ$aGFzaGhhc2g"
+ALICE = "alice@example.org"
+
+
+@pytest.fixture
+def store(tmp_path: Path) -> Iterator[LocalUserStore]:
+    made = LocalUserStore(tmp_path / "users.db")
+    made.add_user(ALICE, HASH)
+    made.add_app_password(ALICE, "phone", HASH, "lookup1", 1.0)
+    yield made
+    made.close()
+
+
+def test_it_answers_with_the_user_and_its_app_passwords(store: LocalUserStore) -> None:
+    assert store.login_at_once(ALICE) == (store.get_user(ALICE), store.app_passwords(ALICE))
+    assert store.login_at_once("nobody@example.org") is None
+
+
+def test_a_write_in_progress_elsewhere_does_not_hold_it_up(
+    store: LocalUserStore, tmp_path: Path
+) -> None:
+    other = sqlite3.connect(tmp_path / "users.db", isolation_level=None)
+    try:
+        other.execute("BEGIN IMMEDIATE")
+        other.execute("DELETE FROM app_passwords")  # not committed: the app password stays
+        found = store.login_at_once(ALICE)
+        assert found is not None
+        assert [app.label for app in found[1]] == ["phone"]
+        other.execute("ROLLBACK")
+    finally:
+        other.close()
+
+
+def test_it_gives_up_rather_than_wait_for_another_thread(store: LocalUserStore) -> None:
+    holding = threading.Event()
+    release = threading.Event()
+
+    def hold_the_quick_connection() -> None:
+        with store._db._quick_lock:  # as a thread in the middle of its own quick read
+            holding.set()
+            release.wait(5)
+
+    thread = threading.Thread(target=hold_the_quick_connection)
+    thread.start()
+    try:
+        assert holding.wait(5)
+        assert store.login_at_once(ALICE) is None
+    finally:
+        release.set()
+        thread.join()
+    assert store.login_at_once(ALICE) is not None
+
+
+def test_a_closed_store_answers_nothing_at_once(store: LocalUserStore) -> None:
+    store.close()
+    assert store.login_at_once(ALICE) is None
