@@ -24,6 +24,7 @@ from tests.peers.mx import Receiver
 from tests.support.clock import FakeClock
 
 from sendgate.config.schema import DeliveryConfig
+from sendgate.delivery import scheduler as scheduler_module
 from sendgate.delivery.bounce import DsnWriter
 from sendgate.delivery.courier import Courier
 from sendgate.delivery.dns import Resolver
@@ -36,6 +37,7 @@ from sendgate.store.envelope import Envelope
 from sendgate.store.local.announce import AnnouncePipe, AnnounceReader, AnnounceWriter
 from sendgate.store.local.queue import LocalQueueStore
 from sendgate.store.local.spool import Spool
+from sendgate.store.queue import Claimed
 
 _T = TypeVar("_T")
 START = 1_800_000_000.0
@@ -388,6 +390,48 @@ def test_run_delivers_an_announced_message_without_waiting_for_a_scan(
     assert _subjects(receiver) == ["first", "second"]
     assert rig.spool.ids() == []
     assert rig.events("delivery_bug") == []
+
+
+def test_an_arrival_moments_after_a_claim_waits_to_be_claimed_with_the_next_ones(
+    tmp_path: Path, rigs: Callable[..., Rig], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    gather = 2.0
+    monkeypatch.setattr(scheduler_module, "ARRIVAL_GATHER", gather)
+    rig = rigs("127.0.62.40", scan_interval=3600.0)
+    rig.queue("first")  # found by the claim at start
+    claims: list[tuple[float, list[str]]] = []
+
+    async def body(scheduler: Scheduler) -> None:
+        loop = asyncio.get_running_loop()
+        store = rig.runner_store
+        assert store is not None
+        real_claim = store.claim
+
+        def claim(limit: int, lease: float) -> Claimed:
+            claimed = real_claim(limit, lease)
+            claims.append((loop.time(), [c.queue_id for c in claimed.claims]))
+            return claimed
+
+        store.claim = claim  # type: ignore[method-assign]
+        stop = asyncio.Event()
+        running = asyncio.ensure_future(scheduler.run(stop, grace=5.0))
+        await loop.run_in_executor(None, receiver.wait_for, 1)
+        announced_at = loop.time()
+        second = rig.queue("second")
+        third = rig.queue("third")
+        await loop.run_in_executor(None, receiver.wait_for, 3)
+        stop.set()
+        await running
+        first_claim = claims[0][0]
+        assert announced_at < first_claim + gather  # arrived within the gather window
+        [(at, ids)] = [claim for claim in claims if claim[1]][1:]
+        assert at >= first_claim + gather  # not claimed at once...
+        assert sorted(ids) == sorted([second, third])  # ...but both in one claim
+
+    with Receiver("127.0.62.40", 25) as receiver:
+        rig.run(body)
+
+    assert _subjects(receiver) == ["first", "second", "third"]
 
 
 def test_announcing_an_unknown_id_is_harmless(tmp_path: Path, rigs: Callable[..., Rig]) -> None:
