@@ -81,7 +81,7 @@ def locate(head: bytes, queue_id: str, size: int) -> tuple[int, int]:
     raise SpoolError(f"batch does not hold {queue_id}")
 
 
-def read_record(path: Path, queue_id: str, *, envelope_only: bool = False) -> bytes:
+def read_record(path: str | Path, queue_id: str, *, envelope_only: bool = False) -> bytes:
     """The record of `queue_id` in queue file `path`, a single-message file or a batch.
 
     With `envelope_only` the result may stop after the envelope line (enough to read it).
