@@ -306,12 +306,12 @@ class Scheduler:
         for index in state.pending():
             by_domain.setdefault(_domain_of(envelope.recipients[index]), []).append(index)
         rows = dict(enumerate(state.recipients))
-        results = await asyncio.gather(
-            *(
-                self._carry(claim, message, domain, indexes, rows, now)
-                for domain, indexes in by_domain.items()
-            )
-        )
+        carries = [
+            self._carry(claim, message, domain, indexes, rows, now)
+            for domain, indexes in by_domain.items()
+        ]
+        # Most messages go to one domain: awaited here, without gather's task per domain.
+        results = [await carries[0]] if len(carries) == 1 else await asyncio.gather(*carries)
         updates: dict[int, RecipientState] = {}
         for result in results:
             updates.update(result)
