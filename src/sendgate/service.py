@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import asyncio
 import os
+import signal
 import time
 from collections.abc import Callable, Coroutine
 from concurrent.futures import ThreadPoolExecutor
@@ -30,7 +31,7 @@ from sendgate.policy.notice import SignInNotices
 from sendgate.policy.passwords import new_hasher
 from sendgate.policy.quota import SendingLimits
 from sendgate.server.caps import ConnectionCaps
-from sendgate.server.supervisor import Supervisor, bind
+from sendgate.server.supervisor import RESEND_EVERY, Supervisor, bind
 from sendgate.server.tls import TlsContextHolder
 from sendgate.server.worker import Listener, Timeouts, Worker
 from sendgate.smtp.session import SessionSettings
@@ -179,6 +180,8 @@ def serve(cfg: Config, log: EventLog) -> int:
         try:
             run_loop(worker.run)
         finally:
+            # Stopping: a repeated SIGTERM (the supervisor's) must not cut the clean-up short.
+            signal.signal(signal.SIGTERM, signal.SIG_IGN)
             auth_pool.shutdown(wait=False, cancel_futures=True)
             spool_pool.shutdown(wait=True)
             stores.close()
@@ -186,7 +189,14 @@ def serve(cfg: Config, log: EventLog) -> int:
 
     log.event("ready", workers=workers, hostname=cfg.hostname)
     # The child after the acceptors is the delivery runner.
-    supervisor = Supervisor(workers, run_child, log, forget, runners=1)
+    supervisor = Supervisor(
+        workers,
+        run_child,
+        log,
+        forget,
+        runners=1,
+        resend_after=cfg.limits.shutdown_grace + RESEND_EVERY,
+    )
     try:
         return supervisor.run()
     finally:

@@ -143,5 +143,8 @@ def run_delivery(
     try:
         run(main)
     finally:
+        # Stopping: a repeated SIGTERM (the supervisor's) must not cut short the attempts'
+        # last store writes (this runs in the runner's own process).
+        signal.signal(signal.SIGTERM, signal.SIG_IGN)
         executor.shutdown(wait=True)
     return 0

@@ -4,9 +4,10 @@ Sockets, the shared connection counters and the TLS context are created before t
 every worker accepts from the same sockets and (until a reload) shares TLS session-ticket keys.
 Runners (the delivery runner) are children like the workers but accept nothing. The supervisor
 forwards SIGTERM/SIGINT (graceful stop) and SIGHUP (TLS reload) to all children, replaces a
-child that dies unexpectedly, and exits once every child has stopped. While it waits for them
-to stop it repeats the SIGTERM every few seconds: stopping is idempotent in every child, and a
-child that somehow missed the first one must not hold the whole tree up.
+child that dies unexpectedly, and exits once every child has stopped. A child still running
+`resend_after` seconds into a stop (the shutdown grace, and then some) gets the SIGTERM again,
+every few seconds: stopping is idempotent in every child, and a child that somehow missed the
+first one must not hold the whole tree up.
 """
 
 from __future__ import annotations
@@ -56,6 +57,7 @@ class Supervisor:
         on_worker_exit: Callable[[int], None],
         *,
         runners: int = 0,
+        resend_after: float = RESEND_EVERY,
         resend_every: float = RESEND_EVERY,
     ) -> None:
         self._workers = workers
@@ -65,6 +67,7 @@ class Supervisor:
         self._on_worker_exit = on_worker_exit
         self._children: dict[int, int] = {}  # pid -> worker index
         self._stopping = False
+        self._resend_after = resend_after
         self._resend_every = resend_every
 
     def _spawn(self, index: int) -> None:
@@ -87,7 +90,7 @@ class Supervisor:
         if signum in (signal.SIGTERM, signal.SIGINT) and not self._stopping:
             self._stopping = True
             signal.signal(signal.SIGALRM, self._repeat)
-            signal.setitimer(signal.ITIMER_REAL, self._resend_every, self._resend_every)
+            signal.setitimer(signal.ITIMER_REAL, self._resend_after, self._resend_every)
         self._signal_children(signal.SIGTERM if signum == signal.SIGINT else signum)
 
     def _repeat(self, _signum: int, _frame: object) -> None:

@@ -92,6 +92,7 @@ def run_supervised(
     *,
     runners: int = 0,
     prepare: Callable[[], None] | None = None,
+    resend_after: float = supervisor.RESEND_EVERY,
     resend_every: float = supervisor.RESEND_EVERY,
 ) -> Outcome:
     """Run a Supervisor in a forked process; `prepare` runs there first."""
@@ -112,6 +113,7 @@ def run_supervised(
                 EventLog(stream),
                 exits.append,
                 runners=runners,
+                resend_after=resend_after,
                 resend_every=resend_every,
             ).run()
             report.write_text(json.dumps({"log": stream.getvalue(), "exits": exits}))
@@ -204,7 +206,7 @@ def test_a_child_that_missed_the_sigterm_gets_it_again(
         done.put(f"stopped by {received().name}")
         return 0
 
-    outcome = run_supervised(tmp_path, 1, child, resend_every=0.05)
+    outcome = run_supervised(tmp_path, 1, child, resend_after=0.05, resend_every=0.05)
     assert outcome.code == 0
     assert done.drain() == ["missed SIGTERM", "stopped by SIGTERM"]
     assert re.search(r"level=warning event=stop_waiting pids=\d+\n", outcome.log)

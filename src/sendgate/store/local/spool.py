@@ -265,8 +265,15 @@ class Spool:
         return envelope
 
     def queued(self, queue_id: str) -> bool:
-        """Whether `queue_id` is queued (a stat, nothing read)."""
-        return os.path.exists(self._queue_s + checked_id(queue_id))
+        """Whether `queue_id` is queued (a stat, nothing read); SpoolError when unsure."""
+        path = self._queue_s + checked_id(queue_id)
+        try:
+            os.stat(path)
+        except (FileNotFoundError, NotADirectoryError):
+            return False
+        except OSError as exc:
+            raise _spool_error("cannot read spool file", path, exc) from exc
+        return True
 
     def message(self, queue_id: str) -> bytes:
         """Return the message bytes of `queue_id` exactly as they will be sent."""

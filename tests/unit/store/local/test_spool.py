@@ -114,6 +114,19 @@ def test_spool_on_a_regular_file_is_a_one_line_error(tmp_path: Path) -> None:
         Spool(root)
 
 
+def test_queued_says_whether_a_message_is_queued_and_errors_are_not_a_no(
+    spool: Spool, tmp_path: Path
+) -> None:
+    envelope = make_envelope(spool.new_id())
+    spool.put(envelope, MESSAGE)
+    assert spool.queued(envelope.queue_id)
+    assert not spool.queued(spool.new_id())
+    looping = spool.new_id()
+    os.symlink(looping, tmp_path / "spool" / "queue" / looping)  # a link to itself: ELOOP
+    with pytest.raises(SpoolError, match=f"cannot read spool file .*{looping}: "):
+        spool.queued(looping)
+
+
 def test_put_then_read_back_byte_identical(spool: Spool, tmp_path: Path) -> None:
     envelope = make_envelope(spool.new_id())
     spool.put(envelope, MESSAGE)
