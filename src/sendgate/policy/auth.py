@@ -124,17 +124,9 @@ class Authenticator:
         Lets the login path skip its checks for a repeated wrong password when the password is
         known right (a password that verified for this generation and hash is not a wrong one).
         """
-        if user is None or not self._caching:
+        if user is None:
             return None
-        app, stored = self._secret_for(user, password)
-        if stored is None or not _is_parsable(stored):
-            return None
-        label = None if app is None else app.label
-        secret = password.encode("utf-8", "surrogatepass")
-        if not self._cache_hit(self._cache_key(user, label, stored, secret)):
-            return None
-        self._note_use(user, app)
-        return AuthResult(user=user, cached=True, app_password=label)
+        return self._cache_answer(user, password, None)
 
     def cached_at_once(
         self, user: UserRecord, apps: Sequence[AppPassword], password: str
@@ -144,17 +136,25 @@ class Authenticator:
         For an event loop: None also when the answer would write (an app password whose last
         use is to be recorded); the caller then takes the path that may wait.
         """
+        return self._cache_answer(user, password, apps)
+
+    def _cache_answer(
+        self, user: UserRecord, password: str, apps: Sequence[AppPassword] | None
+    ) -> AuthResult | None:
+        """The cache's success, or None. With `apps` (read by the caller) nothing is written:
+        an app password whose last use is due to be recorded gets None instead."""
         if not self._caching:
             return None
         app, stored = self._secret_for(user, password, apps)
         if stored is None or not _is_parsable(stored):
             return None
-        if app is not None and self._use_due(app):
+        if apps is not None and app is not None and self._use_due(app):
             return None
         label = None if app is None else app.label
         secret = password.encode("utf-8", "surrogatepass")
         if not self._cache_hit(self._cache_key(user, label, stored, secret)):
             return None
+        self._note_use(user, app)  # writes only without `apps`: a due use returned None above
         return AuthResult(user=user, cached=True, app_password=label)
 
     def _secret_for(

@@ -136,8 +136,7 @@ class LoginGuard:
     def check(self, client: ClientNetworks, username: str) -> Check:
         """Whether an attempt for `username` must be refused unchecked (see `Check`)."""
         account = username.lower()
-        wanted = [keys.account_key(account), keys.known_lock_key(account, client.block)]
-        wanted.extend(self._net_keys(client))
+        wanted = self._login_keys(account, client)
         bans = {ban.key: ban for ban in self._limits.active_bans(wanted)}
         if not bans:
             return CLEAR
@@ -158,10 +157,16 @@ class LoginGuard:
 
         False when a ban may apply, or the store could not answer at once: `check` decides.
         """
-        account = username.lower()
-        wanted = [keys.account_key(account), keys.known_lock_key(account, client.block)]
-        wanted.extend(self._net_keys(client))
+        wanted = self._login_keys(username.lower(), client)
         return self._limits.active_bans_at_once(wanted) == []
+
+    def _login_keys(self, account: str, client: ClientNetworks) -> list[str]:
+        """The ban keys a login checks: the account's lock, its lock here, then the networks."""
+        return [
+            keys.account_key(account),
+            keys.known_lock_key(account, client.block),
+            *self._net_keys(client),
+        ]
 
     def repeated(
         self, client: ClientNetworks, username: str, password: str, generation: int

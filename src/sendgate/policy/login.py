@@ -219,16 +219,19 @@ class Logins:
     def _note_due(self, user: UserRecord, request: LoginRequest) -> bool:
         """Whether a login now must note its network (not noted by this process lately)."""
         with self._lock:
-            noted = self._noted.get((user.username, str(request.client.block)))
-        return noted is None or not 0 <= self._now() - noted < NOTE_REFRESH
+            return not self._noted_lately((user.username, str(request.client.block)), self._now())
+
+    def _noted_lately(self, key: tuple[str, str], now: float) -> bool:
+        """Whether this process noted `key` (user, network) within NOTE_REFRESH; hold the lock."""
+        noted = self._noted.get(key)
+        return noted is not None and 0 <= now - noted < NOTE_REFRESH
 
     def _note(self, user: UserRecord, request: LoginRequest) -> LoginNote | None:
         network = str(request.client.block)
         key = (user.username, network)
         now = self._now()
         with self._lock:
-            noted = self._noted.get(key)
-            if noted is not None and 0 <= now - noted < NOTE_REFRESH:
+            if self._noted_lately(key, now):
                 return None
             self._noted.pop(key, None)
             while len(self._noted) >= NOTE_CACHE_MAX:

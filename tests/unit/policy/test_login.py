@@ -82,6 +82,17 @@ class Notices:
         return f"Q{len(self.sent)}"
 
 
+def _request(ip: str, password: str, user: str) -> LoginRequest:
+    return LoginRequest(
+        client=ClientNetworks.of(ip),
+        client_ip=ip,
+        username=user,
+        password=password,
+        client_name="laptop.example",
+        tls_version="TLSv1.3",
+    )
+
+
 class Rig:
     def __init__(self, tmp_path: Path, cfg: LoginLimitsConfig = CFG) -> None:
         self.clock = FakeClock()
@@ -102,28 +113,12 @@ class Rig:
     def attempt(
         self, ip: str, password: str = PASSWORD, user: str = "alice@example.org"
     ) -> LoginResult:
-        request = LoginRequest(
-            client=ClientNetworks.of(ip),
-            client_ip=ip,
-            username=user,
-            password=password,
-            client_name="laptop.example",
-            tls_version="TLSv1.3",
-        )
-        return self.logins.attempt(request)
+        return self.logins.attempt(_request(ip, password, user))
 
     def attempt_at_once(
         self, ip: str, password: str = PASSWORD, user: str = "alice@example.org"
     ) -> LoginResult | None:
-        request = LoginRequest(
-            client=ClientNetworks.of(ip),
-            client_ip=ip,
-            username=user,
-            password=password,
-            client_name="laptop.example",
-            tls_version="TLSv1.3",
-        )
-        return self.logins.attempt_at_once(request)
+        return self.logins.attempt_at_once(_request(ip, password, user))
 
     def close(self) -> None:
         self.pool.shutdown()

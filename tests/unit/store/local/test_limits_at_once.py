@@ -6,13 +6,12 @@ process (WAL readers do not wait), not for another thread using the same quick c
 
 from __future__ import annotations
 
-import sqlite3
-import threading
 from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
 from tests.support.clock import FakeClock
+from tests.support.sqlite import quick_read_elsewhere, write_in_progress
 
 from sendgate.store.local.limits import LocalLimitStore
 
@@ -36,33 +35,14 @@ def test_a_write_in_progress_elsewhere_does_not_hold_it_up(
     store: LocalLimitStore, tmp_path: Path
 ) -> None:
     store.ban("net:a", 60, "host_failures", memory=MEMORY)
-    other = sqlite3.connect(tmp_path / "limits.db", isolation_level=None)
-    try:
-        other.execute("BEGIN IMMEDIATE")
-        other.execute("DELETE FROM bans")  # not committed: the ban still holds
+    # Not committed: the ban still holds.
+    with write_in_progress(tmp_path / "limits.db", "DELETE FROM bans"):
         found = store.active_bans_at_once(["net:a"])
         assert found is not None
         assert [ban.key for ban in found] == ["net:a"]
-        other.execute("ROLLBACK")
-    finally:
-        other.close()
 
 
 def test_it_gives_up_rather_than_wait_for_another_thread(store: LocalLimitStore) -> None:
-    holding = threading.Event()
-    release = threading.Event()
-
-    def hold_the_quick_connection() -> None:
-        with store._db._quick_lock:  # as a thread in the middle of its own quick read
-            holding.set()
-            release.wait(5)
-
-    thread = threading.Thread(target=hold_the_quick_connection)
-    thread.start()
-    try:
-        assert holding.wait(5)
+    with quick_read_elsewhere(store._db):
         assert store.active_bans_at_once(["net:a"]) is None
-    finally:
-        release.set()
-        thread.join()
     assert store.active_bans_at_once(["net:a"]) == []

@@ -6,12 +6,11 @@ waiting: not for a write in progress in another process, not for another thread.
 
 from __future__ import annotations
 
-import sqlite3
-import threading
 from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
+from tests.support.sqlite import quick_read_elsewhere, write_in_progress
 
 from sendgate.store.local.users import LocalUserStore
 
@@ -36,35 +35,16 @@ def test_it_answers_with_the_user_and_its_app_passwords(store: LocalUserStore) -
 def test_a_write_in_progress_elsewhere_does_not_hold_it_up(
     store: LocalUserStore, tmp_path: Path
 ) -> None:
-    other = sqlite3.connect(tmp_path / "users.db", isolation_level=None)
-    try:
-        other.execute("BEGIN IMMEDIATE")
-        other.execute("DELETE FROM app_passwords")  # not committed: the app password stays
+    # Not committed: the app password stays.
+    with write_in_progress(tmp_path / "users.db", "DELETE FROM app_passwords"):
         found = store.login_at_once(ALICE)
         assert found is not None
         assert [app.label for app in found[1]] == ["phone"]
-        other.execute("ROLLBACK")
-    finally:
-        other.close()
 
 
 def test_it_gives_up_rather_than_wait_for_another_thread(store: LocalUserStore) -> None:
-    holding = threading.Event()
-    release = threading.Event()
-
-    def hold_the_quick_connection() -> None:
-        with store._db._quick_lock:  # as a thread in the middle of its own quick read
-            holding.set()
-            release.wait(5)
-
-    thread = threading.Thread(target=hold_the_quick_connection)
-    thread.start()
-    try:
-        assert holding.wait(5)
+    with quick_read_elsewhere(store._db):
         assert store.login_at_once(ALICE) is None
-    finally:
-        release.set()
-        thread.join()
     assert store.login_at_once(ALICE) is not None
 
 
