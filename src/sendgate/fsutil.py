@@ -44,7 +44,7 @@ def write_file_durably(
         try:
             # The umask may have removed bits, and an existing file keeps its old mode.
             os.fchmod(fd, mode)
-            _write_all(fd, data)
+            write_all(fd, data)
             os.fsync(fd)
         finally:
             os.close(fd)
@@ -77,7 +77,7 @@ def is_disk_full(exc: OSError) -> bool:
     return exc.errno in _DISK_FULL_ERRNOS
 
 
-def _write_all(fd: int, data: bytes | Sequence[bytes]) -> None:
+def write_all(fd: int, data: bytes | Sequence[bytes]) -> None:
     """Write every byte of `data` (one buffer or several) to `fd`, looping on short writes."""
     views = [memoryview(part) for part in ((data,) if isinstance(data, bytes) else data) if part]
     while views:

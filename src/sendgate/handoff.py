@@ -1,17 +1,21 @@
 """Group handoff: jobs from the event loop run in a worker thread in groups, not one by one.
 
 Handing one job to a thread pool costs a wake-up of a thread, a wake-up of the loop, and GIL
-contention with every other pool thread; a durable write costs a file and a directory sync. A
-`GroupHandoff` keeps at most `in_flight` groups running, and every job that arrives meanwhile
-waits for the next group: under load one handoff and one commit serve many messages (group
-commit), and at low load a job starts at once, so nobody waits for a group to fill.
+contention with every other pool thread; a durable write costs a sync. A `GroupHandoff` keeps
+at most `in_flight` threads draining its jobs: each takes every job waiting (up to
+`max_group`), runs them as one group, hands the results back to the loop in one call, and goes
+on with the jobs that arrived meanwhile, without waiting for the loop to start it again. Under
+load one handoff and one commit serve many messages (group commit); at low load a job starts
+at once, so nobody waits for a group to fill.
 """
 
 from __future__ import annotations
 
 import asyncio
+import threading
 from collections.abc import Callable, Sequence
 from concurrent.futures import Executor
+from contextlib import suppress
 from typing import Generic, TypeVar
 
 _J = TypeVar("_J")
@@ -21,8 +25,8 @@ _R = TypeVar("_R")
 class GroupHandoff(Generic[_J, _R]):
     """Runs `run_group(jobs)` in `executor`; `run_group` returns one result or exception per job.
 
-    Use from one event loop only. An exception raised by `run_group` itself fails every job
-    of its group.
+    An exception raised by `run_group` itself fails every job of its group. Each job's answer
+    is handed to the event loop that awaits it.
     """
 
     def __init__(
@@ -37,50 +41,72 @@ class GroupHandoff(Generic[_J, _R]):
         self._run_group = run_group
         self._max_group = max_group
         self._in_flight = in_flight
+        self._lock = threading.Lock()  # the loop adds jobs, the draining threads take them
         self._running = 0
         self._waiting: list[tuple[_J, asyncio.Future[_R]]] = []
 
     async def run(self, job: _J) -> _R:
         """Run `job` with the next group; its result, or its exception raised here."""
-        future: asyncio.Future[_R] = asyncio.get_running_loop().create_future()
-        self._waiting.append((job, future))
-        if self._running < self._in_flight:
-            self._start()
+        loop = asyncio.get_running_loop()
+        future: asyncio.Future[_R] = loop.create_future()
+        entry = (job, future)
+        with self._lock:
+            self._waiting.append(entry)
+            start = self._running < self._in_flight
+            self._running += start
+        if start:
+            try:
+                self._executor.submit(self._drain)
+            except BaseException:
+                # A pool shut down: no thread will take this job, nor any waiting (each one
+                # that found no thread to start came here too).
+                with self._lock:
+                    self._running -= 1
+                    if entry in self._waiting:
+                        self._waiting.remove(entry)
+                raise
         return await future
 
-    def _start(self) -> None:
-        group, self._waiting = (
-            self._waiting[: self._max_group],
-            self._waiting[self._max_group :],
-        )
-        self._running += 1
-        loop = asyncio.get_running_loop()
-        done = loop.run_in_executor(self._executor, self._run_group, [job for job, _ in group])
-        done.add_done_callback(lambda finished: self._finish(finished, group))
-
-    def _finish(
-        self,
-        finished: asyncio.Future[Sequence[_R | BaseException]],
-        group: list[tuple[_J, asyncio.Future[_R]]],
-    ) -> None:
-        self._running -= 1
-        if self._waiting:
-            self._start()
-        exc = finished.exception() if not finished.cancelled() else asyncio.CancelledError()
-        outcomes: Sequence[_R | BaseException]
-        if exc is not None:
-            outcomes = [exc] * len(group)
-        else:
-            outcomes = finished.result()
+    def _drain(self) -> None:
+        """In a pool thread: run groups until none is waiting."""
+        while True:
+            with self._lock:
+                if not self._waiting:
+                    self._running -= 1
+                    return
+                group = self._waiting[: self._max_group]
+                del self._waiting[: self._max_group]
+            outcomes: Sequence[_R | BaseException]
+            try:
+                outcomes = self._run_group([job for job, _ in group])
+            except BaseException as exc:
+                outcomes = [exc] * len(group)
             if len(outcomes) != len(group):
                 outcomes = [RuntimeError("group handoff: wrong number of results")] * len(group)
-        for (_, future), outcome in zip(group, outcomes, strict=True):
-            if future.done():
-                continue  # its connection went away meanwhile
-            if isinstance(outcome, BaseException):
-                future.set_exception(outcome)
-            else:
-                future.set_result(outcome)
+            answers = [
+                (future, outcome) for (_, future), outcome in zip(group, outcomes, strict=True)
+            ]
+            # Each job's answer goes to the loop that waits for it: one call per loop (a
+            # thread outlives the loop that started it when loops come and go, as in tests).
+            loops: dict[
+                asyncio.AbstractEventLoop, list[tuple[asyncio.Future[_R], _R | BaseException]]
+            ] = {}
+            for answer in answers:
+                loops.setdefault(answer[0].get_loop(), []).append(answer)
+            for loop, some in loops.items():
+                with suppress(RuntimeError):  # that loop is closed: nobody waits any more
+                    loop.call_soon_threadsafe(_deliver, some)
+
+
+def _deliver(answers: list[tuple[asyncio.Future[_R], _R | BaseException]]) -> None:
+    """On the loop: give each job its outcome."""
+    for future, outcome in answers:
+        if future.done():
+            continue  # its connection went away meanwhile
+        if isinstance(outcome, BaseException):
+            future.set_exception(outcome)
+        else:
+            future.set_result(outcome)
 
 
 def each(func: Callable[[_J], _R]) -> Callable[[list[_J]], list[_R | BaseException]]:

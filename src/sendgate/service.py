@@ -96,6 +96,7 @@ def serve(cfg: Config, log: EventLog) -> int:
     log.event(
         "spool_swept",
         tmp_removed=recovered.removed_partial,
+        restored=recovered.restored,
         corrupt=",".join(recovered.corrupt),
         queued=queued,
     )

@@ -25,6 +25,7 @@ from typing import TYPE_CHECKING
 import pytest
 from tests.e2e.settings import UNLIMITED_SENDING
 
+from sendgate.store.local import batchfile
 from sendgate.store.local.spool import Spool
 
 if TYPE_CHECKING:
@@ -39,7 +40,9 @@ PER_CONNECTION = 5
 MAX_KILL_AFTER = 20  # kill once this many (at most) messages got 250
 ACCEPT_TIMEOUT = 30.0
 _MESSAGE_ID = re.compile(rb"\r\nMessage-ID: <([^>]+)>\r\n")
-_SWEPT = re.compile(r'event=spool_swept tmp_removed=(\d+) corrupt=("")? ?.*queued=(\d+)')
+_SWEPT = re.compile(
+    r'event=spool_swept tmp_removed=(\d+) restored=(\d+) corrupt=("")? ?.*queued=(\d+)'
+)
 
 
 @dataclass
@@ -150,7 +153,11 @@ def _check_queued(spool: Spool, queue_id: str, sent: Sent, user: str) -> None:
 
 
 def _check_spool(made: Instance, sent: dict[str, Sent], accepted: list[Sent]) -> int:
-    """Check every queued message (before any sweep); return the number of entries in tmp/."""
+    """Check every queued message (before any sweep); return the partial writes left.
+
+    Those are the entries in tmp/ and the fresh files holding a write cut short (not a whole
+    batch) that no link in queue/ keeps.
+    """
     spool = made.spool()
     queued = set(spool.ids())
     for message in accepted:
@@ -161,7 +168,12 @@ def _check_spool(made: Instance, sent: dict[str, Sent], accepted: list[Sent]) ->
         message_id = match.group(1).decode()
         if message_id in sent:  # earlier iterations' messages were checked then
             _check_queued(spool, queue_id, sent[message_id], made.user)
-    return len(os.listdir(made.data_dir / "spool" / "tmp"))
+    partial = 0
+    for path in (made.data_dir / "spool" / "fresh").iterdir():
+        info = path.stat()
+        if info.st_size and info.st_nlink == 1 and batchfile.check(path.read_bytes()) is None:
+            partial += 1
+    return len(os.listdir(made.data_dir / "spool" / "tmp")) + partial
 
 
 def _plant_interrupted_write(made: Instance) -> None:
@@ -181,8 +193,9 @@ def _start(server: ServerFactory, made: Instance, tmp_left: int, queued: int) ->
     match = _SWEPT.search(running.wait_for(r"event=spool_swept ")[0])
     assert match is not None
     assert int(match.group(1)) == tmp_left
-    assert match.group(2) == '""', "the startup sweep found corrupt queue files"
-    assert int(match.group(3)) == queued
+    assert match.group(2) == "0", "a kill without a reboot must not need links restored"
+    assert match.group(3) == '""', "the startup sweep found corrupt queue files"
+    assert int(match.group(4)) == queued
     _check_swept(made.data_dir / "spool")
     return running
 

@@ -1,16 +1,19 @@
-"""A syscall trace of one submission: the queue file and its directory are synced before the 250.
+"""A syscall trace of one submission: the message and the name holding it are synced before the 250.
 
-strace follows every thread of the acceptor workers while one message is submitted. In the
-trace, the file holding the message (a single-message file or a group commit's batch file) is
-fsync'd before its name is linked or renamed into queue/, queue/ is fsync'd after that, and the
-first write to a TCP socket after the commit (the 250 reply, encrypted) follows that directory
-fsync. Lines are printed in the order the system calls finished, so "before" is real.
+strace follows every thread of the acceptor workers while one message is submitted. The group
+commit writes the message into a fresh file (`store.local.fresh`): in the trace, that file is
+created, then its directory fresh/ is fsync'd, then the file is fdatasync'd, and only then is
+the first write to a TCP socket (the 250 reply, encrypted) made. The file is linked into
+queue/ before the reply too, and queue/ is fsync'd after the link (in the background), before
+the file's fresh name is removed. Lines are printed in the order the system calls finished, so
+"before" is real.
 """
 
 from __future__ import annotations
 
 import re
 import subprocess
+import time
 from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING
@@ -65,7 +68,7 @@ def test_the_message_and_its_name_are_synced_before_the_250(
     out = tmp_path / "trace.txt"
     tracer = subprocess.Popen(
         ["strace", "-f", "-tt", "-yy", "-o", str(out)]
-        + ["-e", "trace=fsync,fdatasync,rename,link,write,writev,sendto,sendmsg"]
+        + ["-e", "trace=openat,fsync,fdatasync,rename,link,unlink,write,writev,sendto,sendmsg"]
         + [arg for pid in running.worker_pids for arg in ("-p", str(pid))],
         stderr=subprocess.PIPE,
         text=True,
@@ -80,29 +83,53 @@ def test_the_message_and_its_name_are_synced_before_the_250(
             attached += "attached" in line
         with running.smtp() as client:
             queue_id = running.submit(client, made.message("traced"))
+        fresh = made.data_dir / "spool" / "fresh"
+        link = made.data_dir / "spool" / "queue" / queue_id
+        deadline = time.monotonic() + 30
+        # The background sync of queue/ ends with the removal of the file's fresh name.
+        while link.stat().st_nlink > 1 and time.monotonic() < deadline:
+            time.sleep(0.01)
+        assert link.stat().st_nlink == 1, sorted(p.name for p in fresh.iterdir())
     finally:
         tracer.terminate()
         tracer.wait(30)
         if tracer.stderr is not None:
             tracer.stderr.close()
     calls = _finished_calls(out.read_text())
-    commits = [
-        c for c in calls if c.name in ("rename", "link") and f'/queue/{queue_id}")' in c.args
-    ]
-    assert len(commits) == 1, calls
-    commit = commits[0]
+    links = [c for c in calls if c.name == "link" and f'/queue/{queue_id}")' in c.args]
+    assert len(links) == 1, calls
+    commit = links[0]
     paths = re.match(r'"([^"]+)", "([^"]+)"\)', commit.args)
     assert paths is not None, commit
     source = str(Path(paths.group(1)).resolve())
+    fresh_dir = str(Path(source).parent)
     queue_dir = str(Path(paths.group(2)).parent.resolve())
-    file_syncs = [c for c in calls[: commit.index] if c.name == "fsync" and _fd_path(c) == source]
-    assert file_syncs, f"no fsync of {source} before {commit}"
-    dir_syncs = [c for c in calls[commit.index :] if c.name == "fsync" and _fd_path(c) == queue_dir]
-    assert dir_syncs, f"no fsync of {queue_dir} after {commit}"
+    assert Path(fresh_dir).name == "fresh", source
+    created = [
+        c for c in calls if c.name == "openat" and f'"{source}"' in c.args and "O_CREAT" in c.args
+    ]
+    assert len(created) == 1, created
+    data_syncs = [c for c in calls if c.name == "fdatasync" and _fd_path(c) == source]
+    assert len(data_syncs) == 1, f"no fdatasync of {source}"
+    data_sync = data_syncs[0]
+    name_syncs = [
+        c
+        for c in calls[created[0].index : data_sync.index]
+        if c.name == "fsync" and _fd_path(c) == fresh_dir
+    ]
+    assert name_syncs, f"{source} was not made durable by a sync of {fresh_dir} before its data"
     replies = [
         c
-        for c in calls[commit.index :]
+        for c in calls[data_sync.index :]
         if c.name in ("write", "writev", "sendto", "sendmsg") and _fd_path(c).startswith("TCP")
     ]
     assert replies, "no reply written after the commit:\n" + out.read_text()[-3000:]
-    assert dir_syncs[0].index < replies[0].index
+    assert data_sync.index < commit.index < replies[0].index
+    removed = [c for c in calls if c.name == "unlink" and f'"{source}"' in c.args]
+    assert len(removed) == 1, f"the fresh name {source} was not removed"
+    queue_syncs = [
+        c
+        for c in calls[commit.index : removed[0].index]
+        if c.name == "fsync" and _fd_path(c) == queue_dir
+    ]
+    assert queue_syncs, f"{fresh_dir} lost {source} before {queue_dir} was synced"

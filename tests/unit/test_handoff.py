@@ -4,8 +4,9 @@ from __future__ import annotations
 
 import asyncio
 import threading
-from collections.abc import Sequence
-from concurrent.futures import ThreadPoolExecutor
+from collections.abc import Callable, Sequence
+from concurrent.futures import Future, ThreadPoolExecutor
+from typing import Any
 
 import pytest
 
@@ -141,3 +142,61 @@ def test_a_group_function_answering_the_wrong_number_fails_each_job(
     [outcome] = asyncio.run(main())
     assert isinstance(outcome, RuntimeError)
     assert "wrong number of results" in str(outcome)
+
+
+def test_the_draining_thread_answers_each_job_on_its_own_loop(
+    executor: ThreadPoolExecutor,
+) -> None:
+    recorder = Recorder()
+    recorder.gate.clear()
+    handoff = GroupHandoff(executor, recorder)
+    queued = threading.Event()
+    second: list[int] = []
+
+    def other_loop() -> None:
+        async def run() -> int:
+            job = asyncio.ensure_future(handoff.run(2))
+            await asyncio.sleep(0)  # now waiting behind the first group, in the same thread
+            queued.set()
+            return await job
+
+        second.append(asyncio.run(run()))
+
+    async def first() -> int:
+        job = asyncio.ensure_future(handoff.run(4))
+        await asyncio.to_thread(recorder.started.wait, 10)
+        thread = threading.Thread(target=other_loop)
+        thread.start()
+        await asyncio.to_thread(queued.wait, 10)
+        recorder.gate.set()
+        result = await job
+        await asyncio.to_thread(thread.join, 10)
+        return result
+
+    # The first loop is gone by the time the second job is answered: its answer must not go there.
+    assert asyncio.run(first()) == 40
+    assert second == [20]
+    assert recorder.groups == [[4], [2]]
+
+
+class RefusingOnce(ThreadPoolExecutor):
+    """A pool whose first submit fails as a shut-down pool's does."""
+
+    refused = False
+
+    def submit(self, fn: Callable[..., Any], /, *args: Any, **kwargs: Any) -> Future[Any]:
+        if not self.refused:
+            self.refused = True
+            raise RuntimeError("cannot schedule new futures after shutdown")
+        return super().submit(fn, *args, **kwargs)
+
+
+def test_a_job_no_thread_can_take_fails_and_the_next_one_runs() -> None:
+    handoff: GroupHandoff[int, int] = GroupHandoff(RefusingOnce(1), Recorder())
+
+    async def main() -> int:
+        with pytest.raises(RuntimeError, match="shutdown"):
+            await handoff.run(2)
+        return await handoff.run(4)
+
+    assert asyncio.run(main()) == 40

@@ -247,7 +247,9 @@ def test_serve_starts_logs_what_it_found_and_stops_on_sigterm(
         "world_readable_key",
     ]
     assert all("level=warning" in line for line in overrides)
-    assert server.wait_for("event=spool_swept").endswith(f"tmp_removed=1 corrupt={broken} queued=1")
+    assert server.wait_for("event=spool_swept").endswith(
+        f"tmp_removed=1 restored=0 corrupt={broken} queued=1"
+    )
     assert server.wait_for("event=dkim_key").endswith(
         "domain=example.test selector=s1 algorithm=ed25519"
     )

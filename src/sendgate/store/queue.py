@@ -71,6 +71,8 @@ class Recovery:
     """Queue ids whose stored envelope is unreadable; set aside, never deleted."""
     unknown_entries: int
     """Entries the store does not recognise; left in place."""
+    restored: int = 0
+    """Acknowledged messages whose entry a power cut had lost, put back in the queue."""
 
 
 class QueueStore(Protocol):

@@ -10,14 +10,23 @@ Layout: a first line ``SGBATCH1 <n>`` (n: 4 hex digits), then n index lines ``<i
 <length>`` (16 hex digits each) of exactly `ENTRY_SIZE` bytes, then the records. A record is
 what a single-message queue file holds: the envelope as one JSON line, a LF, the message bytes.
 
+A batch written into a fresh file (`store.local.fresh`) ends with a trailer line ``SGEND
+<crc32> <boot id>``: the kernel's boot id when it was written and the CRC-32 of everything
+before the trailer followed by that id. Readers of records never look at it; `check` does,
+when `Spool.sweep` finds a fresh file a crash left behind: only a whole batch is restored, and
+only after a reboot (in the same boot every link made before the crash is still there, and a
+missing one was delivered).
+
 Security: the file is ours, but it is read back after crashes, so the header is parsed strictly
 (exact sizes, hex digits, records inside the file); anything else is reported as corrupt.
 """
 
 from __future__ import annotations
 
+import functools
 import os
 import re
+import zlib
 from collections.abc import Sequence
 from pathlib import Path
 
@@ -30,6 +39,9 @@ ENTRY_SIZE = 18 + 1 + 16 + 1 + 16 + 1  # id, offset, length, separators
 HEADER_READ = 64 * 1024  # one read covers the header of any batch the spool writes
 MAX_MESSAGES = (HEADER_READ - FIRST_LINE_SIZE) // ENTRY_SIZE  # 1236: the header fits that read
 _ENTRY_RE = re.compile(rb"([0-7][0-9A-HJKMNP-TV-Z]{17}) ([0-9a-f]{16}) ([0-9a-f]{16})\n")
+TRAILER = b"SGEND "
+_TRAILER_RE = re.compile(rb"SGEND ([0-9a-f]{8}) ([0-9a-f-]{36}|-)\n")
+_BOOT_ID = "/proc/sys/kernel/random/boot_id"
 
 
 def is_batch(head: bytes) -> bool:
@@ -37,8 +49,22 @@ def is_batch(head: bytes) -> bool:
     return head.startswith(MAGIC)
 
 
-def encode(items: Sequence[tuple[Envelope, bytes]]) -> list[bytes]:
-    """The parts of a batch file holding `items` (written with one writev, never joined)."""
+@functools.cache
+def boot_id() -> str:
+    """This boot's id (Linux), or "-" where the kernel does not tell (then every boot differs)."""
+    try:
+        with open(_BOOT_ID, "rb") as file:
+            value = file.read().strip().decode("ascii")
+    except (OSError, UnicodeDecodeError):
+        return "-"
+    return value if re.fullmatch(r"[0-9a-f-]{36}", value) else "-"
+
+
+def encode(items: Sequence[tuple[Envelope, bytes]], *, trailer: bool = False) -> list[bytes]:
+    """The parts of a batch file holding `items` (written with one writev, never joined).
+
+    With `trailer` the parts end with the ``SGEND`` line that `check` verifies.
+    """
     if not 0 < len(items) <= MAX_MESSAGES:
         raise ValueError(f"a batch holds 1 to {MAX_MESSAGES} messages, not {len(items)}")
     records = [(envelope.queue_id, envelope.to_json()) for envelope, _ in items]
@@ -50,7 +76,56 @@ def encode(items: Sequence[tuple[Envelope, bytes]]) -> list[bytes]:
         header.append(b"%s %016x %016x\n" % (queue_id.encode("ascii"), offset, length))
         body += (line, b"\n", message)
         offset += length
-    return header + body
+    parts = header + body
+    if trailer:
+        crc = 0
+        for part in parts:
+            crc = zlib.crc32(part, crc)
+        boot = boot_id().encode("ascii")
+        parts.append(b"%s%08x %s\n" % (TRAILER, zlib.crc32(boot, crc), boot))
+    return parts
+
+
+def check(data: bytes) -> tuple[list[str], str] | None:
+    """The queue ids and the boot id of a whole batch with a trailer, or None for anything else.
+
+    Whole means: a well-formed header, records one after another to the trailer, nothing after
+    the trailer, and the trailer's CRC-32 matching. A write cut short by a crash fails this.
+    """
+    try:
+        count = _count(data)
+    except SpoolError:
+        return None
+    end = FIRST_LINE_SIZE + count * ENTRY_SIZE
+    ids: list[str] = []
+    for start in range(FIRST_LINE_SIZE, end, ENTRY_SIZE):
+        match = _ENTRY_RE.fullmatch(data, start, start + ENTRY_SIZE)
+        if match is None or int(match[2], 16) != end:
+            return None
+        ids.append(match[1].decode("ascii"))
+        end += int(match[3], 16)
+    trailer = _TRAILER_RE.fullmatch(data, end)
+    if trailer is None or int(trailer[1], 16) != zlib.crc32(
+        trailer[2], zlib.crc32(memoryview(data)[:end])
+    ):
+        return None
+    return ids, trailer[2].decode("ascii")
+
+
+def _count(head: bytes) -> int:
+    """The record count in a batch's first line; SpoolError unless the whole index is in `head`."""
+    first = head[:FIRST_LINE_SIZE]
+    count_hex = first[len(MAGIC) : -1]
+    if not (
+        first.startswith(MAGIC)
+        and first.endswith(b"\n")
+        and re.fullmatch(rb"[0-9a-f]{4}", count_hex)
+    ):
+        raise SpoolError("bad batch header")
+    count = int(count_hex, 16)
+    if count == 0 or FIRST_LINE_SIZE + count * ENTRY_SIZE > len(head):
+        raise SpoolError("bad batch header")
+    return count
 
 
 def locate(head: bytes, queue_id: str, size: int) -> tuple[int, int]:
@@ -59,14 +134,7 @@ def locate(head: bytes, queue_id: str, size: int) -> tuple[int, int]:
     `head` is the file's first `HEADER_READ` bytes (or all of it). SpoolError when the header
     is malformed, names a record outside the file, or does not list `queue_id`.
     """
-    first = head[:FIRST_LINE_SIZE]
-    count_hex = first[len(MAGIC) : -1]
-    if not (first.endswith(b"\n") and re.fullmatch(rb"[0-9a-f]{4}", count_hex)):
-        raise SpoolError("bad batch header")
-    count = int(count_hex, 16)
-    end = FIRST_LINE_SIZE + count * ENTRY_SIZE
-    if count == 0 or end > len(head):
-        raise SpoolError("bad batch header")
+    end = FIRST_LINE_SIZE + _count(head) * ENTRY_SIZE
     wanted = queue_id.encode("ascii")
     for start in range(FIRST_LINE_SIZE, end, ENTRY_SIZE):
         match = _ENTRY_RE.fullmatch(head, start, start + ENTRY_SIZE)

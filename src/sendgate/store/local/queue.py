@@ -261,6 +261,7 @@ class LocalQueueStore:
         return None if self._announced is None else self._announced.fd
 
     def close(self) -> None:
+        self._spool.close()
         for end in (self._announce_to, self._announced):
             if end is not None:
                 end.close()

@@ -7,6 +7,8 @@ Layout under the spool root (directories mode 0o700, files mode 0o600):
   then the message bytes exactly as they will be sent; or a hard link to a batch file holding
   several such records (`store.local.batchfile`). A message is queued if and only if its name
   is in ``queue/``: the rename (or link) from ``tmp/`` is the commit point.
+- ``fresh/``: empty files whose names are already durable, and group commits whose links into
+  ``queue/`` are not synced yet (`store.local.fresh`); `sweep` restores lost links from them.
 - ``corrupt/``: queue files whose envelope line cannot be read, moved aside by `Spool.sweep`.
 - ``state/<id>``: delivery state of a message that has had an attempt (which recipients are done,
   when to try next), replaced atomically (tmp/, fsync, rename). No state file: nothing tried yet.
@@ -16,11 +18,13 @@ Layout under the spool root (directories mode 0o700, files mode 0o600):
   a crash never leaves an unheld copy of mail that was to be held.
 
 `Spool.put` writes ``tmp/<id>`` in one writev, fsyncs it, renames it into ``queue/`` and then
-makes the rename durable with an fsync of ``queue/``; `Spool.put_many` does the same for a batch
-with one file, one file fsync and one directory fsync (group commit). Directory fsyncs are also
-shared between threads: a commit already covered by another thread's directory fsync does not
-issue its own. On any error the put removes what it wrote and raises `SpoolFullError` (disk
-full) or `SpoolError`, so a half-written message is never visible as queued.
+makes the rename durable with an fsync of ``queue/`` (directory fsyncs are shared between
+threads: a commit already covered by another thread's does not issue its own).
+`Spool.put_many` (the submission path) writes a group of messages as one batch into a fresh
+file, whose name is durable already, and returns after its one fdatasync; the group's links
+into ``queue/`` follow and are synced in the background (`store.local.fresh`). On any error
+a put removes what it wrote and raises `SpoolFullError` (disk full) or `SpoolError`, so a
+half-written message is never visible as queued.
 
 Security: queue ids come from the command line and from directory listings, so every id is
 checked against a strict pattern before it becomes part of a path (no ``../``). Envelope files
@@ -32,6 +36,7 @@ files under the spool root and does not log; `store.local.queue` builds the `Que
 import errno
 import os
 import secrets
+import stat
 import threading
 import time
 from collections.abc import Callable, Sequence
@@ -39,9 +44,10 @@ from contextlib import suppress
 from pathlib import Path
 
 from sendgate.errors import SpoolError, SpoolFullError, UnknownQueueIdError
-from sendgate.fsutil import atomic_replace, fsync_dir, is_disk_full, write_file_durably
+from sendgate.fsutil import atomic_replace, fsync_dir, is_disk_full, write_all, write_file_durably
 from sendgate.store.envelope import RANDOM_BYTES, Envelope, checked_id, is_queue_id, new_queue_id
 from sendgate.store.local import batchfile
+from sendgate.store.local.fresh import FreshFiles, owner
 from sendgate.store.local.holds import Holds
 from sendgate.store.queue import Recovery
 
@@ -57,6 +63,7 @@ class Spool:
         self._clock = clock
         self._tmp = root / "tmp"
         self._queue = root / "queue"
+        self._fresh_dir = root / "fresh"
         self._corrupt = root / "corrupt"
         self._state = root / "state"
         self._retry = root / "retry"
@@ -70,6 +77,8 @@ class Spool:
         """The held messages' hold files (`store.local.holds`)."""
         self._rename_lock = threading.Lock()
         self._sync_lock = threading.Lock()
+        self._fresh_lock = threading.Lock()
+        self._fresh: FreshFiles | None = None  # made by the first put_many
         self._renames = 0  # renames into queue/ so far
         self._synced = 0  # renames known durable (covered by a finished directory fsync)
         path = root
@@ -78,6 +87,7 @@ class Spool:
             for path in (
                 self._tmp,
                 self._queue,
+                self._fresh_dir,
                 self._corrupt,
                 self._state,
                 self._retry,
@@ -127,39 +137,94 @@ class Spool:
     def put_many(self, items: Sequence[tuple[Envelope, bytes]]) -> None:
         """Store several messages in one commit: all are durably queued when this returns.
 
-        One batch file (`store.local.batchfile`) is written and synced, linked into queue/
-        once per message, and the directory is synced once. On any error no link stays
-        behind and SpoolFullError or SpoolError is raised, as by `put`.
+        The batch (`store.local.batchfile`, with its trailer) goes into a fresh file and is
+        synced with one fdatasync; then the file is linked into queue/ once per message, and
+        those links are synced in the background (`store.local.fresh`). On any error no link
+        stays behind and SpoolFullError or SpoolError is raised, as by `put`.
         """
-        if len(items) == 1:
-            self.put(*items[0])
-            return
         for envelope, message in items:
             if envelope.size != len(message):
                 raise ValueError(f"envelope size {envelope.size} != message size {len(message)}")
             checked_id(envelope.queue_id)
-        tmp_path = self._tmp / f"{items[0][0].queue_id}.batch"
+        fresh = self._fresh_files()
         try:
-            write_file_durably(tmp_path, batchfile.encode(items))
+            path = fresh.take()
         except OSError as exc:
-            raise _spool_error("cannot write spool file", tmp_path, exc) from exc
-        linked: list[Path] = []
-        action, path = "cannot commit spool file", self._queue
+            raise _spool_error("cannot make fresh spool files in", self._fresh_dir, exc) from exc
+        try:
+            fd = os.open(path, os.O_WRONLY | os.O_CLOEXEC | os.O_NOFOLLOW)
+            try:
+                write_all(fd, batchfile.encode(items, trailer=True))
+                os.fdatasync(fd)
+            finally:
+                os.close(fd)
+        except OSError as exc:
+            fresh.discard(path)
+            raise _spool_error("cannot write spool file", path, exc) from exc
+        linked: list[str] = []
         try:
             for envelope, _ in items:
-                path = self._queue / envelope.queue_id
-                os.link(tmp_path, path)  # EEXIST for an id in use: nothing is overwritten
-                linked.append(path)
-            action, path = "cannot sync spool directory", self._queue
-            self._sync_new_names()
+                link = self._queue_s + envelope.queue_id
+                os.link(path, link)  # EEXIST for an id in use: nothing is overwritten
+                linked.append(link)
         except OSError as exc:
             for done in linked:
                 with suppress(OSError):
-                    done.unlink()
-            raise _spool_error(action, path, exc) from exc
-        finally:
-            with suppress(OSError):
-                tmp_path.unlink()  # the links keep the batch; a crash leaves this to `sweep`
+                    os.unlink(done)
+            fresh.discard(path)
+            raise _spool_error("cannot commit spool file", link, exc) from exc
+        fresh.committed(path)
+
+    def close(self) -> None:
+        """Sync what commits left to the background and remove this process's fresh files."""
+        with self._fresh_lock:
+            fresh, self._fresh = self._fresh, None
+        if fresh is not None:
+            fresh.close()
+
+    def _fresh_files(self) -> FreshFiles:
+        """This process's fresh files; made on first use, after reaping dead processes' ones."""
+        with self._fresh_lock:
+            if self._fresh is None:
+                try:
+                    self._recover_fresh(live=True)
+                except OSError as exc:
+                    raise _spool_error("cannot read", self._fresh_dir, exc) from exc
+                self._fresh = FreshFiles(self._fresh_dir, self._queue)
+            return self._fresh
+
+    def _recover_fresh(self, *, live: bool) -> tuple[int, int]:
+        """Remove fresh files no process uses; restore links a reboot lost. (restored, partial)
+
+        With `live`, other processes may be committing: only files of processes that are gone
+        are touched. A whole batch written in an earlier boot gets back every link it lacks;
+        in this boot a missing link means the message was delivered (or its commit failed),
+        so nothing is restored. A file that is not a whole batch was never acknowledged.
+        """
+        restored = partial = 0
+        for name in os.listdir(self._fresh_dir):
+            pid = owner(name)
+            if live and (pid is None or _alive(pid)):
+                continue
+            path = self._fresh_dir / name
+            info = os.lstat(path)
+            if not stat.S_ISREG(info.st_mode):
+                _remove_tree(path)
+                continue
+            if info.st_size:
+                batch = batchfile.check(path.read_bytes())
+                if batch is None:
+                    partial += info.st_nlink == 1  # linked nowhere: a write cut short
+                elif batch[1] != batchfile.boot_id() or batch[1] == "-":
+                    for queue_id in batch[0]:
+                        with suppress(FileExistsError):
+                            os.link(path, self._queue / checked_id(queue_id))
+                            restored += 1
+            path.unlink()
+        if restored:
+            fsync_dir(self._queue)
+        fsync_dir(self._fresh_dir)
+        return restored, partial
 
     def _commit(self, envelope: Envelope, message: bytes) -> None:
         """Write the queue file of a checked envelope: tmp/, fsync, rename, directory fsync."""
@@ -212,6 +277,9 @@ class Spool:
             for path in self._tmp.iterdir():
                 _remove_tree(path)
                 tmp_removed += 1
+            path = self._fresh_dir
+            restored, partial = self._recover_fresh(live=False)
+            tmp_removed += partial
             path = self._queue
             queued, unknown = self._scan_queue()
             live = set(queued)
@@ -239,7 +307,10 @@ class Spool:
         except OSError as exc:
             raise _spool_error("cannot sweep spool path", path, exc) from exc
         return Recovery(
-            removed_partial=tmp_removed, corrupt=tuple(corrupt), unknown_entries=unknown
+            removed_partial=tmp_removed,
+            corrupt=tuple(corrupt),
+            unknown_entries=unknown,
+            restored=restored,
         )
 
     def ids(self) -> list[str]:
@@ -393,6 +464,17 @@ class Spool:
         if target.exists():
             target = self._corrupt / f"{queue_id}.{secrets.token_hex(4)}"
         return target
+
+
+def _alive(pid: int) -> bool:
+    """Whether process `pid` exists (one of another user counts: never touch its files)."""
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    return pid != os.getpid()  # this process's own files are made after this check
 
 
 def _remove_tree(path: Path) -> None:

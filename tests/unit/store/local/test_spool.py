@@ -102,7 +102,7 @@ def test_spool_ids_follow_the_clock(tmp_path: Path) -> None:
 def test_spool_root_and_subdirectories_are_private(tmp_path: Path) -> None:
     root = tmp_path / "a" / "spool"
     Spool(root)
-    assert names(root) == ["corrupt", "hold", "queue", "retry", "state", "tmp"]
+    assert names(root) == ["corrupt", "fresh", "hold", "queue", "retry", "state", "tmp"]
     for directory in (root, *(root / name for name in names(root))):
         assert file_mode(directory) == 0o700
 

@@ -26,6 +26,7 @@ def spool(tmp_path: Path) -> Spool:
 def test_put_many_queues_each_message_under_its_own_name(spool: Spool, tmp_path: Path) -> None:
     batch = items(spool, b"one\r\n", b"", b"three \xff\r\n.\r\n")
     spool.put_many(batch)
+    spool.close()  # syncs the links and drops the file's fresh name
     queue = tmp_path / "spool" / "queue"
     assert spool.ids() == sorted(e.queue_id for e, _ in batch)
     for envelope, message in batch:
@@ -34,6 +35,7 @@ def test_put_many_queues_each_message_under_its_own_name(spool: Spool, tmp_path:
         # One file, one fsync: every name is a link to the same batch file.
         assert (queue / envelope.queue_id).stat().st_nlink == 3
     assert os.listdir(tmp_path / "spool" / "tmp") == []
+    assert os.listdir(tmp_path / "spool" / "fresh") == []
 
 
 def test_removing_messages_of_a_batch_keeps_the_others_until_the_last(
@@ -41,6 +43,7 @@ def test_removing_messages_of_a_batch_keeps_the_others_until_the_last(
 ) -> None:
     batch = items(spool, b"a\r\n", b"b\r\n")
     spool.put_many(batch)
+    spool.close()
     first, second = (e.queue_id for e, _ in batch)
     spool.remove(first, durable=False)
     with pytest.raises(UnknownQueueIdError):
@@ -51,11 +54,12 @@ def test_removing_messages_of_a_batch_keeps_the_others_until_the_last(
     assert spool.ids() == []
 
 
-def test_put_many_of_one_message_writes_a_single_message_file(spool: Spool, tmp_path: Path) -> None:
+def test_put_many_of_one_message_writes_a_batch_of_one(spool: Spool, tmp_path: Path) -> None:
     [(envelope, message)] = batch = items(spool, b"alone\r\n")
     spool.put_many(batch)
-    path = tmp_path / "spool" / "queue" / envelope.queue_id
-    assert path.read_bytes() == envelope.to_json() + b"\n" + message
+    data = (tmp_path / "spool" / "queue" / envelope.queue_id).read_bytes()
+    assert batchfile.check(data) == ([envelope.queue_id], batchfile.boot_id())
+    assert spool.message(envelope.queue_id) == message
 
 
 def test_put_many_with_an_id_in_use_queues_none_of_them(spool: Spool, tmp_path: Path) -> None:
@@ -66,19 +70,27 @@ def test_put_many_with_an_id_in_use_queues_none_of_them(spool: Spool, tmp_path: 
         spool.put_many(batch)
     assert spool.ids() == [taken.queue_id]
     assert spool.message(taken.queue_id) == message  # never overwritten
+    spool.close()
     assert os.listdir(tmp_path / "spool" / "tmp") == []
+    assert os.listdir(tmp_path / "spool" / "fresh") == []
 
 
-def test_put_many_whose_directory_sync_fails_queues_none(
+def test_put_many_whose_data_sync_fails_queues_none(
     spool: Spool, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    def broken_sync(_path: Path) -> None:
+    spool.put_many(items(spool, b"warm-up\r\n"))  # the fresh files exist
+    queued = spool.ids()
+
+    def broken_sync(_fd: int) -> None:
         raise OSError(5, "Input/output error")
 
-    monkeypatch.setattr("sendgate.store.local.spool.fsync_dir", broken_sync)
-    with pytest.raises(SpoolError, match="cannot sync spool directory"):
+    monkeypatch.setattr(os, "fdatasync", broken_sync)
+    with pytest.raises(SpoolError, match=r"cannot write spool file .*/fresh/\d+\.[0-9a-f]{16}: "):
         spool.put_many(items(spool, b"a\r\n", b"b\r\n"))
-    assert spool.ids() == []
+    assert spool.ids() == queued
+    monkeypatch.undo()
+    spool.close()
+    assert os.listdir(tmp_path / "spool" / "fresh") == []
     assert os.listdir(tmp_path / "spool" / "tmp") == []
 
 

@@ -1,0 +1,189 @@
+"""Fresh files: empty spool files whose names are durable already, so a group commit is one sync.
+
+A new file's name survives a power cut only after an fsync of its directory, so writing a
+group into a new file costs two journal commits in series (the file, then its directory).
+`Spool.put_many` writes the group into a file of ``fresh/`` that was created and whose name
+was synced earlier: one fdatasync makes the whole group durable, and the 250s can go. Its hard
+links into ``queue/`` (the names the rest of the spool reads) are made durable afterwards, by
+this module's syncer thread: one fsync of ``queue/`` and one of ``fresh/`` every `INTERVAL`
+covers every commit and every new fresh file since the last pair. Only after that sync is the
+file's name in fresh/ removed; until then a power cut leaves that name, and `Spool.sweep`
+restores from it any link the cut lost (see `store.local.batchfile` for the trailer it checks).
+
+The syncer also keeps a stock of ready files (made before the sync that makes their names
+durable), so a commit makes no system call here; a file is handed out only once a directory
+sync that began after its creation has ended. Names are ``<pid>.<16 hex digits>``: files left
+by a process that died are cleaned up by the next process to commit (`Spool`).
+"""
+
+from __future__ import annotations
+
+import os
+import re
+import secrets
+import threading
+import time
+from contextlib import suppress
+from pathlib import Path
+
+from sendgate.errors import SpoolError
+from sendgate.fsutil import fsync_dir
+
+INTERVAL = 0.02  # seconds a commit's links may wait for their directory sync
+SPARE = 128  # ready files the syncer keeps in stock
+FIRST = 16  # files a commit makes itself when none is ready (at the start, or in a burst)
+
+_NAME = re.compile(r"([1-9][0-9]{0,9})\.[0-9a-f]{16}")
+
+
+class FreshFiles:
+    """The ready fresh files of one process, and the thread that syncs what commits leave.
+
+    Thread-safe. `take` a file, write and sync the group into it, link it into queue/, then
+    call `committed` (or `discard` after a failure). `close` stops the thread and leaves the
+    directory clean. The commit path makes no system call here but in `take` when the stock
+    is out: the syncer makes the new files and removes the old names.
+    """
+
+    def __init__(
+        self, directory: Path, queue: Path, *, interval: float = INTERVAL, spare: int = SPARE
+    ) -> None:
+        self._dir = directory
+        self._queue = queue
+        self._interval = interval
+        self._spare = spare
+        self._prefix = f"{directory}{os.sep}{os.getpid()}."
+        self._lock = threading.Lock()
+        self._wake = threading.Condition(self._lock)
+        self._ready: list[str] = []  # paths of files whose names are durable
+        self._linked: list[tuple[int, str]] = []  # (step, path): unlink once queue/ is synced
+        self._step = 0  # commits so far
+        self._syncer: threading.Thread | None = None
+        self._closed = False
+
+    def take(self) -> str:
+        """The path of a ready fresh file; SpoolError once closed.
+
+        When none is ready, `FIRST` files are made and their directory synced here. Raises
+        OSError as the creation does.
+        """
+        with self._lock:
+            if self._closed:
+                raise SpoolError("spool closed")
+            if self._syncer is None:
+                self._syncer = threading.Thread(target=self._run, name="spool-sync", daemon=True)
+                self._syncer.start()
+            if self._ready:
+                return self._ready.pop()
+        made = self._make(FIRST)
+        try:
+            fsync_dir(self._dir)
+        except OSError:
+            _drop_all(made)
+            raise
+        with self._lock:
+            self._ready += made[1:]
+            self._wake.notify()  # the stock is low
+        return made[0]
+
+    def committed(self, path: str) -> None:
+        """The file at `path` holds a synced group and is linked into queue/: let it go."""
+        with self._lock:
+            self._step += 1
+            self._linked.append((self._step, path))
+            self._wake.notify()
+
+    @staticmethod
+    def discard(path: str) -> None:
+        """Remove a file `take` gave out whose commit failed."""
+        _drop_all([path])
+
+    def sync(self, make: int = 0) -> None:
+        """Make `make` new files, then sync queue/ and fresh/: every commit so far is durable.
+
+        Then the new files join the stock and the synced commits' fresh names are removed.
+        Raises OSError as creation or fsync does; then nothing changes.
+        """
+        made = self._make(make)
+        try:
+            with self._lock:
+                step = self._step
+            fsync_dir(self._queue)
+            fsync_dir(self._dir)
+        except OSError:
+            _drop_all(made)
+            raise
+        with self._lock:
+            self._ready += made
+            done = [path for taken, path in self._linked if taken <= step]
+            self._linked = [item for item in self._linked if item[0] > step]
+        for path in done:
+            # One that cannot be removed now is left for `Spool.sweep`; the commit stands.
+            with suppress(OSError):
+                os.unlink(path)
+
+    def close(self) -> None:
+        """Stop the syncer; sync, then remove every fresh name this process still holds.
+
+        A failing sync leaves the committed names in place for `Spool.sweep`.
+        """
+        with self._lock:
+            self._closed = True
+            self._wake.notify()
+            syncer = self._syncer
+        if syncer is not None:
+            syncer.join()
+        with suppress(OSError):
+            self.sync()
+        with self._lock:
+            spare, self._ready = self._ready, []
+        _drop_all(spare)
+        with suppress(OSError):
+            fsync_dir(self._dir)
+
+    def _run(self) -> None:
+        """The syncer: wait for work, let `interval` gather more, sync; until closed."""
+        while True:
+            with self._lock:
+                while not (self._closed or self._linked or len(self._ready) < self._spare // 2):
+                    self._wake.wait()
+                deadline = time.monotonic() + self._interval
+                while not self._closed and (left := deadline - time.monotonic()) > 0:
+                    self._wake.wait(left)
+                if self._closed:
+                    return  # `close` does the last sync itself
+                missing = self._spare - len(self._ready)
+            with suppress(OSError):
+                # A failed sync is tried again after the next interval; until one works the
+                # fresh names stay, and `take` makes files itself (which reports the error).
+                self.sync(missing)
+
+    def _make(self, count: int) -> list[str]:
+        """Create `count` empty fresh files, mode 0o600 whatever the umask."""
+        made: list[str] = []
+        flags = os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_CLOEXEC | os.O_NOFOLLOW
+        try:
+            for _ in range(count):
+                path = f"{self._prefix}{secrets.token_hex(8)}"
+                fd = os.open(path, flags, 0o600)
+                made.append(path)
+                try:
+                    os.fchmod(fd, 0o600)
+                finally:
+                    os.close(fd)
+        except OSError:
+            _drop_all(made)
+            raise
+        return made
+
+
+def owner(name: str) -> int | None:
+    """The pid in a fresh file's name, or None when the name is not one of ours."""
+    match = _NAME.fullmatch(name)
+    return int(match[1]) if match else None
+
+
+def _drop_all(paths: list[str]) -> None:
+    for path in paths:
+        with suppress(OSError):
+            os.unlink(path)
