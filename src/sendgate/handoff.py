@@ -14,7 +14,7 @@ from __future__ import annotations
 import asyncio
 import threading
 from collections.abc import Callable, Sequence
-from concurrent.futures import Executor
+from concurrent.futures import Executor, Future
 from contextlib import suppress
 from typing import Generic, TypeVar
 
@@ -56,23 +56,40 @@ class GroupHandoff(Generic[_J, _R]):
             self._running += start
         if start:
             try:
-                self._executor.submit(self._drain)
-            except BaseException:
-                # A pool shut down: no thread will take this job, nor any waiting (each one
-                # that found no thread to start came here too).
+                drain = self._executor.submit(self._drain)
+            except BaseException as exc:
+                # No thread will take this job, nor any waiting: every job here found a thread
+                # running, or none it could start. This one gets the error raised here.
                 with self._lock:
-                    self._running -= 1
                     if entry in self._waiting:
                         self._waiting.remove(entry)
+                self._abandon(RuntimeError(f"group handoff: no thread to run the job: {exc}"))
                 raise
+            drain.add_done_callback(self._drain_ended)
         return await future
+
+    def _drain_ended(self, drain: Future[None]) -> None:
+        """A drain that never ran (its pool was shut down) or failed leaves no job waiting."""
+        if drain.cancelled():
+            self._abandon(RuntimeError("group handoff: the thread pool was shut down"))
+        elif (exc := drain.exception()) is not None:
+            self._abandon(exc)
+
+    def _abandon(self, exc: BaseException) -> None:
+        """Count one draining thread less and fail every waiting job with `exc`."""
+        with self._lock:
+            self._running = max(0, self._running - 1)
+            waiting, self._waiting = self._waiting, []
+        failed: list[tuple[asyncio.Future[_R], _R | BaseException]]
+        failed = [(future, exc) for _, future in waiting]
+        _answer(failed)
 
     def _drain(self) -> None:
         """In a pool thread: run groups until none is waiting."""
         while True:
             with self._lock:
                 if not self._waiting:
-                    self._running -= 1
+                    self._running = max(0, self._running - 1)
                     return
                 group = self._waiting[: self._max_group]
                 del self._waiting[: self._max_group]
@@ -83,19 +100,23 @@ class GroupHandoff(Generic[_J, _R]):
                 outcomes = [exc] * len(group)
             if len(outcomes) != len(group):
                 outcomes = [RuntimeError("group handoff: wrong number of results")] * len(group)
-            answers = [
-                (future, outcome) for (_, future), outcome in zip(group, outcomes, strict=True)
-            ]
-            # Each job's answer goes to the loop that waits for it: one call per loop (a
-            # thread outlives the loop that started it when loops come and go, as in tests).
-            loops: dict[
-                asyncio.AbstractEventLoop, list[tuple[asyncio.Future[_R], _R | BaseException]]
-            ] = {}
-            for answer in answers:
-                loops.setdefault(answer[0].get_loop(), []).append(answer)
-            for loop, some in loops.items():
-                with suppress(RuntimeError):  # that loop is closed: nobody waits any more
-                    loop.call_soon_threadsafe(_deliver, some)
+            _answer(
+                [(future, outcome) for (_, future), outcome in zip(group, outcomes, strict=True)]
+            )
+
+
+def _answer(answers: list[tuple[asyncio.Future[_R], _R | BaseException]]) -> None:
+    """From any thread: hand each answer to the loop that waits for it, one call per loop.
+
+    A thread can outlive the loop that started it when loops come and go, as in tests.
+    """
+    loops: dict[asyncio.AbstractEventLoop, list[tuple[asyncio.Future[_R], _R | BaseException]]]
+    loops = {}
+    for answer in answers:
+        loops.setdefault(answer[0].get_loop(), []).append(answer)
+    for loop, some in loops.items():
+        with suppress(RuntimeError):  # that loop is closed: nobody waits any more
+            loop.call_soon_threadsafe(_deliver, some)
 
 
 def _deliver(answers: list[tuple[asyncio.Future[_R], _R | BaseException]]) -> None:

@@ -173,7 +173,7 @@ def test_the_draining_thread_answers_each_job_on_its_own_loop(
         await asyncio.to_thread(thread.join, 10)
         return result
 
-    # The first loop is gone by the time the second job is answered: its answer must not go there.
+    # The thread was started for the first loop; the second job's answer must go to its own.
     assert asyncio.run(first()) == 40
     assert second == [20]
     assert recorder.groups == [[4], [2]]
@@ -196,7 +196,27 @@ def test_a_job_no_thread_can_take_fails_and_the_next_one_runs() -> None:
 
     async def main() -> int:
         with pytest.raises(RuntimeError, match="shutdown"):
-            await handoff.run(2)
-        return await handoff.run(4)
+            await asyncio.wait_for(handoff.run(2), 10)
+        return await asyncio.wait_for(handoff.run(4), 10)
 
     assert asyncio.run(main()) == 40
+
+
+def test_a_job_whose_pool_shuts_down_before_it_runs_fails_and_the_next_one_runs() -> None:
+    pool = ThreadPoolExecutor(1)
+    gate = threading.Event()
+    pool.submit(gate.wait, 10)  # the only thread is busy: the drain waits in the pool's queue
+    handoff: GroupHandoff[int, int] = GroupHandoff(pool, Recorder())
+
+    async def main() -> int:
+        job = asyncio.ensure_future(handoff.run(2))
+        await asyncio.sleep(0)  # queued behind the busy thread
+        pool.shutdown(wait=False, cancel_futures=True)
+        gate.set()
+        with pytest.raises(RuntimeError, match="thread pool was shut down"):
+            await asyncio.wait_for(job, 10)
+        with pytest.raises(RuntimeError, match="shutdown"):
+            await asyncio.wait_for(handoff.run(4), 10)  # no thread to start: fails at once
+        return 0
+
+    assert asyncio.run(main()) == 0

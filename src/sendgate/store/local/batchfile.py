@@ -23,11 +23,10 @@ Security: the file is ours, but it is read back after crashes, so the header is 
 
 from __future__ import annotations
 
-import functools
 import os
 import re
 import zlib
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from pathlib import Path
 
 from sendgate.errors import SpoolError
@@ -42,6 +41,7 @@ _ENTRY_RE = re.compile(rb"([0-7][0-9A-HJKMNP-TV-Z]{17}) ([0-9a-f]{16}) ([0-9a-f]
 TRAILER = b"SGEND "
 _TRAILER_RE = re.compile(rb"SGEND ([0-9a-f]{8}) ([0-9a-f-]{36}|-)\n")
 _BOOT_ID = "/proc/sys/kernel/random/boot_id"
+_boot: str | None = None  # this boot's id, once read
 
 
 def is_batch(head: bytes) -> bool:
@@ -49,15 +49,23 @@ def is_batch(head: bytes) -> bool:
     return head.startswith(MAGIC)
 
 
-@functools.cache
 def boot_id() -> str:
-    """This boot's id (Linux), or "-" where the kernel does not tell (then every boot differs)."""
-    try:
-        with open(_BOOT_ID, "rb") as file:
-            value = file.read().strip().decode("ascii")
-    except (OSError, UnicodeDecodeError):
-        return "-"
-    return value if re.fullmatch(r"[0-9a-f-]{36}", value) else "-"
+    """This boot's id (Linux), or "-" where the kernel does not tell (then every boot differs).
+
+    A failed read is not remembered: a passing error (no file descriptor left) must not turn
+    every later batch of this process into one that is restored after any crash.
+    """
+    global _boot
+    if _boot is None:
+        try:
+            with open(_BOOT_ID, "rb") as file:
+                value = file.read().strip().decode("ascii")
+        except (OSError, UnicodeDecodeError):
+            return "-"
+        if not re.fullmatch(r"[0-9a-f-]{36}", value):
+            return "-"
+        _boot = value
+    return _boot
 
 
 def encode(items: Sequence[tuple[Envelope, bytes]], *, trailer: bool = False) -> list[bytes]:
@@ -92,22 +100,43 @@ def check(data: bytes) -> tuple[list[str], str] | None:
     Whole means: a well-formed header, records one after another to the trailer, nothing after
     the trailer, and the trailer's CRC-32 matching. A write cut short by a crash fails this.
     """
+    return _check(lambda offset, length: data[offset : offset + length], len(data))
+
+
+def check_file(path: str | Path) -> tuple[list[str], str] | None:
+    """`check` for the file at `path`, read in chunks (a batch can hold gigabytes)."""
+    with open(path, "rb", buffering=0) as file:
+        fd = file.fileno()
+        return _check(lambda offset, length: os.pread(fd, length, offset), os.fstat(fd).st_size)
+
+
+_CHUNK = 1 << 20
+_TRAILER_MAX = len(TRAILER) + 8 + 1 + 36 + 1
+
+
+def _check(read: Callable[[int, int], bytes], size: int) -> tuple[list[str], str] | None:
+    head = read(0, min(size, HEADER_READ))
     try:
-        count = _count(data)
+        count = _count(head)
     except SpoolError:
         return None
     end = FIRST_LINE_SIZE + count * ENTRY_SIZE
     ids: list[str] = []
     for start in range(FIRST_LINE_SIZE, end, ENTRY_SIZE):
-        match = _ENTRY_RE.fullmatch(data, start, start + ENTRY_SIZE)
+        match = _ENTRY_RE.fullmatch(head, start, start + ENTRY_SIZE)
         if match is None or int(match[2], 16) != end:
             return None
         ids.append(match[1].decode("ascii"))
         end += int(match[3], 16)
-    trailer = _TRAILER_RE.fullmatch(data, end)
-    if trailer is None or int(trailer[1], 16) != zlib.crc32(
-        trailer[2], zlib.crc32(memoryview(data)[:end])
-    ):
+    if not 0 < size - end <= _TRAILER_MAX:
+        return None
+    trailer = _TRAILER_RE.fullmatch(read(end, size - end))
+    if trailer is None:
+        return None
+    crc = 0
+    for offset in range(0, end, _CHUNK):
+        crc = zlib.crc32(read(offset, min(_CHUNK, end - offset)), crc)
+    if int(trailer[1], 16) != zlib.crc32(trailer[2], crc):
         return None
     return ids, trailer[2].decode("ascii")
 

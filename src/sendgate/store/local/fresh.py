@@ -14,6 +14,11 @@ The syncer also keeps a stock of ready files (made before the sync that makes th
 durable), so a commit makes no system call here; a file is handed out only once a directory
 sync that began after its creation has ended. Names are ``<pid>.<16 hex digits>``: files left
 by a process that died are cleaned up by the next process to commit (`Spool`).
+
+Limits: recovery takes "same boot id" to mean that the page cache survived, so a link missing
+then was removed on purpose (delivered). Storage that can lose acknowledged writes without the
+kernel rebooting (a network block device or file server that crashes, a snapshot rolled back)
+breaks that; run the spool on local storage.
 """
 
 from __future__ import annotations
@@ -60,6 +65,7 @@ class FreshFiles:
         self._step = 0  # commits so far
         self._syncer: threading.Thread | None = None
         self._closed = False
+        self._removed = False  # names removed since the last sync of fresh/
 
     def take(self) -> str:
         """The path of a ready fresh file; SpoolError once closed.
@@ -71,8 +77,9 @@ class FreshFiles:
             if self._closed:
                 raise SpoolError("spool closed")
             if self._syncer is None:
-                self._syncer = threading.Thread(target=self._run, name="spool-sync", daemon=True)
-                self._syncer.start()
+                syncer = threading.Thread(target=self._run, name="spool-sync", daemon=True)
+                syncer.start()  # raises before `_syncer` is set: the next take tries again
+                self._syncer = syncer
             if self._ready:
                 return self._ready.pop()
         made = self._make(FIRST)
@@ -89,9 +96,15 @@ class FreshFiles:
     def committed(self, path: str) -> None:
         """The file at `path` holds a synced group and is linked into queue/: let it go."""
         with self._lock:
-            self._step += 1
-            self._linked.append((self._step, path))
-            self._wake.notify()
+            if not self._closed:
+                self._step += 1
+                self._linked.append((self._step, path))
+                self._wake.notify()
+                return
+        # A commit that ran into `close`: no syncer any more, so sync its links here.
+        with suppress(OSError):
+            fsync_dir(self._queue)
+            os.unlink(path)
 
     @staticmethod
     def discard(path: str) -> None:
@@ -101,10 +114,14 @@ class FreshFiles:
     def sync(self, make: int = 0) -> None:
         """Make `make` new files, then sync queue/ and fresh/: every commit so far is durable.
 
-        Then the new files join the stock and the synced commits' fresh names are removed.
-        Raises OSError as creation or fsync does; then nothing changes.
+        Then the new files join the stock and the synced commits' fresh names are removed (the
+        next sync makes the removals durable). Files that cannot be made are not made (`take`
+        reports that error); raises OSError as fsync does, and then nothing changes.
         """
-        made = self._make(make)
+        try:
+            made = self._make(make)
+        except OSError:
+            made = []
         try:
             with self._lock:
                 step = self._step
@@ -117,6 +134,9 @@ class FreshFiles:
             self._ready += made
             done = [path for taken, path in self._linked if taken <= step]
             self._linked = [item for item in self._linked if item[0] > step]
+            # Removed fresh names must not outlive an idle spell: they would bring delivered
+            # mail back after a power cut. One more sync follows.
+            self._removed = bool(done)
         for path in done:
             # One that cannot be removed now is left for `Spool.sweep`; the commit stands.
             with suppress(OSError):
@@ -145,7 +165,12 @@ class FreshFiles:
         """The syncer: wait for work, let `interval` gather more, sync; until closed."""
         while True:
             with self._lock:
-                while not (self._closed or self._linked or len(self._ready) < self._spare // 2):
+                while not (
+                    self._closed
+                    or self._linked
+                    or self._removed
+                    or len(self._ready) < self._spare // 2
+                ):
                     self._wake.wait()
                 deadline = time.monotonic() + self._interval
                 while not self._closed and (left := deadline - time.monotonic()) > 0:

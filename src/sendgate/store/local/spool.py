@@ -142,6 +142,8 @@ class Spool:
         those links are synced in the background (`store.local.fresh`). On any error no link
         stays behind and SpoolFullError or SpoolError is raised, as by `put`.
         """
+        if not 0 < len(items) <= batchfile.MAX_MESSAGES:
+            raise ValueError(f"a batch holds 1 to {batchfile.MAX_MESSAGES} messages")
         for envelope, message in items:
             if envelope.size != len(message):
                 raise ValueError(f"envelope size {envelope.size} != message size {len(message)}")
@@ -158,9 +160,11 @@ class Spool:
                 os.fdatasync(fd)
             finally:
                 os.close(fd)
-        except OSError as exc:
+        except BaseException as exc:
             fresh.discard(path)
-            raise _spool_error("cannot write spool file", path, exc) from exc
+            if isinstance(exc, OSError):
+                raise _spool_error("cannot write spool file", path, exc) from exc
+            raise
         linked: list[str] = []
         try:
             for envelope, _ in items:
@@ -197,32 +201,40 @@ class Spool:
         """Remove fresh files no process uses; restore links a reboot lost. (restored, partial)
 
         With `live`, other processes may be committing: only files of processes that are gone
-        are touched. A whole batch written in an earlier boot gets back every link it lacks;
-        in this boot a missing link means the message was delivered (or its commit failed),
-        so nothing is restored. A file that is not a whole batch was never acknowledged.
+        are touched (never this process's: another `Spool` here may be using them). A whole
+        batch written in an earlier boot gets back every link it lacks; in this boot a missing
+        link means the message was delivered (or its commit failed), so nothing is restored.
+        A file that is not a whole batch and that no link keeps was never acknowledged. Every
+        link, restored or left by the process that made it, is synced before a name goes.
         """
         restored = partial = 0
+        remove: list[Path] = []
         for name in os.listdir(self._fresh_dir):
             pid = owner(name)
-            if live and (pid is None or _alive(pid)):
+            if live and (pid is None or pid == os.getpid() or _alive(pid)):
                 continue
             path = self._fresh_dir / name
-            info = os.lstat(path)
-            if not stat.S_ISREG(info.st_mode):
-                _remove_tree(path)
-                continue
-            if info.st_size:
-                batch = batchfile.check(path.read_bytes())
-                if batch is None:
-                    partial += info.st_nlink == 1  # linked nowhere: a write cut short
-                elif batch[1] != batchfile.boot_id() or batch[1] == "-":
-                    for queue_id in batch[0]:
-                        with suppress(FileExistsError):
-                            os.link(path, self._queue / checked_id(queue_id))
-                            restored += 1
-            path.unlink()
-        if restored:
+            try:
+                info = os.lstat(path)
+                if not stat.S_ISREG(info.st_mode):
+                    _remove_tree(path)
+                    continue
+                batch = batchfile.check_file(path) if info.st_size else None
+            except FileNotFoundError:
+                continue  # another process reaped it first
+            if batch is None:
+                partial += info.st_size > 0 and info.st_nlink == 1  # a write cut short
+            elif batch[1] != batchfile.boot_id() or batch[1] == "-":
+                for queue_id in batch[0]:
+                    with suppress(FileExistsError, FileNotFoundError):
+                        os.link(path, self._queue / checked_id(queue_id))
+                        restored += 1
+            remove.append(path)
+        if remove:
             fsync_dir(self._queue)
+            for path in remove:
+                with suppress(FileNotFoundError):
+                    path.unlink()
         fsync_dir(self._fresh_dir)
         return restored, partial
 
@@ -473,8 +485,8 @@ def _alive(pid: int) -> bool:
     except ProcessLookupError:
         return False
     except PermissionError:
-        return True
-    return pid != os.getpid()  # this process's own files are made after this check
+        pass
+    return True
 
 
 def _remove_tree(path: Path) -> None:

@@ -138,7 +138,7 @@ def test_the_syncer_syncs_commits_and_restocks_by_itself(
     # It made the stock whole again: spare files, none of them the committed one.
     ready = names(fresh_dir)
     assert Path(path).name not in ready
-    assert len(ready) >= fresh.FIRST - 1
+    assert len(ready) >= fresh.FIRST + 4  # more than the 15 left by the first take
     files.close()
     assert names(fresh_dir) == []
 
@@ -431,44 +431,126 @@ def test_check_refuses_a_batch_without_a_trailer() -> None:
     assert batchfile.check(b"") is None
 
 
-def test_boot_id_is_the_kernels_or_a_dash(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
-    batchfile.boot_id.cache_clear()
-    try:
-        assert len(batchfile.boot_id()) == 36
-        for content in (None, b"not an id\n"):
-            batchfile.boot_id.cache_clear()
-            fake = tmp_path / "boot_id"
-            if content is not None:
-                fake.write_bytes(content)
-            monkeypatch.setattr(batchfile, "_BOOT_ID", str(fake))
-            assert batchfile.boot_id() == "-"
-    finally:
-        batchfile.boot_id.cache_clear()
+def test_boot_id_is_the_kernels_or_a_dash_not_remembered(
+    monkeypatch: pytest.MonkeyPatch, tmp_path: Path
+) -> None:
+    monkeypatch.setattr(batchfile, "_boot", None)
+    assert len(batchfile.boot_id()) == 36
+    fake = tmp_path / "boot_id"
+    monkeypatch.setattr(batchfile, "_BOOT_ID", str(fake))
+    monkeypatch.setattr(batchfile, "_boot", None)
+    assert batchfile.boot_id() == "-"  # no such file
+    fake.write_bytes(b"not an id\n")
+    assert batchfile.boot_id() == "-"
+    fake.write_bytes(OTHER_BOOT.encode() + b"\n")
+    assert batchfile.boot_id() == OTHER_BOOT  # the failures were not remembered
 
 
-def test_a_take_whose_directory_sync_fails_leaves_no_file(
+def test_sweep_syncs_queue_before_it_removes_any_fresh_name(
+    spool: Spool, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    queue = tmp_path / "spool" / "queue"
+    fresh_dir = tmp_path / "spool" / "fresh"
+    kept, restored = items(spool, b"kept\r\n"), items(spool, b"restored\r\n")
+    os.link(plant(spool, tmp_path, kept, batchfile.boot_id()), queue / kept[0][0].queue_id)
+    other = fresh_dir / f"{os.getpid()}.fedcba9876543210"
+    with pytest.MonkeyPatch.context() as patch:
+        patch.setattr(batchfile, "boot_id", lambda: OTHER_BOOT)
+        other.write_bytes(b"".join(batchfile.encode(restored, trailer=True)))
+    events: list[str] = []
+    real_unlink = Path.unlink
+
+    def unlink(self: Path, missing_ok: bool = False) -> None:
+        events.append(f"unlink {self.parent.name}")
+        real_unlink(self, missing_ok)
+
+    def recording_fsync_dir(path: Path) -> None:
+        events.append(f"sync {path.name}")
+        fsync_dir(path)
+
+    monkeypatch.setattr(Path, "unlink", unlink)
+    monkeypatch.setattr("sendgate.store.local.spool.fsync_dir", recording_fsync_dir)
+    assert spool.sweep().restored == 1
+    fresh_events = [e for e in events if e in ("sync queue", "unlink fresh", "sync fresh")]
+    assert fresh_events == ["sync queue", "unlink fresh", "unlink fresh", "sync fresh"]
+    assert spool.ids() == sorted(e.queue_id for e, _ in kept + restored)
+
+
+def test_a_commit_that_runs_into_close_syncs_its_links_itself(
+    files: FreshFiles, dirs: tuple[Path, Path]
+) -> None:
+    fresh_dir, queue = dirs
+    path = files.take()
+    os.link(path, queue / "late")
+    files.close()  # while the commit was under way
+    files.committed(path)
+    assert names(fresh_dir) == []
+    assert (queue / "late").exists()
+
+
+def test_a_sync_that_cannot_make_files_still_syncs_and_lets_names_go(
     files: FreshFiles, dirs: tuple[Path, Path], monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    def broken(_path: Path) -> None:
-        raise OSError(errno.EIO, "Input/output error")
+    fresh_dir, _ = dirs
+    path = files.take()
+    files.committed(path)
+    before = len(names(fresh_dir))
+    real_open = os.open
 
-    monkeypatch.setattr(fresh, "fsync_dir", broken)
-    with pytest.raises(OSError, match="Input/output error"):
-        files.take()
-    assert names(dirs[0]) == []
+    def full_open(target: str, flags: int, mode: int = 0o777) -> int:
+        if flags & os.O_CREAT:
+            raise OSError(errno.ENOSPC, "No space left on device")
+        return real_open(target, flags, mode)
+
+    monkeypatch.setattr(os, "open", full_open)
+    files.sync(make=4)
+    assert len(names(fresh_dir)) == before - 1  # the committed name went, nothing was made
     monkeypatch.undo()
     files.close()
 
 
-def test_put_many_refuses_a_size_that_is_not_the_messages(spool: Spool) -> None:
-    [(envelope, _)] = items(spool, b"four")
-    with pytest.raises(ValueError, match="envelope size 4 != message size 3"):
-        spool.put_many([(envelope, b"two")])
-
-
-def test_put_many_where_fresh_cannot_be_read_names_it(spool: Spool, tmp_path: Path) -> None:
+def test_a_fresh_file_another_process_reaps_first_is_skipped(
+    spool: Spool, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
     fresh_dir = tmp_path / "spool" / "fresh"
-    fresh_dir.rmdir()
-    fresh_dir.write_bytes(b"")
-    with pytest.raises(SpoolError, match=r"cannot read .*/spool/fresh: Not a directory"):
-        spool.put_many(items(spool, b"a\r\n"))
+    vanishing = fresh_dir / f"{dead_pid()}.0123456789abcdef"
+    vanishing.touch()
+    real_lstat = os.lstat
+
+    def lstat(path: str | os.PathLike[str]) -> os.stat_result:
+        if Path(path) == vanishing:
+            vanishing.unlink()  # the other process was quicker
+        return real_lstat(path)
+
+    monkeypatch.setattr(os, "lstat", lstat)
+    spool.put_many(items(spool, b"a\r\n"))
+    monkeypatch.undo()
+    spool.close()
+    assert names(fresh_dir) == []
+
+
+def test_the_first_commit_leaves_files_named_for_this_process_alone(
+    spool: Spool, tmp_path: Path
+) -> None:
+    mine = tmp_path / "spool" / "fresh" / f"{os.getpid()}.0123456789abcdef"
+    mine.touch()  # another Spool of this process may be using it
+    spool.put_many(items(spool, b"a\r\n"))
+    assert mine.exists()
+    spool.close()
+
+
+def test_put_many_of_nothing_is_a_bug_and_takes_no_file(spool: Spool, tmp_path: Path) -> None:
+    with pytest.raises(ValueError, match="a batch holds 1 to"):
+        spool.put_many([])
+    assert names(tmp_path / "spool" / "fresh") == []
+
+
+def test_check_file_reads_a_big_batch_in_chunks(spool: Spool, tmp_path: Path) -> None:
+    big = b"x" * (3 << 20) + b"\r\n"
+    batch = items(spool, b"small\r\n", big)
+    path = plant(spool, tmp_path, batch, OTHER_BOOT)
+    assert batchfile.check_file(path) == ([e.queue_id for e, _ in batch], OTHER_BOOT)
+    with path.open("r+b") as file:
+        file.seek(2 << 20)
+        file.write(b"y")
+    assert batchfile.check_file(path) is None
