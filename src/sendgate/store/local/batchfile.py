@@ -26,7 +26,7 @@ from __future__ import annotations
 import os
 import re
 import zlib
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from pathlib import Path
 
 from sendgate.errors import SpoolError
@@ -116,18 +116,16 @@ _TRAILER_MAX = len(TRAILER) + 8 + 1 + 36 + 1
 
 def _check(read: Callable[[int, int], bytes], size: int) -> tuple[list[str], str] | None:
     head = read(0, min(size, HEADER_READ))
+    ids: list[str] = []
     try:
-        count = _count(head)
+        end = _index_end(head)
+        for queue_id, offset, length in _entries(head, end):
+            if offset != end:
+                return None
+            ids.append(queue_id.decode("ascii"))
+            end += length
     except SpoolError:
         return None
-    end = FIRST_LINE_SIZE + count * ENTRY_SIZE
-    ids: list[str] = []
-    for start in range(FIRST_LINE_SIZE, end, ENTRY_SIZE):
-        match = _ENTRY_RE.fullmatch(head, start, start + ENTRY_SIZE)
-        if match is None or int(match[2], 16) != end:
-            return None
-        ids.append(match[1].decode("ascii"))
-        end += int(match[3], 16)
     if not 0 < size - end <= _TRAILER_MAX:
         return None
     trailer = _TRAILER_RE.fullmatch(read(end, size - end))
@@ -141,8 +139,8 @@ def _check(read: Callable[[int, int], bytes], size: int) -> tuple[list[str], str
     return ids, trailer[2].decode("ascii")
 
 
-def _count(head: bytes) -> int:
-    """The record count in a batch's first line; SpoolError unless the whole index is in `head`."""
+def _index_end(head: bytes) -> int:
+    """Where a batch's index ends (its records start); SpoolError unless all of it is in `head`."""
     first = head[:FIRST_LINE_SIZE]
     count_hex = first[len(MAGIC) : -1]
     if not (
@@ -151,10 +149,22 @@ def _count(head: bytes) -> int:
         and re.fullmatch(rb"[0-9a-f]{4}", count_hex)
     ):
         raise SpoolError("bad batch header")
-    count = int(count_hex, 16)
-    if count == 0 or FIRST_LINE_SIZE + count * ENTRY_SIZE > len(head):
+    end = FIRST_LINE_SIZE + int(count_hex, 16) * ENTRY_SIZE
+    if end == FIRST_LINE_SIZE or end > len(head):
         raise SpoolError("bad batch header")
-    return count
+    return end
+
+
+def _entries(head: bytes, end: int) -> Iterator[tuple[bytes, int, int]]:
+    """The index entries before `end`, one at a time: (queue id, offset, length).
+
+    SpoolError at the first malformed one (the ones before it are yielded already).
+    """
+    for start in range(FIRST_LINE_SIZE, end, ENTRY_SIZE):
+        match = _ENTRY_RE.fullmatch(head, start, start + ENTRY_SIZE)
+        if match is None:
+            raise SpoolError("bad batch index entry")
+        yield match[1], int(match[2], 16), int(match[3], 16)
 
 
 def locate(head: bytes, queue_id: str, size: int) -> tuple[int, int]:
@@ -163,15 +173,11 @@ def locate(head: bytes, queue_id: str, size: int) -> tuple[int, int]:
     `head` is the file's first `HEADER_READ` bytes (or all of it). SpoolError when the header
     is malformed, names a record outside the file, or does not list `queue_id`.
     """
-    end = FIRST_LINE_SIZE + _count(head) * ENTRY_SIZE
+    end = _index_end(head)
     wanted = queue_id.encode("ascii")
-    for start in range(FIRST_LINE_SIZE, end, ENTRY_SIZE):
-        match = _ENTRY_RE.fullmatch(head, start, start + ENTRY_SIZE)
-        if match is None:
-            raise SpoolError("bad batch index entry")
-        if match[1] != wanted:
+    for listed, offset, length in _entries(head, end):
+        if listed != wanted:
             continue
-        offset, length = int(match[2], 16), int(match[3], 16)
         if offset < end or offset + length > size:
             raise SpoolError("batch index entry outside the file")
         return offset, length

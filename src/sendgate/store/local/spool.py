@@ -142,12 +142,11 @@ class Spool:
         those links are synced in the background (`store.local.fresh`). On any error no link
         stays behind and SpoolFullError or SpoolError is raised, as by `put`.
         """
-        if not 0 < len(items) <= batchfile.MAX_MESSAGES:
-            raise ValueError(f"a batch holds 1 to {batchfile.MAX_MESSAGES} messages")
         for envelope, message in items:
             if envelope.size != len(message):
                 raise ValueError(f"envelope size {envelope.size} != message size {len(message)}")
             checked_id(envelope.queue_id)
+        parts = batchfile.encode(items, trailer=True)  # refuses a bad count before a file is taken
         fresh = self._fresh_files()
         try:
             path = fresh.take()
@@ -156,7 +155,7 @@ class Spool:
         try:
             fd = os.open(path, os.O_WRONLY | os.O_CLOEXEC | os.O_NOFOLLOW)
             try:
-                write_all(fd, batchfile.encode(items, trailer=True))
+                write_all(fd, parts)
                 os.fdatasync(fd)
             finally:
                 os.close(fd)

@@ -8,10 +8,12 @@ durable; the links into queue/ are synced in the background before the fresh nam
 from __future__ import annotations
 
 import errno
+import itertools
 import os
 import subprocess
 import sys
 import threading
+from collections.abc import Callable
 from pathlib import Path
 
 import pytest
@@ -36,6 +38,27 @@ def items(spool: Spool, *messages: bytes) -> list[tuple[Envelope, bytes]]:
 
 def names(directory: Path) -> list[str]:
     return sorted(p.name for p in directory.iterdir())
+
+
+def fill_disk(monkeypatch: pytest.MonkeyPatch, refuse: Callable[[str, int], bool]) -> None:
+    """Make `os.open` fail with ENOSPC wherever `refuse(path, flags)` says so."""
+    real_open = os.open
+
+    def full_open(path: str, flags: int, mode: int = 0o777) -> int:
+        if refuse(str(path), flags):
+            raise OSError(errno.ENOSPC, "No space left on device")
+        return real_open(path, flags, mode)
+
+    monkeypatch.setattr(os, "open", full_open)
+
+
+def break_syncs(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Make every directory sync of `store.local.fresh` fail with EIO."""
+
+    def broken(_path: Path) -> None:
+        raise OSError(errno.EIO, "Input/output error")
+
+    monkeypatch.setattr(fresh, "fsync_dir", broken)
 
 
 @pytest.fixture
@@ -105,10 +128,7 @@ def test_a_failed_sync_keeps_the_committed_name_and_makes_nothing(
     files.committed(path)
     before = names(fresh_dir)
 
-    def broken(_path: Path) -> None:
-        raise OSError(errno.EIO, "Input/output error")
-
-    monkeypatch.setattr(fresh, "fsync_dir", broken)
+    break_syncs(monkeypatch)
     with pytest.raises(OSError, match="Input/output error"):
         files.sync(make=2)
     assert names(fresh_dir) == before
@@ -162,17 +182,8 @@ def test_a_take_that_cannot_make_files_leaves_none(
     files: FreshFiles, dirs: tuple[Path, Path], monkeypatch: pytest.MonkeyPatch
 ) -> None:
     fresh_dir, _ = dirs
-    real_open = os.open
-    made = 0
-
-    def full_open(path: str, flags: int, mode: int = 0o777) -> int:
-        nonlocal made
-        if made == 3:
-            raise OSError(errno.ENOSPC, "No space left on device")
-        made += 1
-        return real_open(path, flags, mode)
-
-    monkeypatch.setattr(os, "open", full_open)
+    opened = itertools.count()
+    fill_disk(monkeypatch, lambda _path, _flags: next(opened) >= 3)  # the fourth file fails
     with pytest.raises(OSError, match="No space left"):
         files.take()
     assert names(fresh_dir) == []
@@ -242,14 +253,7 @@ def test_put_many_syncs_data_once_and_no_directory_in_the_committing_thread(
 def test_put_many_that_cannot_make_fresh_files_is_a_full_spool(
     spool: Spool, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    real_open = os.open
-
-    def full_open(path: str, flags: int, mode: int = 0o777) -> int:
-        if "/fresh/" in str(path):
-            raise OSError(errno.ENOSPC, "No space left on device")
-        return real_open(path, flags, mode)
-
-    monkeypatch.setattr(os, "open", full_open)
+    fill_disk(monkeypatch, lambda path, _flags: "/fresh/" in path)
     with pytest.raises(
         SpoolFullError, match=r"cannot make fresh spool files in .*/fresh: No space"
     ):
@@ -495,14 +499,7 @@ def test_a_sync_that_cannot_make_files_still_syncs_and_lets_names_go(
     path = files.take()
     files.committed(path)
     before = len(names(fresh_dir))
-    real_open = os.open
-
-    def full_open(target: str, flags: int, mode: int = 0o777) -> int:
-        if flags & os.O_CREAT:
-            raise OSError(errno.ENOSPC, "No space left on device")
-        return real_open(target, flags, mode)
-
-    monkeypatch.setattr(os, "open", full_open)
+    fill_disk(monkeypatch, lambda _path, flags: bool(flags & os.O_CREAT))
     files.sync(make=4)
     assert len(names(fresh_dir)) == before - 1  # the committed name went, nothing was made
     monkeypatch.undo()
@@ -554,3 +551,28 @@ def test_check_file_reads_a_big_batch_in_chunks(spool: Spool, tmp_path: Path) ->
         file.seek(2 << 20)
         file.write(b"y")
     assert batchfile.check_file(path) is None
+
+
+def test_a_take_whose_directory_sync_fails_leaves_no_file(
+    files: FreshFiles, dirs: tuple[Path, Path], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    break_syncs(monkeypatch)
+    with pytest.raises(OSError, match="Input/output error"):
+        files.take()
+    assert names(dirs[0]) == []
+    monkeypatch.undo()
+    files.close()
+
+
+def test_put_many_refuses_a_size_that_is_not_the_messages(spool: Spool) -> None:
+    [(envelope, _)] = items(spool, b"four")
+    with pytest.raises(ValueError, match="envelope size 4 != message size 3"):
+        spool.put_many([(envelope, b"two")])
+
+
+def test_put_many_where_fresh_cannot_be_read_names_it(spool: Spool, tmp_path: Path) -> None:
+    fresh_dir = tmp_path / "spool" / "fresh"
+    fresh_dir.rmdir()
+    fresh_dir.write_bytes(b"")
+    with pytest.raises(SpoolError, match=r"cannot read .*/spool/fresh: Not a directory"):
+        spool.put_many(items(spool, b"a\r\n"))
