@@ -11,7 +11,7 @@ import json
 import sys
 import time
 from collections.abc import Callable
-from typing import TextIO
+from typing import Protocol, TextIO
 
 from sendgate.text import log_timestamp, log_value
 
@@ -27,6 +27,12 @@ def _kv_value(value: Value) -> str:
     if isinstance(value, float):
         return f"{value:.3f}"
     return log_value(str(value))
+
+
+class EventSink(Protocol):
+    """Anything events can be given to: an EventLog, a BoundLog, a flood's counter."""
+
+    def event(self, name: str, level: str = "info", /, **fields: Value) -> None: ...
 
 
 class EventLog:

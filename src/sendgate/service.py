@@ -31,6 +31,7 @@ from sendgate.policy.notice import SignInNotices
 from sendgate.policy.passwords import new_hasher
 from sendgate.policy.quota import SendingLimits
 from sendgate.server.caps import ConnectionCaps
+from sendgate.server.descriptors import connection_budget, raise_limit
 from sendgate.server.supervisor import RESEND_EVERY, Supervisor, bind
 from sendgate.server.tls import TlsContextHolder
 from sendgate.server.worker import Listener, Timeouts, Worker
@@ -122,12 +123,28 @@ def serve(cfg: Config, log: EventLog) -> int:
                 address=f"[{host}]:{port}" if ":" in host else f"{host}:{port}",
             )
     workers = cfg.listen.workers or os.cpu_count() or 1
-    caps = ConnectionCaps(workers, cfg.limits.max_connections, cfg.limits.max_connections_per_ip)
+    descriptors = raise_limit()
+    per_worker = connection_budget(descriptors)
+    log.event(
+        "descriptors",
+        "warning" if per_worker * workers < cfg.limits.max_connections else "info",
+        limit=descriptors,
+        connections_per_worker=per_worker,
+    )
+    limits = cfg.limits
+    caps = ConnectionCaps(
+        workers,
+        limits.max_connections,
+        limits.max_connections_per_ip,
+        max(1, int(limits.max_connections * limits.unauthenticated_share)),
+    )
     settings = session_settings(cfg)
     timeouts = Timeouts(
-        command=cfg.limits.command_timeout,
-        session=cfg.limits.session_timeout,
-        shutdown_grace=cfg.limits.shutdown_grace,
+        command=limits.command_timeout,
+        pressure_command=limits.pressure_command_timeout,
+        session=limits.session_timeout,
+        handshake=limits.handshake_timeout,
+        shutdown_grace=limits.shutdown_grace,
         reload_interval=cfg.tls.reload_interval,
     )
 

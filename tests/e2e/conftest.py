@@ -346,8 +346,9 @@ class RawClient:
 class ServerProcess:
     """`sendgate --config F serve` in its own process group, with its log collected."""
 
-    def __init__(self, instance: Instance) -> None:
+    def __init__(self, instance: Instance, *, nofile: int | None = None) -> None:
         self.instance = instance
+        self.nofile = nofile  # a descriptor limit (soft and hard) to start the server under
         self.proc: subprocess.Popen[bytes] | None = None
         self.lines: list[str] = []
         self.port = 0  # STARTTLS listener
@@ -368,8 +369,17 @@ class ServerProcess:
             self.lines = []
             self._eof = False
         self.returncode = None
+        limit = [] if self.nofile is None else ["prlimit", f"--nofile={self.nofile}", "--"]
         self.proc = subprocess.Popen(
-            [sys.executable, "-m", "sendgate", "--config", str(self.instance.config), "serve"],
+            [
+                *limit,
+                sys.executable,
+                "-m",
+                "sendgate",
+                "--config",
+                str(self.instance.config),
+                "serve",
+            ],
             stdin=subprocess.DEVNULL,
             stdout=subprocess.DEVNULL,
             stderr=subprocess.PIPE,
@@ -535,8 +545,8 @@ class ServerFactory:
     def __init__(self) -> None:
         self.servers: list[ServerProcess] = []
 
-    def __call__(self, instance: Instance) -> ServerProcess:
-        server = ServerProcess(instance)
+    def __call__(self, instance: Instance, *, nofile: int | None = None) -> ServerProcess:
+        server = ServerProcess(instance, nofile=nofile)
         self.servers.append(server)
         return server.start()
 

@@ -18,13 +18,13 @@ from __future__ import annotations
 import contextlib
 import re
 import socket
-import ssl
 import time
 from typing import TYPE_CHECKING
 
 import pytest
 from tests.e2e.conftest import SOCKET_TIMEOUT, RawClient, SmtpReply
 from tests.e2e.sources import FAILED, REFUSED, auth, field, sends, starttls_client
+from tests.support.tls import client_hello
 
 if TYPE_CHECKING:
     from tests.e2e.conftest import Instance, InstanceFactory, ServerFactory, ServerProcess
@@ -41,17 +41,6 @@ def raw_from(source: str, port: int) -> RawClient:
         ("127.0.0.1", port), timeout=SOCKET_TIMEOUT, source_address=(source, 0)
     )
     return RawClient(sock)
-
-
-def client_hello(context: ssl.SSLContext) -> bytes:
-    """The first flight of a TLS handshake (a ClientHello), made without a socket."""
-    incoming, outgoing = ssl.MemoryBIO(), ssl.MemoryBIO()
-    tls = context.wrap_bio(incoming, outgoing, server_hostname="127.0.0.1")
-    with contextlib.suppress(ssl.SSLWantReadError):
-        tls.do_handshake()
-    hello = outgoing.read()
-    assert hello[:1] == b"\x16", "not a TLS handshake record"
-    return hello
 
 
 def answer_to_hello(source: str, running: ServerProcess) -> bytes:

@@ -21,3 +21,17 @@ def client_context(ca: Any) -> ssl.SSLContext:
     context = ssl.create_default_context()
     ca.configure_trust(context)
     return context
+
+
+def client_hello(context: ssl.SSLContext | None = None) -> bytes:
+    """The first flight of a TLS client (its ClientHello), made without a socket."""
+    context = context or ssl.create_default_context()
+    outgoing = ssl.MemoryBIO()
+    tls = context.wrap_bio(ssl.MemoryBIO(), outgoing, server_hostname="localhost")
+    try:
+        tls.do_handshake()
+    except ssl.SSLWantReadError:
+        hello = outgoing.read()
+        assert hello[:1] == b"\x16", "not a TLS handshake record"
+        return hello
+    raise AssertionError("a TLS handshake completed without a server")

@@ -164,6 +164,19 @@ class LimitsConfig:
         default=3600.0,
         metadata=setting(Float(1, 86400), "Seconds one connection may last in total."),
     )
+    pressure_command_timeout: float = field(
+        default=10.0,
+        metadata=setting(
+            Float(1, 3600),
+            "Command timeout of clients not yet logged in while the server is under pressure "
+            "(over half of the unauthenticated share, or three quarters of max_connections, "
+            "in use).",
+        ),
+    )
+    handshake_timeout: float = field(
+        default=10.0,
+        metadata=setting(Float(1, 300), "Seconds a client gets to complete its TLS handshake."),
+    )
     max_connections: int = field(
         default=1000,
         metadata=setting(
@@ -176,6 +189,14 @@ class LimitsConfig:
             Int(1, 1000000),
             "Simultaneous connections from one client address (IPv6: one /64); at most "
             "max_connections. Offices behind one NAT address need room.",
+        ),
+    )
+    unauthenticated_share: float = field(
+        default=0.5,
+        metadata=setting(
+            Float(0.05, 1),
+            "Share of max_connections that clients not yet logged in may hold; when it is "
+            "full, the oldest idle one is closed to make room for a new client.",
         ),
     )
     shutdown_grace: float = field(

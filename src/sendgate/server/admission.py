@@ -13,7 +13,7 @@ from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 from typing import Protocol, TypeAlias
 
-from sendgate.log import BoundLog
+from sendgate.log import EventSink
 from sendgate.smtp import replies
 from sendgate.smtp.events import Event
 from sendgate.smtp.replies import Reply
@@ -43,7 +43,7 @@ HandlerFactory = Callable[[str, str], Admission | Awaitable[Admission]]
 
 
 def ask(
-    factory: HandlerFactory, client_ip: str, conn_id: str, log: BoundLog, *, draining: bool
+    factory: HandlerFactory, client_ip: str, conn_id: str, log: EventSink, *, draining: bool
 ) -> Admission | Awaitable[Admission]:
     """Return the factory's verdict, or an awaitable of it that never raises but is cancellable.
 
@@ -61,7 +61,7 @@ def ask(
     return admission
 
 
-def log_refusal(log: BoundLog, refusal: Refusal | Reply) -> Reply:
+def log_refusal(log: EventSink, refusal: Refusal | Reply) -> Reply:
     """Log that the factory refused the connection (reason, key, codes); return the reply."""
     if isinstance(refusal, Reply):
         refusal = Refusal(refusal, "admission")
@@ -74,7 +74,7 @@ def log_refusal(log: BoundLog, refusal: Refusal | Reply) -> Reply:
     return reply
 
 
-async def _settle(pending: Awaitable[Admission], log: BoundLog) -> Admission:
+async def _settle(pending: Awaitable[Admission], log: EventSink) -> Admission:
     try:
         return await pending
     except asyncio.CancelledError:
@@ -83,6 +83,6 @@ async def _settle(pending: Awaitable[Admission], log: BoundLog) -> Admission:
         return _failed(log, exc)
 
 
-def _failed(log: BoundLog, exc: Exception) -> Reply:
+def _failed(log: EventSink, exc: Exception) -> Reply:
     log.event("admission_error", "error", error=repr(exc))
     return replies.SERVICE_UNAVAILABLE

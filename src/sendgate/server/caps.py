@@ -1,4 +1,4 @@
-"""Connection caps shared by all worker processes: a global cap and a per-client-IP cap.
+"""Connection caps shared by all worker processes: global, per client IP, and unauthenticated.
 
 Counters live in an anonymous shared memory map created before the workers fork. Each worker
 writes only its own row (no locks, no lost updates) and a check sums the rows, so a crashed
@@ -6,6 +6,11 @@ worker's connections are forgotten by zeroing its row. Client addresses are hash
 secret key into buckets (an attacker cannot aim collisions at a victim); IPv6 clients are
 counted per /64, the block one subscriber usually holds. A collision can only make a cap
 stricter, never looser.
+
+Unauthenticated connections (every new one, until its AUTH succeeds) have their own, smaller
+share of the global cap, so that idle connections that never log in cannot fill the server:
+over half that share the server is under pressure (workers shorten the unauthenticated command
+timeout), and when it is full a worker closes an old idle one to make room.
 """
 
 from __future__ import annotations
@@ -17,19 +22,23 @@ import secrets
 
 BUCKETS = 65536
 _WIDTH = 4  # bytes per counter (uint32)
+_UNAUTHENTICATED = BUCKETS + 1  # the slot of a row that counts unauthenticated connections
 
 
 class ConnectionCaps:
     """Global and per-IP connection counting across `workers` processes."""
 
-    def __init__(self, workers: int, max_total: int, max_per_ip: int) -> None:
+    def __init__(
+        self, workers: int, max_total: int, max_per_ip: int, max_unauthenticated: int | None = None
+    ) -> None:
         self._workers = workers
-        self._row = BUCKETS + 1  # slot 0 of a row is the worker's total
+        self._row = BUCKETS + 2  # slot 0 of a row is the worker's total, then the buckets
         self._map = mmap.mmap(-1, workers * self._row * _WIDTH)
         self._cells = memoryview(self._map).cast("I")
         self._key = secrets.token_bytes(16)
         self.max_total = max_total
         self.max_per_ip = max_per_ip
+        self.max_unauthenticated = min(max_unauthenticated or max_total, max_total)
         self.worker = 0
 
     def bucket(self, ip: str) -> int:
@@ -51,21 +60,47 @@ class ConnectionCaps:
         return sum(cells[w * row + slot] for w in range(self._workers))
 
     def acquire(self, ip: str) -> int | None:
-        """Count one connection from `ip`; None (nothing counted) when a cap is reached."""
+        """Count one (unauthenticated) connection from `ip`; None when a cap is reached."""
         slot = self.bucket(ip)
-        if self._sum(0) >= self.max_total or self._sum(slot) >= self.max_per_ip:
+        if (
+            self._sum(0) >= self.max_total
+            or self._sum(slot) >= self.max_per_ip
+            or self._sum(_UNAUTHENTICATED) >= self.max_unauthenticated
+        ):
             return None
         base = self.worker * self._row
         self._cells[base] += 1
         self._cells[base + slot] += 1
+        self._cells[base + _UNAUTHENTICATED] += 1
         return slot
 
-    def release(self, slot: int) -> None:
+    def address_full(self, ip: str) -> bool:
+        return self._sum(self.bucket(ip)) >= self.max_per_ip
+
+    def promote(self) -> None:
+        """One of this worker's connections authenticated: it leaves the unauthenticated share."""
+        self._decrement(self.worker * self._row + _UNAUTHENTICATED)
+
+    def release(self, slot: int, *, authenticated: bool = False) -> None:
         base = self.worker * self._row
-        if self._cells[base + slot] > 0:
-            self._cells[base + slot] -= 1
-        if self._cells[base] > 0:
-            self._cells[base] -= 1
+        self._decrement(base + slot)
+        self._decrement(base)
+        if not authenticated:
+            self._decrement(base + _UNAUTHENTICATED)
+
+    def _decrement(self, cell: int) -> None:
+        if self._cells[cell] > 0:
+            self._cells[cell] -= 1
+
+    def under_pressure(self) -> bool:
+        """Over half the unauthenticated share, or three quarters of the global cap, in use."""
+        return (
+            self._sum(_UNAUTHENTICATED) * 2 >= self.max_unauthenticated
+            or self._sum(0) * 4 >= self.max_total * 3
+        )
+
+    def unauthenticated(self) -> int:
+        return self._sum(_UNAUTHENTICATED)
 
     def active(self) -> int:
         return self._sum(0)

@@ -1,11 +1,13 @@
 """One client connection: feeds socket bytes to the SMTP Session and its decisions to a handler.
 
 Security: this is where untrusted bytes arrive. The shell holds no SMTP grammar; it enforces
-time limits (idle per command, whole session), pauses reading while a decision is pending (so
-buffered input stays bounded), performs STARTTLS with `loop.start_tls` only after the Session
-has discarded everything the client pipelined behind the command, and turns every failure of
-one connection (TLS handshake, handler bug, reset) into a log line and a closed socket, never
-into an exception that reaches the listener.
+time limits (per command, measured from the client's last complete command or body step, not
+its last byte; the whole session; the handshake), pauses reading while a decision is pending
+or while the client does not read its replies (so buffered input and output stay bounded),
+aborts a connection it closed that does not go away, performs STARTTLS with `loop.start_tls`
+only after the Session has discarded everything the client pipelined behind the command, and
+turns every failure of one connection (TLS handshake, handler bug, reset) into a log line and
+a closed socket, never into an exception that reaches the listener.
 """
 
 from __future__ import annotations
@@ -17,7 +19,7 @@ import ssl
 from collections.abc import Awaitable
 from typing import Protocol, cast
 
-from sendgate.log import BoundLog, EventLog
+from sendgate.log import EventLog, EventSink
 from sendgate.server.admission import Admission, ConnectionHandler, Refusal, ask, log_refusal
 from sendgate.server.handshake import accept_tls, established, log_failure, start_tls
 from sendgate.smtp import replies
@@ -33,17 +35,19 @@ class ServerContext(Protocol):
 
     settings: SessionSettings
     log: EventLog
-    command_timeout: float
     session_timeout: float
     handshake_timeout: float
+    recheck_interval: float  # how soon a change of `command_timeout` must be noticed
+    close_grace: float  # how long a connection we closed may take to go before it is aborted
     draining: bool
 
     def tls_context(self) -> ssl.SSLContext: ...
-    def acquire(self, ip: str) -> int | None: ...
-    def release(self, slot: int) -> None: ...
+    def connection_log(self, client_ip: str, conn_id: str) -> EventSink: ...
+    def command_timeout(self, authenticated: bool) -> float: ...
+    def acquire(self, conn: SmtpConnection) -> int | None: ...
+    def promote(self, conn: SmtpConnection) -> None: ...
+    def release(self, conn: SmtpConnection, slot: int) -> None: ...
     def admit(self, ip: str, conn_id: str) -> Admission | Awaitable[Admission]: ...
-    def register(self, conn: SmtpConnection) -> None: ...
-    def unregister(self, conn: SmtpConnection) -> None: ...
 
 
 class SmtpConnection(asyncio.Protocol):
@@ -72,11 +76,18 @@ class SmtpConnection(asyncio.Protocol):
         self._task: asyncio.Task[None] | None = None
         self._idle_timer: asyncio.TimerHandle | None = None
         self._session_timer: asyncio.TimerHandle | None = None
-        self._last_activity = 0.0
+        self._abort_timer: asyncio.TimerHandle | None = None
+        self._last_activity = 0.0  # the client's last step (see Session.progress) or our answer
+        self._progress = 0
+        self._deciding = False  # admission or a handler's answer pending
+        self._handshaking = False  # a TLS handshake under way (it has its own deadline)
+        self._write_blocked = False  # the transport's buffer is full: the client does not read
         self._closing = False
+        self.authenticated = False  # counted out of the unauthenticated share
+        self.connected_at = 0.0
         self.conn_id = f"c{next(_conn_ids)}"
         self.client_ip = "?"
-        self._log: BoundLog  # bound to conn= and client= once the peer is known
+        self._log: EventSink  # with conn= and client= (or counted, in a flood) once known
 
     # --- admission (before any TLS work or banner) ---
 
@@ -96,16 +107,16 @@ class SmtpConnection(asyncio.Protocol):
     def _open(self, peer: tuple[str, int] | None) -> bool:
         """Check the caps and start the clocks; False when the connection is refused."""
         self.client_ip = str(peer[0]) if peer else "unknown"
-        self._log = log = self._server.log.bind(conn=self.conn_id, client=self.client_ip)
         server = self._server
-        self._slot = server.acquire(self.client_ip)
+        self._log = log = server.connection_log(self.client_ip, self.conn_id)
+        self.connected_at = self._last_activity = self._loop.time()
+        self._slot = server.acquire(self)
         if self._slot is None:
             log.event("refused", "warning", reason="connection_cap")
             return False
-        server.register(self)
         log.event("connect", tls="implicit" if self._implicit_tls else "starttls")
-        self._last_activity = self._loop.time()
-        self._idle_timer = self._loop.call_later(server.command_timeout, self._idle_check)
+        first_check = min(server.command_timeout(False), server.recheck_interval)
+        self._idle_timer = self._loop.call_later(first_check, self._idle_check)
         self._session_timer = self._loop.call_later(server.session_timeout, self._session_expired)
         return True
 
@@ -117,12 +128,14 @@ class SmtpConnection(asyncio.Protocol):
         if isinstance(admission, Awaitable):
             if self._transport is not None:
                 self._transport.pause_reading()  # 587: an early talker waits for the verdict
+            self._deciding = True
             self._task = self._loop.create_task(self._await_admission(admission))
         else:
             self._admitted(admission)
 
     async def _await_admission(self, pending: Awaitable[Admission]) -> None:
         admission = await pending  # never raises: `ask` turned a failure into a 421
+        self._deciding = False
         if self._closing:
             return
         if self._transport is not None:
@@ -149,6 +162,7 @@ class SmtpConnection(asyncio.Protocol):
         assert sock is not None
         self._sock = None  # the transport made below owns (and closes) it from now on
         server = self._server
+        self._handshaking = True
         try:
             await accept_tls(self._loop, self, sock, server.tls_context(), server.handshake_timeout)
         except asyncio.CancelledError:
@@ -156,6 +170,8 @@ class SmtpConnection(asyncio.Protocol):
         except Exception as exc:
             self._tls_failed(exc)
             self._close()
+        finally:
+            self._handshaking = False
 
     def _tls_failed(self, exc: Exception) -> None:
         if not self._closing:
@@ -169,6 +185,7 @@ class SmtpConnection(asyncio.Protocol):
         self._transport = transport
         if self._implicit_tls:
             # Admitted, and the handshake is done: the banner goes out over TLS.
+            self._handshaking = False
             info = established(transport, self._log)
             self._session = Session(self._server.settings, tls=info)
             self._last_activity = self._loop.time()
@@ -197,16 +214,16 @@ class SmtpConnection(asyncio.Protocol):
             return
         if self._closing:
             return
-        self._last_activity = self._loop.time()
         session.receive_data(data)
-        self._pump()
+        if not self._deciding:
+            self._pump()
 
     def eof_received(self) -> bool | None:
         session = self._session
         if session is None:
             return None
         session.receive_data(b"")
-        if self._task is None or self._task.done():
+        if not self._deciding and not self._upgrading:
             self._pump()
         # Keep a plaintext transport half-open until pipelined commands are answered (TLS
         # transports close on EOF whatever we return).
@@ -214,9 +231,25 @@ class SmtpConnection(asyncio.Protocol):
 
     def connection_lost(self, exc: Exception | None) -> None:
         self._closing = True
+        if self._abort_timer is not None:
+            self._abort_timer.cancel()
         if self._task is not None and not self._task.done():
             self._task.cancel()
         self._release()
+
+    def pause_writing(self) -> None:
+        # The client is not reading our replies: read nothing more from it until it does.
+        self._write_blocked = True
+        if self._transport is not None:
+            self._transport.pause_reading()
+
+    def resume_writing(self) -> None:
+        self._write_blocked = False
+        if self._closing or self._deciding or self._upgrading or self._session is None:
+            return
+        assert self._transport is not None
+        self._transport.resume_reading()
+        self._pump()
 
     # --- the pump: Session events -> handler answers -> bytes out ---
 
@@ -225,9 +258,14 @@ class SmtpConnection(asyncio.Protocol):
         handler = self._handler
         assert session is not None
         assert handler is not None
-        while not self._closing:
+        while not self._closing and not self._write_blocked:
             event = session.next_event()
             if event is NEED_DATA:
+                if session.output_full:
+                    # Input waits behind replies: send them; go on unless the client is
+                    # not reading (then resume_writing goes on).
+                    self._flush()
+                    continue
                 break
             if isinstance(event, StartTls):
                 session.answer(replies.READY_TLS)
@@ -254,6 +292,7 @@ class SmtpConnection(asyncio.Protocol):
             # The handler needs I/O (argon2, fsync): stop reading until it answers.
             assert self._transport is not None
             self._transport.pause_reading()
+            self._deciding = True
             self._flush()
             self._task = self._loop.create_task(self._await_answer(answer))
             return
@@ -271,16 +310,20 @@ class SmtpConnection(asyncio.Protocol):
         except Exception as exc:
             self._server.log.event("handler_error", "error", conn=self.conn_id, error=repr(exc))
             reply = replies.LOCAL_ERROR
+        self._deciding = False
         if self._closing or self._session is None:
             return
         self._session.answer(reply)
+        self._last_activity = self._loop.time()  # the next command's time starts now
         assert self._transport is not None
-        self._transport.resume_reading()
+        if not self._write_blocked:
+            self._transport.resume_reading()
         self._pump()
 
     async def _start_tls(self, transport: asyncio.Transport) -> None:
         """587: STARTTLS on the plain transport (reading is paused since the 220)."""
         server = self._server
+        self._handshaking = True
         try:
             tls_transport = await start_tls(
                 self._loop, transport, self, server.tls_context(), server.handshake_timeout
@@ -292,6 +335,8 @@ class SmtpConnection(asyncio.Protocol):
             self._tls_failed(exc)
             transport.abort()
             return
+        finally:
+            self._handshaking = False
         self._upgrading = False
         session = self._session
         if tls_transport is None or self._closing or session is None:
@@ -331,6 +376,12 @@ class SmtpConnection(asyncio.Protocol):
                     code=f"{refusal.code} {refusal.enhanced}",
                     text=refusal.text,
                 )
+        if session.progress != self._progress:
+            self._progress = session.progress
+            self._last_activity = self._loop.time()
+        if session.authenticated is not None and not self.authenticated:
+            self.authenticated = True
+            self._server.promote(self)
         if session.closed:
             self._close()
 
@@ -340,6 +391,9 @@ class SmtpConnection(asyncio.Protocol):
         self._closing = True
         if self._transport is not None:
             self._transport.close()
+            self._abort_timer = self._loop.call_later(
+                self._server.close_grace, self._transport.abort
+            )
         elif self._sock is not None:  # 465, refused or stopped before the handshake
             self._sock.close()
             self._sock = None
@@ -353,21 +407,30 @@ class SmtpConnection(asyncio.Protocol):
             if timer is not None:
                 timer.cancel()
         if self._slot is not None:
-            self._server.release(self._slot)
+            self._server.release(self, self._slot)
             self._slot = None
-            self._server.unregister(self)
             session = self._session
             self._log.event("disconnect", errors=session.errors if session else 0)
 
     def _idle_check(self) -> None:
-        elapsed = self._loop.time() - self._last_activity
-        timeout = self._server.command_timeout
-        busy_answering = self._task is not None and not self._task.done()
-        if elapsed < timeout or busy_answering:
-            self._idle_timer = self._loop.call_later(max(timeout - elapsed, 1.0), self._idle_check)
+        """The command deadline: the client's last step (or our last answer) is too long ago.
+
+        Checked at least every `recheck_interval`, because the timeout of an unauthenticated
+        client shrinks while the server is under pressure. A handshake has its own deadline.
+        """
+        server = self._server
+        now = self._loop.time()
+        if self._deciding or self._handshaking:
+            self._last_activity = now
+        timeout = server.command_timeout(self.authenticated)
+        elapsed = now - self._last_activity
+        if elapsed < timeout:
+            wait = min(timeout - elapsed, server.recheck_interval)
+            self._idle_timer = self._loop.call_later(wait, self._idle_check)
             return
         self._log.event("timeout", "warning", kind="idle")
-        self._write(replies.IDLE_TIMEOUT.encode())
+        if self._session is not None:  # never a plaintext reply into a TLS handshake
+            self._write(replies.IDLE_TIMEOUT.encode())
         self._abort_soon()
 
     def _session_expired(self) -> None:
@@ -378,6 +441,29 @@ class SmtpConnection(asyncio.Protocol):
     def _abort_soon(self) -> None:
         if self._session is not None:
             self._session.close()
+        self._close()
+
+    # --- making room under pressure (called by the worker) ---
+
+    @property
+    def write_blocked(self) -> bool:
+        """The client does not read its replies; its input waits until it does."""
+        return self._write_blocked
+
+    @property
+    def evictable(self) -> bool:
+        """Unauthenticated and waiting for the client (or in a handshake): room can be made."""
+        return not self.authenticated and not self._closing and not self._deciding
+
+    def make_room(self) -> None:
+        """Close this connection for a new client: the server is full of unauthenticated ones."""
+        self._log.event("evicted", "warning", reason="pressure")
+        session = self._session
+        if session is not None and not self._upgrading:
+            session.close()
+            self._write(replies.MAKING_ROOM.encode())
+        elif self._transport is not None:
+            self._transport.abort()  # mid-handshake: nothing can be said
         self._close()
 
     def shutdown(self) -> None:

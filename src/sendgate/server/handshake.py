@@ -14,7 +14,7 @@ import asyncio
 import socket
 import ssl
 
-from sendgate.log import BoundLog
+from sendgate.log import EventSink
 from sendgate.server.tls import describe
 from sendgate.smtp.events import TlsInfo
 
@@ -59,7 +59,7 @@ async def start_tls(
     )
 
 
-def established(transport: asyncio.BaseTransport, log: BoundLog) -> TlsInfo:
+def established(transport: asyncio.BaseTransport, log: EventSink) -> TlsInfo:
     """Describe the TLS session of `transport` for the Session, and log it."""
     ssl_object = transport.get_extra_info("ssl_object")
     info = TlsInfo(*describe(ssl_object))
@@ -72,6 +72,6 @@ def established(transport: asyncio.BaseTransport, log: BoundLog) -> TlsInfo:
     return info
 
 
-def log_failure(log: BoundLog, exc: Exception) -> None:
+def log_failure(log: EventSink, exc: Exception) -> None:
     """Log a failed handshake: the error's type and its text, shortened."""
     log.event("tls_failed", "warning", error=type(exc).__name__, detail=str(exc)[:_DETAIL_CHARS])

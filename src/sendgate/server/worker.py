@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import asyncio
 import functools
+import resource
 import signal
 import socket
 import ssl
@@ -19,10 +20,12 @@ from dataclasses import dataclass
 from typing import Any
 
 from sendgate.errors import TlsConfigError
-from sendgate.log import EventLog
+from sendgate.log import EventLog, EventSink
 from sendgate.server.admission import Admission, HandlerFactory
 from sendgate.server.caps import ConnectionCaps
 from sendgate.server.connection import SmtpConnection
+from sendgate.server.descriptors import connection_budget
+from sendgate.server.floods import INTERVAL, FloodLog
 from sendgate.server.tls import TlsContextHolder
 from sendgate.smtp.session import SessionSettings
 
@@ -38,10 +41,19 @@ class Listener:
 @dataclass(frozen=True, slots=True)
 class Timeouts:
     command: float = 300.0
+    # The command timeout of unauthenticated clients while the server is under pressure.
+    pressure_command: float = 10.0
     session: float = 3600.0
-    handshake: float = 30.0
+    handshake: float = 10.0
     shutdown_grace: float = 30.0
     reload_interval: float = 60.0
+    # A connection we closed that has not gone after this long (its last reply unread, no TLS
+    # close_notify) is aborted: a client that never reads must not keep its buffers.
+    close_grace: float = 5.0
+    # A connection younger than this is never closed to make room: a client gets the time to
+    # log in, and a flood cannot push out its own connections faster than that.
+    room_min_age: float = 1.0
+    flood_interval: float = INTERVAL  # how often held-back connection lines are summed up
 
 
 class Worker:
@@ -57,19 +69,29 @@ class Worker:
         handler_factory: HandlerFactory,
         log: EventLog,
         timeouts: Timeouts,
+        max_connections: int | None = None,
     ) -> None:
+        """`max_connections`: this process's own ceiling (by default, what its descriptor limit
+        allows after the reserve, see server.descriptors)."""
         self.settings = settings
         self.log = log
-        self.command_timeout = timeouts.command
         self.session_timeout = timeouts.session
         self.handshake_timeout = timeouts.handshake
+        self.recheck_interval = min(timeouts.pressure_command, timeouts.command)
+        self.close_grace = timeouts.close_grace
         self.draining = False
         self._listeners = listeners
         self._tls = tls
         self._caps = caps
         self._handler_factory = handler_factory
         self._timeouts = timeouts
+        self._floods = FloodLog(log, interval=timeouts.flood_interval)
         self._connections: set[SmtpConnection] = set()
+        self._budget = max_connections or connection_budget(
+            resource.getrlimit(resource.RLIMIT_NOFILE)[0]
+        )
+        # Unauthenticated connections, oldest first: the ones closed to make room.
+        self._unauthenticated: dict[SmtpConnection, None] = {}
         self._stop: asyncio.Event | None = None
         self._idle: asyncio.Event | None = None
         self._loop: asyncio.AbstractEventLoop | None = None
@@ -79,22 +101,61 @@ class Worker:
     def tls_context(self) -> ssl.SSLContext:
         return self._tls.front
 
-    def acquire(self, ip: str) -> int | None:
-        return self._caps.acquire(ip)
+    def connection_log(self, client_ip: str, conn_id: str) -> EventSink:
+        return self._floods.connection(client_ip, conn_id)
 
-    def release(self, slot: int) -> None:
-        self._caps.release(slot)
+    @property
+    def connections(self) -> frozenset[SmtpConnection]:
+        return frozenset(self._connections)
+
+    def command_timeout(self, authenticated: bool) -> float:
+        if not authenticated and self._caps.under_pressure():
+            return self.recheck_interval
+        return self._timeouts.command
+
+    def acquire(self, conn: SmtpConnection) -> int | None:
+        """Count `conn` in the caps (closing an idle unauthenticated one if that makes room)."""
+        if len(self._connections) >= self._budget:
+            return None  # out of descriptors for one more: refuse while we still can
+        caps = self._caps
+        slot = caps.acquire(conn.client_ip)
+        if slot is None and not caps.address_full(conn.client_ip) and self._make_room():
+            slot = caps.acquire(conn.client_ip)
+        if slot is not None:
+            self._connections.add(conn)
+            self._unauthenticated[conn] = None
+        return slot
+
+    def _make_room(self) -> bool:
+        """Close this worker's oldest unauthenticated connection that waits for its client.
+
+        Called when the global cap or the unauthenticated share is full (not the new client's
+        per-address cap). Oldest first: a flood's connections go before the client that has
+        just said EHLO; none younger than `room_min_age`, none with a decision under way.
+        """
+        assert self._loop is not None
+        oldest = self._loop.time() - self._timeouts.room_min_age
+        for conn in self._unauthenticated:
+            if conn.connected_at > oldest:
+                return False
+            if conn.evictable:
+                conn.make_room()
+                return True
+        return False
+
+    def promote(self, conn: SmtpConnection) -> None:
+        self._caps.promote()
+        self._unauthenticated.pop(conn, None)
+
+    def release(self, conn: SmtpConnection, slot: int) -> None:
+        self._caps.release(slot, authenticated=conn.authenticated)
+        self._connections.discard(conn)
+        self._unauthenticated.pop(conn, None)
+        if not self._connections and self._idle is not None:
+            self._idle.set()
 
     def admit(self, ip: str, conn_id: str) -> Admission | Awaitable[Admission]:
         return self._handler_factory(ip, conn_id)
-
-    def register(self, conn: SmtpConnection) -> None:
-        self._connections.add(conn)
-
-    def unregister(self, conn: SmtpConnection) -> None:
-        self._connections.discard(conn)
-        if not self._connections and self._idle is not None:
-            self._idle.set()
 
     # --- lifecycle ---
 
@@ -125,6 +186,11 @@ class Worker:
             error=type(exc).__name__ if exc is not None else None,
             detail=str(exc)[:200] if exc is not None else None,
         )
+
+    async def _sum_up_floods(self) -> None:
+        while True:
+            await asyncio.sleep(self._floods.interval)
+            self._floods.flush()
 
     async def _watch_certificates(self) -> None:
         interval = self._timeouts.reload_interval
@@ -178,13 +244,14 @@ class Worker:
             loop.add_signal_handler(signal.SIGTERM, self.stop)
             loop.add_signal_handler(signal.SIGINT, self.stop)
             loop.add_signal_handler(signal.SIGHUP, functools.partial(self.reload_tls, force=True))
-        watcher = None
+        chores = [loop.create_task(self._sum_up_floods())]
         if self._timeouts.reload_interval > 0:
-            watcher = loop.create_task(self._watch_certificates())
+            chores.append(loop.create_task(self._watch_certificates()))
         await self._stop.wait()
-        if watcher is not None:
-            watcher.cancel()
+        for chore in chores:
+            chore.cancel()
         await self._drain(servers, acceptors)
+        self._floods.flush()
 
     async def _drain(
         self, servers: list[asyncio.Server], acceptors: list[asyncio.Task[None]]

@@ -69,6 +69,7 @@ AUTH_CHALLENGE = Reply(334, "", "")  # text is the base64 challenge
 SHUTTING_DOWN = Reply(421, "4.3.2", "Service shutting down, try again later")
 SERVICE_UNAVAILABLE = Reply(421, "4.3.0", "Service temporarily unavailable, try again later")
 TOO_MANY_CONNECTIONS = Reply(421, "4.7.0", "Too many connections, try again later")
+MAKING_ROOM = Reply(421, "4.7.0", "Server busy, idle connection closed, try again later")
 TOO_MANY_ERRORS = Reply(421, "4.7.0", "Too many errors, closing connection")
 BANNED = Reply(421, "4.7.0", "Too many failed logins from your network, try again later")
 IDLE_TIMEOUT = Reply(421, "4.4.2", "Idle timeout, closing connection")

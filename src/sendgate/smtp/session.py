@@ -8,9 +8,11 @@ It touches no socket, file or clock; the I/O shell feeds it and sends what it re
 
 Use (h11-style): `receive_data(bytes)` (b"" for EOF); call `next_event()` until it returns
 NEED_DATA, answering every event with `answer(reply)` before the next call; send
-`data_to_send()`; close the transport once `closed` is true. After EOF, commands already
-received are still answered; `close()` ends the session at once. While an event is pending the
-Session reads nothing more, so the shell should pause reading until it answers.
+`data_to_send()`; close the transport once `closed` is true. NEED_DATA with `output_full` set
+means input waits behind unsent replies: send them, then call `next_event()` again. After EOF,
+commands already received are still answered; `close()` ends the session at once. While an
+event is pending the Session reads nothing more, so the shell should pause reading until it
+answers.
 """
 
 from __future__ import annotations
@@ -46,6 +48,14 @@ from sendgate.smtp.events import (
 )
 from sendgate.smtp.replies import Reply
 from sendgate.smtp.sasl import MECHANISMS, Challenge, Credentials, SaslExchange
+
+# Message content counts as one step of progress per this many octets, so that the shell's
+# command timeout also bounds a DATA or BDAT body trickled in (a floor of about 220 octets/s
+# with the default 300 s).
+CONTENT_STEP = 64 * 1024
+# The Session stops reading input while this many reply octets wait in `data_to_send`: a client
+# that pipelines commands and never reads the replies cannot make them pile up in memory.
+OUTPUT_MAX = 64 * 1024
 
 
 class ProtocolUsageError(RuntimeError):
@@ -158,6 +168,8 @@ class Session:
         self._chunk_last = False
         self._chunks: list[bytes] = []
         self._chunks_size = 0
+        self._lines = 0  # complete command lines consumed (for `progress`)
+        self._content = 0  # message content octets consumed (for `progress`)
 
     # --- public API ---
 
@@ -168,6 +180,20 @@ class Session:
     @property
     def closed(self) -> bool:
         return self._state is State.CLOSED
+
+    @property
+    def progress(self) -> int:
+        """Steps the client completed: command lines, and each CONTENT_STEP octets of content.
+
+        The shell measures its command timeout from the last change, so a client that trickles
+        a byte at a time without ending a line (or a body far below a sane rate) is cut off.
+        """
+        return self._lines + self._content // CONTENT_STEP
+
+    @property
+    def output_full(self) -> bool:
+        """True when input waits until `data_to_send` is taken (see OUTPUT_MAX)."""
+        return len(self._out) >= OUTPUT_MAX
 
     @property
     def busy(self) -> bool:
@@ -219,7 +245,7 @@ class Session:
         if self._pending is not None:
             raise ProtocolUsageError("answer the pending event first")
         while True:
-            if self._state in (State.CLOSED, State.TLS_WAIT):
+            if self._state in (State.CLOSED, State.TLS_WAIT) or len(self._out) >= OUTPUT_MAX:
                 return NEED_DATA
             if self._in_chunk:
                 if not self._read_chunk():
@@ -328,6 +354,7 @@ class Session:
         return line
 
     def _handle_line(self, line: bytes | Reply) -> Event | None:
+        self._lines += 1
         if isinstance(line, Reply):
             self._abort_sasl()
             self._send(line)
@@ -353,6 +380,7 @@ class Session:
             return None
         used, content = self._data.feed(bytes(self._buf))
         del self._buf[:used]
+        self._content += used
         return content
 
     def _read_chunk(self) -> bool:
@@ -362,6 +390,7 @@ class Session:
                 self._chunks.append(bytes(self._buf[:take]))
             del self._buf[:take]
             self._chunk_left -= take
+            self._content += take
         return self._chunk_left == 0
 
     def _end_of_chunk(self) -> Event | None:

@@ -180,6 +180,7 @@ class LiveWorker:
         timeouts: Timeouts,
         settings: SessionSettings,
         pair: CertPair | None = None,
+        budget: int | None = None,
     ) -> None:
         self.loop_kind = loop_kind
         self.client_ctx = pki.client
@@ -198,6 +199,7 @@ class LiveWorker:
             handler_factory=admissions,
             log=EventLog(self.log),
             timeouts=timeouts,
+            max_connections=budget,
         )
         self.loop: asyncio.AbstractEventLoop | None = None
         self._ready = threading.Event()
@@ -318,15 +320,6 @@ def read_to_close(sock: socket.socket) -> bytes:
     return data
 
 
-def client_hello() -> bytes:
-    """The first flight of a TLS client, as a client sends it right after connecting."""
-    ctx = ssl.create_default_context()
-    ours = ctx.wrap_bio(ssl.MemoryBIO(), outgoing := ssl.MemoryBIO(), server_hostname="localhost")
-    with pytest.raises(ssl.SSLWantReadError):
-        ours.do_handshake()
-    return outgoing.read()
-
-
 @pytest.fixture(scope="session")
 def pki(tmp_path_factory: pytest.TempPathFactory) -> Pki:
     ca = trustme.CA()
@@ -351,7 +344,8 @@ ServeFactory = Callable[..., LiveWorker]
 
 @pytest.fixture
 def serve(loop_kind: LoopKind, pki: Pki) -> Iterator[ServeFactory]:
-    """Start a LiveWorker; keyword arguments override caps, timeouts, settings, certificate."""
+    """Start a LiveWorker; keyword arguments override caps, timeouts, settings, certificate and
+    the worker's own connection ceiling (`budget`)."""
     started: list[LiveWorker] = []
 
     def start(
@@ -361,6 +355,7 @@ def serve(loop_kind: LoopKind, pki: Pki) -> Iterator[ServeFactory]:
         timeouts: Timeouts | None = None,
         settings: SessionSettings | None = None,
         pair: CertPair | None = None,
+        budget: int | None = None,
     ) -> LiveWorker:
         live = LiveWorker(
             loop_kind,
@@ -370,6 +365,7 @@ def serve(loop_kind: LoopKind, pki: Pki) -> Iterator[ServeFactory]:
             timeouts=timeouts or Timeouts(command=30, session=60, handshake=10, reload_interval=0),
             settings=settings or SessionSettings(hostname=HOSTNAME, auth_required=False),
             pair=pair,
+            budget=budget,
         )
         started.append(live.start())
         return live

@@ -138,3 +138,69 @@ def test_counts_are_shared_across_fork() -> None:
     caps.forget_worker(1)  # as the supervisor does once the child is gone
     assert caps.active() == 0
     assert caps.acquire("192.0.2.1") is not None
+
+
+# --- the unauthenticated share ---
+
+
+def test_unauthenticated_connections_have_their_own_share() -> None:
+    caps = ConnectionCaps(workers=1, max_total=10, max_per_ip=10, max_unauthenticated=2)
+    first = caps.acquire("192.0.2.1")
+    assert first is not None
+    assert caps.acquire("192.0.2.2") is not None
+    assert caps.unauthenticated() == 2
+    assert caps.acquire("192.0.2.3") is None  # the share is full, the global cap is not
+    assert caps.active() == 2
+    caps.promote()  # the first one logged in: it leaves the share, not the global count
+    assert (caps.unauthenticated(), caps.active()) == (1, 2)
+    assert caps.acquire("192.0.2.3") is not None
+    caps.release(first, authenticated=True)
+    assert (caps.unauthenticated(), caps.active()) == (2, 2)
+
+
+def test_the_share_never_exceeds_the_global_cap() -> None:
+    caps = ConnectionCaps(workers=1, max_total=3, max_per_ip=10, max_unauthenticated=50)
+    assert caps.max_unauthenticated == 3
+    assert ConnectionCaps(1, 3, 10).max_unauthenticated == 3  # by default: no smaller share
+
+
+def test_address_full_tells_the_per_ip_cap_from_the_others() -> None:
+    caps = ConnectionCaps(workers=1, max_total=2, max_per_ip=1)
+    assert caps.acquire("192.0.2.1") is not None
+    assert caps.address_full("192.0.2.1")
+    other = other_ip(caps, "192.0.2.1", V4_OTHERS)
+    assert not caps.address_full(other)
+    assert caps.acquire(other) is not None
+    assert caps.acquire(other_ip(caps, other, V4_OTHERS[::-1])) is None  # global, not per IP
+
+
+def test_pressure_from_half_the_share_or_three_quarters_of_the_cap() -> None:
+    caps = ConnectionCaps(workers=2, max_total=8, max_per_ip=100, max_unauthenticated=4)
+    assert not caps.under_pressure()
+    caps.acquire("192.0.2.1")
+    assert not caps.under_pressure()
+    caps.worker = 1  # counted by another worker: pressure is global
+    caps.acquire("192.0.2.2")
+    assert caps.under_pressure()  # 2 of a share of 4
+    caps.promote()
+    caps.worker = 0
+    caps.promote()
+    assert not caps.under_pressure()  # 2 of 8 in all, none unauthenticated
+    for n in range(4):
+        caps.acquire(f"192.0.2.{10 + n}")
+        caps.promote()
+    assert caps.unauthenticated() == 0
+    assert caps.active() == 6
+    assert caps.under_pressure()  # 6 of 8
+
+
+def test_counts_never_go_below_zero() -> None:
+    caps = ConnectionCaps(workers=1, max_total=2, max_per_ip=2)
+    slot = caps.acquire("192.0.2.1")
+    assert slot is not None
+    caps.promote()
+    caps.promote()  # one too many: a bug elsewhere must not wrap the counter
+    caps.release(slot)
+    caps.release(slot)
+    assert (caps.active(), caps.unauthenticated()) == (0, 0)
+    assert caps.acquire("192.0.2.1") is not None

@@ -12,13 +12,13 @@ import socket
 import ssl
 
 import pytest
+from tests.support.tls import client_hello
 from tests.unit.server.conftest import (
     HOSTNAME,
     Admissions,
     Client,
     LiveWorker,
     ServeFactory,
-    client_hello,
     read_to_close,
 )
 

@@ -86,6 +86,7 @@ def test_only_221_and_421_close() -> None:
         "SHUTTING_DOWN",
         "SERVICE_UNAVAILABLE",
         "TOO_MANY_CONNECTIONS",
+        "MAKING_ROOM",
         "TOO_MANY_ERRORS",
         "BANNED",
         "IDLE_TIMEOUT",

@@ -1652,3 +1652,71 @@ def test_every_verb_of_the_transition_table_has_its_handler() -> None:
     assert set(table) == set(session_module._ALLOWED)
     for verb, handler in table.items():
         assert handler.__name__ == "_cmd_" + verb.lower()
+
+
+# --- progress: what the shell's command timeout measures ---
+
+
+def test_progress_counts_complete_lines_not_bytes() -> None:
+    session = start()
+    before = session.progress
+    for byte in b"NOOP":
+        feed(session, bytes([byte]))
+        assert session.progress == before  # a trickle without an end of line is no progress
+    feed(session, b"\r\n")
+    assert session.progress == before + 1
+    feed(session, b"BOGUS\r\nNOOP\r\n")
+    assert session.progress == before + 3  # refused lines count: the client did finish them
+
+
+def test_an_endless_line_makes_no_progress() -> None:
+    session = start()
+    before = session.progress
+    for _ in range(10):
+        feed(session, b"x" * 1000)
+    assert session.progress == before
+
+
+def test_progress_counts_message_content_in_steps() -> None:
+    step = session_module.CONTENT_STEP
+    session = in_data()
+    before = session.progress
+    line = b"y" * 98 + b"\r\n"
+    feed(session, line * (step // len(line)))  # just under one step
+    assert session.progress == before
+    feed(session, line)
+    assert session.progress == before + 1
+    assert feed(session, b".\r\n").codes == ["250 2.0.0"]
+
+
+def test_progress_counts_bdat_content_in_steps() -> None:
+    step = session_module.CONTENT_STEP
+    session = rcpt()
+    assert feed(session, f"BDAT {2 * step}\r\n".encode()).output == b""
+    before = session.progress
+    feed(session, b"z" * (step - 1))
+    assert session.progress == before
+    feed(session, b"z" * step)
+    assert session.progress == before + 1
+    assert feed(session, b"z").codes == ["250 2.0.0"]  # the chunk is complete
+
+
+# --- output_full: replies nobody reads do not pile up ---
+
+
+def test_input_waits_while_replies_are_unsent() -> None:
+    session = ready()
+    count = 20000  # 280 kB of replies to 120 kB of commands
+    session.receive_data(b"NOOP\r\n" * count)
+    assert session.next_event() is NEED_DATA
+    full = session.output_full
+    first = session.data_to_send()
+    assert (full, session.output_full) == (True, False)  # input waited for the output to go
+    reply = replies.OK.encode()
+    assert session_module.OUTPUT_MAX <= len(first) < session_module.OUTPUT_MAX + len(reply)
+    answered = first.count(reply)
+    while session.next_event() is NEED_DATA and session.output_full:
+        answered += session.data_to_send().count(reply)
+    answered += session.data_to_send().count(reply)
+    assert answered == count
+    assert not session.output_full

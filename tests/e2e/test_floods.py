@@ -1,0 +1,225 @@
+"""Floods against a live `sendgate serve` on its default limits: nobody else is locked out.
+
+Each test plays one attack from loopback addresses of its own (Linux routes 127.0.0.0/8 to
+the loopback interface) and checks what the issue asks of it: a client that pipelines half a
+million commands and never reads costs a bounded amount of memory and is dropped; thousands of
+idle connections from 40 addresses do not keep a new client from its banner and its mail; 300
+stalled TLS handshakes from one address cost others nothing, also under a 1,024 descriptor
+limit; a byte every 5 s does not keep a connection alive.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import smtplib
+import socket
+import ssl
+import threading
+import time
+from collections.abc import Callable, Iterator
+from typing import TYPE_CHECKING
+
+import pytest
+from tests.e2e.conftest import CLIENT_NAME, SOCKET_TIMEOUT
+from tests.e2e.sources import login
+from tests.support.tls import client_hello
+
+from sendgate.server.floods import BURST
+
+if TYPE_CHECKING:
+    from tests.e2e.conftest import InstanceFactory, ServerFactory
+
+pytestmark = [pytest.mark.e2e, pytest.mark.slow]
+
+MIB = 1024 * 1024
+
+
+def rss(pids: tuple[int, ...]) -> int:
+    """Resident memory of the worker processes, in bytes."""
+    total = 0
+    for pid in pids:
+        with open(f"/proc/{pid}/status") as status:
+            for line in status:
+                if line.startswith("VmRSS:"):
+                    total += int(line.split()[1]) * 1024
+    return total
+
+
+def write_fails(sock: socket.socket, *, within: float) -> bool:
+    """Keep writing to `sock` until a write fails (True) or `within` seconds have passed."""
+    pace = threading.Event()
+    deadline = time.monotonic() + within
+    while time.monotonic() < deadline:
+        try:
+            sock.sendall(b"NOOP\r\n")
+        except OSError:
+            return True
+        pace.wait(0.05)
+    return False
+
+
+def connect(port: int, source: str) -> socket.socket:
+    return socket.create_connection(
+        ("127.0.0.1", port), timeout=SOCKET_TIMEOUT, source_address=(source, 0)
+    )
+
+
+def first_reply(port: int, source: str) -> bytes:
+    with connect(port, source) as sock:
+        return sock.recv(100)
+
+
+def wait_until(condition: Callable[[], bool], within: float = SOCKET_TIMEOUT) -> bool:
+    pace = threading.Event()
+    deadline = time.monotonic() + within
+    while not condition():
+        if time.monotonic() > deadline:
+            return False
+        pace.wait(0.05)
+    return True
+
+
+@contextlib.contextmanager
+def closing_all(socks: list[socket.socket]) -> Iterator[list[socket.socket]]:
+    try:
+        yield socks
+    finally:
+        for sock in socks:
+            sock.close()
+
+
+def test_half_a_million_unread_pipelined_commands(
+    instance: InstanceFactory, server: ServerFactory
+) -> None:
+    running = server(instance({"limits.command_timeout": 1}))
+    # The worker is up once it answers (before that, its start-up allocations come and go).
+    with smtplib.SMTP("127.0.0.1", running.port, CLIENT_NAME, SOCKET_TIMEOUT) as first:
+        assert first.noop()[0] == 250
+    before = rss(running.worker_pids)
+    sock = connect(running.port, "127.0.6.1")
+    sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 4096)
+    payload = b"EHLO x\r\n" * 500_000
+    finished = threading.Event()
+
+    def flood() -> None:
+        with contextlib.suppress(OSError):  # the server drops us mid-way: the expected end
+            sock.sendall(payload)
+        finished.set()
+
+    since = running.mark()
+    sender = threading.Thread(target=flood, daemon=True)
+    sender.start()
+    peak = before
+    dropped = False
+    deadline = time.monotonic() + 60
+    while time.monotonic() < deadline and not dropped:
+        peak = max(peak, rss(running.worker_pids))
+        dropped = bool(running.matching(r"event=disconnect .*client=127\.0\.6\.1", since=since))
+        finished.wait(0.05)  # a sampling interval, not a synchronisation
+    assert dropped, running.tail()
+    assert running.matching(r"event=timeout .*client=127\.0\.6\.1 kind=idle", since=since)
+    # The server aborts the socket (its replies are still unread): writes fail once the reset
+    # has arrived.
+    assert write_fails(sock, within=SOCKET_TIMEOUT)
+    sender.join(SOCKET_TIMEOUT)
+    sock.close()
+    growth = peak - before
+    assert growth < 32 * MIB, f"RSS grew {growth / MIB:.1f} MiB"
+
+
+def test_thousands_of_idle_connections_do_not_lock_out_a_new_client(
+    instance: InstanceFactory, server: ServerFactory
+) -> None:
+    running = server(instance())
+    made = running.instance
+    attackers = [f"127.0.7.{n}" for n in range(1, 41)]
+    with closing_all([]) as idle:
+        for source in attackers:
+            for _ in range(50):
+                with contextlib.suppress(OSError):  # refused at once: the cap at work
+                    idle.append(connect(running.port, source))
+        assert len(idle) == 2000
+        running.wait_for(r"event=refused ", timeout=SOCKET_TIMEOUT)  # the caps are full
+        # A real flood's connections are older than the second a new one is protected for.
+        time.sleep(1.1)
+
+        started = time.monotonic()
+        client = smtplib.SMTP(
+            "127.0.0.1",
+            running.port,
+            CLIENT_NAME,
+            SOCKET_TIMEOUT,
+            source_address=("127.0.8.1", 0),
+        )
+        banner = time.monotonic() - started
+        client.close()
+        assert banner < 1.0, f"the banner took {banner:.2f} s"
+
+        with login(running, "127.0.8.1") as logged_in:
+            assert running.submit(logged_in, made.message("after-the-flood"))
+    running.wait_for(r"event=evicted .*reason=pressure")
+
+
+@pytest.mark.parametrize("nofile", [None, 1024])
+def test_stalled_handshakes_from_one_address_cost_others_nothing(
+    instance: InstanceFactory, server: ServerFactory, nofile: int | None
+) -> None:
+    running = server(instance(), nofile=nofile)
+    since = running.mark()
+    hello = client_hello()[:20]
+    with closing_all([]) as stalled:
+        for _ in range(300):
+            try:
+                sock = connect(running.tls_port, "127.0.9.1")
+                sock.sendall(hello)
+            except OSError:
+                continue  # closed at once: the address is over its cap
+            stalled.append(sock)
+        # Taken in turn by the server: once it has counted 50 (the cap), the address is
+        # refused at once, on either port.
+        assert wait_until(lambda: first_reply(running.port, "127.0.9.1").startswith(b"421 4.7.0"))
+
+        started = time.monotonic()
+        with smtplib.SMTP(
+            "127.0.0.1", running.port, CLIENT_NAME, SOCKET_TIMEOUT, source_address=("127.0.9.2", 0)
+        ) as other:
+            assert other.noop()[0] == 250
+        assert time.monotonic() - started < 1.0
+        started = time.monotonic()
+        context = running.instance.client_context()
+        with (
+            connect(running.tls_port, "127.0.9.2") as raw,
+            context.wrap_socket(raw, server_hostname="localhost") as tls,
+        ):
+            assert isinstance(tls, ssl.SSLSocket)
+            assert tls.recv(100).startswith(b"220 ")
+        assert time.monotonic() - started < 1.0
+    if nofile is not None:
+        assert running.matching(r"event=descriptors limit=1024 connections_per_worker=896")
+    # Hundreds of connections, a few dozen lines: past its first ones in an interval, an
+    # address's connection lines are summed up in one flood line.
+    full = running.matching(r"event=(?!flood).* client=127\.0\.9\.1 ", since=since)
+    assert 0 < len(full) <= 2 * 4 * BURST
+    flood = running.wait_for(r"event=flood .*client=127\.0\.9\.1 ", since=since, timeout=15)[0]
+    assert "refused=" in flood
+
+
+def test_a_byte_every_five_seconds_is_cut_at_the_command_timeout(
+    instance: InstanceFactory, server: ServerFactory
+) -> None:
+    running = server(instance({"limits.command_timeout": 8}))
+    with connect(running.port, "127.0.10.1") as sock:
+        assert sock.recv(100).startswith(b"220 ")
+        started = time.monotonic()
+        received = b""
+        for byte in b"NOOP\r\n":
+            sock.sendall(bytes([byte]))
+            sock.settimeout(5)
+            with contextlib.suppress(TimeoutError):  # the 5 s pace of the attack itself
+                received += sock.recv(100)
+            if received:
+                break
+        elapsed = time.monotonic() - started
+    assert received.startswith(b"421 4.4.2 Idle timeout"), received
+    assert 8 <= elapsed < 12, f"cut after {elapsed:.1f} s"
+    running.wait_for(r"event=timeout .*client=127\.0\.10\.1 kind=idle")

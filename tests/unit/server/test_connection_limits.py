@@ -1,0 +1,357 @@
+"""Tests for what bounds one connection and the whole worker under hostile clients.
+
+Command deadlines measured from the client's last complete command (not its last byte);
+replies a client does not read stop the reading of its input, and a connection dropped
+while its replies are unread is aborted; the unauthenticated share with room made by
+closing the oldest idle unauthenticated connection; the shorter command timeout under
+pressure; the worker's own ceiling from its descriptor limit. Each test drives a live Worker
+(see conftest.py) with real sockets, once on asyncio's loop and once on uvloop.
+"""
+
+from __future__ import annotations
+
+import base64
+import socket
+import threading
+import time
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
+
+import pytest
+from tests.support.tls import client_hello
+from tests.unit.server.conftest import (
+    WAIT,
+    Client,
+    LiveWorker,
+    ServeFactory,
+    read_to_close,
+)
+from tests.unit.server.test_connection import CONN, greeted
+
+from sendgate.server.caps import ConnectionCaps
+from sendgate.server.floods import BURST
+from sendgate.server.worker import Timeouts
+from sendgate.smtp import replies
+from sendgate.smtp.events import MailFrom
+from sendgate.smtp.session import SessionSettings
+
+FAST = Timeouts(command=0.4, session=60, handshake=10, reload_interval=0, close_grace=0.2)
+
+
+def idle_cut(client: Client) -> None:
+    reply = client.reply()
+    assert (reply.code, reply.enhanced, reply.text) == (
+        421,
+        "4.4.2",
+        "Idle timeout, closing connection",
+    )
+    assert client.closed() == b""
+
+
+def login(client: Client) -> None:
+    """AUTH PLAIN without TLS (the test settings allow it; the handler accepts anyone)."""
+    assert client.command("EHLO client.example").code == 250
+    token = base64.b64encode(b"\0alice\0secret").decode()
+    assert client.command(f"AUTH PLAIN {token}").code == 235
+
+
+LOGIN_SETTINGS = SessionSettings(hostname="mx.example.test", auth_without_tls=True)
+
+
+def wait_until(condition: Callable[[], bool]) -> bool:
+    """Poll a condition of the worker (read from the test's thread) until it holds or WAIT."""
+    deadline = time.monotonic() + WAIT
+    pace = threading.Event()
+    while not condition():
+        if time.monotonic() > deadline:
+            return False
+        pace.wait(0.01)
+    return True
+
+
+OK = replies.OK.encode()
+
+
+def read_exactly(sock: socket.socket, size: int) -> bytes:
+    chunks = []
+    while size > 0:
+        chunk = sock.recv(min(size, 1 << 20))
+        assert chunk, "closed by the server"
+        chunks.append(chunk)
+        size -= len(chunk)
+    return b"".join(chunks)
+
+
+# --- the command deadline ----------------------------------------------------------------------
+
+
+@contextmanager
+def trickle(sock: socket.socket, data: bytes, every: float) -> Iterator[threading.Event]:
+    """Send `data` one byte every `every` seconds from a thread; the event says it got through."""
+    done, stop = threading.Event(), threading.Event()
+
+    def run() -> None:
+        try:
+            for byte in data:
+                if stop.wait(every):
+                    return
+                sock.send(bytes([byte]))
+        except OSError:
+            return
+        done.set()
+
+    thread = threading.Thread(target=run, daemon=True)
+    thread.start()
+    try:
+        yield done
+    finally:
+        stop.set()
+        thread.join(WAIT)
+
+
+def test_a_command_trickled_a_byte_at_a_time_is_cut_at_the_command_timeout(
+    serve: ServeFactory,
+) -> None:
+    live = serve(timeouts=FAST)
+    # Each byte comes well within the timeout; the command never ends within it.
+    line = b"NOOP " + b"x" * 200 + b"\r\n"
+    with greeted(live.client()) as client, trickle(client.sock, line, every=0.05) as done:
+        idle_cut(client)
+        assert not done.is_set()
+    live.log.wait_for(rf"event=timeout {CONN} kind=idle$")
+
+
+def test_a_body_trickled_in_is_cut_at_the_command_timeout(serve: ServeFactory) -> None:
+    live = serve(timeouts=FAST)
+    with greeted(live.client()) as client:
+        assert client.command("EHLO client.example").code == 250
+        assert client.command("MAIL FROM:<a@example.test>").code == 250
+        assert client.command("RCPT TO:<b@example.org>").code == 250
+        assert client.command("DATA").code == 354
+        # Whole lines, each in time, but far below one content step per timeout.
+        with trickle(client.sock, b"line\r\n" * 100, every=0.01) as done:
+            idle_cut(client)
+            assert not done.is_set()
+
+
+def test_steady_commands_are_never_cut(serve: ServeFactory) -> None:
+    live = serve(timeouts=FAST)
+    with greeted(live.client()) as client:
+        # Three command timeouts in all, each command well within one.
+        for _ in range(12):
+            threading.Event().wait(0.1)
+            assert client.command("NOOP").code == 250
+    assert not live.log.matching("event=timeout")
+
+
+def test_a_decision_longer_than_the_command_timeout_does_not_cut_the_client(
+    serve: ServeFactory,
+) -> None:
+    live = serve(timeouts=FAST)
+    handler = live.admissions.handler
+    handler.gated.add(MailFrom)
+    with greeted(live.client()) as client:
+        assert client.command("EHLO client.example").code == 250
+        client.send(b"MAIL FROM:<a@example.test>\r\n")
+        assert handler.waiting.wait(WAIT)
+        threading.Event().wait(1.0)  # the server decides for 2.5 command timeouts
+        handler.gate.open()
+        assert client.reply().code == 250
+        assert client.command("RCPT TO:<b@example.org>").code == 250
+    assert not live.log.matching("event=timeout")
+
+
+# --- replies the client does not read ----------------------------------------------------------
+
+
+def test_every_pipelined_command_is_answered_to_a_client_that_reads(serve: ServeFactory) -> None:
+    live = serve()
+    count = 30000  # 420 kB of replies: several times what the Session holds back
+    with greeted(live.client()) as client:
+        sender = threading.Thread(target=client.send, args=(b"NOOP\r\n" * count,), daemon=True)
+        sender.start()
+        assert read_exactly(client.sock, len(OK) * count) == OK * count
+        sender.join(WAIT)
+        assert client.command("QUIT").code == 221
+
+
+def _flood_unread(sock: socket.socket, stopped: threading.Event) -> None:
+    """Pipeline NOOPs without ever reading, until the server drops the connection."""
+    burst = b"NOOP\r\n" * 10000
+    try:
+        while True:
+            sock.sendall(burst)
+    except OSError:
+        stopped.set()
+
+
+@pytest.mark.parametrize("port", ["587", "465"])
+def test_a_client_that_never_reads_its_replies_is_dropped(serve: ServeFactory, port: str) -> None:
+    live = serve(timeouts=FAST)
+    client = greeted(live.client() if port == "587" else live.tls_client())
+    client.sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 4096)
+    stopped = threading.Event()
+    flood = threading.Thread(target=_flood_unread, args=(client.sock, stopped), daemon=True)
+    flood.start()
+    # Reading stops once its replies back up; the command deadline then passes, and the
+    # close is forced although the 421 can never be delivered.
+    assert stopped.wait(WAIT), "the server never dropped a client that does not read"
+    flood.join(WAIT)
+    client.sock.close()
+    live.log.wait_for(rf"event=timeout {CONN} kind=idle$")
+    live.log.wait_for(rf"event=disconnect {CONN} errors=0$")
+    assert live.caps.active() == 0
+
+
+# --- the unauthenticated share and making room -------------------------------------------------
+
+
+def test_a_full_unauthenticated_share_closes_the_oldest_idle_connection(
+    serve: ServeFactory,
+) -> None:
+    caps = ConnectionCaps(1, max_total=10, max_per_ip=10, max_unauthenticated=2)
+    live = serve(caps=caps, timeouts=Timeouts(reload_interval=0, room_min_age=0))
+    with (
+        greeted(live.client()) as oldest,
+        greeted(live.client()) as second,
+        greeted(live.client()) as newest,
+    ):
+        reply = oldest.reply()
+        assert (reply.code, reply.enhanced) == (421, "4.7.0")
+        assert reply.text == replies.MAKING_ROOM.text
+        assert oldest.closed() == b""
+        assert second.command("NOOP").code == 250
+        assert newest.command("NOOP").code == 250
+    live.log.wait_for(rf"event=evicted {CONN} reason=pressure$")
+    assert not live.log.matching("event=refused")
+
+
+def test_room_is_not_made_from_connections_younger_than_the_minimum_age(
+    serve: ServeFactory,
+) -> None:
+    caps = ConnectionCaps(1, max_total=10, max_per_ip=10, max_unauthenticated=1)
+    live = serve(caps=caps, timeouts=Timeouts(reload_interval=0, room_min_age=60))
+    with greeted(live.client()) as first, live.client() as second:
+        reply = second.reply()
+        assert (reply.code, reply.text) == (421, replies.TOO_MANY_CONNECTIONS.text)
+        assert first.command("NOOP").code == 250
+    assert not live.log.matching("event=evicted")
+
+
+def test_room_is_not_made_for_a_client_over_its_own_address_cap(serve: ServeFactory) -> None:
+    caps = ConnectionCaps(1, max_total=10, max_per_ip=1, max_unauthenticated=1)
+    live = serve(caps=caps, timeouts=Timeouts(reload_interval=0, room_min_age=0))
+    with greeted(live.client()) as first, live.client() as second:
+        assert second.reply().code == 421
+        assert first.command("NOOP").code == 250
+    assert not live.log.matching("event=evicted")
+
+
+def test_logged_in_and_deciding_connections_are_never_closed_to_make_room(
+    serve: ServeFactory,
+) -> None:
+    caps = ConnectionCaps(1, max_total=2, max_per_ip=10, max_unauthenticated=2)
+    live = serve(
+        caps=caps, settings=LOGIN_SETTINGS, timeouts=Timeouts(reload_interval=0, room_min_age=0)
+    )
+    handler = live.admissions.handler
+    handler.gated.add(MailFrom)
+    with greeted(live.client()) as logged_in, greeted(live.client()) as deciding:
+        login(logged_in)
+        login(deciding)
+        deciding.send(b"MAIL FROM:<a@example.test>\r\n")
+        assert handler.waiting.wait(WAIT)
+        with live.client() as newcomer:
+            reply = newcomer.reply()
+            assert (reply.code, reply.text) == (421, replies.TOO_MANY_CONNECTIONS.text)
+        handler.gate.open()
+        assert deciding.reply().code == 250
+        assert logged_in.command("NOOP").code == 250
+    assert not live.log.matching("event=evicted")
+
+
+def test_a_stalled_465_handshake_is_closed_to_make_room(serve: ServeFactory) -> None:
+    caps = ConnectionCaps(1, max_total=10, max_per_ip=10, max_unauthenticated=1)
+    live = serve(caps=caps, timeouts=Timeouts(reload_interval=0, room_min_age=0))
+    with live.raw_tls_client() as stalled:
+        stalled.sendall(client_hello()[:20])  # a handshake that never completes
+        live.log.wait_for(rf"event=connect {CONN} tls=implicit$")
+        with greeted(live.client()) as newcomer:
+            assert read_to_close(stalled) == b""
+            assert newcomer.command("NOOP").code == 250
+    live.log.wait_for(rf"event=evicted {CONN} reason=pressure$")
+
+
+# --- pressure: a shorter command timeout for clients not logged in -----------------------------
+
+
+def test_under_pressure_idle_clients_not_logged_in_are_cut_first(serve: ServeFactory) -> None:
+    caps = ConnectionCaps(1, max_total=100, max_per_ip=100, max_unauthenticated=2)
+    timeouts = Timeouts(command=60, pressure_command=0.3, reload_interval=0)
+    live = serve(caps=caps, timeouts=timeouts, settings=LOGIN_SETTINGS)
+    with greeted(live.client()) as logged_in:
+        login(logged_in)
+        with greeted(live.client()) as idle1, greeted(live.client()) as idle2:
+            # Two of a share of two (and one alone still half of it): under pressure.
+            idle_cut(idle1)
+            idle_cut(idle2)
+        assert logged_in.command("NOOP").code == 250
+    assert len(live.log.matching("event=timeout")) == 2
+
+
+def test_without_pressure_the_normal_command_timeout_applies(serve: ServeFactory) -> None:
+    caps = ConnectionCaps(1, max_total=100, max_per_ip=100, max_unauthenticated=4)
+    timeouts = Timeouts(command=60, pressure_command=0.2, reload_interval=0)
+    live = serve(caps=caps, timeouts=timeouts)
+    with greeted(live.client()) as alone:
+        threading.Event().wait(1.0)  # five pressure timeouts
+        assert alone.command("NOOP").code == 250
+    assert not live.log.matching("event=timeout")
+
+
+# --- the worker's own ceiling (its descriptor limit) -------------------------------------------
+
+
+def test_the_worker_refuses_past_its_own_ceiling(serve: ServeFactory) -> None:
+    live: LiveWorker = serve(budget=2)
+    with greeted(live.client()) as first, greeted(live.tls_client()) as second:
+        with live.client() as third:
+            reply = third.reply()
+            assert (reply.code, reply.text) == (421, replies.TOO_MANY_CONNECTIONS.text)
+        assert first.command("NOOP").code == 250
+        assert second.command("NOOP").code == 250
+    live.log.wait_for(rf"event=refused {CONN} reason=connection_cap$")
+
+
+def test_a_client_that_reads_late_gets_every_reply(serve: ServeFactory) -> None:
+    live = serve()
+    count = 500_000  # 7 MB of replies: more than the socket buffers hold
+    with greeted(live.client()) as client:
+        # (No small receive buffer: on loopback its window never reopens by a whole segment.)
+        sender = threading.Thread(target=client.send, args=(b"NOOP\r\n" * count,), daemon=True)
+        sender.start()
+        assert wait_until(lambda: any(conn.write_blocked for conn in live.worker.connections))
+        # Reading now resumes the server's reading: every NOOP gets its reply, in order.
+        assert read_exactly(client.sock, len(OK) * count) == OK * count
+        sender.join(WAIT)
+        assert not any(conn.write_blocked for conn in live.worker.connections)
+        assert client.command("QUIT").code == 221
+
+
+# --- the log of a flood ------------------------------------------------------------------------
+
+
+def test_a_flood_from_one_address_is_logged_in_full_only_for_its_first_connections(
+    serve: ServeFactory,
+) -> None:
+    live = serve(caps=ConnectionCaps(1, max_total=100, max_per_ip=5))
+    for _ in range(BURST + 10):
+        with live.client() as client:
+            assert client.reply().code in (220, 421)
+            client.send(b"QUIT\r\n")
+            client.closed()
+    live.stop()  # a stopping worker sums up what it held back
+    assert len(live.log.matching(r"event=connect ")) == BURST
+    flood = live.log.wait_for(r"event=flood ")
+    assert f"client=127.0.0.1 interval=10s connections={BURST + 10} logged={BURST} " in flood
+    assert "connect=10 disconnect=10" in flood
