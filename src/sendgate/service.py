@@ -9,6 +9,7 @@ process after it.
 from __future__ import annotations
 
 import asyncio
+import math
 import os
 import signal
 import time
@@ -30,7 +31,7 @@ from sendgate.policy.login import Logins
 from sendgate.policy.notice import SignInNotices
 from sendgate.policy.passwords import new_hasher
 from sendgate.policy.quota import SendingLimits
-from sendgate.server.caps import ConnectionCaps
+from sendgate.server.caps import RATE_WINDOW, ConnectionCaps
 from sendgate.server.descriptors import connection_budget, raise_limit
 from sendgate.server.supervisor import RESEND_EVERY, Supervisor, bind
 from sendgate.server.tls import TlsContextHolder
@@ -137,6 +138,7 @@ def serve(cfg: Config, log: EventLog) -> int:
         limits.max_connections,
         limits.max_connections_per_ip,
         max(1, int(limits.max_connections * limits.unauthenticated_share)),
+        math.ceil(limits.unauthenticated_rate_per_ip * RATE_WINDOW / 60),
     )
     settings = session_settings(cfg)
     timeouts = Timeouts(

@@ -191,6 +191,16 @@ class LimitsConfig:
             "max_connections. Offices behind one NAT address need room.",
         ),
     )
+    unauthenticated_rate_per_ip: int = field(
+        default=120,
+        metadata=setting(
+            Int(0, 1000000),
+            "Connections per minute from one client address (IPv6: one /64) that end without "
+            "a login (handshake floods, probes, failed logins), counted in 10 s windows; past "
+            "it the address is refused before any TLS work until the window ends. Clients "
+            "that log in never count. 0: no limit.",
+        ),
+    )
     unauthenticated_share: float = field(
         default=0.5,
         metadata=setting(

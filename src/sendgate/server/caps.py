@@ -11,6 +11,11 @@ Unauthenticated connections (every new one, until its AUTH succeeds) have their 
 share of the global cap, so that idle connections that never log in cannot fill the server:
 over half that share the server is under pressure (workers shorten the unauthenticated command
 timeout), and when it is full a worker closes an old idle one to make room.
+
+Connections that end without a login (failed handshakes, probes, floods, failed logins) are
+also counted per address in windows of RATE_WINDOW seconds: past `max_anonymous_per_window`
+the address's new connections are refused before any TLS work, which bounds the handshake
+CPU one address can make the server spend. Logged-in clients never count against it.
 """
 
 from __future__ import annotations
@@ -19,22 +24,37 @@ import hashlib
 import ipaddress
 import mmap
 import secrets
+import time
+from collections.abc import Callable
 
 BUCKETS = 65536
 _WIDTH = 4  # bytes per counter (uint32)
 _UNAUTHENTICATED = BUCKETS + 1  # the slot of a row that counts unauthenticated connections
+RATE_WINDOW = 10.0  # seconds; connections ending without a login are counted per window
 
 
 class ConnectionCaps:
     """Global and per-IP connection counting across `workers` processes."""
 
     def __init__(
-        self, workers: int, max_total: int, max_per_ip: int, max_unauthenticated: int | None = None
+        self,
+        workers: int,
+        max_total: int,
+        max_per_ip: int,
+        max_unauthenticated: int | None = None,
+        max_anonymous_per_window: int = 0,
+        clock: Callable[[], float] = time.monotonic,  # one clock for all processes on Linux
     ) -> None:
         self._workers = workers
         self._row = BUCKETS + 2  # slot 0 of a row is the worker's total, then the buckets
         self._map = mmap.mmap(-1, workers * self._row * _WIDTH)
         self._cells = memoryview(self._map).cast("I")
+        # Per worker: slot 0 is the window its counts belong to, then the buckets.
+        self._rate_row = BUCKETS + 1
+        self._rate_map = mmap.mmap(-1, workers * self._rate_row * _WIDTH)
+        self._rates = memoryview(self._rate_map).cast("I")
+        self._clock = clock
+        self.max_anonymous_per_window = max_anonymous_per_window  # 0: no limit
         self._key = secrets.token_bytes(16)
         self.max_total = max_total
         self.max_per_ip = max_per_ip
@@ -87,6 +107,36 @@ class ConnectionCaps:
         self._decrement(base)
         if not authenticated:
             self._decrement(base + _UNAUTHENTICATED)
+            if self.max_anonymous_per_window:
+                self._rates[self._own_rate_row() + slot] += 1
+
+    def over_rate(self, ip: str) -> bool:
+        """True when `ip` ended too many connections without a login in this window."""
+        limit = self.max_anonymous_per_window
+        if not limit:
+            return False
+        window = self._window()
+        rates, row, slot = self._rates, self._rate_row, self.bucket(ip)
+        total = 0
+        for worker in range(self._workers):
+            base = worker * row
+            if rates[base] == window:
+                total += rates[base + slot]
+        return total >= limit
+
+    def _window(self) -> int:
+        return int(self._clock() / RATE_WINDOW) & 0xFFFFFFFF
+
+    def _own_rate_row(self) -> int:
+        """This worker's rate row, emptied first when its counts are from an earlier window."""
+        base = self.worker * self._rate_row
+        window = self._window()
+        if self._rates[base] != window:
+            self._rates[base : base + self._rate_row] = memoryview(
+                bytes(self._rate_row * _WIDTH)
+            ).cast("I")
+            self._rates[base] = window
+        return base
 
     def _decrement(self, cell: int) -> None:
         if self._cells[cell] > 0:
@@ -106,6 +156,9 @@ class ConnectionCaps:
         return self._sum(0)
 
     def forget_worker(self, worker: int) -> None:
-        """Zero a dead worker's row (called by the supervisor before replacing it)."""
+        """Zero a dead worker's row (called by the supervisor before replacing it).
+
+        Its rate row stays: what an address did within the window still counts.
+        """
         start = worker * self._row
         self._cells[start : start + self._row] = memoryview(bytes(self._row * _WIDTH)).cast("I")

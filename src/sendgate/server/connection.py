@@ -44,7 +44,7 @@ class ServerContext(Protocol):
     def tls_context(self) -> ssl.SSLContext: ...
     def connection_log(self, client_ip: str, conn_id: str) -> EventSink: ...
     def command_timeout(self, authenticated: bool) -> float: ...
-    def acquire(self, conn: SmtpConnection) -> int | None: ...
+    def acquire(self, conn: SmtpConnection) -> int | str: ...  # a slot, or why not
     def promote(self, conn: SmtpConnection) -> None: ...
     def release(self, conn: SmtpConnection, slot: int) -> None: ...
     def admit(self, ip: str, conn_id: str) -> Admission | Awaitable[Admission]: ...
@@ -110,10 +110,11 @@ class SmtpConnection(asyncio.Protocol):
         server = self._server
         self._log = log = server.connection_log(self.client_ip, self.conn_id)
         self.connected_at = self._last_activity = self._loop.time()
-        self._slot = server.acquire(self)
-        if self._slot is None:
-            log.event("refused", "warning", reason="connection_cap")
+        acquired = server.acquire(self)
+        if isinstance(acquired, str):
+            log.event("refused", "warning", reason=acquired)
             return False
+        self._slot = acquired
         log.event("connect", tls="implicit" if self._implicit_tls else "starttls")
         first_check = min(server.command_timeout(False), server.recheck_interval)
         self._idle_timer = self._loop.call_later(first_check, self._idle_check)

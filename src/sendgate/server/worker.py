@@ -113,17 +113,25 @@ class Worker:
             return self.recheck_interval
         return self._timeouts.command
 
-    def acquire(self, conn: SmtpConnection) -> int | None:
-        """Count `conn` in the caps (closing an idle unauthenticated one if that makes room)."""
+    def acquire(self, conn: SmtpConnection) -> int | str:
+        """Count `conn` in the caps (closing an idle unauthenticated one if that makes room).
+
+        Returns its slot, or why it is refused: "descriptors" (this worker's own ceiling),
+        "connection_rate" (its address ended too many connections without a login) or
+        "connection_cap" (global, per address or unauthenticated cap).
+        """
         if len(self._connections) >= self._budget:
-            return None  # out of descriptors for one more: refuse while we still can
-        caps = self._caps
-        slot = caps.acquire(conn.client_ip)
-        if slot is None and not caps.address_full(conn.client_ip) and self._make_room():
-            slot = caps.acquire(conn.client_ip)
-        if slot is not None:
-            self._connections.add(conn)
-            self._unauthenticated[conn] = None
+            return "descriptors"  # one more would eat the reserve: refuse while we still can
+        caps, ip = self._caps, conn.client_ip
+        if caps.over_rate(ip):
+            return "connection_rate"
+        slot = caps.acquire(ip)
+        if slot is None and not caps.address_full(ip) and self._make_room():
+            slot = caps.acquire(ip)
+        if slot is None:
+            return "connection_cap"
+        self._connections.add(conn)
+        self._unauthenticated[conn] = None
         return slot
 
     def _make_room(self) -> bool:

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import os
 
-from sendgate.server.caps import BUCKETS, ConnectionCaps
+from sendgate.server.caps import BUCKETS, RATE_WINDOW, ConnectionCaps
 
 
 def other_ip(caps: ConnectionCaps, taken: str, candidates: list[str]) -> str:
@@ -204,3 +204,54 @@ def test_counts_never_go_below_zero() -> None:
     caps.release(slot)
     assert (caps.active(), caps.unauthenticated()) == (0, 0)
     assert caps.acquire("192.0.2.1") is not None
+
+
+# --- the rate of connections that end without a login ---
+
+
+class Clock:
+    def __init__(self) -> None:
+        self.now = 1000.0
+
+    def __call__(self) -> float:
+        return self.now
+
+
+def test_connections_ending_without_a_login_are_counted_per_window() -> None:
+    clock = Clock()
+    caps = ConnectionCaps(2, 100, 100, max_anonymous_per_window=3, clock=clock)
+    ip = "192.0.2.1"
+    for worker in (0, 1, 0):  # counted by whichever worker served them
+        caps.worker = worker
+        slot = caps.acquire(ip)
+        assert slot is not None
+        assert not caps.over_rate(ip)
+        caps.release(slot)
+    assert caps.over_rate(ip)
+    assert not caps.over_rate(other_ip(caps, ip, V4_OTHERS))
+    clock.now += RATE_WINDOW  # a new window: the counts start again
+    assert not caps.over_rate(ip)
+    caps.worker = 1
+    slot = caps.acquire(ip)
+    assert slot is not None
+    caps.release(slot)
+    assert not caps.over_rate(ip)  # the old window's counts are gone, not added
+
+
+def test_logged_in_connections_never_count_against_the_rate() -> None:
+    caps = ConnectionCaps(1, 100, 100, max_anonymous_per_window=1, clock=Clock())
+    for _ in range(5):
+        slot = caps.acquire("192.0.2.1")
+        assert slot is not None
+        caps.promote()
+        caps.release(slot, authenticated=True)
+    assert not caps.over_rate("192.0.2.1")
+
+
+def test_no_rate_limit_by_default() -> None:
+    caps = ConnectionCaps(1, 100, 100)
+    for _ in range(50):
+        slot = caps.acquire("192.0.2.1")
+        assert slot is not None
+        caps.release(slot)
+    assert not caps.over_rate("192.0.2.1")

@@ -320,7 +320,7 @@ def test_the_worker_refuses_past_its_own_ceiling(serve: ServeFactory) -> None:
             assert (reply.code, reply.text) == (421, replies.TOO_MANY_CONNECTIONS.text)
         assert first.command("NOOP").code == 250
         assert second.command("NOOP").code == 250
-    live.log.wait_for(rf"event=refused {CONN} reason=connection_cap$")
+    live.log.wait_for(rf"event=refused {CONN} reason=descriptors$")
 
 
 def test_a_client_that_reads_late_gets_every_reply(serve: ServeFactory) -> None:
@@ -355,3 +355,43 @@ def test_a_flood_from_one_address_is_logged_in_full_only_for_its_first_connectio
     flood = live.log.wait_for(r"event=flood ")
     assert f"client=127.0.0.1 interval=10s connections={BURST + 10} logged={BURST} " in flood
     assert "connect=10 disconnect=10" in flood
+
+
+# --- the rate of connections that end without a login ------------------------------------------
+
+
+def _quit_without_login(live: LiveWorker) -> None:
+    with greeted(live.client()) as client:
+        assert client.command("QUIT").code == 221
+        assert client.closed() == b""
+
+
+def test_an_address_that_keeps_leaving_without_a_login_is_refused_before_tls(
+    serve: ServeFactory,
+) -> None:
+    caps = ConnectionCaps(1, 100, 100, max_anonymous_per_window=3)
+    live = serve(caps=caps)
+    for number in range(1, 4):
+        _quit_without_login(live)
+        live.log.wait_for(r"event=disconnect ", count=number)  # counted once it has ended
+    with live.client() as refused:
+        reply = refused.reply()
+        assert (reply.code, reply.text) == (421, replies.TOO_MANY_CONNECTIONS.text)
+    with live.raw_tls_client() as no_handshake:
+        no_handshake.sendall(client_hello())
+        assert read_to_close(no_handshake) == b""  # closed before any TLS work
+    live.log.wait_for(rf"event=refused {CONN} reason=connection_rate$", count=2)
+    assert len(live.admissions.asked) == 3
+
+
+def test_connections_that_log_in_never_count_against_the_rate(serve: ServeFactory) -> None:
+    caps = ConnectionCaps(1, 100, 100, max_anonymous_per_window=2)
+    live = serve(caps=caps, settings=LOGIN_SETTINGS)
+    for number in range(1, 6):
+        with greeted(live.client()) as client:
+            login(client)
+            assert client.command("QUIT").code == 221
+        live.log.wait_for(r"event=disconnect ", count=number)
+    with greeted(live.client()) as still_welcome:
+        assert still_welcome.command("NOOP").code == 250
+    assert not live.log.matching("event=refused")
