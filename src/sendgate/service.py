@@ -33,6 +33,7 @@ from sendgate.policy.passwords import new_hasher
 from sendgate.policy.quota import SendingLimits
 from sendgate.server.caps import RATE_WINDOW, ConnectionCaps
 from sendgate.server.descriptors import connection_budget, raise_limit
+from sendgate.server.memory import return_freed_memory
 from sendgate.server.supervisor import RESEND_EVERY, Supervisor, bind
 from sendgate.server.tls import TlsContextHolder
 from sendgate.server.worker import Listener, Timeouts, Worker
@@ -124,6 +125,7 @@ def serve(cfg: Config, log: EventLog) -> int:
                 address=f"[{host}]:{port}" if ":" in host else f"{host}:{port}",
             )
     workers = cfg.listen.workers or os.cpu_count() or 1
+    return_freed_memory()  # inherited by the workers
     descriptors = raise_limit()
     per_worker = connection_budget(descriptors)
     log.event(
@@ -141,6 +143,8 @@ def serve(cfg: Config, log: EventLog) -> int:
         math.ceil(limits.unauthenticated_rate_per_ip * RATE_WINDOW / 60),
     )
     settings = session_settings(cfg)
+    # Room for one whole message (with what DATA's dot-stuffing may add) in every worker.
+    message_memory = max(limits.message_memory // workers, limits.max_message_size + (128 << 10))
     timeouts = Timeouts(
         command=limits.command_timeout,
         pressure_command=limits.pressure_command_timeout,
@@ -196,6 +200,7 @@ def serve(cfg: Config, log: EventLog) -> int:
             handler_factory=submission.admit,
             log=log,
             timeouts=timeouts,
+            message_memory=message_memory,
         )
         try:
             run_loop(worker.run)

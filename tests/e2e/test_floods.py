@@ -5,7 +5,8 @@ the loopback interface) and checks what the issue asks of it: a client that pipe
 million commands and never reads costs a bounded amount of memory and is dropped; thousands of
 idle connections from 40 addresses do not keep a new client from its banner and its mail; 300
 stalled TLS handshakes from one address cost others nothing, also under a 1,024 descriptor
-limit; a byte every 5 s does not keep a connection alive.
+limit; a byte every 5 s does not keep a connection alive; 40 clients sending 20 MiB each at
+once are all answered within the memory budget, and the memory is given back.
 """
 
 from __future__ import annotations
@@ -223,3 +224,47 @@ def test_a_byte_every_five_seconds_is_cut_at_the_command_timeout(
     assert received.startswith(b"421 4.4.2 Idle timeout"), received
     assert 8 <= elapsed < 12, f"cut after {elapsed:.1f} s"
     running.wait_for(r"event=timeout .*client=127\.0\.10\.1 kind=idle")
+
+
+def test_forty_clients_sending_20_mib_at_once(
+    instance: InstanceFactory, server: ServerFactory
+) -> None:
+    running = server(instance())
+    made = running.instance
+    with running.smtp() as first:  # the worker is up (its start-up allocations are over)
+        assert first.noop()[0] == 250
+    before = rss(running.worker_pids)
+    body = (b"x" * 76 + b"\r\n") * (20 * MIB // 78)
+    message = made.message("big") + body
+    ids: list[str] = []
+    failures: list[str] = []
+
+    def send() -> None:
+        try:
+            with running.smtp(timeout=120) as client:
+                # SIZE declared: a client waits at MAIL FROM for room instead of sending
+                # 20 MiB to be refused.
+                code, text = client.mail(made.user, [f"SIZE={len(message)}"])
+                assert code == 250, (code, text)
+                assert client.rcpt("bob@example.org")[0] == 250
+                code, text = client.data(message)
+                assert code == 250, (code, text)
+                ids.append(text.decode().rsplit(" ", 1)[-1])
+        except Exception as exc:  # collected: a thread's failure must fail the test
+            failures.append(repr(exc))
+
+    senders = [threading.Thread(target=send, daemon=True) for _ in range(40)]
+    for sender in senders:
+        sender.start()
+    peak = before
+    pace = threading.Event()
+    while any(sender.is_alive() for sender in senders):
+        peak = max(peak, rss(running.worker_pids))
+        pace.wait(0.05)  # a sampling interval, not a synchronisation
+    assert failures == []
+    assert len(set(ids)) == 40
+    assert sorted(ids) == sorted(made.queue_ids())  # every 250 is on disk
+    growth = peak - before
+    assert growth < 300 * MIB, f"RSS grew {growth / MIB:.0f} MiB"
+    # And given back: near the baseline again within a minute.
+    assert wait_until(lambda: rss(running.worker_pids) - before < 32 * MIB, within=60)

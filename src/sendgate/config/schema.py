@@ -146,6 +146,16 @@ class LimitsConfig:
             Int(1024, 1073741824), "Largest message accepted, in bytes (announced in EHLO SIZE)."
         ),
     )
+    message_memory: int = field(
+        default=67108864,
+        metadata=setting(
+            Int(1048576, 68719476736),
+            "Octets of message content held in memory at once, all workers together (each "
+            "worker gets its share, and always room for one message of max_message_size); a "
+            "message that does not fit is answered 452 4.3.1, at MAIL FROM if it declared its "
+            "SIZE. Signing and queueing briefly need up to about three times the message.",
+        ),
+    )
     max_recipients: int = field(
         default=100, metadata=setting(Int(1, 10000), "Most RCPT TO accepted per message.")
     )

@@ -23,7 +23,7 @@ from sendgate.log import EventLog, EventSink
 from sendgate.server.admission import Admission, ConnectionHandler, Refusal, ask, log_refusal
 from sendgate.server.handshake import accept_tls, established, log_failure, start_tls
 from sendgate.smtp import replies
-from sendgate.smtp.events import NEED_DATA, StartTls
+from sendgate.smtp.events import NEED_DATA, MailFrom, MessageReceived, StartTls
 from sendgate.smtp.replies import Reply
 from sendgate.smtp.session import Session, SessionSettings
 
@@ -46,6 +46,9 @@ class ServerContext(Protocol):
     def command_timeout(self, authenticated: bool) -> float: ...
     def acquire(self, conn: SmtpConnection) -> int | str: ...  # a slot, or why not
     def promote(self, conn: SmtpConnection) -> None: ...
+    def take_memory(self, octets: int) -> bool: ...
+    async def wait_for_memory(self, octets: int) -> bool: ...
+    def give_memory(self, octets: int) -> None: ...
     def release(self, conn: SmtpConnection, slot: int) -> None: ...
     def admit(self, ip: str, conn_id: str) -> Admission | Awaitable[Admission]: ...
 
@@ -84,6 +87,8 @@ class SmtpConnection(asyncio.Protocol):
         self._write_blocked = False  # the transport's buffer is full: the client does not read
         self._closing = False
         self.authenticated = False  # counted out of the unauthenticated share
+        self._charged = 0  # octets of message content counted in the worker's memory budget
+        self._reserved = 0  # octets declared with MAIL FROM SIZE=, for the transaction
         self.connected_at = 0.0
         self.conn_id = f"c{next(_conn_ids)}"
         self.client_ip = "?"
@@ -282,8 +287,15 @@ class SmtpConnection(asyncio.Protocol):
                 self._upgrading = True
                 self._task = self._loop.create_task(self._start_tls(self._transport))
                 return
+            if isinstance(event, MessageReceived) and not self._charge(session):
+                session.answer(replies.STORAGE_FULL)  # ended within one read, over the budget
+                continue
+            answer: Reply | Awaitable[Reply]
             try:
-                answer = handler.handle(event, session)
+                if isinstance(event, MailFrom) and event.size and not self._reserve(event.size):
+                    answer = self._when_memory_allows(event, session, handler)
+                else:
+                    answer = handler.handle(event, session)
             except Exception as exc:
                 self._server.log.event("handler_error", "error", conn=self.conn_id, error=repr(exc))
                 answer = replies.LOCAL_ERROR
@@ -380,11 +392,63 @@ class SmtpConnection(asyncio.Protocol):
         if session.progress != self._progress:
             self._progress = session.progress
             self._last_activity = self._loop.time()
+        if session.content_held != self._charged or self._reserved:
+            self._charge(session)
         if session.authenticated is not None and not self.authenticated:
             self.authenticated = True
             self._server.promote(self)
         if session.closed:
             self._close()
+
+    # --- the memory budget ---
+
+    def _reserve(self, size: int) -> bool:
+        """Count a declared message size (MAIL FROM SIZE=) before any of it is sent."""
+        more = size - self._charged
+        if more > 0 and not self._server.take_memory(more):
+            return False
+        self._reserved = size
+        self._charged = max(self._charged, size)
+        return True
+
+    async def _when_memory_allows(
+        self, event: MailFrom, session: Session, handler: ConnectionHandler
+    ) -> Reply:
+        """MAIL FROM with a SIZE that does not fit now: wait for room, then ask the handler."""
+        size = event.size
+        assert size is not None
+        more = size - self._charged
+        if not await self._server.wait_for_memory(more):
+            self._log.event("rejected", "warning", reason="memory", size=size)
+            return replies.STORAGE_FULL
+        self._reserved = size
+        self._charged = max(self._charged, size)
+        if self._closing:
+            return replies.STORAGE_FULL  # gone meanwhile: _release has given back the rest
+        answer = handler.handle(event, session)
+        return answer if isinstance(answer, Reply) else await answer
+
+    def _charge(self, session: Session) -> bool:
+        """Bring the budget to what the Session holds; False (its message dropped) if it does
+        not fit. A message already handed over in MessageReceived is the caller's to refuse."""
+        need = session.content_held
+        if self._reserved:
+            if session.busy:
+                need = max(need, self._reserved)
+            else:
+                self._reserved = 0  # the transaction is over
+        if need > self._charged and not self._server.take_memory(need - self._charged):
+            self._log.event("rejected", "warning", reason="memory", held=need)
+            session.drop_content()  # its end will be answered 452 4.3.1
+            self._reserved = 0
+            need = min(session.content_held, self._charged)
+            fits = False
+        else:
+            fits = True
+        if need < self._charged:
+            self._server.give_memory(self._charged - need)
+        self._charged = need
+        return fits
 
     def _close(self) -> None:
         if self._closing:
@@ -407,6 +471,9 @@ class SmtpConnection(asyncio.Protocol):
         for timer in (self._idle_timer, self._session_timer):
             if timer is not None:
                 timer.cancel()
+        if self._charged:
+            self._server.give_memory(self._charged)
+            self._charged = self._reserved = 0
         if self._slot is not None:
             self._server.release(self, self._slot)
             self._slot = None

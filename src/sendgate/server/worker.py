@@ -26,6 +26,7 @@ from sendgate.server.caps import ConnectionCaps
 from sendgate.server.connection import SmtpConnection
 from sendgate.server.descriptors import connection_budget
 from sendgate.server.floods import INTERVAL, FloodLog
+from sendgate.server.memory import MemoryBudget
 from sendgate.server.tls import TlsContextHolder
 from sendgate.smtp.session import SessionSettings
 
@@ -54,6 +55,9 @@ class Timeouts:
     # log in, and a flood cannot push out its own connections faster than that.
     room_min_age: float = 1.0
     flood_interval: float = INTERVAL  # how often held-back connection lines are summed up
+    # How long MAIL FROM with a SIZE waits for memory before 452 4.3.1 (clients wait 5 minutes
+    # for the reply, RFC 5321 4.5.3.2.2).
+    memory_wait: float = 60.0
 
 
 class Worker:
@@ -70,9 +74,11 @@ class Worker:
         log: EventLog,
         timeouts: Timeouts,
         max_connections: int | None = None,
+        message_memory: int = 1 << 62,
     ) -> None:
         """`max_connections`: this process's own ceiling (by default, what its descriptor limit
-        allows after the reserve, see server.descriptors)."""
+        allows after the reserve, see server.descriptors); `message_memory`: octets of message
+        content its connections may hold together (server.memory)."""
         self.settings = settings
         self.log = log
         self.session_timeout = timeouts.session
@@ -86,6 +92,7 @@ class Worker:
         self._handler_factory = handler_factory
         self._timeouts = timeouts
         self._floods = FloodLog(log, interval=timeouts.flood_interval)
+        self._memory = MemoryBudget(message_memory)
         self._connections: set[SmtpConnection] = set()
         self._budget = max_connections or connection_budget(
             resource.getrlimit(resource.RLIMIT_NOFILE)[0]
@@ -150,6 +157,19 @@ class Worker:
                 conn.make_room()
                 return True
         return False
+
+    @property
+    def memory_used(self) -> int:
+        return self._memory.used
+
+    def take_memory(self, octets: int) -> bool:
+        return self._memory.take(octets)
+
+    def give_memory(self, octets: int) -> None:
+        self._memory.give(octets)
+
+    async def wait_for_memory(self, octets: int) -> bool:
+        return await self._memory.wait_to_take(octets, self._timeouts.memory_wait)
 
     def promote(self, conn: SmtpConnection) -> None:
         self._caps.promote()

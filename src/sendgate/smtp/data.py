@@ -3,8 +3,9 @@
 Security: the bytes are the client's message. DATA ends only at CRLF "." CRLF (RFC 5321 4.1.1.4);
 a bare CR or LF anywhere makes the message refused (SMTP smuggling defence), lines over 998
 octets are refused (RFC 5321 4.5.3.1.6), and at most `max_size` octets are ever held in memory:
-past that the content is counted, not kept. All scans are single C-level passes (bytes.find,
-count, split) so cost stays linear in the message size.
+past that the content is counted, not kept (and none at all once the shell has dropped it for
+want of memory). All scans are C-level passes (bytes.find, count, split over bounded windows)
+so cost stays linear in the message size and the copies made at the end are few and short-lived.
 """
 
 from __future__ import annotations
@@ -16,6 +17,9 @@ _TERMINATOR = b"\r\n.\r\n"
 # Raw DATA carries dot-stuffing, so it may run slightly over the limit that applies after
 # unstuffing; keep this much slack before giving up on holding the bytes.
 _STUFFING_SLACK = 64 * 1024
+# The long-line check splits the content in windows of about this size, so that it never
+# holds a list of every line of a large message.
+_LINE_WINDOW = 1 << 20
 
 
 class ContentProblem(Enum):
@@ -25,6 +29,7 @@ class ContentProblem(Enum):
     BARE_NEWLINE = "bare_newline"
     LONG_LINE = "long_line"
     NO_FINAL_CRLF = "no_final_crlf"
+    NO_MEMORY = "no_memory"  # dropped by the shell: the server's memory budget was spent
 
 
 @dataclass(frozen=True, slots=True)
@@ -46,17 +51,42 @@ def check_content(data: bytes, size: int, max_size: int) -> Content:
     if data and not data.endswith(b"\r\n"):
         # Only BDAT can end mid-line; RFC 5322 lines end with CRLF, and relaying would add one.
         return Content(None, size, ContentProblem.NO_FINAL_CRLF)
-    # One C-level split beats a regex here: `[^\r\n]{999}` backtracks at every offset.
-    if size > 998 and max(map(len, data.split(b"\r\n"))) > 998:
+    if size > 998 and _has_long_line(data):
         return Content(None, size, ContentProblem.LONG_LINE)
     return Content(data, size, None)
 
 
+def _has_long_line(data: bytes) -> bool:
+    """True if a line (CRLF-separated) is over 998 octets.
+
+    C-level splits beat a regex here (`[^\r\n]{999}` backtracks at every offset); each window
+    ends at a CRLF, so no line is cut, and a window never grows by more than one line.
+    """
+    start, size = 0, len(data)
+    while start < size:
+        end = start + _LINE_WINDOW
+        if end >= size:
+            end = size
+        else:
+            crlf = data.find(b"\r\n", end)
+            stop = size if crlf < 0 else crlf
+            if stop - end > 998:
+                return True
+            end = stop
+        if max(map(len, data[start:end].split(b"\r\n"))) > 998:
+            return True
+        start = end + 2
+    return False
+
+
 def dot_unstuff(raw: bytes) -> bytes:
     """Remove the leading "." of every line that has one (RFC 5321 4.5.2)."""
-    if not raw.startswith(b".") and b"\r\n." not in raw:
-        return raw
-    return (b"\r\n" + raw).replace(b"\r\n.", b"\r\n")[2:]
+    # The first line has no CRLF before it; the others' dots go in one replace (no prefixed
+    # copy of the whole message).
+    first = raw.startswith(b".")
+    if b"\r\n." in raw:
+        raw = raw.replace(b"\r\n.", b"\r\n")
+    return raw[1:] if first else raw
 
 
 def dot_stuff(content: bytes) -> bytes:
@@ -72,8 +102,16 @@ class DataReader:
         self._limit = max_size + _STUFFING_SLACK
         self._chunks: list[bytes] = []
         self._total = 0
+        self.held = 0  # octets kept in memory
+        self._dropped = False
         # The content is searched as if preceded by CRLF, so ".\r\n" at the very start ends it.
         self._tail = b"\r\n"
+
+    def drop(self) -> None:
+        """Let go of the content (the shell's memory budget is spent): the message is refused."""
+        self._dropped = True
+        self._chunks = []
+        self.held = 0
 
     def feed(self, data: bytes) -> tuple[int, Content | None]:
         """Consume bytes; return (octets consumed, Content once the terminator was seen)."""
@@ -95,13 +133,21 @@ class DataReader:
             trim = -cut
         # At most len(".\r") octets past the limit may be trimmed: `_keep` holds them too.
         size = self._total - trim
+        self.held = 0  # what is kept now goes to the Content (or nowhere)
         if size > self._limit:
             return consumed, Content(None, size, ContentProblem.TOO_BIG)
+        if self._dropped:
+            return consumed, Content(None, size, ContentProblem.NO_MEMORY)
         raw = b"".join(self._chunks)
-        content = dot_unstuff(raw[: len(raw) - trim])
+        self._chunks = []  # one copy of the content at a time, as far as possible
+        if trim:
+            raw = raw[: len(raw) - trim]
+        content = dot_unstuff(raw)
+        del raw
         return consumed, check_content(content, len(content), self._max_size)
 
     def _keep(self, data: bytes) -> None:
         self._total += len(data)
-        if self._total <= self._limit + 2:
+        if self._total <= self._limit + 2 and not self._dropped:
             self._chunks.append(data)
+            self.held += len(data)

@@ -168,6 +168,9 @@ class Session:
         self._chunk_last = False
         self._chunks: list[bytes] = []
         self._chunks_size = 0
+        self._chunks_held = 0  # octets of BDAT chunks kept in memory
+        self._dropped = False  # the shell dropped this message's content: refuse it with 452
+        self._received = 0  # octets of the message handed over in a pending MessageReceived
         self._lines = 0  # complete command lines consumed (for `progress`)
         self._content = 0  # message content octets consumed (for `progress`)
 
@@ -189,6 +192,31 @@ class Session:
         a byte at a time without ending a line (or a body far below a sane rate) is cut off.
         """
         return self._lines + self._content // CONTENT_STEP
+
+    @property
+    def content_held(self) -> int:
+        """Octets of the current message held in memory (until its MessageReceived is answered).
+
+        The shell charges them to its memory budget; see `drop_content`.
+        """
+        data = self._data.held if self._data is not None else 0
+        return data + self._chunks_held + self._received
+
+    def drop_content(self) -> None:
+        """Let go of the message being received: the memory budget is spent.
+
+        The rest of its content is read and not kept, and its end is answered with 452 4.3.1
+        (as is the BDAT chunk under way, after which the transaction is reset). A message
+        already handed over in MessageReceived is not affected.
+        """
+        if self._data is not None:
+            self._data.drop()
+        elif self._state is State.BDAT or self._in_chunk:
+            self._chunks = []
+            self._chunks_held = 0
+            self._dropped = True
+            if self._in_chunk and self._chunk_reply is None:
+                self._chunk_reply = replies.STORAGE_FULL
 
     @property
     def output_full(self) -> bool:
@@ -275,6 +303,7 @@ class Session:
         if event is None:
             raise ProtocolUsageError("no event to answer")
         self._pending = None
+        self._received = 0
         if self._state is State.CLOSED:  # EOF arrived while the application decided
             return
         ok = reply.is_positive
@@ -321,6 +350,8 @@ class Session:
         self._data = None
         self._chunks = []
         self._chunks_size = 0
+        self._chunks_held = 0
+        self._dropped = False
         if self._state not in (State.INIT, State.CLOSED):
             self._state = State.READY
 
@@ -388,6 +419,7 @@ class Session:
         if take:
             if self._chunk_reply is None and self._chunks_size <= self.settings.max_message_size:
                 self._chunks.append(bytes(self._buf[:take]))
+                self._chunks_held += take
             del self._buf[:take]
             self._chunk_left -= take
             self._content += take
@@ -398,6 +430,8 @@ class Session:
         self._in_chunk = False
         self._chunk_reply = None
         if refusal is not None:
+            if self._dropped:  # the chunk was read only to be refused for want of memory
+                self._reset_transaction()
             self._send(refusal)
             return None
         if self._chunks_size > self.settings.max_message_size:
@@ -409,6 +443,8 @@ class Session:
             self._send(replies.CHUNK_OK.with_text(f"{self._chunks_size} octets received"))
             return None
         data = b"".join(self._chunks)
+        self._chunks = []
+        self._chunks_held = 0
         return self._end_of_message(check_content(data, len(data), self.settings.max_message_size))
 
     def _end_of_message(self, content: Content) -> Event | None:
@@ -422,10 +458,12 @@ class Session:
                     ContentProblem.BARE_NEWLINE: replies.BARE_NEWLINE_IN_DATA,
                     ContentProblem.LONG_LINE: replies.TEXT_LINE_TOO_LONG,
                     ContentProblem.NO_FINAL_CRLF: replies.NO_FINAL_CRLF,
+                    ContentProblem.NO_MEMORY: replies.STORAGE_FULL,
                 }[content.problem or ContentProblem.TOO_BIG]
             )
             return None
         self._state = State.RCPT  # until answered: the transaction is still open
+        self._received = content.size
         return MessageReceived(
             txn.sender,
             tuple(txn.recipients),
@@ -603,6 +641,8 @@ class Session:
             self._send(replies.SYNTAX_ERROR)
             return
         size, last = parsed
+        if refusal is None and self._dropped:
+            refusal = replies.STORAGE_FULL  # an earlier chunk was dropped for want of memory
         # The chunk's octets follow the command whatever we answer: consume them all, or they
         # would be read as commands.
         self._in_chunk = True

@@ -181,6 +181,7 @@ class LiveWorker:
         settings: SessionSettings,
         pair: CertPair | None = None,
         budget: int | None = None,
+        memory: int = 1 << 40,
     ) -> None:
         self.loop_kind = loop_kind
         self.client_ctx = pki.client
@@ -200,6 +201,7 @@ class LiveWorker:
             log=EventLog(self.log),
             timeouts=timeouts,
             max_connections=budget,
+            message_memory=memory,
         )
         self.loop: asyncio.AbstractEventLoop | None = None
         self._ready = threading.Event()
@@ -345,7 +347,7 @@ ServeFactory = Callable[..., LiveWorker]
 @pytest.fixture
 def serve(loop_kind: LoopKind, pki: Pki) -> Iterator[ServeFactory]:
     """Start a LiveWorker; keyword arguments override caps, timeouts, settings, certificate and
-    the worker's own connection ceiling (`budget`)."""
+    the worker's own connection ceiling (`budget`) and its message memory (`memory`)."""
     started: list[LiveWorker] = []
 
     def start(
@@ -356,6 +358,7 @@ def serve(loop_kind: LoopKind, pki: Pki) -> Iterator[ServeFactory]:
         settings: SessionSettings | None = None,
         pair: CertPair | None = None,
         budget: int | None = None,
+        memory: int = 1 << 40,
     ) -> LiveWorker:
         live = LiveWorker(
             loop_kind,
@@ -366,6 +369,7 @@ def serve(loop_kind: LoopKind, pki: Pki) -> Iterator[ServeFactory]:
             settings=settings or SessionSettings(hostname=HOSTNAME, auth_required=False),
             pair=pair,
             budget=budget,
+            memory=memory,
         )
         started.append(live.start())
         return live

@@ -32,7 +32,7 @@ from sendgate.server.caps import ConnectionCaps
 from sendgate.server.floods import BURST
 from sendgate.server.worker import Timeouts
 from sendgate.smtp import replies
-from sendgate.smtp.events import MailFrom
+from sendgate.smtp.events import MailFrom, MessageReceived
 from sendgate.smtp.session import SessionSettings
 
 FAST = Timeouts(command=0.4, session=60, handshake=10, reload_interval=0, close_grace=0.2)
@@ -70,6 +70,18 @@ def wait_until(condition: Callable[[], bool]) -> bool:
 
 
 OK = replies.OK.encode()
+
+
+def no_reply_yet(client: Client) -> bool:
+    sock = client.sock
+    sock.setblocking(False)
+    try:
+        sock.recv(1, socket.MSG_PEEK)
+    except BlockingIOError:
+        return True
+    finally:
+        sock.settimeout(WAIT)
+    return False
 
 
 def read_exactly(sock: socket.socket, size: int) -> bytes:
@@ -395,3 +407,81 @@ def test_connections_that_log_in_never_count_against_the_rate(serve: ServeFactor
     with greeted(live.client()) as still_welcome:
         assert still_welcome.command("NOOP").code == 250
     assert not live.log.matching("event=refused")
+
+
+# --- the memory budget for message content -----------------------------------------------------
+
+
+def _transaction(client: Client, size: int | None = None) -> None:
+    assert client.command("EHLO client.example").code == 250
+    declared = f" SIZE={size}" if size is not None else ""
+    assert client.command(f"MAIL FROM:<a@example.test>{declared}").code == 250
+    assert client.command("RCPT TO:<b@example.org>").code == 250
+
+
+def _body(size: int) -> bytes:
+    line = b"x" * 98 + b"\r\n"
+    return line * (size // len(line)) + b".\r\n"
+
+
+def test_a_declared_size_waits_at_mail_for_memory_another_message_holds(
+    serve: ServeFactory,
+) -> None:
+    live = serve(memory=300_000)
+    with greeted(live.client()) as first, greeted(live.client()) as second:
+        _transaction(first, 200_000)
+        assert live.worker.memory_used == 200_000  # reserved before any content
+        assert second.command("EHLO client.example").code == 250
+        second.send(b"MAIL FROM:<a@example.test> SIZE=200000\r\n")
+        # The second waits for room (a decision under way), with no answer yet.
+        assert wait_until(lambda: sum(not c.evictable for c in live.worker.connections) == 1)
+        assert no_reply_yet(second)
+        assert first.command("DATA").code == 354
+        first.send(_body(150_000))
+        assert first.reply().code == 250
+        assert second.reply().code == 250  # the first message was answered: room again
+        assert live.worker.memory_used == 200_000
+        assert second.command("RSET").code == 250
+    assert wait_until(lambda: live.worker.memory_used == 0)
+    kinds = [type(event).__name__ for event in live.admissions.handler.events]
+    assert kinds == ["MailFrom", "RcptTo", "MessageReceived", "MailFrom"]
+
+
+def test_a_declared_size_that_never_fits_in_time_gets_452(serve: ServeFactory) -> None:
+    timeouts = Timeouts(reload_interval=0, memory_wait=0.2)
+    live = serve(memory=300_000, timeouts=timeouts)
+    with greeted(live.client()) as first, greeted(live.client()) as second:
+        _transaction(first, 200_000)
+        assert second.command("EHLO client.example").code == 250
+        reply = second.command("MAIL FROM:<a@example.test> SIZE=200000")
+        assert (reply.code, reply.enhanced) == (452, "4.3.1")
+        assert second.command("MAIL FROM:<a@example.test> SIZE=50000").code == 250
+    live.log.wait_for(rf"event=rejected {CONN} reason=memory size=200000$")
+    assert wait_until(lambda: live.worker.memory_used == 0)
+
+
+@pytest.mark.parametrize("command", ["DATA", "BDAT"])
+def test_an_undeclared_message_over_the_budget_is_dropped_and_answered_452(
+    serve: ServeFactory, command: str
+) -> None:
+    live = serve(memory=300_000)
+    with greeted(live.client()) as client:
+        _transaction(client)
+        content = _body(400_000)
+        if command == "DATA":
+            assert client.command("DATA").code == 354
+            client.send(content)
+        else:
+            body = content[:-3]
+            client.send(f"BDAT {len(body)} LAST\r\n".encode() + body)
+        reply = client.reply()
+        assert (reply.code, reply.enhanced) == (452, "4.3.1")
+        assert live.worker.memory_used == 0  # let go of at once, not at the end
+        _transaction(client)  # the connection goes on: a message that fits is taken
+        assert client.command("DATA").code == 354
+        client.send(_body(100_000))
+        assert client.reply().code == 250
+    live.log.wait_for(rf"event=rejected {CONN} reason=memory held=\d+$")
+    assert wait_until(lambda: live.worker.memory_used == 0)
+    received = [e for e in live.admissions.handler.events if isinstance(e, MessageReceived)]
+    assert [len(e.content) for e in received] == [len(_body(100_000)) - 3]

@@ -230,3 +230,37 @@ def test_reader_outcome_at_the_slack_boundary_does_not_depend_on_chunking(split:
     assert whole == (len(raw), Content(b".\r\n" * SLACK, max_size, None))
     cut = len(content) + split  # the first read ends in "." or ".\r"
     assert read_all(DataReader(max_size), [raw[:cut], raw[cut:]]) == whole
+
+
+# --- dropping, and the long-line check over windows ---
+
+
+def test_a_dropped_reader_keeps_nothing_and_reports_no_memory() -> None:
+    reader = DataReader(10_000)
+    used, content = reader.feed(b"abc\r\n")
+    assert (used, content, reader.held) == (5, None, 5)
+    reader.drop()
+    assert reader.held == 0
+    reader.feed(b"def\r\n")
+    assert reader.held == 0
+    _, content = reader.feed(b".\r\n")
+    assert content is not None
+    assert (content.data, content.problem) == (None, ContentProblem.NO_MEMORY)
+
+
+@pytest.mark.parametrize("at", [0, 1, (1 << 20) - 500, (1 << 20) - 2, 1 << 20, -1001])
+def test_a_long_line_is_found_wherever_the_windows_fall(at: int) -> None:
+    line = b"a" * 76 + b"\r\n"
+    body = bytearray(line * ((3 << 20) // len(line)))
+    at %= len(body)  # negative: from the end (before the last CRLF)
+    ok = bytes(body)
+    assert check_content(ok, len(ok), 1 << 30).problem is None
+    body[at : at + 999] = b"b" * 999  # one line of at least 999 octets
+    data = bytes(body)
+    assert check_content(data, len(data), 1 << 30).problem is ContentProblem.LONG_LINE
+
+
+def test_lines_of_998_octets_across_window_edges_are_fine() -> None:
+    line = b"c" * 998 + b"\r\n"
+    data = line * ((3 << 20) // len(line))
+    assert check_content(data, len(data), 1 << 30).problem is None

@@ -1720,3 +1720,62 @@ def test_input_waits_while_replies_are_unsent() -> None:
     answered += session.data_to_send().count(reply)
     assert answered == count
     assert not session.output_full
+
+
+# --- content_held and drop_content: the shell's memory budget ---
+
+
+def test_content_held_counts_data_until_the_message_is_answered() -> None:
+    session = in_data()
+    assert session.content_held == 0
+    session.receive_data(b"Subject: x\r\n\r\n" + b"y" * 900 + b"\r\n")
+    assert session.next_event() is NEED_DATA
+    assert session.content_held >= 900
+    session.receive_data(b".\r\n")
+    event = session.next_event()
+    assert isinstance(event, MessageReceived)
+    assert session.content_held == event.size  # handed over, still in memory
+    session.answer(QUEUED)
+    assert session.content_held == 0
+
+
+def test_dropped_data_is_refused_at_its_end_and_the_session_goes_on() -> None:
+    session = in_data()
+    feed(session, b"Subject: x\r\n\r\n" + b"y" * 900 + b"\r\n")
+    session.drop_content()
+    assert session.content_held == 0
+    exchange = feed(session, b"more\r\n" * 100, b".\r\n")
+    assert exchange.events == []
+    assert exchange.finals == ["452 4.3.1 Insufficient system storage, try again later"]
+    assert session.content_held == 0
+    assert talk(session, "MAIL FROM:<alice@example.org>").codes == ["250 2.1.0"]
+
+
+def test_a_bdat_chunk_dropped_midway_is_refused_and_the_transaction_reset() -> None:
+    session = rcpt()
+    feed(session, b"BDAT 2000 LAST\r\n" + b"z" * 500)
+    assert session.content_held == 500
+    session.drop_content()
+    assert session.content_held == 0
+    exchange = feed(session, b"z" * 1500)
+    assert exchange.events == []
+    assert exchange.codes == ["452 4.3.1"]
+    assert talk(session, "RCPT TO:<bob@example.net>").codes == ["503 5.5.1"]  # reset
+
+
+def test_a_bdat_message_dropped_between_chunks_refuses_the_next_chunk() -> None:
+    session = rcpt()
+    assert feed(session, b"BDAT 4\r\nabcd").codes == ["250 2.0.0"]
+    assert session.content_held == 4
+    session.drop_content()
+    exchange = feed(session, b"BDAT 3 LAST\r\nefg")
+    assert exchange.events == []
+    assert exchange.codes == ["452 4.3.1"]
+    assert talk(session, "MAIL FROM:<alice@example.org>").codes == ["250 2.1.0"]
+
+
+def test_drop_content_outside_a_message_changes_nothing() -> None:
+    session = rcpt()
+    session.drop_content()
+    assert talk(session, "DATA").codes == ["354"]
+    assert feed(session, b"Subject: x\r\n\r\nok\r\n.\r\n").codes == ["250 2.0.0"]
