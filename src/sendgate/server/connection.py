@@ -379,6 +379,15 @@ class SmtpConnection(asyncio.Protocol):
         session = self._session
         if session is None:
             return
+        # Books first, so that whatever a client does on reading a reply finds them current.
+        if session.progress != self._progress:
+            self._progress = session.progress
+            self._last_activity = self._loop.time()
+        if session.content_held != self._charged or self._reserved:
+            self._charge(session)
+        if session.authenticated is not None and not self.authenticated:
+            self.authenticated = True
+            self._server.promote(self)
         out = session.data_to_send()
         if out:
             self._write(out)
@@ -389,14 +398,6 @@ class SmtpConnection(asyncio.Protocol):
                     code=f"{refusal.code} {refusal.enhanced}",
                     text=refusal.text,
                 )
-        if session.progress != self._progress:
-            self._progress = session.progress
-            self._last_activity = self._loop.time()
-        if session.content_held != self._charged or self._reserved:
-            self._charge(session)
-        if session.authenticated is not None and not self.authenticated:
-            self.authenticated = True
-            self._server.promote(self)
         if session.closed:
             self._close()
 

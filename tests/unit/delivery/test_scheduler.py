@@ -425,7 +425,9 @@ def test_an_arrival_moments_after_a_claim_waits_to_be_claimed_with_the_next_ones
         first_claim = claims[0][0]
         assert announced_at < first_claim + gather  # arrived within the gather window
         [(at, ids)] = [claim for claim in claims if claim[1]][1:]
-        assert at >= first_claim + gather  # not claimed at once...
+        # Not claimed at once... (the stamps come from the claiming thread, a thread hop after
+        # the scheduler's own, so they may lag it by a little, differently each time)
+        assert at - first_claim >= gather - 0.1
         assert sorted(ids) == sorted([second, third])  # ...but both in one claim
 
     with Receiver("127.0.62.40", 25) as receiver:

@@ -1,0 +1,234 @@
+"""Faults at every step of a commit: ENOSPC, EDQUOT and EIO never leave a message half queued.
+
+An injected fault layer makes one system call of `Spool.put_many` fail (making the fresh file,
+opening it, writing, the data sync, the first or a later link into queue/) with each errno;
+the commit must raise SpoolFullError (no space, no quota) or SpoolError (an I/O error), queue
+nothing, leave no link and no written file behind, and the same messages must then commit once
+the fault is gone. A real file system (a tmpfs mounted in a user namespace of its own) filled
+up to the last byte must behave the same. The delivery state, rewritten after each attempt,
+gets the same treatment at each of its steps (temporary file, write, sync, rename, directory
+sync): the old state or the whole new one, never debris.
+"""
+
+from __future__ import annotations
+
+import errno
+import os
+import subprocess
+import sys
+import textwrap
+from collections.abc import Callable
+from pathlib import Path
+from types import SimpleNamespace
+from typing import Any
+
+import pytest
+from tests.support.mail import make_envelope
+
+from sendgate import fsutil
+from sendgate.errors import SpoolError, SpoolFullError
+from sendgate.fsutil import write_all
+from sendgate.store.envelope import Envelope
+from sendgate.store.local import spool
+from sendgate.store.local.spool import Spool
+
+ERRNOS = {"ENOSPC": errno.ENOSPC, "EDQUOT": errno.EDQUOT, "EIO": errno.EIO}
+STEPS = ["take", "open", "write", "fdatasync", "first_link", "second_link"]
+
+
+def _failing(code: int, real: Callable[..., Any], when: Callable[..., bool]) -> Callable[..., Any]:
+    def call(*args: Any, **kwargs: Any) -> Any:
+        if when(*args):
+            raise OSError(code, os.strerror(code))
+        return real(*args, **kwargs)
+
+    return call
+
+
+def inject(monkeypatch: pytest.MonkeyPatch, step: str, code: int) -> None:
+    """Make `step` of the next commit fail with `code` (and only that step)."""
+    if step == "take":  # making a fresh file when the stock is empty
+
+        def creating(path: str, flags: int, *_: int) -> bool:
+            return bool(flags & os.O_CREAT) and "/fresh/" in str(path)
+
+        monkeypatch.setattr(os, "open", _failing(code, os.open, creating))
+        return
+    if step == "write":
+        monkeypatch.setattr(spool, "write_all", _failing(code, write_all, lambda *_: True))
+        return
+    faulty = SimpleNamespace(**{name: getattr(os, name) for name in dir(os)})
+    if step == "open":
+        faulty.open = _failing(code, os.open, lambda *_: True)
+    elif step == "fdatasync":
+        faulty.fdatasync = _failing(code, os.fdatasync, lambda *_: True)
+    else:
+        links = iter(range(100))
+        fail_at = 0 if step == "first_link" else 1
+        faulty.link = _failing(code, os.link, lambda *_: next(links) == fail_at)
+    monkeypatch.setattr(spool, "os", faulty)
+
+
+def batch(store: Spool) -> list[tuple[Envelope, bytes]]:
+    messages = [b"Subject: one\r\n\r\nfirst\r\n", b"Subject: two\r\n\r\nsecond\r\n"]
+    return [(make_envelope(store.new_id(), m), m) for m in messages]
+
+
+def written(root: Path) -> list[str]:
+    """Non-empty fresh files (a stock of empty ones is expected) and every queue entry."""
+    fresh_files = [p.name for p in (root / "fresh").iterdir() if p.stat().st_size]
+    return fresh_files + [p.name for p in (root / "queue").iterdir()]
+
+
+@pytest.mark.parametrize("code_name", list(ERRNOS))
+@pytest.mark.parametrize("step", STEPS)
+def test_a_fault_at_any_step_queues_nothing_and_the_next_commit_works(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, step: str, code_name: str
+) -> None:
+    root = tmp_path / "spool"
+    store = Spool(root)
+    store.sweep()
+    if step == "take":
+        # An empty stock: the commit has to make its fresh file itself.
+        store._fresh_files()  # reaps and starts the stock
+        for path in (root / "fresh").iterdir():
+            path.unlink()
+    items = batch(store)
+    code = ERRNOS[code_name]
+    with monkeypatch.context() as patched:
+        inject(patched, step, code)
+        with pytest.raises(SpoolError) as raised:
+            store.put_many(items)
+    assert isinstance(raised.value, SpoolFullError) == (code != errno.EIO)
+    assert str(raised.value).count("\n") == 0  # one line for the log
+    assert store.ids() == []
+    assert written(root) == []
+    store.put_many(items)  # the fault is gone: the same messages commit
+    assert sorted(store.ids()) == sorted(envelope.queue_id for envelope, _ in items)
+    for envelope, message in items:
+        assert store.message(envelope.queue_id) == message
+    store.close()
+
+
+_ON_TMPFS = textwrap.dedent(
+    """
+    import os
+    import sys
+    import time
+    from pathlib import Path
+    from sendgate.errors import SpoolFullError
+    from sendgate.store.local.spool import Spool
+    from tests.support.mail import make_envelope
+
+    root = Path(sys.argv[1]) / "spool"
+    store = Spool(root)
+    store.sweep()
+    message = (b"Subject: fill\\r\\n\\r\\n" + b"x" * 998 + b"\\r\\n") * 60  # 60 KiB
+    queued = []
+    try:
+        while True:
+            envelope = make_envelope(store.new_id(), message)
+            store.put_many([(envelope, message)])
+            queued.append(envelope.queue_id)
+    except SpoolFullError as exc:
+        print("full", len(queued), str(exc).count(chr(10)))
+    assert sorted(store.ids()) == sorted(queued), "a refused commit left a link"
+    for queue_id in queued:
+        assert store.message(queue_id) == message
+    # Written fresh files are all committed ones (also linked into queue/), none half written.
+    partial = [p.name for p in (root / "fresh").iterdir() if p.stat().st_size]
+    assert all((root / "fresh" / name).stat().st_nlink == 2 for name in partial), partial
+    for queue_id in queued[: len(queued) // 2]:
+        store.remove(queue_id)
+    # The space comes back once the background syncer has let the fresh names go.
+    deadline = time.monotonic() + 10
+    while os.statvfs(root).f_bavail * os.statvfs(root).f_frsize < 4 * len(message):
+        assert time.monotonic() < deadline, "the removed messages' space never came back"
+        time.sleep(0.01)
+    envelope = make_envelope(store.new_id(), message)
+    store.put_many([(envelope, message)])  # space is back: the next message is queued
+    print("after", len(store.ids()))
+    store.close()
+    """
+)
+
+
+def test_a_real_full_file_system_refuses_cleanly_and_recovers(tmp_path: Path) -> None:
+    mount = tmp_path / "small"
+    mount.mkdir()
+    script = tmp_path / "fill.py"
+    script.write_text(_ON_TMPFS)
+    project = Path(__file__).resolve().parents[4]
+    done = subprocess.run(
+        [
+            "unshare",
+            "-rm",
+            "sh",
+            "-c",
+            'mount -t tmpfs -o size=2m tmpfs "$1" && exec "$2" "$3" "$1"',
+            "sh",
+            str(mount),
+            sys.executable,
+            str(script),
+        ],
+        capture_output=True,
+        text=True,
+        timeout=120,
+        cwd=project,
+        env={**os.environ, "PYTHONPATH": str(project)},
+        check=False,
+    )
+    assert done.returncode == 0, done.stderr
+    full, queued, lines = done.stdout.split("\n")[0].split()
+    assert (full, lines) == ("full", "0")
+    assert 5 < int(queued) < 40  # 2 MiB of 60 KiB messages, minus the stock of fresh files
+    assert done.stdout.split("\n")[1] == f"after {int(queued) - int(queued) // 2 + 1}"
+
+
+# --- the delivery state: written to tmp/, synced, renamed, its directory synced ---
+
+STATE_STEPS = ["open", "write", "fsync", "rename", "dir_fsync"]
+
+
+def inject_into_state_write(monkeypatch: pytest.MonkeyPatch, step: str, code: int) -> None:
+    faulty = SimpleNamespace(**{name: getattr(os, name) for name in dir(os)})
+    always: Callable[..., bool] = lambda *_: True  # noqa: E731
+    if step == "open":
+        faulty.open = _failing(code, os.open, lambda path, *_: "/spool/tmp/" in str(path))
+    elif step == "write":
+        faulty.writev = _failing(code, os.writev, always)
+    elif step == "rename":
+        faulty.replace = _failing(code, os.replace, always)
+    else:
+        syncs = iter(range(100))
+        fail_at = 0 if step == "fsync" else 1  # the file's sync comes before its directory's
+        faulty.fsync = _failing(code, os.fsync, lambda *_: next(syncs) == fail_at)
+    monkeypatch.setattr(fsutil, "os", faulty)
+
+
+@pytest.mark.parametrize("code_name", list(ERRNOS))
+@pytest.mark.parametrize("step", STATE_STEPS)
+def test_a_fault_writing_a_delivery_state_keeps_a_whole_state_and_no_debris(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, step: str, code_name: str
+) -> None:
+    root = tmp_path / "spool"
+    store = Spool(root)
+    store.sweep()
+    [(envelope, message)] = batch(store)[:1]
+    store.put_many([(envelope, message)])
+    queue_id = envelope.queue_id
+    store.write_state(queue_id, b'{"attempts": 1}')
+    code = ERRNOS[code_name]
+    with monkeypatch.context() as patched:
+        inject_into_state_write(patched, step, code)
+        with pytest.raises(SpoolError) as raised:
+            store.write_state(queue_id, b'{"attempts": 2}')
+    assert isinstance(raised.value, SpoolFullError) == (code != errno.EIO)
+    # The old state or, once renamed, the new one: never a mix, never a stray temporary file.
+    expected = b'{"attempts": 2}' if step == "dir_fsync" else b'{"attempts": 1}'
+    assert store.read_state(queue_id) == expected
+    assert list((root / "tmp").iterdir()) == []
+    assert store.ids() == [queue_id]  # the message itself is untouched
+    store.write_state(queue_id, b'{"attempts": 3}')  # and the next write works
+    assert store.read_state(queue_id) == b'{"attempts": 3}'
+    store.close()
