@@ -25,6 +25,7 @@ from tests.e2e.conftest import CLIENT_NAME, SOCKET_TIMEOUT
 from tests.e2e.sources import login
 from tests.support.tls import client_hello
 
+from sendgate.server.caps import RATE_WINDOW
 from sendgate.server.floods import BURST
 
 if TYPE_CHECKING:
@@ -258,13 +259,48 @@ def test_forty_clients_sending_20_mib_at_once(
         sender.start()
     peak = before
     pace = threading.Event()
+    banner_waits = []
     while any(sender.is_alive() for sender in senders):
         peak = max(peak, rss(running.worker_pids))
+        if len(banner_waits) < 5:  # a health check meanwhile: the server still answers at once
+            asked = time.monotonic()
+            assert first_reply(running.port, "127.0.12.1").startswith(b"220 ")
+            banner_waits.append(time.monotonic() - asked)
         pace.wait(0.05)  # a sampling interval, not a synchronisation
     assert failures == []
+    assert banner_waits
+    assert max(banner_waits) < 1.0, banner_waits
     assert len(set(ids)) == 40
     assert sorted(ids) == sorted(made.queue_ids())  # every 250 is on disk
     growth = peak - before
     assert growth < 300 * MIB, f"RSS grew {growth / MIB:.0f} MiB"
     # And given back: near the baseline again within a minute.
     assert wait_until(lambda: rss(running.worker_pids) - before < 32 * MIB, within=60)
+
+
+def test_a_flood_of_full_handshakes_from_one_address_is_cut_short(
+    instance: InstanceFactory, server: ServerFactory
+) -> None:
+    running = server(instance())
+    since = running.mark()
+    context = running.instance.client_context()
+    shaken = refused = 0
+    started = time.monotonic()
+    for _ in range(300):  # each a whole TLS handshake, then gone without a login
+        with connect(running.tls_port, "127.0.11.1") as raw:
+            try:
+                with context.wrap_socket(raw, server_hostname="localhost") as tls:
+                    tls.recv(100)
+                    shaken += 1
+            except (ssl.SSLError, OSError):
+                refused += 1  # closed before any TLS work
+    elapsed = time.monotonic() - started
+    # At most the allowance of a window or two (20 in 10 s by default) got a handshake.
+    windows = 1 + int(elapsed // RATE_WINDOW) + 1
+    assert 0 < shaken <= 20 * windows, (shaken, refused)
+    assert shaken + refused == 300
+    full = running.matching(r"event=(?!flood).* client=127\.0\.11\.1 ", since=since)
+    assert len(full) <= 3 * BURST * windows  # connect, tls, disconnect of the first ones
+    # Others are not affected.
+    with login(running, "127.0.11.2") as other:
+        assert other.noop()[0] == 250
