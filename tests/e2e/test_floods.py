@@ -259,7 +259,7 @@ def test_forty_clients_sending_20_mib_at_once(
         sender.start()
     peak = before
     pace = threading.Event()
-    banner_waits = []
+    banner_waits: list[float] = []
     while any(sender.is_alive() for sender in senders):
         peak = max(peak, rss(running.worker_pids))
         if len(banner_waits) < 5:  # a health check meanwhile: the server still answers at once
