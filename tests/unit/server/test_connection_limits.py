@@ -485,3 +485,17 @@ def test_an_undeclared_message_over_the_budget_is_dropped_and_answered_452(
     assert wait_until(lambda: live.worker.memory_used == 0)
     received = [e for e in live.admissions.handler.events if isinstance(e, MessageReceived)]
     assert [len(e.content) for e in received] == [len(_body(100_000)) - 3]
+
+
+def test_no_timer_fires_after_a_connection_is_closed(serve: ServeFactory) -> None:
+    timeouts = Timeouts(command=0.2, session=0.6, reload_interval=0, close_grace=0.3)
+    live = serve(timeouts=timeouts)
+    with greeted(live.client()) as client:
+        idle_cut(client)  # the command timeout ends it...
+    live.log.wait_for(rf"event=disconnect {CONN} errors=0$")
+    threading.Event().wait(1.0)  # ...and the session timer (0.6 s) and abort (0.3 s) stay quiet
+    assert [line.split()[2] for line in live.log.matching(CONN)] == [
+        "event=connect",
+        "event=timeout",
+        "event=disconnect",
+    ]
