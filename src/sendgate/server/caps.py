@@ -15,7 +15,9 @@ timeout), and when it is full a worker closes an old idle one to make room.
 Connections that end without a login (failed handshakes, probes, floods, failed logins) are
 also counted per address in windows of RATE_WINDOW seconds: past `max_anonymous_per_window`
 the address's new connections are refused before any TLS work, which bounds the handshake
-CPU one address can make the server spend. Logged-in clients never count against it.
+CPU one address can make the server spend. Logged-in clients never count against it, and an
+address where someone logged in during this window or the one before is not refused at all:
+an attacker behind an office's or a carrier's NAT must not lock out the users there.
 """
 
 from __future__ import annotations
@@ -31,6 +33,19 @@ BUCKETS = 65536
 _WIDTH = 4  # bytes per counter (uint32)
 _UNAUTHENTICATED = BUCKETS + 1  # the slot of a row that counts unauthenticated connections
 RATE_WINDOW = 10.0  # seconds; connections ending without a login are counted per window
+
+
+def address_key(ip: str) -> str:
+    """What one client is for the caps and the flood log: its IPv4 address, or its IPv6 /64."""
+    try:
+        addr = ipaddress.ip_address(ip)
+    except ValueError:
+        return ip
+    if isinstance(addr, ipaddress.IPv6Address):
+        if addr.ipv4_mapped is not None:
+            return str(addr.ipv4_mapped)
+        return str(ipaddress.IPv6Network((addr, 64), strict=False))
+    return str(addr)
 
 
 class ConnectionCaps:
@@ -53,6 +68,9 @@ class ConnectionCaps:
         self._rate_row = BUCKETS + 1
         self._rate_map = mmap.mmap(-1, workers * self._rate_row * _WIDTH)
         self._rates = memoryview(self._rate_map).cast("I")
+        # Per worker and bucket: 1 + the window of the last login there (0: none seen).
+        self._login_map = mmap.mmap(-1, workers * self._rate_row * _WIDTH)
+        self._logins = memoryview(self._login_map).cast("I")
         self._clock = clock
         self.max_anonymous_per_window = max_anonymous_per_window  # 0: no limit
         self._key = secrets.token_bytes(16)
@@ -97,9 +115,12 @@ class ConnectionCaps:
     def address_full(self, ip: str) -> bool:
         return self._sum(self.bucket(ip)) >= self.max_per_ip
 
-    def promote(self) -> None:
-        """One of this worker's connections authenticated: it leaves the unauthenticated share."""
+    def promote(self, slot: int | None = None) -> None:
+        """One of this worker's connections (from bucket `slot`) authenticated: it leaves the
+        unauthenticated share, and its address is not rate limited for a while."""
         self._decrement(self.worker * self._row + _UNAUTHENTICATED)
+        if slot is not None and self.max_anonymous_per_window:
+            self._logins[self.worker * self._rate_row + slot] = (self._window() + 1) & 0xFFFFFFFF
 
     def release(self, slot: int, *, authenticated: bool = False) -> None:
         base = self.worker * self._row
@@ -116,10 +137,13 @@ class ConnectionCaps:
         if not limit:
             return False
         window = self._window()
-        rates, row, slot = self._rates, self._rate_row, self.bucket(ip)
+        rates, logins, row, slot = self._rates, self._logins, self._rate_row, self.bucket(ip)
+        recent = ((window + 1) & 0xFFFFFFFF, window)  # a login in this window or the last
         total = 0
         for worker in range(self._workers):
             base = worker * row
+            if logins[base + slot] in recent:
+                return False
             if rates[base] == window:
                 total += rates[base + slot]
         return total >= limit

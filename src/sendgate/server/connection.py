@@ -25,9 +25,12 @@ from sendgate.server.handshake import accept_tls, established, log_failure, star
 from sendgate.smtp import replies
 from sendgate.smtp.events import NEED_DATA, MailFrom, MessageReceived, StartTls
 from sendgate.smtp.replies import Reply
-from sendgate.smtp.session import Session, SessionSettings
+from sendgate.smtp.session import Session, SessionSettings, State
 
 _conn_ids = itertools.count(1)
+# Seconds a MAIL FROM SIZE= reservation of memory lasts if no content follows: a client must
+# not keep the room others wait for by sending NOOPs in an open transaction.
+RESERVATION_HOLD = 30.0
 
 
 class ServerContext(Protocol):
@@ -45,11 +48,12 @@ class ServerContext(Protocol):
     def connection_log(self, client_ip: str, conn_id: str) -> EventSink: ...
     def command_timeout(self, authenticated: bool) -> float: ...
     def acquire(self, conn: SmtpConnection) -> int | str: ...  # a slot, or why not
-    def promote(self, conn: SmtpConnection) -> None: ...
+    def promote(self, conn: SmtpConnection, slot: int | None) -> None: ...
     def take_memory(self, octets: int) -> bool: ...
     async def wait_for_memory(self, octets: int) -> bool: ...
     def give_memory(self, octets: int) -> None: ...
     def release(self, conn: SmtpConnection, slot: int) -> None: ...
+    def lingering(self, conn: SmtpConnection, still: bool) -> None: ...  # closed, socket open
     def admit(self, ip: str, conn_id: str) -> Admission | Awaitable[Admission]: ...
 
 
@@ -89,6 +93,7 @@ class SmtpConnection(asyncio.Protocol):
         self.authenticated = False  # counted out of the unauthenticated share
         self._charged = 0  # octets of message content counted in the worker's memory budget
         self._reserved = 0  # octets declared with MAIL FROM SIZE=, for the transaction
+        self._reserved_at = 0.0
         self.connected_at = 0.0
         self.conn_id = f"c{next(_conn_ids)}"
         self.client_ip = "?"
@@ -221,8 +226,13 @@ class SmtpConnection(asyncio.Protocol):
         if self._closing:
             return
         session.receive_data(data)
-        if not self._deciding:
-            self._pump()
+        if self._deciding or self._write_blocked:
+            # Read nothing more while a decision or unread replies wait (a transport may still
+            # hand over what it had; never let that go on).
+            if self._transport is not None:
+                self._transport.pause_reading()
+            return
+        self._pump()
 
     def eof_received(self) -> bool | None:
         session = self._session
@@ -239,6 +249,7 @@ class SmtpConnection(asyncio.Protocol):
         self._closing = True
         if self._abort_timer is not None:
             self._abort_timer.cancel()
+            self._server.lingering(self, False)
         if self._task is not None and not self._task.done():
             self._task.cancel()
         self._release()
@@ -355,6 +366,8 @@ class SmtpConnection(asyncio.Protocol):
         if tls_transport is None or self._closing or session is None:
             return
         self._transport = tls_transport
+        # A pause of the plain transport's writing ends with it: the TLS transport is new.
+        self._write_blocked = False
         session.tls_established(established(tls_transport, self._log))
         self._last_activity = self._loop.time()
         self._resume()
@@ -387,7 +400,7 @@ class SmtpConnection(asyncio.Protocol):
             self._charge(session)
         if session.authenticated is not None and not self.authenticated:
             self.authenticated = True
-            self._server.promote(self)
+            self._server.promote(self, self._slot)
         out = session.data_to_send()
         if out:
             self._write(out)
@@ -408,7 +421,7 @@ class SmtpConnection(asyncio.Protocol):
         more = size - self._charged
         if more > 0 and not self._server.take_memory(more):
             return False
-        self._reserved = size
+        self._reserved, self._reserved_at = size, self._loop.time()
         self._charged = max(self._charged, size)
         return True
 
@@ -422,10 +435,11 @@ class SmtpConnection(asyncio.Protocol):
         if not await self._server.wait_for_memory(more):
             self._log.event("rejected", "warning", reason="memory", size=size)
             return replies.STORAGE_FULL
-        self._reserved = size
+        if self._closing:  # gone meanwhile: _release gave back what was charged before
+            self._server.give_memory(more)
+            return replies.STORAGE_FULL
+        self._reserved, self._reserved_at = size, self._loop.time()
         self._charged = max(self._charged, size)
-        if self._closing:
-            return replies.STORAGE_FULL  # gone meanwhile: _release has given back the rest
         answer = handler.handle(event, session)
         return answer if isinstance(answer, Reply) else await answer
 
@@ -434,10 +448,12 @@ class SmtpConnection(asyncio.Protocol):
         not fit. A message already handed over in MessageReceived is the caller's to refuse."""
         need = session.content_held
         if self._reserved:
-            if session.busy:
-                need = max(need, self._reserved)
-            else:
+            if not session.busy:
                 self._reserved = 0  # the transaction is over
+            elif not need and self._loop.time() - self._reserved_at > RESERVATION_HOLD:
+                self._reserved = 0  # no content came: the room goes back to the others
+            else:
+                need = max(need, self._reserved)
         if need > self._charged and not self._server.take_memory(need - self._charged):
             self._log.event("rejected", "warning", reason="memory", held=need)
             session.drop_content()  # its end will be answered 452 4.3.1
@@ -460,6 +476,7 @@ class SmtpConnection(asyncio.Protocol):
             self._abort_timer = self._loop.call_later(
                 self._server.close_grace, self._transport.abort
             )
+            self._server.lingering(self, True)  # its descriptor is in use until it has gone
         elif self._sock is not None:  # 465, refused or stopped before the handshake
             self._sock.close()
             self._sock = None
@@ -489,6 +506,8 @@ class SmtpConnection(asyncio.Protocol):
         """
         server = self._server
         now = self._loop.time()
+        if self._reserved and self._session is not None:
+            self._charge(self._session)  # a reservation that outlived RESERVATION_HOLD goes
         if self._deciding or self._handshaking:
             self._last_activity = now
         timeout = server.command_timeout(self.authenticated)
@@ -515,6 +534,12 @@ class SmtpConnection(asyncio.Protocol):
     # --- making room under pressure (called by the worker) ---
 
     @property
+    def write_buffered(self) -> int:
+        """Octets of replies waiting in the transport (the kernel's buffer is full)."""
+        transport = self._transport
+        return transport.get_write_buffer_size() if transport is not None else 0
+
+    @property
     def write_blocked(self) -> bool:
         """The client does not read its replies; its input waits until it does."""
         return self._write_blocked
@@ -522,7 +547,10 @@ class SmtpConnection(asyncio.Protocol):
     @property
     def evictable(self) -> bool:
         """Unauthenticated and waiting for the client (or in a handshake): room can be made."""
-        return not self.authenticated and not self._closing and not self._deciding
+        if self.authenticated or self._closing or self._deciding:
+            return False
+        # Not in the middle of a login either (a SASL exchange waits for the client's step).
+        return self._session is None or self._session.state is not State.AUTH
 
     def make_room(self) -> None:
         """Close this connection for a new client: the server is full of unauthenticated ones."""

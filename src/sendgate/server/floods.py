@@ -14,6 +14,7 @@ from __future__ import annotations
 from collections import Counter
 
 from sendgate.log import BoundLog, EventLog, Value
+from sendgate.server.caps import address_key
 
 BURST = 20  # connections of one address per interval logged in full
 INTERVAL = 10.0  # seconds (the worker calls `flush` this often)
@@ -22,14 +23,14 @@ INTERVAL = 10.0  # seconds (the worker calls `flush` this often)
 class CountedLog:
     """Stands in for a connection's BoundLog: its events count toward its address's summary."""
 
-    __slots__ = ("_client_ip", "_flood")
+    __slots__ = ("_flood", "_key")
 
-    def __init__(self, flood: FloodLog, client_ip: str) -> None:
+    def __init__(self, flood: FloodLog, key: str) -> None:
         self._flood = flood
-        self._client_ip = client_ip
+        self._key = key
 
     def event(self, name: str, level: str = "info", /, **fields: Value) -> None:
-        self._flood.count(self._client_ip, name)
+        self._flood.count(self._key, name)
 
 
 class FloodLog:
@@ -43,28 +44,29 @@ class FloodLog:
         self._held: dict[str, Counter[str]] = {}
 
     def connection(self, client_ip: str, conn_id: str) -> BoundLog | CountedLog:
-        """The log for a new connection from `client_ip`."""
-        seen = self._connections[client_ip] = self._connections[client_ip] + 1
+        """The log for a new connection from `client_ip` (counted per IPv4 address or /64)."""
+        key = address_key(client_ip)
+        seen = self._connections[key] = self._connections[key] + 1
         if seen <= self._burst:
             return self._log.bind(conn=conn_id, client=client_ip)
-        return CountedLog(self, client_ip)
+        return CountedLog(self, key)
 
-    def count(self, client_ip: str, event: str) -> None:
+    def count(self, key: str, event: str) -> None:
         """One event of a connection whose lines are held back (in the interval under way)."""
-        counts = self._held.get(client_ip)
+        counts = self._held.get(key)
         if counts is None:
-            counts = self._held[client_ip] = Counter()
+            counts = self._held[key] = Counter()
         counts[event] += 1
 
     def flush(self) -> None:
         """Write one line per address whose lines were held back; start a new interval."""
         held, self._held = self._held, {}
         connections, self._connections = self._connections, Counter()
-        for client_ip, counts in held.items():
+        for key, counts in held.items():
             fields: dict[str, Value] = {
-                "client": client_ip,
+                "client": key,
                 "interval": f"{self.interval:g}s",
-                "connections": connections[client_ip],
+                "connections": connections[key],
                 "logged": self._burst,
             }
             fields.update(sorted(counts.items()))

@@ -49,7 +49,10 @@ class MemoryBudget:
                 self._freed = asyncio.Event()
             self._freed.clear()
             try:
-                await asyncio.wait_for(self._freed.wait(), left)
+                # Not wait_for: on 3.11 it can swallow a cancellation that races the event,
+                # and a cancelled waiter must never walk away with octets taken.
+                async with asyncio.timeout(left):
+                    await self._freed.wait()
             except TimeoutError:
                 return self.take(octets)
         return True

@@ -94,6 +94,7 @@ class Worker:
         self._floods = FloodLog(log, interval=timeouts.flood_interval)
         self._memory = MemoryBudget(message_memory)
         self._connections: set[SmtpConnection] = set()
+        self._lingering: set[SmtpConnection] = set()  # released, but their sockets still open
         self._budget = max_connections or connection_budget(
             resource.getrlimit(resource.RLIMIT_NOFILE)[0]
         )
@@ -127,7 +128,7 @@ class Worker:
         "connection_rate" (its address ended too many connections without a login) or
         "connection_cap" (global, per address or unauthenticated cap).
         """
-        if len(self._connections) >= self._budget:
+        if len(self._connections) + len(self._lingering) >= self._budget:
             return "descriptors"  # one more would eat the reserve: refuse while we still can
         caps, ip = self._caps, conn.client_ip
         if caps.over_rate(ip):
@@ -171,9 +172,15 @@ class Worker:
     async def wait_for_memory(self, octets: int) -> bool:
         return await self._memory.wait_to_take(octets, self._timeouts.memory_wait)
 
-    def promote(self, conn: SmtpConnection) -> None:
-        self._caps.promote()
+    def promote(self, conn: SmtpConnection, slot: int | None) -> None:
+        self._caps.promote(slot)
         self._unauthenticated.pop(conn, None)
+
+    def lingering(self, conn: SmtpConnection, still: bool) -> None:
+        if still:
+            self._lingering.add(conn)
+        else:
+            self._lingering.discard(conn)
 
     def release(self, conn: SmtpConnection, slot: int) -> None:
         self._caps.release(slot, authenticated=conn.authenticated)

@@ -68,7 +68,7 @@ def _has_long_line(data: bytes) -> bool:
         if end >= size:
             end = size
         else:
-            crlf = data.find(b"\r\n", end)
+            crlf = data.find(b"\r\n", end - 1)  # one that straddles the edge ends the window
             stop = size if crlf < 0 else crlf
             if stop - end > 998:
                 return True

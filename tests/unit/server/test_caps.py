@@ -255,3 +255,33 @@ def test_no_rate_limit_by_default() -> None:
         assert slot is not None
         caps.release(slot)
     assert not caps.over_rate("192.0.2.1")
+
+
+def test_an_address_where_someone_logged_in_is_not_refused_for_the_rate() -> None:
+    clock = Clock()
+    caps = ConnectionCaps(2, 100, 100, max_anonymous_per_window=2, clock=clock)
+    ip = "192.0.2.1"
+    for _ in range(3):
+        slot = caps.acquire(ip)
+        assert slot is not None
+        caps.release(slot)
+    assert caps.over_rate(ip)
+    caps.worker = 1
+    slot = caps.acquire(ip)
+    assert slot is not None
+    caps.promote(slot)  # a real user logged in from there (through another worker)
+    caps.release(slot, authenticated=True)
+    assert not caps.over_rate(ip)
+    clock.now += RATE_WINDOW  # and in the next window too
+    assert not caps.over_rate(ip)
+    caps.worker = 0
+    for _ in range(2):
+        slot = caps.acquire(ip)
+        assert slot is not None
+        caps.release(slot)
+    clock.now += RATE_WINDOW  # two windows on, the login no longer covers the address
+    for _ in range(2):
+        slot = caps.acquire(ip)
+        assert slot is not None
+        caps.release(slot)
+    assert caps.over_rate(ip)

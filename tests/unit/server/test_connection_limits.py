@@ -28,6 +28,7 @@ from tests.unit.server.conftest import (
 )
 from tests.unit.server.test_connection import CONN, greeted
 
+from sendgate.server import connection as connection_module
 from sendgate.server.caps import ConnectionCaps
 from sendgate.server.floods import BURST
 from sendgate.server.worker import Timeouts
@@ -499,3 +500,82 @@ def test_no_timer_fires_after_a_connection_is_closed(serve: ServeFactory) -> Non
         "event=timeout",
         "event=disconnect",
     ]
+
+
+def test_starttls_whose_220_fills_the_buffer_still_serves_over_tls(serve: ServeFactory) -> None:
+    """The 220 to STARTTLS can be what makes the plain transport pause writing; the TLS
+    transport that replaces it starts afresh, and the session goes on over it."""
+    live = serve()
+    sock = socket.socket()
+    sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 4096)
+    sock.connect(("127.0.0.1", live.port))
+    client = greeted(Client(sock))
+    ehlo = client.command("EHLO a")
+    reply_size = sum(len(text) + 6 for text in ehlo.texts)
+    [conn] = live.worker.connections
+    pace = threading.Event()
+    # Fill the kernel's buffers until the transport itself holds a little (but below its mark).
+    while conn.write_buffered == 0:
+        sock.sendall(b"EHLO a\r\n" * 20)
+        pace.wait(0.01)
+    assert not conn.write_blocked
+    # Just under 64 KiB of replies, then STARTTLS: its 220 crosses the high-water mark.
+    sock.sendall(b"EHLO a\r\n" * ((63 * 1024) // reply_size) + b"STARTTLS\r\n")
+    received = b""
+    while b"220 2.0.0" not in received:
+        chunk = sock.recv(65536)
+        assert chunk, "closed by the server"
+        received += chunk
+    with live.client_ctx.wrap_socket(sock, server_hostname="localhost") as tls:
+        tls.settimeout(WAIT)
+        tls.sendall(b"EHLO b\r\n")
+        assert tls.recv(65536).startswith(b"250-")
+    assert not conn.write_blocked
+
+
+def test_a_client_leaving_while_it_waits_for_memory_gives_nothing_away(
+    serve: ServeFactory,
+) -> None:
+    live = serve(memory=300_000)
+    with greeted(live.client()) as holder:
+        _transaction(holder, 250_000)
+        with greeted(live.client()) as waiter:
+            assert waiter.command("EHLO client.example").code == 250
+            waiter.send(b"MAIL FROM:<a@example.test> SIZE=200000\r\n")
+            assert wait_until(lambda: sum(not c.evictable for c in live.worker.connections) == 1)
+        assert holder.command("RSET").code == 250  # room again, for a client that has gone
+    assert wait_until(lambda: not live.worker.connections)
+    assert wait_until(lambda: live.worker.memory_used == 0)
+
+
+def test_a_reservation_without_content_is_given_back_after_a_while(
+    serve: ServeFactory, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setattr(connection_module, "RESERVATION_HOLD", 0.2)
+    live = serve(memory=300_000)
+    with greeted(live.client()) as holder, greeted(live.client()) as other:
+        _transaction(holder, 250_000)
+        threading.Event().wait(0.3)  # past the hold, with no content sent
+        assert holder.command("NOOP").code == 250
+        assert live.worker.memory_used == 0  # the reservation went back
+        _transaction(other, 250_000)  # so another client gets the room at once
+        assert holder.command("DATA").code == 354  # the first one's message is charged as it comes
+        holder.send(_body(1000))
+        assert holder.reply().code == 250
+
+
+def test_a_client_in_the_middle_of_a_login_is_not_closed_to_make_room(
+    serve: ServeFactory,
+) -> None:
+    caps = ConnectionCaps(1, max_total=10, max_per_ip=10, max_unauthenticated=2)
+    live = serve(
+        caps=caps, settings=LOGIN_SETTINGS, timeouts=Timeouts(reload_interval=0, room_min_age=0)
+    )
+    with greeted(live.client()) as logging_in, greeted(live.client()) as idle:
+        assert logging_in.command("EHLO client.example").code == 250
+        assert logging_in.command("AUTH LOGIN").code == 334  # the server waits for a step
+        with greeted(live.client()) as newcomer:
+            reply = idle.reply()  # the younger, idle one goes; not the one logging in
+            assert (reply.code, reply.text) == (421, replies.MAKING_ROOM.text)
+            assert newcomer.command("NOOP").code == 250
+            assert logging_in.command(base64.b64encode(b"alice").decode()).code == 334

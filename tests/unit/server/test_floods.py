@@ -77,3 +77,17 @@ def test_a_held_back_connection_that_outlives_the_interval_counts_in_the_next() 
         "event=flood client=192.0.2.1 interval=10s connections=1 logged=0 connect=1",
         "event=flood client=192.0.2.1 interval=10s connections=0 logged=0 disconnect=1 timeout=1",
     ]
+
+
+def test_ipv6_clients_are_counted_per_64() -> None:
+    log, stream = _log()
+    floods = FloodLog(log, burst=1, interval=10)
+    floods.connection("2001:db8:1:2::1", "c1").event("connect")
+    floods.connection("2001:db8:1:2:ffff::9", "c2").event("connect")  # same /64: held back
+    floods.connection("2001:db8:1:3::1", "c3").event("connect")  # another /64
+    floods.flush()
+    assert _lines(stream) == [
+        "event=connect conn=c1 client=2001:db8:1:2::1",
+        "event=connect conn=c3 client=2001:db8:1:3::1",
+        "event=flood client=2001:db8:1:2::/64 interval=10s connections=2 logged=1 connect=1",
+    ]

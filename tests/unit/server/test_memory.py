@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
 
 from sendgate.server.memory import MemoryBudget, return_freed_memory
 
@@ -46,3 +47,18 @@ def test_return_freed_memory_is_harmless_to_call_again() -> None:
     return_freed_memory()
     block = bytearray(4 << 20)  # allocations still work with the fixed threshold
     assert len(block) == 4 << 20
+
+
+def test_a_waiter_cancelled_as_room_comes_takes_nothing() -> None:
+    async def main() -> tuple[bool, int]:
+        budget = MemoryBudget(100)
+        assert budget.take(80)
+        waiter = asyncio.ensure_future(budget.wait_to_take(50, timeout=10))
+        await asyncio.sleep(0)
+        budget.give(80)  # the waiter could go on at the next step...
+        waiter.cancel()  # ...but its connection has gone in the same one
+        with contextlib.suppress(asyncio.CancelledError):
+            await waiter
+        return waiter.cancelled(), budget.used
+
+    assert asyncio.run(main()) == (True, 0)

@@ -264,3 +264,11 @@ def test_lines_of_998_octets_across_window_edges_are_fine() -> None:
     line = b"c" * 998 + b"\r\n"
     data = line * ((3 << 20) // len(line))
     assert check_content(data, len(data), 1 << 30).problem is None
+
+
+def test_a_crlf_across_a_window_edge_does_not_make_a_long_line() -> None:
+    # A line of 998 octets whose CR is the last octet of the first 1 MiB window.
+    first = b"a" * 575 + b"\r\n"
+    data = first + (b"b" * 998 + b"\r\n") * 1100
+    assert data[(1 << 20) - 1 : (1 << 20) + 1] == b"\r\n"
+    assert check_content(data, len(data), 1 << 30).problem is None
