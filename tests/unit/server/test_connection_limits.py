@@ -26,7 +26,7 @@ from tests.unit.server.conftest import (
     ServeFactory,
     read_to_close,
 )
-from tests.unit.server.test_connection import CONN, greeted
+from tests.unit.server.test_connection import CONN, greeted, no_bytes_yet
 
 from sendgate.server import connection as connection_module
 from sendgate.server.caps import ConnectionCaps
@@ -71,18 +71,6 @@ def wait_until(condition: Callable[[], bool]) -> bool:
 
 
 OK = replies.OK.encode()
-
-
-def no_reply_yet(client: Client) -> bool:
-    sock = client.sock
-    sock.setblocking(False)
-    try:
-        sock.recv(1, socket.MSG_PEEK)
-    except BlockingIOError:
-        return True
-    finally:
-        sock.settimeout(WAIT)
-    return False
 
 
 def read_exactly(sock: socket.socket, size: int) -> bytes:
@@ -436,7 +424,7 @@ def test_a_declared_size_waits_at_mail_for_memory_another_message_holds(
         second.send(b"MAIL FROM:<a@example.test> SIZE=200000\r\n")
         # The second waits for room (a decision under way), with no answer yet.
         assert wait_until(lambda: sum(not c.evictable for c in live.worker.connections) == 1)
-        assert no_reply_yet(second)
+        assert no_bytes_yet(second.sock)
         assert first.command("DATA").code == 354
         first.send(_body(150_000))
         assert first.reply().code == 250
@@ -516,7 +504,7 @@ def test_starttls_whose_220_fills_the_buffer_still_serves_over_tls(serve: ServeF
     pace = threading.Event()
     # Fill the kernel's buffers until the transport itself holds a little (but below its mark).
     while conn.write_buffered == 0:
-        sock.sendall(b"EHLO a\r\n" * 20)
+        sock.sendall(b"EHLO a\r\n" * 200)
         pace.wait(0.01)
     assert not conn.write_blocked
     # Just under 64 KiB of replies, then STARTTLS: its 220 crosses the high-water mark.
