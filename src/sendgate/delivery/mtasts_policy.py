@@ -150,11 +150,10 @@ def parse_policy(body: bytes, *, policy_id: str, fetched_at: float) -> StsPolicy
 
 
 def _mx_pattern(value: str, number: int) -> str:
-    pattern = value.lower()
-    name = pattern.removeprefix("*.")
-    if not is_domain_name(name):
+    # Checked before lower-casing, which maps some non-ASCII letters to ASCII (U+212A to "k").
+    if not is_domain_name(value.removeprefix("*.")):
         raise MtaStsError(f"MTA-STS policy line {number}: bad mx pattern {shown(value)}")
-    return pattern
+    return value.lower()
 
 
 def shown(text: str, limit: int = _SHOWN_CHARS) -> str:

@@ -75,11 +75,15 @@ def parse_mail_parameters(text: str, max_size: int) -> MailParameters | Reply:
     body = "7BIT"
     smtputf8 = False
     seen: set[str] = set()
-    for item in text.split():
+    # Split on SP only: str.split() would also take Unicode spaces (U+00A0, U+3000) as one.
+    for item in text.split(" "):
+        if not item:
+            continue
         key, eq, value = item.partition("=")
-        key = key.upper()
         if not _ESMTP_KEYWORD.fullmatch(key) or (eq and not _ESMTP_VALUE.fullmatch(value)):
             return replies.SYNTAX_ERROR
+        # Upper-cased only once known to be ASCII: "\u017fIZE".upper() is "SIZE".
+        key = key.upper()
         if key in seen:
             return replies.SYNTAX_ERROR
         seen.add(key)

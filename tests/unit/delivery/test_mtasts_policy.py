@@ -229,3 +229,12 @@ def test_expired_at_fetched_at_plus_max_age() -> None:
     policy = _policy("a.example", max_age=100, fetched_at=1000.0)
     assert not policy.expired(1099.9)
     assert policy.expired(1100.0)
+
+
+# Found by fuzzing (tests/fuzz, target "mtasts"): the pattern was lower-cased before it was
+# checked, and U+212A (KELVIN SIGN) lower-cases to an ASCII "k", so a non-ASCII name passed.
+@pytest.mark.parametrize("value", ["mail.example.\u212acom", "*.\u212a.example", "\u0130x.example"])
+def test_mx_pattern_is_checked_before_it_is_lower_cased(value: str) -> None:
+    body = f"version: STSv1\r\nmode: enforce\r\nmx: {value}\r\nmax_age: 6\r\n".encode()
+    with pytest.raises(MtaStsError, match="bad mx pattern"):
+        parse_policy(body, policy_id="id", fetched_at=0.0)

@@ -158,3 +158,23 @@ def test_parse_bdat(argument: str, parsed: tuple[int, bool]) -> None:
 )
 def test_parse_bdat_refuses(argument: str) -> None:
     assert parse_bdat(argument) is None
+
+
+# Found by fuzzing (tests/fuzz, target "commands"): str.split() also split on Unicode spaces, so
+# a MAIL FROM with U+00A0 or U+3000 between or after its parameters was accepted.
+@pytest.mark.parametrize(
+    "text", ["\xa0", "SIZE=1\u3000BODY=8BITMIME", "SIZE=1\u2003", "\xa0SMTPUTF8"]
+)
+def test_mail_parameters_are_separated_by_spaces_only(text: str) -> None:
+    assert parse_mail_parameters(text, MAX) is replies.SYNTAX_ERROR
+
+
+def test_mail_parameters_may_be_separated_by_several_spaces() -> None:
+    assert parse_mail_parameters("SIZE=1  BODY=8BITMIME ", MAX) == MailParameters(1, "8BITMIME")
+
+
+# Found by fuzzing (tests/fuzz, target "commands", with its dictionary): keywords were upper-cased
+# before their check, and "\u017f" (LATIN SMALL LETTER LONG S) upper-cases to an ASCII "S".
+@pytest.mark.parametrize("text", ["\u017fIZE=1", "\u017fMTPUTF8", "BODY=7BIT \u017fIZE=1"])
+def test_mail_parameter_keywords_are_ascii(text: str) -> None:
+    assert parse_mail_parameters(text, MAX) is replies.SYNTAX_ERROR
