@@ -200,9 +200,14 @@ def inject_into_state_write(monkeypatch: pytest.MonkeyPatch, step: str, code: in
     elif step == "rename":
         faulty.replace = _failing(code, os.replace, always)
     else:
-        syncs = iter(range(100))
-        fail_at = 0 if step == "fsync" else 1  # the file's sync comes before its directory's
-        faulty.fsync = _failing(code, os.fsync, lambda *_: next(syncs) == fail_at)
+        # By what the descriptor is: the spool's background syncer also syncs through fsutil.
+        target = "/spool/tmp/" if step == "fsync" else "/spool/state"
+
+        def aimed(fd: int) -> bool:
+            path = os.readlink(f"/proc/self/fd/{fd}")
+            return target in path if step == "fsync" else path.endswith(target)
+
+        faulty.fsync = _failing(code, os.fsync, aimed)
     monkeypatch.setattr(fsutil, "os", faulty)
 
 
