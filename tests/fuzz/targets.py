@@ -109,7 +109,7 @@ _PARAMETER_REFUSALS = (
     replies.MESSAGE_TOO_BIG,
     replies.PARAMETER_NOT_SUPPORTED,
 )
-_BDAT_ARGUMENT = re.compile(r"[0-9]{1,20}(?: +(?:LAST|last|[Ll][Aa][Ss][Tt]))? *")
+_BDAT_ARGUMENT = re.compile(r"[0-9]{1,20}(?: +[Ll][Aa][Ss][Tt])? *")
 
 
 def fuzz_commands(data: bytes) -> None:
