@@ -178,3 +178,10 @@ def test_mail_parameters_may_be_separated_by_several_spaces() -> None:
 @pytest.mark.parametrize("text", ["\u017fIZE=1", "\u017fMTPUTF8", "BODY=7BIT \u017fIZE=1"])
 def test_mail_parameter_keywords_are_ascii(text: str) -> None:
     assert parse_mail_parameters(text, MAX) is replies.SYNTAX_ERROR
+
+
+# Found by reading, after fuzzing: case-insensitive matching without re.ASCII took U+017F
+# (long s) for "s", so "BDAT 5 LA" + U+017F + "T" ended a message.
+@pytest.mark.parametrize("argument", ["5 LA\u017fT", "5 la\u017ft"])
+def test_bdat_last_is_ascii_only(argument: str) -> None:
+    assert parse_bdat(argument) is None
