@@ -17,13 +17,14 @@ import socket
 import ssl
 import threading
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 from typing import TYPE_CHECKING
 
 import pytest
 from tests.e2e.conftest import CLIENT_NAME, SOCKET_TIMEOUT
 from tests.e2e.sources import login
 from tests.support.tls import client_hello
+from tests.support.waiting import wait_until
 
 from sendgate.server.caps import RATE_WINDOW
 from sendgate.server.floods import BURST
@@ -69,16 +70,6 @@ def connect(port: int, source: str) -> socket.socket:
 def first_reply(port: int, source: str) -> bytes:
     with connect(port, source) as sock:
         return sock.recv(100)
-
-
-def wait_until(condition: Callable[[], bool], within: float = SOCKET_TIMEOUT) -> bool:
-    pace = threading.Event()
-    deadline = time.monotonic() + within
-    while not condition():
-        if time.monotonic() > deadline:
-            return False
-        pace.wait(0.05)
-    return True
 
 
 @contextlib.contextmanager
@@ -179,7 +170,10 @@ def test_stalled_handshakes_from_one_address_cost_others_nothing(
             stalled.append(sock)
         # Taken in turn by the server: once it has counted 50 (the cap), the address is
         # refused at once, on either port.
-        assert wait_until(lambda: first_reply(running.port, "127.0.9.1").startswith(b"421 4.7.0"))
+        assert wait_until(
+            lambda: first_reply(running.port, "127.0.9.1").startswith(b"421 4.7.0"),
+            within=SOCKET_TIMEOUT,
+        )
 
         started = time.monotonic()
         with smtplib.SMTP(

@@ -13,12 +13,12 @@ from __future__ import annotations
 import base64
 import socket
 import threading
-import time
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 from contextlib import contextmanager
 
 import pytest
 from tests.support.tls import client_hello
+from tests.support.waiting import wait_until
 from tests.unit.server.conftest import (
     WAIT,
     Client,
@@ -57,17 +57,6 @@ def login(client: Client) -> None:
 
 
 LOGIN_SETTINGS = SessionSettings(hostname="mx.example.test", auth_without_tls=True)
-
-
-def wait_until(condition: Callable[[], bool]) -> bool:
-    """Poll a condition of the worker (read from the test's thread) until it holds or WAIT."""
-    deadline = time.monotonic() + WAIT
-    pace = threading.Event()
-    while not condition():
-        if time.monotonic() > deadline:
-            return False
-        pace.wait(0.01)
-    return True
 
 
 OK = replies.OK.encode()
