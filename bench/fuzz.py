@@ -29,7 +29,8 @@ from pathlib import Path
 
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
-from tests.fuzz.targets import TARGETS  # noqa: E402  (bench/ is run as scripts, not installed)
+from tests.fuzz.run_target import SENDGATE_ONLY  # noqa: E402  (bench/ is run as scripts)
+from tests.fuzz.targets import TARGETS  # noqa: E402
 
 _STAT = re.compile(r"^stat::(\w+):\s+(\d+)$", re.MULTILINE)
 # What libFuzzer names the inputs it keeps for a crash, a timeout, a leak or too much memory.
@@ -60,8 +61,11 @@ def fuzz(name: str, args: argparse.Namespace) -> Run:
             for key, value in os.environ.items()
             if key not in ("COVERAGE_PROCESS_START", "COVERAGE_PROCESS_CONFIG")
         }
-        env["PYTHONPATH"] = str(ROOT)
+        # This checkout's source, whichever sendgate the interpreter has installed.
+        env["PYTHONPATH"] = os.pathsep.join([str(ROOT / "src"), str(ROOT)])
         env["TMPDIR"] = str(work)
+        if args.sendgate_only:
+            env[SENDGATE_ONLY] = "1"
         command = [
             sys.executable,
             "-m",
@@ -123,6 +127,11 @@ def main() -> int:
     parser.add_argument("--jobs", type=int, default=1, help="targets fuzzed at the same time")
     parser.add_argument("--input-timeout", type=int, default=10, help="seconds for one input")
     parser.add_argument("--corpus", type=Path, help="keep each target's corpus in DIR/NAME")
+    parser.add_argument(
+        "--sendgate-only",
+        action="store_true",
+        help="coverage from sendgate's code only (header: not the stdlib's email parser)",
+    )
     parser.add_argument(
         "--crashes",
         type=Path,

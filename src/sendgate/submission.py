@@ -26,7 +26,7 @@ from sendgate.policy.networks import ClientNetworks
 from sendgate.policy.quota import SendingLimits, Verdict
 from sendgate.policy.refused import RecentlyRefused
 from sendgate.policy.sender import may_send_as
-from sendgate.queueing import Queueing, StoreJob
+from sendgate.queueing import Queueing, SpooledBody, StoreJob
 from sendgate.server.admission import Admission, Refusal
 from sendgate.smtp import replies
 from sendgate.smtp.address import Address
@@ -132,6 +132,10 @@ class SubmissionConnection:
             return self._accept(event, session)
         assert isinstance(event, StartTls)  # the I/O shell answers STARTTLS itself
         return replies.TLS_NOT_AVAILABLE
+
+    def open_body(self) -> SpooledBody:
+        """Where the Session streams a large message's body (`sendgate.smtp.spill`)."""
+        return self._server.queueing.open_body()
 
     def _reject(self, reason: str, reply: Reply, **fields: Value) -> Reply:
         # Not the bound log: this line has always carried its details before conn= and client=.
@@ -254,6 +258,19 @@ class SubmissionConnection:
         return replies.SENDER_OK
 
     async def _accept(self, event: MessageReceived, session: Session) -> Reply:
+        body = event.spilled
+        if body is not None and not isinstance(body, SpooledBody):
+            body.discard()  # not one of ours: cannot be queued
+            return replies.LOCAL_ERROR
+        try:
+            return await self._accept_content(event, session, body)
+        finally:
+            if body is not None:
+                body.discard()  # a no-op once queued; else nothing of the message stays
+
+    async def _accept_content(
+        self, event: MessageReceived, session: Session, body: SpooledBody | None
+    ) -> Reply:
         server = self._server
         try:
             summary = summarize(event.content, smtputf8=event.smtputf8)
@@ -298,12 +315,12 @@ class SubmissionConnection:
                 # logins are mailboxes, so a name without "@" cannot be mistaken for one.
                 user=self.user.username if self.user else ANONYMOUS,
                 received_at=unix,
-                size=len(message),
+                size=len(message) + (body.size if body is not None else 0),
                 smtputf8=event.smtputf8,
                 body=event.body,
             )
             stored = await server.queueing.store(
-                StoreJob(envelope, message, summary.from_[0].domain, self.user)
+                StoreJob(envelope, message, summary.from_[0].domain, self.user, body)
             )
         except SpoolFullError as exc:
             self._server.log.event("spool_error", "error", conn=self.conn_id, error=str(exc))

@@ -425,3 +425,78 @@ def test_a_claim_carries_the_stored_bytes_or_none(backend: StoreBackend) -> None
     put(writer)
     [claim] = runner.claim(10, LEASE).claims
     assert claim.message in (None, MESSAGE)
+
+
+# --- streamed bodies -----------------------------------------------------------------------
+
+
+HEAD = b"From: <alice@example.com>\r\nSubject: big\r\n\r\n"
+BODY_LINE = b"a body line with 8-bit \xff and ..dots\r\n"
+
+
+def put_streamed(
+    queue: QueueStore, blocks: int = 3, *, hold: str | None = None, queue_id: str | None = None
+) -> tuple[str, bytes]:
+    """Stream `blocks` blocks of body into the queue and put them; (queue id, message)."""
+    queue_id = queue_id or queue.new_id()
+    body = queue.new_body()
+    written = b""
+    for index in range(blocks):
+        block = BODY_LINE * (1000 + index)
+        body.write(block)
+        written += block
+    assert body.size == len(written)
+    message = HEAD + written
+    queue.put_streamed(make_envelope(queue_id, message), HEAD, body, hold=hold)
+    return queue_id, message
+
+
+def test_a_streamed_message_reads_back_as_head_and_body(backend: StoreBackend) -> None:
+    writer, reader = backend.queue(), backend.queue()
+    queue_id, message = put_streamed(writer)
+    assert reader.ids() == [queue_id]
+    assert reader.message(queue_id) == message
+    assert reader.envelope(queue_id).size == len(message)
+    claim = claim_one(writer)
+    assert claim.queue_id == queue_id
+    assert (claim.message or writer.message(queue_id)) == message
+    writer.complete(claim)
+    assert writer.ids() == []
+
+
+def test_a_streamed_message_with_an_empty_body(queue: QueueStore) -> None:
+    queue_id, message = put_streamed(queue, blocks=0)
+    assert queue.message(queue_id) == message == HEAD
+
+
+def test_a_discarded_body_leaves_nothing_queued(queue: QueueStore) -> None:
+    body = queue.new_body()
+    body.write(BODY_LINE)
+    body.discard()
+    body.discard()  # idempotent
+    assert queue.ids() == []
+    assert queue.claim(10, LEASE).claims == ()
+
+
+def test_a_streamed_put_with_an_id_in_use_fails_and_uses_the_body_up(queue: QueueStore) -> None:
+    queue_id = put(queue)
+    with pytest.raises(SpoolError):
+        put_streamed(queue, queue_id=queue_id)
+    assert queue.message(queue_id) == MESSAGE
+    assert queue.ids() == [queue_id]
+
+
+def test_a_streamed_message_put_held_is_not_claimed(queue: QueueStore) -> None:
+    queue_id, _ = put_streamed(queue, hold="flagged: test")
+    assert queue.hold_reason(queue_id) == "flagged: test"
+    assert queue.claim(10, LEASE).claims == ()
+    assert queue.unhold(queue_id)
+    assert claim_one(queue).queue_id == queue_id
+
+
+def test_a_streamed_put_whose_size_is_wrong_is_refused(queue: QueueStore) -> None:
+    body = queue.new_body()
+    body.write(BODY_LINE)
+    with pytest.raises(ValueError, match="size"):
+        queue.put_streamed(make_envelope(queue.new_id(), HEAD), HEAD, body)
+    assert queue.ids() == []

@@ -24,7 +24,7 @@ from pathlib import Path
 import dkim
 import pytest
 from argon2 import PasswordHasher
-from tests.support.session import b64, feed_async, plain, start
+from tests.support.session import TLS, b64, feed_async, plain, start
 
 import sendgate
 from sendgate.dkim.keys import generate_key, load_keys
@@ -35,8 +35,9 @@ from sendgate.smtp import replies
 from sendgate.smtp.data import dot_stuff
 from sendgate.smtp.events import Event, StartTls
 from sendgate.smtp.replies import Reply
-from sendgate.smtp.session import SessionSettings
+from sendgate.smtp.session import Session, SessionSettings
 from sendgate.store.envelope import Envelope
+from sendgate.store.local import streamfile
 from sendgate.store.local.queue import LocalQueueStore
 from sendgate.store.local.users import LocalUserStore
 from sendgate.submission import Submission
@@ -111,10 +112,20 @@ class Client:
     """One SMTP conversation with the handler under test (TLS already up, as on port 465)."""
 
     def __init__(
-        self, backend: Backend, *, settings: SessionSettings | None = None, ehlo: str = "pc.local"
+        self,
+        backend: Backend,
+        *,
+        settings: SessionSettings | None = None,
+        ehlo: str = "pc.local",
+        spill: bool = False,
     ) -> None:
-        self.session = start(settings or SessionSettings(hostname=HOSTNAME), tls=True)
         self.handler = backend.submission.connection(CLIENT_IP, "c1")
+        settings = settings or SessionSettings(hostname=HOSTNAME)
+        if spill:  # large bodies streamed into the queue, as the I/O shell does
+            self.session = Session(settings, TLS, open_sink=self.handler.open_body)
+            self.session.data_to_send()
+        else:
+            self.session = start(settings, tls=True)
         assert self.say(f"EHLO {ehlo}").startswith("250 ")
 
     def _answer(self, event: Event) -> Reply | Awaitable[Reply]:
@@ -621,3 +632,49 @@ def test_message_from_a_domain_without_a_key_is_not_signed(
     reply = client.submit(message("alias@example.net"), sender="alias@example.net")
     queue_id = reply.rsplit(" ", 1)[1]
     assert b"DKIM-Signature" not in backend.queue.message(queue_id)
+
+
+# --- large messages, streamed into the queue ---------------------------------------------------
+
+BIG_BODY = b"".join(b"line %06d of a large body, with  two spaces \r\n" % n for n in range(20_000))
+
+
+def test_a_large_message_is_streamed_fixed_up_and_signed(
+    tmp_path: Path, store: LocalUserStore, executor: ThreadPoolExecutor
+) -> None:
+    backend = _signed_backend(tmp_path, store, executor)
+    client = Client(backend, spill=True)
+    assert client.login(ALICE, ALICE_PASSWORD).startswith("235")
+    sent = message(message_id=False) + BIG_BODY
+    reply = client.submit(sent)
+    assert reply.startswith("250 2.0.0 queued as ")
+    queue_id = reply.rsplit(" ", 1)[1]
+    stored = backend.queue.message(queue_id)
+    queued = (tmp_path / "spool" / "queue" / queue_id).read_bytes()
+    assert queued.startswith(streamfile.MAGIC + BODY + BIG_BODY[:1000])  # the body went first
+    assert stored.endswith(b"\r\n\r\n" + BODY + BIG_BODY)
+    head = stored.split(b"\r\n\r\n", 1)[0]
+    assert head.startswith(b"DKIM-Signature: ")
+    assert b"\r\nReceived: " in head
+    assert b"\r\nMessage-ID: <" in head  # added to the header section kept in memory
+    assert backend.queue.envelope(queue_id).size == len(stored)
+    [key] = load_keys(tmp_path / "dkim")
+    record = key.public_record.encode()
+    assert dkim.verify(stored, dnsfunc=lambda name, timeout=5: record)
+    [accepted] = backend.events("accepted")
+    assert accepted["size"] == str(len(stored))
+
+
+def test_a_refused_large_message_leaves_no_file_behind(
+    tmp_path: Path, backend: Backend, store: LocalUserStore
+) -> None:
+    client = Client(backend, spill=True)
+    assert client.login(ALICE, ALICE_PASSWORD).startswith("235")
+    client.submit(message() + b"small\r\n")  # makes the stock of fresh files
+    reply = client.submit(message("mallory@example.com") + BIG_BODY)
+    assert code(reply) == "550 5.7.1"
+    assert len(backend.queue.ids()) == 1  # the small one
+    # The body was written to a fresh file, which is gone: what is left is the empty stock
+    # and, until its link is synced, the small message's committed file (linked into queue/).
+    left = [p for p in (tmp_path / "spool" / "fresh").iterdir() if p.stat().st_size]
+    assert all(p.stat().st_nlink == 2 for p in left)

@@ -2,8 +2,9 @@
 
 Signatures use relaxed/relaxed canonicalization, no l= tag, and over-sign From so that a second
 From cannot be added without breaking them; a domain with keys of both algorithms gets two
-signatures, RSA first. dkimpy parses, canonicalizes, hashes and lays out the field; the RSA
-private-key operation itself runs in `cryptography` (OpenSSL), and Ed25519 in dkimpy (PyNaCl).
+signatures, RSA first. dkimpy parses, canonicalizes, hashes and lays out the field; the
+private-key operations run in `cryptography` (OpenSSL). A body streamed to the spool is hashed
+as it arrives (`sendgate.dkim.bodyhash`) and only its header section is signed here.
 
 Security: `DkimSigner.sign` parses message bytes sent by an authenticated but untrusted client
 (with dkimpy); a message dkimpy cannot parse raises `DkimError`, never a stray exception. dkimpy
@@ -12,6 +13,7 @@ signing.
 """
 
 import base64
+import binascii
 import hashlib
 import time
 from collections.abc import Mapping, Sequence
@@ -20,7 +22,7 @@ from dataclasses import dataclass
 import dkim
 from cryptography.exceptions import UnsupportedAlgorithm
 from cryptography.hazmat.primitives import hashes, serialization
-from cryptography.hazmat.primitives.asymmetric import padding, rsa, utils
+from cryptography.hazmat.primitives.asymmetric import ed25519, padding, rsa, utils
 from dkim.canonicalization import CanonicalizationPolicy
 
 from sendgate.dkim.keys import ALGORITHMS, DkimKey, domain_or_none, normalize_domain
@@ -61,6 +63,7 @@ class _SigningKey:
 
     key: DkimKey
     rsa_key: rsa.RSAPrivateKey | None
+    ed25519_key: ed25519.Ed25519PrivateKey | None
 
 
 class DkimSigner:
@@ -84,7 +87,8 @@ class DkimSigner:
             if key.algorithm in slot:
                 raise ValueError(f"two {key.algorithm} keys for {domain}")
             rsa_key = _rsa_private_key(key) if key.algorithm == "rsa" else None
-            slot[key.algorithm] = _SigningKey(key, rsa_key)
+            ed_key = _ed25519_private_key(key) if key.algorithm == "ed25519" else None
+            slot[key.algorithm] = _SigningKey(key, rsa_key, ed_key)
         self._keys: Mapping[str, tuple[_SigningKey, ...]] = {
             domain: tuple(slot[alg] for alg in ALGORITHMS if alg in slot)
             for domain, slot in by_domain.items()
@@ -101,6 +105,18 @@ class DkimSigner:
         A-label) is the verified header From domain and becomes d=. The fields come RSA first,
         each CRLF-terminated. Raises DkimError when dkimpy cannot parse the message.
         """
+        return self._sign(message, domain, None)
+
+    def sign_head(self, head: bytes, body_hash: bytes, domain: str) -> bytes:
+        """`sign` for a message whose body is not at hand (streamed to the spool).
+
+        `head` is the header section with the empty line that ends it; `body_hash` is the
+        `RelaxedBodyHash` digest of the body. The fields are those `sign` gives for the whole
+        message.
+        """
+        return self._sign(head, domain, body_hash)
+
+    def _sign(self, message: bytes, domain: str, body_hash: bytes | None) -> bytes:
         ascii_domain = domain_or_none(domain)
         keys = self._keys.get(ascii_domain, ()) if ascii_domain is not None else ()
         if not keys:
@@ -109,7 +125,7 @@ class DkimSigner:
             # dkimpy would fail with a TypeError deep in canonicalization.
             raise DkimError(f"cannot DKIM-sign for {ascii_domain}: the message is empty")
         try:
-            signer = dkim.DKIM(message, linesep=b"\r\n")
+            parsed = dkim.DKIM(message, linesep=b"\r\n")
         except IndexError:
             # dkimpy's parser indexes a missing field when a continuation line comes first.
             raise DkimError(
@@ -117,31 +133,30 @@ class DkimSigner:
             ) from None
         except dkim.DKIMException as exc:
             raise DkimError(f"cannot DKIM-sign for {ascii_domain}: {_detail(exc)}") from exc
-        include = [bytes(name).lower() for name, _ in signer.headers]
+        include = [bytes(name).lower() for name, _ in parsed.headers]
         include = [name for name in include if name in _SIGNED_FIELDS]
         include.append(b"from")  # over-signed: a From added later breaks the signature
+        if body_hash is None:
+            policy = CanonicalizationPolicy.from_c_value(_CANONICALIZATION)
+            body_hash = hashlib.sha256(policy.canonicalize_body(parsed.body)).digest()
+        now = int(time.time())
         fields: list[bytes] = []
         for signing in keys:
-            key = signing.key
             try:
-                if signing.rsa_key is not None:
-                    field_bytes = _rsa_field(
-                        signer, key, signing.rsa_key, include, int(time.time())
-                    )
-                else:
-                    field_bytes = signer.sign(
-                        key.selector.encode("ascii"),
-                        key.domain.encode("ascii"),
-                        key.private,
-                        signature_algorithm=b"ed25519-sha256",
-                        canonicalize=(b"relaxed", b"relaxed"),
-                        include_headers=include,
-                        length=False,
-                    )
+                fields.append(_field(parsed, signing, include, body_hash, now))
             except dkim.DKIMException as exc:
                 raise DkimError(f"cannot DKIM-sign for {ascii_domain}: {_detail(exc)}") from exc
-            fields.append(field_bytes)
         return b"".join(fields)
+
+
+def _ed25519_private_key(key: DkimKey) -> ed25519.Ed25519PrivateKey:
+    """Parse an Ed25519 DkimKey's base64 seed; ValueError (naming it) when it is not one."""
+    try:
+        return ed25519.Ed25519PrivateKey.from_private_bytes(base64.b64decode(key.private))
+    except (TypeError, ValueError, binascii.Error):
+        raise ValueError(
+            f"the ed25519 key {key.selector} of {key.domain} is not a base64 32-octet seed"
+        ) from None
 
 
 def _rsa_private_key(key: DkimKey) -> rsa.RSAPrivateKey:
@@ -155,22 +170,28 @@ def _rsa_private_key(key: DkimKey) -> rsa.RSAPrivateKey:
     return parsed
 
 
-def _rsa_field(
-    parsed: dkim.DKIM, key: DkimKey, private: rsa.RSAPrivateKey, include: Sequence[bytes], now: int
+def _field(
+    parsed: dkim.DKIM,
+    signing: _SigningKey,
+    include: Sequence[bytes],
+    body_hash: bytes,
+    now: int,
 ) -> bytes:
-    """Return the CRLF-terminated rsa-sha256 DKIM-Signature field for the parsed message.
+    """Return the CRLF-terminated DKIM-Signature field for the parsed header section.
 
     dkimpy's own RSA code is pure Python (slow: several ms per signature, holding the GIL) and
-    neither blinded nor constant time, so only the private-key operation moves to `cryptography`.
-    Everything else follows dkimpy's DKIM.sign and gen_header step by step, giving the same
-    bytes: same tags in the same order, folded by dkimpy's fold, b= filled in and refolded.
+    neither blinded nor constant time, and its signing hashes the body itself; so the field is
+    laid out here and the private-key operation runs in `cryptography`. Everything follows
+    dkimpy's DKIM.sign and gen_header step by step, giving the same bytes: same tags in the
+    same order, folded by dkimpy's fold, b= filled in and refolded.
     """
+    key = signing.key
     policy = CanonicalizationPolicy.from_c_value(_CANONICALIZATION)
-    body_hash = hashlib.sha256(policy.canonicalize_body(parsed.body)).digest()
     domain = key.domain.encode("ascii")
+    algorithm = b"rsa-sha256" if signing.rsa_key is not None else b"ed25519-sha256"
     tags = [
         (b"v", b"1"),
-        (b"a", b"rsa-sha256"),
+        (b"a", algorithm),
         (b"c", policy.to_c_value()),
         (b"d", domain),
         (b"i", b"@" + domain),
@@ -193,7 +214,14 @@ def _rsa_field(
         (_FIELD_NAME, b" " + unsigned),
         dict(tags),
     )
-    signature = private.sign(hasher.digest(), padding.PKCS1v15(), utils.Prehashed(hashes.SHA256()))
+    if signing.rsa_key is not None:
+        signature = signing.rsa_key.sign(
+            hasher.digest(), padding.PKCS1v15(), utils.Prehashed(hashes.SHA256())
+        )
+    else:
+        assert signing.ed25519_key is not None
+        # RFC 8463: Ed25519 signs the SHA-256 digest of the signed header fields.
+        signature = signing.ed25519_key.sign(hasher.digest())
     tags[-1] = (b"b", base64.b64encode(signature))
     value = dkim.fold(_join_tags(tags) + b"\r\n", namelen=len(_FIELD_NAME), linesep=b"\r\n")
     field_bytes: bytes = _FIELD_NAME + b": " + value

@@ -11,19 +11,27 @@ from __future__ import annotations
 import asyncio
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
-from typing import Protocol, TypeAlias
+from typing import Protocol, TypeAlias, runtime_checkable
 
 from sendgate.log import EventSink
 from sendgate.smtp import replies
 from sendgate.smtp.events import Event
 from sendgate.smtp.replies import Reply
 from sendgate.smtp.session import Session
+from sendgate.smtp.spill import BodySink
 
 
 class ConnectionHandler(Protocol):
     """Answers a Session's decisions (implemented by submission.SubmissionConnection)."""
 
     def handle(self, event: Event, session: Session) -> Reply | Awaitable[Reply]: ...
+
+
+@runtime_checkable
+class Spilling(Protocol):
+    """A handler that takes large message bodies as they arrive (`sendgate.smtp.spill`)."""
+
+    def open_body(self) -> BodySink: ...
 
 
 @dataclass(frozen=True, slots=True)

@@ -20,12 +20,20 @@ from collections.abc import Awaitable
 from typing import Protocol, cast
 
 from sendgate.log import EventLog, EventSink
-from sendgate.server.admission import Admission, ConnectionHandler, Refusal, ask, log_refusal
+from sendgate.server.admission import (
+    Admission,
+    ConnectionHandler,
+    Refusal,
+    Spilling,
+    ask,
+    log_refusal,
+)
 from sendgate.server.handshake import accept_tls, established, log_failure, start_tls
 from sendgate.smtp import replies
 from sendgate.smtp.events import NEED_DATA, MailFrom, MessageReceived, StartTls
 from sendgate.smtp.replies import Reply
 from sendgate.smtp.session import Session, SessionSettings, State
+from sendgate.smtp.spill import BLOCK, SPILL_AT, SinkFactory
 
 _conn_ids = itertools.count(1)
 # Seconds a MAIL FROM SIZE= reservation of memory lasts if no content follows: a client must
@@ -79,6 +87,7 @@ class SmtpConnection(asyncio.Protocol):
         self._upgrading = False
         self._session: Session | None = None
         self._handler: ConnectionHandler | None = None
+        self._open_sink: SinkFactory | None = None  # where large bodies go (`smtp.spill`)
         self._slot: int | None = None
         self._task: asyncio.Task[None] | None = None
         self._idle_timer: asyncio.TimerHandle | None = None
@@ -161,10 +170,11 @@ class SmtpConnection(asyncio.Protocol):
             self._close()
             return
         self._handler = admission
+        self._open_sink = admission.open_body if isinstance(admission, Spilling) else None
         if self._implicit_tls:
             self._task = self._loop.create_task(self._handshake())
             return
-        self._session = Session(self._server.settings)
+        self._session = Session(self._server.settings, open_sink=self._open_sink)
         self._resume()
 
     async def _handshake(self) -> None:
@@ -198,7 +208,7 @@ class SmtpConnection(asyncio.Protocol):
             # Admitted, and the handshake is done: the banner goes out over TLS.
             self._handshaking = False
             info = established(transport, self._log)
-            self._session = Session(self._server.settings, tls=info)
+            self._session = Session(self._server.settings, tls=info, open_sink=self._open_sink)
             self._last_activity = self._loop.time()
             self._flush()
             return
@@ -299,16 +309,24 @@ class SmtpConnection(asyncio.Protocol):
                 self._task = self._loop.create_task(self._start_tls(self._transport))
                 return
             if isinstance(event, MessageReceived) and not self._charge(session):
+                if event.spilled is not None:
+                    event.spilled.discard()
                 session.answer(replies.STORAGE_FULL)  # ended within one read, over the budget
                 continue
             answer: Reply | Awaitable[Reply]
             try:
-                if isinstance(event, MailFrom) and event.size and not self._reserve(event.size):
+                if (
+                    isinstance(event, MailFrom)
+                    and event.size
+                    and not self._reserve(self._reservation(event.size))
+                ):
                     answer = self._when_memory_allows(event, session, handler)
                 else:
                     answer = handler.handle(event, session)
             except Exception as exc:
                 self._server.log.event("handler_error", "error", conn=self.conn_id, error=repr(exc))
+                if isinstance(event, MessageReceived) and event.spilled is not None:
+                    event.spilled.discard()
                 answer = replies.LOCAL_ERROR
             if isinstance(answer, Reply):
                 session.answer(answer)
@@ -416,6 +434,11 @@ class SmtpConnection(asyncio.Protocol):
 
     # --- the memory budget ---
 
+    def _reservation(self, size: int) -> int:
+        """The memory a message of `size` octets may take here: a spilled one holds only about
+        `SPILL_AT` (its header section may take more, charged as it arrives)."""
+        return min(size, SPILL_AT + BLOCK) if self._open_sink is not None else size
+
     def _reserve(self, size: int) -> bool:
         """Count a declared message size (MAIL FROM SIZE=) before any of it is sent."""
         more = size - self._charged
@@ -429,8 +452,8 @@ class SmtpConnection(asyncio.Protocol):
         self, event: MailFrom, session: Session, handler: ConnectionHandler
     ) -> Reply:
         """MAIL FROM with a SIZE that does not fit now: wait for room, then ask the handler."""
-        size = event.size
-        assert size is not None
+        assert event.size is not None
+        size = self._reservation(event.size)
         more = size - self._charged
         if not await self._server.wait_for_memory(more):
             self._log.event("rejected", "warning", reason="memory", size=size)

@@ -4,41 +4,37 @@ Security: the bytes are the client's message. DATA ends only at CRLF "." CRLF (R
 a bare CR or LF anywhere makes the message refused (SMTP smuggling defence), lines over 998
 octets are refused (RFC 5321 4.5.3.1.6), and at most `max_size` octets are ever held in memory:
 past that the content is counted, not kept (and none at all once the shell has dropped it for
-want of memory). All scans are C-level passes (bytes.find, count, split over bounded windows)
-so cost stays linear in the message size and the copies made at the end are few and short-lived.
+want of memory). With a sink factory, a message past `spill.SPILL_AT` goes to the sink as it
+arrives (`sendgate.smtp.spill`), checked block by block. All scans are C-level passes
+(bytes.find, count, split over bounded windows) so cost stays linear in the message size and
+the copies made at the end are few and short-lived.
 """
 
 from __future__ import annotations
 
-from dataclasses import dataclass
-from enum import Enum
+from sendgate.smtp.spill import (
+    SPILL_AT,
+    Content,
+    ContentBuffer,
+    ContentProblem,
+    SinkFactory,
+    dot_unstuff,
+    has_long_line,
+)
+
+__all__ = [
+    "Content",
+    "ContentProblem",
+    "DataReader",
+    "check_content",
+    "dot_stuff",
+    "dot_unstuff",
+]
 
 _TERMINATOR = b"\r\n.\r\n"
 # Raw DATA carries dot-stuffing, so it may run slightly over the limit that applies after
 # unstuffing; keep this much slack before giving up on holding the bytes.
 _STUFFING_SLACK = 64 * 1024
-# The long-line check splits the content in windows of about this size, so that it never
-# holds a list of every line of a large message.
-_LINE_WINDOW = 1 << 20
-
-
-class ContentProblem(Enum):
-    """Why a complete message is refused (checked once, after its end)."""
-
-    TOO_BIG = "too_big"
-    BARE_NEWLINE = "bare_newline"
-    LONG_LINE = "long_line"
-    NO_FINAL_CRLF = "no_final_crlf"
-    NO_MEMORY = "no_memory"  # dropped by the shell: the server's memory budget was spent
-
-
-@dataclass(frozen=True, slots=True)
-class Content:
-    """A complete message body: the bytes (None when refused) and why it was refused."""
-
-    data: bytes | None
-    size: int
-    problem: ContentProblem | None
 
 
 def check_content(data: bytes, size: int, max_size: int) -> Content:
@@ -51,42 +47,9 @@ def check_content(data: bytes, size: int, max_size: int) -> Content:
     if data and not data.endswith(b"\r\n"):
         # Only BDAT can end mid-line; RFC 5322 lines end with CRLF, and relaying would add one.
         return Content(None, size, ContentProblem.NO_FINAL_CRLF)
-    if size > 998 and _has_long_line(data):
+    if size > 998 and has_long_line(data):
         return Content(None, size, ContentProblem.LONG_LINE)
     return Content(data, size, None)
-
-
-def _has_long_line(data: bytes) -> bool:
-    """True if a line (CRLF-separated) is over 998 octets.
-
-    C-level splits beat a regex here (`[^\r\n]{999}` backtracks at every offset); each window
-    ends at a CRLF, so no line is cut, and a window never grows by more than one line.
-    """
-    start, size = 0, len(data)
-    while start < size:
-        end = start + _LINE_WINDOW
-        if end >= size:
-            end = size
-        else:
-            crlf = data.find(b"\r\n", end - 1)  # one that straddles the edge ends the window
-            stop = size if crlf < 0 else crlf
-            if stop - end > 998:
-                return True
-            end = stop
-        if max(map(len, data[start:end].split(b"\r\n"))) > 998:
-            return True
-        start = end + 2
-    return False
-
-
-def dot_unstuff(raw: bytes) -> bytes:
-    """Remove the leading "." of every line that has one (RFC 5321 4.5.2)."""
-    # The first line has no CRLF before it; the others' dots go in one replace (no prefixed
-    # copy of the whole message).
-    first = raw.startswith(b".")
-    if b"\r\n." in raw:
-        raw = raw.replace(b"\r\n.", b"\r\n")
-    return raw[1:] if first else raw
 
 
 def dot_stuff(content: bytes) -> bytes:
@@ -97,21 +60,30 @@ def dot_stuff(content: bytes) -> bytes:
 class DataReader:
     """Collects DATA content up to the CRLF.CRLF terminator, across any chunking."""
 
-    def __init__(self, max_size: int) -> None:
+    def __init__(
+        self, max_size: int, open_sink: SinkFactory | None = None, *, spill_at: int = SPILL_AT
+    ) -> None:
         self._max_size = max_size
         self._limit = max_size + _STUFFING_SLACK
-        self._chunks: list[bytes] = []
+        self._buffer = ContentBuffer(max_size, stuffed=True, open_sink=open_sink, spill_at=spill_at)
         self._total = 0
-        self.held = 0  # octets kept in memory
         self._dropped = False
         # The content is searched as if preceded by CRLF, so ".\r\n" at the very start ends it.
         self._tail = b"\r\n"
 
+    @property
+    def held(self) -> int:
+        """Octets of the content kept in memory."""
+        return self._buffer.held
+
     def drop(self) -> None:
         """Let go of the content (the shell's memory budget is spent): the message is refused."""
         self._dropped = True
-        self._chunks = []
-        self.held = 0
+        self._buffer.drop()
+
+    def discard(self) -> None:
+        """Let go of the content and of any sink it went to (the transaction ended)."""
+        self._buffer.discard()
 
     def feed(self, data: bytes) -> tuple[int, Content | None]:
         """Consume bytes; return (octets consumed, Content once the terminator was seen)."""
@@ -133,21 +105,17 @@ class DataReader:
             trim = -cut
         # At most len(".\r") octets past the limit may be trimmed: `_keep` holds them too.
         size = self._total - trim
-        self.held = 0  # what is kept now goes to the Content (or nowhere)
-        if size > self._limit:
-            return consumed, Content(None, size, ContentProblem.TOO_BIG)
-        if self._dropped:
-            return consumed, Content(None, size, ContentProblem.NO_MEMORY)
-        raw = b"".join(self._chunks)
-        self._chunks = []  # one copy of the content at a time, as far as possible
-        if trim:
-            raw = raw[: len(raw) - trim]
-        content = dot_unstuff(raw)
-        del raw
+        buffer = self._buffer
+        if size > self._limit or self._dropped:
+            buffer.discard()
+            problem = ContentProblem.NO_MEMORY if self._dropped else ContentProblem.TOO_BIG
+            return consumed, Content(None, size, problem)
+        if buffer.spilled:
+            return consumed, buffer.finish_spilled(trim)
+        content = dot_unstuff(buffer.raw(trim))
         return consumed, check_content(content, len(content), self._max_size)
 
     def _keep(self, data: bytes) -> None:
         self._total += len(data)
-        if self._total <= self._limit + 2 and not self._dropped:
-            self._chunks.append(data)
-            self.held += len(data)
+        if not self._dropped and (self._total <= self._limit + 2 or self._buffer.spilled):
+            self._buffer.add(data)

@@ -10,6 +10,7 @@ from dataclasses import dataclass, field
 from enum import Enum
 
 from sendgate.smtp.address import Address
+from sendgate.smtp.spill import BodySink
 
 
 class NeedData(Enum):
@@ -64,17 +65,24 @@ class RcptTo:
 
 @dataclass(frozen=True, slots=True)
 class MessageReceived:
-    """A complete, valid message (dot-unstuffed, CRLF) with the transaction's envelope."""
+    """A complete, valid message (dot-unstuffed, CRLF) with the transaction's envelope.
+
+    A large message arrives spilled (`sendgate.smtp.spill`): `content` is then its header
+    section, with the empty line that ends it, and `spilled` holds the body, which the handler
+    now owns (it commits or discards it).
+    """
 
     sender: Address | None
     recipients: tuple[Address, ...]
     body: str
     smtputf8: bool
     content: bytes = field(repr=False)
+    spilled: BodySink | None = field(default=None, repr=False, compare=False)
+    spilled_size: int = 0
 
     @property
     def size(self) -> int:
-        return len(self.content)
+        return len(self.content) + self.spilled_size
 
 
 Event = StartTls | AuthAttempt | MailFrom | RcptTo | MessageReceived

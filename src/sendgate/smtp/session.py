@@ -48,6 +48,7 @@ from sendgate.smtp.events import (
 )
 from sendgate.smtp.replies import Reply
 from sendgate.smtp.sasl import MECHANISMS, Challenge, Credentials, SaslExchange
+from sendgate.smtp.spill import ContentBuffer, SinkFactory
 
 # Message content counts as one step of progress per this many octets, so that the shell's
 # command timeout also bounds a DATA or BDAT body trickled in (a floor of about 220 octets/s
@@ -144,9 +145,17 @@ class _Transaction:
 class Session:
     """One SMTP server session (see the module docstring for the calling convention)."""
 
-    def __init__(self, settings: SessionSettings, tls: TlsInfo | None = None) -> None:
+    def __init__(
+        self,
+        settings: SessionSettings,
+        tls: TlsInfo | None = None,
+        open_sink: SinkFactory | None = None,
+    ) -> None:
+        """`open_sink`: where large message bodies go as they arrive (`sendgate.smtp.spill`);
+        without it every message is held in memory up to the size limit."""
         self.settings = settings
         self.tls = tls
+        self._open_sink = open_sink
         self.authenticated: str | None = None
         self.client_name: str | None = None
         self.esmtp = False
@@ -166,9 +175,8 @@ class Session:
         self._chunk_left = 0
         self._chunk_reply: Reply | None = None  # set when the chunk is consumed only to be refused
         self._chunk_last = False
-        self._chunks: list[bytes] = []
+        self._chunks: ContentBuffer | None = None  # the BDAT chunks' content
         self._chunks_size = 0
-        self._chunks_held = 0  # octets of BDAT chunks kept in memory
         self._dropped = False  # the shell dropped this message's content: refuse it with 452
         self._received = 0  # octets of the message handed over in a pending MessageReceived
         self._lines = 0  # complete command lines consumed (for `progress`)
@@ -200,7 +208,8 @@ class Session:
         The shell charges them to its memory budget; see `drop_content`.
         """
         data = self._data.held if self._data is not None else 0
-        return data + self._chunks_held + self._received
+        chunks = self._chunks.held if self._chunks is not None else 0
+        return data + chunks + self._received
 
     def drop_content(self) -> None:
         """Let go of the message being received: the memory budget is spent.
@@ -212,8 +221,8 @@ class Session:
         if self._data is not None:
             self._data.drop()
         elif self._state is State.BDAT or self._in_chunk:
-            self._chunks = []
-            self._chunks_held = 0
+            if self._chunks is not None:
+                self._chunks.drop()
             self._dropped = True
             if self._in_chunk and self._chunk_reply is None:
                 self._chunk_reply = replies.STORAGE_FULL
@@ -252,6 +261,7 @@ class Session:
     def close(self) -> None:
         """End the session now (timeouts, shutdown); nothing more is read or answered."""
         self._state = State.CLOSED
+        self._discard_content()
 
     def data_to_send(self) -> bytes:
         out = bytes(self._out)
@@ -296,6 +306,7 @@ class Session:
     def _starved(self) -> NeedData:
         if self._eof:  # after EOF no more bytes will come: an incomplete command is dropped
             self._state = State.CLOSED
+            self._discard_content()
         return NEED_DATA
 
     def answer(self, reply: Reply) -> None:
@@ -344,13 +355,22 @@ class Session:
                 self._out += replies.TOO_MANY_ERRORS.encode()
                 self._refusals.append(replies.TOO_MANY_ERRORS)
                 self._state = State.CLOSED
+        if self._state is State.CLOSED:
+            self._discard_content()
+
+    def _discard_content(self) -> None:
+        """Let go of a message being received (and of its spilled body, if any)."""
+        if self._data is not None:
+            self._data.discard()
+        if self._chunks is not None:
+            self._chunks.discard()
 
     def _reset_transaction(self) -> None:
+        self._discard_content()
         self._txn = None
         self._data = None
-        self._chunks = []
+        self._chunks = None
         self._chunks_size = 0
-        self._chunks_held = 0
         self._dropped = False
         if self._state not in (State.INIT, State.CLOSED):
             self._state = State.READY
@@ -418,8 +438,11 @@ class Session:
         take = min(self._chunk_left, len(self._buf))
         if take:
             if self._chunk_reply is None and self._chunks_size <= self.settings.max_message_size:
-                self._chunks.append(bytes(self._buf[:take]))
-                self._chunks_held += take
+                if self._chunks is None:
+                    self._chunks = ContentBuffer(
+                        self.settings.max_message_size, stuffed=False, open_sink=self._open_sink
+                    )
+                self._chunks.add(bytes(self._buf[:take]))
             del self._buf[:take]
             self._chunk_left -= take
             self._content += take
@@ -442,9 +465,10 @@ class Session:
             self._state = State.BDAT
             self._send(replies.CHUNK_OK.with_text(f"{self._chunks_size} octets received"))
             return None
-        data = b"".join(self._chunks)
-        self._chunks = []
-        self._chunks_held = 0
+        chunks = self._chunks
+        if chunks is not None and chunks.spilled:
+            return self._end_of_message(chunks.finish_spilled())
+        data = chunks.raw() if chunks is not None else b""
         return self._end_of_message(check_content(data, len(data), self.settings.max_message_size))
 
     def _end_of_message(self, content: Content) -> Event | None:
@@ -459,6 +483,9 @@ class Session:
                     ContentProblem.LONG_LINE: replies.TEXT_LINE_TOO_LONG,
                     ContentProblem.NO_FINAL_CRLF: replies.NO_FINAL_CRLF,
                     ContentProblem.NO_MEMORY: replies.STORAGE_FULL,
+                    ContentProblem.HEADER_TOO_BIG: replies.HEADER_TOO_BIG,
+                    ContentProblem.NO_SPACE: replies.STORAGE_FULL,
+                    ContentProblem.WRITE_FAILED: replies.LOCAL_ERROR,
                 }[content.problem or ContentProblem.TOO_BIG]
             )
             return None
@@ -470,6 +497,8 @@ class Session:
             txn.params.body,
             txn.params.smtputf8,
             content.data,
+            content.body,
+            content.size - len(content.data) if content.body is not None else 0,
         )
 
     # --- commands ---
@@ -628,7 +657,7 @@ class Session:
         if argument:
             self._send(replies.SYNTAX_ERROR)
             return
-        self._data = DataReader(self.settings.max_message_size)
+        self._data = DataReader(self.settings.max_message_size, self._open_sink)
         self._state = State.DATA
         self._send(replies.START_DATA)
 

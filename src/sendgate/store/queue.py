@@ -75,6 +75,28 @@ class Recovery:
     """Acknowledged messages whose entry a power cut had lost, put back in the queue."""
 
 
+class BodyFile(Protocol):
+    """A large message's body, written to the queue backend as it arrives (`new_body`).
+
+    Written from one thread (the event loop: each write is brief), then given to
+    `put_streamed` or discarded. Its methods raise SpoolError (SpoolFullError when storage is
+    full); after a failed write the body is unusable: discard it.
+    """
+
+    @property
+    def size(self) -> int:
+        """Octets written so far."""
+        ...
+
+    def write(self, data: bytes) -> None:
+        """Append `data`."""
+        ...
+
+    def discard(self) -> None:
+        """Remove what was written; idempotent, never raises, a no-op once put."""
+        ...
+
+
 class QueueStore(Protocol):
     """Queued messages with their envelopes and delivery states (see the module docstring)."""
 
@@ -99,6 +121,20 @@ class QueueStore(Protocol):
 
         The promise of `put` for each message, at the cost of one commit for all of them. On
         any failure none of them stays queued: SpoolFullError or SpoolError as for `put`.
+        """
+        ...
+
+    def new_body(self) -> BodyFile:
+        """Start a body to stream into the queue (for `put_streamed`); errors as for `put`."""
+        ...
+
+    def put_streamed(
+        self, envelope: Envelope, head: bytes, body: BodyFile, *, hold: str | None = None
+    ) -> None:
+        """Queue the message `head` + the bytes written to `body`: `put`'s promise and errors.
+
+        `head` is the message's header section (with the empty line that ends it); `body`
+        came from this store's `new_body` and is used up either way (on failure, discarded).
         """
         ...
 

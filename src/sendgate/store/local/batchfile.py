@@ -28,6 +28,7 @@ import re
 import zlib
 from collections.abc import Callable, Iterator, Sequence
 from pathlib import Path
+from typing import BinaryIO
 
 from sendgate.errors import SpoolError
 from sendgate.store.envelope import Envelope
@@ -192,20 +193,26 @@ def read_record(path: str | Path, queue_id: str, *, envelope_only: bool = False)
     is a batch that does not hold the record whole.
     """
     with open(path, "rb", buffering=0) as file:
-        head = file.read(HEADER_READ)
-        if not is_batch(head):
-            if envelope_only and b"\n" in head:
-                return head
-            return head + file.read()
-        fd = file.fileno()
-        offset, length = locate(head, queue_id, os.fstat(fd).st_size)
-        if offset + length <= len(head):
-            return head[offset : offset + length]
-        if envelope_only:
-            chunk = os.pread(fd, min(length, HEADER_READ), offset)
-            if b"\n" in chunk:
-                return chunk
-        record = os.pread(fd, length, offset)
-        if len(record) != length:
-            raise SpoolError("batch record cut short")
-        return record
+        return read_record_from(file, file.read(HEADER_READ), queue_id, envelope_only=envelope_only)
+
+
+def read_record_from(
+    file: BinaryIO, head: bytes, queue_id: str, *, envelope_only: bool = False
+) -> bytes:
+    """`read_record` for a file open at `file`, whose first `HEADER_READ` bytes are `head`."""
+    if not is_batch(head):
+        if envelope_only and b"\n" in head:
+            return head
+        return head + file.read()
+    fd = file.fileno()
+    offset, length = locate(head, queue_id, os.fstat(fd).st_size)
+    if offset + length <= len(head):
+        return head[offset : offset + length]
+    if envelope_only:
+        chunk = os.pread(fd, min(length, HEADER_READ), offset)
+        if b"\n" in chunk:
+            return chunk
+    record = os.pread(fd, length, offset)
+    if len(record) != length:
+        raise SpoolError("batch record cut short")
+    return record

@@ -33,12 +33,14 @@ from contextlib import suppress
 from dataclasses import dataclass, replace
 from pathlib import Path
 
-from sendgate.errors import LeaseLostError, SpoolError, UnknownQueueIdError
+from sendgate.errors import LeaseLostError, SpoolError, SpoolFullError, UnknownQueueIdError
+from sendgate.fsutil import is_disk_full
 from sendgate.store.delivery_state import DeliveryState
 from sendgate.store.envelope import Envelope
 from sendgate.store.local.announce import AnnounceReader, AnnounceWriter
 from sendgate.store.local.spool import Spool
-from sendgate.store.queue import Claim, Claimed, Recovery
+from sendgate.store.local.streamfile import StreamedBody
+from sendgate.store.queue import BodyFile, Claim, Claimed, Recovery
 from sendgate.text import one_line
 
 LOAD_BATCH = 1024  # new messages read from disk per claim: bounds the time one call takes
@@ -106,6 +108,24 @@ class LocalQueueStore:
                 now = self._clock()
                 for envelope, _ in items:
                     self._add(envelope, None, now)
+
+    def new_body(self) -> BodyFile:
+        return _SpoolBody(self._spool.new_body())
+
+    def put_streamed(
+        self, envelope: Envelope, head: bytes, body: BodyFile, *, hold: str | None = None
+    ) -> None:
+        if not isinstance(body, _SpoolBody):
+            body.discard()
+            raise SpoolError("a body from another queue store")
+        self._spool.put_streamed(
+            envelope, head, body.file, hold=None if hold is None else one_line(hold)
+        )
+        if self._announce_to is not None:
+            self._announce_to.announce(envelope.queue_id, envelope.to_json())
+        if self._indexing:
+            with self._lock:
+                self._add(envelope, None, self._clock())
 
     def ids(self) -> list[str]:
         return self._spool.ids()
@@ -397,3 +417,26 @@ class LocalQueueStore:
         if self._to_load:
             candidates.append(now)
         return min(candidates)
+
+
+class _SpoolBody:
+    """`BodyFile` over the spool's streamed file: OSError reported as SpoolError."""
+
+    __slots__ = ("file",)
+
+    def __init__(self, file: StreamedBody) -> None:
+        self.file = file
+
+    @property
+    def size(self) -> int:
+        return self.file.size
+
+    def write(self, data: bytes) -> None:
+        try:
+            self.file.write(data)
+        except OSError as exc:
+            error = SpoolFullError if is_disk_full(exc) else SpoolError
+            raise error(f"cannot write spool file {self.file.path}: {exc.strerror}") from exc
+
+    def discard(self) -> None:
+        self.file.discard()

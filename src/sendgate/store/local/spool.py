@@ -46,7 +46,7 @@ from pathlib import Path
 from sendgate.errors import SpoolError, SpoolFullError, UnknownQueueIdError
 from sendgate.fsutil import atomic_replace, fsync_dir, is_disk_full, write_all, write_file_durably
 from sendgate.store.envelope import RANDOM_BYTES, Envelope, checked_id, is_queue_id, new_queue_id
-from sendgate.store.local import batchfile
+from sendgate.store.local import batchfile, streamfile
 from sendgate.store.local.fresh import FreshFiles, owner
 from sendgate.store.local.holds import Holds
 from sendgate.store.queue import Recovery
@@ -178,6 +178,72 @@ class Spool:
             raise _spool_error("cannot commit spool file", link, exc) from exc
         fresh.committed(path)
 
+    def new_body(self) -> streamfile.StreamedBody:
+        """A fresh file to stream a large message's body into (`store.local.streamfile`).
+
+        Blocks briefly (an open and a write; the file itself comes from the stock of fresh
+        files). SpoolFullError or SpoolError when it cannot be made.
+        """
+        fresh = self._fresh_files()
+        try:
+            path = fresh.take()
+        except OSError as exc:
+            raise _spool_error("cannot make fresh spool files in", self._fresh_dir, exc) from exc
+        try:
+            return streamfile.StreamedBody(path, on_discard=fresh.discard)
+        except OSError as exc:
+            fresh.discard(path)
+            raise _spool_error("cannot write spool file", path, exc) from exc
+
+    def put_streamed(
+        self,
+        envelope: Envelope,
+        head: bytes,
+        body: streamfile.StreamedBody,
+        *,
+        hold: str | None = None,
+    ) -> None:
+        """Queue the message `head` + `body` (a `new_body` fully written): durable on return.
+
+        The promise of `put`, at the cost of one fdatasync of the file (its name is durable
+        already; its link into queue/ is synced in the background, as by `put_many`). The body
+        file is used up either way: on any failure it is removed, with nothing left behind.
+        """
+        try:
+            if envelope.size != len(head) + body.size:
+                raise ValueError(
+                    f"envelope size {envelope.size} != message size {len(head) + body.size}"
+                )
+            queue_id = checked_id(envelope.queue_id)
+            fresh = self._fresh_files()
+            path = body.path
+            if hold is not None:
+                hold_path = self._hold / queue_id
+                try:
+                    write_file_durably(hold_path, hold.encode())
+                except OSError as exc:
+                    raise _spool_error("cannot write hold file", hold_path, exc) from exc
+            action, where = "cannot sync spool directory", str(self._hold)
+            try:
+                if hold is not None:
+                    fsync_dir(self._hold)
+                action, where = "cannot write spool file", path
+                body.finish(envelope, head)
+                action, where = "cannot commit spool file", self._queue_s + queue_id
+                os.link(path, where)  # EEXIST for an id in use: nothing is overwritten
+            except BaseException as exc:
+                if hold is not None:
+                    with suppress(OSError):
+                        (self._hold / queue_id).unlink()
+                if isinstance(exc, OSError):
+                    raise _spool_error(action, where, exc) from exc
+                raise
+        except BaseException:
+            body.discard()
+            raise
+        body.committed()
+        fresh.committed(path)
+
     def close(self) -> None:
         """Sync what commits left to the background and remove this process's fresh files."""
         with self._fresh_lock:
@@ -218,7 +284,7 @@ class Spool:
                 if not stat.S_ISREG(info.st_mode):
                     _remove_tree(path)
                     continue
-                batch = batchfile.check_file(path) if info.st_size else None
+                batch = _check_fresh(path, info.st_size) if info.st_size else None
             except FileNotFoundError:
                 continue  # another process reaped it first
             if batch is None:
@@ -370,7 +436,12 @@ class Spool:
     def _record(path: str, queue_id: str, *, envelope_only: bool = False) -> bytes:
         """The record (envelope line, LF, message) of a queue file, single or batch."""
         try:
-            return batchfile.read_record(path, queue_id, envelope_only=envelope_only)
+            with open(path, "rb", buffering=0) as file:
+                head = file.read(batchfile.HEADER_READ)
+                if streamfile.is_streamed(head):
+                    size = os.fstat(file.fileno()).st_size
+                    return streamfile.read_record(file.fileno(), size, envelope_only=envelope_only)
+                return batchfile.read_record_from(file, head, queue_id, envelope_only=envelope_only)
         except FileNotFoundError:
             raise UnknownQueueIdError(f"unknown queue id {queue_id}") from None
         except OSError as exc:
@@ -475,6 +546,14 @@ class Spool:
         if target.exists():
             target = self._corrupt / f"{queue_id}.{secrets.token_hex(4)}"
         return target
+
+
+def _check_fresh(path: Path, size: int) -> tuple[list[str], str] | None:
+    """The queue ids and boot id of a whole fresh file (a batch or a streamed file), or None."""
+    with open(path, "rb", buffering=0) as file:
+        if streamfile.is_streamed(file.read(len(streamfile.MAGIC))):
+            return streamfile.check_file(file.fileno(), size)
+    return batchfile.check_file(path)
 
 
 def _alive(pid: int) -> bool:
