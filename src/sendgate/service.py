@@ -38,6 +38,7 @@ from sendgate.server.supervisor import RESEND_EVERY, Supervisor, bind
 from sendgate.server.tls import TlsContextHolder
 from sendgate.server.worker import Listener, Timeouts, Worker
 from sendgate.smtp.session import SessionSettings
+from sendgate.smtp.spill import SESSION_HOLD_MAX
 from sendgate.store.backends import Backends, Stores, installation_secret, mta_sts_path
 from sendgate.submission import Submission
 
@@ -143,8 +144,10 @@ def serve(cfg: Config, log: EventLog) -> int:
         math.ceil(limits.unauthenticated_rate_per_ip * RATE_WINDOW / 60),
     )
     settings = session_settings(cfg)
-    # Room for one whole message (with what DATA's dot-stuffing may add) in every worker.
-    message_memory = max(limits.message_memory // workers, limits.max_message_size + (128 << 10))
+    # Room in every worker for the most one session holds: a whole message up to the spill
+    # threshold (with what DATA's dot-stuffing may add), or a long header section and a block.
+    session_most = min(limits.max_message_size, SESSION_HOLD_MAX) + (128 << 10)
+    message_memory = max(limits.message_memory // workers, session_most)
     timeouts = Timeouts(
         command=limits.command_timeout,
         pressure_command=limits.pressure_command_timeout,

@@ -25,8 +25,7 @@ from typing import TYPE_CHECKING
 import pytest
 from tests.e2e.settings import UNLIMITED_SENDING
 
-from sendgate.store.local import batchfile
-from sendgate.store.local.spool import Spool
+from sendgate.store.local.spool import Spool, whole_fresh_file
 
 if TYPE_CHECKING:
     from tests.e2e.conftest import Instance, InstanceFactory, ServerFactory, ServerProcess
@@ -94,10 +93,11 @@ class Load:
         recipients = tuple(
             f"r{client}-{number}-{index}@example.org" for index in range(rng.randint(1, 3))
         )
-        # Sizes from a few hundred bytes to ~40 KB widen the window a kill can land in.
+        # Sizes from a few hundred bytes to ~40 KB widen the window a kill can land in; one
+        # message in ten is large (up to ~1 MB), its body streamed to the spool as it arrives.
+        lines = rng.randint(1, 400) if rng.random() > 0.1 else rng.randint(3000, 12_000)
         body = b"".join(
-            f"{message_id} line {line:05d} {'x' * 60}\r\n".encode()
-            for line in range(rng.randint(1, 400))
+            f"{message_id} line {line:05d} {'x' * 60}\r\n".encode() for line in range(lines)
         )
         header = (
             f"From: {self._running.instance.user}\r\nTo: {', '.join(recipients)}\r\n"
@@ -156,7 +156,7 @@ def _check_spool(made: Instance, sent: dict[str, Sent], accepted: list[Sent]) ->
     """Check every queued message (before any sweep); return the partial writes left.
 
     Those are the entries in tmp/ and the fresh files holding a write cut short (not a whole
-    batch) that no link in queue/ keeps.
+    batch or streamed file) that no link in queue/ keeps.
     """
     spool = made.spool()
     queued = set(spool.ids())
@@ -171,7 +171,7 @@ def _check_spool(made: Instance, sent: dict[str, Sent], accepted: list[Sent]) ->
     partial = 0
     for path in (made.data_dir / "spool" / "fresh").iterdir():
         info = path.stat()
-        if info.st_size and info.st_nlink == 1 and batchfile.check(path.read_bytes()) is None:
+        if info.st_size and info.st_nlink == 1 and whole_fresh_file(path, info.st_size) is None:
             partial += 1
     return len(os.listdir(made.data_dir / "spool" / "tmp")) + partial
 

@@ -267,7 +267,12 @@ def test_forty_clients_sending_20_mib_at_once(
     assert len(set(ids)) == 40
     assert sorted(ids) == sorted(made.queue_ids())  # every 250 is on disk
     growth = peak - before
-    assert growth < 300 * MIB, f"RSS grew {growth / MIB:.0f} MiB"
+    print(
+        f"figure: 40 x 20 MiB: RSS peak +{growth / MIB:.0f} MiB, banner {max(banner_waits):.3f} s"
+    )
+    # The bound is 300 MiB; streamed bodies keep it far lower (each session holds
+    # about 256 KiB of its message), so a regression to bodies in memory fails here.
+    assert growth < 128 * MIB, f"RSS grew {growth / MIB:.0f} MiB"
     # And given back: near the baseline again within a minute.
     assert wait_until(lambda: rss(running.worker_pids) - before < 32 * MIB, within=60)
 

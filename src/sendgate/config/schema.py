@@ -151,9 +151,11 @@ class LimitsConfig:
         metadata=setting(
             Int(1048576, 68719476736),
             "Octets of message content held in memory at once, all workers together (each "
-            "worker gets its share, and always room for one message of max_message_size); a "
-            "message that does not fit is answered 452 4.3.1, at MAIL FROM if it declared its "
-            "SIZE. Signing and queueing briefly need up to about three times the message.",
+            "worker gets its share, and always room for one session's most). A message is "
+            "held whole up to 256 KiB; past that its body streams to the spool and only its "
+            "header section (at most 1 MiB) stays. A message that does not fit is answered "
+            "452 4.3.1, at MAIL FROM if it declared its SIZE. Signing and queueing briefly "
+            "need up to about three times what is held.",
         ),
     )
     max_recipients: int = field(

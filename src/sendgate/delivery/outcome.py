@@ -63,10 +63,15 @@ def enhanced(reply: RemoteReply | None) -> str:
     """The enhanced status code of a reply (RFC 3463), or one derived from its basic code."""
     if reply is None:
         return "4.4.1"  # no answer from the host
+    klass = str(reply.code)[0]
+    if klass not in "245":
+        # A 3xx where a final reply was due: a protocol error, retried as a temporary failure
+        # (RFC 3463 has no class 3, and a DSN's Status must be 2, 4 or 5).
+        return "4.5.0"
     found = _ENHANCED.match(reply.text)
-    if found and found[1] == str(reply.code)[0]:
+    if found and found[1] == klass:
         return found.group(0)
-    return f"{str(reply.code)[0]}.0.0"
+    return f"{klass}.0.0"
 
 
 @dataclass(frozen=True, slots=True)

@@ -53,7 +53,11 @@ class _Replies(asyncio.Protocol):
 
     def _parse(self) -> None:
         while (end := self._buffer.find(b"\n")) >= 0:
-            line = bytes(self._buffer[:end]).rstrip(b"\r")
+            # One CR before the LF, whole or not: then a line's length is judged the same
+            # however the peer's bytes were cut (the check on the unended rest below allows
+            # the CR too).
+            cut = end - 1 if end and self._buffer[end - 1] == 0x0D else end
+            line = bytes(self._buffer[:cut])
             del self._buffer[: end + 1]
             match = _LINE.fullmatch(line)
             if match is None or len(line) > MAX_LINE:
@@ -69,7 +73,7 @@ class _Replies(asyncio.Protocol):
                 continue
             self.replies.append((code, "\n".join(self._lines)))
             self._lines = []
-        if len(self._buffer) > MAX_LINE:
+        if len(self._buffer) > MAX_LINE + 1:  # a whole line's octets and its CR
             raise SMTPResponseException(-1, "malformed reply line")
 
     def eof_received(self) -> bool | None:

@@ -490,7 +490,7 @@ class Session:
             )
             return None
         self._state = State.RCPT  # until answered: the transaction is still open
-        self._received = content.size
+        self._received = len(content.data)  # in memory: the header section of a spilled one
         return MessageReceived(
             txn.sender,
             tuple(txn.recipients),

@@ -25,6 +25,9 @@ BLOCK = 64 * 1024  # octets of lines gathered before they are checked and writte
 # A header section longer than this is refused once its message goes past SPILL_AT (Postfix
 # keeps 100 KiB of header by default and moves the rest into the body; an MSA may refuse).
 HEAD_MAX = 1024 * 1024
+# The most one session holds of a message: its header section and a block of lines, or a
+# whole message just under SPILL_AT and the read that takes it over.
+SESSION_HOLD_MAX = HEAD_MAX + 2 * SPILL_AT
 # A partial line longer than this, still without its CRLF, is over 998 octets once unstuffed
 # (one octet of dot-stuffing, one CR waiting for its LF): refused without holding more of it.
 _PARTIAL_MAX = 998 + 2 + 1

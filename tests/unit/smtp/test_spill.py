@@ -271,6 +271,7 @@ def test_session_hands_a_large_data_message_over_spilled() -> None:
     assert event.spilled is sinks.made[0]
     assert event.size == len(message)
     assert event.content + bytes(sinks.made[0].data) == message
+    assert session.content_held == len(event.content)  # only the header section in memory
     session.answer(replies.QUEUED)
     assert not sinks.made[0].discarded  # the handler owns it once handed over
 

@@ -284,7 +284,7 @@ class Spool:
                 if not stat.S_ISREG(info.st_mode):
                     _remove_tree(path)
                     continue
-                batch = _check_fresh(path, info.st_size) if info.st_size else None
+                batch = whole_fresh_file(path, info.st_size) if info.st_size else None
             except FileNotFoundError:
                 continue  # another process reaped it first
             if batch is None:
@@ -548,7 +548,7 @@ class Spool:
         return target
 
 
-def _check_fresh(path: Path, size: int) -> tuple[list[str], str] | None:
+def whole_fresh_file(path: Path, size: int) -> tuple[list[str], str] | None:
     """The queue ids and boot id of a whole fresh file (a batch or a streamed file), or None."""
     with open(path, "rb", buffering=0) as file:
         if streamfile.is_streamed(file.read(len(streamfile.MAGIC))):
