@@ -13,7 +13,9 @@ import hashlib
 import re
 
 _TRAILING_WSP = re.compile(rb"[\t ]+\r\n")
-_WSP = re.compile(rb"[\t ]+")
+# Runs that change: a lone space stays as it is, so it is not even matched (several times
+# faster on ordinary text than matching every space).
+_WSP = re.compile(rb"\t[\t ]*| [\t ]+")
 _RUN = 32 * 1024
 
 
@@ -28,7 +30,11 @@ class RelaxedBodyHash:
         """Add `block`: whole lines, each ending with CRLF (the spool's blocks always are)."""
         if not block:
             return
-        canon = _WSP.sub(b" ", _TRAILING_WSP.sub(b"\r\n", block))
+        canon = block
+        if b" \r\n" in canon or b"\t\r\n" in canon:
+            canon = _TRAILING_WSP.sub(b"\r\n", canon)
+        if b"\t" in canon or b"  " in canon:
+            canon = _WSP.sub(b" ", canon)
         # No bare CR or LF is ever accepted, so stripping CR and LF strips whole empty lines.
         text_end = len(canon.rstrip(b"\r\n"))
         if text_end == 0:
