@@ -15,6 +15,7 @@ import resource
 import signal
 import socket
 import ssl
+from collections import Counter
 from collections.abc import Awaitable
 from dataclasses import dataclass
 from typing import Any
@@ -22,7 +23,7 @@ from typing import Any
 from sendgate.errors import TlsConfigError
 from sendgate.log import EventLog, EventSink
 from sendgate.server.admission import Admission, HandlerFactory
-from sendgate.server.caps import ConnectionCaps
+from sendgate.server.caps import ConnectionCaps, address_key
 from sendgate.server.connection import SmtpConnection
 from sendgate.server.descriptors import connection_budget
 from sendgate.server.floods import INTERVAL, FloodLog
@@ -143,21 +144,28 @@ class Worker:
         return slot
 
     def _make_room(self) -> bool:
-        """Close this worker's oldest unauthenticated connection that waits for its client.
+        """Close an unauthenticated connection that waits for its client, to let a new one in.
 
         Called when the global cap or the unauthenticated share is full (not the new client's
-        per-address cap). Oldest first: a flood's connections go before the client that has
-        just said EHLO; none younger than `room_min_age`, none with a decision under way.
+        per-address cap). From the address holding the most unauthenticated connections here
+        (a flood's, not a client's with one), its oldest; none younger than `room_min_age`,
+        none with a decision under way.
         """
         assert self._loop is not None
         oldest = self._loop.time() - self._timeouts.room_min_age
-        for conn in self._unauthenticated:
-            if conn.connected_at > oldest:
-                return False
-            if conn.evictable:
-                conn.make_room()
-                return True
-        return False
+        held: Counter[str] = Counter()
+        candidates: dict[str, SmtpConnection] = {}  # address -> its oldest evictable one
+        for conn in self._unauthenticated:  # oldest first
+            key = address_key(conn.client_ip)
+            held[key] += 1
+            if key not in candidates and conn.connected_at <= oldest and conn.evictable:
+                candidates[key] = conn
+        if not candidates:
+            return False
+        # max() keeps the first of equals: among addresses holding as many, the oldest goes.
+        chosen = max(candidates, key=held.__getitem__)
+        candidates[chosen].make_room()
+        return True
 
     @property
     def memory_used(self) -> int:

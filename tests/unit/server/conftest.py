@@ -243,8 +243,9 @@ class LiveWorker:
     def running(self) -> bool:
         return self._thread.is_alive()
 
-    def client(self) -> Client:
-        return Client(socket.create_connection(("127.0.0.1", self.port), WAIT))
+    def client(self, source: str = "127.0.0.1") -> Client:
+        """A client on 587 from `source` (any 127.0.0.0/8 address: Linux routes it to lo)."""
+        return Client(socket.create_connection(("127.0.0.1", self.port), WAIT, (source, 0)))
 
     def tls_client(self) -> Client:
         sock = socket.create_connection(("127.0.0.1", self.tls_port), WAIT)

@@ -216,6 +216,27 @@ def test_a_full_unauthenticated_share_closes_the_oldest_idle_connection(
     assert not live.log.matching("event=refused")
 
 
+def test_room_is_made_from_the_address_holding_the_most_connections(
+    serve: ServeFactory,
+) -> None:
+    caps = ConnectionCaps(1, max_total=10, max_per_ip=10, max_unauthenticated=4)
+    live = serve(caps=caps, timeouts=Timeouts(reload_interval=0, room_min_age=0))
+    with (
+        greeted(live.client("127.0.31.1")) as lone,  # the oldest, but its address's only one
+        greeted(live.client("127.0.31.2")) as flood_1,
+        greeted(live.client("127.0.31.2")) as flood_2,
+        greeted(live.client("127.0.31.2")) as flood_3,
+        greeted(live.client("127.0.31.3")) as newcomer,
+    ):
+        reply = flood_1.reply()
+        assert (reply.code, reply.text) == (421, replies.MAKING_ROOM.text)
+        assert flood_1.closed() == b""
+        for kept in (lone, flood_2, flood_3, newcomer):
+            assert kept.command("NOOP").code == 250
+    [evicted] = live.log.matching("event=evicted")
+    assert "client=127.0.31.2" in evicted
+
+
 def test_room_is_not_made_from_connections_younger_than_the_minimum_age(
     serve: ServeFactory,
 ) -> None:
