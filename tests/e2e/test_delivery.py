@@ -129,8 +129,9 @@ def _tls_context(ca: trustme.CA) -> ssl.SSLContext:
     return server_context(ca.issue_cert(MX_HOST))
 
 
-def _message(tag: str) -> tuple[str, bytes]:
-    """A message unique to this run (its Message-ID and bytes), with a line to dot-stuff."""
+def _message(tag: str, bulk: int = 0) -> tuple[str, bytes]:
+    """A message unique to this run (its Message-ID and bytes), with a line to dot-stuff;
+    `bulk` more body lines make it large (streamed to the spool as it arrives)."""
     message_id = f"{tag}-{secrets.token_hex(6)}@{SENDER_DOMAIN}"
     lines = [
         f"From: Alice <alice@{SENDER_DOMAIN}>",
@@ -143,6 +144,7 @@ def _message(tag: str) -> tuple[str, bytes]:
         "",
         f"Hello Bob, this is {tag}.",
         ".a line starting with a dot",
+        *(f".{n:06d}  spaced\tout  line of a large body \t" for n in range(bulk)),
         "  trailing spaces and a tab\t ",
         "",
         "",
@@ -238,9 +240,13 @@ def _process_talking_to(running: ServerProcess, address: str) -> int:
 
 
 @pytest.mark.parametrize(
-    ("algorithms", "dns_address", "address"),
-    [(("rsa",), "127.0.61.53", "127.0.61.2"), (("rsa", "ed25519"), "127.0.61.54", "127.0.61.3")],
-    ids=["rsa", "rsa-and-ed25519"],
+    ("algorithms", "dns_address", "address", "bulk"),
+    [
+        (("rsa",), "127.0.61.53", "127.0.61.2", 0),
+        (("rsa", "ed25519"), "127.0.61.54", "127.0.61.3", 0),
+        (("rsa", "ed25519"), "127.0.61.55", "127.0.61.4", 40_000),  # 2 MB, streamed
+    ],
+    ids=["rsa", "rsa-and-ed25519", "large"],
 )
 def test_delivered_message_carries_dkim_signatures_that_verify(
     instance: InstanceFactory,
@@ -250,6 +256,7 @@ def test_delivered_message_carries_dkim_signatures_that_verify(
     algorithms: tuple[str, ...],
     dns_address: str,
     address: str,
+    bulk: int,
 ) -> None:
     zone = zones(dns_address)
     made = instance(_delivering(zone))
@@ -260,7 +267,7 @@ def test_delivered_message_carries_dkim_signatures_that_verify(
             args += ["--selector", f"sel-{algorithm}", "--algorithm", algorithm]
         owners.append(_publish_dkim_record(zone, made.cli(*args).ok().stdout))
     _publish_mx(zone, address)
-    message_id, message = _message("dkim")
+    message_id, message = _message("dkim", bulk)
 
     with Receiver(address, 25, tls=_tls_context(ca)) as receiver:
         running = server(made)
