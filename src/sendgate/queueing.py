@@ -34,11 +34,12 @@ class SpooledBody:
     (ENOSPC when storage is full, EIO otherwise), with the queue's message.
     """
 
-    __slots__ = ("file", "hash")
+    __slots__ = ("file", "handed_over", "hash")
 
     def __init__(self, file: BodyFile, *, hashing: bool) -> None:
         self.file = file
         self.hash = RelaxedBodyHash() if hashing else None
+        self.handed_over = False  # to `Queueing.store`: from then on its thread owns the file
 
     @property
     def size(self) -> int:
@@ -53,7 +54,15 @@ class SpooledBody:
             self.hash.update(data)
 
     def discard(self) -> None:
-        self.file.discard()
+        """Let go of the body, unless `Queueing.store` has it (its thread discards it then)."""
+        if not self.handed_over:
+            self.file.discard()
+
+
+def _retrieve(future: asyncio.Future[Stored]) -> None:
+    """Mark a shielded store's outcome as seen: its caller may have gone (cancelled)."""
+    if not future.cancelled():
+        future.exception()
 
 
 def _os_error(exc: SpoolError) -> OSError:
@@ -121,8 +130,13 @@ class Queueing:
         A streamed message (`job.body`) is stored on its own, in the thread pool.
         """
         if job.body is not None:
+            job.body.handed_over = True
             loop = asyncio.get_running_loop()
-            return await loop.run_in_executor(self._executor, self.store_streamed, job)
+            future = loop.run_in_executor(self._executor, self.store_streamed, job)
+            # A cancelled caller (its client gone) must not touch the file the thread is
+            # writing: the thread finishes the store (or discards) on its own.
+            future.add_done_callback(_retrieve)
+            return await asyncio.shield(future)
         return await self._handoff.run(job)
 
     def store_streamed(self, job: StoreJob) -> Stored:
@@ -137,7 +151,7 @@ class Queueing:
             self.queue.put_streamed(envelope, head, body.file, hold=hold)
             return Stored(envelope.size, hold)
         finally:
-            body.discard()  # a no-op once queued
+            body.file.discard()  # a no-op once queued
 
     def store_many(self, jobs: list[StoreJob]) -> list[Stored | BaseException]:
         """Take each user's sending limits, sign (when a key exists for the domain) and queue.

@@ -3,10 +3,12 @@
 from __future__ import annotations
 
 import asyncio
+import threading
 from collections.abc import Iterator
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
+import dkim
 import pytest
 from tests.support.mail import make_envelope
 
@@ -86,3 +88,81 @@ def test_store_from_the_event_loop_answers_each_message(
 
     assert asyncio.run(main()) == [Stored(len(MESSAGE))] * 5
     assert sorted(queue.ids()) == sorted(j.envelope.queue_id for j in jobs)
+
+
+# --- streamed bodies ---
+
+HEAD = b"From: <alice@example.org>\r\nSubject: big\r\n\r\n"
+BIG = b"a line of a large body\r\n" * 20_000
+
+
+def streamed_job(queueing: Queueing, queue: LocalQueueStore) -> StoreJob:
+    body = queueing.open_body()
+    body.write(BIG)
+    envelope = make_envelope(queue.new_id(), HEAD + BIG)
+    return StoreJob(envelope, HEAD, "example.org", None, body)
+
+
+def test_a_streamed_message_is_signed_from_its_streamed_hash(
+    queue: LocalQueueStore, executor: ThreadPoolExecutor, tmp_path: Path
+) -> None:
+    generate_key(tmp_path / "dkim", "example.org", "sel1")
+    signer = DkimSigner(load_keys(tmp_path / "dkim"))
+    queueing = Queueing(queue, executor, signer=signer)
+    streamed = streamed_job(queueing, queue)
+    stored = asyncio.run(queueing.store(streamed))
+    message = queue.message(streamed.envelope.queue_id)
+    assert message.startswith(b"DKIM-Signature: ")
+    assert message.endswith(HEAD + BIG)
+    [key] = load_keys(tmp_path / "dkim")
+    record = key.public_record.encode()
+    assert dkim.verify(message, dnsfunc=lambda name, timeout=5: record)
+    assert stored == Stored(len(message))
+    assert queue.envelope(streamed.envelope.queue_id).size == len(message)
+
+
+def test_a_cancelled_store_of_a_streamed_message_still_finishes_in_its_thread(
+    queue: LocalQueueStore,
+    executor: ThreadPoolExecutor,
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    queueing = Queueing(queue, executor)
+    streamed = streamed_job(queueing, queue)
+    body = streamed.body
+    assert body is not None
+    entered, release = threading.Event(), threading.Event()
+    real = queue.put_streamed
+
+    def held_put(*args: object, **kwargs: object) -> None:
+        entered.set()
+        assert release.wait(10)
+        real(*args, **kwargs)  # type: ignore[arg-type]
+
+    monkeypatch.setattr(queue, "put_streamed", held_put)
+
+    async def cancel_midway() -> None:
+        task = asyncio.create_task(queueing.store(streamed))
+        assert await asyncio.to_thread(entered.wait, 10)
+        task.cancel()
+        with pytest.raises(asyncio.CancelledError):
+            await task
+        body.discard()  # what the submission's clean-up does: must not touch it now
+        release.set()
+
+    asyncio.run(cancel_midway())
+    executor.shutdown(wait=True)
+    assert queue.message(streamed.envelope.queue_id) == HEAD + BIG
+
+
+def test_a_streamed_store_that_fails_removes_its_file(
+    queue: LocalQueueStore, executor: ThreadPoolExecutor, tmp_path: Path
+) -> None:
+    queueing = Queueing(queue, executor)
+    streamed = streamed_job(queueing, queue)
+    assert streamed.body is not None
+    path = streamed.body.file.file.path  # type: ignore[attr-defined]  # the spool's file
+    bad = StoreJob(streamed.envelope, HEAD + b"x", None, None, streamed.body)  # size mismatch
+    with pytest.raises(ValueError, match="size"):
+        queueing.store_streamed(bad)
+    assert not Path(path).exists()
+    assert queue.ids() == []
