@@ -127,6 +127,13 @@ def _check(read: Callable[[int, int], bytes], size: int) -> tuple[list[str], str
             end += length
     except SpoolError:
         return None
+    boot = trailer_boot(read, end, size)
+    return None if boot is None else (ids, boot)
+
+
+def trailer_boot(read: Callable[[int, int], bytes], end: int, size: int) -> str | None:
+    """The boot id of the trailer from `end` to `size`, if it is one and its CRC-32 matches
+    the `end` octets before it (read in chunks); else None."""
     if not 0 < size - end <= _TRAILER_MAX:
         return None
     trailer = _TRAILER_RE.fullmatch(read(end, size - end))
@@ -137,7 +144,7 @@ def _check(read: Callable[[int, int], bytes], size: int) -> tuple[list[str], str
         crc = zlib.crc32(read(offset, min(_CHUNK, end - offset)), crc)
     if int(trailer[1], 16) != zlib.crc32(trailer[2], crc):
         return None
-    return ids, trailer[2].decode("ascii")
+    return trailer[2].decode("ascii")
 
 
 def _index_end(head: bytes) -> int:

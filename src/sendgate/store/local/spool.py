@@ -147,11 +147,7 @@ class Spool:
                 raise ValueError(f"envelope size {envelope.size} != message size {len(message)}")
             checked_id(envelope.queue_id)
         parts = batchfile.encode(items, trailer=True)  # refuses a bad count before a file is taken
-        fresh = self._fresh_files()
-        try:
-            path = fresh.take()
-        except OSError as exc:
-            raise _spool_error("cannot make fresh spool files in", self._fresh_dir, exc) from exc
+        fresh, path = self._take_fresh()
         try:
             fd = os.open(path, os.O_WRONLY | os.O_CLOEXEC | os.O_NOFOLLOW)
             try:
@@ -184,11 +180,7 @@ class Spool:
         Blocks briefly (an open and a write; the file itself comes from the stock of fresh
         files). SpoolFullError or SpoolError when it cannot be made.
         """
-        fresh = self._fresh_files()
-        try:
-            path = fresh.take()
-        except OSError as exc:
-            raise _spool_error("cannot make fresh spool files in", self._fresh_dir, exc) from exc
+        fresh, path = self._take_fresh()
         try:
             return streamfile.StreamedBody(path, on_discard=fresh.discard)
         except OSError as exc:
@@ -243,6 +235,14 @@ class Spool:
             raise
         body.committed()
         fresh.committed(path)
+
+    def _take_fresh(self) -> tuple[FreshFiles, str]:
+        """This process's fresh files and one ready file of them; SpoolError if none can be."""
+        fresh = self._fresh_files()
+        try:
+            return fresh, fresh.take()
+        except OSError as exc:
+            raise _spool_error("cannot make fresh spool files in", self._fresh_dir, exc) from exc
 
     def close(self) -> None:
         """Sync what commits left to the background and remove this process's fresh files."""

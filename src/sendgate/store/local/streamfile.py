@@ -35,7 +35,6 @@ FOOTER_SIZE = len(FOOTER) + 16 + 1 + 16 + 1
 _FOOTER_RE = re.compile(rb"SGTAIL ([0-9a-f]{16}) ([0-9a-f]{16})\n")
 _TRAILER_RE = re.compile(rb"SGEND ([0-9a-f]{8}) ([0-9a-f-]{36}|-)\n")
 _END_MAX = FOOTER_SIZE + len(TRAILER) + 8 + 1 + 36 + 1  # footer and trailer at their longest
-_CHUNK = 1 << 20
 
 
 def is_streamed(head: bytes) -> bool:
@@ -152,18 +151,12 @@ def check_file(fd: int, size: int) -> tuple[list[str], str] | None:
         body, tail, footer = _layout(read, size)
     except SpoolError:
         return None
-    end = footer + FOOTER_SIZE
-    trailer = _TRAILER_RE.fullmatch(read(end, size - end))
-    if trailer is None:
-        return None
-    crc = 0
-    for offset in range(0, end, _CHUNK):
-        crc = zlib.crc32(read(offset, min(_CHUNK, end - offset)), crc)
-    if int(trailer[1], 16) != zlib.crc32(trailer[2], crc):
+    boot = batchfile.trailer_boot(read, footer + FOOTER_SIZE, size)
+    if boot is None:
         return None
     line = read(len(MAGIC) + body, tail).partition(b"\n")[0]
     try:
         queue_id = Envelope.from_json(line).queue_id
     except SpoolError:
         return None
-    return [queue_id], trailer[2].decode("ascii")
+    return [queue_id], boot
