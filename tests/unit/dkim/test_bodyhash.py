@@ -8,7 +8,7 @@ from dkim.canonicalization import CanonicalizationPolicy
 from hypothesis import given, settings
 from hypothesis import strategies as st
 from tests.unit.dkim.conftest import DOMAIN, MESSAGE, dns_for, signature_tags
-from tests.unit.dkim.test_signer import same_second
+from tests.unit.dkim.test_signer import dkimpy_sign, same_second
 
 from sendgate.dkim.bodyhash import RelaxedBodyHash
 from sendgate.dkim.keys import DkimKey
@@ -77,17 +77,7 @@ def test_ed25519_field_is_byte_identical_to_dkimpy(keys: dict[str, DkimKey]) -> 
     include += [b"content-type", b"from"]
     _, (ours, theirs) = same_second(
         lambda: DkimSigner([key]).sign(MESSAGE, DOMAIN),
-        lambda: dkim.sign(
-            MESSAGE,
-            key.selector.encode(),
-            key.domain.encode(),
-            key.private,
-            canonicalize=(b"relaxed", b"relaxed"),
-            signature_algorithm=b"ed25519-sha256",
-            include_headers=include,
-            length=False,
-            linesep=b"\r\n",
-        ),
+        lambda: dkimpy_sign(key, MESSAGE, include, b"ed25519-sha256"),
     )
     assert signature_tags(ours)[b"a"] == b"ed25519-sha256"
     assert ours == theirs

@@ -202,7 +202,9 @@ def same_second(*calls: Callable[[], bytes]) -> tuple[int, list[bytes]]:
     raise AssertionError("could not sign twice within one second")
 
 
-def dkimpy_sign(key: DkimKey, message: bytes, include: list[bytes]) -> bytes:
+def dkimpy_sign(
+    key: DkimKey, message: bytes, include: list[bytes], algorithm: bytes = b"rsa-sha256"
+) -> bytes:
     """dkimpy's own signature (its pure-Python RSA) with the parameters DkimSigner uses."""
     field: bytes = dkim.sign(
         message,
@@ -210,7 +212,7 @@ def dkimpy_sign(key: DkimKey, message: bytes, include: list[bytes]) -> bytes:
         key.domain.encode(),
         key.private,
         canonicalize=(b"relaxed", b"relaxed"),
-        signature_algorithm=b"rsa-sha256",
+        signature_algorithm=algorithm,
         include_headers=include,
         length=False,
         linesep=b"\r\n",
