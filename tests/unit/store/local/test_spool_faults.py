@@ -29,7 +29,8 @@ from sendgate import fsutil
 from sendgate.errors import SpoolError, SpoolFullError
 from sendgate.fsutil import write_all
 from sendgate.store.envelope import Envelope
-from sendgate.store.local import spool
+from sendgate.store.local import spool, streamfile
+from sendgate.store.local.queue import LocalQueueStore
 from sendgate.store.local.spool import Spool
 
 ERRNOS = {"ENOSPC": errno.ENOSPC, "EDQUOT": errno.EDQUOT, "EIO": errno.EIO}
@@ -110,6 +111,73 @@ def test_a_fault_at_any_step_queues_nothing_and_the_next_commit_works(
     store.close()
 
 
+# --- a streamed body: the fresh file opened, the body written as it arrives, then finished ---
+
+STREAM_STEPS = ["take", "open", "magic", "body", "tail", "fdatasync", "link"]
+HEAD = b"Subject: big\r\n\r\n"
+BODY = b"a line of a streamed body\r\n" * 10_000
+
+
+def inject_into_stream(monkeypatch: pytest.MonkeyPatch, step: str, code: int) -> None:
+    """Make `step` of the next streamed message fail with `code` (and only that step)."""
+    if step in ("take", "link"):
+        inject(monkeypatch, "take" if step == "take" else "first_link", code)
+        return
+    faulty = SimpleNamespace(**{name: getattr(os, name) for name in dir(os)})
+    if step == "open":
+        faulty.open = _failing(code, os.open, lambda *_: True)
+    elif step == "fdatasync":
+        faulty.fdatasync = _failing(code, os.fdatasync, lambda *_: True)
+    else:  # the writes: the magic line, then body blocks, then the tail in one writev
+        calls = iter(range(100))
+        fail_at = {"magic": 0, "body": 1, "tail": 3}[step]
+        monkeypatch.setattr(
+            streamfile, "write_all", _failing(code, write_all, lambda *_: next(calls) == fail_at)
+        )
+    monkeypatch.setattr(streamfile, "os", faulty)
+
+
+def stream_one(queue: LocalQueueStore) -> str:
+    """Stream BODY in two blocks and queue it; the queue id. Errors as the queue raises them,
+    after the body is discarded (as the Session does after a failed write)."""
+    body = queue.new_body()
+    try:
+        body.write(BODY[: len(BODY) // 2])
+        body.write(BODY[len(BODY) // 2 :])
+    except SpoolError:
+        body.discard()
+        raise
+    queue_id = queue.new_id()
+    queue.put_streamed(make_envelope(queue_id, HEAD + BODY), HEAD, body)
+    return queue_id
+
+
+@pytest.mark.parametrize("code_name", list(ERRNOS))
+@pytest.mark.parametrize("step", STREAM_STEPS)
+def test_a_fault_at_any_step_of_a_streamed_message_queues_nothing(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, step: str, code_name: str
+) -> None:
+    root = tmp_path / "spool"
+    queue = LocalQueueStore(root)
+    queue.recover()
+    if step == "take":
+        queue._spool._fresh_files()  # reaps and starts the stock
+        for path in (root / "fresh").iterdir():
+            path.unlink()
+    code = ERRNOS[code_name]
+    with monkeypatch.context() as patched:
+        inject_into_stream(patched, step, code)
+        with pytest.raises(SpoolError) as raised:
+            stream_one(queue)
+    assert isinstance(raised.value, SpoolFullError) == (code != errno.EIO)
+    assert str(raised.value).count("\n") == 0  # one line for the log
+    assert queue.ids() == []
+    assert written(root) == []
+    queue_id = stream_one(queue)  # the fault is gone: the next one is queued
+    assert queue.message(queue_id) == HEAD + BODY
+    queue.close()
+
+
 _ON_TMPFS = textwrap.dedent(
     """
     import os
@@ -153,13 +221,14 @@ _ON_TMPFS = textwrap.dedent(
 )
 
 
-def test_a_real_full_file_system_refuses_cleanly_and_recovers(tmp_path: Path) -> None:
+def _on_tmpfs(tmp_path: Path, script_text: str) -> subprocess.CompletedProcess[str]:
+    """Run `script_text` with a fresh 2 MiB tmpfs (in a user and mount namespace) as argv[1]."""
     mount = tmp_path / "small"
     mount.mkdir()
     script = tmp_path / "fill.py"
-    script.write_text(_ON_TMPFS)
+    script.write_text(script_text)
     project = Path(__file__).resolve().parents[4]
-    done = subprocess.run(
+    return subprocess.run(
         [
             "unshare",
             "-rm",
@@ -178,6 +247,10 @@ def test_a_real_full_file_system_refuses_cleanly_and_recovers(tmp_path: Path) ->
         env={**os.environ, "PYTHONPATH": str(project)},
         check=False,
     )
+
+
+def test_a_real_full_file_system_refuses_cleanly_and_recovers(tmp_path: Path) -> None:
+    done = _on_tmpfs(tmp_path, _ON_TMPFS)
     assert done.returncode == 0, done.stderr
     full, queued, lines = done.stdout.split("\n")[0].split()
     assert (full, lines) == ("full", "0")
@@ -237,3 +310,67 @@ def test_a_fault_writing_a_delivery_state_keeps_a_whole_state_and_no_debris(
     store.write_state(queue_id, b'{"attempts": 3}')  # and the next write works
     assert store.read_state(queue_id) == b'{"attempts": 3}'
     store.close()
+
+
+_STREAM_ON_TMPFS = textwrap.dedent(
+    """
+    import os
+    import sys
+    import time
+    from pathlib import Path
+    from sendgate.errors import SpoolFullError
+    from sendgate.store.local.queue import LocalQueueStore
+    from tests.support.mail import make_envelope
+
+    root = Path(sys.argv[1]) / "spool"
+    queue = LocalQueueStore(root)
+    queue.recover()
+    head = b"Subject: fill\\r\\n\\r\\n"
+    block = (b"y" * 998 + b"\\r\\n") * 64  # 64 KiB, as the Session writes them
+    queued = []
+
+    def stream(blocks):
+        body = queue.new_body()
+        try:
+            for _ in range(blocks):
+                body.write(block)
+        except SpoolFullError:
+            body.discard()
+            raise
+        queue_id = queue.new_id()
+        queue.put_streamed(make_envelope(queue_id, head + block * blocks), head, body)
+        return queue_id
+
+    try:
+        while True:
+            queued.append(stream(5))  # 320 KiB each
+    except SpoolFullError as exc:
+        print("full", len(queued), str(exc).count(chr(10)))
+    assert sorted(queue.ids()) == sorted(queued), "a refused message left a link"
+    for queue_id in queued:
+        assert queue.message(queue_id) == head + block * 5
+    partial = [p.name for p in (root / "fresh").iterdir() if p.stat().st_size]
+    assert all((root / "fresh" / name).stat().st_nlink == 2 for name in partial), partial
+    for queue_id in queued[: len(queued) // 2 + 1]:
+        queue.remove(queue_id)
+    deadline = time.monotonic() + 10
+    while os.statvfs(root).f_bavail * os.statvfs(root).f_frsize < 6 * len(block):
+        assert time.monotonic() < deadline, "the removed messages' space never came back"
+        time.sleep(0.01)
+    stream(5)  # space is back: the next message is queued
+    print("after", len(queue.ids()))
+    queue.close()
+    """
+)
+
+
+def test_a_real_full_file_system_refuses_a_streamed_body_cleanly_and_recovers(
+    tmp_path: Path,
+) -> None:
+    done = _on_tmpfs(tmp_path, _STREAM_ON_TMPFS)
+    assert done.returncode == 0, done.stderr
+    full, queued, lines = done.stdout.split("\n")[0].split()
+    assert (full, lines) == ("full", "0")
+    assert 2 < int(queued) < 7  # 2 MiB of 320 KiB messages, minus the stock of fresh files
+    left = int(queued) - (int(queued) // 2 + 1) + 1
+    assert done.stdout.split("\n")[1] == f"after {left}"
