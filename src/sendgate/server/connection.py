@@ -13,6 +13,7 @@ a closed socket, never into an exception that reaches the listener.
 from __future__ import annotations
 
 import asyncio
+import functools
 import itertools
 import socket
 import ssl
@@ -33,7 +34,7 @@ from sendgate.smtp import replies
 from sendgate.smtp.events import NEED_DATA, MailFrom, MessageReceived, StartTls
 from sendgate.smtp.replies import Reply
 from sendgate.smtp.session import Session, SessionSettings, State
-from sendgate.smtp.spill import BLOCK, SPILL_AT, SinkFactory
+from sendgate.smtp.spill import BLOCK, SPILL_AT, BodySink, SinkFactory
 
 _conn_ids = itertools.count(1)
 # Seconds a MAIL FROM SIZE= reservation of memory lasts if no content follows: a client must
@@ -257,6 +258,8 @@ class SmtpConnection(asyncio.Protocol):
 
     def connection_lost(self, exc: Exception | None) -> None:
         self._closing = True
+        if self._session is not None:
+            self._session.close()  # a message being received lets go of its spilled body
         if self._abort_timer is not None:
             self._abort_timer.cancel()
             self._server.lingering(self, False)
@@ -336,7 +339,12 @@ class SmtpConnection(asyncio.Protocol):
             self._transport.pause_reading()
             self._deciding = True
             self._flush()
-            self._task = self._loop.create_task(self._await_answer(answer))
+            self._task = task = self._loop.create_task(self._await_answer(answer))
+            if isinstance(event, MessageReceived) and event.spilled is not None:
+                # The handler discards a body it does not queue, but a task cancelled before
+                # it first ran never ran the handler's clean-up: discard here too (a no-op
+                # once the body is queued, or handed to the thread that queues it).
+                task.add_done_callback(functools.partial(_discard, event.spilled))
             return
         self._flush()
         if self._server.draining and not session.busy and not session.closed:
@@ -604,3 +612,7 @@ class SmtpConnection(asyncio.Protocol):
             self._transport.abort()
         else:
             self._close()
+
+
+def _discard(body: BodySink, _done: asyncio.Task[None]) -> None:
+    body.discard()

@@ -122,11 +122,15 @@ class Spilled:
         head = self.head + block
         # Where the header section ends (the rule of `sendgate.headers.header_end`, which smtp/
         # may not import): at a leading empty line, or at the first empty line.
-        end = 0 if head.startswith(b"\r\n") else head.find(b"\r\n\r\n") + 2
-        if (end + 2 if end > 1 else len(head)) > HEAD_MAX:
+        if head.startswith(b"\r\n"):
+            end = 0
+        else:
+            found = head.find(b"\r\n\r\n")
+            end = found + 2 if found >= 0 else -1
+        if (end + 2 if end >= 0 else len(head)) > HEAD_MAX:
             self.fail(ContentProblem.HEADER_TOO_BIG)
             return None, b""
-        if end == 1:  # no empty line yet
+        if end < 0:  # no empty line yet
             self.head = head
             return None, b""
         self.head = head[: end + 2]

@@ -10,13 +10,17 @@ import concurrent.futures
 import contextlib
 import socket
 import ssl
+import threading
+from dataclasses import dataclass, field
 
 import pytest
 from tests.support.tls import client_hello
+from tests.support.waiting import wait_until
 from tests.unit.server.conftest import (
     HOSTNAME,
     Admissions,
     Client,
+    Handler,
     LiveWorker,
     ServeFactory,
     read_to_close,
@@ -342,3 +346,68 @@ def test_client_ctx_rejects_an_untrusted_server(serve: ServeFactory) -> None:
     ):
         ssl.create_default_context().wrap_socket(sock, server_hostname="localhost")
     live.log.wait_for(rf"event=tls_failed {CONN} error=")
+
+
+# --- large bodies streamed to a sink: never left open behind a connection ---
+
+
+class RecordingSink:
+    def __init__(self) -> None:
+        self.written = 0
+        self.discarded = threading.Event()
+
+    def write(self, data: bytes) -> None:
+        self.written += len(data)
+
+    def discard(self) -> None:
+        self.discarded.set()
+
+
+@dataclass
+class SpillingHandler(Handler):
+    """The conftest handler, taking large bodies into recording sinks."""
+
+    sinks: list[RecordingSink] = field(default_factory=list)
+
+    def open_body(self) -> RecordingSink:
+        self.sinks.append(RecordingSink())
+        return self.sinks[-1]
+
+
+LARGE = b"From: a@example.test\r\nSubject: big\r\n\r\n" + b"x" * 70 + b"\r\n"
+
+
+def start_large_message(client: Client) -> None:
+    assert client.command("EHLO client.example").code == 250
+    assert client.command("MAIL FROM:<a@example.test>").code == 250
+    assert client.command("RCPT TO:<b@example.test>").code == 250
+    assert client.command("DATA").code == 354
+    client.send(LARGE * 6000)  # 430 KB: past the spill threshold
+
+
+def test_a_client_reset_mid_data_lets_go_of_the_spilled_body(serve: ServeFactory) -> None:
+    handler = SpillingHandler()
+    live: LiveWorker = serve(Admissions(handler=handler))
+    client = greeted(live.client())
+    start_large_message(client)
+    assert wait_until(lambda: bool(handler.sinks) and handler.sinks[0].written > 0)
+    client.sock.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, b"\x01\x00\x00\x00\x00\x00\x00\x00")
+    client.sock.close()  # RST in the middle of the message
+    live.log.wait_for(rf"event=disconnect {CONN} errors=0$")
+    assert handler.sinks[0].discarded.wait(10)
+
+
+def test_a_spilled_body_the_handler_leaves_is_discarded_once_it_answered(
+    serve: ServeFactory,
+) -> None:
+    handler = SpillingHandler()
+    handler.gated.add(MessageReceived)  # answered later, without touching the body
+    live: LiveWorker = serve(Admissions(handler=handler))
+    with greeted(live.client()) as client:
+        start_large_message(client)
+        client.send(b".\r\n")
+        assert handler.waiting.wait(10)
+        assert not handler.sinks[0].discarded.is_set()  # the handler owns it while deciding
+        handler.gate.open()
+        assert client.reply().code == 250
+        assert handler.sinks[0].discarded.wait(10)

@@ -343,3 +343,13 @@ def feed_all(session: Session, data: bytes) -> None:
 def test_check_content_is_the_oracle_for_small_messages() -> None:
     data = b"a\r\n"
     assert check_content(data, 3, 10) == Content(data, 3, None)
+
+
+def test_a_message_without_header_section_is_not_refused_as_a_long_header() -> None:
+    message = b"\r\n" + (b"z" * 70 + b"\r\n") * 20_000  # 1.4 MB, starting with the empty line
+    sinks = Sinks()
+    _, content = DataReader(10 << 20, sinks).feed(message + b".\r\n")
+    assert content is not None
+    assert content.problem is None
+    assert content.data == b"\r\n"
+    assert whole(content, sinks) == message

@@ -1,14 +1,15 @@
 """Faults at every step of a commit: ENOSPC, EDQUOT and EIO never leave a message half queued.
 
 An injected fault layer makes one system call of `Spool.put_many` fail (making the fresh file,
-opening it, writing, the data sync, the first or a later link into queue/) with each errno;
-the commit must raise SpoolFullError (no space, no quota) or SpoolError (an I/O error), queue
+opening it, writing, the data sync, the first or a later link into queue/) with each errno; the
+commit must raise SpoolFullError (no space, no quota) or SpoolError (an I/O error), queue
 nothing, leave no link and no written file behind, and the same messages must then commit once
 the fault is gone. A streamed body (opened, written as it arrives, finished) gets the same
 treatment at each of its steps. A real file system (a tmpfs mounted in a user namespace of its
-own) filled up to the last byte, by group commits or by streamed bodies, must behave the same. The delivery state, rewritten after each attempt,
-gets the same treatment at each of its steps (temporary file, write, sync, rename, directory
-sync): the old state or the whole new one, never debris.
+own) filled up to the last byte, by group commits or by streamed bodies, must behave the same.
+The delivery state, rewritten after each attempt, gets the same treatment at each of its steps
+(temporary file, write, sync, rename, directory sync): the old state or the whole new one, never
+debris.
 """
 
 from __future__ import annotations
