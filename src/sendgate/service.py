@@ -9,6 +9,7 @@ process after it.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import math
 import os
 import signal
@@ -23,7 +24,7 @@ from sendgate.delivery.plan import load_relays
 from sendgate.delivery.runner import run_delivery, trust_store
 from sendgate.dkim.keys import load_keys
 from sendgate.dkim.signer import DkimSigner
-from sendgate.errors import SendgateError
+from sendgate.errors import SendgateError, SpoolError
 from sendgate.log import EventLog
 from sendgate.policy.auth import Authenticator
 from sendgate.policy.guard import LoginGuard
@@ -205,6 +206,12 @@ def serve(cfg: Config, log: EventLog) -> int:
             timeouts=timeouts,
             message_memory=message_memory,
         )
+        # Start a body file now, before serving: the first large message would otherwise pay
+        # on the event loop for the queue's set-up (the spool's reaping of a dead process's
+        # files, the first stock of fresh files and its directory sync). A full or broken
+        # spool is not this moment's problem: each message reports it.
+        with contextlib.suppress(SpoolError):
+            stores.queue.new_body().discard()
         try:
             run_loop(worker.run)
         finally:
