@@ -73,6 +73,18 @@ def test_seeds_pass_their_target(name: str, tmp_path: Path) -> None:
         TARGETS[name](seed)
 
 
+REGRESSIONS = ROOT / "tests" / "fuzz" / "regressions"
+
+
+@pytest.mark.parametrize(
+    "found", sorted(REGRESSIONS.iterdir()), ids=lambda path: path.name.split("-")[0]
+)
+def test_inputs_fuzzing_broke_pass_their_target_now(found: Path, tmp_path: Path) -> None:
+    """Each file in regressions/ is an input a long run found (named `<target>-<hash>`)."""
+    use_scratch(tmp_path)
+    TARGETS[found.name.split("-")[0]](found.read_bytes())
+
+
 @pytest.mark.fuzz
 @pytest.mark.slow
 @pytest.mark.parametrize("name", sorted(TARGETS))
