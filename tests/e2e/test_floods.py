@@ -146,6 +146,7 @@ def test_thousands_of_idle_connections_do_not_lock_out_a_new_client(
         )
         banner = time.monotonic() - started
         client.close()
+        print(f"figure: 2,000 idle from 40 addresses: a new client's banner in {banner:.3f} s")
         assert banner < 1.0, f"the banner took {banner:.2f} s"
 
         with login(running, "127.0.8.1") as logged_in:

@@ -15,7 +15,6 @@ import resource
 import signal
 import socket
 import ssl
-from collections import Counter
 from collections.abc import Awaitable
 from dataclasses import dataclass
 from typing import Any
@@ -99,8 +98,10 @@ class Worker:
         self._budget = max_connections or connection_budget(
             resource.getrlimit(resource.RLIMIT_NOFILE)[0]
         )
-        # Unauthenticated connections, oldest first: the ones closed to make room.
-        self._unauthenticated: dict[SmtpConnection, None] = {}
+        # Unauthenticated connections (the ones closed to make room) by address key, each
+        # address's oldest first; kept as they come and go, so making room costs no scan.
+        self._unauthenticated: dict[str, dict[SmtpConnection, None]] = {}
+        self._address_of: dict[SmtpConnection, str] = {}
         self._stop: asyncio.Event | None = None
         self._idle: asyncio.Event | None = None
         self._loop: asyncio.AbstractEventLoop | None = None
@@ -140,8 +141,18 @@ class Worker:
         if slot is None:
             return "connection_cap"
         self._connections.add(conn)
-        self._unauthenticated[conn] = None
+        key = address_key(ip)
+        self._address_of[conn] = key
+        self._unauthenticated.setdefault(key, {})[conn] = None
         return slot
+
+    def _forget_unauthenticated(self, conn: SmtpConnection) -> None:
+        key = self._address_of.pop(conn, None)
+        if key is not None:
+            held = self._unauthenticated[key]
+            del held[conn]
+            if not held:
+                del self._unauthenticated[key]
 
     def _make_room(self) -> bool:
         """Close an unauthenticated connection that waits for its client, to let a new one in.
@@ -149,23 +160,29 @@ class Worker:
         Called when the global cap or the unauthenticated share is full (not the new client's
         per-address cap). From the address holding the most unauthenticated connections here
         (a flood's, not a client's with one), its oldest; none younger than `room_min_age`,
-        none with a decision under way.
+        none with a decision under way. Among addresses holding as many, the first to come.
         """
         assert self._loop is not None
-        oldest = self._loop.time() - self._timeouts.room_min_age
-        held: Counter[str] = Counter()
-        candidates: dict[str, SmtpConnection] = {}  # address -> its oldest evictable one
-        for conn in self._unauthenticated:  # oldest first
-            key = address_key(conn.client_ip)
-            held[key] += 1
-            if key not in candidates and conn.connected_at <= oldest and conn.evictable:
-                candidates[key] = conn
-        if not candidates:
+        by_address = self._unauthenticated
+        if not by_address:
             return False
-        # max() keeps the first of equals: among addresses holding as many, the oldest goes.
-        chosen = max(candidates, key=held.__getitem__)
-        candidates[chosen].make_room()
-        return True
+        most = max(by_address, key=lambda key: len(by_address[key]))
+        if self._evict_from(by_address[most]):
+            return True
+        # The busiest address has nothing to spare (all young or deciding): the next ones.
+        ranked = sorted(by_address, key=lambda key: len(by_address[key]), reverse=True)
+        return any(self._evict_from(by_address[key]) for key in ranked if key != most)
+
+    def _evict_from(self, held: dict[SmtpConnection, None]) -> bool:
+        assert self._loop is not None
+        oldest = self._loop.time() - self._timeouts.room_min_age
+        for conn in held:  # oldest first
+            if conn.connected_at > oldest:
+                return False
+            if conn.evictable:
+                conn.make_room()
+                return True
+        return False
 
     @property
     def memory_used(self) -> int:
@@ -182,7 +199,7 @@ class Worker:
 
     def promote(self, conn: SmtpConnection, slot: int | None) -> None:
         self._caps.promote(slot)
-        self._unauthenticated.pop(conn, None)
+        self._forget_unauthenticated(conn)
 
     def lingering(self, conn: SmtpConnection, still: bool) -> None:
         if still:
@@ -193,7 +210,7 @@ class Worker:
     def release(self, conn: SmtpConnection, slot: int) -> None:
         self._caps.release(slot, authenticated=conn.authenticated)
         self._connections.discard(conn)
-        self._unauthenticated.pop(conn, None)
+        self._forget_unauthenticated(conn)
         if not self._connections and self._idle is not None:
             self._idle.set()
 
