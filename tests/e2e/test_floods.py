@@ -265,7 +265,10 @@ def test_forty_clients_sending_20_mib_at_once(
         pace.wait(0.05)  # a sampling interval, not a synchronisation
     assert failures == []
     assert banner_waits
-    assert max(banner_waits) < 1.0, banner_waits
+    # Streaming puts each block's checks (and DKIM hashing) on the event loop, shared by the
+    # 40 senders: measured 0.39-0.69 s here, 1.15 s once in a sequential CI run (9.3 s before
+    # the issue). A bound that still catches a server that stops answering.
+    assert max(banner_waits) < 2.0, banner_waits
     assert len(set(ids)) == 40
     assert sorted(ids) == sorted(made.queue_ids())  # every 250 is on disk
     growth = peak - before
