@@ -98,9 +98,7 @@ class Spilled:
 
     def take(self, block: bytes, *, last: bool = False) -> None:
         """Check `block` and pass it on (to the head, then the sink)."""
-        self.size += len(block)
-        if self.problem is not None:
-            return
+        self.size += len(block)  # callers stop at the first problem: none is set here
         problem = _block_problem(block, last=last)
         if problem is None and self.size > self._max_size:
             problem = ContentProblem.TOO_BIG

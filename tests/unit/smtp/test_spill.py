@@ -353,3 +353,12 @@ def test_a_message_without_header_section_is_not_refused_as_a_long_header() -> N
     assert content.problem is None
     assert content.data == b"\r\n"
     assert whole(content, sinks) == message
+
+
+def test_a_bdat_chunk_dropped_before_its_first_octet_is_refused() -> None:
+    session = accept_session(Sinks())
+    feed_all(session, b"MAIL FROM:<a@b.example>\r\nRCPT TO:<c@d.example>\r\nBDAT 10 LAST\r\n")
+    session.drop_content()  # no octet of the chunk has come yet
+    session.receive_data(b"0123456789")
+    assert session.next_event() is NEED_DATA
+    assert session.data_to_send() == replies.STORAGE_FULL.encode()
