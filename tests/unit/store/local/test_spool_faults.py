@@ -72,6 +72,13 @@ def inject(monkeypatch: pytest.MonkeyPatch, step: str, code: int) -> None:
     monkeypatch.setattr(spool, "os", faulty)
 
 
+def empty_stock(store: Spool, root: Path) -> None:
+    """No ready fresh file: the next commit has to make its own (the "take" step)."""
+    store._fresh_files()  # reaps and starts the stock
+    for path in (root / "fresh").iterdir():
+        path.unlink()
+
+
 def batch(store: Spool) -> list[tuple[Envelope, bytes]]:
     messages = [b"Subject: one\r\n\r\nfirst\r\n", b"Subject: two\r\n\r\nsecond\r\n"]
     return [(make_envelope(store.new_id(), m), m) for m in messages]
@@ -92,10 +99,7 @@ def test_a_fault_at_any_step_queues_nothing_and_the_next_commit_works(
     store = Spool(root)
     store.sweep()
     if step == "take":
-        # An empty stock: the commit has to make its fresh file itself.
-        store._fresh_files()  # reaps and starts the stock
-        for path in (root / "fresh").iterdir():
-            path.unlink()
+        empty_stock(store, root)
     items = batch(store)
     code = ERRNOS[code_name]
     with monkeypatch.context() as patched:
@@ -163,9 +167,7 @@ def test_a_fault_at_any_step_of_a_streamed_message_queues_nothing(
     queue = LocalQueueStore(root)
     queue.recover()
     if step == "take":
-        queue._spool._fresh_files()  # reaps and starts the stock
-        for path in (root / "fresh").iterdir():
-            path.unlink()
+        empty_stock(queue._spool, root)
     code = ERRNOS[code_name]
     with monkeypatch.context() as patched:
         inject_into_stream(patched, step, code)
