@@ -142,6 +142,19 @@ class _Transaction:
     recipients: list[Address]
 
 
+# How each content problem is answered (one table, not one built per refusal).
+_CONTENT_REFUSALS: dict[ContentProblem, Reply] = {
+    ContentProblem.TOO_BIG: replies.MESSAGE_TOO_BIG,
+    ContentProblem.BARE_NEWLINE: replies.BARE_NEWLINE_IN_DATA,
+    ContentProblem.LONG_LINE: replies.TEXT_LINE_TOO_LONG,
+    ContentProblem.NO_FINAL_CRLF: replies.NO_FINAL_CRLF,
+    ContentProblem.NO_MEMORY: replies.STORAGE_FULL,
+    ContentProblem.HEADER_TOO_BIG: replies.HEADER_TOO_BIG,
+    ContentProblem.NO_SPACE: replies.STORAGE_FULL,
+    ContentProblem.WRITE_FAILED: replies.LOCAL_ERROR,
+}
+
+
 class Session:
     """One SMTP server session (see the module docstring for the calling convention)."""
 
@@ -476,18 +489,7 @@ class Session:
         assert txn is not None
         if content.data is None:
             self._reset_transaction()
-            self._send(
-                {
-                    ContentProblem.TOO_BIG: replies.MESSAGE_TOO_BIG,
-                    ContentProblem.BARE_NEWLINE: replies.BARE_NEWLINE_IN_DATA,
-                    ContentProblem.LONG_LINE: replies.TEXT_LINE_TOO_LONG,
-                    ContentProblem.NO_FINAL_CRLF: replies.NO_FINAL_CRLF,
-                    ContentProblem.NO_MEMORY: replies.STORAGE_FULL,
-                    ContentProblem.HEADER_TOO_BIG: replies.HEADER_TOO_BIG,
-                    ContentProblem.NO_SPACE: replies.STORAGE_FULL,
-                    ContentProblem.WRITE_FAILED: replies.LOCAL_ERROR,
-                }[content.problem or ContentProblem.TOO_BIG]
-            )
+            self._send(_CONTENT_REFUSALS[content.problem or ContentProblem.TOO_BIG])
             return None
         self._state = State.RCPT  # until answered: the transaction is still open
         self._received = len(content.data)  # in memory: the header section of a spilled one
