@@ -42,25 +42,24 @@ def _arguments(parser: argparse.ArgumentParser) -> None:
 
 def parse_server(text: str, implicit_tls: bool) -> tuple[str, int]:
     """HOST, HOST:PORT, [V6]:PORT or a bare IPv6 address; ValueError naming the problem."""
-    default = SUBMISSIONS if implicit_tls else SUBMISSION
-    host, port = text, ""
+    host, port = text, None
     if text.startswith("["):
         host, bracket, rest = text[1:].partition("]")
         if not bracket or (rest and not rest.startswith(":")):
             raise ValueError(f"{text!r}: expected [IPV6]:PORT")
-        port = rest[1:]
+        port = rest[1:] if rest else None
     elif text.count(":") == 1:
         host, port = text.split(":")
     if not host:
         raise ValueError(f"{text!r}: no host")
-    if ":" in host:
+    if ":" in host or text.startswith("["):
         try:
             ipaddress.IPv6Address(host)
         except ValueError:
             raise ValueError(f"{text!r}: not a host name or address") from None
-    if not port:
-        return host, default
-    if not port.isdigit() or not 0 < int(port) < 65536:
+    if port is None:
+        return host, SUBMISSIONS if implicit_tls else SUBMISSION
+    if not (port.isascii() and port.isdigit()) or not 0 < int(port) < 65536:
         raise ValueError(f"{text!r}: port must be a number from 1 to 65535")
     return host, int(port)
 
