@@ -1,8 +1,8 @@
 """`sendgate probe` against live servers: sendgate on its defaults and with each unsafe override.
 
 The probe runs as the real CLI in a subprocess. Each test probes a server of its own: a probe
-opens about a dozen connections without logging in, and a defended server refuses an address
-past 20 such connections in 10 seconds.
+of a server with weaknesses opens a dozen connections without logging in, and a defended
+server refuses an address past 20 such connections in 10 seconds.
 """
 
 from __future__ import annotations

@@ -1,8 +1,9 @@
 """`probe`: findings about any submission server, seen from outside as a client sees it.
 
 Harmless by default: without credentials it never sends a message, and with them it sends only
-to the user's own address. Each check opens its own connections (about a dozen in all, well
-under the rate at which a defended server starts refusing an address).
+to the user's own address. Each check opens its own connections: five without a login for a
+well-set server (more where a screening question must be broken down), under the rate at which
+a defended server starts refusing an address; the login checks add seven that log in.
 """
 
 from __future__ import annotations
