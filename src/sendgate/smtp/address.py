@@ -26,6 +26,9 @@ MAX_LOCAL_PART = 64
 MAX_DOMAIN = 255
 MAX_PATH = 256
 MAX_HOST_NAME = 253  # a DNS name as text without the final dot (255 octets on the wire)
+# Comments nested deeper than this in From:/Sender: are refused before the stdlib parser sees
+# them: it recurses per level (RecursionError at a few hundred). Real clients nest none.
+MAX_COMMENT_DEPTH = 32
 _MAX_LABEL = 63
 
 # RFC 5321 atext (RFC 5322 3.2.3) as a character class, ASCII part.
@@ -251,6 +254,27 @@ _PLAIN_NAME = rf'(?:[{_ATEXT}]+(?: [{_ATEXT}]+)*|"[\x20\x21\x23-\x5b\x5d-\x7e]*"
 _PLAIN_MAILBOX = re.compile(rf"{_PLAIN_ADDR}|(?:{_PLAIN_NAME})?<{_PLAIN_ADDR}>")
 
 
+def _comment_depth(value: str) -> int:
+    """The deepest nesting of RFC 5322 comments, outside quoted strings, escapes counted."""
+    depth = deepest = 0
+    quoted = escaped = False
+    for char in value:
+        if escaped:
+            escaped = False
+        elif char == "\\":
+            escaped = True
+        elif char == '"' and depth == 0:
+            quoted = not quoted
+        elif quoted:
+            continue
+        elif char == "(":
+            depth += 1
+            deepest = max(deepest, depth)
+        elif char == ")" and depth:
+            depth -= 1
+    return deepest
+
+
 def parse_header_mailboxes(name: str, value: str, *, smtputf8: bool = True) -> list[Address]:
     """Mailboxes of a From:/Sender: field body (RFC 5322 mailbox-list), strictly.
 
@@ -266,10 +290,15 @@ def parse_header_mailboxes(name: str, value: str, *, smtputf8: bool = True) -> l
 
 def parse_header_mailboxes_fully(name: str, value: str, *, smtputf8: bool = True) -> list[Address]:
     """`parse_header_mailboxes` without the shortcut for plain values (their reference)."""
-    # The stdlib parser raises more than HeaderParseError on some malformed values.
+    if _comment_depth(value) > MAX_COMMENT_DEPTH:
+        raise AddressError("address header nested too deeply")
+    # The stdlib parser raises more than HeaderParseError on some malformed values; it recurses
+    # once per nested comment, hence the depth check first, and RecursionError as a backstop.
     try:
         header = _HEADER_REGISTRY(name, value)
-    except (HeaderParseError, AttributeError, IndexError, TypeError, ValueError) as exc:
+    except (
+        HeaderParseError, AttributeError, IndexError, TypeError, ValueError, RecursionError,
+    ) as exc:  # fmt: skip
         raise AddressError("unparsable address header") from exc
     if any(not isinstance(d, NonASCIILocalPartDefect) for d in header.defects):
         raise AddressError("malformed address header")

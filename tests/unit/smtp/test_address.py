@@ -1,8 +1,12 @@
 """Tests for the address parser: SMTP paths, local parts, domains, literals, header mailboxes."""
 
+import inspect
+import sys
+
 import pytest
 
 from sendgate.smtp.address import (
+    MAX_COMMENT_DEPTH,
     MAX_DOMAIN,
     MAX_LOCAL_PART,
     MAX_PATH,
@@ -369,3 +373,37 @@ def test_header_mailboxes_utf8_needs_smtputf8() -> None:
 def test_header_mailboxes_never_raise_anything_else(value: str) -> None:
     with pytest.raises(AddressError):
         parse_header_mailboxes("From", value)
+
+
+def test_nested_comments_are_refused_before_the_stdlib_recurses() -> None:
+    deepest = "(" * MAX_COMMENT_DEPTH + ")" * MAX_COMMENT_DEPTH + " alice@example.org"
+    assert parse_header_mailboxes("From", deepest) == [Address("alice", "example.org")]
+    # One level more, or thousands (the stdlib parser raised RecursionError at a few hundred).
+    for depth in (MAX_COMMENT_DEPTH + 1, 5000):
+        with pytest.raises(AddressError, match=r"^address header nested too deeply$"):
+            parse_header_mailboxes("From", "(" * depth + "alice@example.org")
+
+
+@pytest.mark.parametrize(
+    "value",
+    [
+        '"' + "(" * 100 + '" <alice@example.org>',  # inside a quoted string: not comments
+        "(" + "\\(" * 100 + ") alice@example.org",  # escaped: one comment
+        '("' + "()" * 50 + '") alice@example.org',  # a quote inside a comment is a character
+    ],
+)
+def test_only_real_comment_nesting_counts(value: str) -> None:
+    assert parse_header_mailboxes("From", value) == [Address("alice", "example.org")]
+
+
+def test_a_recursion_in_the_stdlib_parser_is_a_refusal() -> None:
+    # A caller already deep in its stack: the allowed nesting overflows it (the backstop).
+    value = "(" * MAX_COMMENT_DEPTH + "alice@example.org"
+    depth = len(inspect.stack(0))
+    limit = sys.getrecursionlimit()
+    sys.setrecursionlimit(depth + 60)
+    try:
+        with pytest.raises(AddressError, match=r"^unparsable address header$"):
+            parse_header_mailboxes("From", value)
+    finally:
+        sys.setrecursionlimit(limit)
