@@ -16,8 +16,11 @@ import signal
 import time
 from collections.abc import Callable, Coroutine
 from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
 from typing import Any
 
+from sendgate.audit.listeners import Listener as AuditedListener
+from sendgate.audit.schedule import run_auditor
 from sendgate.config.schema import Config
 from sendgate.config.unsafe import unsafe_settings
 from sendgate.delivery.plan import load_relays
@@ -85,7 +88,7 @@ def logins(
     return Logins(guard, authenticator, stores.users, cfg.login_limits, stores.limits.now, notices)
 
 
-def serve(cfg: Config, log: EventLog) -> int:
+def serve(cfg: Config, log: EventLog, config_path: Path) -> int:
     """Run the server until SIGTERM; returns the process exit code."""
     for unsafe in unsafe_settings(cfg):
         log.event(
@@ -113,6 +116,7 @@ def serve(cfg: Config, log: EventLog) -> int:
         log.event("dkim_key", domain=key.domain, selector=key.selector, algorithm=key.algorithm)
     tls = TlsContextHolder(cfg.tls.certificates, cfg.tls.min_version)
     listeners: list[Listener] = []
+    audited: list[AuditedListener] = []  # the bound addresses, for the scheduled audit
     for implicit, addresses in ((False, cfg.listen.submission), (True, cfg.listen.submissions)):
         for hostport in addresses:
             try:
@@ -121,6 +125,7 @@ def serve(cfg: Config, log: EventLog) -> int:
                 raise SendgateError(f"cannot listen on {hostport}: {exc.strerror or exc}") from exc
             host, port = sock.getsockname()[:2]
             listeners.append(Listener(sock, implicit))
+            audited.append(AuditedListener(host, port, implicit))
             log.event(
                 "listening",
                 kind="submissions" if implicit else "submission",
@@ -159,6 +164,9 @@ def serve(cfg: Config, log: EventLog) -> int:
     )
 
     def run_child(index: int) -> int:
+        if index == workers + 1:
+            log.context = {"runner": "audit"}
+            return run_auditor(cfg, config_path, log, backends.open_users, audited)
         if index == workers:
             log.context = {"runner": "delivery"}
             stores = backends.open("runner")
@@ -223,13 +231,13 @@ def serve(cfg: Config, log: EventLog) -> int:
         return 0
 
     log.event("ready", workers=workers, hostname=cfg.hostname)
-    # The child after the acceptors is the delivery runner.
+    # The children after the acceptors: the delivery runner, then the auditor (if scheduled).
     supervisor = Supervisor(
         workers,
         run_child,
         log,
         forget,
-        runners=1,
+        runners=2 if cfg.audit.interval else 1,
         resend_after=cfg.limits.shutdown_grace + RESEND_EVERY,
     )
     try:

@@ -7,8 +7,10 @@
   and reaches storage only through the queue contract (store.queue and its records);
 - only store.backends imports a backend (store.local.*, later store.cluster.*);
 - outside config/, features import config.schema only; the loader, kinds and renderer are for
-  cli/ and scaffold, config.unsafe also for service (which logs the overrides in force);
-- only cli/ imports audit and probe (and they, their own modules and each other);
+  cli/ and scaffold, config.unsafe also for service (which logs the overrides in force) and
+  audit (which reports them);
+- only cli/ imports audit and probe (and they, their own modules and each other); service
+  imports audit for the scheduled audit;
 - the neutral helpers both sides use (sendgate.text, sendgate.headers) import only the stdlib,
   so that using them never brings the inbound side into delivery/;
 - no module is called utils.py, and smtp/ and policy/ keep no module-level mutable globals.
@@ -41,7 +43,12 @@ QUEUE_CONTRACT = frozenset(
 )
 CONFIG_FOR_FEATURES = "sendgate.config.schema"
 CONFIG_USERS = {
-    "sendgate.config.unsafe": ("sendgate.cli", "sendgate.scaffold", "sendgate.service"),
+    "sendgate.config.unsafe": (
+        "sendgate.cli",
+        "sendgate.scaffold",
+        "sendgate.service",
+        "sendgate.audit",
+    ),
 }
 CONFIG_TOOLS = ("sendgate.cli", "sendgate.scaffold")
 CLI_ONLY = ("sendgate.audit", "sendgate.probe")
@@ -139,8 +146,11 @@ def rule_violation(importer: str, imported: str) -> str | None:
         if not any(within(importer, user) for user in allowed):
             return f"outside config/, {importer} may import only {CONFIG_FOR_FEATURES}"
     tools = ("sendgate.cli", *CLI_ONLY)  # audit runs probe's checks on its own listeners
-    if any(within(imported, tool) for tool in CLI_ONLY) and not any(
-        within(importer, tool) for tool in tools
+    scheduled = importer == "sendgate.service" and within(imported, "sendgate.audit")
+    if (
+        any(within(imported, tool) for tool in CLI_ONLY)
+        and not any(within(importer, tool) for tool in tools)
+        and not scheduled
     ):
         return f"only cli/ imports {imported}"
     return None

@@ -79,8 +79,8 @@ def configure(path: Path, changes: dict[str, str]) -> Config:
     return load_config(path)
 
 
-def serving(cfg: Config) -> Forked:
-    return Forked(lambda log: serve(cfg, log))
+def serving(cfg: Config, path: Path) -> Forked:
+    return Forked(lambda log: serve(cfg, log, path))
 
 
 def ports(server: Forked) -> dict[str, int]:
@@ -215,7 +215,7 @@ def test_serve_starts_logs_what_it_found_and_stops_on_sigterm(
     (spool / "queue" / broken).write_bytes(b"not an envelope\n" + MESSAGE)
     (spool / "tmp" / "01HX0000000000PART").write_bytes(b"half a message")
 
-    with serving(cfg) as server:
+    with serving(cfg, config_path) as server:
         found = ports(server)
         assert set(found) == {"submission", "submissions"}
         assert 0 not in found.values()
@@ -266,7 +266,7 @@ def test_a_message_submitted_over_starttls_with_auth_is_queued(
     finally:
         stores.close()
 
-    with serving(cfg) as server:
+    with serving(cfg, config_path) as server:
         port = ports(server)["submission"]
         with smtplib.SMTP("127.0.0.1", port, local_hostname="client.example", timeout=WAIT) as c:
             c.starttls(context=client_context(ca))

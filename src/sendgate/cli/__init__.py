@@ -11,13 +11,14 @@ These invocations are relied on by scripts and docs and must keep working exactl
 `sendgate --config FILE bans list|add|remove [TARGET]`,
 `sendgate --config FILE user status|unflag USER` (each of these with `--json`),
 `sendgate --config FILE user app-password add USER LABEL` (the password alone on the last line
-of stdout), `sendgate probe HOST[:PORT] [--implicit-tls] [--auth USER] [--json]`.
+of stdout), `sendgate --config FILE audit [--json]`,
+`sendgate probe HOST[:PORT] [--implicit-tls] [--auth USER] [--json]`.
 Passwords are read from a prompt or stdin, never from argv.
 
-Each command group is one module of this package (init, serve, user, queue, bans, dkim, probe)
-offering a `Group` row; `GROUPS` below lists them in the order `--help` shows. Adding a group is
-one new module and one entry there. This package owns every line printed for people; the library
-code it calls returns values and raises `SendgateError`s, and prints nothing.
+Each command group is one module of this package (init, serve, user, queue, bans, dkim, audit,
+probe) offering a `Group` row; `GROUPS` below lists them in the order `--help` shows. Adding a
+group is one new module and one entry there. This package owns every line printed for people;
+the library code it calls returns values and raises `SendgateError`s, and prints nothing.
 """
 
 from __future__ import annotations
@@ -29,7 +30,7 @@ from collections.abc import Callable, Sequence
 from pathlib import Path
 
 from sendgate import __version__
-from sendgate.cli import bans, dkim, init, probe, queue, serve, user
+from sendgate.cli import audit, bans, dkim, init, probe, queue, serve, user
 from sendgate.cli.command import Group
 from sendgate.errors import ConfigError, SendgateError
 from sendgate.scaffold import CONFIG_NAME
@@ -41,6 +42,7 @@ GROUPS: tuple[Group, ...] = (
     queue.GROUP,
     bans.GROUP,
     dkim.GROUP,
+    audit.GROUP,
     probe.GROUP,
 )
 

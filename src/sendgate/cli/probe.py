@@ -13,8 +13,8 @@ import ssl
 import sys
 from pathlib import Path
 
-from sendgate.cli.command import Group, add_json_flag, print_json
-from sendgate.findings import Finding, Severity, as_document, exit_status, sorted_by_severity
+from sendgate.cli.command import Group, add_json_flag
+from sendgate.cli.report import report
 from sendgate.probe import SUBMISSION, SUBMISSIONS, Credentials, ProbeError, Target, probe
 from sendgate.probe.wire import WireError
 
@@ -93,31 +93,13 @@ def run(args: argparse.Namespace) -> int:
     except ssl.SSLError as exc:  # a CA file that holds no certificate
         print(f"sendgate probe: {args.cafile}: {exc.reason or exc}", file=sys.stderr)
         return 2
-    findings = sorted_by_severity(findings)
-    if args.json:
-        print_json(as_document(findings))
-    else:
-        print(_report(target, findings))
-    return exit_status(findings)
+    return report(f"probe of {target.shown}", findings, args.json)
 
 
 def _read_password(user: str) -> str:
     if sys.stdin.isatty():
         return getpass.getpass(f"Password for {user}: ")
     return sys.stdin.readline().rstrip("\r\n")
-
-
-def _report(target: Target, findings: list[Finding]) -> str:
-    counts = {level: sum(f.severity == level for f in findings) for level in Severity}
-    summary = ", ".join(f"{counts[level]} {level.label}" for level in reversed(Severity))
-    lines = [f"probe of {target.shown}: {summary}"]
-    for finding in findings:
-        lines.append(f"{finding.severity.label.upper():8} {finding.code}: {finding.message}")
-        if finding.evidence:
-            lines.append(f"         seen: {finding.evidence}")
-        if finding.fix:
-            lines.append(f"         fix:  {finding.fix}")
-    return "\n".join(lines)
 
 
 GROUP = Group(

@@ -7,7 +7,7 @@ import os
 import sys
 from pathlib import Path
 
-from sendgate.cli.command import Group, load
+from sendgate.cli.command import Group, config_path, load
 from sendgate.config.load import load_config
 from sendgate.config.schema import Config
 from sendgate.log import EventLog
@@ -22,7 +22,7 @@ def _arguments(serve: argparse.ArgumentParser) -> None:
     """No arguments: everything comes from the configuration."""
 
 
-def _embedded_default() -> Config:
+def _embedded_default() -> tuple[Config, Path]:
     """`sendgate serve` with no config anywhere: a local instance in ./sendgate-data/."""
     config = DEFAULT_DIR / CONFIG_NAME
     if not config.exists():
@@ -38,16 +38,19 @@ def _embedded_default() -> Config:
             f"`sendgate --config {config} user add ADDRESS`)",
             file=sys.stderr,
         )
-    return load_config(config)
+    return load_config(config), config
 
 
 def run(args: argparse.Namespace) -> int:
     from sendgate.service import serve
 
     explicit = args.config is not None or "SENDGATE_CONFIG" in os.environ
-    cfg = load(args) if explicit or Path(CONFIG_NAME).exists() else _embedded_default()
+    if explicit or Path(CONFIG_NAME).exists():
+        cfg, path = load(args), config_path(args)
+    else:
+        cfg, path = _embedded_default()
     log = EventLog(sys.stderr, fmt=cfg.log.format, level=cfg.log.level)
-    return serve(cfg, log)
+    return serve(cfg, log, path)
 
 
 GROUP = Group("serve", "run the submission server", _arguments, run)

@@ -376,6 +376,20 @@ class DkimConfig:
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
+class AuditConfig:
+    """The audit `serve` runs of its own setup (`sendgate audit` runs it on demand)."""
+
+    interval: float = field(
+        default=86400.0,
+        metadata=setting(
+            Float(0, 31536000),
+            "Seconds between audits while serving, the first at start (findings are logged as "
+            "event=audit_finding); 0 turns the scheduled audit off.",
+        ),
+    )
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
 class Config:
     """The whole configuration, as returned by `load_config`."""
 
@@ -407,4 +421,5 @@ class Config:
     privacy: PrivacyConfig = field(default_factory=PrivacyConfig)
     delivery: DeliveryConfig = field(default_factory=DeliveryConfig)
     dkim: DkimConfig = field(default_factory=DkimConfig)
+    audit: AuditConfig = field(default_factory=AuditConfig)
     log: LogConfig = field(default_factory=LogConfig)

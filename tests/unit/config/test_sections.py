@@ -32,6 +32,7 @@ def test_sections_walk_the_schema_in_order() -> None:
         "privacy",
         "delivery",
         "dkim",
+        "audit",
         "log",
     ]
 

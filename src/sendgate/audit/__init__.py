@@ -1,0 +1,66 @@
+"""`audit`: findings about this installation, from its files, its stores and its listeners.
+
+`run_audit` is what `sendgate audit` prints and what `serve` logs on a schedule
+(`audit.schedule`). Each part is a module of this package; none of them raises for what it
+finds, so one broken file never hides the other findings. DNS records (DKIM, SPF, DMARC,
+MTA-STS, TLS-RPT, PTR) come with the `dns` command.
+"""
+
+from __future__ import annotations
+
+from datetime import datetime
+from pathlib import Path
+
+from sendgate.audit.accounts import account_findings
+from sendgate.audit.certificates import certificate_findings, unsafe_findings
+from sendgate.audit.defences import defence_findings
+from sendgate.audit.files import file_findings
+from sendgate.audit.listeners import Listener, listener_findings
+from sendgate.audit.signing import dkim_findings
+from sendgate.config.schema import Config
+from sendgate.dkim.keys import load_keys
+from sendgate.errors import ConfigError
+from sendgate.findings import Finding, Severity
+from sendgate.store.users import UserRecord
+
+__all__ = ["Listener", "configured_listeners", "run_audit"]
+
+
+def configured_listeners(cfg: Config) -> list[Listener]:
+    return [
+        Listener(hostport.host, hostport.port, implicit)
+        for implicit, addresses in ((False, cfg.listen.submission), (True, cfg.listen.submissions))
+        for hostport in addresses
+    ]
+
+
+def run_audit(
+    cfg: Config,
+    config_path: Path,
+    users: list[UserRecord],
+    now: datetime,
+    listeners: list[Listener],
+    *,
+    listener_down: Severity = Severity.INFO,
+    roots: Path | None = None,
+) -> list[Finding]:
+    """Every finding, in a fixed order: settings, certificates, files, accounts, defences,
+    DKIM, then the live probe of `listeners` ([] for none)."""
+    findings = unsafe_findings(cfg)
+    findings += certificate_findings(cfg, now, roots)
+    findings += file_findings(cfg, config_path)
+    findings += account_findings(users)
+    findings += defence_findings(cfg)
+    try:
+        findings += dkim_findings(users, load_keys(cfg.dkim.key_dir))
+    except ConfigError as exc:
+        findings.append(
+            Finding(
+                "audit.dkim_key_broken",
+                Severity.CRITICAL,
+                str(exc),
+                fix="fix or remove the file: serve refuses to start with it",
+            )
+        )
+    findings += listener_findings(listeners, cfg.hostname, down=listener_down)
+    return findings
