@@ -260,8 +260,11 @@ class InstanceFactory:
             ca_pem=self._ca_pem,
             ca=self._ca,
         )
-        # Delivery is held unless a test asks for it: no test may reach the system's DNS.
-        instance.configure({"listen.workers": 1, "delivery.hold": True, **(settings or {})})
+        # Delivery is held unless a test asks for it: no test may reach the system's DNS. The
+        # scheduled audit's live probe would be connections and log lines other tests count.
+        instance.configure(
+            {"listen.workers": 1, "delivery.hold": True, "audit.interval": 0, **(settings or {})}
+        )
         instance.cli("user", "add", USER, stdin=PASSWORD + "\n").ok()
         return instance
 

@@ -154,6 +154,14 @@ class Resolver:
         records = tuple(TlsaRecord(r.usage, r.selector, r.mtype, r.cert) for r in tlsas)
         return Answer(records, secure)
 
+    async def texts(self, name: str, rdtype: str) -> list[str]:
+        """The records of any type as text (TXT: its strings joined), for people and checks."""
+        rdatas, _ = await self._query(name, dns.rdatatype.from_text(rdtype))
+        if rdtype == "TXT":
+            txts = cast(list[dns.rdtypes.ANY.TXT.TXT], rdatas)
+            return [b"".join(r.strings).decode("utf-8", "replace") for r in txts]
+        return [rdata.to_text() for rdata in rdatas]
+
     async def _query(
         self, name: str, rdtype: dns.rdatatype.RdataType
     ) -> tuple[list[dns.rdata.Rdata], bool]:

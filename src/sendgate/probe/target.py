@@ -92,8 +92,12 @@ def connect(target: Target, context: ssl.SSLContext | None = None) -> tuple[Wire
         wire = Wire.open(target.host, target.port, target.timeout)
     except WireError as exc:
         raise ProbeError(str(exc)) from exc
-    if target.implicit_tls:
-        wire.starttls(context or lenient_context(), target.sni)
+    try:
+        if target.implicit_tls:
+            wire.starttls(context or lenient_context(), target.sni)
+    except WireError:
+        wire.close()
+        raise
     try:
         banner = wire.reply()
     except WireError as exc:
