@@ -1,8 +1,9 @@
 """`sendgate audit` on a live instance, and the audit `serve` runs on a schedule while mail flows.
 
 The instances' certificates come from the tests' own CA, which the system does not trust, so
-every audit here has that critical finding; the DKIM key is missing too (a warning). Both are
-real findings about these instances, and both must show up.
+every audit here has that critical finding; the DKIM key is missing, and the loopback DNS
+server knows no record of the domain (SPF, DMARC) nor the hostname: four warnings. All are real
+findings about these instances, and all must show up.
 """
 
 from __future__ import annotations
@@ -10,9 +11,11 @@ from __future__ import annotations
 import json
 import re
 import socket
+from collections.abc import Iterator
 
 import pytest
 from tests.e2e.conftest import InstanceFactory, ServerFactory
+from tests.peers.dns_server import ZoneServer
 
 pytestmark = [pytest.mark.e2e, pytest.mark.slow]
 
@@ -31,8 +34,17 @@ def free_ports(count: int) -> list[int]:
             sock.close()
 
 
+@pytest.fixture
+def resolver() -> Iterator[list[str]]:
+    """A DNS server on loopback for the audit's lookups (no test may reach the system's DNS);
+    it knows nothing, so the DNS findings are "missing" ones."""
+    with ZoneServer("127.0.0.1", 0) as zone:
+        host, port = zone.nameserver
+        yield [f"{host}:{port}"]
+
+
 def test_the_audit_command_probes_the_running_server(
-    instance: InstanceFactory, server: ServerFactory
+    instance: InstanceFactory, server: ServerFactory, resolver: list[str]
 ) -> None:
     port, tls_port = free_ports(2)
     made = instance(
@@ -40,6 +52,7 @@ def test_the_audit_command_probes_the_running_server(
             "listen.submission": [f"127.0.0.1:{port}"],
             "listen.submissions": [f"127.0.0.1:{tls_port}"],
             "audit.interval": 0,
+            "delivery.resolver": resolver,
         }
     )
     stopped = made.cli("audit", "--json")
@@ -47,6 +60,8 @@ def test_the_audit_command_probes_the_running_server(
     assert stopped.code == 1
     assert codes["audit.cert_untrusted"]["severity"] == "critical"
     assert codes["audit.dkim_key_missing"]["severity"] == "warning"
+    for code in ("audit.dns_spf_missing", "audit.dns_dmarc_missing", "audit.hostname_unresolved"):
+        assert codes[code]["severity"] == "warning"
     assert codes["audit.listener_down"]["severity"] == "info"  # not running: not a warning
     server(made)
     running = made.cli("audit", "--json")
@@ -57,16 +72,16 @@ def test_the_audit_command_probes_the_running_server(
     assert set(listener.values()) == {"info"}, listener
     text = made.cli("audit")
     assert text.code == 1
-    assert text.stdout.startswith(f"audit of {made.config}: 1 critical, 1 warning, ")
+    assert text.stdout.startswith(f"audit of {made.config}: 1 critical, 4 warning, ")
     assert "CRITICAL audit.cert_untrusted: " in text.stdout
 
 
 def test_serve_audits_at_start_and_on_schedule_while_mail_flows(
-    instance: InstanceFactory, server: ServerFactory
+    instance: InstanceFactory, server: ServerFactory, resolver: list[str]
 ) -> None:
-    live = server(instance({"audit.interval": 1}))
+    live = server(instance({"audit.interval": 1, "delivery.resolver": resolver}))
     (first,) = live.wait_for("event=audit ")
-    assert "critical=1 warning=1 " in first
+    assert "critical=1 warning=4 " in first
     found = dict(_FINDING.findall("\n".join(live.matching("event=audit_finding"))))
     assert found["audit.cert_untrusted"] == "critical"
     assert found["audit.dkim_key_missing"] == "warning"
@@ -77,5 +92,5 @@ def test_serve_audits_at_start_and_on_schedule_while_mail_flows(
             live.submit(client, live.instance.message(f"audit-{n}"))
     # The next audit comes on its own, while the server keeps taking mail.
     (later,) = live.wait_for("event=audit ", since=mark)
-    assert "critical=1 warning=1 " in later
+    assert "critical=1 warning=4 " in later
     assert len(live.instance.queue_ids()) == 3

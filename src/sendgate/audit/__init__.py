@@ -2,23 +2,25 @@
 
 `run_audit` is what `sendgate audit` prints and what `serve` logs on a schedule
 (`audit.schedule`). Each part is a module of this package; none of them raises for what it
-finds, so one broken file never hides the other findings. DNS records (DKIM, SPF, DMARC,
-MTA-STS, TLS-RPT, PTR) come with the `dns` command.
+finds, so one broken file never hides the other findings.
 """
 
 from __future__ import annotations
 
+import ssl
 from datetime import datetime
 from pathlib import Path
 
 from sendgate.audit.accounts import account_findings
 from sendgate.audit.certificates import certificate_findings, unsafe_findings
 from sendgate.audit.defences import defence_findings
+from sendgate.audit.dns import dns_findings
 from sendgate.audit.files import file_findings
 from sendgate.audit.listeners import Listener, listener_findings
-from sendgate.audit.signing import dkim_findings
+from sendgate.audit.signing import dkim_findings, sending_domains
 from sendgate.config.schema import Config
-from sendgate.dkim.keys import load_keys
+from sendgate.dkim.keys import DkimKey, load_keys
+from sendgate.dnsrecords import Lookup
 from sendgate.errors import ConfigError
 from sendgate.findings import Finding, Severity
 from sendgate.store.users import UserRecord
@@ -43,16 +45,21 @@ def run_audit(
     *,
     listener_down: Severity = Severity.INFO,
     roots: Path | None = None,
+    lookup: Lookup | None = None,
+    trust: ssl.SSLContext | None = None,
 ) -> list[Finding]:
     """Every finding, in a fixed order: settings, certificates, files, accounts, defences,
-    DKIM, then the live probe of `listeners` ([] for none)."""
+    DKIM keys, DNS (when given a `lookup` and the `trust` store for HTTPS), then the live probe
+    of `listeners` ([] for none)."""
     findings = unsafe_findings(cfg)
     findings += certificate_findings(cfg, now, roots)
     findings += file_findings(cfg, config_path)
     findings += account_findings(users)
     findings += defence_findings(cfg)
+    keys: tuple[DkimKey, ...] = ()
     try:
-        findings += dkim_findings(users, load_keys(cfg.dkim.key_dir))
+        keys = load_keys(cfg.dkim.key_dir)
+        findings += dkim_findings(users, keys)
     except ConfigError as exc:
         findings.append(
             Finding(
@@ -62,5 +69,7 @@ def run_audit(
                 fix="fix or remove the file: serve refuses to start with it",
             )
         )
+    if lookup is not None and trust is not None:
+        findings += dns_findings(cfg, sending_domains(users), keys, lookup, trust)
     findings += listener_findings(listeners, cfg.hostname, down=listener_down)
     return findings

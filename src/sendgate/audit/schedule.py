@@ -15,10 +15,13 @@ from pathlib import Path
 
 from sendgate.audit import Listener, run_audit
 from sendgate.config.schema import Config
+from sendgate.delivery.runner import trust_store
+from sendgate.dnsrecords import resolver_lookup
 from sendgate.findings import Finding, Severity
 from sendgate.log import EventLog
 from sendgate.store.users import UserStore
 
+DNS_TIMEOUT = 5.0
 _LEVELS = {Severity.INFO: "info", Severity.WARNING: "warning", Severity.CRITICAL: "error"}
 
 
@@ -66,6 +69,8 @@ def run_auditor(
                 datetime.now(UTC),
                 listeners,
                 listener_down=Severity.WARNING,
+                lookup=resolver_lookup(cfg, timeout=DNS_TIMEOUT),
+                trust=trust_store(cfg),
             )
             log_findings(log, findings)
         except Exception as exc:  # a bug or a broken store: say so, audit again next time

@@ -13,8 +13,12 @@ from datetime import UTC, datetime
 from sendgate.audit import configured_listeners, run_audit
 from sendgate.cli.command import Group, add_json_flag, config_path, load
 from sendgate.cli.report import report
+from sendgate.delivery.runner import trust_store
+from sendgate.dnsrecords import resolver_lookup
 from sendgate.errors import ConfigError, SendgateError
 from sendgate.store.backends import open_stores
+
+DNS_TIMEOUT = 5.0  # per lookup: an audit on a machine without DNS must still end soon
 
 
 def _arguments(parser: argparse.ArgumentParser) -> None:
@@ -35,7 +39,15 @@ def run(args: argparse.Namespace) -> int:
     except SendgateError as exc:
         print(f"sendgate audit: cannot read the stores: {exc}", file=sys.stderr)
         return 2
-    findings = run_audit(cfg, path, users, datetime.now(UTC), configured_listeners(cfg))
+    findings = run_audit(
+        cfg,
+        path,
+        users,
+        datetime.now(UTC),
+        configured_listeners(cfg),
+        lookup=resolver_lookup(cfg, timeout=DNS_TIMEOUT),
+        trust=trust_store(cfg),
+    )
     return report(f"audit of {path}", findings, args.json)
 
 
