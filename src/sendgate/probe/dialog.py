@@ -57,7 +57,7 @@ def _session(target: Target, wires: list[Wire], banner: Reply, findings: list[Fi
         Finding(
             "probe.greeting",
             Severity.INFO,
-            f"{target.shown} answers as an SMTP server",
+            "an SMTP server answers",
             f"{banner.shown()} ; EHLO: {', '.join(hello.keywords) or 'no extensions'}",
         )
     )
