@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from sendgate.cli.command import print_json
 from sendgate.findings import Finding, Severity, as_document, exit_status, sorted_by_severity
+from sendgate.text import printable
 
 
 def report(title: str, findings: list[Finding], as_json: bool) -> int:
@@ -16,10 +17,15 @@ def report(title: str, findings: list[Finding], as_json: bool) -> int:
     summary = ", ".join(f"{counts[level]} {level.label}" for level in reversed(Severity))
     lines = [f"{title}: {summary}"]
     for finding in findings:
-        lines.append(f"{finding.severity.label.upper():8} {finding.code}: {finding.message}")
-        if finding.evidence:
-            lines.append(f"         seen: {finding.evidence}")
-        if finding.fix:
-            lines.append(f"         fix:  {finding.fix}")
+        # Messages and evidence quote what a server sent: shown, never acted on by the terminal.
+        message, evidence, fix = (
+            printable(text, keep_tabs=False)
+            for text in (finding.message, finding.evidence, finding.fix)
+        )
+        lines.append(f"{finding.severity.label.upper():8} {finding.code}: {message}")
+        if evidence:
+            lines.append(f"         seen: {evidence}")
+        if fix:
+            lines.append(f"         fix:  {fix}")
     print("\n".join(lines))
     return exit_status(findings)

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import ipaddress
 import ssl
-import warnings
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -135,10 +134,3 @@ def ready_for_tls(target: Target) -> Wire:
         wire.close()
         raise ProbeError(f"STARTTLS refused: {reply.shown()}")
     return wire
-
-
-def quiet_legacy(ctx: ssl.SSLContext, version: ssl.TLSVersion) -> None:
-    """Set a maximum version Python calls deprecated, without its warning."""
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore", DeprecationWarning)
-        ctx.maximum_version = version

@@ -44,10 +44,6 @@ class Reply:
     code: int
     lines: tuple[str, ...]
 
-    @property
-    def text(self) -> str:
-        return "\n".join(self.lines)
-
     def shown(self) -> str:
         """The reply as it came, one line per line, for evidence (first 3 lines)."""
         last = len(self.lines) - 1
