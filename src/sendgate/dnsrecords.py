@@ -1,6 +1,7 @@
 """The DNS records a domain publishes for mail sent through sendgate, and their check in DNS.
 
-`records` makes the list (SPF, DKIM for each key, DMARC, MTA-STS, TLS-RPT, the RFC 6186/8314
+`records` makes the list (SPF, DKIM for each key (a rotation's staged key and the retired ones
+still to be kept too), DMARC, MTA-STS, TLS-RPT, the RFC 6186/8314
 SRV records for submission, and MX when asked) from the configuration; `zone_text` prints them
 in zone-file syntax; `check` asks DNS (the configured resolver) what is published today and
 judges each record: present and right, missing, or wrong (with what DNS says).
@@ -24,6 +25,7 @@ from dataclasses import dataclass
 from sendgate.config.schema import Config
 from sendgate.delivery.dns import DnsError, Resolver
 from sendgate.dkim.keys import DkimKey
+from sendgate.dkim.rotation import RetiredRecord
 
 TTL = 3600
 TXT_STRING_MAX = 255
@@ -80,11 +82,23 @@ def txt_rdata(value: str) -> str:
 
 
 def records(
-    cfg: Config, domain: str, keys: Sequence[DkimKey], *, mx: bool, now: float | None = None
+    cfg: Config,
+    domain: str,
+    keys: Sequence[DkimKey],
+    *,
+    mx: bool,
+    staged: Sequence[DkimKey] = (),
+    retired: Sequence[RetiredRecord] = (),
+    now: float | None = None,
 ) -> list[Record]:
-    """What `domain` should publish for mail sent through this server (`cfg.hostname`)."""
+    """What `domain` should publish for mail sent through this server (`cfg.hostname`).
+
+    Besides the signing `keys`: the `staged` keys (published before they sign) and the `retired`
+    records whose time to stay published is not over.
+    """
     host = cfg.hostname
-    stamp = time.strftime("%Y%m%d%H%M%S", time.gmtime(now if now is not None else time.time()))
+    moment = now if now is not None else time.time()
+    stamp = time.strftime("%Y%m%d%H%M%S", time.gmtime(moment))
     out = [
         Record(
             Kind.SPF,
@@ -96,15 +110,23 @@ def records(
     ]
     for key in keys:
         if key.domain == domain:
-            out.append(
-                Record(
-                    Kind.DKIM,
-                    f"{key.selector}._domainkey.{domain}",
-                    "TXT",
-                    key.public_record,
-                    f"DKIM: the {key.algorithm} key sendgate signs with (selector {key.selector})",
-                )
+            about = f"the {key.algorithm} key sendgate signs with (selector {key.selector})"
+            out.append(_dkim(key.selector, domain, key.public_record, about))
+    for key in staged:
+        if key.domain == domain:
+            about = (
+                f"the staged {key.algorithm} key (selector {key.selector}): publish it now; "
+                f"`sendgate dkim switch {domain}` signs with it once DNS has it"
             )
+            out.append(_dkim(key.selector, domain, key.public_record, about))
+    for old in retired:
+        if old.domain == domain and old.until > moment:
+            until = time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime(old.until))
+            about = (
+                f"the retired {old.algorithm} key (selector {old.selector}): keep it until "
+                f"{until}, mail signed with it is still verified"
+            )
+            out.append(_dkim(old.selector, domain, old.public_record, about))
     out += [
         Record(
             Kind.DMARC,
@@ -146,6 +168,10 @@ def records(
     if mx:
         out.append(Record(Kind.MX, domain, "MX", f"10 {host}.", f"MX: {host} receives mail"))
     return out
+
+
+def _dkim(selector: str, domain: str, value: str, about: str) -> Record:
+    return Record(Kind.DKIM, f"{selector}._domainkey.{domain}", "TXT", value, f"DKIM: {about}")
 
 
 def mta_sts_policy(mx_hosts: Sequence[str]) -> str:

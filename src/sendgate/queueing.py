@@ -122,7 +122,7 @@ class Queueing:
             file = self.queue.new_body()
         except SpoolError as exc:
             raise _os_error(exc) from exc
-        return SpooledBody(file, hashing=self.signer is not None)
+        return SpooledBody(file, hashing=self.signer is not None and bool(self.signer.domains()))
 
     async def store(self, job: StoreJob) -> Stored:
         """Queue one message with the next group; what happened, or the exception raised.
@@ -203,9 +203,12 @@ class Queueing:
         if self.signer is not None and job.signing_domain is not None:
             if body is None:
                 signature = self.signer.sign(message, job.signing_domain)
-            else:
-                assert body.hash is not None  # hashed whenever there is a signer
+            elif body.hash is not None:
                 signature = self.signer.sign_head(message, body.hash.digest(), job.signing_domain)
+            else:
+                # The body began before the signer had any key (the first keys came with a
+                # SIGHUP meanwhile): it was not hashed, so this one message goes unsigned.
+                signature = b""
             if signature:
                 message = signature + message
                 envelope = replace(envelope, size=envelope.size + len(signature))

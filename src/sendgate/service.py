@@ -26,6 +26,7 @@ from sendgate.config.unsafe import unsafe_settings
 from sendgate.delivery.plan import load_relays
 from sendgate.delivery.runner import run_delivery, trust_store
 from sendgate.dkim.keys import load_keys
+from sendgate.dkim.reload import KeyReloader
 from sendgate.dkim.signer import DkimSigner
 from sendgate.errors import SendgateError, SpoolError
 from sendgate.log import EventLog
@@ -111,7 +112,9 @@ def serve(cfg: Config, log: EventLog, config_path: Path) -> int:
     relays = load_relays(cfg.delivery.routes)
     trust_store(cfg)  # refuse a bad delivery.ca_file now, not in the runner after the fork
     keys = load_keys(cfg.dkim.key_dir)
-    signer = DkimSigner(keys) if keys else None
+    # Built even without keys: SIGHUP may bring the first ones.
+    signer = DkimSigner(keys)
+    reload_keys = KeyReloader(cfg.dkim.key_dir, signer, log)
     for key in keys:
         log.event("dkim_key", domain=key.domain, selector=key.selector, algorithm=key.algorithm)
     tls = TlsContextHolder(cfg.tls.certificates, cfg.tls.min_version)
@@ -169,10 +172,18 @@ def serve(cfg: Config, log: EventLog, config_path: Path) -> int:
             return run_auditor(cfg, config_path, log, backends.open_users, audited)
         if index == workers:
             log.context = {"runner": "delivery"}
+            reload_keys()  # a child started after a SIGHUP must not sign with the start's keys
             stores = backends.open("runner")
             try:
                 return run_delivery(
-                    cfg, log, stores.queue, mta_sts_path(cfg), relays, signer, run_loop
+                    cfg,
+                    log,
+                    stores.queue,
+                    mta_sts_path(cfg),
+                    relays,
+                    signer,
+                    run_loop,
+                    reload=reload_keys,
                 )
             finally:
                 stores.close()
@@ -185,6 +196,7 @@ def serve(cfg: Config, log: EventLog, config_path: Path) -> int:
     def run_worker(index: int) -> int:
         caps.worker = index
         log.context = {"worker": index}
+        reload_keys()  # as the runner's
         stores = backends.open("acceptor")
         auth_pool = ThreadPoolExecutor(cfg.auth.verify_threads, thread_name_prefix="argon2")
         spool_pool = ThreadPoolExecutor(SPOOL_THREADS, thread_name_prefix="spool")
@@ -213,6 +225,7 @@ def serve(cfg: Config, log: EventLog, config_path: Path) -> int:
             log=log,
             timeouts=timeouts,
             message_memory=message_memory,
+            on_reload=(reload_keys,),
         )
         # Start a body file now, before serving: the first large message would otherwise pay
         # on the event loop for the queue's set-up (the spool's reaping of a dead process's

@@ -536,3 +536,146 @@ def test_a_message_held_by_the_cli_is_delivered_only_after_its_release(
     attempts = running.matching(rf"event=delivery .*queue_id={queue_id} ")
     assert [re.findall(r" result=(\S+)", line) for line in attempts] == [["deferred"], ["sent"]]
     assert _queue_is_empty(made)
+
+
+# --- DKIM keys on SIGHUP, and their rotation -----------------------------------------------------
+
+
+def _signatures(content: bytes) -> list[dict[str, str]]:
+    headers = BytesHeaderParser().parsebytes(content)
+    return [_tags(str(value)) for value in headers.get_all("DKIM-Signature", [])]
+
+
+def _dkim_lines(check_output: str) -> list[str]:
+    """The DKIM lines of `sendgate dns --check`, as "verdict name"."""
+    lines = [line.split() for line in check_output.splitlines()]
+    return [f"{parts[0]} {parts[2].rstrip(':')}" for parts in lines if parts[1:2] == ["DKIM"]]
+
+
+@pytest.mark.slow
+def test_dkim_keys_arrive_and_rotate_on_sighup_without_a_message_signed_wrong(
+    instance: InstanceFactory,
+    server: ServerFactory,
+    zones: Callable[[str], ZoneServer],
+    ca: trustme.CA,
+) -> None:
+    """No key at the start, the first key by SIGHUP, then a rotation while a client sends without
+    pause: every message is signed with a key DNS publishes, and after the reload with the new
+    one. A broken key file on a later SIGHUP is refused and signing goes on."""
+    zone, address = zones("127.0.61.60"), "127.0.61.9"
+    made = instance({**_delivering(zone), **UNLIMITED_SENDING, "listen.workers": 2})
+    _publish_mx(zone, address)
+    reloaded = 3  # each worker and the delivery runner log their reload
+    sent: list[str] = []  # Message-IDs, in the order their 250 came
+    before_switch = threading.Event()
+
+    with Receiver(address, 25, tls=_tls_context(ca)) as receiver:
+        running = server(made)
+        running.wait_for("event=delivery_started")
+
+        def send(tag: str) -> None:
+            message_id, message = _message(tag)
+            with running.smtp() as client:
+                running.submit(client, message, rcpt=BOB)
+            sent.append(message_id)
+
+        send("unsigned")  # no key yet
+
+        printed = made.cli("dkim", "keygen", SENDER_DOMAIN, "--selector", "one").ok().stdout
+        one = _publish_dkim_record(zone, printed)
+        mark = running.mark()
+        running.send_signal(signal.SIGHUP)
+        running.wait_for(
+            rf"event=dkim_reloaded .*keys={SENDER_DOMAIN}:one:rsa before=\"\"", since=mark, count=3
+        )
+        send("first-key")
+
+        staged = made.cli("dkim", "rotate", SENDER_DOMAIN, "--selector", "two").ok()
+        assert f"dkim switch {SENDER_DOMAIN}" in staged.stderr
+        waiting = made.cli("dns", SENDER_DOMAIN, "--check")
+        assert waiting.code == 1
+        assert _dkim_lines(waiting.stdout) == [
+            f"ok {one}",
+            f"missing two._domainkey.{SENDER_DOMAIN}",
+        ]
+        refused = made.cli("dkim", "switch", SENDER_DOMAIN)
+        assert refused.code == 1
+        assert "does not publish the staged key's record" in refused.stderr
+        two = _publish_dkim_record(zone, staged.stdout)
+        visible = made.cli("dns", SENDER_DOMAIN, "--check")
+        assert _dkim_lines(visible.stdout) == [f"ok {one}", f"ok {two}"]
+
+        stop = threading.Event()
+        flood_error: list[BaseException] = []
+
+        def flood() -> None:
+            try:
+                with running.smtp() as client:
+                    while not stop.is_set():
+                        message_id, message = _message("during")
+                        running.submit(client, message, rcpt=BOB)
+                        sent.append(message_id)
+                        if len(sent) >= 5:
+                            before_switch.set()
+            except BaseException as exc:  # reported by the test thread
+                flood_error.append(exc)
+                before_switch.set()
+
+        sender = threading.Thread(target=flood)
+        sender.start()
+        try:
+            assert before_switch.wait(DELIVERY_TIMEOUT)
+            switched = made.cli("dkim", "switch", SENDER_DOMAIN).ok()
+            assert f"keep the record {one} published until" in switched.stdout
+            mark = running.mark()
+            running.send_signal(signal.SIGHUP)
+            running.wait_for(
+                rf"event=dkim_reloaded .*keys={SENDER_DOMAIN}:two:rsa "
+                rf"before={SENDER_DOMAIN}:one:rsa",
+                since=mark,
+                count=reloaded,
+            )
+            after_reload = len(sent)
+            try:
+                receiver.wait_for(after_reload + 5, DELIVERY_TIMEOUT)  # the flood went on
+            except AssertionError:
+                raise AssertionError(f"the flood stopped: {flood_error}") from None
+        finally:
+            stop.set()
+            sender.join(DELIVERY_TIMEOUT)
+        assert not flood_error, flood_error
+        # The old record is still listed (retired), beside the new one.
+        assert _dkim_lines(made.cli("dns", SENDER_DOMAIN, "--check").stdout) == [
+            f"ok {two}",
+            f"ok {one}",
+        ]
+
+        broken = made.directory / "dkim" / SENDER_DOMAIN / "three.ed25519.key"
+        broken.write_bytes(b"not a key\n")
+        broken.chmod(0o600)
+        mark = running.mark()
+        running.send_signal(signal.SIGHUP)
+        running.wait_for(
+            rf"event=dkim_reload_failed .*three\.ed25519\.key.* keeping={SENDER_DOMAIN}:two:rsa",
+            since=mark,
+            count=reloaded,
+        )
+        send("broken-key-file")
+        received = receiver.wait_for(len(sent), DELIVERY_TIMEOUT)
+
+    by_id = {_message_id(got.content): got.content for got in received}
+    assert sorted(by_id) == sorted(sent)  # each message once
+    assert _signatures(by_id[sent[0]]) == []
+    selectors = []
+    for index, message_id in enumerate(sent[1:], start=1):
+        content = by_id[message_id]
+        [signature] = _signatures(content)
+        assert signature["d"] == SENDER_DOMAIN
+        assert _verifies(content, 0, zone), message_id
+        selectors.append(signature["s"])
+        # sent[after_reload] may have been signed before the reload, its 250 read after it.
+        if index > after_reload:
+            assert signature["s"] == "two", (index, after_reload)
+    assert selectors[0] == "one"
+    assert "one" in selectors[1:after_reload]
+    assert selectors[-1] == "two"

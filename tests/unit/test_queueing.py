@@ -121,6 +121,26 @@ def test_a_streamed_message_is_signed_from_its_streamed_hash(
     assert queue.envelope(streamed.envelope.queue_id).size == len(message)
 
 
+def test_a_body_begun_before_the_first_key_goes_unsigned(
+    queue: LocalQueueStore, executor: ThreadPoolExecutor, tmp_path: Path
+) -> None:
+    signer = DkimSigner([])  # serve's signer before any key exists
+    queueing = Queueing(queue, executor, signer=signer)
+    streamed = streamed_job(queueing, queue)
+    assert streamed.body is not None
+    assert streamed.body.hash is None  # nothing to sign with: no hashing cost
+    generate_key(tmp_path / "dkim", "example.org", "sel1")
+    signer.replace(load_keys(tmp_path / "dkim"))  # a SIGHUP while the body streamed
+    stored = asyncio.run(queueing.store(streamed))
+    message = queue.message(streamed.envelope.queue_id)
+    assert message == HEAD + BIG
+    assert stored == Stored(len(message))
+    # The next body is hashed and signed.
+    following = streamed_job(queueing, queue)
+    asyncio.run(queueing.store(following))
+    assert queue.message(following.envelope.queue_id).startswith(b"DKIM-Signature: ")
+
+
 def test_a_cancelled_store_of_a_streamed_message_still_finishes_in_its_thread(
     queue: LocalQueueStore,
     executor: ThreadPoolExecutor,

@@ -17,9 +17,10 @@ from sendgate.audit.defences import defence_findings
 from sendgate.audit.dns import dns_findings
 from sendgate.audit.files import file_findings
 from sendgate.audit.listeners import Listener, listener_findings
-from sendgate.audit.signing import dkim_findings, sending_domains
+from sendgate.audit.signing import dkim_findings, rotation_findings, sending_domains
 from sendgate.config.schema import Config
 from sendgate.dkim.keys import DkimKey, load_keys
+from sendgate.dkim.rotation import retired_records, staged_keys
 from sendgate.dnsrecords import Lookup
 from sendgate.errors import ConfigError
 from sendgate.findings import Finding, Severity
@@ -67,6 +68,18 @@ def run_audit(
                 Severity.CRITICAL,
                 str(exc),
                 fix="fix or remove the file: serve refuses to start with it",
+            )
+        )
+    try:
+        rotation = staged_keys(cfg.dkim.key_dir), retired_records(cfg.dkim.key_dir)
+        findings += rotation_findings(*rotation, now.timestamp())
+    except ConfigError as exc:
+        findings.append(
+            Finding(
+                "audit.dkim_rotation_broken",
+                Severity.WARNING,
+                str(exc),
+                fix="fix or remove the file: `sendgate dkim` and `sendgate dns` refuse it",
             )
         )
     if lookup is not None and trust is not None:

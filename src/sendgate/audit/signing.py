@@ -1,8 +1,11 @@
-"""The audit of DKIM signing: a key for every domain users send from, each loadable."""
+"""The audit of DKIM signing: a key for every domain users send from, rotations left half-way."""
 
 from __future__ import annotations
 
+import time
+
 from sendgate.dkim.keys import DkimKey
+from sendgate.dkim.rotation import RetiredRecord
 from sendgate.findings import Finding, Severity
 from sendgate.store.users import UserRecord
 
@@ -25,3 +28,33 @@ def dkim_findings(users: list[UserRecord], keys: tuple[DkimKey, ...]) -> list[Fi
         for domain in sending_domains(users)
         if domain not in signed
     ]
+
+
+def rotation_findings(
+    staged: tuple[DkimKey, ...], retired: tuple[RetiredRecord, ...], now: float
+) -> list[Finding]:
+    """A staged key waiting for its switch; a retired record whose time to stay is over."""
+    findings = [
+        Finding(
+            "audit.dkim_key_staged",
+            Severity.INFO,
+            f"a staged {key.algorithm} key for {key.domain} waits for its switch",
+            f"selector {key.selector}: nothing signs with it yet",
+            f"publish its record, check with `sendgate dns {key.domain} --check`, then "
+            f"`sendgate dkim switch {key.domain}`",
+        )
+        for key in staged
+    ]
+    findings += (
+        Finding(
+            "audit.dkim_retired_record_over",
+            Severity.INFO,
+            f"the retired DKIM record {old.selector}._domainkey.{old.domain} may go",
+            "it was to stay published until "
+            + time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime(old.until)),
+            "remove it from DNS, then run `sendgate dkim prune`",
+        )
+        for old in retired
+        if old.until <= now
+    )
+    return findings

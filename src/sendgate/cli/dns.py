@@ -3,6 +3,8 @@
 Without --check it prints them in zone-file syntax (exit 0). With --check it asks DNS, through
 the configured resolver (`delivery.resolver`, else the system's), and says per record: ok,
 missing or wrong with what DNS holds (exit 0 only when every record is ok, 1 otherwise).
+The DKIM records are the signing keys', a rotation's staged key (so that --check shows when
+DNS has it) and the retired keys' while they must stay published.
 """
 
 from __future__ import annotations
@@ -12,6 +14,7 @@ import sys
 
 from sendgate.cli.command import Group, add_json_flag, load, print_json
 from sendgate.dkim.keys import domain_or_none, load_keys
+from sendgate.dkim.rotation import retired_records, staged_keys
 from sendgate.dnsrecords import Record, Verdict, check, records, resolver_lookup, zone_text
 from sendgate.text import printable
 
@@ -30,7 +33,15 @@ def run(args: argparse.Namespace) -> int:
         shown = printable(args.domain, keep_tabs=False)
         print(f"sendgate dns: {shown!r}: not a domain name", file=sys.stderr)
         return 2
-    wanted = records(cfg, domain, load_keys(cfg.dkim.key_dir), mx=args.mx)
+    key_dir = cfg.dkim.key_dir
+    wanted = records(
+        cfg,
+        domain,
+        load_keys(key_dir),
+        mx=args.mx,
+        staged=staged_keys(key_dir),
+        retired=retired_records(key_dir),
+    )
     mx_hosts = [cfg.hostname] if args.mx else []
     if not args.check:
         if args.json:

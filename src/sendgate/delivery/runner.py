@@ -1,9 +1,9 @@
 """The delivery runner: the process `sendgate serve` starts beside the acceptors to empty the queue.
 
 It wires the scheduler to its collaborators (resolver, MTA-STS cache, planner, TLS trust store,
-courier, DSN writer with the DKIM signer), and stops on SIGTERM after letting running attempts
-finish within the grace period. What it cannot finish is retried after the restart (the queue
-is the only truth).
+courier, DSN writer with the DKIM signer), reloads on SIGHUP what it is given to (the signer's
+keys), and stops on SIGTERM after letting running attempts finish within the grace period.
+What it cannot finish is retried after the restart (the queue is the only truth).
 """
 
 from __future__ import annotations
@@ -109,6 +109,7 @@ def run_delivery(
     relays: tuple[Relay, ...],
     signer: DkimSigner | None,
     run: Callable[[Callable[[], Coroutine[Any, Any, None]]], None],
+    reload: Callable[[], object] = lambda: None,
 ) -> int:
     """The runner process's main; `run` runs a coroutine function on the chosen event loop.
 
@@ -122,7 +123,7 @@ def run_delivery(
         stop = asyncio.Event()
         for sig in (signal.SIGTERM, signal.SIGINT):
             loop.add_signal_handler(sig, stop.set)
-        loop.add_signal_handler(signal.SIGHUP, lambda: None)  # TLS reload is for the acceptors
+        loop.add_signal_handler(signal.SIGHUP, reload)  # TLS reload is for the acceptors
         scheduler = build_scheduler(
             cfg,
             queue=queue,

@@ -4,7 +4,10 @@ Keys live in a key directory as `<key_dir>/<domain>/<selector>.<algorithm>.key`:
 lower-case ASCII (internationalised names as IDNA 2008 A-labels, converted label by label with
 dnspython's `dns.name.IDNA_2008_Practical` codec, which applies the UTS #46 mapping), the
 selector one lower-case DNS label, the algorithm "rsa" (PKCS#1 PEM, at least 2048 bits) or
-"ed25519" (PKCS#8 PEM). A domain has at most one key per algorithm.
+"ed25519" (PKCS#8 PEM). A domain has at most one key per algorithm, and no two of its keys share
+a selector (one selector is one DNS name, which holds one record). A domain directory may also
+hold `staged/` and `retired/`, the keys of a rotation (`sendgate.dkim.rotation`); `load_keys`
+leaves them out: only the keys beside them sign.
 
 Security: key files are operator input, yet `load_keys` refuses a key open to group or other, an
 RSA key under 2048 bits, a second key for one (domain, algorithm) and any name outside the
@@ -38,6 +41,8 @@ _MAX_KEY_FILE_BYTES = 64 * 1024
 _MAX_DOMAIN_LENGTH = 68
 _TXT_STRING_MAX = 255
 _LAYOUT = "<key_dir>/<domain>/<selector>.<algorithm>.key"
+STAGED_DIR = "staged"
+RETIRED_DIR = "retired"
 
 
 @dataclass(frozen=True, slots=True)
@@ -62,8 +67,8 @@ def key_path(key_dir: Path, domain: str, selector: str, algorithm: str) -> Path:
 
     The domain is converted to its lower-case A-label form and the selector to lower case.
     """
-    ascii_domain = _user_domain(domain)
-    return key_dir / ascii_domain / _key_file_name(_user_selector(selector), algorithm)
+    ascii_domain = user_domain(domain)
+    return key_dir / ascii_domain / _key_file_name(user_selector(selector), algorithm)
 
 
 def generate_key(
@@ -73,8 +78,9 @@ def generate_key(
 
     RSA keys have 2048 bits. The file is created exclusively with mode 0600 and fsync'd, and
     missing directories are made with mode 0700. Raises UserError (one line) for a bad domain,
-    selector or algorithm, when the file exists, when the domain already has a key of this
-    algorithm (one per algorithm is the rule), or when the file cannot be written.
+    selector or algorithm, when the domain already has a key of this algorithm (one per
+    algorithm is the rule), when the selector is taken by another of its keys (active, staged
+    or retired), or when the file cannot be written.
     """
     path = key_path(key_dir, domain, selector, algorithm)
     if path.exists():
@@ -85,10 +91,35 @@ def generate_key(
             f"{path.parent.name} already has an {algorithm} key ({others[0]}); "
             "a domain may have one key per algorithm"
         )
+    check_selector_free(path.parent, path.name.split(".")[0])
+    key = write_new_key(key_dir, path, algorithm)
+    return path, dns_record(key)
+
+
+def check_selector_free(domain_dir: Path, selector: str) -> None:
+    """UserError when one of the domain's keys (active, staged or retired) has `selector`.
+
+    Receivers cache a selector's record: a new key under an old name would fail their checks
+    until the cache expires.
+    """
+    for place in (domain_dir, domain_dir / STAGED_DIR, domain_dir / RETIRED_DIR):
+        taken = sorted(place.glob(f"{selector}.*")) if place.is_dir() else []
+        if taken:
+            raise UserError(
+                f"selector {selector} is taken for {domain_dir.name} ({taken[0]}); "
+                "choose another with --selector"
+            )
+
+
+def write_new_key(key_dir: Path, path: Path, algorithm: str) -> DkimKey:
+    """Generate a key into `path` (a new file, 0600, fsync'd; directories made 0700 up to
+    `key_dir`) and return it; UserError (one line) when it exists or cannot be written.
+    """
     pem = _new_private_pem(algorithm)
     try:
-        _ensure_private_dir(key_dir)
-        _ensure_private_dir(path.parent)
+        for directory in reversed([path.parent, *path.parent.parents]):
+            if directory == key_dir or key_dir in directory.parents:
+                ensure_private_dir(directory)
         write_file_durably(path, pem, exclusive=True, mode=0o600)
         fsync_dir(path.parent)
     except FileExistsError:
@@ -98,8 +129,13 @@ def generate_key(
     except OSError as exc:
         raise UserError(f"cannot write {exc.filename or path}: {exc.strerror}") from None
     private, public_record = _parse_private_pem(pem, algorithm)
-    key = DkimKey(path.parent.name, path.name.split(".")[0], algorithm, private, public_record)
-    return path, dns_record(key)
+    selector = path.name.split(".")[0]
+    return DkimKey(_domain_of(key_dir, path), selector, algorithm, private, public_record)
+
+
+def _domain_of(key_dir: Path, path: Path) -> str:
+    """The domain directory's name for a key file anywhere under it."""
+    return path.relative_to(key_dir).parts[0]
 
 
 def dns_record(key: DkimKey) -> str:
@@ -119,7 +155,7 @@ def load_keys(key_dir: Path) -> tuple[DkimKey, ...]:
 
     Raises ConfigError (one line, naming the file) for a name outside the layout, a key that
     cannot be read or parsed, a key file open to group or other, an RSA key under 2048 bits, or
-    two keys for one (domain, algorithm).
+    two keys for one (domain, algorithm) or one (domain, selector).
     """
     try:
         domain_dirs = sorted(key_dir.iterdir())
@@ -134,21 +170,48 @@ def load_keys(key_dir: Path) -> tuple[DkimKey, ...]:
                 f"{domain_dir}: not a domain directory of the dkim key layout {_LAYOUT} "
                 "(domain in lower-case ASCII)"
             )
-        try:
-            key_files = sorted(domain_dir.iterdir())
-        except OSError as exc:
-            raise ConfigError(f"{domain_dir}: {exc.strerror}") from None
-        taken: dict[str, Path] = {}
-        for path in key_files:
-            key = _load_key(path, domain_dir.name)
-            if key.algorithm in taken:
-                raise ConfigError(
-                    f"{path}: second {key.algorithm} key for {key.domain} "
-                    f"(also {taken[key.algorithm].name}); keep one per algorithm"
-                )
-            taken[key.algorithm] = path
-            keys.append(key)
+        keys += _domain_keys(domain_dir, entries(domain_dir))
     return tuple(keys)
+
+
+def domain_keys(key_dir: Path, domain: str) -> tuple[DkimKey, ...]:
+    """The active keys of one (normalized) domain, checked as `load_keys` checks them."""
+    domain_dir = key_dir / domain
+    if not domain_dir.is_dir():
+        return ()
+    return tuple(_domain_keys(domain_dir, entries(domain_dir)))
+
+
+def entries(directory: Path) -> list[Path]:
+    """A directory's entries, sorted; ConfigError (naming it) when it cannot be listed."""
+    try:
+        return sorted(directory.iterdir())
+    except OSError as exc:
+        raise ConfigError(f"{directory}: {exc.strerror}") from None
+
+
+def _domain_keys(domain_dir: Path, key_files: list[Path]) -> list[DkimKey]:
+    """Load a domain directory's key files: one per algorithm, one per selector."""
+    keys: list[DkimKey] = []
+    by_algorithm: dict[str, Path] = {}
+    by_selector: dict[str, Path] = {}
+    for path in key_files:
+        if path.name in (STAGED_DIR, RETIRED_DIR) and path.is_dir():
+            continue
+        key = read_key(path, domain_dir.name)
+        if key.algorithm in by_algorithm:
+            raise ConfigError(
+                f"{path}: second {key.algorithm} key for {key.domain} "
+                f"(also {by_algorithm[key.algorithm].name}); keep one per algorithm"
+            )
+        if key.selector in by_selector:
+            raise ConfigError(
+                f"{path}: second key with selector {key.selector} for {key.domain} "
+                f"(also {by_selector[key.selector].name}); a selector names one DNS record"
+            )
+        by_algorithm[key.algorithm] = by_selector[key.selector] = path
+        keys.append(key)
+    return keys
 
 
 def normalize_domain(domain: str) -> str:
@@ -185,7 +248,7 @@ def domain_or_none(domain: str) -> str | None:
         return None
 
 
-def _user_domain(domain: str) -> str:
+def user_domain(domain: str) -> str:
     """Normalize a domain given by a user; UserError names the domain and the problem."""
     try:
         return normalize_domain(domain)
@@ -193,7 +256,7 @@ def _user_domain(domain: str) -> str:
         raise UserError(f"not a domain name: {domain!r}: {exc}") from None
 
 
-def _user_selector(selector: str) -> str:
+def user_selector(selector: str) -> str:
     """Lower-case a selector given by a user; UserError unless it is one DNS label."""
     lowered = selector.lower()
     if not selector.isascii() or not is_ldh_label(lowered):
@@ -215,7 +278,7 @@ def _cut(text: str, size: int) -> list[str]:
     return [text[i : i + size] for i in range(0, len(text), size)]
 
 
-def _ensure_private_dir(path: Path) -> None:
+def ensure_private_dir(path: Path) -> None:
     """Create directory `path` with mode 0700 if missing, durably; leave an existing one alone."""
     try:
         path.mkdir(mode=0o700)
@@ -277,7 +340,7 @@ def _parse_private_pem(pem: bytes, algorithm: str) -> tuple[bytes, str]:
     ), f"v=DKIM1; k=ed25519; p={base64.b64encode(public).decode('ascii')}"
 
 
-def _load_key(path: Path, domain: str) -> DkimKey:
+def read_key(path: Path, domain: str) -> DkimKey:
     """Read and check one key file of `domain`'s directory; ConfigError names the file."""
     parts = path.name.split(".")
     if (

@@ -67,7 +67,11 @@ class _SigningKey:
 
 
 class DkimSigner:
-    """Signs messages for the domains that have keys; immutable once built, safe across threads."""
+    """Signs messages for the domains that have keys; safe across threads.
+
+    `replace` swaps the whole key set at once (a reload): a signature in progress uses the set
+    it started with, never a mix.
+    """
 
     __slots__ = ("_keys",)
 
@@ -75,24 +79,15 @@ class DkimSigner:
         """Index `keys` by domain; ValueError for an unknown algorithm, a bad domain, a twin or
         an RSA key whose `private` is not a PEM RSA private key.
         """
-        by_domain: dict[str, dict[str, _SigningKey]] = {}
-        for key in keys:
-            if key.algorithm not in ALGORITHMS:
-                raise ValueError(f"unknown DKIM algorithm {key.algorithm!r}")
-            try:
-                domain = normalize_domain(key.domain)
-            except ValueError as exc:
-                raise ValueError(f"not a domain name: {key.domain!r}: {exc}") from None
-            slot = by_domain.setdefault(domain, {})
-            if key.algorithm in slot:
-                raise ValueError(f"two {key.algorithm} keys for {domain}")
-            rsa_key = _rsa_private_key(key) if key.algorithm == "rsa" else None
-            ed_key = _ed25519_private_key(key) if key.algorithm == "ed25519" else None
-            slot[key.algorithm] = _SigningKey(key, rsa_key, ed_key)
-        self._keys: Mapping[str, tuple[_SigningKey, ...]] = {
-            domain: tuple(slot[alg] for alg in ALGORITHMS if alg in slot)
-            for domain, slot in by_domain.items()
-        }
+        self._keys = _index(keys)
+
+    def replace(self, keys: Sequence[DkimKey]) -> None:
+        """Sign with `keys` from now on; ValueError as for the constructor (nothing changes)."""
+        self._keys = _index(keys)
+
+    def keys(self) -> tuple[DkimKey, ...]:
+        """The keys it signs with, by domain, RSA first."""
+        return tuple(signing.key for _, slot in sorted(self._keys.items()) for signing in slot)
 
     def domains(self) -> frozenset[str]:
         """Return the (A-label, lower-case) domains that have at least one key."""
@@ -117,8 +112,11 @@ class DkimSigner:
         return self._sign(head, domain, body_hash)
 
     def _sign(self, message: bytes, domain: str, body_hash: bytes | None) -> bytes:
+        by_domain = self._keys  # read once: a reload swaps the whole mapping
+        if not by_domain:
+            return b""
         ascii_domain = domain_or_none(domain)
-        keys = self._keys.get(ascii_domain, ()) if ascii_domain is not None else ()
+        keys = by_domain.get(ascii_domain, ()) if ascii_domain is not None else ()
         if not keys:
             return b""
         if not message:
@@ -147,6 +145,28 @@ class DkimSigner:
             except dkim.DKIMException as exc:
                 raise DkimError(f"cannot DKIM-sign for {ascii_domain}: {_detail(exc)}") from exc
         return b"".join(fields)
+
+
+def _index(keys: Sequence[DkimKey]) -> Mapping[str, tuple[_SigningKey, ...]]:
+    """The keys by (A-label) domain, RSA first; ValueError as `DkimSigner` documents."""
+    by_domain: dict[str, dict[str, _SigningKey]] = {}
+    for key in keys:
+        if key.algorithm not in ALGORITHMS:
+            raise ValueError(f"unknown DKIM algorithm {key.algorithm!r}")
+        try:
+            domain = normalize_domain(key.domain)
+        except ValueError as exc:
+            raise ValueError(f"not a domain name: {key.domain!r}: {exc}") from None
+        slot = by_domain.setdefault(domain, {})
+        if key.algorithm in slot:
+            raise ValueError(f"two {key.algorithm} keys for {domain}")
+        rsa_key = _rsa_private_key(key) if key.algorithm == "rsa" else None
+        ed_key = _ed25519_private_key(key) if key.algorithm == "ed25519" else None
+        slot[key.algorithm] = _SigningKey(key, rsa_key, ed_key)
+    return {
+        domain: tuple(slot[alg] for alg in ALGORITHMS if alg in slot)
+        for domain, slot in by_domain.items()
+    }
 
 
 def _ed25519_private_key(key: DkimKey) -> ed25519.Ed25519PrivateKey:

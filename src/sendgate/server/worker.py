@@ -4,7 +4,7 @@ Security: a worker runs untrusted connections only through `SmtpConnection`, whi
 every per-connection failure. On SIGTERM it stops accepting, tells idle clients 421, lets
 transactions in flight finish within the grace period, then aborts what is left. SIGHUP (and,
 every `reload_interval` seconds, a change of the files) reloads the TLS certificates without
-touching established connections.
+touching established connections; SIGHUP also runs the worker's other reloads (the DKIM keys).
 """
 
 from __future__ import annotations
@@ -15,7 +15,7 @@ import resource
 import signal
 import socket
 import ssl
-from collections.abc import Awaitable
+from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -75,10 +75,12 @@ class Worker:
         timeouts: Timeouts,
         max_connections: int | None = None,
         message_memory: int = 1 << 62,
+        on_reload: Sequence[Callable[[], object]] = (),
     ) -> None:
         """`max_connections`: this process's own ceiling (by default, what its descriptor limit
         allows after the reserve, see server.descriptors); `message_memory`: octets of message
-        content its connections may hold together (server.memory)."""
+        content its connections may hold together (server.memory); `on_reload`: what SIGHUP
+        runs besides the TLS reload."""
         self.settings = settings
         self.log = log
         self.session_timeout = timeouts.session
@@ -91,6 +93,7 @@ class Worker:
         self._caps = caps
         self._handler_factory = handler_factory
         self._timeouts = timeouts
+        self._on_reload = tuple(on_reload)
         self._floods = FloodLog(log, interval=timeouts.flood_interval)
         self._memory = MemoryBudget(message_memory)
         self._connections: set[SmtpConnection] = set()
@@ -228,6 +231,17 @@ class Worker:
         if self._loop is not None:
             self._loop.call_soon_threadsafe(self.stop)
 
+    def reload(self) -> None:
+        """SIGHUP: the certificates whether changed or not, then the other reloads.
+
+        The others run in a thread: parsing RSA keys takes a tenth of a second per key, too long
+        to stop every connection for.
+        """
+        self.reload_tls(force=True)
+        loop = asyncio.get_running_loop()
+        for reload in self._on_reload:
+            loop.run_in_executor(None, reload)
+
     def reload_tls(self, *, force: bool) -> None:
         try:
             if self._tls.reload(force=force):
@@ -303,7 +317,7 @@ class Worker:
         if install_signals:
             loop.add_signal_handler(signal.SIGTERM, self.stop)
             loop.add_signal_handler(signal.SIGINT, self.stop)
-            loop.add_signal_handler(signal.SIGHUP, functools.partial(self.reload_tls, force=True))
+            loop.add_signal_handler(signal.SIGHUP, self.reload)
         chores = [loop.create_task(self._sum_up_floods())]
         if self._timeouts.reload_interval > 0:
             chores.append(loop.create_task(self._watch_certificates()))

@@ -21,6 +21,7 @@ from sendgate.audit import Listener, run_audit
 from sendgate.config.load import load_config
 from sendgate.config.schema import Config
 from sendgate.dkim.keys import generate_key
+from sendgate.dkim.rotation import stage_key, switch_key
 from sendgate.findings import Finding, Severity
 from sendgate.policy.passwords import hash_password, new_hasher
 from sendgate.scaffold import init_instance
@@ -134,6 +135,41 @@ def test_a_broken_dkim_key_is_critical(setup: Setup) -> None:
     (domain_dir / "s1.rsa.key").chmod(0o600)
     found = setup.audit()
     assert found["audit.dkim_key_broken"].severity is Severity.CRITICAL
+
+
+def test_a_rotation_left_half_way_is_named(setup: Setup) -> None:
+    key_dir = setup.cfg.dkim.key_dir
+    generate_key(key_dir, "example.org", "s1", "ed25519")
+    stage_key(key_dir, "example.org", None, "s2", NOW.timestamp())
+    assert setup.audit() == {
+        "audit.dkim_key_staged": Finding(
+            "audit.dkim_key_staged",
+            Severity.INFO,
+            "a staged ed25519 key for example.org waits for its switch",
+            "selector s2: nothing signs with it yet",
+            "publish its record, check with `sendgate dns example.org --check`, then "
+            "`sendgate dkim switch example.org`",
+        )
+    }
+    switch_key(key_dir, "example.org", None, 3600.0, NOW.timestamp() - 7200)
+    assert setup.audit() == {
+        "audit.dkim_retired_record_over": Finding(
+            "audit.dkim_retired_record_over",
+            Severity.INFO,
+            "the retired DKIM record s1._domainkey.example.org may go",
+            "it was to stay published until "
+            + (NOW - timedelta(hours=1)).strftime("%Y-%m-%d %H:%M UTC"),
+            "remove it from DNS, then run `sendgate dkim prune`",
+        )
+    }
+    (key_dir / "example.org" / "retired" / "s1.ed25519.record").write_text("{")
+    found = setup.audit()
+    assert list(found) == ["audit.dkim_rotation_broken"]
+    assert found["audit.dkim_rotation_broken"].severity is Severity.WARNING
+    assert (
+        "s1.ed25519.record: not a readable retired DKIM record"
+        in found["audit.dkim_rotation_broken"].message
+    )
 
 
 @pytest.mark.parametrize(

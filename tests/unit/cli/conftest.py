@@ -8,6 +8,7 @@ from pathlib import Path
 
 import pytest
 from argon2 import PasswordHasher
+from tests.peers.dns_server import ZoneServer
 from tests.support.cli import Cli
 
 from sendgate.cli import main
@@ -56,3 +57,20 @@ def stores(config: Path) -> Iterator[Stores]:
     opened = open_stores(load_config(config))
     yield opened
     opened.close()
+
+
+@pytest.fixture
+def zone() -> Iterator[ZoneServer]:
+    """A DNS server on loopback for this test."""
+    with ZoneServer("127.0.0.1", 0) as server:
+        yield server
+
+
+@pytest.fixture
+def resolving_config(config: Path, zone: ZoneServer) -> Path:
+    """`config` with `delivery.resolver` pointing at `zone`: the one DNS the commands ask."""
+    host, port = zone.nameserver
+    text = config.read_text()
+    assert text.count("resolver = []") == 1
+    config.write_text(text.replace("resolver = []", f'resolver = ["{host}:{port}"]'))
+    return config

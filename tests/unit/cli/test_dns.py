@@ -8,7 +8,6 @@ with dnspython.
 from __future__ import annotations
 
 import json
-from collections.abc import Iterator
 from pathlib import Path
 
 import dns.rdataclass
@@ -25,19 +24,9 @@ DOMAIN = "example.org"
 
 
 @pytest.fixture
-def zone() -> Iterator[ZoneServer]:
-    with ZoneServer("127.0.0.1", 0) as server:
-        yield server
-
-
-@pytest.fixture
-def dns_cli(config: Path, zone: ZoneServer, capsys: pytest.CaptureFixture[str]) -> Cli:
-    host, port = zone.nameserver
-    text = config.read_text()
-    assert text.count("resolver = []") == 1
-    config.write_text(text.replace("resolver = []", f'resolver = ["{host}:{port}"]'))
-    generate_key(load_config(config).dkim.key_dir, DOMAIN, "s1", "ed25519")
-    return Cli(config, capsys)
+def dns_cli(resolving_config: Path, capsys: pytest.CaptureFixture[str]) -> Cli:
+    generate_key(load_config(resolving_config).dkim.key_dir, DOMAIN, "s1", "ed25519")
+    return Cli(resolving_config, capsys)
 
 
 def printed_zone(dns_cli: Cli, *extra: str) -> dns.zone.Zone:

@@ -338,3 +338,30 @@ def test_dns_record_round_trips_any_value(value: str) -> None:
     strings = txt_strings(dns_record(key))
     assert all(0 < len(s) <= 255 for s in strings)
     assert "".join(strings) == value
+
+
+def test_load_keys_rejects_two_keys_with_one_selector(tmp_path: Path) -> None:
+    write_key(tmp_path / DOMAIN / "s1.ed25519.key", ed_pem())
+    second = write_key(tmp_path / DOMAIN / "s1.rsa.key", rsa_pem(2048))
+    assert_config_error(tmp_path, second, "second key with selector s1")
+
+
+def test_generate_key_refuses_a_selector_another_algorithm_uses(tmp_path: Path) -> None:
+    # One selector is one DNS name: a second record there would break both keys.
+    first, _ = generate_key(tmp_path, DOMAIN, "s1", "ed25519")
+    with pytest.raises(UserError, match="selector s1 is taken") as caught:
+        generate_key(tmp_path, DOMAIN, "s1", "rsa")
+    assert str(first) in str(caught.value)
+    assert sorted(p.name for p in (tmp_path / DOMAIN).iterdir()) == ["s1.ed25519.key"]
+
+
+def test_load_keys_leaves_the_rotation_directories_out(tmp_path: Path) -> None:
+    generate_key(tmp_path, DOMAIN, "s1", "ed25519")
+    write_key(tmp_path / DOMAIN / "staged" / "s2.ed25519.key", ed_pem())
+    (tmp_path / DOMAIN / "retired").mkdir()
+    assert [key.selector for key in load_keys(tmp_path)] == ["s1"]
+    # A file named like them is no key, and says so.
+    (tmp_path / DOMAIN / "staged" / "s2.ed25519.key").unlink()
+    (tmp_path / DOMAIN / "staged").rmdir()
+    write_key(tmp_path / DOMAIN / "staged", b"")
+    assert_config_error(tmp_path, tmp_path / DOMAIN / "staged", "not a key file")

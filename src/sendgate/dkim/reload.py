@@ -1,0 +1,43 @@
+"""Reloading the signing keys of a running process (on SIGHUP, and when a child starts).
+
+A reload reads the key directory as the start did. When it cannot (a broken or weak key file),
+the process keeps signing with the keys it had and logs why: a mistake in the key directory
+must not turn signing off.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from sendgate.dkim.keys import DkimKey, load_keys
+from sendgate.dkim.signer import DkimSigner
+from sendgate.errors import ConfigError
+from sendgate.log import EventLog
+
+
+def describe(keys: tuple[DkimKey, ...]) -> str:
+    """The keys as one log value: domain:selector:algorithm, comma-separated ("" for none)."""
+    return ",".join(f"{key.domain}:{key.selector}:{key.algorithm}" for key in keys)
+
+
+class KeyReloader:
+    """Calling it loads the key directory into the signer if it changed, and logs the outcome."""
+
+    def __init__(self, key_dir: Path, signer: DkimSigner, log: EventLog) -> None:
+        self._key_dir = key_dir
+        self._signer = signer
+        self._log = log
+
+    def __call__(self) -> bool:
+        """Reload; True when the signer now has a different key set."""
+        before = self._signer.keys()
+        try:
+            keys = load_keys(self._key_dir)
+            if frozenset(keys) == frozenset(before):
+                return False
+            self._signer.replace(keys)
+        except (ConfigError, ValueError) as exc:
+            self._log.event("dkim_reload_failed", "error", error=str(exc), keeping=describe(before))
+            return False
+        self._log.event("dkim_reloaded", keys=describe(keys), before=describe(before))
+        return True
