@@ -1,14 +1,16 @@
 """The DNS records a domain publishes for mail sent through sendgate, and their check in DNS.
 
-`records` makes the list (SPF, DKIM for each key (a rotation's staged key and the retired ones
-still to be kept too), DMARC, MTA-STS, TLS-RPT, the RFC 6186/8314
-SRV records for submission, and MX when asked) from the configuration; `zone_text` prints them
-in zone-file syntax; `check` asks DNS (the configured resolver) what is published today and
-judges each record: present and right, missing, or wrong (with what DNS says).
+`records` makes the list from the configuration: SPF, DKIM for each key (a rotation's staged
+key and the retired ones still to be kept too), DMARC, MTA-STS, TLS-RPT, the RFC 6186/8314 SRV
+records for submission, the names mail clients fetch their settings from (Thunderbird's
+autoconfig, Outlook's autodiscover), and MX when asked. `zone_text` prints them in zone-file
+syntax; `check` asks DNS (the configured resolver) what is published today and judges each
+record: present and right, missing, or wrong (with what DNS says).
 
 Judging is by meaning, not by equal text: an admin's own SPF or DMARC record is right when it
-does what ours would (one record, sendgate's host allowed, a DMARC policy that acts), and a DKIM
-record is right when it publishes our key.
+does what ours would (one record, sendgate's host allowed, a DMARC policy that acts), a DKIM
+record is right when it publishes our key, and the autoconfig name when it is an alias of the
+host or has one of its addresses.
 
 Security: DNS answers are untrusted text; they are only compared and shown (escaped by the
 caller), and at most `MAX_SHOWN` characters of each.
@@ -41,6 +43,8 @@ class Kind(enum.Enum):
     TLS_RPT = "TLS-RPT"
     SUBMISSION = "submission SRV"
     SUBMISSIONS = "submissions SRV"
+    AUTOCONFIG = "autoconfig"
+    AUTODISCOVER = "autodiscover SRV"
     MX = "MX"
 
 
@@ -165,6 +169,23 @@ def records(
                 f"RFC 6186/8314: mail clients find the {service[1:]} port by themselves",
             )
         )
+    out += [
+        Record(
+            Kind.AUTOCONFIG,
+            f"autoconfig.{domain}",
+            "CNAME",
+            f"{host}.",
+            f"autoconfig: Thunderbird fetches its settings from https://autoconfig.{domain}"
+            f"/mail/config-v1.1.xml (a web server at {host}, with a certificate for that name)",
+        ),
+        Record(
+            Kind.AUTODISCOVER,
+            f"_autodiscover._tcp.{domain}",
+            "SRV",
+            f"0 1 443 {host}.",
+            f"autodiscover: Outlook asks https://{host}/autodiscover/autodiscover.xml",
+        ),
+    ]
     if mx:
         out.append(Record(Kind.MX, domain, "MX", f"10 {host}.", f"MX: {host} receives mail"))
     return out
@@ -220,8 +241,29 @@ def check(found: Sequence[Record], lookup: Lookup, host: str) -> list[Checked]:
             else:
                 results.append(Checked(record, Verdict.UNKNOWN, str(exc)))
             continue
-        results.append(_judge(record, published, host))
+        judged = _judge(record, published, host)
+        if record.rtype == "CNAME" and judged.verdict is not Verdict.OK:
+            judged = _same_addresses(judged, lookup, host)
+        results.append(judged)
     return results
+
+
+def _same_addresses(judged: Checked, lookup: Lookup, host: str) -> Checked:
+    """A name with address records of its own is as good as the CNAME when it shares one of
+    `host`'s addresses (clients reach the same server)."""
+    name = judged.record.name
+    try:
+        mine = {a for rtype in ("A", "AAAA") for a in lookup(name, rtype)}
+        theirs = {a for rtype in ("A", "AAAA") for a in lookup(host, rtype)}
+    except DnsError:
+        return judged
+    if mine & theirs:
+        return Checked(judged.record, Verdict.OK, "")
+    if mine:
+        return Checked(
+            judged.record, Verdict.WRONG, f"its addresses are not {host}'s: {_shown(sorted(mine))}"
+        )
+    return judged
 
 
 _TAGS = {

@@ -58,6 +58,8 @@ def test_the_printed_records_parse(dns_cli: Cli) -> None:
         ("_smtp._tls.example.org.", "TXT"),
         ("_submission._tcp.example.org.", "SRV"),
         ("_submissions._tcp.example.org.", "SRV"),
+        ("autoconfig.example.org.", "CNAME"),
+        ("_autodiscover._tcp.example.org.", "SRV"),
     }
     spf = parsed.find_rdataset("example.org.", "TXT")
     assert [b"".join(r.strings) for r in spf] == [b"v=spf1 a:mx.example.test -all"]
@@ -71,7 +73,7 @@ def test_check_passes_when_published_and_names_what_is_missing_or_wrong(
     publish(zone, printed_zone(dns_cli))
     code, out, err = dns_cli("dns", DOMAIN, "--check")
     assert (code, err) == (0, "")
-    assert [line.split()[0] for line in out.splitlines()] == ["ok"] * 7
+    assert [line.split()[0] for line in out.splitlines()] == ["ok"] * 9
     zone.remove("_dmarc.example.org", "TXT")
     zone.add("_dmarc.example.org", "TXT", '"v=DMARC1; p=none"')
     zone.remove("s1._domainkey.example.org", "TXT")
@@ -87,7 +89,29 @@ def test_check_passes_when_published_and_names_what_is_missing_or_wrong(
         "ok       MTA-STS          _mta-sts.example.org",
         "missing  TLS-RPT          _smtp._tls.example.org: no such name",
     ]
-    assert [line.split()[0] for line in lines[5:]] == ["ok", "ok"]
+    assert [line.split()[0] for line in lines[5:]] == ["ok"] * 4
+
+
+def test_autoconfig_may_be_an_alias_or_the_hosts_own_address(
+    dns_cli: Cli, zone: ZoneServer
+) -> None:
+    publish(zone, printed_zone(dns_cli))
+    zone.remove("autoconfig.example.org", "CNAME")
+
+    def autoconfig_line() -> str:
+        _, out, _ = dns_cli("dns", DOMAIN, "--check")
+        [line] = [line for line in out.splitlines() if "autoconfig.example.org" in line]
+        return " ".join(line.split())
+
+    assert autoconfig_line() == "missing autoconfig autoconfig.example.org: no such name"
+    zone.add("mx.example.test", "A", "192.0.2.25")
+    zone.add("autoconfig.example.org", "A", "192.0.2.80")
+    assert autoconfig_line() == (
+        "wrong autoconfig autoconfig.example.org: its addresses are not mx.example.test's: "
+        "192.0.2.80"
+    )
+    zone.add("autoconfig.example.org", "A", "192.0.2.25")
+    assert autoconfig_line() == "ok autoconfig autoconfig.example.org"
 
 
 def test_json_and_a_wrong_dkim_key(dns_cli: Cli, zone: ZoneServer) -> None:
