@@ -7,16 +7,19 @@ or message bodies; events carry names, addresses, counts and codes only.
 
 from __future__ import annotations
 
+import contextlib
 import json
 import sys
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from typing import Protocol, TextIO
 
 from sendgate.text import log_timestamp, log_value
 
 LEVELS = {"debug": 10, "info": 20, "warning": 30, "error": 40}
 Value = str | int | float | bool | None
+# Given every event (its name and own fields) whatever the level: the metrics count them.
+Observer = Callable[[str, Mapping[str, Value]], None]
 
 
 def _kv_value(value: Value) -> str:
@@ -51,14 +54,23 @@ class EventLog:
         self._min = LEVELS[level]
         self._clock = clock
         self.context: dict[str, Value] = {}
+        self.observer: Observer | None = None
 
     def enabled(self, level: str) -> bool:
         return LEVELS[level] >= self._min
 
     def event(self, name: str, level: str = "info", /, **fields: Value) -> None:
+        if self.observer is not None:
+            self.observe(name, fields)
         if LEVELS[level] < self._min:
             return
         self._write(name, level, {**self.context, **fields})
+
+    def observe(self, name: str, fields: Mapping[str, Value]) -> None:
+        assert self.observer is not None
+        # Counting must never take a connection down (a full disk under the metrics files).
+        with contextlib.suppress(Exception):
+            self.observer(name, fields)
 
     def bind(self, **fields: Value) -> BoundLog:
         """A logger that adds `fields` (e.g. conn=, client=) to every event, after the context."""
@@ -95,5 +107,7 @@ class BoundLog:
 
     def event(self, name: str, level: str = "info", /, **fields: Value) -> None:
         log = self._log
+        if log.observer is not None:
+            log.observe(name, fields)
         if log.enabled(level):
             log._write(name, level, {**log.context, **self._fields, **fields})

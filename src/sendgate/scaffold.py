@@ -32,6 +32,7 @@ def init_instance(
     key: Path | None = None,
     smarthost: str | None = None,
     smarthost_tls: str = "starttls",
+    http: str | None = None,
 ) -> Path:
     """Create `directory` with sendgate.toml, data/ and (unless cert and key are given) tls/.
 
@@ -40,6 +41,7 @@ def init_instance(
     """
     _check_options(hostname, submission, submissions)
     routes = _smarthost_routes(smarthost, smarthost_tls)
+    http_listen = _http_listen(http)
     if (cert is None) != (key is None):
         raise UserError("--cert and --key must be given together")
     config_path = directory / CONFIG_NAME
@@ -56,7 +58,9 @@ def init_instance(
         # Absolute, because the config resolves relative paths against its own directory.
         cert_text, key_text = str(cert.absolute()), str(key.absolute())
 
-    text = render_example(hostname, [submission], [submissions], cert_text, key_text, routes)
+    text = render_example(
+        hostname, [submission], [submissions], cert_text, key_text, routes, http_listen
+    )
     try:
         write_file_durably(config_path, text.encode("utf-8"), exclusive=True, mode=0o600)
     except FileExistsError:
@@ -111,6 +115,22 @@ def _smarthost_routes(smarthost: str | None, tls: str) -> tuple[RouteConfig, ...
             'edit the config and add "plaintext_relay" to unsafe_overrides if you must'
         )
     return (RouteConfig(domains=("*",), smarthost=address, tls=tls),)
+
+
+def _http_listen(http: str | None) -> HostPort | None:
+    """The HTTP listener's address, refused unless loopback (it is plain HTTP)."""
+    if http is None:
+        return None
+    try:
+        address = HostPort.parse(http)
+    except ValueError as error:
+        raise UserError(f"--http: {error}") from None
+    if not is_loopback(address.host):
+        raise UserError(
+            "--http: plain HTTP is allowed only on a loopback address (put an HTTPS proxy in "
+            'front); edit the config and add "public_http" to unsafe_overrides if you must'
+        )
+    return address
 
 
 def _check_given_pair(cert: Path, key: Path) -> None:

@@ -13,6 +13,7 @@ import contextlib
 import math
 import os
 import signal
+import socket
 import time
 from collections.abc import Callable, Coroutine
 from concurrent.futures import ThreadPoolExecutor
@@ -46,6 +47,7 @@ from sendgate.smtp.session import SessionSettings
 from sendgate.smtp.spill import SESSION_HOLD_MAX
 from sendgate.store.backends import Backends, Stores, installation_secret, mta_sts_path
 from sendgate.submission import Submission
+from sendgate.web.listener import RUNNER_BEAT, HttpListener, acceptor_beat
 
 # fsync is I/O-bound: enough threads that concurrent sessions' fsyncs overlap on the disk.
 SPOOL_THREADS = 16
@@ -89,6 +91,21 @@ def logins(
     return Logins(guard, authenticator, stores.users, cfg.login_limits, stores.limits.now, notices)
 
 
+def _http_listener(cfg: Config, log: EventLog) -> HttpListener | None:
+    """The HTTP listener if one is configured, bound; its metrics count from now on."""
+    if cfg.http.listen is None:
+        return None
+    try:
+        web = HttpListener(cfg, log)
+    except OSError as exc:
+        raise SendgateError(f"cannot listen on {cfg.http.listen}: {exc.strerror or exc}") from exc
+    host, port = web.sock.getsockname()[:2]
+    log.event(
+        "listening", kind="http", address=f"[{host}]:{port}" if ":" in host else f"{host}:{port}"
+    )
+    return web
+
+
 def serve(cfg: Config, log: EventLog, config_path: Path) -> int:
     """Run the server until SIGTERM; returns the process exit code."""
     for unsafe in unsafe_settings(cfg):
@@ -118,8 +135,10 @@ def serve(cfg: Config, log: EventLog, config_path: Path) -> int:
     for key in keys:
         log.event("dkim_key", domain=key.domain, selector=key.selector, algorithm=key.algorithm)
     tls = TlsContextHolder(cfg.tls.certificates, cfg.tls.min_version)
+    web = _http_listener(cfg, log)
     listeners: list[Listener] = []
     audited: list[AuditedListener] = []  # the bound addresses, for the scheduled audit
+    bound: list[tuple[socket.socket, int, bool]] = []  # for the HTTP listener's documents
     for implicit, addresses in ((False, cfg.listen.submission), (True, cfg.listen.submissions)):
         for hostport in addresses:
             try:
@@ -129,6 +148,7 @@ def serve(cfg: Config, log: EventLog, config_path: Path) -> int:
             host, port = sock.getsockname()[:2]
             listeners.append(Listener(sock, implicit))
             audited.append(AuditedListener(host, port, implicit))
+            bound.append((sock, port, implicit))
             log.event(
                 "listening",
                 kind="submissions" if implicit else "submission",
@@ -166,11 +186,19 @@ def serve(cfg: Config, log: EventLog, config_path: Path) -> int:
         reload_interval=cfg.tls.reload_interval,
     )
 
+    # The children after the acceptors, in this order.
+    runners = ["delivery", *(["audit"] if cfg.audit.interval else []), *(["http"] if web else [])]
+
     def run_child(index: int) -> int:
-        if index == workers + 1:
+        role = runners[index - workers] if index >= workers else "acceptor"
+        if role == "http":
+            assert web is not None
+            log.context = {"runner": "http"}
+            return web.run(log, backends, bound, workers)
+        if role == "audit":
             log.context = {"runner": "audit"}
             return run_auditor(cfg, config_path, log, backends.open_users, audited)
-        if index == workers:
+        if role == "delivery":
             log.context = {"runner": "delivery"}
             reload_keys()  # a child started after a SIGHUP must not sign with the start's keys
             stores = backends.open("runner")
@@ -184,6 +212,7 @@ def serve(cfg: Config, log: EventLog, config_path: Path) -> int:
                     signer,
                     run_loop,
                     reload=reload_keys,
+                    chores=[web.heartbeat(RUNNER_BEAT)] if web else [],
                 )
             finally:
                 stores.close()
@@ -226,6 +255,7 @@ def serve(cfg: Config, log: EventLog, config_path: Path) -> int:
             timeouts=timeouts,
             message_memory=message_memory,
             on_reload=(reload_keys,),
+            chores=[web.heartbeat(acceptor_beat(index))] if web else [],
         )
         # Start a body file now, before serving: the first large message would otherwise pay
         # on the event loop for the queue's set-up (the spool's reaping of a dead process's
@@ -244,13 +274,12 @@ def serve(cfg: Config, log: EventLog, config_path: Path) -> int:
         return 0
 
     log.event("ready", workers=workers, hostname=cfg.hostname)
-    # The children after the acceptors: the delivery runner, then the auditor (if scheduled).
     supervisor = Supervisor(
         workers,
         run_child,
         log,
         forget,
-        runners=2 if cfg.audit.interval else 1,
+        runners=len(runners),
         resend_after=cfg.limits.shutdown_grace + RESEND_EVERY,
     )
     try:

@@ -11,6 +11,7 @@ mail is held or refused instead), and it is written durably to the queue. Only a
 from __future__ import annotations
 
 import asyncio
+import time
 from collections.abc import Awaitable, Callable
 from concurrent.futures import Executor
 
@@ -263,13 +264,13 @@ class SubmissionConnection:
             body.discard()  # not one of ours: cannot be queued
             return replies.LOCAL_ERROR
         try:
-            return await self._accept_content(event, session, body)
+            return await self._accept_content(event, session, body, time.monotonic())
         finally:
             if body is not None:
                 body.discard()  # a no-op once queued; else nothing of the message stays
 
     async def _accept_content(
-        self, event: MessageReceived, session: Session, body: SpooledBody | None
+        self, event: MessageReceived, session: Session, body: SpooledBody | None, began: float
     ) -> Reply:
         server = self._server
         try:
@@ -347,6 +348,7 @@ class SubmissionConnection:
             size=stored.size,
             recipients=len(envelope.recipients),
             **({"held": stored.hold} if stored.hold is not None else {}),
+            seconds=time.monotonic() - began,
         )
         return replies.QUEUED.with_text(f"queued as {queue_id}")
 

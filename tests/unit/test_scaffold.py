@@ -20,6 +20,7 @@ def _init(
     *,
     cert: Path | None = None,
     key: Path | None = None,
+    http: str | None = None,
 ) -> Path:
     return init_instance(
         directory,
@@ -28,6 +29,7 @@ def _init(
         submissions="[::1]:0",
         cert=cert,
         key=key,
+        http=http,
     )
 
 
@@ -227,3 +229,14 @@ def test_default_hostname_is_a_valid_host_name() -> None:
     name = default_hostname()
 
     assert parse_hostname(name) == name
+
+
+def test_init_with_an_http_listener_on_loopback_only(tmp_path: Path) -> None:
+    config = load_config(_init(tmp_path / "a", http="127.0.0.1:8025"))
+    assert config.http.listen == HostPort("127.0.0.1", 8025)
+    with pytest.raises(UserError, match="--http: plain HTTP is allowed only on a loopback address"):
+        _init(tmp_path / "b", http="192.0.2.1:80")
+    with pytest.raises(UserError, match='--http: expected HOST:PORT, got "nonsense"'):
+        _init(tmp_path / "c", http="nonsense")
+    assert not (tmp_path / "b").exists()
+    assert not (tmp_path / "c").exists()

@@ -8,10 +8,12 @@ from __future__ import annotations
 
 import ipaddress
 import ssl
+import warnings
 from datetime import datetime, timedelta
 from pathlib import Path
 
 from cryptography import x509
+from cryptography.utils import CryptographyDeprecationWarning
 from cryptography.x509.verification import (
     Criticality,
     ExtensionPolicy,
@@ -113,7 +115,11 @@ def _chain_problem(
     if leaf.issuer == leaf.subject and not intermediates:
         return "it is self-signed"
     try:
-        anchors = x509.load_pem_x509_certificates((roots or _system_roots()).read_bytes())
+        with warnings.catch_warnings():
+            # A system store may hold an old root with a serial RFC 5280 forbids; cryptography
+            # warns on stderr (a stray line in the log), yet the root is the system's choice.
+            warnings.simplefilter("ignore", CryptographyDeprecationWarning)
+            anchors = x509.load_pem_x509_certificates((roots or _system_roots()).read_bytes())
     except (OSError, ValueError):
         return ""  # no CA store to judge by: not this check's finding
     names = [name for name in cert_names(leaf) if not name.startswith("*.")]

@@ -26,6 +26,11 @@ def _arguments(init: argparse.ArgumentParser) -> None:
         default="starttls",
         help="TLS to the smarthost (default starttls; none only to a loopback address)",
     )
+    init.add_argument(
+        "--http",
+        metavar="HOST:PORT",
+        help="HTTP listener for metrics, health and client set-up (a loopback address)",
+    )
 
 
 def run(args: argparse.Namespace) -> int:
@@ -40,6 +45,7 @@ def run(args: argparse.Namespace) -> int:
         key=args.key,
         smarthost=args.smarthost,
         smarthost_tls=args.smarthost_tls,
+        http=args.http,
     )
     print(f"wrote {path}")
     print(f"next: sendgate --config {path} user add ADDRESS")

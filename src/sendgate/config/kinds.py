@@ -300,6 +300,20 @@ class HostPortKind:
 
 
 @dataclass(frozen=True, slots=True)
+class OptionalHostPort:
+    def describe(self) -> str:
+        return '"HOST:PORT" string, or "" for none'
+
+    def parse(self, raw: object, where: Where) -> HostPort | None:
+        if raw == "":
+            return None
+        return HostPortKind().parse(raw, where)
+
+    def to_raw(self, value: HostPort | None) -> object:
+        return "" if value is None else str(value)
+
+
+@dataclass(frozen=True, slots=True)
 class HostPorts:
     def describe(self) -> str:
         return 'array of "HOST:PORT" strings'

@@ -26,6 +26,7 @@ def render_example(
     cert: str,
     key: str,
     routes: tuple[RouteConfig, ...] = (),
+    http: HostPort | None = None,
 ) -> str:
     """A complete, commented sendgate.toml with every setting, the given values filled in.
 
@@ -37,6 +38,7 @@ def render_example(
         "listen.submissions": tuple(HostPort.parse(text) for text in submissions),
         "tls.certificates": (CertPair(Path(cert), Path(key)),),
         "delivery.routes": routes,
+        "http.listen": http,
     }
     lines = [
         "# sendgate configuration, written by `sendgate init`.",

@@ -30,6 +30,7 @@ from sendgate.config.kinds import (
     HostPortKind,
     HostPorts,
     Int,
+    OptionalHostPort,
     OptionalPath,
     Overrides,
     PathKind,
@@ -376,6 +377,29 @@ class DkimConfig:
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
+class HttpConfig:
+    """The HTTP listener: metrics, health and mail client set-up (off unless `listen` is set)."""
+
+    listen: HostPort | None = field(
+        default=None,
+        metadata=setting(
+            OptionalHostPort(),
+            "Plain HTTP on HOST:PORT for /metrics (Prometheus), /healthz and the mail client "
+            "set-up documents; meant for loopback or behind an HTTPS proxy (another address "
+            'needs "public_http" in unsafe_overrides). "" turns it off.',
+        ),
+    )
+    imap: HostPort | None = field(
+        default=None,
+        metadata=setting(
+            OptionalHostPort(),
+            "An IMAP server (implicit TLS, e.g. imap.example.org:993) the set-up documents offer "
+            "for incoming mail; none is invented when empty. Apple profiles need one.",
+        ),
+    )
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
 class AuditConfig:
     """The audit `serve` runs of its own setup (`sendgate audit` runs it on demand)."""
 
@@ -422,4 +446,5 @@ class Config:
     delivery: DeliveryConfig = field(default_factory=DeliveryConfig)
     dkim: DkimConfig = field(default_factory=DkimConfig)
     audit: AuditConfig = field(default_factory=AuditConfig)
+    http: HttpConfig = field(default_factory=HttpConfig)
     log: LogConfig = field(default_factory=LogConfig)

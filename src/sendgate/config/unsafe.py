@@ -44,6 +44,7 @@ OVERRIDES: Mapping[str, str] = MappingProxyType(
         "plaintext_relay": (
             'a delivery route with tls = "none" to a smarthost that is not loopback'
         ),
+        "public_http": "http.listen on an address that is not loopback: plain HTTP",
     }
 )
 WEAK_TLS_VERSIONS = ("1.0", "1.1")
@@ -96,6 +97,15 @@ def unsafe_settings(cfg: Config) -> list[UnsafeSetting]:
                     "passwords cross the network in clear",
                 )
             )
+    if cfg.http.listen is not None and not is_loopback(cfg.http.listen.host):
+        found.append(
+            UnsafeSetting(
+                "public_http",
+                "http.listen",
+                f"http.listen = {cfg.http.listen}: plain HTTP (metrics, health, who the users "
+                "are by their addresses) is reachable from the network",
+            )
+        )
     for index, pair in enumerate(cfg.tls.certificates):
         key = f"tls.certificates[{index}].key"
         try:

@@ -13,7 +13,7 @@ import random
 import signal
 import ssl
 import time
-from collections.abc import Callable, Coroutine
+from collections.abc import Callable, Coroutine, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Any
@@ -110,6 +110,7 @@ def run_delivery(
     signer: DkimSigner | None,
     run: Callable[[Callable[[], Coroutine[Any, Any, None]]], None],
     reload: Callable[[], object] = lambda: None,
+    chores: Sequence[Callable[[], Coroutine[Any, Any, None]]] = (),
 ) -> int:
     """The runner process's main; `run` runs a coroutine function on the chosen event loop.
 
@@ -124,6 +125,7 @@ def run_delivery(
         for sig in (signal.SIGTERM, signal.SIGINT):
             loop.add_signal_handler(sig, stop.set)
         loop.add_signal_handler(signal.SIGHUP, reload)  # TLS reload is for the acceptors
+        running = [loop.create_task(chore()) for chore in chores]  # a heartbeat
         scheduler = build_scheduler(
             cfg,
             queue=queue,
@@ -139,6 +141,8 @@ def run_delivery(
         else:
             log.event("delivery_started", routes=len(relays))
             await scheduler.run(stop, grace=cfg.limits.shutdown_grace)
+        for chore in running:
+            chore.cancel()
         log.event("delivery_stopped")
 
     try:

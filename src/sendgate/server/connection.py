@@ -98,6 +98,7 @@ class SmtpConnection(asyncio.Protocol):
         self._progress = 0
         self._deciding = False  # admission or a handler's answer pending
         self._handshaking = False  # a TLS handshake under way (it has its own deadline)
+        self._tls_started = 0.0  # when it began (loop time), for its duration
         self._write_blocked = False  # the transport's buffer is full: the client does not read
         self._closing = False
         self.authenticated = False  # counted out of the unauthenticated share
@@ -185,6 +186,7 @@ class SmtpConnection(asyncio.Protocol):
         self._sock = None  # the transport made below owns (and closes) it from now on
         server = self._server
         self._handshaking = True
+        self._tls_started = self._loop.time()
         try:
             await accept_tls(self._loop, self, sock, server.tls_context(), server.handshake_timeout)
         except asyncio.CancelledError:
@@ -208,7 +210,7 @@ class SmtpConnection(asyncio.Protocol):
         if self._implicit_tls:
             # Admitted, and the handshake is done: the banner goes out over TLS.
             self._handshaking = False
-            info = established(transport, self._log)
+            info = established(transport, self._log, self._loop.time() - self._tls_started)
             self._session = Session(self._server.settings, tls=info, open_sink=self._open_sink)
             self._last_activity = self._loop.time()
             self._flush()
@@ -374,6 +376,7 @@ class SmtpConnection(asyncio.Protocol):
         """587: STARTTLS on the plain transport (reading is paused since the 220)."""
         server = self._server
         self._handshaking = True
+        self._tls_started = self._loop.time()
         try:
             tls_transport = await start_tls(
                 self._loop, transport, self, server.tls_context(), server.handshake_timeout
@@ -394,7 +397,8 @@ class SmtpConnection(asyncio.Protocol):
         self._transport = tls_transport
         # A pause of the plain transport's writing ends with it: the TLS transport is new.
         self._write_blocked = False
-        session.tls_established(established(tls_transport, self._log))
+        seconds = self._loop.time() - self._tls_started
+        session.tls_established(established(tls_transport, self._log, seconds))
         self._last_activity = self._loop.time()
         self._resume()
 

@@ -59,8 +59,9 @@ async def start_tls(
     )
 
 
-def established(transport: asyncio.BaseTransport, log: EventSink) -> TlsInfo:
-    """Describe the TLS session of `transport` for the Session, and log it."""
+def established(transport: asyncio.BaseTransport, log: EventSink, seconds: float) -> TlsInfo:
+    """Describe the TLS session of `transport` for the Session, and log it with the handshake's
+    duration (`seconds`)."""
     ssl_object = transport.get_extra_info("ssl_object")
     info = TlsInfo(*describe(ssl_object))
     log.event(
@@ -68,6 +69,7 @@ def established(transport: asyncio.BaseTransport, log: EventSink) -> TlsInfo:
         version=info.version,
         cipher=info.cipher,
         resumed=bool(getattr(ssl_object, "session_reused", False)),
+        seconds=seconds,
     )
     return info
 

@@ -15,7 +15,7 @@ import resource
 import signal
 import socket
 import ssl
-from collections.abc import Awaitable, Callable, Sequence
+from collections.abc import Awaitable, Callable, Coroutine, Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -76,11 +76,13 @@ class Worker:
         max_connections: int | None = None,
         message_memory: int = 1 << 62,
         on_reload: Sequence[Callable[[], object]] = (),
+        chores: Sequence[Callable[[], Coroutine[Any, Any, None]]] = (),
     ) -> None:
         """`max_connections`: this process's own ceiling (by default, what its descriptor limit
         allows after the reserve, see server.descriptors); `message_memory`: octets of message
         content its connections may hold together (server.memory); `on_reload`: what SIGHUP
-        runs besides the TLS reload."""
+        runs besides the TLS reload; `chores`: coroutines run on the loop while serving (a
+        heartbeat)."""
         self.settings = settings
         self.log = log
         self.session_timeout = timeouts.session
@@ -94,6 +96,7 @@ class Worker:
         self._handler_factory = handler_factory
         self._timeouts = timeouts
         self._on_reload = tuple(on_reload)
+        self._chores = tuple(chores)
         self._floods = FloodLog(log, interval=timeouts.flood_interval)
         self._memory = MemoryBudget(message_memory)
         self._connections: set[SmtpConnection] = set()
@@ -319,6 +322,7 @@ class Worker:
             loop.add_signal_handler(signal.SIGINT, self.stop)
             loop.add_signal_handler(signal.SIGHUP, self.reload)
         chores = [loop.create_task(self._sum_up_floods())]
+        chores += (loop.create_task(chore()) for chore in self._chores)
         if self._timeouts.reload_interval > 0:
             chores.append(loop.create_task(self._watch_certificates()))
         await self._stop.wait()

@@ -46,6 +46,14 @@ def new_queue_id(now: float, rand: bytes) -> str:
     return "".join(reversed(chars))
 
 
+def queue_id_time(queue_id: str) -> float:
+    """The unix time `new_queue_id` encoded in a well-formed `queue_id`; pure."""
+    value = 0
+    for char in checked_id(queue_id):
+        value = value << 5 | _CROCKFORD.index(char)
+    return (value >> (8 * RANDOM_BYTES)) / 1000
+
+
 def is_queue_id(text: str) -> bool:
     """Tell whether `text` is a well-formed queue id (as `new_queue_id` makes them)."""
     return _QUEUE_ID_RE.fullmatch(text) is not None

@@ -33,6 +33,7 @@ def test_sections_walk_the_schema_in_order() -> None:
         "delivery",
         "dkim",
         "audit",
+        "http",
         "log",
     ]
 

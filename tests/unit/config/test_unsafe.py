@@ -135,5 +135,31 @@ def test_overrides_are_named_in_a_fixed_order_with_one_line_each() -> None:
         "no_auth",
         "world_readable_key",
         "plaintext_relay",
+        "public_http",
     ]
     assert all(allows and "\n" not in allows for allows in OVERRIDES.values())
+
+
+@pytest.mark.parametrize("listen", ["127.0.0.1:8025", "[::1]:80", "localhost:8025"])
+def test_plain_http_on_loopback_is_fine(pair_dir: Path, listen: str) -> None:
+    config = load_config(write_config(pair_dir, MINIMAL + f'[http]\nlisten = "{listen}"\n'))
+
+    assert unsafe_settings(config) == []
+
+
+def test_plain_http_off_loopback_needs_its_override(pair_dir: Path) -> None:
+    http = '[http]\nlisten = "0.0.0.0:8025"\n'
+    with pytest.raises(ConfigError) as caught:
+        load_config(write_config(pair_dir, MINIMAL + http))
+    assert str(caught.value).endswith(
+        'sendgate.toml: http.listen: unsafe setting refused; add "public_http" to '
+        "unsafe_overrides to allow it"
+    )
+
+    config = load_config(
+        write_config(pair_dir, 'unsafe_overrides = ["public_http"]\n' + MINIMAL + http)
+    )
+
+    assert [(u.override, u.key) for u in unsafe_settings(config)] == [
+        ("public_http", "http.listen")
+    ]

@@ -87,7 +87,9 @@ def test_465_banner_comes_over_tls_even_when_the_client_hello_comes_at_once(
             ehlo = client.command("EHLO client.example")
             assert ehlo.code == 250
             assert client.command("QUIT").code == 221
-    tls = live.log.wait_for(rf"event=tls {CONN} version=TLSv1\.3 cipher=\S+ resumed=(true|false)$")
+    tls = live.log.wait_for(
+        rf"event=tls {CONN} version=TLSv1\.3 cipher=\S+ resumed=(true|false) seconds=\d+\.\d{{3}}$"
+    )
     assert tls
     assert len(live.log.matching(rf"event=connect {CONN} tls=implicit$")) == 5
 

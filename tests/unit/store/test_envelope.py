@@ -5,10 +5,12 @@ import random
 import re
 
 import pytest
+from hypothesis import given
+from hypothesis import strategies as st
 from tests.support.mail import make_envelope
 
 from sendgate.errors import SpoolError
-from sendgate.store.envelope import Envelope, new_queue_id
+from sendgate.store.envelope import Envelope, new_queue_id, queue_id_time
 
 ID_PATTERN = re.compile(r"[0-7][0-9A-HJKMNP-TV-Z]{17}")
 DELETE = object()  # marks a field to drop in the malformed-envelope cases
@@ -40,6 +42,16 @@ def test_queue_ids_sort_by_time_then_randomness() -> None:
     by_id = sorted(range(len(keys)), key=lambda i: ids[i])
     by_key = sorted(range(len(keys)), key=lambda i: keys[i])
     assert by_id == by_key
+
+
+@given(millis=st.integers(0, (1 << 48) - 1), rand=st.binary(min_size=5, max_size=5))
+def test_queue_id_time_reads_back_the_time(millis: int, rand: bytes) -> None:
+    assert round(queue_id_time(new_queue_id(millis / 1000, rand)) * 1000) == millis
+
+
+def test_queue_id_time_refuses_what_is_no_queue_id() -> None:
+    with pytest.raises(SpoolError, match="invalid queue id"):
+        queue_id_time("01M94BG2YGF23TD6DI")  # I is not Crockford base32
 
 
 def test_envelope_json_round_trip_keeps_non_ascii_addresses() -> None:

@@ -1,0 +1,80 @@
+"""What `[http] listen` adds to `serve`: the socket, the metrics, the heartbeats, the process.
+
+`HttpListener` is made in the supervisor before it forks (the socket is bound and the metrics
+directory prepared once, and every child inherits the log's observer); `run` is the HTTP
+child's main.
+"""
+
+from __future__ import annotations
+
+import shutil
+import socket
+from collections.abc import Callable, Coroutine, Sequence
+from typing import Any
+
+from sendgate.config.schema import Config
+from sendgate.log import EventLog
+from sendgate.server.supervisor import bind
+from sendgate.store.backends import Backends, spool_path
+from sendgate.web.app import Sources, run_http
+from sendgate.web.clientconfig import Offer
+from sendgate.web.health import HealthSources, Heartbeat
+from sendgate.web.metrics import Metrics, StateCollector, prepare_directory
+
+RUNNER_BEAT = "delivery"
+
+
+def acceptor_beat(index: int) -> str:
+    return f"acceptor-{index}"
+
+
+class HttpListener:
+    """The HTTP listener of one `serve`; raises OSError when its address cannot be bound."""
+
+    def __init__(self, cfg: Config, log: EventLog) -> None:
+        listen = cfg.http.listen
+        assert listen is not None
+        self._cfg = cfg
+        self.metrics_dir = cfg.data_dir / "metrics"
+        self.beats = cfg.data_dir / "run"
+        self.sock = bind(listen.host, listen.port)
+        prepare_directory(self.metrics_dir)
+        if self.beats.is_dir():
+            shutil.rmtree(self.beats)  # an earlier run's heartbeats would pass for this one's
+        self.beats.mkdir(mode=0o700)
+        self.metrics = Metrics()
+        log.observer = self.metrics.observe
+
+    def heartbeat(self, name: str) -> Callable[[], Coroutine[Any, Any, None]]:
+        """The chore that keeps process `name`'s heartbeat fresh."""
+        return Heartbeat(self.beats, name).run
+
+    def run(
+        self,
+        log: EventLog,
+        backends: Backends,
+        listeners: Sequence[tuple[socket.socket, int, bool]],
+        acceptors: int,
+    ) -> int:
+        """The HTTP child's main. `listeners`: (socket, bound port, implicit TLS) of each."""
+        cfg = self._cfg
+        stores = backends.open("admin")
+        try:
+            imap = cfg.http.imap
+            offer = Offer(
+                cfg.hostname,
+                submissions_port=next((p for _, p, tls in listeners if tls), None),
+                submission_port=next((p for _, p, tls in listeners if not tls), None),
+                imap=(imap.host, imap.port) if imap is not None else None,
+            )
+            health = HealthSources(
+                listeners=[sock for sock, _, _ in listeners],
+                spool=spool_path(cfg),
+                heartbeats=self.beats,
+                acceptors=[acceptor_beat(i) for i in range(acceptors)],
+                runner=RUNNER_BEAT,
+            )
+            state = StateCollector(stores.queue, stores.limits, stores.users)
+            return run_http(self.sock, Sources(offer, self.metrics_dir, state, health), log)
+        finally:
+            stores.close()
