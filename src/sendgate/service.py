@@ -17,6 +17,7 @@ import socket
 import time
 from collections.abc import Callable, Coroutine
 from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -32,6 +33,7 @@ from sendgate.dkim.signer import DkimSigner
 from sendgate.errors import SendgateError, SpoolError
 from sendgate.log import EventLog
 from sendgate.policy.auth import Authenticator
+from sendgate.policy.dovecot import DovecotAuth
 from sendgate.policy.guard import LoginGuard
 from sendgate.policy.login import Logins
 from sendgate.policy.notice import SignInNotices
@@ -40,6 +42,8 @@ from sendgate.policy.quota import SendingLimits
 from sendgate.server.caps import RATE_WINDOW, ConnectionCaps
 from sendgate.server.descriptors import connection_budget, raise_limit
 from sendgate.server.memory import return_freed_memory
+from sendgate.server.notify import systemd_notifier
+from sendgate.server.privileges import become
 from sendgate.server.supervisor import RESEND_EVERY, Supervisor, bind
 from sendgate.server.tls import TlsContextHolder
 from sendgate.server.worker import Listener, Timeouts, Worker
@@ -88,22 +92,57 @@ def logins(
     notices = SignInNotices(
         cfg.hostname, stores.queue, stores.limits, signer, cfg.sign_in_notice, time.time, log
     )
-    return Logins(guard, authenticator, stores.users, cfg.login_limits, stores.limits.now, notices)
-
-
-def _http_listener(cfg: Config, log: EventLog) -> HttpListener | None:
-    """The HTTP listener if one is configured, bound; its metrics count from now on."""
-    if cfg.http.listen is None:
-        return None
-    try:
-        web = HttpListener(cfg, log)
-    except OSError as exc:
-        raise SendgateError(f"cannot listen on {cfg.http.listen}: {exc.strerror or exc}") from exc
-    host, port = web.sock.getsockname()[:2]
-    log.event(
-        "listening", kind="http", address=f"[{host}]:{port}" if ":" in host else f"{host}:{port}"
+    dovecot = DovecotAuth(cfg.auth.dovecot_socket) if cfg.auth.backend == "dovecot" else None
+    return Logins(
+        guard,
+        authenticator,
+        stores.users,
+        cfg.login_limits,
+        stores.limits.now,
+        notices,
+        dovecot=dovecot,
     )
-    return web
+
+
+@dataclass(slots=True)
+class _Bound:
+    """The sockets `serve` listens on, bound while it may still be root."""
+
+    listeners: list[Listener] = field(default_factory=list)
+    audited: list[AuditedListener] = field(default_factory=list)  # for the scheduled audit
+    described: list[tuple[socket.socket, int, bool]] = field(default_factory=list)  # for /http
+    http: socket.socket | None = None
+
+
+def _bind_all(cfg: Config, log: EventLog) -> _Bound:
+    bound = _Bound()
+    addresses = [(False, a) for a in cfg.listen.submission]
+    addresses += [(True, a) for a in cfg.listen.submissions]
+    for implicit, hostport in addresses:
+        sock = _bind(hostport.host, hostport.port)
+        host, port = sock.getsockname()[:2]
+        bound.listeners.append(Listener(sock, implicit))
+        bound.audited.append(AuditedListener(host, port, implicit))
+        bound.described.append((sock, port, implicit))
+        _listening(log, "submissions" if implicit else "submission", host, port)
+    if cfg.http.listen is not None:
+        bound.http = _bind(cfg.http.listen.host, cfg.http.listen.port)
+        _listening(log, "http", *bound.http.getsockname()[:2])
+    return bound
+
+
+def _bind(host: str, port: int) -> socket.socket:
+    try:
+        return bind(host, port)
+    except OSError as exc:
+        shown = f"[{host}]:{port}" if ":" in host else f"{host}:{port}"
+        raise SendgateError(f"cannot listen on {shown}: {exc.strerror or exc}") from exc
+
+
+def _listening(log: EventLog, kind: str, host: str, port: int) -> None:
+    log.event(
+        "listening", kind=kind, address=f"[{host}]:{port}" if ":" in host else f"{host}:{port}"
+    )
 
 
 def serve(cfg: Config, log: EventLog, config_path: Path) -> int:
@@ -112,6 +151,17 @@ def serve(cfg: Config, log: EventLog, config_path: Path) -> int:
         log.event(
             "unsafe_override", "warning", setting=unsafe.override, description=unsafe.description
         )
+    # What the configuration names is checked before any port is bound.
+    relays = load_relays(cfg.delivery.routes)
+    trust_store(cfg)  # refuse a bad delivery.ca_file now, not in the runner after the fork
+    sockets = _bind_all(cfg, log)
+    if cfg.service.user:
+        switched = become(cfg.service.user)
+        if switched is not None:
+            log.event("user", user=cfg.service.user, uid=switched[0], gid=switched[1])
+    elif os.geteuid() == 0:
+        log.event("running_as_root", "warning", advice="set service.user (or User= under systemd)")
+    web = HttpListener(cfg, log, sockets.http) if sockets.http is not None else None
     backends = Backends(cfg)
     recovered = backends.prepare()  # schemas, directories, crash recovery: once, before forking
     admin = backends.open("admin")
@@ -126,8 +176,6 @@ def serve(cfg: Config, log: EventLog, config_path: Path) -> int:
         corrupt=",".join(recovered.corrupt),
         queued=queued,
     )
-    relays = load_relays(cfg.delivery.routes)
-    trust_store(cfg)  # refuse a bad delivery.ca_file now, not in the runner after the fork
     keys = load_keys(cfg.dkim.key_dir)
     # Built even without keys: SIGHUP may bring the first ones.
     signer = DkimSigner(keys)
@@ -135,25 +183,7 @@ def serve(cfg: Config, log: EventLog, config_path: Path) -> int:
     for key in keys:
         log.event("dkim_key", domain=key.domain, selector=key.selector, algorithm=key.algorithm)
     tls = TlsContextHolder(cfg.tls.certificates, cfg.tls.min_version)
-    web = _http_listener(cfg, log)
-    listeners: list[Listener] = []
-    audited: list[AuditedListener] = []  # the bound addresses, for the scheduled audit
-    bound: list[tuple[socket.socket, int, bool]] = []  # for the HTTP listener's documents
-    for implicit, addresses in ((False, cfg.listen.submission), (True, cfg.listen.submissions)):
-        for hostport in addresses:
-            try:
-                sock = bind(hostport.host, hostport.port)
-            except OSError as exc:
-                raise SendgateError(f"cannot listen on {hostport}: {exc.strerror or exc}") from exc
-            host, port = sock.getsockname()[:2]
-            listeners.append(Listener(sock, implicit))
-            audited.append(AuditedListener(host, port, implicit))
-            bound.append((sock, port, implicit))
-            log.event(
-                "listening",
-                kind="submissions" if implicit else "submission",
-                address=f"[{host}]:{port}" if ":" in host else f"{host}:{port}",
-            )
+    listeners, audited, bound = sockets.listeners, sockets.audited, sockets.described
     workers = cfg.listen.workers or os.cpu_count() or 1
     return_freed_memory()  # inherited by the workers
     descriptors = raise_limit()
@@ -256,6 +286,7 @@ def serve(cfg: Config, log: EventLog, config_path: Path) -> int:
             message_memory=message_memory,
             on_reload=(reload_keys,),
             chores=[web.heartbeat(acceptor_beat(index))] if web else [],
+            proxies=cfg.listen.proxy_from,
         )
         # Start a body file now, before serving: the first large message would otherwise pay
         # on the event loop for the queue's set-up (the spool's reaping of a dead process's
@@ -280,6 +311,7 @@ def serve(cfg: Config, log: EventLog, config_path: Path) -> int:
         log,
         forget,
         runners=len(runners),
+        notify=systemd_notifier(),
         resend_after=cfg.limits.shutdown_grace + RESEND_EVERY,
     )
     try:

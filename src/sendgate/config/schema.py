@@ -30,6 +30,7 @@ from sendgate.config.kinds import (
     HostPortKind,
     HostPorts,
     Int,
+    Networks,
     OptionalHostPort,
     OptionalPath,
     Overrides,
@@ -43,6 +44,7 @@ from sendgate.config.unsafe import OVERRIDES
 
 TLS_VERSIONS = ("1.0", "1.1", "1.2", "1.3")
 RELAY_TLS = ("starttls", "implicit", "none")
+AUTH_BACKENDS = ("local", "dovecot")
 
 
 @dataclass(frozen=True, slots=True)
@@ -72,6 +74,16 @@ class ListenConfig:
     submissions: tuple[HostPort, ...] = field(
         default=(HostPort("0.0.0.0", 465),),  # noqa: S104
         metadata=setting(HostPorts(), "Implicit-TLS listeners (port 465, RFC 8314)."),
+    )
+    proxy_from: tuple[str, ...] = field(
+        default=(),
+        metadata=setting(
+            Networks(),
+            "Proxies (HAProxy...) that open each connection with a PROXY header (version 1 or "
+            "2) naming the client, whose address then counts for logs, limits and bans. When "
+            "set, every connection must come from these networks with a valid header; others "
+            "are closed unanswered.",
+        ),
     )
     workers: int = field(
         default=0,
@@ -134,6 +146,19 @@ class AuthConfig:
     verify_threads: int = field(
         default=2,
         metadata=setting(Int(1, 64), "Threads per worker for password verification (argon2)."),
+    )
+    backend: str = field(
+        default="local",
+        metadata=setting(
+            Choice(AUTH_BACKENDS),
+            'Where passwords are checked: "local" (sendgate\'s users, argon2id) or "dovecot" '
+            "(an existing Dovecot's auth socket; sendgate's address table, else the login name "
+            "itself, still decides who may send as what).",
+        ),
+    )
+    dovecot_socket: Path = field(
+        default=Path("/run/dovecot/auth-client"),
+        metadata=setting(PathKind(), 'Dovecot\'s auth socket, for backend = "dovecot".'),
     )
 
 
@@ -377,6 +402,21 @@ class DkimConfig:
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
+class ServiceConfig:
+    """How `serve` runs as a process."""
+
+    user: str = field(
+        default="",
+        metadata=setting(
+            Text(),
+            "Started as root, `serve` binds its ports and then runs as this user for good (the "
+            'data directory, keys and certificates must be its own); "" keeps the user it '
+            "was started as. Under systemd, set User= in the unit instead.",
+        ),
+    )
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
 class HttpConfig:
     """The HTTP listener: metrics, health and mail client set-up (off unless `listen` is set)."""
 
@@ -447,4 +487,5 @@ class Config:
     dkim: DkimConfig = field(default_factory=DkimConfig)
     audit: AuditConfig = field(default_factory=AuditConfig)
     http: HttpConfig = field(default_factory=HttpConfig)
+    service: ServiceConfig = field(default_factory=ServiceConfig)
     log: LogConfig = field(default_factory=LogConfig)

@@ -45,6 +45,7 @@ OVERRIDES: Mapping[str, str] = MappingProxyType(
             'a delivery route with tls = "none" to a smarthost that is not loopback'
         ),
         "public_http": "http.listen on an address that is not loopback: plain HTTP",
+        "proxy_from_anywhere": "listen.proxy_from with a network of every address (/0)",
     }
 )
 WEAK_TLS_VERSIONS = ("1.0", "1.1")
@@ -106,6 +107,16 @@ def unsafe_settings(cfg: Config) -> list[UnsafeSetting]:
                 "are by their addresses) is reachable from the network",
             )
         )
+    for index, network in enumerate(cfg.listen.proxy_from):
+        if network.endswith("/0"):
+            found.append(
+                UnsafeSetting(
+                    "proxy_from_anywhere",
+                    f"listen.proxy_from[{index}]",
+                    f"listen.proxy_from[{index}] = {network}: anyone may claim any client "
+                    "address, past every limit and ban",
+                )
+            )
     for index, pair in enumerate(cfg.tls.certificates):
         key = f"tls.certificates[{index}].key"
         try:

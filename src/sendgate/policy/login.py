@@ -28,7 +28,8 @@ from dataclasses import dataclass
 from typing import Protocol
 
 from sendgate.config.schema import LoginLimitsConfig
-from sendgate.policy.auth import Authenticator
+from sendgate.policy.auth import Authenticator, AuthResult
+from sendgate.policy.dovecot import DovecotAuth
 from sendgate.policy.guard import NETWORK_BANNED, Failure, KnownNetworks, LoginGuard
 from sendgate.policy.networks import ClientNetworks
 from sendgate.store.limits import Ban
@@ -115,9 +116,12 @@ class Logins:
         now: Callable[[], float],
         notifier: Notifier | None = None,
         timer: Callable[[], float] = time.perf_counter,
+        dovecot: DovecotAuth | None = None,
     ) -> None:
+        """`dovecot`: check passwords there instead of with `authenticator` (auth.backend)."""
         self.guard = guard
         self._auth = authenticator
+        self._dovecot = dovecot
         self._accounts = accounts
         self._cfg = settings
         self._now = now
@@ -137,7 +141,7 @@ class Logins:
         as_refused = (NETWORK_BANNED, check.banned_here) if check.banned_here else None
         record = self._accounts.get_user(request.username)
         # A password verified lately is right: no need to look for it among the wrong ones.
-        result = self._auth.cached(record, request.password)
+        result = self._auth.cached(record, request.password) if self._dovecot is None else None
         generation = record.generation if record is not None else 0
         if result is None:
             repeated = guard.repeated(
@@ -147,7 +151,7 @@ class Logins:
                 wait = self.verify_time() + repeated.delay
                 return LoginResult(user=None, wait=wait, refused=as_refused, failure=repeated)
             started = self._timer()
-            result = self._auth.verify_user(record, request.password)
+            result = self._verify(request, record)
             if not result.cached:
                 self._sample(self._timer() - started)
         if result.user is None:
@@ -187,7 +191,9 @@ class Logins:
         lately, no app password's use is due to be recorded). Anything else, including every
         failure, goes the way that may wait: `attempt`, in a thread.
         """
-        if not self.guard.clear_at_once(request.client, request.username):
+        if self._dovecot is not None or not self.guard.clear_at_once(
+            request.client, request.username
+        ):
             return None
         found = self._accounts.login_at_once(request.username)
         if found is None:
@@ -199,6 +205,26 @@ class Logins:
         if result is None:
             return None
         return LoginResult(user=user, wait=0.0, cached=True, app_password=result.app_password)
+
+    def _verify(self, request: LoginRequest, record: UserRecord | None) -> AuthResult:
+        """The password check of `auth.backend`: argon2 here, or Dovecot."""
+        if self._dovecot is None:
+            return self._auth.verify_user(record, request.password)
+        name = self._dovecot.check(
+            request.username,
+            request.password,
+            client_ip=request.client_ip,
+            secured=request.tls_version is not None,
+        )
+        if name is None:
+            return AuthResult(user=None, cached=False)
+        name = name.lower()
+        known = record if name == request.username else self._accounts.get_user(name)
+        if known is None:
+            # Not in sendgate's table: the login name is the one address it may send as.
+            addresses = (name,) if "@" in name else ()
+            known = UserRecord(username=name, password_hash="", addresses=addresses, generation=0)
+        return AuthResult(user=known, cached=False)
 
     def verify_time(self) -> float:
         """The median wall time of recent argon2 verifications (measured once if none yet)."""

@@ -78,9 +78,17 @@ class SmtpConnection(asyncio.Protocol):
     in plaintext (uvloop starts reading after `connection_made` even when it paused).
     """
 
-    def __init__(self, server: ServerContext, *, implicit_tls: bool) -> None:
+    def __init__(
+        self,
+        server: ServerContext,
+        *,
+        implicit_tls: bool,
+        client: tuple[str, int] | None = None,
+    ) -> None:
+        """`client`: the address a trusted proxy named (PROXY protocol), else the peer's."""
         self._server = server
         self._implicit_tls = implicit_tls
+        self._client = client
         self._loop = asyncio.get_running_loop()
         self._transport: asyncio.Transport | None = None
         self._sock: socket.socket | None = None  # 465, until the handshake owns it
@@ -115,7 +123,7 @@ class SmtpConnection(asyncio.Protocol):
     def accepted(self, sock: socket.socket) -> None:
         """465: a socket the worker accepted; the handshake waits for the admission."""
         try:
-            peer = sock.getpeername()
+            peer = self._client or sock.getpeername()
         except OSError:
             sock.close()  # reset by the client already: nobody to serve
             return
@@ -215,7 +223,7 @@ class SmtpConnection(asyncio.Protocol):
             self._last_activity = self._loop.time()
             self._flush()
             return
-        if not self._open(transport.get_extra_info("peername")):
+        if not self._open(self._client or transport.get_extra_info("peername")):
             self._closing = True
             transport.write(replies.TOO_MANY_CONNECTIONS.encode())
             transport.close()

@@ -7,7 +7,8 @@ forwards SIGTERM/SIGINT (graceful stop) and SIGHUP (TLS reload) to all children,
 child that dies unexpectedly, and exits once every child has stopped. A child still running
 `resend_after` seconds into a stop (the shutdown grace, and then some) gets the SIGTERM again,
 every few seconds: stopping is idempotent in every child, and a child that somehow missed the
-first one must not hold the whole tree up.
+first one must not hold the whole tree up. Under systemd (Type=notify) it says READY=1 once the
+children run, RELOADING=1 and READY=1 around a SIGHUP, and STOPPING=1 when told to stop.
 """
 
 from __future__ import annotations
@@ -20,6 +21,7 @@ import time
 from collections.abc import Callable
 
 from sendgate.log import EventLog
+from sendgate.server.notify import Notify, reloading
 
 _SIGNALS = {signal.SIGTERM, signal.SIGINT, signal.SIGHUP}
 _RESTART_BACKOFF = 1.0  # seconds between replacing crashed workers, to avoid a fork storm
@@ -59,6 +61,7 @@ class Supervisor:
         runners: int = 0,
         resend_after: float = RESEND_EVERY,
         resend_every: float = RESEND_EVERY,
+        notify: Notify = lambda _state: None,
     ) -> None:
         self._workers = workers
         self._count = workers + runners
@@ -69,6 +72,7 @@ class Supervisor:
         self._stopping = False
         self._resend_after = resend_after
         self._resend_every = resend_every
+        self._notify = notify  # systemd's sd_notify, or nothing
 
     def _spawn(self, index: int) -> None:
         # Block our signals across fork so a child never runs the supervisor's handler.
@@ -87,7 +91,13 @@ class Supervisor:
         signal.pthread_sigmask(signal.SIG_UNBLOCK, _SIGNALS)
 
     def _forward(self, signum: int, _frame: object) -> None:
+        if signum == signal.SIGHUP and not self._stopping:
+            reloading(self._notify)
+            self._signal_children(signum)
+            self._notify("READY=1")
+            return
         if signum in (signal.SIGTERM, signal.SIGINT) and not self._stopping:
+            self._notify("STOPPING=1")
             self._stopping = True
             signal.signal(signal.SIGALRM, self._repeat)
             signal.setitimer(signal.ITIMER_REAL, self._resend_after, self._resend_every)
@@ -117,6 +127,7 @@ class Supervisor:
             pids=",".join(str(p) for p, i in self._children.items() if i < self._workers),
             runner_pids=",".join(str(p) for p, i in self._children.items() if i >= self._workers),
         )
+        self._notify(f"READY=1\nSTATUS=serving, {self._workers} acceptors\nMAINPID={os.getpid()}")
         worst = 0
         while self._children:
             try:

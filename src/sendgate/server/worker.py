@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import asyncio
 import functools
+import ipaddress
 import resource
 import signal
 import socket
@@ -27,6 +28,7 @@ from sendgate.server.connection import SmtpConnection
 from sendgate.server.descriptors import connection_budget
 from sendgate.server.floods import INTERVAL, FloodLog
 from sendgate.server.memory import MemoryBudget
+from sendgate.server.proxy import ProxyError, read_header
 from sendgate.server.tls import TlsContextHolder
 from sendgate.smtp.session import SessionSettings
 
@@ -77,12 +79,14 @@ class Worker:
         message_memory: int = 1 << 62,
         on_reload: Sequence[Callable[[], object]] = (),
         chores: Sequence[Callable[[], Coroutine[Any, Any, None]]] = (),
+        proxies: Sequence[str] = (),
     ) -> None:
         """`max_connections`: this process's own ceiling (by default, what its descriptor limit
         allows after the reserve, see server.descriptors); `message_memory`: octets of message
         content its connections may hold together (server.memory); `on_reload`: what SIGHUP
         runs besides the TLS reload; `chores`: coroutines run on the loop while serving (a
-        heartbeat)."""
+        heartbeat); `proxies`: the networks whose connections open with a PROXY header (then
+        every connection must come from one of them)."""
         self.settings = settings
         self.log = log
         self.session_timeout = timeouts.session
@@ -97,6 +101,8 @@ class Worker:
         self._timeouts = timeouts
         self._on_reload = tuple(on_reload)
         self._chores = tuple(chores)
+        self._proxies = tuple(ipaddress.ip_network(network) for network in proxies)
+        self._pending: set[asyncio.Task[None]] = set()  # connections awaiting their header
         self._floods = FloodLog(log, interval=timeouts.flood_interval)
         self._memory = MemoryBudget(message_memory)
         self._connections: set[SmtpConnection] = set()
@@ -299,6 +305,51 @@ class Worker:
                 self.log.event("accept_failed", "error", error=repr(exc))
                 conn.close()
 
+    async def _accept_proxied(self, sock: socket.socket, implicit_tls: bool) -> None:
+        """Behind a proxy: accept here, and take each connection's PROXY header in a task."""
+        loop = asyncio.get_running_loop()
+        while True:
+            try:
+                conn, peer = await loop.sock_accept(sock)
+            except (BlockingIOError, InterruptedError, ConnectionAbortedError):
+                continue
+            except OSError as exc:
+                self.log.event("accept_failed", "error", error=type(exc).__name__, detail=str(exc))
+                await asyncio.sleep(_ACCEPT_RETRY_DELAY)
+                continue
+            task = loop.create_task(self._proxied(conn, str(peer[0]), implicit_tls))
+            self._pending.add(task)
+            task.add_done_callback(self._pending.discard)
+
+    async def _proxied(self, conn: socket.socket, proxy: str, implicit_tls: bool) -> None:
+        """Believe the header only from a trusted proxy; refuse everything else unanswered."""
+        log = self._floods.connection(proxy, "proxy")
+        if not any(ipaddress.ip_address(proxy) in network for network in self._proxies):
+            log.event("refused", "warning", reason="proxy_untrusted")
+            conn.close()
+            return
+        try:
+            client = await read_header(conn, self.handshake_timeout)
+        except ProxyError as exc:
+            log.event("refused", "warning", reason="proxy_header", detail=str(exc))
+            conn.close()
+            return
+        except asyncio.CancelledError:
+            conn.close()
+            raise
+        address = client or (proxy, 0)  # LOCAL (a health check): the proxy itself
+        try:
+            if implicit_tls:
+                SmtpConnection(self, implicit_tls=True, client=address).accepted(conn)
+            else:
+                await asyncio.get_running_loop().connect_accepted_socket(
+                    functools.partial(SmtpConnection, self, implicit_tls=False, client=address),
+                    conn,
+                )
+        except Exception as exc:  # a bug must cost one connection, never the listener
+            self.log.event("accept_failed", "error", error=repr(exc))
+            conn.close()
+
     async def run(self, *, install_signals: bool = True) -> None:
         loop = self._loop = asyncio.get_running_loop()
         self._stop = asyncio.Event()
@@ -307,6 +358,10 @@ class Worker:
         acceptors: list[asyncio.Task[None]] = []
         loop.set_exception_handler(self._loop_error)
         for listener in self._listeners:
+            if self._proxies:
+                acceptor = self._accept_proxied(listener.sock, listener.implicit_tls)
+                acceptors.append(loop.create_task(acceptor))
+                continue
             if listener.implicit_tls:
                 acceptors.append(loop.create_task(self._accept_tls(listener.sock)))
                 continue
@@ -339,8 +394,10 @@ class Worker:
         for acceptor in acceptors:
             acceptor.cancel()
         await asyncio.gather(*acceptors, return_exceptions=True)
+        for pending in self._pending:
+            pending.cancel()
         for listener in self._listeners:
-            if listener.implicit_tls:
+            if listener.implicit_tls or self._proxies:
                 listener.sock.close()  # as server.close() does for the 587 listeners
         self.draining = True
         for conn in list(self._connections):

@@ -1,8 +1,7 @@
 """What `[http] listen` adds to `serve`: the socket, the metrics, the heartbeats, the process.
 
-`HttpListener` is made in the supervisor before it forks (the socket is bound and the metrics
-directory prepared once, and every child inherits the log's observer); `run` is the HTTP
-child's main.
+`HttpListener` is made in the supervisor before it forks (the metrics directory is prepared
+once, and every child inherits the log's observer); `run` is the HTTP child's main.
 """
 
 from __future__ import annotations
@@ -14,7 +13,6 @@ from typing import Any
 
 from sendgate.config.schema import Config
 from sendgate.log import EventLog
-from sendgate.server.supervisor import bind
 from sendgate.store.backends import Backends, spool_path
 from sendgate.web.app import Sources, run_http
 from sendgate.web.clientconfig import Offer
@@ -29,15 +27,14 @@ def acceptor_beat(index: int) -> str:
 
 
 class HttpListener:
-    """The HTTP listener of one `serve`; raises OSError when its address cannot be bound."""
+    """The HTTP listener of one `serve`."""
 
-    def __init__(self, cfg: Config, log: EventLog) -> None:
-        listen = cfg.http.listen
-        assert listen is not None
+    def __init__(self, cfg: Config, log: EventLog, sock: socket.socket) -> None:
+        """`sock`: the listening socket, bound by `serve` (before it gave root up)."""
         self._cfg = cfg
         self.metrics_dir = cfg.data_dir / "metrics"
         self.beats = cfg.data_dir / "run"
-        self.sock = bind(listen.host, listen.port)
+        self.sock = sock
         prepare_directory(self.metrics_dir)
         if self.beats.is_dir():
             shutil.rmtree(self.beats)  # an earlier run's heartbeats would pass for this one's

@@ -136,6 +136,7 @@ def test_overrides_are_named_in_a_fixed_order_with_one_line_each() -> None:
         "world_readable_key",
         "plaintext_relay",
         "public_http",
+        "proxy_from_anywhere",
     ]
     assert all(allows and "\n" not in allows for allows in OVERRIDES.values())
 
@@ -163,3 +164,14 @@ def test_plain_http_off_loopback_needs_its_override(pair_dir: Path) -> None:
     assert [(u.override, u.key) for u in unsafe_settings(config)] == [
         ("public_http", "http.listen")
     ]
+
+
+def test_a_proxy_trusted_from_anywhere_needs_its_override(pair_dir: Path) -> None:
+    listen = '[listen]\nproxy_from = ["127.0.0.1/32", "::/0"]\n'
+    with pytest.raises(ConfigError, match=r"listen.proxy_from\[1\]: unsafe setting refused"):
+        load_config(write_config(pair_dir, MINIMAL + listen))
+    config = load_config(
+        write_config(pair_dir, 'unsafe_overrides = ["proxy_from_anywhere"]\n' + MINIMAL + listen)
+    )
+    [found] = unsafe_settings(config)
+    assert found.description.startswith("listen.proxy_from[1] = ::/0: anyone may claim")
