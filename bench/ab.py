@@ -11,6 +11,7 @@ running for its certificate and sink (see bench/README.md).
 
     .venv/bin/python bench/ab.py --base ../base --rounds 6 --duration 15
     .venv/bin/python bench/ab.py --base ../base --hold   # the submission path alone
+    .venv/bin/python bench/ab.py --base . --new-http     # what the metrics cost
 
 With --hold both instances keep mail queued (`delivery.hold = true`): no relaying, so only
 the acceptors' work is measured. Only loopback is used.
@@ -47,6 +48,9 @@ def main() -> int:
     parser.add_argument("--messages", type=int, default=100000)
     parser.add_argument("--per-session", type=int, nargs="+", default=[1, 100])
     parser.add_argument("--hold", action="store_true", help="no relaying: submission alone")
+    parser.add_argument(
+        "--new-http", action="store_true", help="the new instance with the HTTP listener (metrics)"
+    )
     parser.add_argument("--port", type=int, default=12587)
     args = parser.parse_args()
 
@@ -61,6 +65,7 @@ def main() -> int:
                 args.port + 10 * index,
                 python=str(tree / ".venv" / "bin" / "python"),
                 hold=args.hold,
+                http=args.new_http and name == "new",
             )
             for index, (name, tree) in enumerate(trees.items())
         }

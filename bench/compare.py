@@ -59,8 +59,10 @@ def start_sendgate(
     *,
     python: str = sys.executable,
     hold: bool = False,
+    http: bool = False,
 ) -> tuple[subprocess.Popen[str], int]:
-    """A throw-away instance of the sendgate installed for `python` (bench/ab.py runs two)."""
+    """A throw-away instance of the sendgate installed for `python` (bench/ab.py runs two);
+    `http`: with the HTTP listener on (its metrics counted), at port + 2."""
     sendgate = [python, "-m", "sendgate"]
     subprocess.run(
         [
@@ -82,6 +84,8 @@ def start_sendgate(
             f"127.0.0.1:{ref['REF_SINK_PORT']}",
             "--smarthost-tls",
             "none",
+            # The HTTP listener counts every event for /metrics in every process.
+            *(["--http", f"127.0.0.1:{port + 2}"] if http else []),
         ],
         check=True,
         capture_output=True,
