@@ -33,7 +33,7 @@ from sendgate.dkim.signer import DkimSigner
 from sendgate.errors import SendgateError, SpoolError
 from sendgate.log import EventLog
 from sendgate.policy.auth import Authenticator
-from sendgate.policy.dovecot import DovecotAuth
+from sendgate.policy.dovecot import DOVECOT_THREADS, DovecotAuth
 from sendgate.policy.guard import LoginGuard
 from sendgate.policy.login import Logins
 from sendgate.policy.notice import SignInNotices
@@ -159,6 +159,7 @@ def serve(cfg: Config, log: EventLog, config_path: Path) -> int:
         switched = become(cfg.service.user)
         if switched is not None:
             log.event("user", user=cfg.service.user, uid=switched[0], gid=switched[1])
+            trust_store(cfg)  # again: the runner reads it as this user
     elif os.geteuid() == 0:
         log.event("running_as_root", "warning", advice="set service.user (or User= under systemd)")
     web = HttpListener(cfg, log, sockets.http) if sockets.http is not None else None
@@ -257,7 +258,9 @@ def serve(cfg: Config, log: EventLog, config_path: Path) -> int:
         log.context = {"worker": index}
         reload_keys()  # as the runner's
         stores = backends.open("acceptor")
-        auth_pool = ThreadPoolExecutor(cfg.auth.verify_threads, thread_name_prefix="argon2")
+        # Dovecot holds each failure back (auth_failure_delay): its checks wait, not compute.
+        threads = cfg.auth.verify_threads if cfg.auth.backend == "local" else DOVECOT_THREADS
+        auth_pool = ThreadPoolExecutor(threads, thread_name_prefix="auth")
         spool_pool = ThreadPoolExecutor(SPOOL_THREADS, thread_name_prefix="spool")
         # Wall-clock time: it is also an app password's last use, stored and listed as a date.
         authenticator = Authenticator(

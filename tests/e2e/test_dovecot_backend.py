@@ -30,7 +30,11 @@ def message(sender: str) -> bytes:
 
 def logged_in(running: ServerProcess, user: str, password: str) -> smtplib.SMTP:
     client = running.smtp(login=False)
-    client.login(user, password)
+    try:
+        client.login(user, password)
+    except smtplib.SMTPException:
+        client.close()
+        raise
     return client
 
 

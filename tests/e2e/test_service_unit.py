@@ -118,7 +118,8 @@ def test_serve_started_as_root_runs_as_the_service_user(
     instance: InstanceFactory, server: ServerFactory, open_directory: Path
 ) -> None:
     nobody = pwd.getpwnam("nobody")
-    made = instance({"service.user": "nobody"})
+    made = instance()
+    made.configure({"service.user": "nobody"})  # after `user add`, which runs as root here
     if os.geteuid() != 0:
         refused = made.cli("serve")
         assert refused.code == 1

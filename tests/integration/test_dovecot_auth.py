@@ -81,6 +81,9 @@ GOOD_HANDSHAKE = b"VERSION\t1\t2\nMECH\tPLAIN\tplaintext\nSPID\t1\nCUID\t1\nCOOK
         (GOOD_HANDSHAKE, b"", "closed the connection"),
         (GOOD_HANDSHAKE, b"x" * 20000, "longer than 16384 octets"),
         (GOOD_HANDSHAKE, b"OK\t1\tuser=\xff\n", "not UTF-8"),
+        # Dovecot's own backend down: never a wrong password, never counted against the user.
+        (GOOD_HANDSHAKE, b"FAIL\t1\tcode=temp_fail\tuser=a@b.example\n", "temporary failure"),
+        (GOOD_HANDSHAKE, b"FAIL\t1\ttemp\n", "temporary failure"),
     ],
 )
 def test_a_dovecot_out_of_protocol_is_an_error_never_a_success(

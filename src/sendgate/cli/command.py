@@ -11,6 +11,7 @@ from pathlib import Path
 
 from sendgate.config.load import load_config
 from sendgate.config.schema import Config
+from sendgate.errors import UserError
 from sendgate.scaffold import CONFIG_NAME
 
 
@@ -35,9 +36,20 @@ def config_path(args: argparse.Namespace) -> Path:
     return Path(os.environ.get("SENDGATE_CONFIG", CONFIG_NAME))
 
 
-def load(args: argparse.Namespace) -> Config:
-    """The configuration the command runs against; ConfigError if it is missing or invalid."""
-    return load_config(config_path(args))
+def load(args: argparse.Namespace, *, as_root: bool = False) -> Config:
+    """The configuration the command runs against; ConfigError if it is missing or invalid.
+
+    With `service.user` set, only `serve` (`as_root`) may run as root: files another command
+    made as root (a key, a database's journal) the server could not open afterwards.
+    """
+    cfg = load_config(config_path(args))
+    user = cfg.service.user
+    if not as_root and user and user != "root" and os.geteuid() == 0:
+        raise UserError(
+            f"this server's files belong to {user} (service.user): run the command as that "
+            f"user, e.g. sudo -u {user} sendgate ..."
+        )
+    return cfg
 
 
 def add_json_flag(parser: argparse.ArgumentParser) -> None:

@@ -140,8 +140,9 @@ def _switch(cfg: Config, args: argparse.Namespace, now: float) -> int:
         old = switched.retired
         print(
             f"keep the record {old.selector}._domainkey.{domain} published until "
-            f"{_date(old.until)}: mail signed with it is still being delivered and verified; "
-            "then remove it and run `sendgate dkim prune`"
+            f"{_date(old.until)}: mail signed with it is still being delivered and verified "
+            "(the time counts from now: reload at once); then remove it and run "
+            "`sendgate dkim prune`"
         )
     print(f"now {_RELOAD}")
     return 0

@@ -46,7 +46,7 @@ def run(args: argparse.Namespace) -> int:
 
     explicit = args.config is not None or "SENDGATE_CONFIG" in os.environ
     if explicit or Path(CONFIG_NAME).exists():
-        cfg, path = load(args), config_path(args)
+        cfg, path = load(args, as_root=True), config_path(args)
     else:
         cfg, path = _embedded_default()
     log = EventLog(sys.stderr, fmt=cfg.log.format, level=cfg.log.level)

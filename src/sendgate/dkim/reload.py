@@ -10,6 +10,7 @@ from __future__ import annotations
 from pathlib import Path
 
 from sendgate.dkim.keys import DkimKey, load_keys
+from sendgate.dkim.rotation import staged_keys
 from sendgate.dkim.signer import DkimSigner
 from sendgate.errors import ConfigError
 from sendgate.log import EventLog
@@ -18,6 +19,22 @@ from sendgate.log import EventLog
 def describe(keys: tuple[DkimKey, ...]) -> str:
     """The keys as one log value: domain:selector:algorithm, comma-separated ("" for none)."""
     return ",".join(f"{key.domain}:{key.selector}:{key.algorithm}" for key in keys)
+
+
+def _check_not_switching(
+    key_dir: Path, before: tuple[DkimKey, ...], keys: tuple[DkimKey, ...]
+) -> None:
+    """ConfigError when a key in use is gone while one of its kind is still staged: a reload
+    in the middle of `dkim switch` (which removes the old key, then moves the new one in)
+    would sign that domain's mail with nothing until the next reload."""
+    present = {(key.domain, key.algorithm) for key in keys}
+    staged = {(key.domain, key.algorithm) for key in staged_keys(key_dir)}
+    for key in before:
+        if (key.domain, key.algorithm) not in present and (key.domain, key.algorithm) in staged:
+            raise ConfigError(
+                f"a key switch is under way for {key.domain} ({key.algorithm}): reload again "
+                "once `sendgate dkim switch` has finished"
+            )
 
 
 class KeyReloader:
@@ -35,6 +52,7 @@ class KeyReloader:
             keys = load_keys(self._key_dir)
             if frozenset(keys) == frozenset(before):
                 return False
+            _check_not_switching(self._key_dir, before, keys)
             self._signer.replace(keys)
         except (ConfigError, ValueError) as exc:
             self._log.event("dkim_reload_failed", "error", error=str(exc), keeping=describe(before))

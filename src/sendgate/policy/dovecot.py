@@ -23,6 +23,7 @@ from pathlib import Path
 from sendgate.errors import StoreError
 
 MAX_LINE = 16 * 1024
+DOVECOT_THREADS = 32  # per worker: checks mostly wait (Dovecot delays each failure 2 s)
 _ID = "1"  # one request per connection
 
 
@@ -82,6 +83,10 @@ class DovecotAuth:
         if len(fields) < 2 or fields[1] != _ID:
             raise DovecotError(f"dovecot answered another request: {line[:80]!r}")
         if fields[0] == "FAIL":
+            # Dovecot's own backend failed (its database is down): not the user's fault, and
+            # never to be counted against them. Dovecot 2.3 says "code=temp_fail", older "temp".
+            if "temp" in fields[2:] or "code=temp_fail" in fields[2:]:
+                raise DovecotError("dovecot could not check the password now (temporary failure)")
             return None
         if fields[0] != "OK":
             # CONT would ask for another round, which PLAIN never needs.

@@ -31,6 +31,7 @@ from dataclasses import dataclass
 from typing import Protocol
 
 from sendgate.config.schema import SendingLimitsConfig
+from sendgate.errors import UserError
 from sendgate.log import EventLog
 from sendgate.policy.allowance import Allowances, Batch, Budgets
 from sendgate.policy.keys import sending_key
@@ -165,7 +166,12 @@ class SendingLimits:
         self._allowances.drop(name)
         reason = f"{limit} exceeded"
         at = self._limits.now()
-        flag = self._users.set_flag(name, reason, at)
+        try:
+            flag = self._users.set_flag(name, reason, at)
+        except UserError:
+            # A login only Dovecot knows (auth.backend): refused, but no flag can be kept.
+            self._log.event("flag_impossible", "warning", user=name, reason=reason)
+            return Verdict(limit, retry_after)
         # Another process may have flagged the account meanwhile: set_flag kept its flag.
         flagged_now = (flag.since, flag.reason) == (at, reason)
         if flagged_now:

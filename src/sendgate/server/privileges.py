@@ -1,8 +1,8 @@
 """Giving up root after binding the privileged ports (`service.user`).
 
-A `serve` started as root binds 587 and 465, then becomes the configured user for good (groups,
-group, user, in that order, so no way back to root is left) before it reads a key, opens a
-store or forks a child: nothing that handles a client ever runs as root.
+A `serve` started as root binds 587 and 465, then becomes the configured user for good (the
+user's groups, its group, the user, in that order, so no way back to root is left) before it
+reads a key, opens a store or forks a child: nothing that handles a client ever runs as root.
 """
 
 from __future__ import annotations
@@ -30,7 +30,7 @@ def become(user: str) -> tuple[int, int] | None:
         raise SendgateError(
             f"service.user = {user!r}: started as {running!r}, and only root can switch users"
         )
-    os.setgroups([])
+    os.initgroups(user, entry.pw_gid)  # its own groups (ssl-cert for a key...), no others
     os.setgid(entry.pw_gid)
     os.setuid(entry.pw_uid)
     try:

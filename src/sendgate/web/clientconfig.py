@@ -84,14 +84,19 @@ def _server(parent: ET.Element, host: str, port: int, socket_type: str) -> None:
 
 def autodiscover_address(body: bytes) -> str:
     """The EMailAddress of an Outlook autodiscover request; ClientConfigError if it has none."""
-    if b"<!" in body:
+    try:
+        # Decoded here, so that no other encoding (UTF-16) can hide a DTD from the check.
+        text = body.decode("utf-8")
+    except UnicodeDecodeError:
+        raise ClientConfigError("not UTF-8") from None
+    if "<!" in text:
         raise ClientConfigError("a DTD or comment in the request: refused")
     try:
         # Safe without defusedxml: with no DTD no entity can be declared, and ElementTree
         # fetches nothing external.
-        root = ET.fromstring(body)  # noqa: S314
-    except ET.ParseError as exc:
-        raise ClientConfigError(f"not XML: {exc}") from None
+        root = ET.fromstring(text)  # noqa: S314
+    except (ET.ParseError, ValueError, LookupError) as exc:  # LookupError: an unknown encoding
+        raise ClientConfigError(f"not XML: {' '.join(str(exc).split())[:100]}") from None
     for element in root.iter():
         if element.tag.rpartition("}")[2] == "EMailAddress":
             return mailbox((element.text or "").strip())

@@ -48,7 +48,7 @@ class HealthSources:
     spool: Path
     heartbeats: Path
     acceptors: Sequence[str]  # heartbeat names of the acceptor processes
-    runner: str | None  # the delivery runner's, or None when delivery is held
+    runner: str | None  # the delivery runner's (it beats while held too), or None: not checked
 
 
 def check(sources: HealthSources, clock: Callable[[], float] = time.time) -> dict[str, str]:

@@ -7,6 +7,7 @@ error mapping (ConfigError -> 2, SendgateError -> 1) without starting an interpr
 from __future__ import annotations
 
 import io
+import os
 import re
 from pathlib import Path
 
@@ -103,3 +104,21 @@ def test_sendgate_config_from_the_environment(
     monkeypatch.setenv("SENDGATE_CONFIG", str(config))
     assert main(["queue", "list"]) == 0
     assert capsys.readouterr() == ("", "")
+
+
+def test_with_a_service_user_only_serve_runs_as_root(
+    config: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    text = config.read_text()
+    assert text.count('\nuser = ""\n') == 1
+    config.write_text(text.replace('\nuser = ""\n', '\nuser = "nobody"\n'))
+    code = main(["--config", str(config), "dkim", "status"])
+    out, err = capsys.readouterr()
+    if os.geteuid() == 0:
+        assert (code, out) == (1, "")
+        assert err == (
+            "sendgate: this server's files belong to nobody (service.user): run the command as "
+            "that user, e.g. sudo -u nobody sendgate ...\n"
+        )
+    else:
+        assert (code, err) == (0, "")

@@ -63,3 +63,20 @@ def test_replace_with_a_bad_key_set_changes_nothing(tmp_path: Path) -> None:
         signer.replace([key, key])
     assert signer.keys() == (key,)
     assert selector_of(signer) == b"one"
+
+
+def test_a_reload_in_the_middle_of_a_switch_keeps_the_keys_in_use(tmp_path: Path) -> None:
+    key_dir, stream = tmp_path / "dkim", io.StringIO()
+    generate_key(key_dir, DOMAIN, "one", "ed25519")
+    signer = DkimSigner(load_keys(key_dir))
+    reload = KeyReloader(key_dir, signer, EventLog(stream, clock=lambda: 0.0))
+    stage_key(key_dir, DOMAIN, None, "two", 0.0)
+    (key_dir / DOMAIN / "one.ed25519.key").unlink()  # where `switch` is between its steps
+    assert reload() is False
+    line = stream.getvalue().splitlines()[-1]
+    assert "event=dkim_reload_failed" in line
+    assert "a key switch is under way for example.org (ed25519)" in line
+    assert selector_of(signer) == b"one"
+    switch_key(key_dir, DOMAIN, None, 0.0, 0.0)  # the switch, run again, finishes
+    assert reload() is True
+    assert selector_of(signer) == b"two"

@@ -34,6 +34,7 @@ from sendgate.policy.quota import (
 )
 from sendgate.store.limits import DistinctRequest, RateRequest, Taken
 from sendgate.store.local.limits import LocalLimitStore
+from sendgate.store.local.users import LocalUserStore
 from sendgate.store.users import UserRecord, UserSettings
 
 ALICE = "alice@example.org"
@@ -323,3 +324,20 @@ def test_flagged_mail_is_held_or_refused_per_configuration(harness: Harness) -> 
     assert harness.limits().hold_flagged
     assert harness.limits(flagged="hold").hold_flagged
     assert not harness.limits(flagged="refuse").hold_flagged
+
+
+def test_a_login_no_account_holds_is_refused_though_it_cannot_be_flagged(
+    harness: Harness, tmp_path: Path
+) -> None:
+    # auth.backend = "dovecot": a login only Dovecot knows has no row to hang a flag on.
+    users = LocalUserStore(tmp_path / "users.db")
+    try:
+        config = SendingLimitsConfig(**{**OFF, "messages_per_hour": 1})  # type: ignore[arg-type]
+        limits = SendingLimits(harness.store, users, config, EventLog(harness.log))
+        assert limits.check(user(), to("bob")).allowed
+        refused = limits.check(user(), to("bob"))
+    finally:
+        users.close()
+    assert (refused.limit, refused.flag) == (MESSAGES_PER_HOUR, None)
+    assert not refused.allowed
+    assert "event=flag_impossible user=alice@example.org reason=" in harness.log.getvalue()

@@ -107,6 +107,17 @@ def test_the_autodiscover_request_gives_its_address() -> None:
             b"</Autodiscover>",
             "a DTD or comment in the request: refused",
         ),
+        (
+            # The same DTD in UTF-16: the check must not be blind to it.
+            '<?xml version="1.0" encoding="utf-16"?><!DOCTYPE x [<!ENTITY a "a@b.example">]>'
+            "<Autodiscover><EMailAddress>&a;</EMailAddress></Autodiscover>".encode("utf-16"),
+            "not UTF-8",
+        ),
+        (
+            # Read as the UTF-8 it is: an unknown declared encoding is no 500.
+            b'<?xml version="1.0" encoding="bogus"?><Autodiscover/>',
+            "no EMailAddress",
+        ),
     ],
 )
 def test_a_bad_autodiscover_request_is_refused(body: bytes, message: str) -> None:
