@@ -7,7 +7,6 @@ or message bodies; events carry names, addresses, counts and codes only.
 
 from __future__ import annotations
 
-import contextlib
 import json
 import sys
 import time
@@ -69,8 +68,12 @@ class EventLog:
     def observe(self, name: str, fields: Mapping[str, Value]) -> None:
         assert self.observer is not None
         # Counting must never take a connection down (a full disk under the metrics files).
-        with contextlib.suppress(Exception):
+        # try rather than contextlib.suppress: this runs for every event, and a try that
+        # raises nothing costs nothing.
+        try:  # noqa: SIM105
             self.observer(name, fields)
+        except Exception:  # noqa: S110
+            pass
 
     def bind(self, **fields: Value) -> BoundLog:
         """A logger that adds `fields` (e.g. conn=, client=) to every event, after the context."""

@@ -14,10 +14,11 @@ import math
 import os
 import signal
 import socket
+import stat
 import time
 from collections.abc import Callable, Coroutine
 from concurrent.futures import ThreadPoolExecutor
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
@@ -128,7 +129,32 @@ def _bind_all(cfg: Config, log: EventLog) -> _Bound:
     if cfg.http.listen is not None:
         bound.http = _bind(cfg.http.listen.host, cfg.http.listen.port)
         _listening(log, "http", *bound.http.getsockname()[:2])
+    if cfg.sendmail.socket is not None:
+        bound.listeners.append(Listener(_bind_local(cfg.sendmail.socket), False, local=True))
+        log.event("listening", kind="sendmail", address=str(cfg.sendmail.socket))
     return bound
+
+
+def _bind_local(path: Path) -> socket.socket:
+    """The sendmail socket: any local user may connect (mode 0666); the peer's user id decides
+    what it may do. A socket left by an earlier run is replaced, anything else is not."""
+    try:
+        if stat.S_ISSOCK(path.lstat().st_mode):
+            path.unlink()
+    except FileNotFoundError:
+        pass
+    except OSError as exc:
+        raise SendgateError(f"cannot listen on {path}: {exc.strerror or exc}") from exc
+    sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+    try:
+        sock.bind(str(path))
+        os.chmod(path, 0o666)  # noqa: S103 - on purpose: the peer's uid is the check
+        sock.listen(128)
+        sock.setblocking(False)
+    except OSError as exc:
+        sock.close()
+        raise SendgateError(f"cannot listen on {path}: {exc.strerror or exc}") from exc
+    return sock
 
 
 def _bind(host: str, port: int) -> socket.socket:
@@ -277,6 +303,9 @@ def serve(cfg: Config, log: EventLog, config_path: Path) -> int:
             signer=signer,
             limits=SendingLimits(stores.limits, stores.users, cfg.sending_limits, log),
             logins=logins(cfg, stores, authenticator, signer, log),
+            users=stores.users,
+            local_accounts=dict(cfg.sendmail.accounts),
+            local_settings=replace(settings, tls_available=False, auth_required=False),
         )
         worker = Worker(
             listeners=listeners,
@@ -290,6 +319,7 @@ def serve(cfg: Config, log: EventLog, config_path: Path) -> int:
             on_reload=(reload_keys,),
             chores=[web.heartbeat(acceptor_beat(index))] if web else [],
             proxies=cfg.listen.proxy_from,
+            local_factory=submission.admit_local,
         )
         # Start a body file now, before serving: the first large message would otherwise pay
         # on the event loop for the queue's set-up (the spool's reaping of a dead process's

@@ -11,9 +11,11 @@ mail is held or refused instead), and it is written durably to the queue. Only a
 from __future__ import annotations
 
 import asyncio
+import pwd
 import time
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Mapping
 from concurrent.futures import Executor
+from dataclasses import replace
 
 from sendgate.counters import Counters
 from sendgate.dkim.signer import DkimError, DkimSigner
@@ -28,15 +30,15 @@ from sendgate.policy.quota import SendingLimits, Verdict
 from sendgate.policy.refused import RecentlyRefused
 from sendgate.policy.sender import may_send_as
 from sendgate.queueing import Queueing, SpooledBody, StoreJob
-from sendgate.server.admission import Admission, Refusal
+from sendgate.server.admission import Admission, Local, Refusal
 from sendgate.smtp import replies
 from sendgate.smtp.address import Address
 from sendgate.smtp.events import AuthAttempt, Event, MailFrom, MessageReceived, RcptTo, StartTls
 from sendgate.smtp.replies import Reply
-from sendgate.smtp.session import Session
+from sendgate.smtp.session import Session, SessionSettings
 from sendgate.store.envelope import Envelope
 from sendgate.store.queue import QueueStore
-from sendgate.store.users import UserRecord
+from sendgate.store.users import UserRecord, UserStore
 from sendgate.text import iso_utc
 
 ANONYMOUS = "anonymous"
@@ -59,7 +61,12 @@ class Submission:
         logins: Logins | None = None,
         limits: SendingLimits | None = None,
         counters: Counters | None = None,
+        users: UserStore | None = None,
+        local_accounts: Mapping[str, str] | None = None,
+        local_settings: SessionSettings | None = None,
     ) -> None:
+        """`users`, `local_accounts` (local user -> account) and `local_settings` (TLS and
+        AUTH off) serve the sendmail socket; without them its clients are refused."""
         self.hostname = hostname
         self.authenticator = authenticator
         self.queue = queue
@@ -71,12 +78,41 @@ class Submission:
         self.counters = counters if counters is not None else Counters()
         self._refused = RecentlyRefused(clock)
         self.queueing = Queueing(queue, executor, signer=signer, limits=limits)
+        self._users = users
+        self._local_accounts = dict(local_accounts or {})
+        self._local_settings = local_settings
 
     def connection(
         self, client_ip: str, conn_id: str, client: ClientNetworks | None = None
     ) -> SubmissionConnection:
         """The handler of one admitted connection (`client`: its networks, for login limits)."""
         return SubmissionConnection(self, client_ip, conn_id, client)
+
+    def admit_local(self, uid: int, conn_id: str) -> Awaitable[Admission]:
+        """The sendmail socket's handler factory: the peer's user id says which account it is.
+
+        Unmapped users, and accounts that do not exist, are refused at the greeting (554).
+        """
+        loop = asyncio.get_running_loop()
+        return loop.run_in_executor(self.executor, self._local_admission, uid, conn_id)
+
+    def _local_admission(self, uid: int, conn_id: str) -> Admission:
+        try:
+            name = pwd.getpwuid(uid).pw_name  # NSS may ask a network service: in the thread
+        except KeyError:
+            name = str(uid)
+        account = self._local_accounts.get(name)
+        if account is None or self._users is None or self._local_settings is None:
+            return Refusal(replies.LOCAL_NOT_ALLOWED, "local_user", name)
+        record = self._users.get_user(account)
+        if record is None:
+            return Refusal(replies.LOCAL_NOT_ALLOWED, "local_account_missing", account)
+        handler = SubmissionConnection(self, "local", conn_id, None)
+        handler.user = record
+        self.log.event("local_user", conn=conn_id, unix_user=name, user=account)
+        # The greeting names the account: `sendgate sendmail` sends as it when not told.
+        greeting = f"ESMTP local submission as {account}"
+        return Local(handler, replace(self._local_settings, greeting=greeting))
 
     def admit(self, client_ip: str, conn_id: str) -> Admission | Awaitable[Admission]:
         """The I/O shell's handler factory: a banned network is refused here, before any TLS."""

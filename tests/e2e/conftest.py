@@ -15,12 +15,14 @@ import contextlib
 import json
 import os
 import re
+import shutil
 import signal
 import smtplib
 import socket
 import ssl
 import subprocess
 import sys
+import tempfile
 import threading
 import time
 import tomllib
@@ -606,3 +608,12 @@ def shared_server(
     factory = ServerFactory()
     yield factory(made)
     factory.close()
+
+
+@pytest.fixture
+def open_directory() -> Iterator[Path]:
+    """A directory any local user may pass through (pytest's own are their owner's only)."""
+    path = Path(tempfile.mkdtemp(prefix="sendgate-open-"))
+    path.chmod(0o755)
+    yield path
+    shutil.rmtree(path)

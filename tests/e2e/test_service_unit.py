@@ -17,7 +17,6 @@ import signal
 import socket
 import subprocess
 import sys
-import tempfile
 from collections.abc import Iterator
 from pathlib import Path
 from typing import TYPE_CHECKING
@@ -94,15 +93,6 @@ def test_systemd_hears_ready_reloading_and_stopping(
 
     assert running.stop() == 0
     assert systemd_socket.recv(4096) == b"STOPPING=1"
-
-
-@pytest.fixture
-def open_directory() -> Iterator[Path]:
-    """A directory any user may pass through (pytest's own are the owner's only)."""
-    path = Path(tempfile.mkdtemp(prefix="sendgate-user-"))
-    path.chmod(0o755)
-    yield path
-    shutil.rmtree(path)
 
 
 def uid_of(pid: int) -> int:

@@ -31,7 +31,7 @@ from collections.abc import Callable, Sequence
 from pathlib import Path
 
 from sendgate import __version__
-from sendgate.cli import audit, bans, dkim, dns, init, probe, queue, serve, user
+from sendgate.cli import audit, bans, dkim, dns, init, probe, queue, sendmail, serve, user
 from sendgate.cli.command import Group
 from sendgate.errors import ConfigError, SendgateError
 from sendgate.scaffold import CONFIG_NAME
@@ -46,6 +46,7 @@ GROUPS: tuple[Group, ...] = (
     dns.GROUP,
     audit.GROUP,
     probe.GROUP,
+    sendmail.GROUP,
 )
 
 
@@ -66,7 +67,27 @@ def _parser() -> argparse.ArgumentParser:
     return parser
 
 
+def _command_at(argv: list[str]) -> int | None:
+    """Where the command name is, past the global options; None if there is none."""
+    index = 0
+    while index < len(argv):
+        if argv[index] == "--config":
+            index += 2
+        elif argv[index].startswith("--config="):
+            index += 1
+        else:
+            return index
+    return None
+
+
 def main(argv: Sequence[str] | None = None) -> int:
+    if argv is None and Path(sys.argv[0]).name == "sendmail":
+        return sendmail.sendmail_main(sys.argv[1:])  # a `sendmail` link to sendgate
+    given = list(sys.argv[1:] if argv is None else argv)
+    command = _command_at(given)
+    if command is not None and given[command] == "sendmail":
+        # Its options are sendmail's (-t, -oi, -fADDRESS...), not for argparse's subcommand.
+        return sendmail.sendmail_main(given[command + 1 :])
     args = _parser().parse_args(argv)
     run: Callable[[argparse.Namespace], int] = args.run
     try:

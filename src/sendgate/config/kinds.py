@@ -14,6 +14,7 @@ access is `require_file`, which stats a path.
 """
 
 import ipaddress
+import re
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Protocol
@@ -399,3 +400,34 @@ class Networks:
 
     def to_raw(self, value: tuple[str, ...]) -> object:
         return list(value)
+
+
+_UNIX_NAME = re.compile(r"[a-z_][a-z0-9_.-]{0,31}")
+
+
+@dataclass(frozen=True, slots=True)
+class LocalAccounts:
+    """Local (Unix) users and the account each sends as: "www-data=web@example.org"."""
+
+    def describe(self) -> str:
+        return 'array of "UNIXUSER=ACCOUNT" strings'
+
+    def parse(self, raw: object, where: Where) -> tuple[tuple[str, str], ...]:
+        if not isinstance(raw, list):
+            raise where.error(f'must be an array of "UNIXUSER=ACCOUNT" strings, got {shown(raw)}')
+        pairs: dict[str, str] = {}
+        for index, item in enumerate(raw):
+            user, sep, account = item.partition("=") if isinstance(item, str) else ("", "", "")
+            local, at, domain = account.rpartition("@")
+            if not (sep and _UNIX_NAME.fullmatch(user) and at and local and is_host_name(domain)):
+                raise where.item(index).error(
+                    f'expected "UNIXUSER=ACCOUNT" such as "www-data=web@example.org", got '
+                    f"{shown(item)}"
+                )
+            if user in pairs:
+                raise where.item(index).error(f"{user} is given twice")
+            pairs[user] = account.lower()
+        return tuple(pairs.items())
+
+    def to_raw(self, value: tuple[tuple[str, str], ...]) -> object:
+        return [f"{user}={account}" for user, account in value]

@@ -30,6 +30,7 @@ from sendgate.config.kinds import (
     HostPortKind,
     HostPorts,
     Int,
+    LocalAccounts,
     Networks,
     OptionalHostPort,
     OptionalPath,
@@ -402,6 +403,30 @@ class DkimConfig:
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
+class SendmailConfig:
+    """The local submission socket `sendgate sendmail` (and a `sendmail` link to it) uses."""
+
+    socket: Path | None = field(
+        default=None,
+        metadata=setting(
+            OptionalPath(),
+            "A Unix socket for local programs (cron, PHP mail(), scripts), e.g. "
+            '"/run/sendgate/sendmail.sock" (its directory must exist); "" turns it off. '
+            "`sendgate sendmail` finds it there unless $SENDGATE_SENDMAIL_SOCKET says otherwise.",
+        ),
+    )
+    accounts: tuple[tuple[str, str], ...] = field(
+        default=(),
+        metadata=setting(
+            LocalAccounts(),
+            "Which local user sends as which account, known from the socket's peer "
+            '("www-data=web@example.org"); that account\'s addresses and limits apply. Other '
+            "local users are refused.",
+        ),
+    )
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
 class ServiceConfig:
     """How `serve` runs as a process."""
 
@@ -487,5 +512,6 @@ class Config:
     dkim: DkimConfig = field(default_factory=DkimConfig)
     audit: AuditConfig = field(default_factory=AuditConfig)
     http: HttpConfig = field(default_factory=HttpConfig)
+    sendmail: SendmailConfig = field(default_factory=SendmailConfig)
     service: ServiceConfig = field(default_factory=ServiceConfig)
     log: LogConfig = field(default_factory=LogConfig)

@@ -17,7 +17,7 @@ from sendgate.log import EventSink
 from sendgate.smtp import replies
 from sendgate.smtp.events import Event
 from sendgate.smtp.replies import Reply
-from sendgate.smtp.session import Session
+from sendgate.smtp.session import Session, SessionSettings
 from sendgate.smtp.spill import BodySink
 
 
@@ -43,9 +43,18 @@ class Refusal:
     key: str | None = None
 
 
+@dataclass(frozen=True, slots=True)
+class Local:
+    """A local client's admission (the sendmail socket): its handler and its own Session
+    settings (no TLS to offer, no AUTH to ask for: the peer's user id said who it is)."""
+
+    handler: ConnectionHandler
+    settings: SessionSettings
+
+
 # A connection is admitted with the handler that will answer its decisions, or refused with a
 # reply (sent in plaintext on 587; on 465 the socket is just closed, before any handshake).
-Admission: TypeAlias = ConnectionHandler | Refusal | Reply
+Admission: TypeAlias = ConnectionHandler | Refusal | Reply | Local
 # (client_ip, conn_id) -> admission, possibly after I/O (a store lookup in a thread).
 HandlerFactory = Callable[[str, str], Admission | Awaitable[Admission]]
 

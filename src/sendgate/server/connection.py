@@ -17,6 +17,7 @@ import functools
 import itertools
 import socket
 import ssl
+import struct
 from collections.abc import Awaitable
 from typing import Protocol, cast
 
@@ -24,6 +25,8 @@ from sendgate.log import EventLog, EventSink
 from sendgate.server.admission import (
     Admission,
     ConnectionHandler,
+    HandlerFactory,
+    Local,
     Refusal,
     Spilling,
     ask,
@@ -37,6 +40,7 @@ from sendgate.smtp.session import Session, SessionSettings, State
 from sendgate.smtp.spill import BLOCK, SPILL_AT, BodySink, SinkFactory
 
 _conn_ids = itertools.count(1)
+_UCRED = struct.Struct("3i")  # struct ucred: pid, uid, gid
 # Seconds a MAIL FROM SIZE= reservation of memory lasts if no content follows: a client must
 # not keep the room others wait for by sending NOOPs in an open transaction.
 RESERVATION_HOLD = 30.0
@@ -64,6 +68,24 @@ class ServerContext(Protocol):
     def release(self, conn: SmtpConnection, slot: int) -> None: ...
     def lingering(self, conn: SmtpConnection, still: bool) -> None: ...  # closed, socket open
     def admit(self, ip: str, conn_id: str) -> Admission | Awaitable[Admission]: ...
+    def admit_local(self, uid: int | None, conn_id: str) -> Admission | Awaitable[Admission]: ...
+
+
+def _admit_local(
+    server: ServerContext, uid: int | None, _client_ip: str, conn_id: str
+) -> Admission | Awaitable[Admission]:
+    return server.admit_local(uid, conn_id)
+
+
+def _peer_uid(transport: asyncio.BaseTransport) -> int | None:
+    """The user id of a Unix-socket peer (SO_PEERCRED), or None if the kernel did not say."""
+    sock = transport.get_extra_info("socket")
+    try:
+        credentials = sock.getsockopt(socket.SOL_SOCKET, socket.SO_PEERCRED, _UCRED.size)
+    except (OSError, AttributeError):
+        return None
+    _pid, uid, _gid = _UCRED.unpack(credentials)
+    return int(uid)
 
 
 class SmtpConnection(asyncio.Protocol):
@@ -84,11 +106,15 @@ class SmtpConnection(asyncio.Protocol):
         *,
         implicit_tls: bool,
         client: tuple[str, int] | None = None,
+        local: bool = False,
     ) -> None:
-        """`client`: the address a trusted proxy named (PROXY protocol), else the peer's."""
+        """`client`: the address a trusted proxy named (PROXY protocol), else the peer's;
+        `local`: a connection to the sendmail socket, whose peer is a local user."""
         self._server = server
         self._implicit_tls = implicit_tls
         self._client = client
+        self._local = local
+        self._local_uid: int | None = None  # the local peer's user id (SO_PEERCRED)
         self._loop = asyncio.get_running_loop()
         self._transport: asyncio.Transport | None = None
         self._sock: socket.socket | None = None  # 465, until the handshake owns it
@@ -144,7 +170,8 @@ class SmtpConnection(asyncio.Protocol):
             log.event("refused", "warning", reason=acquired)
             return False
         self._slot = acquired
-        log.event("connect", tls="implicit" if self._implicit_tls else "starttls")
+        kind = "implicit" if self._implicit_tls else "local" if self._local else "starttls"
+        log.event("connect", tls=kind)
         first_check = min(server.command_timeout(False), server.recheck_interval)
         self._idle_timer = self._loop.call_later(first_check, self._idle_check)
         self._session_timer = self._loop.call_later(server.session_timeout, self._session_expired)
@@ -152,9 +179,10 @@ class SmtpConnection(asyncio.Protocol):
 
     def _ask_admission(self) -> None:
         server = self._server
-        admission = ask(
-            server.admit, self.client_ip, self.conn_id, self._log, draining=server.draining
-        )
+        factory: HandlerFactory = server.admit
+        if self._local:
+            factory = functools.partial(_admit_local, server, self._local_uid)
+        admission = ask(factory, self.client_ip, self.conn_id, self._log, draining=server.draining)
         if isinstance(admission, Awaitable):
             if self._transport is not None:
                 self._transport.pause_reading()  # 587: an early talker waits for the verdict
@@ -179,12 +207,15 @@ class SmtpConnection(asyncio.Protocol):
                 self._write(reply.encode())
             self._close()
             return
+        settings = self._server.settings
+        if isinstance(admission, Local):
+            settings, admission = admission.settings, admission.handler
         self._handler = admission
         self._open_sink = admission.open_body if isinstance(admission, Spilling) else None
         if self._implicit_tls:
             self._task = self._loop.create_task(self._handshake())
             return
-        self._session = Session(self._server.settings, open_sink=self._open_sink)
+        self._session = Session(settings, open_sink=self._open_sink)
         self._resume()
 
     async def _handshake(self) -> None:
@@ -223,7 +254,10 @@ class SmtpConnection(asyncio.Protocol):
             self._last_activity = self._loop.time()
             self._flush()
             return
-        if not self._open(self._client or transport.get_extra_info("peername")):
+        if self._local:
+            self._local_uid = _peer_uid(transport)
+        peer = ("local", 0) if self._local else self._client or transport.get_extra_info("peername")
+        if not self._open(peer):
             self._closing = True
             transport.write(replies.TOO_MANY_CONNECTIONS.encode())
             transport.close()

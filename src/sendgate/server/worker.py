@@ -22,7 +22,7 @@ from typing import Any
 
 from sendgate.errors import TlsConfigError
 from sendgate.log import EventLog, EventSink
-from sendgate.server.admission import Admission, HandlerFactory
+from sendgate.server.admission import Admission, HandlerFactory, Refusal
 from sendgate.server.caps import ConnectionCaps, address_key
 from sendgate.server.connection import SmtpConnection
 from sendgate.server.descriptors import connection_budget
@@ -30,15 +30,19 @@ from sendgate.server.floods import INTERVAL, FloodLog
 from sendgate.server.memory import MemoryBudget
 from sendgate.server.proxy import ProxyError, read_header
 from sendgate.server.tls import TlsContextHolder
+from sendgate.smtp import replies
 from sendgate.smtp.session import SessionSettings
 
 _ACCEPT_RETRY_DELAY = 1.0  # seconds without accepting after EMFILE and the like
+# (user id, conn id) -> admission of a sendmail-socket client
+LocalFactory = Callable[[int, str], Admission | Awaitable[Admission]]
 
 
 @dataclass(frozen=True, slots=True)
 class Listener:
     sock: socket.socket
     implicit_tls: bool
+    local: bool = False  # the sendmail socket (a Unix socket for local users)
 
 
 @dataclass(frozen=True, slots=True)
@@ -80,13 +84,15 @@ class Worker:
         on_reload: Sequence[Callable[[], object]] = (),
         chores: Sequence[Callable[[], Coroutine[Any, Any, None]]] = (),
         proxies: Sequence[str] = (),
+        local_factory: LocalFactory | None = None,
     ) -> None:
         """`max_connections`: this process's own ceiling (by default, what its descriptor limit
         allows after the reserve, see server.descriptors); `message_memory`: octets of message
         content its connections may hold together (server.memory); `on_reload`: what SIGHUP
         runs besides the TLS reload; `chores`: coroutines run on the loop while serving (a
         heartbeat); `proxies`: the networks whose connections open with a PROXY header (then
-        every connection must come from one of them)."""
+        every connection must come from one of them); `local_factory`: admits the sendmail
+        socket's clients by their user id."""
         self.settings = settings
         self.log = log
         self.session_timeout = timeouts.session
@@ -101,6 +107,7 @@ class Worker:
         self._timeouts = timeouts
         self._on_reload = tuple(on_reload)
         self._chores = tuple(chores)
+        self._local_factory = local_factory
         self._proxies = tuple(ipaddress.ip_network(network) for network in proxies)
         self._pending: set[asyncio.Task[None]] = set()  # connections awaiting their header
         self._floods = FloodLog(log, interval=timeouts.flood_interval)
@@ -228,6 +235,11 @@ class Worker:
 
     def admit(self, ip: str, conn_id: str) -> Admission | Awaitable[Admission]:
         return self._handler_factory(ip, conn_id)
+
+    def admit_local(self, uid: int | None, conn_id: str) -> Admission | Awaitable[Admission]:
+        if self._local_factory is None or uid is None:
+            return Refusal(replies.LOCAL_NOT_ALLOWED, "local_user")
+        return self._local_factory(uid, conn_id)
 
     # --- lifecycle ---
 
@@ -358,6 +370,15 @@ class Worker:
         acceptors: list[asyncio.Task[None]] = []
         loop.set_exception_handler(self._loop_error)
         for listener in self._listeners:
+            if listener.local:
+                servers.append(
+                    await loop.create_unix_server(
+                        functools.partial(SmtpConnection, self, implicit_tls=False, local=True),
+                        sock=listener.sock,
+                        backlog=128,
+                    )
+                )
+                continue
             if self._proxies:
                 acceptor = self._accept_proxied(listener.sock, listener.implicit_tls)
                 acceptors.append(loop.create_task(acceptor))
@@ -397,7 +418,7 @@ class Worker:
         for pending in self._pending:
             pending.cancel()
         for listener in self._listeners:
-            if listener.implicit_tls or self._proxies:
+            if not listener.local and (listener.implicit_tls or self._proxies):
                 listener.sock.close()  # as server.close() does for the 587 listeners
         self.draining = True
         for conn in list(self._connections):

@@ -85,6 +85,9 @@ TOO_MANY_RECIPIENTS = Reply(452, "4.5.3", "Too many recipients")
 SENDING_LIMIT = Reply(451, "4.7.1", "Sending limit reached ({}); try again later")
 ACCOUNT_SUSPENDED = Reply(451, "4.7.1", "Account suspended for review; contact your administrator")
 
+# The sendmail socket's greeting for a local user no account is set up for (sendmail.accounts).
+LOCAL_NOT_ALLOWED = Reply(554, "5.7.1", "This local user may not send mail here")
+
 # --- 5xx: syntax and sequence ---
 LINE_TOO_LONG = Reply(500, "5.5.2", "Line too long")
 AUTH_LINE_TOO_LONG = Reply(500, "5.5.6", "Authentication exchange line too long")

@@ -86,6 +86,7 @@ class SessionSettings:
     tls_available: bool = True
     auth_required: bool = True
     auth_without_tls: bool = False
+    greeting: str = "ESMTP ready"  # the banner's text after the host name
 
 
 @lru_cache(maxsize=64)
@@ -177,7 +178,7 @@ class Session:
         self._state = State.INIT
         self._eof = False
         self._buf = bytearray()
-        self._out = bytearray(f"220 {settings.hostname} ESMTP ready\r\n".encode())
+        self._out = bytearray(f"220 {settings.hostname} {settings.greeting}\r\n".encode())
         self._pending: Event | None = None
         self._refusals: list[Reply] = []
         self._txn: _Transaction | None = None

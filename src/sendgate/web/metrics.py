@@ -25,6 +25,7 @@ from sendgate.log import Value
 from sendgate.store.envelope import queue_id_time
 
 if TYPE_CHECKING:
+    from prometheus_client import Counter
     from prometheus_client.metrics_core import Metric
     from prometheus_client.registry import CollectorRegistry
 
@@ -63,9 +64,11 @@ class Metrics:
 
     def __init__(self, registry: CollectorRegistry | None = None) -> None:
         """`registry` None: the values only go to this process's multiprocess file."""
-        from prometheus_client import Counter, Histogram
+        from prometheus_client import Histogram
 
         def counter(name: str, doc: str, *labels: str) -> Counter:
+            from prometheus_client import Counter
+
             return Counter(f"sendgate_{name}", doc, labels, registry=registry)
 
         self.connections = counter("connections", "Connections admitted, by listener.", "listener")
@@ -94,21 +97,31 @@ class Metrics:
             buckets=_ACCEPT_BUCKETS,
             registry=registry,
         )
+        # A labelled counter's child for each label value, made once: `labels()` validates
+        # and locks on every call, and this runs for every event.
+        self._children: dict[tuple[int, str], Counter] = {}
         self._moves: Mapping[str, Callable[[Mapping[str, Value]], None]] = {
             "connect": self._connect,
-            "refused": lambda f: self.connections_refused.labels(_label(f, "reason")).inc(),
+            "refused": lambda f: self._inc(self.connections_refused, _label(f, "reason")),
             "tls": self._tls,
-            "auth_ok": lambda f: self.auth.labels("ok").inc(),
-            "auth_fail": lambda f: self.auth.labels("failed").inc(),
-            "auth_refused": lambda f: self.auth.labels("refused").inc(),
+            "auth_ok": lambda f: self._inc(self.auth, "ok"),
+            "auth_fail": lambda f: self._inc(self.auth, "failed"),
+            "auth_refused": lambda f: self._inc(self.auth, "refused"),
             "accepted": self._accepted,
-            "rejected": lambda f: self.refused.labels(_label(f, "reason")).inc(),
-            "sending_limit": lambda f: self.refused.labels("sending_limit").inc(),
-            "delivery": lambda f: self.deliveries.labels(_label(f, "result")).inc(),
-            "dsn": lambda f: self.dsns.labels(_label(f, "action")).inc(),
-            "ban": lambda f: self.bans.labels(_label(f, "reason")).inc(),
-            "flagged": lambda f: self.flagged.labels(_label(f, "reason")).inc(),
+            "rejected": lambda f: self._inc(self.refused, _label(f, "reason")),
+            "sending_limit": lambda f: self._inc(self.refused, "sending_limit"),
+            "delivery": lambda f: self._inc(self.deliveries, _label(f, "result")),
+            "dsn": lambda f: self._inc(self.dsns, _label(f, "action")),
+            "ban": lambda f: self._inc(self.bans, _label(f, "reason")),
+            "flagged": lambda f: self._inc(self.flagged, _label(f, "reason")),
         }
+
+    def _inc(self, counter: Counter, label: str) -> None:
+        key = (id(counter), label)
+        child = self._children.get(key)
+        if child is None:
+            child = self._children[key] = counter.labels(label)
+        child.inc()
 
     def observe(self, name: str, fields: Mapping[str, Value]) -> None:
         """Count one logged event (`EventLog`'s observer); events of no metric cost a lookup."""
@@ -117,11 +130,11 @@ class Metrics:
             move(fields)
 
     def _connect(self, fields: Mapping[str, Value]) -> None:
-        implicit = fields.get("tls") == "implicit"
-        self.connections.labels("submissions" if implicit else "submission").inc()
+        listener = _LISTENERS.get(str(fields.get("tls")), "submission")
+        self._inc(self.connections, listener)
 
     def _tls(self, fields: Mapping[str, Value]) -> None:
-        self.tls.labels(_label(fields, "version")).inc()
+        self._inc(self.tls, _label(fields, "version"))
         seconds = fields.get("seconds")
         if isinstance(seconds, float):
             self.handshake.observe(seconds)
@@ -136,6 +149,9 @@ class Metrics:
         seconds = fields.get("seconds")
         if isinstance(seconds, float):
             self.accept_latency.observe(seconds)
+
+
+_LISTENERS = {"implicit": "submissions", "local": "sendmail"}  # by the connect event's tls=
 
 
 def _label(fields: Mapping[str, Value], name: str) -> str:

@@ -45,7 +45,18 @@ def test_help_lists_the_groups_of_the_table_in_order(capsys: pytest.CaptureFixtu
     # Each command is listed on a line of its own, indented by four spaces.
     out = capsys.readouterr().out.splitlines()
     listed = [line.split()[0] for line in out if re.match(r"    \S", line)]
-    expected = ["init", "serve", "user", "queue", "bans", "dkim", "dns", "audit", "probe"]
+    expected = [
+        "init",
+        "serve",
+        "user",
+        "queue",
+        "bans",
+        "dkim",
+        "dns",
+        "audit",
+        "probe",
+        "sendmail",
+    ]
     assert listed == [group.name for group in GROUPS] == expected
 
 

@@ -34,6 +34,7 @@ def test_sections_walk_the_schema_in_order() -> None:
         "dkim",
         "audit",
         "http",
+        "sendmail",
         "service",
         "log",
     ]
