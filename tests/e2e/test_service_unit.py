@@ -105,7 +105,10 @@ def uid_of(pid: int) -> int:
 
 
 def test_serve_started_as_root_runs_as_the_service_user(
-    instance: InstanceFactory, server: ServerFactory, open_directory: Path
+    instance: InstanceFactory,
+    server: ServerFactory,
+    open_directory: Path,
+    monkeypatch: pytest.MonkeyPatch,
 ) -> None:
     nobody = pwd.getpwnam("nobody")
     made = instance()
@@ -135,6 +138,8 @@ def test_serve_started_as_root_runs_as_the_service_user(
         key=home / made.key.name,
     )
 
+    # Under `coverage run` the server would write its data, as nobody, where only root may.
+    monkeypatch.delenv("COVERAGE_PROCESS_CONFIG", raising=False)
     running = server(moved)
     running.wait_for(rf"event=user user=nobody uid={nobody.pw_uid} gid={nobody.pw_gid}$")
     assert running.proc is not None
