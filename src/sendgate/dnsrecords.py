@@ -28,6 +28,7 @@ from sendgate.config.schema import Config
 from sendgate.delivery.dns import DnsError, Resolver
 from sendgate.dkim.keys import DkimKey
 from sendgate.dkim.rotation import RetiredRecord
+from sendgate.text import utc_minute
 
 TTL = 3600
 TXT_STRING_MAX = 255
@@ -125,7 +126,7 @@ def records(
             out.append(_dkim(key.selector, domain, key.public_record, about))
     for old in retired:
         if old.domain == domain and old.until > moment:
-            until = time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime(old.until))
+            until = utc_minute(old.until)
             about = (
                 f"the retired {old.algorithm} key (selector {old.selector}): keep it until "
                 f"{until}, mail signed with it is still verified"

@@ -161,14 +161,16 @@ def _bind(host: str, port: int) -> socket.socket:
     try:
         return bind(host, port)
     except OSError as exc:
-        shown = f"[{host}]:{port}" if ":" in host else f"{host}:{port}"
+        shown = _address(host, port)
         raise SendgateError(f"cannot listen on {shown}: {exc.strerror or exc}") from exc
 
 
 def _listening(log: EventLog, kind: str, host: str, port: int) -> None:
-    log.event(
-        "listening", kind=kind, address=f"[{host}]:{port}" if ":" in host else f"{host}:{port}"
-    )
+    log.event("listening", kind=kind, address=_address(host, port))
+
+
+def _address(host: str, port: int) -> str:
+    return f"[{host}]:{port}" if ":" in host else f"{host}:{port}"
 
 
 def serve(cfg: Config, log: EventLog, config_path: Path) -> int:
@@ -257,7 +259,8 @@ def serve(cfg: Config, log: EventLog, config_path: Path) -> int:
             return run_auditor(cfg, config_path, log, backends.open_users, audited)
         if role == "delivery":
             log.context = {"runner": "delivery"}
-            reload_keys()  # a child started after a SIGHUP must not sign with the start's keys
+            # A child started after a SIGHUP must not sign with the start's keys.
+            reload_keys.refresh()
             stores = backends.open("runner")
             try:
                 return run_delivery(
@@ -282,7 +285,7 @@ def serve(cfg: Config, log: EventLog, config_path: Path) -> int:
     def run_worker(index: int) -> int:
         caps.worker = index
         log.context = {"worker": index}
-        reload_keys()  # as the runner's
+        reload_keys.refresh()  # as the runner's
         stores = backends.open("acceptor")
         # Dovecot holds each failure back (auth_failure_delay): its checks wait, not compute.
         threads = cfg.auth.verify_threads if cfg.auth.backend == "local" else DOVECOT_THREADS

@@ -58,6 +58,11 @@ def iso_utc(timestamp: float) -> str:
     return datetime.fromtimestamp(timestamp, UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
 
 
+def utc_minute(timestamp: float) -> str:
+    """For people: a unix time to the minute in UTC, e.g. 2024-05-01 12:00 UTC."""
+    return time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime(timestamp))
+
+
 def log_timestamp(timestamp: float) -> str:
     """For log lines: ISO 8601 UTC to the millisecond, e.g. 2024-05-01T12:00:00.250Z."""
     millis = int(timestamp * 1000) % 1000

@@ -15,6 +15,7 @@ import re
 import signal
 import smtplib
 import socket
+import stat
 import sys
 from pathlib import Path
 
@@ -28,9 +29,10 @@ from sendgate.cli import main as cli_main
 from sendgate.config.load import load_config
 from sendgate.config.schema import Config
 from sendgate.dkim.keys import generate_key
+from sendgate.errors import SendgateError
 from sendgate.policy.passwords import hash_password, new_hasher
 from sendgate.scaffold import init_instance
-from sendgate.service import run_loop, serve, session_settings
+from sendgate.service import _bind_local, run_loop, serve, session_settings
 from sendgate.smtp.session import SessionSettings
 from sendgate.store.backends import open_stores
 from sendgate.store.envelope import Envelope
@@ -336,3 +338,21 @@ def test_a_bad_delivery_ca_file_stops_serve_before_it_listens(
     ]
     assert "event=listening" not in err
     assert "event=workers_started" not in err
+
+
+def test_the_sendmail_socket_replaces_a_stale_socket_and_nothing_else(tmp_path: Path) -> None:
+    path = tmp_path / "sendmail.sock"
+    stale = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+    stale.bind(str(path))
+    stale.close()  # what a killed serve leaves behind
+    sock = _bind_local(path)
+    try:
+        assert stat.S_IMODE(path.stat().st_mode) == 0o666
+    finally:
+        sock.close()
+    path.unlink()
+    path.write_text("not a socket")
+    with pytest.raises(SendgateError) as caught:
+        _bind_local(path)
+    assert str(caught.value) == f"cannot listen on {path}: Address already in use"
+    assert path.read_text() == "not a socket"

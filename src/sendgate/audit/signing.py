@@ -2,12 +2,11 @@
 
 from __future__ import annotations
 
-import time
-
 from sendgate.dkim.keys import DkimKey
 from sendgate.dkim.rotation import RetiredRecord
 from sendgate.findings import Finding, Severity
 from sendgate.store.users import UserRecord
+from sendgate.text import utc_minute
 
 
 def sending_domains(users: list[UserRecord]) -> list[str]:
@@ -50,8 +49,7 @@ def rotation_findings(
             "audit.dkim_retired_record_over",
             Severity.INFO,
             f"the retired DKIM record {old.selector}._domainkey.{old.domain} may go",
-            "it was to stay published until "
-            + time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime(old.until)),
+            "it was to stay published until " + utc_minute(old.until),
             "remove it from DNS, then run `sendgate dkim prune`",
         )
         for old in retired

@@ -39,7 +39,7 @@ from sendgate.dkim.rotation import (
 )
 from sendgate.dnsrecords import Kind, Record, Verdict, check, resolver_lookup
 from sendgate.errors import UserError
-from sendgate.text import printable
+from sendgate.text import printable, utc_minute
 
 _DAY = 86400.0
 _MARGIN_DAYS = 2.0  # after the queue lifetime: receivers verify a little after delivery
@@ -140,7 +140,7 @@ def _switch(cfg: Config, args: argparse.Namespace, now: float) -> int:
         old = switched.retired
         print(
             f"keep the record {old.selector}._domainkey.{domain} published until "
-            f"{_date(old.until)}: mail signed with it is still being delivered and verified "
+            f"{utc_minute(old.until)}: mail signed with it is still being delivered and verified "
             "(the time counts from now: reload at once); then remove it and run "
             "`sendgate dkim prune`"
         )
@@ -185,7 +185,7 @@ def _status(cfg: Config, args: argparse.Namespace, now: float) -> int:
     for row in rows:
         line = f"{row['domain']:30} {row['state']:8} {row['algorithm']:8} {row['selector']}"
         if row["state"] == "retired":
-            line += f"  keep published until {_date(float(row['until']))}"
+            line += f"  keep published until {utc_minute(float(row['until']))}"
         print(line)
     return 0
 
@@ -209,15 +209,11 @@ def _prune(cfg: Config, now: float) -> int:
     for record in pruned:
         print(
             f"forgot {record.selector}._domainkey.{record.domain} (kept until "
-            f"{_date(record.until)}): remove it from DNS if it is still there"
+            f"{utc_minute(record.until)}): remove it from DNS if it is still there"
         )
     if not pruned:
         print("no retired record is past its time")
     return 0
-
-
-def _date(epoch: float) -> str:
-    return time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime(epoch))
 
 
 def _config_option(args: argparse.Namespace) -> str:

@@ -117,9 +117,11 @@ def write_new_key(key_dir: Path, path: Path, algorithm: str) -> DkimKey:
     """
     pem = _new_private_pem(algorithm)
     try:
-        for directory in reversed([path.parent, *path.parent.parents]):
-            if directory == key_dir or key_dir in directory.parents:
-                ensure_private_dir(directory)
+        directory = key_dir
+        ensure_private_dir(directory)
+        for part in path.parent.relative_to(key_dir).parts:
+            directory /= part
+            ensure_private_dir(directory)
         write_file_durably(path, pem, exclusive=True, mode=0o600)
         fsync_dir(path.parent)
     except FileExistsError:

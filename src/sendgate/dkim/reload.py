@@ -16,6 +16,18 @@ from sendgate.errors import ConfigError
 from sendgate.log import EventLog
 
 
+def _files(key_dir: Path) -> frozenset[tuple[str, int, int, int]]:
+    """What the active key files are now: name, inode, size and change time of each."""
+    found = set()
+    for path in key_dir.glob("*/*.key"):
+        try:
+            info = path.stat()
+        except OSError:
+            continue  # gone meanwhile, or unreadable: `reload` will say which
+        found.add((str(path), info.st_ino, info.st_size, info.st_mtime_ns))
+    return frozenset(found)
+
+
 def describe(keys: tuple[DkimKey, ...]) -> str:
     """The keys as one log value: domain:selector:algorithm, comma-separated ("" for none)."""
     return ",".join(f"{key.domain}:{key.selector}:{key.algorithm}" for key in keys)
@@ -41,12 +53,22 @@ class KeyReloader:
     """Calling it loads the key directory into the signer if it changed, and logs the outcome."""
 
     def __init__(self, key_dir: Path, signer: DkimSigner, log: EventLog) -> None:
+        """`signer` holds the keys of `key_dir` as they are now."""
         self._key_dir = key_dir
         self._signer = signer
         self._log = log
+        self._seen = _files(key_dir)
+
+    def refresh(self) -> bool:
+        """`reload` only if a key file changed since the last look (a child started after a
+        SIGHUP); the usual answer costs a few stat calls, not a parse of every key."""
+        if _files(self._key_dir) == self._seen:
+            return False
+        return self()
 
     def __call__(self) -> bool:
         """Reload; True when the signer now has a different key set."""
+        self._seen = _files(self._key_dir)
         before = self._signer.keys()
         try:
             keys = load_keys(self._key_dir)

@@ -300,10 +300,24 @@ class Worker:
         listener cannot hold back the ClientHello (uvloop starts reading after connection_made
         whatever it did), so the accepted socket goes to the handshake only once admitted.
         """
+        await self._accept_forever(sock, self._take_tls)
+
+    def _take_tls(self, conn: socket.socket, _peer: str) -> None:
+        try:
+            SmtpConnection(self, implicit_tls=True).accepted(conn)
+        except Exception as exc:  # a bug must cost one connection, never the listener
+            self.log.event("accept_failed", "error", error=repr(exc))
+            conn.close()
+
+    async def _accept_forever(
+        self, sock: socket.socket, take: Callable[[socket.socket, str], None]
+    ) -> None:
+        """Accept on `sock` until cancelled, handing each connection and its peer's address
+        to `take`."""
         loop = asyncio.get_running_loop()
         while True:
             try:
-                conn, _ = await loop.sock_accept(sock)
+                conn, peer = await loop.sock_accept(sock)
             except (BlockingIOError, InterruptedError, ConnectionAbortedError):
                 continue  # the client left before we took it: nothing to do
             except OSError as exc:
@@ -311,27 +325,18 @@ class Worker:
                 self.log.event("accept_failed", "error", error=type(exc).__name__, detail=str(exc))
                 await asyncio.sleep(_ACCEPT_RETRY_DELAY)
                 continue
-            try:
-                SmtpConnection(self, implicit_tls=True).accepted(conn)
-            except Exception as exc:  # a bug must cost one connection, never the listener
-                self.log.event("accept_failed", "error", error=repr(exc))
-                conn.close()
+            take(conn, str(peer[0]))
 
     async def _accept_proxied(self, sock: socket.socket, implicit_tls: bool) -> None:
         """Behind a proxy: accept here, and take each connection's PROXY header in a task."""
         loop = asyncio.get_running_loop()
-        while True:
-            try:
-                conn, peer = await loop.sock_accept(sock)
-            except (BlockingIOError, InterruptedError, ConnectionAbortedError):
-                continue
-            except OSError as exc:
-                self.log.event("accept_failed", "error", error=type(exc).__name__, detail=str(exc))
-                await asyncio.sleep(_ACCEPT_RETRY_DELAY)
-                continue
-            task = loop.create_task(self._proxied(conn, str(peer[0]), implicit_tls))
+
+        def take(conn: socket.socket, peer: str) -> None:
+            task = loop.create_task(self._proxied(conn, peer, implicit_tls))
             self._pending.add(task)
             task.add_done_callback(self._pending.discard)
+
+        await self._accept_forever(sock, take)
 
     async def _proxied(self, conn: socket.socket, proxy: str, implicit_tls: bool) -> None:
         """Believe the header only from a trusted proxy; refuse everything else unanswered."""

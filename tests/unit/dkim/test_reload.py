@@ -80,3 +80,18 @@ def test_a_reload_in_the_middle_of_a_switch_keeps_the_keys_in_use(tmp_path: Path
     switch_key(key_dir, DOMAIN, None, 0.0, 0.0)  # the switch, run again, finishes
     assert reload() is True
     assert selector_of(signer) == b"two"
+
+
+def test_refresh_reloads_only_when_a_key_file_changed(tmp_path: Path) -> None:
+    key_dir, stream = tmp_path / "dkim", io.StringIO()
+    generate_key(key_dir, DOMAIN, "one", "ed25519")
+    signer = DkimSigner(load_keys(key_dir))
+    reload = KeyReloader(key_dir, signer, EventLog(stream, clock=lambda: 0.0))
+    assert reload.refresh() is False  # as at the start: nothing read, nothing logged
+    assert stream.getvalue() == ""
+    stage_key(key_dir, DOMAIN, None, "two", 0.0)
+    assert reload.refresh() is False  # a staged key is no active key file
+    switch_key(key_dir, DOMAIN, None, 0.0, 0.0)
+    assert reload.refresh() is True
+    assert selector_of(signer) == b"two"
+    assert reload.refresh() is False
