@@ -355,6 +355,10 @@ class SubmissionConnection:
                 size=len(message) + (body.size if body is not None else 0),
                 smtputf8=event.smtputf8,
                 body=event.body,
+                ret=event.ret,
+                envid=event.envid,
+                requiretls=event.requiretls,
+                rcpt_params=event.rcpt_params,
             )
             stored = await server.queueing.store(
                 StoreJob(envelope, message, summary.from_[0].domain, self.user, body)

@@ -3,7 +3,9 @@
 Security: every line is client input. Lines are bytes up to CRLF; the verb must be ASCII letters,
 the argument valid UTF-8 without control characters. Length limits follow RFC 5321 4.5.3.1.4
 (512 octets), raised for MAIL/RCPT by the extensions offered (RFC 1870 SIZE +26, RFC 6152 BODY +14,
-RFC 6531 SMTPUTF8 +10, RFC 4954 AUTH= +500) and to 12288 octets for AUTH (RFC 4954 section 4).
+RFC 6531 SMTPUTF8 +10, RFC 4954 AUTH= +500, RFC 3461 RET and ENVID +100 (its count; ours allows
+the longest legal pair, +130 with RFC 8689 REQUIRETLS); RFC 3461 NOTIFY and ORCPT on RCPT fit in
+the same limit) and to 12288 octets for AUTH (RFC 4954 section 4).
 """
 
 from __future__ import annotations
@@ -11,11 +13,11 @@ from __future__ import annotations
 import re
 from dataclasses import dataclass
 
-from sendgate.smtp import replies
+from sendgate.smtp import replies, xtext
 from sendgate.smtp.replies import Reply
 
 COMMAND_LINE_MAX = 512
-MAIL_LINE_MAX = COMMAND_LINE_MAX + 26 + 14 + 10 + 500
+MAIL_LINE_MAX = COMMAND_LINE_MAX + 26 + 14 + 10 + 500 + 130
 AUTH_LINE_MAX = 12288
 # Longest line buffered before it is known to be too long for any command.
 LINE_BUFFER_MAX = AUTH_LINE_MAX
@@ -25,7 +27,11 @@ _CONTROL = re.compile(r"[\x00-\x1f\x7f]")
 _ESMTP_KEYWORD = re.compile(r"[A-Za-z0-9][A-Za-z0-9-]*")
 _ESMTP_VALUE = re.compile(r"[\x21-\x3c\x3e-\x7e]+")
 _SIZE_VALUE = re.compile(r"[0-9]{1,20}")
-_XTEXT = re.compile(r"(?:[\x21-\x2a\x2c-\x3c\x3e-\x7e]|\+[0-9A-F]{2})+")
+_ADDRESS_TYPE = re.compile(r"[A-Za-z0-9!#$%&'*+/=?^_`{|}~-]+")  # an atom (RFC 3461 4.2)
+_PRINTABLE = re.compile(r"[\x20-\x7e]+")
+ENVID_MAX = 100  # RFC 3461 4.4, counted on the xtext as sent
+ORCPT_MAX = 500  # RFC 3461 4.2
+NOTIFY_WORDS = ("SUCCESS", "FAILURE", "DELAY")  # the order NOTIFY values are kept in
 _BDAT = re.compile(r"([0-9]{1,20})(?: +(LAST))? *", re.IGNORECASE | re.ASCII)
 
 
@@ -62,18 +68,28 @@ def parse_line(line: bytes) -> Command | Reply:
 
 @dataclass(frozen=True, slots=True)
 class MailParameters:
-    """The MAIL FROM parameters sendgate understands (RFC 1870, 6152, 6531, 4954)."""
+    """The MAIL FROM parameters sendgate understands (RFC 1870, 6152, 6531, 4954, 3461, 8689)."""
 
     size: int | None = None
     body: str = "7BIT"
     smtputf8: bool = False
+    ret: str | None = None  # RFC 3461 RET: "FULL" or "HDRS"
+    envid: str | None = None  # RFC 3461 ENVID, xtext-decoded (printable ASCII)
+    requiretls: bool = False  # RFC 8689
 
 
-def parse_mail_parameters(text: str, max_size: int) -> MailParameters | Reply:
-    """Parse `KEY[=VALUE]` parameters of MAIL FROM; unknown or repeated ones are refused."""
-    size: int | None = None
-    body = "7BIT"
-    smtputf8 = False
+@dataclass(frozen=True, slots=True)
+class RcptParameters:
+    """The RCPT TO parameters of RFC 3461; the defaults mean "not given"."""
+
+    notify: tuple[str, ...] | None = None  # ("NEVER",), or NOTIFY_WORDS members in that order
+    orcpt: str | None = None  # "addr-type;xtext" as received (its address is checked xtext)
+
+
+def _parameters(text: str) -> list[tuple[str, bool, str]] | Reply:
+    """Split `KEY[=VALUE]` parameters into (upper-cased key, has "=", value); refuse malformed
+    or repeated ones."""
+    items: list[tuple[str, bool, str]] = []
     seen: set[str] = set()
     # Split on SP only: str.split() would also take Unicode spaces (U+00A0, U+3000) as one.
     for item in text.split(" "):
@@ -87,6 +103,24 @@ def parse_mail_parameters(text: str, max_size: int) -> MailParameters | Reply:
         if key in seen:
             return replies.SYNTAX_ERROR
         seen.add(key)
+        items.append((key, bool(eq), value))
+    return items
+
+
+def parse_mail_parameters(text: str, max_size: int, *, tls: bool = False) -> MailParameters | Reply:
+    """Parse the parameters of MAIL FROM; unknown or repeated ones are refused.
+
+    REQUIRETLS is offered only over TLS (`tls`), so without it the parameter is refused.
+    """
+    size: int | None = None
+    body = "7BIT"
+    smtputf8 = requiretls = False
+    ret: str | None = None
+    envid: str | None = None
+    items = _parameters(text)
+    if isinstance(items, Reply):
+        return items
+    for key, eq, value in items:
         if key == "SIZE":
             if not _SIZE_VALUE.fullmatch(value):
                 return replies.SYNTAX_ERROR
@@ -97,17 +131,77 @@ def parse_mail_parameters(text: str, max_size: int) -> MailParameters | Reply:
             body = value.upper()
             if body not in ("7BIT", "8BITMIME"):
                 return replies.PARAMETER_NOT_SUPPORTED
-        elif key == "SMTPUTF8":
+        elif key in ("SMTPUTF8", "REQUIRETLS"):
             if eq:
                 return replies.SYNTAX_ERROR
-            smtputf8 = True
+            if key == "SMTPUTF8":
+                smtputf8 = True
+            elif not tls:
+                return replies.REQUIRETLS_NEEDS_TLS
+            else:
+                requiretls = True
         elif key == "AUTH":
             # RFC 4954 5: accepted for compatibility; we trust only our own authentication.
-            if value != "<>" and not _XTEXT.fullmatch(value):
+            if value != "<>" and not xtext.XTEXT.fullmatch(value):
+                return replies.SYNTAX_ERROR
+        elif key == "RET":
+            ret = value.upper()
+            if ret not in ("FULL", "HDRS"):
+                return replies.SYNTAX_ERROR
+        elif key == "ENVID":
+            envid = _decoded(value, ENVID_MAX)
+            if envid is None:
                 return replies.SYNTAX_ERROR
         else:
             return replies.PARAMETER_NOT_SUPPORTED
-    return MailParameters(size, body, smtputf8)
+    return MailParameters(size, body, smtputf8, ret, envid, requiretls)
+
+
+def parse_rcpt_parameters(text: str) -> RcptParameters | Reply:
+    """Parse the parameters of RCPT TO (RFC 3461 NOTIFY and ORCPT); others are refused."""
+    notify: tuple[str, ...] | None = None
+    orcpt: str | None = None
+    items = _parameters(text)
+    if isinstance(items, Reply):
+        return items
+    for key, _, value in items:
+        if key == "NOTIFY":
+            notify = _notify(value)
+            if notify is None:
+                return replies.SYNTAX_ERROR
+        elif key == "ORCPT":
+            kind, semicolon, address = value.partition(";")
+            if (
+                not semicolon
+                or not _ADDRESS_TYPE.fullmatch(kind)
+                or _decoded(address, ORCPT_MAX - len(kind) - 1) is None
+            ):
+                return replies.SYNTAX_ERROR
+            orcpt = value
+        else:
+            return replies.PARAMETER_NOT_SUPPORTED
+    return RcptParameters(notify, orcpt)
+
+
+def _notify(value: str) -> tuple[str, ...] | None:
+    """NOTIFY's words in canonical order, or None when malformed (NEVER stands alone)."""
+    words = value.upper().split(",")
+    if words == ["NEVER"]:
+        return ("NEVER",)
+    if len(set(words)) != len(words) or not set(words) <= set(NOTIFY_WORDS):
+        return None
+    return tuple(word for word in NOTIFY_WORDS if word in words)
+
+
+def _decoded(value: str, limit: int) -> str | None:
+    """The printable ASCII text the xtext `value` encodes, or None (malformed or too long)."""
+    if len(value) > limit:
+        return None
+    try:
+        text = xtext.decode(value)
+    except xtext.XtextError:
+        return None
+    return text if _PRINTABLE.fullmatch(text) else None
 
 
 def parse_bdat(argument: str) -> tuple[int, bool] | None:

@@ -10,6 +10,7 @@ from dataclasses import dataclass, field
 from enum import Enum
 
 from sendgate.smtp.address import Address
+from sendgate.smtp.commands import RcptParameters
 from sendgate.smtp.spill import BodySink
 
 
@@ -54,6 +55,9 @@ class MailFrom:
     size: int | None
     body: str
     smtputf8: bool
+    ret: str | None = None  # RFC 3461 RET
+    envid: str | None = None  # RFC 3461 ENVID, decoded
+    requiretls: bool = False  # RFC 8689
 
 
 @dataclass(frozen=True, slots=True)
@@ -61,6 +65,7 @@ class RcptTo:
     """One RCPT TO; the Session has already applied the recipient-count limit."""
 
     recipient: Address
+    params: RcptParameters = field(default_factory=RcptParameters)
 
 
 @dataclass(frozen=True, slots=True)
@@ -69,7 +74,8 @@ class MessageReceived:
 
     A large message arrives spilled (`sendgate.smtp.spill`): `content` is then its header
     section, with the empty line that ends it, and `spilled` holds the body, which the handler
-    now owns (it commits or discards it).
+    now owns (it commits or discards it). `rcpt_params` is empty when no recipient had RCPT
+    parameters, else one entry per recipient.
     """
 
     sender: Address | None
@@ -79,6 +85,10 @@ class MessageReceived:
     content: bytes = field(repr=False)
     spilled: BodySink | None = field(default=None, repr=False, compare=False)
     spilled_size: int = 0
+    ret: str | None = None
+    envid: str | None = None
+    requiretls: bool = False
+    rcpt_params: tuple[RcptParameters, ...] = ()
 
     @property
     def size(self) -> int:

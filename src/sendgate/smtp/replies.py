@@ -1,7 +1,8 @@
 """The catalogue of every SMTP reply sendgate sends, each with its enhanced status code.
 
 Codes follow RFC 5321 (basic codes), RFC 3463 and the IANA registry from RFC 5248 (enhanced
-codes), RFC 4954 (AUTH), RFC 3207 (STARTTLS), RFC 3030 (CHUNKING) and RFC 6531 (SMTPUTF8).
+codes), RFC 4954 (AUTH), RFC 3207 (STARTTLS), RFC 3030 (CHUNKING), RFC 6531 (SMTPUTF8) and RFC 8689
+(REQUIRETLS).
 Texts are short and generic on purpose: details (user names, paths, DNS errors) go to the log only.
 """
 
@@ -113,6 +114,7 @@ PARAMETER_NOT_SUPPORTED = Reply(555, "5.5.4", "Parameter not recognized or not i
 
 # --- 5xx: policy ---
 MUST_STARTTLS = Reply(530, "5.7.0", "Must issue a STARTTLS command first")
+REQUIRETLS_NEEDS_TLS = Reply(530, "5.7.10", "REQUIRETLS is offered only over TLS")
 AUTH_REQUIRED = Reply(530, "5.7.0", "Authentication required")
 AUTH_FAILED = Reply(535, "5.7.8", "Authentication credentials invalid")
 MESSAGE_TOO_BIG = Reply(552, "5.3.4", "Message size exceeds fixed maximum message size")

@@ -29,10 +29,12 @@ from sendgate.smtp.commands import (
     LINE_BUFFER_MAX,
     Command,
     MailParameters,
+    RcptParameters,
     line_limit,
     parse_bdat,
     parse_line,
     parse_mail_parameters,
+    parse_rcpt_parameters,
 )
 from sendgate.smtp.data import Content, ContentProblem, DataReader, check_content
 from sendgate.smtp.events import (
@@ -98,9 +100,12 @@ def _ehlo_lines(settings: SessionSettings, tls: bool) -> tuple[str, ...]:
         "SMTPUTF8",
         "ENHANCEDSTATUSCODES",
         "CHUNKING",
+        "DSN",
     ]
     if settings.tls_available and not tls:
         lines.append("STARTTLS")
+    if tls:
+        lines.append("REQUIRETLS")  # RFC 8689 3: only over TLS
     if tls or settings.auth_without_tls:
         lines.append("AUTH " + " ".join(MECHANISMS))
     return tuple(lines)
@@ -136,11 +141,15 @@ _SEQUENCE_ERRORS: dict[tuple[str, State], Reply] = {
 }
 
 
+_NO_RCPT_PARAMETERS = RcptParameters()
+
+
 @dataclass(slots=True)
 class _Transaction:
     params: MailParameters
     sender: Address | None
     recipients: list[Address]
+    rcpt_params: list[RcptParameters]
 
 
 # How each content problem is answered (one table, not one built per refusal).
@@ -344,12 +353,20 @@ class Session:
                 self.authenticated = event.username
         elif isinstance(event, MailFrom):
             if ok:
-                params = MailParameters(event.size, event.body, event.smtputf8)
-                self._txn = _Transaction(params, event.sender, [])
+                params = MailParameters(
+                    event.size,
+                    event.body,
+                    event.smtputf8,
+                    event.ret,
+                    event.envid,
+                    event.requiretls,
+                )
+                self._txn = _Transaction(params, event.sender, [], [])
                 self._state = State.MAIL
         elif isinstance(event, RcptTo):
             if ok and self._txn is not None:
                 self._txn.recipients.append(event.recipient)
+                self._txn.rcpt_params.append(event.params)
                 self._state = State.RCPT
         else:
             self._reset_transaction()
@@ -494,14 +511,20 @@ class Session:
             return None
         self._state = State.RCPT  # until answered: the transaction is still open
         self._received = len(content.data)  # in memory: the header section of a spilled one
+        params = txn.params
+        given = any(rcpt != _NO_RCPT_PARAMETERS for rcpt in txn.rcpt_params)
         return MessageReceived(
             txn.sender,
             tuple(txn.recipients),
-            txn.params.body,
-            txn.params.smtputf8,
+            params.body,
+            params.smtputf8,
             content.data,
             content.body,
             content.size - len(content.data) if content.body is not None else 0,
+            params.ret,
+            params.envid,
+            params.requiretls,
+            tuple(txn.rcpt_params) if given else (),
         )
 
     # --- commands ---
@@ -620,7 +643,9 @@ class Session:
         if rest and not self.esmtp:
             self._send(replies.PARAMETER_NOT_SUPPORTED)
             return None
-        params = parse_mail_parameters(rest, self.settings.max_message_size)
+        params = parse_mail_parameters(
+            rest, self.settings.max_message_size, tls=self.tls is not None
+        )
         if isinstance(params, Reply):
             self._send(params)
             return None
@@ -629,7 +654,15 @@ class Session:
         except AddressError as exc:
             self._send(replies.NON_ASCII_ADDRESS if exc.non_ascii else replies.BAD_SENDER_ADDRESS)
             return None
-        return MailFrom(sender, params.size, params.body, params.smtputf8)
+        return MailFrom(
+            sender,
+            params.size,
+            params.body,
+            params.smtputf8,
+            params.ret,
+            params.envid,
+            params.requiretls,
+        )
 
     def _cmd_rcpt(self, argument: str) -> RcptTo | None:
         txn = self._txn
@@ -648,13 +681,17 @@ class Session:
         except AddressError as exc:
             self._send(replies.NON_ASCII_ADDRESS if exc.non_ascii else replies.BAD_ADDRESS)
             return None
-        if rest:
+        if rest and not self.esmtp:
             self._send(replies.PARAMETER_NOT_SUPPORTED)
+            return None
+        params = parse_rcpt_parameters(rest) if rest else _NO_RCPT_PARAMETERS
+        if isinstance(params, Reply):
+            self._send(params)
             return None
         if len(txn.recipients) >= self.settings.max_recipients:
             self._send(replies.TOO_MANY_RECIPIENTS)
             return None
-        return RcptTo(recipient)
+        return RcptTo(recipient, params)
 
     def _cmd_data(self, argument: str) -> None:
         if argument:

@@ -13,6 +13,11 @@ from dataclasses import dataclass, fields
 from typing import Any, TypeVar
 
 from sendgate.errors import SpoolError
+from sendgate.smtp.commands import (
+    ENVID_MAX,
+    RcptParameters,
+    parse_rcpt_parameters,
+)
 
 # Crockford base32, in ascending ASCII order so that ids sort like the numbers they encode.
 _CROCKFORD = "0123456789ABCDEFGHJKMNPQRSTVWXYZ"
@@ -23,6 +28,9 @@ _QUEUE_ID_RE = re.compile(r"[0-7][0-9A-HJKMNP-TV-Z]{17}")
 _CONTROL_RE = re.compile(r"[\x00-\x1f\x7f-\x9f]")
 _ENVELOPE_VERSION = 1
 _BODY_TYPES = frozenset({"7BIT", "8BITMIME"})
+_PRINTABLE_RE = re.compile(r"[\x20-\x7e]+")
+# Written only when set, so that the envelope of plain mail stays as it always was.
+_OPTIONAL = {"ret": None, "envid": None, "requiretls": False, "rcpt_params": ()}
 
 _T = TypeVar("_T")
 
@@ -82,6 +90,10 @@ class Envelope:
     size: int  # len(message bytes)
     smtputf8: bool = False
     body: str = "7BIT"  # "7BIT" | "8BITMIME"
+    ret: str | None = None  # RFC 3461 RET: "FULL" | "HDRS"
+    envid: str | None = None  # RFC 3461 ENVID, decoded
+    requiretls: bool = False  # RFC 8689: deliver over verified TLS to a REQUIRETLS peer or bounce
+    rcpt_params: tuple[RcptParameters, ...] = ()  # RFC 3461 NOTIFY/ORCPT, one per recipient
 
     def __post_init__(self) -> None:
         try:
@@ -100,6 +112,25 @@ class Envelope:
             raise SpoolError("envelope field 'size': must be >= 0")
         if self.body not in _BODY_TYPES:
             raise SpoolError(f"envelope field 'body': unknown body type {self.body!r}")
+        if self.ret not in (None, "FULL", "HDRS"):
+            raise SpoolError(f"envelope field 'ret': must be FULL or HDRS, not {self.ret!r}")
+        if self.envid is not None and not (
+            _PRINTABLE_RE.fullmatch(self.envid) and len(self.envid) <= ENVID_MAX
+        ):
+            raise SpoolError("envelope field 'envid': must be 1 to 100 printable ASCII characters")
+        if self.rcpt_params and len(self.rcpt_params) != len(self.recipients):
+            raise SpoolError("envelope field 'rcpt_params': not one per recipient")
+        for params in self.rcpt_params:
+            if _rcpt_text(params) and parse_rcpt_parameters(_rcpt_text(params)) != params:
+                raise SpoolError(f"envelope field 'rcpt_params': malformed {params!r}")
+
+    def notify(self, index: int) -> tuple[str, ...] | None:
+        """The NOTIFY words recipient `index` gave (None: not given, the default applies)."""
+        return self.rcpt_params[index].notify if self.rcpt_params else None
+
+    def orcpt(self, index: int) -> str | None:
+        """The ORCPT recipient `index` gave ("addr-type;xtext"), if any."""
+        return self.rcpt_params[index].orcpt if self.rcpt_params else None
 
     def to_json(self) -> bytes:
         """Serialise as UTF-8 JSON (non-ASCII addresses stay readable, keys sorted)."""
@@ -114,6 +145,14 @@ class Envelope:
             "smtputf8": self.smtputf8,
             "body": self.body,
         }
+        if self.ret is not None:
+            record["ret"] = self.ret
+        if self.envid is not None:
+            record["envid"] = self.envid
+        if self.requiretls:
+            record["requiretls"] = True
+        if self.rcpt_params:
+            record["rcpt_params"] = [_rcpt_text(params) for params in self.rcpt_params]
         return json.dumps(record, ensure_ascii=False, sort_keys=True).encode("utf-8")
 
     @classmethod
@@ -132,7 +171,7 @@ class Envelope:
         if not isinstance(raw, dict):
             raise SpoolError("envelope is not a JSON object")
         expected = {"version", *(field.name for field in fields(cls))}
-        missing = sorted(expected - raw.keys())
+        missing = sorted(expected - raw.keys() - _OPTIONAL.keys())
         if missing:
             raise SpoolError(f"envelope field {missing[0]!r}: missing")
         unknown = sorted(raw.keys() - expected)
@@ -148,6 +187,14 @@ class Envelope:
         received_at = raw["received_at"]
         if type(received_at) not in (int, float) or abs(received_at) > 1e15:
             raise SpoolError("envelope field 'received_at': expected a unix time")
+        ret = raw.get("ret")
+        if ret is not None and not isinstance(ret, str):
+            raise SpoolError("envelope field 'ret': expected a string")
+        envid = raw.get("envid")
+        if envid is not None and not isinstance(envid, str):
+            raise SpoolError("envelope field 'envid': expected a string")
+        if raw.get("requiretls", True) is not True:
+            raise SpoolError("envelope field 'requiretls': expected true when present")
         return cls(
             queue_id=_typed(raw, "queue_id", str, "a string"),
             sender=_typed(raw, "sender", str, "a string"),
@@ -157,7 +204,33 @@ class Envelope:
             size=_typed(raw, "size", int, "an integer"),
             smtputf8=_typed(raw, "smtputf8", bool, "true or false"),
             body=_typed(raw, "body", str, "a string"),
+            ret=ret,
+            envid=envid,
+            requiretls="requiretls" in raw,
+            rcpt_params=_rcpt_params(raw.get("rcpt_params", [])),
         )
+
+
+def _rcpt_text(params: RcptParameters) -> str:
+    """The RCPT parameters as written on the command line ("" for none), the stored form."""
+    words = []
+    if params.notify is not None:
+        words.append("NOTIFY=" + ",".join(params.notify))
+    if params.orcpt is not None:
+        words.append("ORCPT=" + params.orcpt)
+    return " ".join(words)
+
+
+def _rcpt_params(value: Any) -> tuple[RcptParameters, ...]:
+    if not isinstance(value, list) or not all(isinstance(item, str) for item in value):
+        raise SpoolError("envelope field 'rcpt_params': expected a list of strings")
+    parsed = []
+    for item in value:
+        params = parse_rcpt_parameters(item) if item else RcptParameters()
+        if not isinstance(params, RcptParameters):
+            raise SpoolError(f"envelope field 'rcpt_params': malformed {item!r}")
+        parsed.append(params)
+    return tuple(parsed)
 
 
 def _check_text(field: str, value: str, *, allow_empty: bool = True) -> None:

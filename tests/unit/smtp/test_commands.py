@@ -10,10 +10,12 @@ from sendgate.smtp.commands import (
     MAIL_LINE_MAX,
     Command,
     MailParameters,
+    RcptParameters,
     line_limit,
     parse_bdat,
     parse_line,
     parse_mail_parameters,
+    parse_rcpt_parameters,
 )
 from sendgate.smtp.replies import Reply
 
@@ -22,15 +24,16 @@ MAX = 10_000
 
 def test_limits_follow_rfc_5321_and_its_extensions() -> None:
     assert COMMAND_LINE_MAX == 512
-    # RFC 1870 SIZE +26, RFC 6152 BODY +14, RFC 6531 SMTPUTF8 +10, RFC 4954 AUTH= +500.
-    assert MAIL_LINE_MAX == 1062
+    # RFC 1870 SIZE +26, RFC 6152 BODY +14, RFC 6531 SMTPUTF8 +10, RFC 4954 AUTH= +500,
+    # RFC 3461 RET and ENVID and RFC 8689 REQUIRETLS +130.
+    assert MAIL_LINE_MAX == 1192
     assert AUTH_LINE_MAX == 12288
     assert max(MAIL_LINE_MAX, AUTH_LINE_MAX) <= LINE_BUFFER_MAX
 
 
 @pytest.mark.parametrize(
     ("verb", "limit"),
-    [("MAIL", 1062), ("RCPT", 1062), ("AUTH", 12288), ("EHLO", 512), ("NOOP", 512), ("X", 512)],
+    [("MAIL", 1192), ("RCPT", 1192), ("AUTH", 12288), ("EHLO", 512), ("NOOP", 512), ("X", 512)],
 )
 def test_line_limit(verb: str, limit: int) -> None:
     assert line_limit(verb) == limit
@@ -125,7 +128,6 @@ def test_mail_parameters_accepted(text: str, params: MailParameters) -> None:
         ("AUTH=a+", replies.SYNTAX_ERROR),
         ("BODY=BINARYMIME", replies.PARAMETER_NOT_SUPPORTED),
         ("BODY", replies.PARAMETER_NOT_SUPPORTED),
-        ("RET=HDRS", replies.PARAMETER_NOT_SUPPORTED),
         ("XFORWARD", replies.PARAMETER_NOT_SUPPORTED),
     ],
 )
@@ -185,3 +187,96 @@ def test_mail_parameter_keywords_are_ascii(text: str) -> None:
 @pytest.mark.parametrize("argument", ["5 LA\u017fT", "5 la\u017ft"])
 def test_bdat_last_is_ascii_only(argument: str) -> None:
     assert parse_bdat(argument) is None
+
+
+# --- RFC 3461 (DSN) and RFC 8689 (REQUIRETLS) parameters ---
+
+
+@pytest.mark.parametrize(
+    ("text", "params"),
+    [
+        ("RET=FULL", MailParameters(ret="FULL")),
+        ("ret=hdrs", MailParameters(ret="HDRS")),
+        ("ENVID=QQ314159", MailParameters(envid="QQ314159")),
+        ("ENVID=a+2Bb+20c", MailParameters(envid="a+b c")),
+        ("ENVID=" + "x" * 100, MailParameters(envid="x" * 100)),
+        (
+            "RET=HDRS ENVID=id1 BODY=8BITMIME",
+            MailParameters(body="8BITMIME", ret="HDRS", envid="id1"),
+        ),
+        ("REQUIRETLS", MailParameters(requiretls=True)),
+        ("requiretls SMTPUTF8", MailParameters(smtputf8=True, requiretls=True)),
+    ],
+)
+def test_dsn_and_requiretls_mail_parameters(text: str, params: MailParameters) -> None:
+    assert parse_mail_parameters(text, MAX, tls=True) == params
+
+
+@pytest.mark.parametrize(
+    ("text", "reply"),
+    [
+        ("RET=NONE", replies.SYNTAX_ERROR),
+        ("RET", replies.SYNTAX_ERROR),
+        ("RET=FULL RET=FULL", replies.SYNTAX_ERROR),
+        ("ENVID=" + "x" * 101, replies.SYNTAX_ERROR),
+        ("ENVID=a+2", replies.SYNTAX_ERROR),
+        ("ENVID=a+0A", replies.SYNTAX_ERROR),  # decodes to a line feed
+        ("ENVID=+C3+A9", replies.SYNTAX_ERROR),  # decodes to non-ASCII octets
+        ("ENVID", replies.SYNTAX_ERROR),
+        ("REQUIRETLS=YES", replies.SYNTAX_ERROR),
+        ("REQUIRETLS REQUIRETLS", replies.SYNTAX_ERROR),
+    ],
+)
+def test_dsn_and_requiretls_mail_parameters_refused(text: str, reply: Reply) -> None:
+    assert parse_mail_parameters(text, MAX, tls=True) is reply
+
+
+def test_requiretls_is_refused_without_tls() -> None:
+    assert parse_mail_parameters("REQUIRETLS", MAX) is replies.REQUIRETLS_NEEDS_TLS
+    expected = b"530 5.7.10 REQUIRETLS is offered only over TLS\r\n"
+    assert replies.REQUIRETLS_NEEDS_TLS.encode() == expected
+
+
+@pytest.mark.parametrize(
+    ("text", "params"),
+    [
+        ("", RcptParameters()),
+        ("NOTIFY=NEVER", RcptParameters(notify=("NEVER",))),
+        ("notify=never", RcptParameters(notify=("NEVER",))),
+        ("NOTIFY=DELAY,SUCCESS", RcptParameters(notify=("SUCCESS", "DELAY"))),
+        ("NOTIFY=failure,delay,success", RcptParameters(notify=("SUCCESS", "FAILURE", "DELAY"))),
+        ("ORCPT=rfc822;bob@example.net", RcptParameters(orcpt="rfc822;bob@example.net")),
+        ("ORCPT=rfc822;b+2Bc@example.net", RcptParameters(orcpt="rfc822;b+2Bc@example.net")),
+        (
+            "ORCPT=utf-8;j\\x{00F6}rg@example.net NOTIFY=SUCCESS",
+            RcptParameters(("SUCCESS",), "utf-8;j\\x{00F6}rg@example.net"),
+        ),
+        ("ORCPT=rfc822;" + "x" * 493, RcptParameters(orcpt="rfc822;" + "x" * 493)),
+    ],
+)
+def test_rcpt_parameters_accepted(text: str, params: RcptParameters) -> None:
+    assert parse_rcpt_parameters(text) == params
+
+
+@pytest.mark.parametrize(
+    ("text", "reply"),
+    [
+        ("NOTIFY=NEVER,FAILURE", replies.SYNTAX_ERROR),
+        ("NOTIFY=SUCCESS,SUCCESS", replies.SYNTAX_ERROR),
+        ("NOTIFY=SOMETIMES", replies.SYNTAX_ERROR),
+        ("NOTIFY=SUCCESS,", replies.SYNTAX_ERROR),
+        ("NOTIFY", replies.SYNTAX_ERROR),
+        ("NOTIFY=DELAY NOTIFY=DELAY", replies.SYNTAX_ERROR),
+        ("ORCPT=bob@example.net", replies.SYNTAX_ERROR),
+        ("ORCPT=;bob@example.net", replies.SYNTAX_ERROR),
+        ("ORCPT=rfc822;", replies.SYNTAX_ERROR),
+        ("ORCPT=rf(c;bob@example.net", replies.SYNTAX_ERROR),
+        ("ORCPT=rfc822;bob+", replies.SYNTAX_ERROR),
+        ("ORCPT=rfc822;" + "x" * 494, replies.SYNTAX_ERROR),
+        ("ORCPT=rfc822;a+0Db", replies.SYNTAX_ERROR),
+        ("SIZE=1", replies.PARAMETER_NOT_SUPPORTED),
+        ("X=\u00e9", replies.SYNTAX_ERROR),
+    ],
+)
+def test_rcpt_parameters_refused(text: str, reply: Reply) -> None:
+    assert parse_rcpt_parameters(text) is reply

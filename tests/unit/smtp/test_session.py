@@ -9,6 +9,7 @@ from tests.support.session import (
     QUEUED,
     TLS,
     Exchange,
+    accept,
     answer_with,
     b64,
     drain,
@@ -24,9 +25,11 @@ from tests.support.session import (
 from sendgate.smtp import replies
 from sendgate.smtp import session as session_module
 from sendgate.smtp.address import Address
+from sendgate.smtp.commands import RcptParameters
 from sendgate.smtp.events import (
     NEED_DATA,
     AuthAttempt,
+    Event,
     MailFrom,
     MessageReceived,
     NeedData,
@@ -260,6 +263,7 @@ _BASE_EXTENSIONS = [
     "SMTPUTF8",
     "ENHANCEDSTATUSCODES",
     "CHUNKING",
+    "DSN",
 ]
 
 
@@ -267,10 +271,10 @@ _BASE_EXTENSIONS = [
     ("settings", "tls", "extra"),
     [
         (SessionSettings(HOST), False, ["STARTTLS"]),
-        (SessionSettings(HOST), True, ["AUTH PLAIN LOGIN"]),
+        (SessionSettings(HOST), True, ["REQUIRETLS", "AUTH PLAIN LOGIN"]),
         (SessionSettings(HOST, tls_available=False), False, []),
         (SessionSettings(HOST, auth_without_tls=True), False, ["STARTTLS", "AUTH PLAIN LOGIN"]),
-        (SessionSettings(HOST, auth_without_tls=True), True, ["AUTH PLAIN LOGIN"]),
+        (SessionSettings(HOST, auth_without_tls=True), True, ["REQUIRETLS", "AUTH PLAIN LOGIN"]),
     ],
 )
 def test_ehlo_advertises(settings: SessionSettings, tls: bool, extra: list[str]) -> None:
@@ -753,8 +757,12 @@ def test_rcpt_source_route_is_ignored() -> None:
         ("RCPT TO:<>", "501 5.1.3 Bad address syntax"),
         ("RCPT TO:bob@example.net", "501 5.1.3 Bad address syntax"),
         (
-            "RCPT TO:<bob@example.net> NOTIFY=NEVER",
-            "555 5.5.4 Parameter not recognized or not implemented",
+            "RCPT TO:<bob@example.net> NOTIFY=NEVER,SUCCESS",
+            "501 5.5.4 Syntax error in parameters or arguments",
+        ),
+        (
+            "RCPT TO:<bob@example.net> NOTIFY=FAILURE NOTIFY=DELAY",
+            "501 5.5.4 Syntax error in parameters or arguments",
         ),
         ("RCPT TO:<postmaster> X=1", "555 5.5.4 Parameter not recognized or not implemented"),
         ("RCPT TO:<j\u00f6rg@example.net>", "553 5.6.7 Non-ASCII address requires SMTPUTF8"),
@@ -1181,7 +1189,7 @@ def _padded(prefix: str, length: int) -> bytes:
 
 
 @pytest.mark.parametrize(
-    ("prefix", "limit"), [("NOOP ", 512), ("MAIL FROM:<alice@example.org> AUTH=", 1062)]
+    ("prefix", "limit"), [("NOOP ", 512), ("MAIL FROM:<alice@example.org> AUTH=", 1192)]
 )
 def test_command_line_limits(prefix: str, limit: int) -> None:
     session = ready()
@@ -1779,3 +1787,82 @@ def test_drop_content_outside_a_message_changes_nothing() -> None:
     session.drop_content()
     assert talk(session, "DATA").codes == ["354"]
     assert feed(session, b"Subject: x\r\n\r\nok\r\n.\r\n").codes == ["250 2.0.0"]
+
+
+# --- DSN (RFC 3461) and REQUIRETLS (RFC 8689) parameters ---
+
+
+def test_dsn_parameters_travel_with_the_message() -> None:
+    session = ready()
+    exchange = talk(
+        session,
+        "MAIL FROM:<alice@example.org> RET=HDRS ENVID=QQ+2B1 REQUIRETLS",
+        "RCPT TO:<bob@example.net> NOTIFY=SUCCESS,FAILURE ORCPT=rfc822;bob@example.net",
+        "RCPT TO:<carol@example.net>",
+        "DATA",
+        "hi",
+        ".",
+    )
+    assert exchange.codes == ["250 2.1.0", "250 2.1.5", "250 2.1.5", "354", "250 2.0.0"]
+    carol = Address("carol", "example.net")
+    assert exchange.events == [
+        MailFrom(ALICE, None, "7BIT", False, "HDRS", "QQ+1", True),
+        RcptTo(BOB, RcptParameters(("SUCCESS", "FAILURE"), "rfc822;bob@example.net")),
+        RcptTo(carol),
+        MessageReceived(
+            ALICE,
+            (BOB, carol),
+            "7BIT",
+            False,
+            b"hi\r\n",
+            ret="HDRS",
+            envid="QQ+1",
+            requiretls=True,
+            rcpt_params=(
+                RcptParameters(("SUCCESS", "FAILURE"), "rfc822;bob@example.net"),
+                RcptParameters(),
+            ),
+        ),
+    ]
+
+
+def test_a_refused_recipient_leaves_no_parameters_behind() -> None:
+    session = mail()
+
+    def refuse_bob(event: Event) -> Reply:
+        if isinstance(event, RcptTo) and event.recipient == BOB:
+            return Reply(550, "5.1.1", "No such user")
+        return accept(event)
+
+    exchange = talk(
+        session,
+        "RCPT TO:<bob@example.net> NOTIFY=NEVER",
+        "RCPT TO:<carol@example.net> NOTIFY=DELAY",
+        "DATA",
+        "hi",
+        ".",
+        answer=refuse_bob,
+    )
+    assert exchange.codes == ["550 5.1.1", "250 2.1.5", "354", "250 2.0.0"]
+    message = exchange.events[-1]
+    assert isinstance(message, MessageReceived)
+    assert message.recipients == (Address("carol", "example.net"),)
+    assert message.rcpt_params == (RcptParameters(("DELAY",)),)
+
+
+def test_requiretls_needs_a_tls_session() -> None:
+    session = ready(SessionSettings(HOST, auth_without_tls=True), tls=False)
+    exchange = talk(session, "MAIL FROM:<alice@example.org> REQUIRETLS")
+    assert exchange.lines == ["530 5.7.10 REQUIRETLS is offered only over TLS"]
+    assert state_of(session) is State.READY
+
+
+def test_rcpt_parameters_need_ehlo() -> None:
+    session = start(tls=True)
+    assert talk(session, "HELO client.example", f"AUTH PLAIN {plain()}").codes == [
+        "250",
+        "235 2.7.0",
+    ]
+    assert talk(session, "MAIL FROM:<alice@example.org>").codes == ["250 2.1.0"]
+    exchange = talk(session, "RCPT TO:<bob@example.net> NOTIFY=NEVER")
+    assert exchange.lines == ["555 5.5.4 Parameter not recognized or not implemented"]

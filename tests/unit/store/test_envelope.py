@@ -10,6 +10,7 @@ from hypothesis import strategies as st
 from tests.support.mail import make_envelope
 
 from sendgate.errors import SpoolError
+from sendgate.smtp.commands import RcptParameters
 from sendgate.store.envelope import Envelope, new_queue_id, queue_id_time
 
 ID_PATTERN = re.compile(r"[0-7][0-9A-HJKMNP-TV-Z]{17}")
@@ -69,6 +70,60 @@ def test_envelope_json_round_trip_keeps_non_ascii_addresses() -> None:
     assert Envelope.from_json(data) == envelope
 
 
+def test_dsn_and_requiretls_fields_round_trip_and_are_absent_when_unset() -> None:
+    plain = make_envelope("01HX0000000000ABCD", recipients=("a@example.org", "b@example.org"))
+    assert set(json.loads(plain.to_json())) == {
+        "version",
+        "queue_id",
+        "sender",
+        "recipients",
+        "user",
+        "received_at",
+        "size",
+        "smtputf8",
+        "body",
+    }
+    envelope = make_envelope(
+        "01HX0000000000ABCD",
+        recipients=("a@example.org", "b@example.org"),
+        ret="HDRS",
+        envid="QQ 3.14",
+        requiretls=True,
+        rcpt_params=(
+            RcptParameters(("SUCCESS", "DELAY"), "rfc822;a+2Bx@example.org"),
+            RcptParameters(),
+        ),
+    )
+    raw = json.loads(envelope.to_json())
+    assert raw["rcpt_params"] == ["NOTIFY=SUCCESS,DELAY ORCPT=rfc822;a+2Bx@example.org", ""]
+    assert raw["requiretls"] is True
+    back = Envelope.from_json(envelope.to_json())
+    assert back == envelope
+    assert back.notify(0) == ("SUCCESS", "DELAY")
+    assert back.orcpt(0) == "rfc822;a+2Bx@example.org"
+    assert back.notify(1) is None
+    assert plain.notify(1) is None
+    assert plain.orcpt(0) is None
+
+
+@pytest.mark.parametrize(
+    ("changes", "problem"),
+    [
+        (
+            {"rcpt_params": (RcptParameters(("NEVER", "DELAY")), RcptParameters())},
+            "'rcpt_params': malformed",
+        ),
+        ({"rcpt_params": (RcptParameters(),)}, "not one per recipient"),
+        ({"envid": ""}, "'envid'"),
+    ],
+)
+def test_envelope_refuses_dsn_fields_it_could_not_read_back(
+    changes: dict[str, object], problem: str
+) -> None:
+    with pytest.raises(SpoolError, match=re.escape(problem)):
+        make_envelope("01HX0000000000ABCD", **changes)
+
+
 def test_envelope_with_null_sender_round_trips() -> None:
     envelope = make_envelope("01HX0000000000ABCD", sender="")
     assert Envelope.from_json(envelope.to_json()).sender == ""
@@ -100,6 +155,17 @@ def test_envelope_with_null_sender_round_trips() -> None:
         pytest.param("size", -1, id="size-negative"),
         pytest.param("smtputf8", 1, id="smtputf8-number"),
         pytest.param("body", "BINARYMIME", id="body-unknown"),
+        pytest.param("ret", "NONE", id="ret-unknown"),
+        pytest.param("ret", 1, id="ret-number"),
+        pytest.param("envid", "a\nb", id="envid-control"),
+        pytest.param("envid", "x" * 101, id="envid-long"),
+        pytest.param("envid", ["x"], id="envid-list"),
+        pytest.param("requiretls", False, id="requiretls-false"),
+        pytest.param("requiretls", 1, id="requiretls-number"),
+        pytest.param("rcpt_params", ["NOTIFY=NEVER", "", ""], id="rcpt-params-too-many"),
+        pytest.param("rcpt_params", ["NOTIFY=SOMETIMES", ""], id="rcpt-params-malformed"),
+        pytest.param("rcpt_params", "NOTIFY=NEVER", id="rcpt-params-string"),
+        pytest.param("rcpt_params", [None], id="rcpt-params-null"),
     ],
 )
 def test_malformed_envelope_names_the_field(field: str, value: object) -> None:
