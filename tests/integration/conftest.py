@@ -118,7 +118,10 @@ class World:
 
     # --- the queue -------------------------------------------------------------------------
 
-    def queue(self, sender: str, recipients: tuple[str, ...], message: bytes) -> str:
+    def queue(
+        self, sender: str, recipients: tuple[str, ...], message: bytes, **fields: Any
+    ) -> str:
+        """Queue `message`; `fields` sets more envelope fields (ret, envid, requiretls, ...)."""
         queue_id = self.spool.new_id()
         self.spool.put(
             Envelope(
@@ -128,6 +131,7 @@ class World:
                 user="alice@sender.test",
                 received_at=self.clock(),
                 size=len(message),
+                **fields,
             ),
             message,
         )

@@ -3,7 +3,8 @@
 Each `Receiver` listens on (address, port) with optional STARTTLS (a trustme certificate),
 records every message it accepts (envelope and exact bytes), and answers according to a script:
 `data_replies` is consumed one reply per DATA (then "250 OK" for ever), `reject_rcpt` maps
-addresses to an error reply. `received` is a thread-safe list; `wait_for(n)` blocks on a
+addresses to an error reply. With `dsn` / `requiretls` it offers those extensions
+(tests.peers.smtp_extensions) and records the parameters each message came with. `received` is a thread-safe list; `wait_for(n)` blocks on a
 condition, never on a sleep. Stopping it ends the connections still open (a sender may keep
 idle ones cached).
 
@@ -20,6 +21,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass, field
 
 from aiosmtpd.smtp import SMTP, Envelope, Session
+from tests.peers.smtp_extensions import ExtendedSMTP
 from tests.support.loopback import AsyncioServer
 
 WAIT = 30.0
@@ -31,6 +33,8 @@ class Delivered:
     recipients: tuple[str, ...]
     content: bytes
     tls: bool
+    mail_params: tuple[str, ...] = ()  # DSN / REQUIRETLS parameters of MAIL FROM, as sent
+    rcpt_params: dict[str, tuple[str, ...]] = field(default_factory=dict)  # by recipient
 
 
 @dataclass
@@ -67,12 +71,15 @@ class _Handler:
             else:
                 reply = "250 OK"
             if reply.startswith("250"):
+                extended = server if isinstance(server, ExtendedSMTP) else None
                 receiver.received.append(
                     Delivered(
                         sender=str(envelope.mail_from),
                         recipients=tuple(envelope.rcpt_tos),
                         content=bytes(envelope.original_content or b""),
                         tls=session.ssl is not None,
+                        mail_params=extended.mail_params if extended else (),
+                        rcpt_params=dict(extended.rcpt_params) if extended else {},
                     )
                 )
             receiver.lock.notify_all()
@@ -92,6 +99,8 @@ class Receiver(AsyncioServer):
         reject_rcpt: dict[str, str] | None = None,
         hold: threading.Event | None = None,
         smtputf8: bool = True,
+        dsn: bool = False,
+        requiretls: bool = False,
     ) -> None:
         super().__init__(f"mx-{address}")
         self.address = address
@@ -102,6 +111,8 @@ class Receiver(AsyncioServer):
         self.data_started = threading.Event()
         self._tls = tls
         self._smtputf8 = smtputf8
+        self._dsn = dsn
+        self._requiretls = requiretls
         self._handler = _Handler(self)
         self._sock: socket.socket | None = None
         self._sessions: list[SMTP] = []  # stopping ends them: a sender may keep idle ones
@@ -131,8 +142,10 @@ class Receiver(AsyncioServer):
         loop = asyncio.get_running_loop()
 
         def session() -> SMTP:
-            made = SMTP(
+            made = ExtendedSMTP(
                 self._handler,
+                dsn=self._dsn,
+                requiretls=self._requiretls,
                 hostname="mx.receiver.test",
                 tls_context=self._tls,
                 require_starttls=False,

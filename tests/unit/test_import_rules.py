@@ -3,7 +3,8 @@
 - smtp/ imports only the standard library and sendgate.smtp.*;
 - policy/ imports neither sendgate.server, sendgate.smtp.session nor a storage backend;
 - server/ imports neither policy/, store/, delivery/, submission nor service;
-- delivery/ shares only sendgate.smtp.replies and sendgate.smtp.address with the inbound side,
+- delivery/ shares only the grammar modules sendgate.smtp.replies, .address, .dsn and .xtext
+  with the inbound side,
   and reaches storage only through the queue contract (store.queue and its records);
 - only store.backends imports a backend (store.local.*, later store.cluster.*);
 - outside config/, features import config.schema only; the loader, kinds and renderer are for
@@ -27,7 +28,9 @@ from pathlib import Path
 import pytest
 
 SRC = Path(__file__).resolve().parents[2] / "src" / "sendgate"
-ALLOWED_FROM_INBOUND = frozenset({"sendgate.smtp.replies", "sendgate.smtp.address"})
+ALLOWED_FROM_INBOUND = frozenset(
+    {"sendgate.smtp.replies", "sendgate.smtp.address", "sendgate.smtp.dsn", "sendgate.smtp.xtext"}
+)
 INBOUND = (
     "sendgate.server",
     "sendgate.smtp",

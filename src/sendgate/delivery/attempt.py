@@ -100,6 +100,7 @@ class Attempt:
         self.in_transaction = False  # MAIL FROM sent and no end-of-data reply: RSET before reuse
         self.stale = False  # a reused session was found dead: the caller tries a new one
         self.recipients: dict[str, RemoteReply] = {}
+        self.dsn = False  # the peer offered DSN and got the sender's requests
 
     @property
     def peer(self) -> str:
@@ -132,7 +133,9 @@ class Attempt:
         finally:
             if not kept:
                 self._abort()
-        return Outcome(self.tls_version, self.tls_cipher, failure, failure_reply, self.recipients)
+        return Outcome(
+            self.tls_version, self.tls_cipher, failure, failure_reply, self.recipients, self.dsn
+        )
 
     async def _keep(self, failure: str | None, failure_reply: RemoteReply | None) -> bool:
         """Hand a healthy session back to the cache (after RSET if a transaction is open)."""
@@ -293,6 +296,11 @@ class Attempt:
                 553, f"5.6.7 (local) {host} does not offer SMTPUTF8, which this message needs"
             )
             return
+        if job.requiretls:
+            problem = self._requiretls_problem()
+            if problem is not None:
+                self._refuse_all(550, f"5.7.30 (local) {problem}")
+                return
         limit = size_limit(smtp.esmtp_extensions.get("size", ""))
         if limit is not None and job.size > limit:
             self._refuse_all(
@@ -306,11 +314,19 @@ class Attempt:
             options.append(b"BODY=8BITMIME")  # when not offered, sent as is (as Postfix does)
         if job.smtputf8:
             options.append(b"SMTPUTF8")
+        if job.requiretls:
+            options.append(b"REQUIRETLS")
+        self.dsn = smtp.supports_extension("dsn")
+        if self.dsn:
+            options += job.dsn.mail_options()
         encoding = "utf-8" if job.smtputf8 else "ascii"
 
         self.in_transaction = True
         commands = [b" ".join((b"MAIL", smtp_path(b"FROM:", job.sender, encoding), *options))]
-        commands += [b"RCPT " + smtp_path(b"TO:", r, encoding) for r in job.recipients]
+        for recipient in job.recipients:
+            rcpt_options = job.dsn.rcpt_options(recipient) if self.dsn else []
+            path = smtp_path(b"TO:", recipient, encoding)
+            commands.append(b" ".join((b"RCPT", path, *rcpt_options)))
         if smtp.supports_extension("pipelining"):
             replies = await self._pipelined([*commands, b"DATA"])
         else:
@@ -350,6 +366,17 @@ class Attempt:
         self.in_transaction = False  # any final reply to the data ends the transaction
         for recipient in accepted:
             self.recipients[recipient] = reply
+
+    def _requiretls_problem(self) -> str | None:
+        """Why this session may not carry a REQUIRETLS message (RFC 8689 4.2.1), if it may not."""
+        host = self.target.host
+        if self.tls_version is None:
+            return f"no TLS with {host}, and the message requires TLS (REQUIRETLS)"
+        if self.target.tls.verify == "none":
+            return f"the certificate of {host} was not verified, and the message requires it"
+        if not self.smtp.supports_extension("requiretls"):
+            return f"{host} does not offer REQUIRETLS, which this message requires"
+        return None
 
     async def _pipelined(self, commands: list[bytes]) -> list[RemoteReply]:
         """MAIL, every RCPT and DATA in one write (RFC 2920); their replies, in order.

@@ -1,4 +1,4 @@
-"""Delivery status notifications (RFC 3464 bounces and delay warnings) as spool-ready bytes.
+"""Delivery status notifications (RFC 3464 bounces, delay warnings, relay reports) as bytes.
 
 The report is a multipart/report (RFC 6522): a human explanation, the machine-readable
 delivery status, and the original message (or its header section) copied byte for byte. When
@@ -6,7 +6,11 @@ an envelope address is non-ASCII the report uses RFC 6533: message/global-delive
 "utf-8" address types, and the DSN must be sent with SMTPUTF8. An original whose header
 section is non-ASCII travels as message/global (or message/global-headers). `build_dsn` is
 pure (no I/O, no clock: the times are passed in) and refuses a DSN to the null sender (a bounce
-is never bounced); `DsnWriter` signs a built DSN and queues it like any other message.
+is never bounced); `DsnWriter` signs a built DSN and queues it like any other message. The
+sender's RFC 3461 requests shape it: ENVID and each ORCPT are echoed, RET=HDRS returns only the
+header section (delay and relay reports always do). A message sent with REQUIRETLS (RFC 8689)
+may not travel back over a path without TLS: its report is redacted (header section only, no
+Subject) and so goes like any other report.
 
 Security: the remote reply (`RecipientNotice.diagnostic`) and the remote MTA's name come from
 the network, and the original message from the client. Reply text loses control characters
@@ -29,6 +33,7 @@ from dataclasses import dataclass
 from sendgate.dkim.signer import DkimError, DkimSigner
 from sendgate.headers import header_section
 from sendgate.smtp.address import is_host_name
+from sendgate.smtp.dsn import original_recipient
 from sendgate.store.envelope import Envelope
 from sendgate.store.queue import QueueStore
 from sendgate.text import dsn_address, dsn_ascii, dsn_lines, header_host, mail_date
@@ -39,8 +44,10 @@ _MAX_ADDRESS = 512  # octets; RFC 5321 paths are at most 256, so this only cuts 
 _MAX_HOST = 255
 _MAX_LINE = 998  # RFC 5322 section 2.1.1
 _WRAP = 72  # octets of reply text per output line
-_ACTIONS = frozenset({"failed", "delayed"})
+_ACTIONS = frozenset({"failed", "delayed", "relayed"})
 _STATUS = re.compile(r"[245]\.[0-9]{1,3}\.[0-9]{1,3}")
+_PRINTABLE = re.compile(r"[\x20-\x7e]+")
+_VERBS = {"failed": "could not be delivered", "delayed": "is delayed", "relayed": "relayed"}
 _TOKEN = re.compile(r"[\x21-\x3b\x3d\x3f-\x7e]+")  # printable ASCII except "<" and ">"
 
 
@@ -49,11 +56,12 @@ class RecipientNotice:
     """What happened to one recipient: the DSN's per-recipient block."""
 
     recipient: str  # envelope recipient (may be an SMTPUTF8 address)
-    action: str  # "failed" | "delayed"
-    status: str  # enhanced status code, e.g. "5.1.1", "4.4.1", "4.4.7" (expired)
+    action: str  # "failed" | "delayed" | "relayed"
+    status: str  # enhanced status code, e.g. "5.1.1", "4.4.1", "4.4.7" (expired), "2.0.0"
     remote_mta: str | None  # host name that gave the reply, if any
     diagnostic: str | None  # the remote reply as received, lines joined with "\n"
     last_attempt: float | None  # unix time
+    original_recipient: str | None = None  # the sender's ORCPT, "addr-type;xtext"
 
 
 @dataclass(frozen=True, slots=True)
@@ -77,11 +85,16 @@ def build_dsn(
     message_id: str,
     will_retry_until: float | None = None,
     max_original_size: int = 256 * 1024,
+    envelope_id: str | None = None,
+    return_content: str | None = None,
+    redact: bool = False,
 ) -> Dsn:
     """Build the DSN for `notices` about message `queue_id`, addressed to `original_sender`.
 
-    `message_id` may be given with or without its angle brackets. ValueError for the null
-    sender, no notices, an unknown action or a malformed status, host or id (caller bugs).
+    `message_id` may be given with or without its angle brackets. `envelope_id` and
+    `return_content` are the sender's ENVID (decoded) and RET; `redact` returns the header
+    section without its Subject and nothing of the body. ValueError for the null sender, no
+    notices, an unknown action or a malformed status, host, id or ORCPT (caller bugs).
     """
     if original_sender in ("", "<>"):
         raise ValueError("no DSN for the null sender: a bounce is never bounced")
@@ -98,14 +111,20 @@ def build_dsn(
         _checked(notice.status, _STATUS, "status")
         if not notice.recipient:
             raise ValueError("empty recipient in a DSN notice")
+        if notice.original_recipient is not None:
+            _original_recipient(notice.original_recipient)
+    if envelope_id is not None:
+        _checked(envelope_id, _PRINTABLE, "envelope id")
 
     sender = dsn_address(original_sender, _MAX_ADDRESS)
     recipients = [dsn_address(notice.recipient, _MAX_ADDRESS) for notice in notices]
     smtputf8 = not sender.isascii() or not all(r.isascii() for r in recipients)
     failed = any(notice.action == "failed" for notice in notices)
-    retry_until = will_retry_until if any(n.action == "delayed" for n in notices) else None
+    delayed = any(notice.action == "delayed" for notice in notices)
+    retry_until = will_retry_until if delayed else None
 
-    attached = _attachment(original, max_original_size)
+    whole = failed and return_content != "HDRS" and not redact
+    attached = _attachment(original, max_original_size, whole=whole, redact=redact)
     if attached is None:
         note = "The details for each recipient follow."
     elif attached[0] in ("message/rfc822", "message/global"):
@@ -114,15 +133,17 @@ def build_dsn(
         note = "The details for each recipient follow; your message's header is attached."
     text = _human_text(host, notices, recipients, retry_until, note)
     status = _status_fields(
-        host, queue_id, received_at, notices, recipients, retry_until, utf8=smtputf8
+        host, queue_id, envelope_id, received_at, notices, recipients, retry_until, utf8=smtputf8
     )
     bodies = [text, status] + ([attached[1]] if attached else [])
     boundary = _boundary(bodies, f"{queue_id} {msg_id}".encode())
     status_type = "global-delivery-status" if smtputf8 else "delivery-status"
     if failed:
         subject, noun = "Undelivered Mail Returned to Sender", "Undelivered"
-    else:
+    elif delayed:
         subject, noun = "Delayed Mail (still being retried)", "Delayed"
+    else:
+        subject, noun = "Successful Mail Delivery Report", "Relayed"
 
     header = [
         f"From: Mail Delivery System <MAILER-DAEMON@{host}>",
@@ -192,6 +213,9 @@ class DsnWriter:
             now=now,
             message_id=f"{queue_id}@{self._hostname}",
             will_retry_until=retry_until,
+            envelope_id=original.envid,
+            return_content=original.ret,
+            redact=original.requiretls,
         )
         return self.queue_message(queue_id, original.sender, dsn.message, now, dsn.smtputf8)
 
@@ -280,16 +304,22 @@ def _human_text(
 ) -> bytes:
     until = f" until {mail_date(retry_until)}" if retry_until is not None else ""
     lines = [f"This is the mail system at {host}.", ""]
-    if any(notice.action == "failed" for notice in notices):
+    actions = {notice.action for notice in notices}
+    if "failed" in actions:
         lines.append("Your message could not be delivered to one or more recipients.")
-        if any(n.action == "delayed" for n in notices):
+        if "delayed" in actions:
             lines.append(f"Delivery to the others is still being tried{until}.")
-    else:
+    elif "delayed" in actions:
         lines.append("Your message has not been delivered yet to one or more recipients.")
         lines.append(f"The mail system will keep trying{until}; you need not send it again.")
+    if "relayed" in actions:
+        lines.append(
+            "Your message was passed on to the server of the recipients marked relayed below; "
+            "that server sends no delivery reports, so this is the last report about them."
+        )
     lines += [note, ""]
     for notice, recipient in zip(notices, recipients, strict=True):
-        verb = "could not be delivered" if notice.action == "failed" else "is delayed"
+        verb = _VERBS[notice.action]
         lines.append(f"<{recipient}>: {verb} (status {notice.status}).")
         reply = _reply_lines(notice.diagnostic)
         if reply:
@@ -305,6 +335,7 @@ def _human_text(
 def _status_fields(
     host: str,
     queue_id: str,
+    envelope_id: str | None,
     received_at: float,
     notices: Sequence[RecipientNotice],
     recipients: Sequence[str],
@@ -312,8 +343,10 @@ def _status_fields(
     *,
     utf8: bool,
 ) -> bytes:
+    head = [] if envelope_id is None else [f"Original-Envelope-Id: {envelope_id}"]
     blocks = [
         [
+            *head,
             f"Reporting-MTA: dns; {host}",
             f"X-Sendgate-Queue-ID: {queue_id}",
             f"Arrival-Date: {mail_date(received_at)}",
@@ -321,7 +354,10 @@ def _status_fields(
     ]
     for notice, recipient in zip(notices, recipients, strict=True):
         kind = "rfc822" if recipient.isascii() else "utf-8"
-        block = [
+        block = []
+        if notice.original_recipient is not None:
+            block.append("Original-Recipient: " + _original_recipient(notice.original_recipient))
+        block += [
             f"Final-Recipient: {kind}; {recipient}",
             f"Action: {notice.action}",
             f"Status: {notice.status}",
@@ -344,17 +380,47 @@ def _status_fields(
     return b"\r\n".join(crlf_lines(block) for block in blocks)
 
 
-def _attachment(original: bytes, max_size: int) -> tuple[str, bytes] | None:
-    """Content type and body for the original: whole, header section only, or nothing."""
+def _attachment(
+    original: bytes, max_size: int, *, whole: bool, redact: bool
+) -> tuple[str, bytes] | None:
+    """Content type and body for the original: whole (if `whole` and it fits), header section
+    only (without Subject when `redact`), or nothing."""
     headers = header_section(original)
-    if len(original) <= max_size and _is_clean(original):
+    if whole and len(original) <= max_size and _is_clean(original):
         return ("message/rfc822" if headers.isascii() else "message/global"), original
+    if redact:
+        headers = _without_subject(headers)
     if len(headers) > max_size:
         cut = headers.rfind(b"\r\n", 0, max_size - 1)
         headers = headers[: cut + 2] if cut >= 0 else b""
     if not headers or not _is_clean(headers):
         return None
     return ("text/rfc822-headers" if headers.isascii() else "message/global-headers"), headers
+
+
+def _without_subject(headers: bytes) -> bytes:
+    """The header section without its Subject field(s), folded lines included."""
+    kept: list[bytes] = []
+    dropping = False
+    for line in headers.split(b"\r\n"):
+        if line[:1] in (b" ", b"\t"):
+            if not dropping:
+                kept.append(line)
+            continue
+        dropping = line.lower().startswith(b"subject:")
+        if not dropping:
+            kept.append(line)
+    return b"\r\n".join(kept)
+
+
+def _original_recipient(orcpt: str) -> str:
+    """The Original-Recipient field's value for an ORCPT "addr-type;xtext": the address
+    decoded (RFC 3461 6.3); ValueError when malformed."""
+    parsed = original_recipient(orcpt)
+    if parsed is None:
+        raise ValueError(f"malformed ORCPT {orcpt!r}")
+    kind, address = parsed
+    return f"{kind}; {dsn_address(address, _MAX_ADDRESS)}"
 
 
 def _is_clean(data: bytes) -> bool:

@@ -24,7 +24,14 @@ from collections.abc import Sequence
 
 from sendgate.delivery.attempt import Attempt
 from sendgate.delivery.connections import ConnectionCache, session_key
-from sendgate.delivery.payload import Job, check_envelope, data_payload, has_bare_line_ending
+from sendgate.delivery.payload import (
+    NO_DSN_REQUEST,
+    DsnRequest,
+    Job,
+    check_envelope,
+    data_payload,
+    has_bare_line_ending,
+)
 from sendgate.delivery.target import Outcome, RemoteReply, Target, Timeouts, TlsRequirement
 
 _TIMEOUTS = Timeouts()  # frozen: one shared default is safe
@@ -42,6 +49,8 @@ async def deliver(
     ssl_context: ssl.SSLContext,
     timeouts: Timeouts = _TIMEOUTS,
     cache: ConnectionCache | None = None,
+    requiretls: bool = False,
+    dsn: DsnRequest = NO_DSN_REQUEST,
 ) -> Outcome:
     """Run one SMTP transaction with `target` for `recipients`; never raises for remote errors.
 
@@ -52,13 +61,26 @@ async def deliver(
     With a `cache`, an idle session for the same key carries the transaction when there is
     one (a session found dead before MAIL FROM is answered is replaced by a new connection,
     unseen in the outcome), and a healthy session goes back to the cache instead of QUIT.
+    With `requiretls` (RFC 8689) the message goes only over TLS whose certificate the target's
+    requirement verified, to a host offering REQUIRETLS; else every recipient is refused with
+    5.7.30. `dsn` goes to a host that offers DSN (RFC 3461).
     """
     check_envelope(helo, sender, recipients, smtputf8=smtputf8)
     if has_bare_line_ending(message):
         refusal = RemoteReply(554, "5.6.0 (local) message has a bare CR or LF; not sent")
         return Outcome(None, None, None, None, dict.fromkeys(recipients, refusal))
     size = len(message) if message.endswith(b"\r\n") else len(message) + 2
-    job = Job(helo, sender, tuple(recipients), data_payload(message), size, smtputf8, eight_bit)
+    job = Job(
+        helo,
+        sender,
+        tuple(recipients),
+        data_payload(message),
+        size,
+        smtputf8,
+        eight_bit,
+        requiretls,
+        dsn,
+    )
     context = _tls_context(target.tls, ssl_context)
     key = session_key(target, helo, context) if cache is not None else None
     reused = cache.take(key) if cache is not None and key is not None else None
@@ -71,7 +93,7 @@ async def deliver(
             return outcome
     attempt = Attempt(target, job, context, timeouts, starttls=True, cache=cache, key=key)
     outcome = await attempt.run()
-    if attempt.handshake_failed and target.tls.mode == "opportunistic":
+    if attempt.handshake_failed and target.tls.mode == "opportunistic" and not requiretls:
         # As Postfix does: a broken TLS stack at the peer must not block mail TLS was optional for.
         attempt = Attempt(target, job, context, timeouts, starttls=False, cache=cache, key=key)
         outcome = await attempt.run()

@@ -26,10 +26,12 @@ from sendgate.delivery.outcome import (
     settle,
     unroutable,
 )
+from sendgate.delivery.payload import NO_DSN_REQUEST, DsnRequest
 from sendgate.delivery.plan import Planner
 from sendgate.delivery.route import RouteError
 from sendgate.delivery.target import Outcome, Target, Timeouts
 from sendgate.log import EventLog
+from sendgate.smtp.dsn import RcptParameters
 from sendgate.store.delivery_state import FAILED, PENDING, RecipientState
 from sendgate.store.envelope import Envelope
 from sendgate.text import one_line
@@ -96,7 +98,7 @@ class Courier:
         now: float,
     ) -> None:
         try:
-            targets = await self._planner.targets(domain)
+            targets = await self._planner.targets(domain, requiretls=envelope.requiretls)
         except RouteError as exc:
             result = RESULT[FAILED if exc.permanent else PENDING]
             self._log_attempt(envelope, domain, None, None, result, str(exc))
@@ -104,6 +106,7 @@ class Courier:
                 unroutable(open_, rows, str(exc), exc.status, now, permanent=exc.permanent)
             )
             return
+        dsn = _dsn_request(envelope)
         for target in targets:
             async with self._connections:
                 outcome = await deliver(
@@ -118,6 +121,8 @@ class Courier:
                     ssl_context=self._ssl_context,
                     timeouts=self._timeouts,
                     cache=self._cache,
+                    requiretls=envelope.requiretls,
+                    dsn=dsn,
                 )
             # A recipient a host deferred counts one more attempt at each further host.
             current = {**rows, **settled}
@@ -151,3 +156,13 @@ class Courier:
             result=result,
             reply=one_line(reply),
         )
+
+
+def _dsn_request(envelope: Envelope) -> DsnRequest:
+    """The sender's RFC 3461 requests, for a next hop that offers DSN."""
+    if envelope.ret is None and envelope.envid is None and not envelope.rcpt_params:
+        return NO_DSN_REQUEST
+    by_address: dict[str, RcptParameters] = {}
+    for address, params in zip(envelope.recipients, envelope.rcpt_params, strict=False):
+        by_address.setdefault(address, params)  # a recipient named twice is sent once
+    return DsnRequest(envelope.ret, envelope.envid, by_address)

@@ -9,7 +9,8 @@ one message can be tested like the SMTP Session: values in, values out.
 - `conclude`: the state after an attempt -> expiry (4.4.7), the one delay notice, the recipients
   newly failed; `unreported` undoes the reporting when the notice could not be queued.
 - `schedule`: the next attempt, with exponential backoff and jitter, never past expiry.
-- `notices`: the per-recipient blocks of the DSN to send.
+- `notices`: the per-recipient blocks of the DSN to send, as each recipient's NOTIFY asked
+  (RFC 3461: by default failures and delays; "relayed" only on request).
 
 Security: remote replies are untrusted; they are made one-line and bounded (`one_line`) before
 they enter a state, and so before any log line, stored state or DSN.
@@ -131,7 +132,9 @@ def judge_transaction(
             continue
         status = DELIVERED if got.code < 300 else FAILED if got.code >= 500 else PENDING
         summary[status] = summary.get(status, 0) + 1
-        settled[index] = settle(rows[index], status, now, host, str(got), enhanced(got))
+        row = settle(rows[index], status, now, host, str(got), enhanced(got))
+        # A host without DSN reports nothing further: the sender may want to hear that.
+        settled[index] = replace(row, relayed=status == DELIVERED and not outcome.dsn)
     first = next(iter(outcome.recipients.values()), None)
     named = {RESULT[status]: count for status, count in summary.items()}
     if len(named) == 1:
@@ -166,6 +169,8 @@ class Verdict:
     """Recipients that failed in this attempt (to report to the sender)."""
     delayed: list[int]
     """Recipients to tell the sender about as delayed (once per message)."""
+    relayed: list[int]
+    """Recipients delivered in this attempt to a host that sends no DSN of its own."""
     expired: bool
     """The message ran out of queue lifetime; its pending recipients failed with 4.4.7."""
 
@@ -202,7 +207,12 @@ def conclude(
     failed = [
         i for i, row in enumerate(state.recipients) if row.status == FAILED and i not in already
     ]
-    return Verdict(state, failed, delayed, expired)
+    relayed = [
+        i
+        for i, row in enumerate(state.recipients)
+        if row.relayed and row.status == DELIVERED and before.recipients[i].status != DELIVERED
+    ]
+    return Verdict(state, failed, delayed, relayed, expired)
 
 
 def unreported(
@@ -237,18 +247,37 @@ def retry_until(envelope: Envelope, settings: DeliveryConfig) -> float:
 
 
 def notices(
-    state: DeliveryState, failed: Sequence[int], delayed: Sequence[int]
+    state: DeliveryState,
+    envelope: Envelope,
+    failed: Sequence[int],
+    delayed: Sequence[int],
+    relayed: Sequence[int] = (),
 ) -> list[RecipientNotice]:
-    """The DSN's per-recipient blocks, in envelope order."""
-    return [
-        RecipientNotice(
-            recipient=row.address,
-            action="failed" if i in failed else "delayed",
-            status=row.enhanced or ("5.0.0" if i in failed else "4.0.0"),
-            remote_mta=row.host,
-            diagnostic=row.reply,
-            last_attempt=row.last_attempt,
+    """The DSN's per-recipient blocks, in envelope order, for the recipients whose NOTIFY asks
+    for them: failures and delays unless NOTIFY says otherwise, relays only on request."""
+    out = []
+    for i, row in enumerate(state.recipients):
+        notify = envelope.notify(i)
+        if i in failed:
+            action, wanted, default = "failed", "FAILURE", "5.0.0"
+        elif i in delayed:
+            action, wanted, default = "delayed", "DELAY", "4.0.0"
+        elif i in relayed:
+            action, wanted, default = "relayed", "SUCCESS", "2.0.0"
+        else:
+            continue
+        # Without NOTIFY: failures and delays are reported, successes are not.
+        if wanted not in (notify or ("FAILURE", "DELAY")):
+            continue
+        out.append(
+            RecipientNotice(
+                recipient=row.address,
+                action=action,
+                status=row.enhanced or default,
+                remote_mta=row.host,
+                diagnostic=row.reply,
+                last_attempt=row.last_attempt,
+                original_recipient=envelope.orcpt(i),
+            )
         )
-        for i, row in enumerate(state.recipients)
-        if i in failed or i in delayed
-    ]
+    return out

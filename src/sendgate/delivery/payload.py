@@ -11,10 +11,48 @@ parser accepted them. The peer's SIZE keyword is untrusted and parsed strictly.
 
 from __future__ import annotations
 
-from collections.abc import Sequence
-from dataclasses import dataclass
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, field
 
+from sendgate.smtp import xtext
 from sendgate.smtp.address import AddressError, parse_path
+from sendgate.smtp.dsn import RcptParameters
+
+_NONE = RcptParameters()
+
+
+@dataclass(frozen=True, slots=True)
+class DsnRequest:
+    """What the sender asked of delivery reports (RFC 3461), passed on to a next hop that
+    offers DSN: RET and ENVID (decoded) of the message, NOTIFY and ORCPT by recipient."""
+
+    ret: str | None = None
+    envid: str | None = None
+    recipients: Mapping[str, RcptParameters] = field(default_factory=dict)
+
+    def mail_options(self) -> list[bytes]:
+        options = []
+        if self.ret is not None:
+            options.append(b"RET=" + self.ret.encode("ascii"))
+        if self.envid is not None:
+            options.append(b"ENVID=" + xtext.encode(self.envid).encode("ascii"))
+        return options
+
+    def rcpt_options(self, recipient: str) -> list[bytes]:
+        params = self.recipients.get(recipient, _NONE)
+        options = []
+        if params.notify is not None:
+            options.append(b"NOTIFY=" + ",".join(params.notify).encode("ascii"))
+        if params.orcpt is not None:
+            options.append(b"ORCPT=" + params.orcpt.encode("ascii"))
+        elif recipient.isascii():
+            # RFC 3461 4.2: a first hop may add the recipient as given, as Postfix does; the
+            # next hop's reports then name the address the sender used.
+            options.append(b"ORCPT=rfc822;" + xtext.encode(recipient).encode("ascii"))
+        return options
+
+
+NO_DSN_REQUEST = DsnRequest()
 
 
 @dataclass(frozen=True, slots=True)
@@ -28,6 +66,8 @@ class Job:
     size: int  # the message size for SIZE (RFC 1870): before dot-stuffing
     smtputf8: bool
     eight_bit: bool
+    requiretls: bool = False  # RFC 8689: verified TLS and REQUIRETLS at the next hop, or refuse
+    dsn: DsnRequest = NO_DSN_REQUEST
 
 
 def check_envelope(helo: str, sender: str, recipients: Sequence[str], *, smtputf8: bool) -> None:

@@ -7,6 +7,11 @@ validated too), else MTA-STS when the domain publishes an enforced policy (hosts
 policy are skipped, TLS and a valid certificate for the host name are required), else
 opportunistic STARTTLS. DANE wins over MTA-STS (RFC 8461 section 2).
 
+A message sent with REQUIRETLS (RFC 8689 4.2.1) goes only to hosts whose name is authenticated
+(the MX answer DNSSEC-validated, or the host named by the domain's MTA-STS policy) over TLS
+with a verified certificate (DANE, or PKIX for the host name); a smarthost route must use TLS.
+When no host qualifies the message cannot be sent as asked: a permanent 5.7.30 failure.
+
 Security: DNS answers and MTA-STS policies are untrusted; they only narrow the hosts tried and
 raise the TLS requirement, never lower the requirement a domain published.
 """
@@ -29,6 +34,7 @@ from sendgate.delivery.target import Target, TlsRequirement
 from sendgate.errors import ConfigError
 
 MX_PORT = 25
+REQUIRETLS_STATUS = "5.7.30"  # RFC 8689 section 6: REQUIRETLS support required
 # Like Postfix's smtp_mx_address_limit: enough for fallback, bounded per attempt.
 MAX_TARGETS = 5
 
@@ -117,12 +123,22 @@ class Planner:
         self._rng = rng
         self._mx_port = mx_port
 
-    async def targets(self, domain: str) -> list[Target]:
-        """The hosts to try, in order; RouteError (with .permanent, .status) when there are none."""
+    async def targets(self, domain: str, *, requiretls: bool = False) -> list[Target]:
+        """The hosts to try, in order; RouteError (with .permanent, .status) when there are none.
+
+        With `requiretls` only hosts that may carry a REQUIRETLS message, each with a
+        requirement that verifies its certificate.
+        """
         relay = relay_for(self._relays, domain)
         if relay is not None:
+            if requiretls and relay.tls == "none":
+                raise PlanError(
+                    f"REQUIRETLS: the route for {domain} to {relay.host} does not use TLS",
+                    permanent=True,
+                    status=REQUIRETLS_STATUS,
+                )
             return await self._relay_targets(relay)
-        return await self._mx_targets(domain)
+        return await self._mx_targets(domain, requiretls=requiretls)
 
     async def _relay_targets(self, relay: Relay) -> list[Target]:
         if relay.tls == "none":
@@ -157,7 +173,7 @@ class Planner:
             raise PlanError(f"smarthost {host}: no address", status="4.4.3")
         return answer.records
 
-    async def _mx_targets(self, domain: str) -> list[Target]:
+    async def _mx_targets(self, domain: str, *, requiretls: bool) -> list[Target]:
         route = await mx_route(self._resolver, domain, rng=self._rng)
         policy = None
         if self._mta_sts is not None:
@@ -167,6 +183,7 @@ class Planner:
                 policy = None  # a name MTA-STS cannot apply to (see MtaSts.policy)
         targets: list[Target] = []
         refused: list[str] = []
+        unauthenticated: list[str] = []
         for hop in route.hops:
             tls = await self._dane_requirement(hop.host) if self._dane and route.mx_secure else None
             if tls is None and policy is not None and policy.mode == "enforce":
@@ -176,6 +193,12 @@ class Planner:
                 tls = TlsRequirement(
                     mode="required", verify="pkix", names=(hop.host,), reason="mta-sts"
                 )
+            if requiretls:
+                named = policy is not None and policy.mode != "none" and policy.allows(hop.host)
+                tls = _for_requiretls(tls, hop.host, authenticated=route.mx_secure or named)
+                if tls is None:
+                    unauthenticated.append(hop.host)
+                    continue
             if tls is None:
                 testing = policy is not None and policy.mode == "testing"
                 tls = TlsRequirement(
@@ -186,6 +209,13 @@ class Planner:
             targets.extend(
                 Target(host=hop.host, address=address, port=self._mx_port, tls=tls)
                 for address in hop.addresses
+            )
+        if not targets and unauthenticated:
+            raise PlanError(
+                f"REQUIRETLS: no MX host of {domain} is authenticated (the MX records are not "
+                f"DNSSEC-signed and no MTA-STS policy names {', '.join(unauthenticated)})",
+                permanent=True,
+                status=REQUIRETLS_STATUS,
             )
         if not targets:
             # mx_route returns only hosts with addresses: only the policy can leave none.
@@ -226,6 +256,18 @@ class Planner:
             leaf_check=lambda leaf: dane.leaf_matches(records, leaf),
             reason="dane",
         )
+
+
+def _for_requiretls(
+    tls: TlsRequirement | None, host: str, *, authenticated: bool
+) -> TlsRequirement | None:
+    """The requirement for a REQUIRETLS message to `host`, or None when the host's name is not
+    authenticated. DANE and MTA-STS requirements already verify; anything else becomes PKIX."""
+    if tls is not None and tls.verify != "none":
+        return tls
+    if not authenticated:
+        return None
+    return TlsRequirement(mode="required", verify="pkix", names=(host,), reason="requiretls")
 
 
 def _never(_leaf: bytes) -> bool:

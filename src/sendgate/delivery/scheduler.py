@@ -26,7 +26,7 @@ from typing import TypeVar
 
 from sendgate.config.schema import DeliveryConfig
 from sendgate.delivery import outcome
-from sendgate.delivery.bounce import DsnWriter
+from sendgate.delivery.bounce import DsnWriter, RecipientNotice
 from sendgate.delivery.courier import Courier
 from sendgate.errors import LeaseLostError, SpoolError, UnknownQueueIdError
 from sendgate.handoff import GroupHandoff, each
@@ -341,8 +341,12 @@ class Scheduler:
         state = verdict.state
         if verdict.expired:
             self._log.event("expired", "warning", queue_id=queue_id)
-        if envelope.sender and (verdict.failed or verdict.delayed):
-            notices = outcome.notices(state, verdict.failed, verdict.delayed)
+        notices = []
+        if envelope.sender and (verdict.failed or verdict.delayed or verdict.relayed):
+            notices = outcome.notices(
+                state, envelope, verdict.failed, verdict.delayed, verdict.relayed
+            )
+        if notices:
             until = outcome.retry_until(envelope, self._cfg) if verdict.delayed else None
             try:
                 queued = await self._io(self._dsn.write, envelope, notices, message, now, until)
@@ -363,7 +367,7 @@ class Scheduler:
                     "dsn",
                     queue_id=queue_id,
                     dsn_id=queued.envelope.queue_id,
-                    action="failed" if verdict.failed else "delayed",
+                    action=_main_action(notices),
                     recipients=len(notices),
                 )
         claim = self._held[queue_id]  # the latest lease: a re-claim may have renewed it
@@ -384,6 +388,12 @@ class Scheduler:
             self._log.event("queue_error", "error", queue_id=queue_id, error=str(exc))
             with contextlib.suppress(SpoolError):
                 await self._io(self._queue.release, claim, now + self._cfg.retry_first)
+
+
+def _main_action(notices: list[RecipientNotice]) -> str:
+    """The DSN's kind for the log: failed over delayed over relayed."""
+    actions = {notice.action for notice in notices}
+    return next(action for action in ("failed", "delayed", "relayed") if action in actions)
 
 
 def _domain_of(address: str) -> str:

@@ -100,7 +100,9 @@ class Outcome:
     refused, timeout, TLS policy, lost connection); such failures are temporary.
     `failure_reply`: the remote reply that failed the whole transaction (greeting, EHLO, AUTH,
     MAIL FROM, DATA, or any 421). `recipients`: the final reply of each recipient that got one
-    (its RCPT rejection, or the end-of-data reply for accepted ones).
+    (its RCPT rejection, or the end-of-data reply for accepted ones). `dsn`: the host offered
+    DSN (RFC 3461) and took the transaction with the sender's requests, so delivery reports from
+    here on are its to send.
     """
 
     tls_version: str | None
@@ -108,6 +110,7 @@ class Outcome:
     failure: str | None
     failure_reply: RemoteReply | None
     recipients: Mapping[str, RemoteReply]
+    dsn: bool = False
 
 
 @dataclass(frozen=True, slots=True)

@@ -14,6 +14,7 @@ import re
 from dataclasses import dataclass
 
 from sendgate.smtp import replies, xtext
+from sendgate.smtp.dsn import RcptParameters, envelope_id, notify_words, original_recipient
 from sendgate.smtp.replies import Reply
 
 COMMAND_LINE_MAX = 512
@@ -27,11 +28,6 @@ _CONTROL = re.compile(r"[\x00-\x1f\x7f]")
 _ESMTP_KEYWORD = re.compile(r"[A-Za-z0-9][A-Za-z0-9-]*")
 _ESMTP_VALUE = re.compile(r"[\x21-\x3c\x3e-\x7e]+")
 _SIZE_VALUE = re.compile(r"[0-9]{1,20}")
-_ADDRESS_TYPE = re.compile(r"[A-Za-z0-9!#$%&'*+/=?^_`{|}~-]+")  # an atom (RFC 3461 4.2)
-_PRINTABLE = re.compile(r"[\x20-\x7e]+")
-ENVID_MAX = 100  # RFC 3461 4.4, counted on the xtext as sent
-ORCPT_MAX = 500  # RFC 3461 4.2
-NOTIFY_WORDS = ("SUCCESS", "FAILURE", "DELAY")  # the order NOTIFY values are kept in
 _BDAT = re.compile(r"([0-9]{1,20})(?: +(LAST))? *", re.IGNORECASE | re.ASCII)
 
 
@@ -76,14 +72,6 @@ class MailParameters:
     ret: str | None = None  # RFC 3461 RET: "FULL" or "HDRS"
     envid: str | None = None  # RFC 3461 ENVID, xtext-decoded (printable ASCII)
     requiretls: bool = False  # RFC 8689
-
-
-@dataclass(frozen=True, slots=True)
-class RcptParameters:
-    """The RCPT TO parameters of RFC 3461; the defaults mean "not given"."""
-
-    notify: tuple[str, ...] | None = None  # ("NEVER",), or NOTIFY_WORDS members in that order
-    orcpt: str | None = None  # "addr-type;xtext" as received (its address is checked xtext)
 
 
 def _parameters(text: str) -> list[tuple[str, bool, str]] | Reply:
@@ -149,7 +137,7 @@ def parse_mail_parameters(text: str, max_size: int, *, tls: bool = False) -> Mai
             if ret not in ("FULL", "HDRS"):
                 return replies.SYNTAX_ERROR
         elif key == "ENVID":
-            envid = _decoded(value, ENVID_MAX)
+            envid = envelope_id(value)
             if envid is None:
                 return replies.SYNTAX_ERROR
         else:
@@ -166,42 +154,16 @@ def parse_rcpt_parameters(text: str) -> RcptParameters | Reply:
         return items
     for key, _, value in items:
         if key == "NOTIFY":
-            notify = _notify(value)
+            notify = notify_words(value)
             if notify is None:
                 return replies.SYNTAX_ERROR
         elif key == "ORCPT":
-            kind, semicolon, address = value.partition(";")
-            if (
-                not semicolon
-                or not _ADDRESS_TYPE.fullmatch(kind)
-                or _decoded(address, ORCPT_MAX - len(kind) - 1) is None
-            ):
+            if original_recipient(value) is None:
                 return replies.SYNTAX_ERROR
             orcpt = value
         else:
             return replies.PARAMETER_NOT_SUPPORTED
     return RcptParameters(notify, orcpt)
-
-
-def _notify(value: str) -> tuple[str, ...] | None:
-    """NOTIFY's words in canonical order, or None when malformed (NEVER stands alone)."""
-    words = value.upper().split(",")
-    if words == ["NEVER"]:
-        return ("NEVER",)
-    if len(set(words)) != len(words) or not set(words) <= set(NOTIFY_WORDS):
-        return None
-    return tuple(word for word in NOTIFY_WORDS if word in words)
-
-
-def _decoded(value: str, limit: int) -> str | None:
-    """The printable ASCII text the xtext `value` encodes, or None (malformed or too long)."""
-    if len(value) > limit:
-        return None
-    try:
-        text = xtext.decode(value)
-    except xtext.XtextError:
-        return None
-    return text if _PRINTABLE.fullmatch(text) else None
 
 
 def parse_bdat(argument: str) -> tuple[int, bool] | None:

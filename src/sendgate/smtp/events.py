@@ -10,7 +10,7 @@ from dataclasses import dataclass, field
 from enum import Enum
 
 from sendgate.smtp.address import Address
-from sendgate.smtp.commands import RcptParameters
+from sendgate.smtp.dsn import RcptParameters
 from sendgate.smtp.spill import BodySink
 
 

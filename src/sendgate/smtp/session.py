@@ -29,7 +29,6 @@ from sendgate.smtp.commands import (
     LINE_BUFFER_MAX,
     Command,
     MailParameters,
-    RcptParameters,
     line_limit,
     parse_bdat,
     parse_line,
@@ -37,6 +36,7 @@ from sendgate.smtp.commands import (
     parse_rcpt_parameters,
 )
 from sendgate.smtp.data import Content, ContentProblem, DataReader, check_content
+from sendgate.smtp.dsn import RcptParameters
 from sendgate.smtp.events import (
     NEED_DATA,
     AuthAttempt,

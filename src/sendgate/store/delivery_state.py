@@ -40,6 +40,9 @@ class RecipientState:
     host: str | None = None  # the host that gave `reply`, if any
     reply: str | None = None  # remote reply or local reason, one line
     enhanced: str | None = None  # enhanced status code for a DSN, e.g. "5.1.1"
+    # Delivered to a host that does not offer DSN (RFC 3461): a "relayed" report is due if the
+    # sender asked for NOTIFY=SUCCESS. Written only when true.
+    relayed: bool = False
 
 
 @dataclass(frozen=True, slots=True)
@@ -74,18 +77,7 @@ class DeliveryState:
             "next_attempt": self.next_attempt,
             "attempts": self.attempts,
             "delay_notified": self.delay_notified,
-            "recipients": [
-                {
-                    "address": r.address,
-                    "status": r.status,
-                    "attempts": r.attempts,
-                    "last_attempt": r.last_attempt,
-                    "host": r.host,
-                    "reply": None if r.reply is None else one_line(r.reply),
-                    "enhanced": r.enhanced,
-                }
-                for r in self.recipients
-            ],
+            "recipients": [_recipient_record(r) for r in self.recipients],
         }
         return json.dumps(record, ensure_ascii=False, sort_keys=True).encode("utf-8")
 
@@ -121,6 +113,21 @@ _RECIPIENT_KEYS = frozenset(
 )
 
 
+def _recipient_record(row: RecipientState) -> dict[str, Any]:
+    record: dict[str, Any] = {
+        "address": row.address,
+        "status": row.status,
+        "attempts": row.attempts,
+        "last_attempt": row.last_attempt,
+        "host": row.host,
+        "reply": None if row.reply is None else one_line(row.reply),
+        "enhanced": row.enhanced,
+    }
+    if row.relayed:
+        record["relayed"] = True
+    return record
+
+
 def _refuse_constant(name: str) -> float:
     raise ValueError(f"{name} is not a number")
 
@@ -134,6 +141,9 @@ def _exact_keys(raw: Any, keys: frozenset[str]) -> None:
 
 
 def _recipient(item: Any) -> RecipientState:
+    relayed = isinstance(item, dict) and item.get("relayed") is True
+    if relayed:
+        item = {key: value for key, value in item.items() if key != "relayed"}
     _exact_keys(item, _RECIPIENT_KEYS)
     status = item["status"]
     if status not in _STATUSES:
@@ -147,6 +157,7 @@ def _recipient(item: Any) -> RecipientState:
         host=_opt_str(item["host"]),
         reply=_opt_str(item["reply"]),
         enhanced=_opt_str(item["enhanced"]),
+        relayed=relayed,
     )
 
 

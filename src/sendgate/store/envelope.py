@@ -13,11 +13,8 @@ from dataclasses import dataclass, fields
 from typing import Any, TypeVar
 
 from sendgate.errors import SpoolError
-from sendgate.smtp.commands import (
-    ENVID_MAX,
-    RcptParameters,
-    parse_rcpt_parameters,
-)
+from sendgate.smtp.commands import parse_rcpt_parameters
+from sendgate.smtp.dsn import ENVID_MAX, RcptParameters
 
 # Crockford base32, in ascending ASCII order so that ids sort like the numbers they encode.
 _CROCKFORD = "0123456789ABCDEFGHJKMNPQRSTVWXYZ"

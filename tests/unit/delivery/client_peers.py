@@ -17,10 +17,12 @@ from typing import Any
 
 import trustme
 from aiosmtpd.smtp import SMTP, AuthResult, LoginPassword
+from tests.peers.smtp_extensions import ExtendedSMTP
 from tests.support.tls import client_context, server_context
 
 from sendgate.delivery.client import deliver
 from sendgate.delivery.connections import ConnectionCache
+from sendgate.delivery.payload import NO_DSN_REQUEST, DsnRequest
 from sendgate.delivery.target import Outcome, Target, Timeouts, TlsRequirement
 
 MESSAGE = b"From: sender@client.test\r\nTo: rcpt@mx.test\r\nSubject: hi\r\n\r\nHello.\r\n"
@@ -65,6 +67,8 @@ class Delivered:
     content: bytes
     tls: bool
     authenticated: bool
+    mail_params: tuple[str, ...] = ()  # DSN / REQUIRETLS parameters (an ExtendedSMTP peer)
+    rcpt_params: dict[str, tuple[str, ...]] = field(default_factory=dict)
 
 
 @dataclass
@@ -93,6 +97,7 @@ class Handler:
         return "250 2.1.5 OK"
 
     async def handle_DATA(self, server: Any, session: Any, envelope: Any) -> str:  # noqa: N802
+        extended = server if isinstance(server, ExtendedSMTP) else None
         self.messages.append(
             Delivered(
                 envelope.mail_from,
@@ -100,6 +105,8 @@ class Handler:
                 envelope.original_content,
                 session.ssl is not None,
                 bool(session.authenticated),
+                extended.mail_params if extended else (),
+                dict(extended.rcpt_params) if extended else {},
             )
         )
         return self.data_reply
@@ -124,16 +131,27 @@ async def smtpd(
     starttls: ssl.SSLContext | None = None,
     implicit: ssl.SSLContext | None = None,
     connections: list[SMTP] | None = None,
+    dsn: bool = False,
+    requiretls: bool = False,
     **options: Any,
 ) -> AsyncIterator[int]:
     """aiosmtpd on `address` (a free port, yielded), in the test's own event loop.
 
-    Each connection's protocol object is appended to `connections` when given.
+    Each connection's protocol object is appended to `connections` when given. `dsn` and
+    `requiretls` offer those extensions (tests.peers.smtp_extensions).
     """
     loop = asyncio.get_running_loop()
 
     def protocol() -> SMTP:
-        made = SMTP(handler, hostname="mx.test", tls_context=starttls, loop=loop, **options)
+        made = ExtendedSMTP(
+            handler,
+            dsn=dsn,
+            requiretls=requiretls,
+            hostname="mx.test",
+            tls_context=starttls,
+            loop=loop,
+            **options,
+        )
         if connections is not None:
             connections.append(made)
         return made
@@ -278,6 +296,8 @@ async def send(
     timeouts: Timeouts = FAST,
     helo: str = "client.test",
     cache: ConnectionCache | None = None,
+    requiretls: bool = False,
+    dsn: DsnRequest = NO_DSN_REQUEST,
 ) -> Outcome:
     return await deliver(
         to,
@@ -290,6 +310,8 @@ async def send(
         ssl_context=ssl_context,
         timeouts=timeouts,
         cache=cache,
+        requiretls=requiretls,
+        dsn=dsn,
     )
 
 

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import re
 from email import policy
 from email.message import EmailMessage
@@ -279,7 +280,10 @@ def test_delayed_notice() -> None:
     assert "Remote-MTA" not in block
     text = text_of(parts(message)[0])
     assert "keep trying until Sun, 19 Nov 2023 22:13:20 +0000" in text
+    # A delay report returns the header section only: the message is still on its way.
     assert parts(message)[2]["Content-Description"] == "Delayed message"
+    assert parts(message)[2].get_content_type() == "text/rfc822-headers"
+    assert raw_bodies(dsn)[2] == ORIGINAL[: ORIGINAL.index(b"\r\n\r\n") + 2]
 
 
 def test_delayed_notice_without_retry_limit_has_no_will_retry_until() -> None:
@@ -414,7 +418,11 @@ def test_no_bounce_for_a_bounce(sender: str) -> None:
     ("overrides", "error"),
     [
         ({"notices": []}, "at least one"),
-        ({"notices": [DELAYED.__class__("x@y", "relayed", "2.0.0", None, None, None)]}, "action"),
+        ({"notices": [RecipientNotice("x@y", "expanded", "2.0.0", None, None, None)]}, "action"),
+        ({"notices": [dataclasses.replace(FAILED, original_recipient="rfc822")]}, "ORCPT"),
+        ({"notices": [dataclasses.replace(FAILED, original_recipient="a b;x")]}, "ORCPT"),
+        ({"notices": [dataclasses.replace(FAILED, original_recipient="rfc822;a+")]}, "ORCPT"),
+        ({"envelope_id": "a\r\nb"}, "envelope id"),
         ({"notices": [RecipientNotice("x@y", "failed", "5.1", None, None, None)]}, "status"),
         ({"notices": [RecipientNotice("", "failed", "5.1.1", None, None, None)]}, "recipient"),
         ({"reporting_host": "mail example"}, "reporting host"),
@@ -452,7 +460,8 @@ def test_any_reply_or_recipient_keeps_the_message_well_formed(
     message = parse(dsn)
     assert not message.defects
     assert len(parts(message)) == 3
-    assert raw_bodies(dsn)[2] == ORIGINAL
+    returned = ORIGINAL[: ORIGINAL.index(b"\r\n\r\n") + 2] if delayed else ORIGINAL
+    assert raw_bodies(dsn)[2] == returned
     blocks = status_blocks(dsn)
     assert len(blocks) == 1 + len(notices)
     written = [block["Final-Recipient"].partition("; ") for block in blocks[1:]]
@@ -481,3 +490,60 @@ def test_original_without_header_section_over_the_bound_is_left_out() -> None:
     assert len(parts(parse(dsn))) == 2
     small = build(original=original)
     assert raw_bodies(small)[2] == original
+
+
+# --- the sender's requests: RFC 3461 (RET, ENVID, NOTIFY=SUCCESS, ORCPT), RFC 8689 ---
+
+RELAYED = RecipientNotice(
+    recipient="dave@example.net",
+    action="relayed",
+    status="2.0.0",
+    remote_mta="mx1.example.net",
+    diagnostic="250 2.0.0 Ok: queued as 42",
+    last_attempt=NOW - 30,
+    original_recipient="rfc822;Dave+2BLists@example.net",
+)
+
+
+def test_relay_report_for_notify_success() -> None:
+    dsn = build(notices=[RELAYED], envelope_id="QQ314159")
+    message = parse(dsn)
+    assert message["Subject"] == "Successful Mail Delivery Report"
+    head, block = status_blocks(dsn)
+    assert head["Original-Envelope-Id"] == "QQ314159"
+    assert next(iter(head)) == "Original-Envelope-Id"  # RFC 3464 2.2: before Reporting-MTA
+    assert block["Original-Recipient"] == "rfc822; Dave+Lists@example.net"
+    assert list(block)[:2] == ["Original-Recipient", "Final-Recipient"]
+    assert block["Action"] == "relayed"
+    assert block["Status"] == "2.0.0"
+    text = text_of(parts(message)[0])
+    assert "<dave@example.net>: relayed (status 2.0.0)." in text
+    assert "sends no delivery reports" in text
+    assert "could not be delivered" not in text
+    assert parts(message)[2]["Content-Description"] == "Relayed message"
+    assert parts(message)[2].get_content_type() == "text/rfc822-headers"
+    assert_wire_safe(dsn)
+
+
+def test_ret_hdrs_returns_only_the_header_section_of_a_failure() -> None:
+    full = build(return_content="FULL")
+    assert parts(parse(full))[2].get_content_type() == "message/rfc822"
+    headers = build(return_content="HDRS")
+    assert parts(parse(headers))[2].get_content_type() == "text/rfc822-headers"
+    assert b"See you at noon." not in headers.message
+
+
+def test_a_requiretls_message_is_reported_redacted() -> None:
+    original = ORIGINAL.replace(b"Subject: lunch\r\n", b"Subject: the merger,\r\n\tsecret\r\n")
+    dsn = build(original=original, redact=True, return_content="FULL")
+    attached = raw_bodies(dsn)[2]
+    assert parts(parse(dsn))[2].get_content_type() == "text/rfc822-headers"
+    assert b"merger" not in dsn.message
+    assert b"secret" not in dsn.message
+    assert b"See you at noon." not in dsn.message
+    assert attached == (
+        b"From: Alice <alice@example.org>\r\n"
+        b"To: bob@example.net\r\n"
+        b"Message-ID: <m1@example.org>\r\n"
+    )
+    assert_wire_safe(dsn)

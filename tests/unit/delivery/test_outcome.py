@@ -16,6 +16,7 @@ from hypothesis import strategies as st
 from sendgate.config.schema import DeliveryConfig
 from sendgate.delivery import outcome
 from sendgate.delivery.target import Outcome, RemoteReply
+from sendgate.smtp.dsn import RcptParameters
 from sendgate.store.delivery_state import (
     DELIVERED,
     FAILED,
@@ -122,10 +123,21 @@ def test_every_recipient_accepted_is_sent() -> None:
     assert verdict.reply == "250 2.0.0 queued"
     assert not verdict.try_next_host
     assert verdict.retry_elsewhere == []
+    # The host offered no DSN: a report of the relay is owed if the sender asks for one.
     assert verdict.rows[0] == RecipientState(
-        BOB, DELIVERED, 1, NOW, "mx1", "250 2.0.0 queued", "2.0.0"
+        BOB, DELIVERED, 1, NOW, "mx1", "250 2.0.0 queued", "2.0.0", relayed=True
     )
     assert verdict.rows[1].status == DELIVERED
+
+
+def test_a_host_offering_dsn_takes_over_the_reports() -> None:
+    reported = dataclasses.replace(transaction(bob_example=OK, carol_example=NO_USER), dsn=True)
+    verdict = outcome.judge_transaction(
+        (BOB, CAROL), [0, 1], rows(BOB, CAROL), "mx1", reported, NOW
+    )
+    assert verdict.rows[0].status == DELIVERED
+    assert not verdict.rows[0].relayed
+    assert not verdict.rows[1].relayed  # failed: never "relayed"
 
 
 def test_mixed_replies_are_counted_in_the_result() -> None:
@@ -278,14 +290,57 @@ def test_notices_name_each_reported_recipient_in_envelope_order() -> None:
             2: RecipientState(DAVE, PENDING, 1, NOW, None, None, None),
         }
     )
-    notices = outcome.notices(state, [0], [2])
+    notices = outcome.notices(state, envelope(BOB, CAROL, DAVE), [0], [2])
     assert [(n.recipient, n.action, n.status) for n in notices] == [
         (BOB, "failed", "5.1.1"),
         (DAVE, "delayed", "4.0.0"),
     ]
     assert (notices[0].remote_mta, notices[0].diagnostic) == ("mx1", "550 5.1.1 no")
-    bare = outcome.notices(DeliveryState.fresh((BOB,)), [0], [])
+    bare = outcome.notices(DeliveryState.fresh((BOB,)), envelope(BOB), [0], [])
     assert bare[0].status == "5.0.0"
+    assert bare[0].original_recipient is None
+
+
+@pytest.mark.parametrize(
+    ("notify", "failed", "delayed", "relayed"),
+    [
+        (None, True, True, False),  # the default: failures and delays, no success reports
+        (("NEVER",), False, False, False),
+        (("SUCCESS",), False, False, True),
+        (("FAILURE",), True, False, False),
+        (("DELAY",), False, True, False),
+        (("SUCCESS", "FAILURE", "DELAY"), True, True, True),
+    ],
+)
+def test_notices_follow_each_recipients_notify(
+    notify: tuple[str, ...] | None, failed: bool, delayed: bool, relayed: bool
+) -> None:
+    params = RcptParameters(notify, "rfc822;x+2By@example.org")
+    env = dataclasses.replace(envelope(BOB, CAROL, DAVE), rcpt_params=(params,) * 3)
+    state = DeliveryState.fresh((BOB, CAROL, DAVE))
+    notices = outcome.notices(state, env, [0], [1], [2])
+    assert [n.action for n in notices] == [
+        action
+        for action, wanted in (("failed", failed), ("delayed", delayed), ("relayed", relayed))
+        if wanted
+    ]
+    assert all(n.original_recipient == "rfc822;x+2By@example.org" for n in notices)
+    if relayed:
+        assert notices[-1].status == "2.0.0"
+
+
+def test_conclude_names_recipients_newly_relayed() -> None:
+    before = DeliveryState.fresh((BOB, CAROL, DAVE)).with_results(
+        {2: RecipientState(DAVE, DELIVERED, 1, NOW, "mx1", "250 ok", "2.0.0", relayed=True)}
+    )
+    after = before.with_results(
+        {
+            0: RecipientState(BOB, DELIVERED, 1, NOW, "mx1", "250 ok", "2.0.0", relayed=True),
+            1: RecipientState(CAROL, DELIVERED, 1, NOW, "mx2", "250 ok", "2.0.0"),
+        }
+    )
+    verdict = outcome.conclude(before, after, envelope(BOB, CAROL, DAVE), NOW, SETTINGS)
+    assert verdict.relayed == [0]  # dave was relayed before; carol's host reports itself
 
 
 # --- the next attempt --------------------------------------------------------------------------

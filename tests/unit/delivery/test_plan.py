@@ -468,3 +468,57 @@ def _config_with_ca(tmp_path: Path, ca_file: Path) -> Config:
     )
     base = load_config(path)
     return dataclasses.replace(base, delivery=dataclasses.replace(base.delivery, ca_file=ca_file))
+
+
+# --- REQUIRETLS (RFC 8689 4.2.1): authenticated MX names, verified certificates -------------------
+
+
+def _requiretls_targets(planner: Planner, domain: str) -> list[Target]:
+    return asyncio.run(planner.targets(domain, requiretls=True))
+
+
+def test_requiretls_to_a_dnssec_mx_verifies_the_host_name(dns: ZoneServer) -> None:
+    _secure_mx(dns, ("mx1.example.org", "192.0.2.1"))
+    [target] = _requiretls_targets(_planner(dns), "example.org")
+    assert target.tls == TlsRequirement(
+        mode="required", verify="pkix", names=("mx1.example.org",), reason="requiretls"
+    )
+    # Without REQUIRETLS the same host is opportunistic.
+    assert _targets(_planner(dns), "example.org")[0].tls.mode == "opportunistic"
+
+
+def test_requiretls_keeps_dane_and_verifies_where_tlsa_records_are_unusable(
+    dns: ZoneServer,
+) -> None:
+    _secure_mx(dns, ("mx1.example.org", "192.0.2.1"), ("mx2.example.org", "192.0.2.2"))
+    dns.add("_25._tcp.mx1.example.org", "TLSA", f"3 1 1 {SHA256}")
+    dns.add("_25._tcp.mx2.example.org", "TLSA", f"1 1 1 {SHA256}")  # PKIX-EE: unusable
+    first, second = _requiretls_targets(_planner(dns), "example.org")
+    assert (first.tls.verify, first.tls.reason) == ("dane", "dane")
+    assert (second.tls.verify, second.tls.names, second.tls.reason) == (
+        "pkix",
+        ("mx2.example.org",),
+        "requiretls",
+    )
+
+
+def test_requiretls_to_an_unsigned_mx_without_mta_sts_fails_for_good(dns: ZoneServer) -> None:
+    dns.add("example.org", "MX", "10 mx1.example.org.")
+    dns.add("mx1.example.org", "A", "192.0.2.1")
+    with pytest.raises(PlanError) as caught:
+        _requiretls_targets(_planner(dns), "example.org")
+    error = caught.value
+    assert (error.permanent, error.status) == (True, "5.7.30")
+    assert "REQUIRETLS: no MX host of example.org is authenticated" in str(error)
+    assert "mx1.example.org" in str(error)
+
+
+def test_requiretls_refuses_a_plaintext_route_and_keeps_a_tls_one(dns: ZoneServer) -> None:
+    plain = _relay("example.org", host="127.0.0.1", tls="none")
+    with pytest.raises(PlanError) as caught:
+        _requiretls_targets(_planner(dns, [plain]), "example.org")
+    assert (caught.value.permanent, caught.value.status) == (True, "5.7.30")
+    assert "does not use TLS" in str(caught.value)
+    verified = _relay("example.org", host="192.0.2.9", tls="starttls")
+    [target] = _requiretls_targets(_planner(dns, [verified]), "example.org")
+    assert (target.tls.mode, target.tls.verify) == ("required", "pkix")

@@ -10,13 +10,13 @@ from sendgate.smtp.commands import (
     MAIL_LINE_MAX,
     Command,
     MailParameters,
-    RcptParameters,
     line_limit,
     parse_bdat,
     parse_line,
     parse_mail_parameters,
     parse_rcpt_parameters,
 )
+from sendgate.smtp.dsn import RcptParameters
 from sendgate.smtp.replies import Reply
 
 MAX = 10_000

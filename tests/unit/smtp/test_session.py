@@ -25,7 +25,7 @@ from tests.support.session import (
 from sendgate.smtp import replies
 from sendgate.smtp import session as session_module
 from sendgate.smtp.address import Address
-from sendgate.smtp.commands import RcptParameters
+from sendgate.smtp.dsn import RcptParameters
 from sendgate.smtp.events import (
     NEED_DATA,
     AuthAttempt,

@@ -3,6 +3,7 @@
 import json
 import random
 import re
+from typing import Any
 
 import pytest
 from hypothesis import given
@@ -10,7 +11,7 @@ from hypothesis import strategies as st
 from tests.support.mail import make_envelope
 
 from sendgate.errors import SpoolError
-from sendgate.smtp.commands import RcptParameters
+from sendgate.smtp.dsn import RcptParameters
 from sendgate.store.envelope import Envelope, new_queue_id, queue_id_time
 
 ID_PATTERN = re.compile(r"[0-7][0-9A-HJKMNP-TV-Z]{17}")
@@ -118,7 +119,7 @@ def test_dsn_and_requiretls_fields_round_trip_and_are_absent_when_unset() -> Non
     ],
 )
 def test_envelope_refuses_dsn_fields_it_could_not_read_back(
-    changes: dict[str, object], problem: str
+    changes: dict[str, Any], problem: str
 ) -> None:
     with pytest.raises(SpoolError, match=re.escape(problem)):
         make_envelope("01HX0000000000ABCD", **changes)
