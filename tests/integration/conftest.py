@@ -118,9 +118,7 @@ class World:
 
     # --- the queue -------------------------------------------------------------------------
 
-    def queue(
-        self, sender: str, recipients: tuple[str, ...], message: bytes, **fields: Any
-    ) -> str:
+    def queue(self, sender: str, recipients: tuple[str, ...], message: bytes, **fields: Any) -> str:
         """Queue `message`; `fields` sets more envelope fields (ret, envid, requiretls, ...)."""
         queue_id = self.spool.new_id()
         self.spool.put(

@@ -28,14 +28,14 @@ def _sender_mailbox(world: World) -> None:
 
 def _report(delivered: Delivered) -> tuple[EmailMessage, list[dict[str, str]], bytes]:
     """The report's message, its delivery-status blocks, and the returned part's bytes."""
-    parsed = cast(
-        EmailMessage, email.message_from_bytes(delivered.content, policy=email.policy.default)
-    )
+    parsed = email.message_from_bytes(delivered.content, policy=email.policy.default)
     assert parsed.get_content_type() == "multipart/report"
     parts = [cast(EmailMessage, part) for part in parsed.iter_parts()]
     status = parts[1].get_payload()
     assert isinstance(status, list)
-    blocks = [{key: str(value) for key, value in block.items()} for block in status]
+    blocks = [
+        {key: str(value) for key, value in cast(EmailMessage, block).items()} for block in status
+    ]
     returned = parts[2].as_bytes() if len(parts) > 2 else b""
     return parsed, blocks, returned
 
@@ -126,9 +126,7 @@ def test_notify_never_silences_a_bounce_and_ret_hdrs_returns_headers_only(world:
 def test_requiretls_reaches_a_dnssec_mx_over_verified_tls(world: World, ca: trustme.CA) -> None:
     world.dns.set_secure("example.org")
     world.mx("example.org", (10, "mx1.example.org", "127.0.60.2"))
-    receiver = world.receiver(
-        "127.0.60.2", leaf=ca.issue_cert("mx1.example.org"), requiretls=True
-    )
+    receiver = world.receiver("127.0.60.2", leaf=ca.issue_cert("mx1.example.org"), requiretls=True)
     world.queue(ALICE, (BOB,), message_bytes(ALICE, BOB), requiretls=True)
 
     world.deliver()
@@ -168,9 +166,7 @@ def test_requiretls_bounces_redacted_when_the_mx_does_not_offer_it(
 def test_requiretls_bounces_when_no_mx_name_is_authenticated(world: World, ca: trustme.CA) -> None:
     world.mx("example.org", (10, "mx1.example.org", "127.0.60.2"))  # not DNSSEC-signed
     _sender_mailbox(world)
-    receiver = world.receiver(
-        "127.0.60.2", leaf=ca.issue_cert("mx1.example.org"), requiretls=True
-    )
+    receiver = world.receiver("127.0.60.2", leaf=ca.issue_cert("mx1.example.org"), requiretls=True)
     home = world.receiver("127.0.60.5")
     world.queue(ALICE, (BOB,), message_bytes(ALICE, BOB), requiretls=True)
 
@@ -219,9 +215,7 @@ def test_requiretls_trusts_an_mx_named_by_an_mta_sts_policy_in_testing_mode(
         {"/.well-known/mta-sts.txt": (200, "text/plain", policy)},
     )
     world.mx("example.org", (10, "mx1.example.org", "127.0.60.2"))
-    receiver = world.receiver(
-        "127.0.60.2", leaf=ca.issue_cert("mx1.example.org"), requiretls=True
-    )
+    receiver = world.receiver("127.0.60.2", leaf=ca.issue_cert("mx1.example.org"), requiretls=True)
     world.queue(ALICE, (BOB,), message_bytes(ALICE, BOB), requiretls=True)
 
     world.deliver()

@@ -4,9 +4,9 @@ Each `Receiver` listens on (address, port) with optional STARTTLS (a trustme cer
 records every message it accepts (envelope and exact bytes), and answers according to a script:
 `data_replies` is consumed one reply per DATA (then "250 OK" for ever), `reject_rcpt` maps
 addresses to an error reply. With `dsn` / `requiretls` it offers those extensions
-(tests.peers.smtp_extensions) and records the parameters each message came with. `received` is a thread-safe list; `wait_for(n)` blocks on a
-condition, never on a sleep. Stopping it ends the connections still open (a sender may keep
-idle ones cached).
+(tests.peers.smtp_extensions) and records the parameters each message came with. `received`
+is a thread-safe list; `wait_for(n)` blocks on a condition, never on a sleep. Stopping it ends
+the connections still open (a sender may keep idle ones cached).
 
 Security: test code only; listens on loopback only.
 """
