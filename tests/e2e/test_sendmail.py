@@ -119,3 +119,20 @@ def test_refusals_have_sysexits_codes(local: tuple[Instance, ServerProcess, Path
     down = sendmail(sock, ["bob@example.org"], body)
     assert down.returncode == 75  # EX_TEMPFAIL: the caller tries again later
     assert down.stderr.startswith(b"sendmail: cannot reach the server at ")
+
+
+def test_n_r_and_v_ask_for_delivery_reports(
+    local: tuple[Instance, ServerProcess, Path],
+) -> None:
+    made, running, sock = local
+    message = b"Subject: backup\n\ndone\n"
+    done = sendmail(
+        sock, ["-N", "success, delay", "-R", "hdrs", "-V", "backup 7", "bob@example.org"], message
+    )
+    assert (done.returncode, done.stderr) == (0, b"")
+    running.wait_for(r"event=accepted .*client=local ")
+    [queue_id] = made.queue_ids()
+    envelope = made.spool().envelope(queue_id)
+    assert (envelope.ret, envelope.envid) == ("HDRS", "backup 7")
+    assert envelope.notify(0) == ("SUCCESS", "DELAY")
+    assert not envelope.requiretls  # the local socket has no TLS, so it offers no REQUIRETLS

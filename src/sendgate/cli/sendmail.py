@@ -9,8 +9,10 @@ temporary failure (exit 75) for the caller to retry, as a full queue is for send
 
 Options: `-t` (recipients from To:, Cc: and Bcc:, and Bcc: removed), `-i` and `-oi` (a line
 holding only "." does not end the message), `-f ADDRESS` / `-r ADDRESS` (the envelope sender,
-else the account), `-F NAME` (the name in a From: line added when the message has none);
-accepted and ignored: `-bm`, `-oXXX`, `-B TYPE`, `-v`, `-N`, `-R`, `-V`, `-X`. Exit codes are
+else the account), `-F NAME` (the name in a From: line added when the message has none),
+and the delivery report requests of RFC 3461 as Postfix's sendmail takes them: `-N never` or
+`-N success,delay,failure` (NOTIFY for every recipient), `-R full|hdrs` (RET), `-V ENVID`;
+accepted and ignored: `-bm`, `-oXXX`, `-B TYPE`, `-v`, `-X`. Exit codes are
 sysexits.h's: 0, 64 usage, 65 message refused, 67 recipient refused, 69 unavailable, 75 try
 again later, 77 not allowed.
 
@@ -30,6 +32,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 
 from sendgate.cli.command import Group
+from sendgate.smtp import dsn, xtext
 
 DEFAULT_SOCKET = "/run/sendgate/sendmail.sock"
 ENVIRONMENT = "SENDGATE_SENDMAIL_SOCKET"
@@ -67,7 +70,10 @@ def _parser() -> _Parser:
     parser.add_argument("-F", dest="full_name")
     parser.add_argument("-o", action="append", default=[], dest="options")
     parser.add_argument("-b", dest="mode", default="m")
-    for ignored in ("-B", "-N", "-R", "-V", "-X"):
+    parser.add_argument("-N", dest="notify")
+    parser.add_argument("-R", dest="ret")
+    parser.add_argument("-V", dest="envid")
+    for ignored in ("-B", "-X"):
         parser.add_argument(ignored)
     parser.add_argument("-v", action="store_true")
     parser.add_argument("recipients", nargs="*")
@@ -168,7 +174,45 @@ def _status(code: int, refused: int) -> int:
     return EX_TEMPFAIL if 400 <= code < 500 else refused
 
 
-def _send(path: str, prepared: Prepared, sender: str | None, full_name: str | None) -> None:
+@dataclass(frozen=True, slots=True)
+class Reports:
+    """The RFC 3461 requests of -N, -R and -V, as MAIL and RCPT parameters."""
+
+    mail: tuple[str, ...] = ()
+    rcpt: tuple[str, ...] = ()
+
+
+def reports(notify: str | None, ret: str | None, envid: str | None) -> Reports:
+    """-N, -R and -V as SMTP parameters; SendmailError (EX_USAGE) for a value they cannot take."""
+    mail: list[str] = []
+    rcpt: list[str] = []
+    if ret is not None:
+        if ret.lower() not in ("full", "hdrs"):
+            raise SendmailError(EX_USAGE, f"-R takes full or hdrs, not {ret!r}")
+        mail.append("RET=" + ret.upper())
+    if envid is not None:
+        printable = envid.isascii() and envid.isprintable()
+        encoded = xtext.encode(envid) if envid and printable else ""
+        if dsn.envelope_id(encoded) is None:
+            raise SendmailError(EX_USAGE, "-V takes 1 to 100 printable ASCII characters")
+        mail.append("ENVID=" + encoded)
+    if notify is not None:
+        words = dsn.notify_words(",".join(w.strip() for w in notify.split(",")))
+        if words is None:
+            raise SendmailError(
+                EX_USAGE, f"-N takes never, or some of success, delay, failure; not {notify!r}"
+            )
+        rcpt.append("NOTIFY=" + ",".join(words))
+    return Reports(tuple(mail), tuple(rcpt))
+
+
+def _send(
+    path: str,
+    prepared: Prepared,
+    sender: str | None,
+    full_name: str | None,
+    requests: Reports = Reports(),
+) -> None:
     try:
         client = _LocalSmtp(path)
         code, greeting = client.connect("localhost")
@@ -185,11 +229,11 @@ def _send(path: str, prepared: Prepared, sender: str | None, full_name: str | No
         if sender is None:
             raise SendmailError(EX_USAGE, "no sender: give -f ADDRESS")
         client.ehlo()
-        code, reply = client.mail(sender)
+        code, reply = client.mail(sender, list(requests.mail))
         if code != 250:
             raise SendmailError(_status(code, EX_NOPERM), f"sender {sender}: {code} {_text(reply)}")
         for recipient in prepared.recipients:
-            code, reply = client.rcpt(recipient)
+            code, reply = client.rcpt(recipient, list(requests.rcpt))
             if code not in (250, 251):
                 raise SendmailError(
                     _status(code, EX_NOUSER), f"recipient {recipient}: {code} {_text(reply)}"
@@ -213,10 +257,11 @@ def sendmail_main(argv: Sequence[str]) -> int:
         if args.mode != "m":
             raise SendmailError(EX_USAGE, f"-b{args.mode} is not supported (only -bm)")
         dot_ends = not (args.no_dot or "i" in args.options)
+        requests = reports(args.notify, args.ret, args.envid)
         raw = sys.stdin.buffer.read()
         prepared = prepare(raw, args.recipients, from_headers=args.from_headers, dot_ends=dot_ends)
         path = os.environ.get(ENVIRONMENT) or DEFAULT_SOCKET
-        _send(path, prepared, args.sender, args.full_name)
+        _send(path, prepared, args.sender, args.full_name, requests)
     except SendmailError as failure:
         print(f"sendmail: {failure}", file=sys.stderr)
         return failure.status

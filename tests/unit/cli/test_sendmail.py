@@ -12,7 +12,15 @@ from hypothesis import given
 from hypothesis import strategies as st
 
 from sendgate.cli import main
-from sendgate.cli.sendmail import EX_TEMPFAIL, EX_USAGE, Prepared, SendmailError, prepare
+from sendgate.cli.sendmail import (
+    EX_TEMPFAIL,
+    EX_USAGE,
+    Prepared,
+    Reports,
+    SendmailError,
+    prepare,
+    reports,
+)
 
 MESSAGE = (
     b"To: Bob <bob@example.org>, carol@example.net\n"
@@ -103,3 +111,38 @@ def test_the_command_line(
     monkeypatch.setattr("sys.stdin", io.TextIOWrapper(io.BytesIO(b"Subject: x\n\nhi\n")))
     assert main(argv) == status
     assert capsys.readouterr() == ("", message)
+
+
+@pytest.mark.parametrize(
+    ("notify", "ret", "envid", "expected"),
+    [
+        (None, None, None, Reports()),
+        ("never", None, None, Reports((), ("NOTIFY=NEVER",))),
+        ("failure, success", "FULL", None, Reports(("RET=FULL",), ("NOTIFY=SUCCESS,FAILURE",))),
+        (None, "hdrs", "job=7 run", Reports(("RET=HDRS", "ENVID=job+3D7+20run"), ())),
+    ],
+)
+def test_n_r_and_v_become_dsn_parameters(
+    notify: str | None, ret: str | None, envid: str | None, expected: Reports
+) -> None:
+    assert reports(notify, ret, envid) == expected
+
+
+@pytest.mark.parametrize(
+    ("notify", "ret", "envid", "problem"),
+    [
+        ("sometimes", None, None, "-N takes never"),
+        ("never,success", None, None, "-N takes never"),
+        (None, "body", None, "-R takes full or hdrs"),
+        (None, None, "x" * 101, "-V takes 1 to 100"),
+        (None, None, "caf\u00e9", "-V takes 1 to 100"),
+        (None, None, "a\tb", "-V takes 1 to 100"),
+        (None, None, "", "-V takes 1 to 100"),
+    ],
+)
+def test_bad_report_requests_are_usage_errors(
+    notify: str | None, ret: str | None, envid: str | None, problem: str
+) -> None:
+    with pytest.raises(SendmailError, match=problem) as caught:
+        reports(notify, ret, envid)
+    assert caught.value.status == EX_USAGE
