@@ -111,12 +111,17 @@ _EXTRA_LINES = (
     b"EXPN list",
     b"SIZE=100 BODY=7BIT",
     b"0 last",
+    b"MAIL FROM:<a@example.org> RET=HDRS ENVID=QQ+2B1 REQUIRETLS",
+    b"RCPT TO:<b@example.org> NOTIFY=SUCCESS,DELAY ORCPT=rfc822;b+2Bx@example.org",
+    b"NOTIFY=NEVER ORCPT=utf-8;j\\x{00F6}rg@example.org",
 )
 
 
 def commands() -> list[bytes]:
     lines = [*client_lines(), *_EXTRA_LINES]
-    return [with_options(line, 3, whole) for line in lines for whole in (0, 1)]
+    return [
+        with_options(line, 3, whole, tls) for line in lines for whole in (0, 1) for tls in (0, 1)
+    ]
 
 
 _PATHS = (
@@ -273,6 +278,7 @@ _UNICODE = ("\u017f", "\u0131", "\u212a", "\u0130", "\u00df", "\ufb05", "\u00a0"
 _WORDS: dict[str, tuple[str, ...]] = {
     "commands": (
         *("MAIL FROM:<", "RCPT TO:<", "SIZE=", "BODY=8BITMIME", "SMTPUTF8", "AUTH=<>"),
+        *("RET=HDRS", "ENVID=", "REQUIRETLS", "NOTIFY=", "SUCCESS,", "ORCPT=rfc822;", "+2B"),
         *("BDAT ", " LAST", "DATA", "EHLO ", "STARTTLS", "AUTH PLAIN ", "QUIT"),
     ),
     "address": ("<", ">", "@", "[IPv6:", "]", '"', "\\", "xn--", "postmaster", ":", ","),

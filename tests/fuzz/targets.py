@@ -62,8 +62,10 @@ from sendgate.smtp.commands import (
     parse_bdat,
     parse_line,
     parse_mail_parameters,
+    parse_rcpt_parameters,
 )
 from sendgate.smtp.data import Content, DataReader, check_content, dot_stuff, dot_unstuff
+from sendgate.smtp.dsn import NOTIFY_WORDS, RcptParameters, original_recipient
 from sendgate.smtp.events import MessageReceived, NeedData
 from sendgate.smtp.replies import Reply
 from sendgate.smtp.sasl import MECHANISMS, Challenge, SaslExchange
@@ -109,15 +111,18 @@ _PARAMETER_REFUSALS = (
     replies.SYNTAX_ERROR,
     replies.MESSAGE_TOO_BIG,
     replies.PARAMETER_NOT_SUPPORTED,
+    replies.REQUIRETLS_NEEDS_TLS,
 )
 _BDAT_ARGUMENT = re.compile(r"[0-9]{1,20}(?: +[Ll][Aa][Ss][Tt])? *")
 
 
 def fuzz_commands(data: bytes) -> None:
-    """parse_line, parse_mail_parameters, parse_bdat and line_limit on one command line."""
+    """parse_line, parse_mail_parameters, parse_rcpt_parameters, parse_bdat and line_limit on
+    one command line."""
     fdp = Provider(data)
     max_size = fdp.pick(_MAX_SIZES)
     whole_line = fdp.option(2) == 1  # parameters from the whole line, not the argument
+    tls = fdp.option(2) == 1
     line = fdp.rest()
     parsed = parse_line(line)
     if isinstance(parsed, Reply):
@@ -134,16 +139,34 @@ def fuzz_commands(data: bytes) -> None:
         assert parsed.argument.encode() in line
         assert line_limit(parsed.verb) in (COMMAND_LINE_MAX, MAIL_LINE_MAX, AUTH_LINE_MAX)
         argument = _text(line) if whole_line else parsed.argument
-    params = parse_mail_parameters(argument, max_size)
+    params = parse_mail_parameters(argument, max_size, tls=tls)
     if isinstance(params, Reply):
         assert params in _PARAMETER_REFUSALS, params
+        if params is replies.REQUIRETLS_NEEDS_TLS:
+            assert not tls
+            assert "REQUIRETLS" in argument.upper()
     else:
         assert isinstance(params, MailParameters)
         assert params.size is None or 0 <= params.size <= max_size
         assert params.body in ("7BIT", "8BITMIME")
+        assert params.ret in (None, "FULL", "HDRS")
+        assert params.envid is None or _PRINTABLE_ASCII.fullmatch(params.envid)
+        assert tls or not params.requiretls
         if not _CONTROL.search(argument):
             # RFC 5321 esmtp-param: ASCII keywords and values, separated by spaces.
             assert _PRINTABLE_ASCII.fullmatch(argument), argument
+    rcpt = parse_rcpt_parameters(argument)
+    if isinstance(rcpt, Reply):
+        assert rcpt in (replies.SYNTAX_ERROR, replies.PARAMETER_NOT_SUPPORTED), rcpt
+    else:
+        assert isinstance(rcpt, RcptParameters)
+        notify = rcpt.notify
+        assert (
+            notify is None
+            or notify == ("NEVER",)
+            or list(notify) == sorted(notify, key=NOTIFY_WORDS.index)
+        )
+        assert rcpt.orcpt is None or original_recipient(rcpt.orcpt) is not None
     chunk = parse_bdat(argument)
     if chunk is not None:
         size, _ = chunk
