@@ -13,11 +13,14 @@ a closed socket, never into an exception that reaches the listener.
 from __future__ import annotations
 
 import asyncio
+import contextlib
+import fcntl
 import functools
 import itertools
 import socket
 import ssl
 import struct
+import termios
 from collections.abc import Awaitable
 from typing import Protocol, cast
 
@@ -41,6 +44,8 @@ from sendgate.smtp.spill import BLOCK, SPILL_AT, BodySink, SinkFactory
 
 _conn_ids = itertools.count(1)
 _UCRED = struct.Struct("3i")  # struct ucred: pid, uid, gid
+_LINGER_RESET = struct.pack("ii", 1, 0)  # SO_LINGER on, 0 s: close() sends RST, drops the queue
+_OUTQ = struct.Struct("i")  # TIOCOUTQ (SIOCOUTQ on a socket): the unacknowledged send queue
 # Seconds a MAIL FROM SIZE= reservation of memory lasts if no content follows: a client must
 # not keep the room others wait for by sending NOOPs in an open transaction.
 RESERVATION_HOLD = 30.0
@@ -551,7 +556,7 @@ class SmtpConnection(asyncio.Protocol):
         if self._transport is not None:
             self._transport.close()
             self._abort_timer = self._loop.call_later(
-                self._server.close_grace, self._transport.abort
+                self._server.close_grace, _reset, self._transport
             )
             self._server.lingering(self, True)  # its descriptor is in use until it has gone
         elif self._sock is not None:  # 465, refused or stopped before the handshake
@@ -594,18 +599,23 @@ class SmtpConnection(asyncio.Protocol):
             self._idle_timer = self._loop.call_later(wait, self._idle_check)
             return
         self._log.event("timeout", "warning", kind="idle")
-        if self._session is not None:  # never a plaintext reply into a TLS handshake
-            self._write(replies.IDLE_TIMEOUT.encode())
-        self._abort_soon()
+        # Never a plaintext reply into a TLS handshake.
+        self._abort_soon(replies.IDLE_TIMEOUT if self._session is not None else None)
 
     def _session_expired(self) -> None:
         self._log.event("timeout", "warning", kind="session")
-        self._write(replies.SESSION_TOO_LONG.encode())
-        self._abort_soon()
+        self._abort_soon(replies.SESSION_TOO_LONG)
 
-    def _abort_soon(self) -> None:
+    def _abort_soon(self, reply: Reply | None) -> None:
         if self._session is not None:
             self._session.close()
+        transport = self._transport
+        if transport is not None and _unsent(transport):
+            # Replies older than the deadline still wait in the kernel: the client reads
+            # nothing, so no reply can reach it, and a plain close would leave them queued.
+            _reset(transport)
+        elif reply is not None:
+            self._write(reply.encode())
         self._close()
 
     # --- making room under pressure (called by the worker) ---
@@ -655,9 +665,32 @@ class SmtpConnection(asyncio.Protocol):
 
     def abort(self) -> None:
         if self._transport is not None:
-            self._transport.abort()
+            _reset(self._transport)
         else:
             self._close()
+
+
+def _unsent(transport: asyncio.BaseTransport) -> int:
+    """Octets the kernel still holds for the peer (sent but not acknowledged, or not sent)."""
+    sock = transport.get_extra_info("socket")
+    if sock is None:
+        return 0
+    try:
+        raw = fcntl.ioctl(sock.fileno(), termios.TIOCOUTQ, bytes(_OUTQ.size))
+    except OSError:
+        return 0
+    return int(_OUTQ.unpack(raw)[0])
+
+
+def _reset(transport: asyncio.BaseTransport) -> None:
+    """Drop the connection now, with a reset: a plain close of a socket whose peer reads
+    nothing leaves the unsent replies (up to the send buffer, megabytes) in the kernel for
+    minutes behind a FIN that cannot go, and a client blocked in a write never learns of it."""
+    sock = transport.get_extra_info("socket")
+    if sock is not None:
+        with contextlib.suppress(OSError):  # already gone: abort() is all there is to do
+            sock.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, _LINGER_RESET)
+    cast(asyncio.Transport, transport).abort()
 
 
 def _discard(body: BodySink, _done: asyncio.Task[None]) -> None:

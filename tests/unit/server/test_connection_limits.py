@@ -15,6 +15,7 @@ import socket
 import threading
 from collections.abc import Iterator
 from contextlib import contextmanager
+from pathlib import Path
 
 import pytest
 from tests.support.tls import client_hello
@@ -175,17 +176,32 @@ def _flood_unread(sock: socket.socket, stopped: threading.Event) -> None:
         stopped.set()
 
 
+def _server_sockets_towards(client_port: int) -> list[str]:
+    """The TCP states (hex, as /proc/net/tcp gives them) of sockets whose peer is this local
+    port: the server's end of that connection, while the kernel keeps it."""
+    states = []
+    for line in Path("/proc/net/tcp").read_text().splitlines()[1:]:
+        fields = line.split()
+        remote_port = int(fields[2].rpartition(":")[2], 16)
+        if remote_port == client_port:
+            states.append(fields[3])
+    return states
+
+
 @pytest.mark.parametrize("port", ["587", "465"])
 def test_a_client_that_never_reads_its_replies_is_dropped(serve: ServeFactory, port: str) -> None:
     live = serve(timeouts=FAST)
     client = greeted(live.client() if port == "587" else live.tls_client())
     client.sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 4096)
+    client_end = client.sock.getsockname()
     stopped = threading.Event()
     flood = threading.Thread(target=_flood_unread, args=(client.sock, stopped), daemon=True)
     flood.start()
     # Reading stops once its replies back up; the command deadline then passes, and the
-    # close is forced although the 421 can never be delivered.
+    # connection is reset: the 421 can never be delivered, and a plain close would leave the
+    # unread replies queued in the kernel behind a FIN (and the client blocked in its write).
     assert stopped.wait(WAIT), "the server never dropped a client that does not read"
+    assert _server_sockets_towards(client_end[1]) == []
     flood.join(WAIT)
     client.sock.close()
     live.log.wait_for(rf"event=timeout {CONN} kind=idle$")
