@@ -3,9 +3,10 @@
 A contract test receives a `StoreBackend` and asks it for store handles. Each call opens a new
 handle on the same storage, as another process (or another node) would, so that a test can
 check what one handle's writes look like through another. `advance` moves the stores' clock:
-the local backend injects a clock; a networked backend moves it its own way (for Redis, a time
-offset its test scripts add). To run the contracts against a new backend, add a class here and
-name it in BACKENDS.
+the local backend injects a clock, and so does the Redis one (its scripts take the time as an
+argument when a clock is given). A backend offers some of the stores (`STORES`); each contract
+module runs against the backends that offer its store (its `STORE`, see conftest.py). To run the
+contracts against a new backend, add a class here and name it in BACKENDS.
 """
 
 from __future__ import annotations
@@ -13,8 +14,10 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Protocol
 
+from tests.peers.redis_server import RedisServer
 from tests.support.clock import FakeClock
 
+from sendgate.store.cluster.redis_limits import RedisLimitStore
 from sendgate.store.limits import LimitStore
 from sendgate.store.local.limits import LocalLimitStore
 from sendgate.store.local.queue import LocalQueueStore
@@ -34,7 +37,9 @@ class StoreBackend(Protocol):
 class LocalBackend:
     """The embedded backends in a temporary directory, on an injected clock."""
 
-    def __init__(self, root: Path) -> None:
+    STORES = frozenset({"users", "queue", "limits"})
+
+    def __init__(self, root: Path, redis: RedisServer | None = None) -> None:
         self._root = root
         self._clock = FakeClock()
         self._opened: list[UserStore | QueueStore | LimitStore] = []
@@ -63,4 +68,39 @@ class LocalBackend:
             store.close()
 
 
-BACKENDS = {"local": LocalBackend}
+class RedisBackend:
+    """The Redis limit store on a throwaway redis-server (emptied for each test), on an
+    injected clock."""
+
+    STORES = frozenset({"limits"})
+
+    def __init__(self, root: Path, redis: RedisServer | None = None) -> None:
+        assert redis is not None
+        redis.flush()
+        self._url = redis.url
+        self._clock = FakeClock()
+        self._opened: list[RedisLimitStore] = []
+
+    def users(self) -> UserStore:
+        raise NotImplementedError("users are not kept in Redis")
+
+    def queue(self) -> QueueStore:
+        raise NotImplementedError("the queue is not kept in Redis")
+
+    def limits(self) -> LimitStore:
+        store = RedisLimitStore(self._url, clock=self._clock)
+        self._opened.append(store)
+        return store
+
+    def advance(self, seconds: float) -> None:
+        self._clock.advance(seconds)
+
+    def close(self) -> None:
+        for store in self._opened:
+            store.close()
+
+
+BACKENDS: dict[str, type[LocalBackend] | type[RedisBackend]] = {
+    "local": LocalBackend,
+    "redis": RedisBackend,
+}

@@ -1,4 +1,9 @@
-"""Every contract test runs once per backend named in backends.BACKENDS."""
+"""Every contract test runs once per backend that offers its store (backends.BACKENDS).
+
+A contract module names its store in `STORE` ("users", "queue" or "limits"); the backends whose
+`STORES` include it are its parameters. Backends on services (Redis) share one throwaway
+server for the session, emptied before each test.
+"""
 
 from __future__ import annotations
 
@@ -7,11 +12,27 @@ from pathlib import Path
 
 import pytest
 from tests.contracts.backends import BACKENDS, StoreBackend
+from tests.peers.redis_server import RedisServer
 
 
-@pytest.fixture(params=sorted(BACKENDS))
+def pytest_generate_tests(metafunc: pytest.Metafunc) -> None:
+    if "backend" in metafunc.fixturenames:
+        store = metafunc.module.STORE
+        names = sorted(name for name, kind in BACKENDS.items() if store in kind.STORES)
+        metafunc.parametrize("backend", names, indirect=True)
+
+
+@pytest.fixture(scope="session")
+def redis_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[RedisServer]:
+    with RedisServer(tmp_path_factory.mktemp("redis")) as server:
+        yield server
+
+
+@pytest.fixture
 def backend(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[StoreBackend]:
-    made: StoreBackend = BACKENDS[request.param](tmp_path)
+    kind = BACKENDS[request.param]
+    server = request.getfixturevalue("redis_server") if request.param == "redis" else None
+    made: StoreBackend = kind(tmp_path, server)
     try:
         yield made
     finally:

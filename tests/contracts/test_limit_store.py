@@ -12,6 +12,8 @@ from sendgate.store.limits import DistinctRequest, LimitStore, RateRequest
 WINDOW = 600.0
 MEMORY = 86400.0
 
+STORE = "limits"  # the backends that offer it run this module (conftest.py)
+
 
 @pytest.fixture
 def limits(backend: StoreBackend) -> LimitStore:

@@ -16,6 +16,8 @@ from sendgate.store.queue import Claim, QueueStore, Recovery
 MESSAGE = b"From: <alice@example.com>\r\nSubject: hi\r\n\r\n8-bit \xff body\r\n..dot\r\n"
 LEASE = 600.0
 
+STORE = "queue"  # the backends that offer it run this module (conftest.py)
+
 
 def put(
     queue: QueueStore, message: bytes = MESSAGE, *, hold: str | None = None, **changes: object

@@ -9,6 +9,8 @@ from sendgate.store.users import UserRecord, UserSettings, UserStore
 HASH = "$argon2id$v=19$m=8,t=1,p=1$c2FsdHNhbHQ$aGFzaGhhc2g"
 OTHER_HASH = "$argon2id$v=19$m=8,t=1,p=1$cGVwcGVycGVwcGVy$b3RoZXJoYXNo"
 
+STORE = "users"  # the backends that offer it run this module (conftest.py)
+
 
 @pytest.fixture
 def store(backend: StoreBackend) -> UserStore:

@@ -221,6 +221,30 @@ class Text:
 
 
 @dataclass(frozen=True, slots=True)
+class StoreUrl:
+    """Where a store lives: "local" (this host's files) or the URL of a shared service."""
+
+    schemes: tuple[str, ...]
+
+    def describe(self) -> str:
+        return '"local", or a URL (' + ", ".join(f"{scheme}://" for scheme in self.schemes) + ")"
+
+    def parse(self, raw: object, where: Where) -> str:
+        if raw == "local":
+            return raw
+        if not isinstance(raw, str) or not raw.isprintable() or " " in raw:
+            # The URL may hold a password: never echo it.
+            raise where.error(f"must be {self.describe()}")
+        scheme, sep, rest = raw.partition("://")
+        if not sep or scheme not in self.schemes or not rest:
+            raise where.error(f"must be {self.describe()}, got a URL of another form")
+        return raw
+
+    def to_raw(self, value: str) -> object:
+        return value
+
+
+@dataclass(frozen=True, slots=True)
 class Secret:
     def describe(self) -> str:
         return "string (secret)"

@@ -37,6 +37,7 @@ from sendgate.config.kinds import (
     Overrides,
     PathKind,
     Secret,
+    StoreUrl,
     Text,
     setting,
 )
@@ -427,6 +428,22 @@ class SendmailConfig:
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
+class StoreConfig:
+    """Where the shared state lives: this host (one node), or services several nodes share."""
+
+    limits: str = field(
+        default="local",
+        metadata=setting(
+            StoreUrl(("redis", "rediss", "unix")),
+            'The counters, rate budgets and bans of the defences: "local" (SQLite in '
+            'data_dir), or a Redis every node shares ("redis://host:6379/0"; the URL may '
+            "hold a password: keep this file private). While Redis cannot be reached, logins "
+            "and messages get a temporary refusal (454/451), never an uncounted pass.",
+        ),
+    )
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
 class ServiceConfig:
     """How `serve` runs as a process."""
 
@@ -513,5 +530,6 @@ class Config:
     audit: AuditConfig = field(default_factory=AuditConfig)
     http: HttpConfig = field(default_factory=HttpConfig)
     sendmail: SendmailConfig = field(default_factory=SendmailConfig)
+    store: StoreConfig = field(default_factory=StoreConfig)
     service: ServiceConfig = field(default_factory=ServiceConfig)
     log: LogConfig = field(default_factory=LogConfig)

@@ -27,6 +27,7 @@ from collections.abc import Mapping
 from dataclasses import dataclass
 from types import MappingProxyType
 from typing import TYPE_CHECKING
+from urllib.parse import urlsplit
 
 from sendgate.config.echo import Where, show_path
 from sendgate.config.kinds import is_loopback
@@ -46,6 +47,7 @@ OVERRIDES: Mapping[str, str] = MappingProxyType(
         ),
         "public_http": "http.listen on an address that is not loopback: plain HTTP",
         "proxy_from_anywhere": "listen.proxy_from with a network of every address (/0)",
+        "plaintext_store": "store.limits on redis:// (no TLS) to a host that is not loopback",
     }
 )
 WEAK_TLS_VERSIONS = ("1.0", "1.1")
@@ -117,6 +119,16 @@ def unsafe_settings(cfg: Config) -> list[UnsafeSetting]:
                     "address, past every limit and ban",
                 )
             )
+    store_host = urlsplit(cfg.store.limits).hostname
+    if cfg.store.limits.startswith("redis://") and not is_loopback(store_host or ""):
+        found.append(
+            UnsafeSetting(
+                "plaintext_store",
+                "store.limits",
+                f"store.limits: redis:// to {store_host}: the store's password, the bans and the "
+                "counts cross the network in clear (rediss:// uses TLS)",
+            )
+        )
     for index, pair in enumerate(cfg.tls.certificates):
         key = f"tls.certificates[{index}].key"
         try:

@@ -7,9 +7,10 @@ command line each get the handles their role needs. `open_stores(config)` is the
 the command line and tests. Only this module imports a backend; everything else sees the
 contracts (UserStore, QueueStore, LimitStore).
 
-Today every store is local (one node): `data_dir/users.db`, `data_dir/limits.db` (SQLite,
-WAL), `data_dir/spool/` (the file spool), `data_dir/mta-sts/` (cached MTA-STS policies) and
-`data_dir/login.key` (the installation's secret).
+By default every store is local (one node): `data_dir/users.db`, `data_dir/limits.db`
+(SQLite, WAL), `data_dir/spool/` (the file spool), `data_dir/mta-sts/` (cached MTA-STS
+policies) and `data_dir/login.key` (the installation's secret). `store.limits` may instead
+name a Redis that several nodes share (`store.cluster.redis_limits`).
 To add a backend: implement the contract, pass its contract tests (tests/contracts/), and
 choose it here from the configuration.
 """
@@ -21,7 +22,7 @@ import secrets
 import time
 from collections.abc import Callable
 from pathlib import Path
-from typing import Literal
+from typing import TYPE_CHECKING, Literal
 
 from sendgate.config.schema import Config
 from sendgate.errors import StoreError
@@ -32,6 +33,9 @@ from sendgate.store.local.queue import LocalQueueStore
 from sendgate.store.local.users import LocalUserStore
 from sendgate.store.queue import QueueStore, Recovery
 from sendgate.store.users import UserStore
+
+if TYPE_CHECKING:
+    from sendgate.store.cluster.redis_limits import RedisLimitStore
 
 Role = Literal["acceptor", "runner", "admin"]
 SECRET_BYTES = 32
@@ -57,8 +61,14 @@ def secret_path(config: Config) -> Path:
 def installation_secret(config: Config) -> bytes:
     """Read the installation's secret key, creating it (owner-only) on first use.
 
-    A cluster will need the same key on every node; it then moves into the shared store.
+    With the limits on Redis the key is the cluster's, kept there: every node needs the same.
     """
+    if config.store.limits != "local":
+        store = _redis_limits(config.store.limits)
+        try:
+            return store.shared_secret()
+        finally:
+            store.close()
     path = secret_path(config)
     if not path.exists():
         # Written aside and linked into place: a concurrent reader never sees a partial key.
@@ -90,6 +100,18 @@ def installation_secret(config: Config) -> bytes:
 def mta_sts_path(config: Config) -> Path:
     """The delivery runner's cache of MTA-STS policies (one JSON file per domain)."""
     return config.data_dir / "mta-sts"
+
+
+def _redis_limits(url: str) -> RedisLimitStore:
+    # Imported here: a single node never needs redis-py.
+    try:
+        from sendgate.store.cluster.redis_limits import RedisLimitStore
+    except ImportError:
+        raise StoreError(
+            "store.limits names Redis, but redis-py is not installed:"
+            " pip install 'sendgate[cluster]'"
+        ) from None
+    return RedisLimitStore(url)
 
 
 class Stores:
@@ -142,7 +164,8 @@ class Backends:
         """
         installation_secret(self._config)
         LocalUserStore(users_path(self._config)).close()
-        LocalLimitStore(limits_path(self._config), clock=self._clock).close()
+        if self._config.store.limits == "local":
+            LocalLimitStore(limits_path(self._config), clock=self._clock).close()
         queue = LocalQueueStore(spool_path(self._config), clock=self._clock)
         try:
             recovery = queue.recover()
@@ -169,6 +192,9 @@ class Backends:
         return LocalUserStore(users_path(self._config))
 
     def open_limits(self) -> LimitStore:
+        url = self._config.store.limits
+        if url != "local":
+            return _redis_limits(url)
         return LocalLimitStore(limits_path(self._config), clock=self._clock)
 
     def open_queue(self, role: Role) -> QueueStore:

@@ -14,6 +14,7 @@ The methods block: call them from a thread pool, never on an event loop. Impleme
 safe to use from several threads at once. Failures raise `StoreError`.
 """
 
+import math
 from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Protocol
@@ -175,3 +176,28 @@ class LimitStore(Protocol):
     def close(self) -> None:
         """Release the backend's resources; the store is unusable afterwards."""
         ...
+
+
+def check_rate(limit: int, period: float, cost: int) -> None:
+    """ValueError for a rate no backend may take (see `LimitStore.take`)."""
+    if limit < 1 or not period > 0 or not math.isfinite(period) or cost < 1:
+        raise ValueError(
+            f"a rate needs limit >= 1, period > 0, cost >= 1; got {limit}, {period}, {cost}"
+        )
+    if cost > limit:
+        raise ValueError(f"cost {cost} exceeds the limit {limit}: it could never be allowed")
+
+
+def check_requests(rates: Sequence[RateRequest], distinct: Sequence[DistinctRequest]) -> None:
+    """ValueError for a `LimitStore.take_all` no backend may take."""
+    keys = [rate.key for rate in rates] + [request.key for request in distinct]
+    if len(set(keys)) != len(keys):
+        raise ValueError(f"a key is asked twice in one take_all: {sorted(keys)}")
+    for rate in rates:
+        check_rate(rate.limit, rate.period, rate.cost)
+    for request in distinct:
+        if request.limit < 0 or request.window <= 0:
+            raise ValueError(
+                f"a distinct limit needs limit >= 0, window > 0; got {request.limit},"
+                f" {request.window}"
+            )

@@ -22,6 +22,7 @@ from sendgate.config.kinds import (
     Overrides,
     PathKind,
     Secret,
+    StoreUrl,
     Text,
     is_loopback,
     parse_hostname,
@@ -122,6 +123,24 @@ def test_is_loopback(host: str, expected: bool) -> None:
             '[1]: expected a domain, ".domain" or "*", got "-a.example"',
         ),
         (Overrides(("a", "b")), ["c"], '[0]: unknown override "c"; known: "a", "b"'),
+        # A store URL may hold a password: the message never shows it.
+        (
+            StoreUrl(("redis",)),
+            "redis:/u:s3cret@h",
+            ': must be "local", or a URL (redis://), got a URL of another form',
+        ),
+        (
+            StoreUrl(("redis",)),
+            "mysql://u:s3cret@h",
+            ': must be "local", or a URL (redis://), got a URL of another form',
+        ),
+        (
+            StoreUrl(("redis",)),
+            "redis://",
+            ': must be "local", or a URL (redis://), got a URL of another form',
+        ),
+        (StoreUrl(("redis",)), "redis://u:s3 cret@h", ': must be "local", or a URL (redis://)'),
+        (StoreUrl(("redis",)), 7, ': must be "local", or a URL (redis://)'),
     ],
 )
 def test_kinds_refuse_with_one_line_naming_the_spot(kind: Kind, raw: object, message: str) -> None:
@@ -145,7 +164,13 @@ KINDS: list[Kind] = [
     HostPorts(),
     Domains(),
     Overrides(("a",)),
+    StoreUrl(("redis", "unix")),
 ]
+
+
+@pytest.mark.parametrize("raw", ["local", "redis://127.0.0.1:6379/0", "unix:///run/redis.sock"])
+def test_a_store_url_is_local_or_a_url_of_a_known_scheme(raw: str) -> None:
+    assert StoreUrl(("redis", "unix")).parse(raw, Where("f.toml", "k", Path("/etc"))) == raw
 
 
 @pytest.mark.parametrize("kind", KINDS, ids=[type(kind).__name__ for kind in KINDS])

@@ -35,6 +35,7 @@ def test_sections_walk_the_schema_in_order() -> None:
         "audit",
         "http",
         "sendmail",
+        "store",
         "service",
         "log",
     ]

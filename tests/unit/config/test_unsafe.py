@@ -137,6 +137,7 @@ def test_overrides_are_named_in_a_fixed_order_with_one_line_each() -> None:
         "plaintext_relay",
         "public_http",
         "proxy_from_anywhere",
+        "plaintext_store",
     ]
     assert all(allows and "\n" not in allows for allows in OVERRIDES.values())
 
@@ -175,3 +176,33 @@ def test_a_proxy_trusted_from_anywhere_needs_its_override(pair_dir: Path) -> Non
     )
     [found] = unsafe_settings(config)
     assert found.description.startswith("listen.proxy_from[1] = ::/0: anyone may claim")
+
+
+@pytest.mark.parametrize(
+    "url",
+    [
+        "local",
+        "redis://127.0.0.1:6379/0",
+        "redis://:s3cret@[::1]:6379",
+        "redis://localhost",
+        "rediss://:s3cret@redis.example.net:6380/0",
+        "unix:///run/redis/redis.sock",
+    ],
+)
+def test_a_store_on_loopback_or_over_tls_is_fine(pair_dir: Path, url: str) -> None:
+    config = load_config(write_config(pair_dir, MINIMAL + f'[store]\nlimits = "{url}"\n'))
+    assert unsafe_settings(config) == []
+
+
+def test_a_plaintext_store_across_the_network_needs_its_override(pair_dir: Path) -> None:
+    store = '[store]\nlimits = "redis://:s3cret@10.0.0.5:6379/0"\n'
+    with pytest.raises(ConfigError) as caught:
+        load_config(write_config(pair_dir, MINIMAL + store))
+    assert "store.limits: unsafe setting refused" in str(caught.value)
+    assert "s3cret" not in str(caught.value)
+    config = load_config(
+        write_config(pair_dir, 'unsafe_overrides = ["plaintext_store"]\n' + MINIMAL + store)
+    )
+    [found] = unsafe_settings(config)
+    assert found.description.startswith("store.limits: redis:// to 10.0.0.5: ")
+    assert "s3cret" not in found.description

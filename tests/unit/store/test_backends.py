@@ -7,6 +7,7 @@ fork, as `serve` uses it (the runner in a child, the acceptor's puts in this pro
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import io
 import os
 import select
@@ -14,12 +15,13 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
+from tests.peers.redis_server import RedisServer
 from tests.support.clock import FakeClock
 from tests.support.forked import WAIT, Forked
 
 from sendgate.cli import main
 from sendgate.config.load import load_config
-from sendgate.config.schema import Config
+from sendgate.config.schema import Config, StoreConfig
 from sendgate.errors import StoreError
 from sendgate.log import EventLog
 from sendgate.scaffold import init_instance
@@ -28,9 +30,11 @@ from sendgate.store.backends import (
     Backends,
     Stores,
     installation_secret,
+    limits_path,
     open_stores,
     secret_path,
 )
+from sendgate.store.cluster.redis_limits import RedisLimitStore
 from sendgate.store.envelope import Envelope
 from sendgate.store.queue import QueueStore, Recovery
 
@@ -268,3 +272,34 @@ def test_a_damaged_installation_secret_is_a_one_line_error(cfg: Config) -> None:
     secret_path(cfg).write_bytes(b"short")
     with pytest.raises(StoreError, match=r"^[^\n]*login\.key is damaged: 5 bytes, expected 32$"):
         installation_secret(cfg)
+
+
+# --- the limits on Redis (store.limits) ------------------------------------------------------
+
+
+def test_limits_on_redis_share_the_secret_and_make_no_local_limit_file(
+    cfg: Config, tmp_path: Path
+) -> None:
+    with RedisServer(tmp_path / "redis") as redis_server:
+        shared = dataclasses.replace(cfg, store=StoreConfig(limits=redis_server.url))
+        backends = Backends(shared)
+        backends.prepare()
+        try:
+            stores = backends.open("acceptor")
+            try:
+                limits = stores.limits
+                assert isinstance(limits, RedisLimitStore)
+                assert limits.record("net:192.0.2.0/24", "a", 60) == 1
+                assert installation_secret(shared) == limits.shared_secret()
+            finally:
+                stores.close()
+        finally:
+            backends.close()
+        assert not limits_path(shared).exists()
+        assert not secret_path(shared).exists()  # the cluster's secret lives in Redis
+
+
+def test_limits_on_an_unreachable_redis_refuse_to_prepare(cfg: Config) -> None:
+    shared = dataclasses.replace(cfg, store=StoreConfig(limits="redis://127.0.0.1:1/0"))
+    with pytest.raises(StoreError, match=r"^limit store \(Redis\): "):
+        Backends(shared).prepare()

@@ -25,6 +25,8 @@ from sendgate.store.limits import (
     RateRequest,
     RateVerdict,
     Taken,
+    check_rate,
+    check_requests,
 )
 from sendgate.store.local.sqlite import Database
 
@@ -116,7 +118,7 @@ class LocalLimitStore:
     # --- GCRA -----------------------------------------------------------------------------------
 
     def take(self, key: str, limit: int, period: float, cost: int = 1) -> RateVerdict:
-        _check_rate(limit, period, cost)
+        check_rate(limit, period, cost)
         now = self._clock()
         with self._db.writing() as db:
             verdict, tat = _gcra(_tat(db, key), now, limit, period, cost)
@@ -128,17 +130,7 @@ class LocalLimitStore:
     def take_all(
         self, rates: Sequence[RateRequest], distinct: Sequence[DistinctRequest] = ()
     ) -> Taken:
-        keys = [rate.key for rate in rates] + [request.key for request in distinct]
-        if len(set(keys)) != len(keys):
-            raise ValueError(f"a key is asked twice in one take_all: {sorted(keys)}")
-        for rate in rates:
-            _check_rate(rate.limit, rate.period, rate.cost)
-        for request in distinct:
-            if request.limit < 0 or request.window <= 0:
-                raise ValueError(
-                    f"a distinct limit needs limit >= 0, window > 0; got {request.limit},"
-                    f" {request.window}"
-                )
+        check_requests(rates, distinct)
         with self._db.writing() as db:
             now = self._clock()
             stored = _tats(db, [rate.key for rate in rates])
@@ -266,15 +258,6 @@ def _bans_query(count: int) -> str:
 def _in_order(keys: Sequence[str], rows: list[Any]) -> list[Ban]:
     found = {row[0]: _ban(row) for row in rows}
     return [found[key] for key in dict.fromkeys(keys) if key in found]
-
-
-def _check_rate(limit: int, period: float, cost: int) -> None:
-    if limit < 1 or period <= 0 or cost < 1:
-        raise ValueError(
-            f"a rate needs limit >= 1, period > 0, cost >= 1; got {limit}, {period}, {cost}"
-        )
-    if cost > limit:
-        raise ValueError(f"cost {cost} exceeds the limit {limit}: it could never be allowed")
 
 
 def _tats(db: sqlite3.Connection, keys: list[str]) -> dict[str, float]:

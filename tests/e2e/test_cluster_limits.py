@@ -1,0 +1,97 @@
+"""Two `sendgate serve` nodes sharing their limits on one Redis (`store.limits`), end to end.
+
+A throwaway redis-server (Debian's redis-server) on a loopback port; two instances, each with
+its own data directory and the same user, both pointing `store.limits` at it. Covered: failed
+logins spread over both nodes trip the network ban at exactly the count one node would, the ban
+made by one node refuses the next connection on the other, and a Redis outage refuses (421,
+454) rather than letting anything through uncounted, then heals by itself.
+
+Security: everything listens on loopback.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import smtplib
+from collections.abc import Iterator
+from pathlib import Path
+from typing import TYPE_CHECKING
+
+import pytest
+from tests.e2e.sources import FAILED, attempt, auth, sends, starttls_client
+from tests.peers.redis_server import RedisServer
+
+if TYPE_CHECKING:
+    from tests.e2e.conftest import Instance, InstanceFactory, ServerFactory, ServerProcess
+
+pytestmark = pytest.mark.e2e
+
+ATTACKER = "127.1.3.1"
+USER_NET = "127.2.3.1"
+HOST_FAILURES = 6
+
+
+@pytest.fixture
+def redis_server(tmp_path: Path) -> Iterator[RedisServer]:
+    with RedisServer(tmp_path / "redis") as server:
+        yield server
+
+
+def _node(instance: InstanceFactory, redis: RedisServer) -> Instance:
+    return instance(
+        {
+            "store.limits": redis.url,
+            "login_limits.host_failures": HOST_FAILURES,
+            "login_limits.delay_after": 100,  # no slowing down: this test counts, it does not wait
+        }
+    )
+
+
+def test_failures_spread_over_two_nodes_ban_at_one_nodes_count_and_everywhere(
+    instance: InstanceFactory, server: ServerFactory, redis_server: RedisServer
+) -> None:
+    nodes: list[ServerProcess] = [server(_node(instance, redis_server)) for _ in range(2)]
+    marks = [node.mark() for node in nodes]
+    user = nodes[0].instance.user
+    for guess in range(HOST_FAILURES):
+        node = nodes[guess % 2]  # round robin, as a load balancer would
+        with contextlib.closing(starttls_client(node, ATTACKER)) as client:
+            assert auth(client, user, f"guess {guess}") == FAILED
+    # The sixth failure, made on the second node, is the one that bans: 3 + 3, not 6 + 6.
+    [ban] = nodes[1].wait_for(r"event=ban ", since=marks[1])
+    assert f"key=net:{ATTACKER}/32 " in ban
+    assert "reason=host_failures" in ban
+    assert nodes[0].matching(r"event=ban ") == []
+    # The ban made on the second node refuses the next connection on the first at once.
+    assert attempt(nodes[0], ATTACKER, user, nodes[0].instance.password) == 421
+    nodes[0].wait_for(rf"event=refused .*client={ATTACKER} reason=banned ", since=marks[0])
+    # The real user, from another network, goes on on both.
+    for node in nodes:
+        sends(node, USER_NET, "from-the-user")
+
+
+def test_a_redis_outage_refuses_for_its_length_and_then_heals(
+    instance: InstanceFactory, server: ServerFactory, redis_server: RedisServer
+) -> None:
+    running = server(_node(instance, redis_server))
+    made = running.instance
+    sends(running, USER_NET, "before")
+    waiting = starttls_client(running, USER_NET)  # admitted before the outage
+    redis_server.stop()
+    mark = running.mark()
+    # A login cannot be counted: a temporary failure, never a pass.
+    with contextlib.closing(waiting):
+        assert auth(waiting, made.user, made.password) == (
+            454,
+            "4.7.0 Temporary authentication failure",
+        )
+    # Bans cannot be checked: the connection is refused (421), never admitted unchecked.
+    with pytest.raises(smtplib.SMTPConnectError) as refused:
+        starttls_client(running, USER_NET)
+    assert refused.value.smtp_code == 421
+    running.wait_for(r"event=admission_error .*StoreError", since=mark)
+
+    redis_server.start()  # the same port: the nodes reconnect on their own
+    sends(running, USER_NET, "after")
+    with contextlib.closing(starttls_client(running, ATTACKER)) as client:
+        assert auth(client, made.user, "wrong") == FAILED  # counted again, in the restarted Redis
