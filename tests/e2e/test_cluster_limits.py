@@ -3,8 +3,9 @@
 A throwaway redis-server (Debian's redis-server) on a loopback port; two instances, each with
 its own data directory and the same user, both pointing `store.limits` at it. Covered: failed
 logins spread over both nodes trip the network ban at exactly the count one node would, the ban
-made by one node refuses the next connection on the other, and a Redis outage refuses (421,
-454) rather than letting anything through uncounted, then heals by itself.
+made by one node refuses the next connection on the other, a sending quota spread over three
+nodes lets exactly the quota through, and a Redis outage refuses (421, 454) rather than letting
+anything through uncounted, then heals by itself.
 
 Security: everything listens on loopback.
 """
@@ -22,7 +23,13 @@ from tests.e2e.sources import FAILED, attempt, auth, sends, starttls_client
 from tests.peers.redis_server import RedisServer
 
 if TYPE_CHECKING:
-    from tests.e2e.conftest import Instance, InstanceFactory, ServerFactory, ServerProcess
+    from tests.e2e.conftest import (
+        Instance,
+        InstanceFactory,
+        ServerFactory,
+        ServerProcess,
+        TomlScalar,
+    )
 
 pytestmark = pytest.mark.e2e
 
@@ -95,3 +102,35 @@ def test_a_redis_outage_refuses_for_its_length_and_then_heals(
     sends(running, USER_NET, "after")
     with contextlib.closing(starttls_client(running, ATTACKER)) as client:
         assert auth(client, made.user, "wrong") == FAILED  # counted again, in the restarted Redis
+
+
+QUOTA = 5
+
+
+def test_a_sending_quota_shared_by_three_nodes_lets_exactly_the_quota_through(
+    instance: InstanceFactory, server: ServerFactory, redis_server: RedisServer
+) -> None:
+    settings: dict[str, TomlScalar] = {
+        "store.limits": redis_server.url,
+        "sending_limits.messages_per_hour": QUOTA,
+    }
+    nodes = [server(instance(settings)) for _ in range(3)]
+    for number in range(3 * QUOTA):
+        node = nodes[number % 3]
+        with contextlib.closing(starttls_client(node, USER_NET)) as client:
+            assert auth(client, node.instance.user, node.instance.password)[0] == 235
+            client.mail(node.instance.user)
+            client.rcpt("bob@example.org")
+            client.data(node.instance.message(f"m{number}"))
+    # Past the quota a message is refused, or held once the node has flagged the account
+    # (flags are each node's own until the users are shared): never sent.
+    outcomes = [
+        line
+        for node in nodes
+        for line in node.wait_for(r"event=(accepted|sending_limit) ", count=QUOTA)
+    ]
+    sent = [line for line in outcomes if "event=accepted " in line and " held=" not in line]
+    assert len(sent) == QUOTA
+    refused = [line for line in outcomes if "event=sending_limit " in line]
+    assert refused
+    assert all("limit=messages_per_hour" in line for line in refused)
