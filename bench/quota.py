@@ -1,10 +1,14 @@
-"""What the sending limits cost per accepted message: `SendingLimits.check` on real SQLite files.
+"""What the sending limits cost per accepted message: `SendingLimits.check` on a real store.
 
 One account sends `--messages` messages (each to `--recipients` addresses out of a pool of
 `--pool`) with every limit on but high enough never to refuse, from `--threads` threads (as
-the spool pool does); prints the wall and CPU time per check and per `take_all`.
+the spool pool does); prints the wall and CPU time per check. The store is SQLite files, or
+with `--redis URL` a Redis (cluster mode; the CPU is this process's only, Redis's is not in it).
+With `--pool` at least messages x recipients every message has new recipients, so every one
+is a store round trip (no spending from a worker's allowance; see policy.allowance).
 
     .venv/bin/python bench/quota.py --messages 5000 --recipients 3
+    .venv/bin/python bench/quota.py --messages 5000 --pool 15000 --redis redis://127.0.0.1:6379/15
 """
 
 from __future__ import annotations
@@ -16,9 +20,13 @@ import time
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
+import redis
+
 from sendgate.config.schema import SendingLimitsConfig
 from sendgate.log import EventLog
 from sendgate.policy.quota import SendingLimits
+from sendgate.store.cluster.redis_limits import RedisLimitStore
+from sendgate.store.limits import LimitStore
 from sendgate.store.local.limits import LocalLimitStore
 from sendgate.store.local.users import LocalUserStore
 from sendgate.store.users import UserRecord
@@ -32,6 +40,7 @@ def main() -> None:
     parser.add_argument("--recipients", type=int, default=3)
     parser.add_argument("--pool", type=int, default=400)
     parser.add_argument("--threads", type=int, default=1)
+    parser.add_argument("--redis", metavar="URL", help="a Redis to use (it is emptied first)")
     args = parser.parse_args()
     config = SendingLimitsConfig(
         messages_per_hour=HIGH,
@@ -43,7 +52,12 @@ def main() -> None:
     with tempfile.TemporaryDirectory() as directory:
         root = Path(directory)
         users = LocalUserStore(root / "users.db")
-        limits = LocalLimitStore(root / "limits.db")
+        limits: LimitStore
+        if args.redis:
+            limits = RedisLimitStore(args.redis)
+            redis.Redis.from_url(args.redis).flushdb()
+        else:
+            limits = LocalLimitStore(root / "limits.db")
         quota = SendingLimits(limits, users, config, EventLog(io.StringIO()))
         user = UserRecord("alice@example.org", "x", ("alice@example.org",), 1)
         batches = [
@@ -64,8 +78,10 @@ def main() -> None:
         users.close()
         limits.close()
     per = 1e6 / args.messages
+    store = "redis" if args.redis else "sqlite"
     print(
-        f"{args.messages} checks, {args.recipients} recipients each, {args.threads} threads:"
+        f"{store}: {args.messages} checks, {args.recipients} recipients each,"
+        f" pool {args.pool}, {args.threads} threads:"
         f" {wall * per:.0f} us wall, {cpu * per:.0f} us CPU per message"
     )
 

@@ -107,3 +107,15 @@ def test_active_bans_never_answer_on_the_event_loop(store: RedisLimitStore) -> N
     assert store.active_bans_at_once(["net:192.0.2.0/24"]) is None
     assert store.active_bans_at_once([]) == []
     assert [ban.key for ban in store.active_bans(["net:192.0.2.0/24"])] == ["net:192.0.2.0/24"]
+
+
+def test_the_time_costs_no_round_trip_per_call(store: RedisLimitStore, server: RedisServer) -> None:
+    client = redis.Redis.from_url(server.url, decode_responses=True)
+    try:
+        client.config_resetstat()
+        times = [store.now() for _ in range(200)]
+        calls = client.info("commandstats").get("cmdstat_time", {}).get("calls", 0)
+    finally:
+        client.close()
+    assert calls <= 1  # measured once, then this host's clock plus the difference
+    assert times == sorted(times)

@@ -21,6 +21,7 @@ they travel as script arguments, never inside the script text.
 from __future__ import annotations
 
 import secrets
+import time
 from collections.abc import Callable, Sequence
 from typing import Any
 
@@ -39,6 +40,7 @@ from sendgate.store.limits import (
 )
 
 TIMEOUT = 2.0  # seconds for a connection or a reply: a stalled Redis must not stall logins
+SKEW_TTL = 60.0  # seconds a measured difference between the clocks is used
 _PREFIX = "{sendgate}:"
 _MEMBERS, _RATE, _BAN, _BANS = _PREFIX + "m:", _PREFIX + "r:", _PREFIX + "b:", _PREFIX + "bans"
 _SECRET = _PREFIX + "secret"
@@ -260,6 +262,8 @@ class RedisLimitStore:
         except ValueError as exc:
             raise StoreError(f"limit store: bad Redis URL: {exc}") from None
         self._clock = clock
+        self._skew = 0.0  # Redis's clock minus this host's, measured every SKEW_TTL seconds
+        self._skew_from = self._skew_until = 0.0
         scripts = {
             "record": _RECORD,
             "count": _COUNT,
@@ -282,13 +286,26 @@ class RedisLimitStore:
             raise StoreError(f"limit store (Redis): {exc}") from None
 
     def now(self) -> float:
+        """Redis's time, from this host's clock and their measured difference: callers ask
+        for it per message, and a round trip each time cost 100 us (the scripts read Redis's
+        own clock; this one only dates what they return and times a worker's allowances)."""
         if self._clock is not None:
             return self._clock()
+        local = time.time()
+        if local >= self._skew_until or local < self._skew_from:
+            self._measure_skew()
+            local = time.time()
+        return local + self._skew
+
+    def _measure_skew(self) -> None:
+        before = time.time()
         try:
             seconds, micros = self._redis.time()
         except redis.RedisError as exc:
             raise StoreError(f"limit store (Redis): {exc}") from None
-        return float(seconds + micros / 1e6)
+        after = time.time()
+        self._skew = seconds + micros / 1e6 - (before + after) / 2
+        self._skew_from, self._skew_until = after, after + SKEW_TTL
 
     # --- members in a sliding window ----------------------------------------------------------
 
