@@ -18,6 +18,7 @@ import re
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Protocol
+from urllib.parse import urlsplit
 
 from sendgate.config.echo import Where, number, quote, show_path, shown, toml_string
 from sendgate.smtp.address import is_host_name
@@ -220,6 +221,16 @@ class Text:
         return value
 
 
+def _readable_url(url: str) -> bool:
+    """Whether urllib reads `url` (a bracket left open, a port that is not a number: no)."""
+    try:
+        parts = urlsplit(url)
+        parts.port  # noqa: B018 - parsed on access, where a bad port raises
+    except ValueError:
+        return False
+    return True
+
+
 @dataclass(frozen=True, slots=True)
 class StoreUrl:
     """Where a store lives: "local" (this host's files) or the URL of a shared service."""
@@ -236,7 +247,7 @@ class StoreUrl:
             # The URL may hold a password: never echo it.
             raise where.error(f"must be {self.describe()}")
         scheme, sep, rest = raw.partition("://")
-        if not sep or scheme not in self.schemes or not rest:
+        if not sep or scheme not in self.schemes or not rest or not _readable_url(raw):
             raise where.error(f"must be {self.describe()}, got a URL of another form")
         return raw
 

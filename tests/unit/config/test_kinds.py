@@ -139,6 +139,17 @@ def test_is_loopback(host: str, expected: bool) -> None:
             "redis://",
             ': must be "local", or a URL (redis://), got a URL of another form',
         ),
+        # urllib cannot read these: refused here, not a traceback at the unsafe-setting check.
+        (
+            StoreUrl(("redis",)),
+            "redis://:s3cret@[::1:6379/0",
+            ': must be "local", or a URL (redis://), got a URL of another form',
+        ),
+        (
+            StoreUrl(("redis",)),
+            "redis://:s3cret@h:port/0",
+            ': must be "local", or a URL (redis://), got a URL of another form',
+        ),
         (StoreUrl(("redis",)), "redis://u:s3 cret@h", ': must be "local", or a URL (redis://)'),
         (StoreUrl(("redis",)), 7, ': must be "local", or a URL (redis://)'),
     ],
