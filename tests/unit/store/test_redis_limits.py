@@ -10,6 +10,7 @@ from collections.abc import Iterator
 import pytest
 import redis
 from tests.peers.redis_server import RedisServer
+from tests.support.clock import FakeClock
 
 from sendgate.errors import StoreError
 from sendgate.store.cluster.redis_limits import SECRET_BYTES, RedisLimitStore
@@ -119,3 +120,20 @@ def test_the_time_costs_no_round_trip_per_call(store: RedisLimitStore, server: R
         client.close()
     assert calls <= 1  # measured once, then this host's clock plus the difference
     assert times == sorted(times)
+
+
+def test_the_index_of_bans_keeps_active_bans_only(server: RedisServer) -> None:
+    server.flush()
+    clock = FakeClock()
+    store = RedisLimitStore(server.url, clock=clock)
+    client = redis.Redis.from_url(server.url)
+    try:
+        for number in range(5):
+            store.ban(f"net:192.0.2.{number}/32", 10, "host_failures", memory=86400)
+            clock.advance(20)  # each ban has ended before the next
+        # Nobody listed the bans meanwhile: the index still holds only the one still active.
+        assert client.zcard("{sendgate}:bans") == 1
+        assert store.offences("net:192.0.2.0/32", memory=86400) == 1  # remembered all the same
+    finally:
+        client.close()
+        store.close()

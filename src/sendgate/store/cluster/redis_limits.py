@@ -20,9 +20,10 @@ they travel as script arguments, never inside the script text.
 
 from __future__ import annotations
 
+import contextlib
 import secrets
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from typing import Any
 
 import redis
@@ -58,13 +59,20 @@ end
 local function str(x) return string.format('%.17g', x) end
 """
 
+# Note members under a key now, forgetting those out of the window (record and take_all).
+_NOTE = """
+local function note(key, members, window)
+  redis.call('ZREMRANGEBYSCORE', key, '-inf', str(now - window))
+  for _, member in ipairs(members) do redis.call('ZADD', key, str(now), member) end
+  redis.call('PEXPIRE', key, math.ceil(window * 1000))
+end
+"""
+
 _RECORD = (
     _NOW
+    + _NOTE
     + """
-local window = tonumber(ARGV[3])
-redis.call('ZREMRANGEBYSCORE', KEYS[1], '-inf', str(now - window))
-redis.call('ZADD', KEYS[1], str(now), ARGV[2])
-redis.call('PEXPIRE', KEYS[1], math.ceil(window * 1000))
+note(KEYS[1], {ARGV[2]}, tonumber(ARGV[3]))
 return redis.call('ZCARD', KEYS[1])
 """
 )
@@ -122,6 +130,7 @@ return {allowed, retry, remaining}
 _TAKE_ALL = (
     _NOW
     + _GCRA
+    + _NOTE
     + """
 local rates = tonumber(ARGV[2])
 local arg = 3
@@ -158,12 +167,7 @@ for j = rates + 1, #KEYS do
 end
 if all == 1 then
   for i = 1, rates do keep(KEYS[i], tats[i]) end
-  for _, n in ipairs(noted) do
-    local key, members, window = n[1], n[2], n[3]
-    redis.call('ZREMRANGEBYSCORE', key, '-inf', str(now - window))
-    for _, member in ipairs(members) do redis.call('ZADD', key, str(now), member) end
-    redis.call('PEXPIRE', key, math.ceil(window * 1000))
-  end
+  for _, n in ipairs(noted) do note(n[1], n[2], n[3]) end
 end
 return {all, rate_out, distinct_out}
 """
@@ -187,6 +191,9 @@ end
 redis.call('HSET', KEYS[1], 'since', str(since), 'until', str(till), 'reason', ARGV[4],
   'offences', offences, 'expires', str(till + memory))
 redis.call('PEXPIRE', KEYS[1], math.max(1, math.ceil((till + memory - now) * 1000)))
+-- The index keeps active bans only: ended ones leave it here too, or it would grow with every
+-- network ever banned where nobody lists the bans.
+redis.call('ZREMRANGEBYSCORE', KEYS[2], '-inf', str(now))
 redis.call('ZADD', KEYS[2], str(till), ARGV[2])
 return {str(since), str(till), ARGV[4], offences}
 """
@@ -279,11 +286,9 @@ class RedisLimitStore:
         self._scripts = {name: self._redis.register_script(text) for name, text in scripts.items()}
 
     def _run(self, script: str, keys: Sequence[str], *args: Any) -> Any:
-        try:
-            now = "" if self._clock is None else repr(self._clock())
+        now = "" if self._clock is None else repr(self._clock())
+        with _failing():
             return self._scripts[script](keys=list(keys), args=[now, *args])
-        except redis.RedisError as exc:
-            raise StoreError(f"limit store (Redis): {exc}") from None
 
     def now(self) -> float:
         """Redis's time, from this host's clock and their measured difference: callers ask
@@ -299,10 +304,8 @@ class RedisLimitStore:
 
     def _measure_skew(self) -> None:
         before = time.time()
-        try:
+        with _failing():
             seconds, micros = self._redis.time()
-        except redis.RedisError as exc:
-            raise StoreError(f"limit store (Redis): {exc}") from None
         after = time.time()
         self._skew = seconds + micros / 1e6 - (before + after) / 2
         self._skew_from, self._skew_until = after, after + SKEW_TTL
@@ -319,10 +322,8 @@ class RedisLimitStore:
         return bool(self._run("seen", [_MEMBERS + key], member, repr(window)))
 
     def forget(self, key: str) -> None:
-        try:
+        with _failing():
             self._redis.delete(_MEMBERS + key, _RATE + key)
-        except redis.RedisError as exc:
-            raise StoreError(f"limit store (Redis): {exc}") from None
 
     # --- GCRA -----------------------------------------------------------------------------------
 
@@ -390,11 +391,9 @@ class RedisLimitStore:
         """The cluster's installation secret (fingerprints of failed passwords), made by the
         first node that asks: every node must fingerprint a password alike, or a guess
         repeated on two nodes would count twice."""
-        try:
+        with _failing():
             self._redis.set(_SECRET, secrets.token_hex(SECRET_BYTES), nx=True)
             value = self._redis.get(_SECRET)
-        except redis.RedisError as exc:
-            raise StoreError(f"limit store (Redis): {exc}") from None
         try:
             key = bytes.fromhex(str(value))
         except ValueError:
@@ -405,6 +404,15 @@ class RedisLimitStore:
 
     def close(self) -> None:
         self._redis.close()
+
+
+@contextlib.contextmanager
+def _failing() -> Iterator[None]:
+    """Redis's errors as the StoreError every LimitStore raises (no URL, so no password)."""
+    try:
+        yield
+    except redis.RedisError as exc:
+        raise StoreError(f"limit store (Redis): {exc}") from None
 
 
 def _rate(reply: Sequence[Any]) -> RateVerdict:
