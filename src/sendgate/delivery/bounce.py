@@ -33,7 +33,7 @@ from dataclasses import dataclass
 from sendgate.dkim.signer import DkimError, DkimSigner
 from sendgate.headers import header_section
 from sendgate.smtp.address import is_host_name
-from sendgate.smtp.dsn import original_recipient
+from sendgate.smtp.dsn import is_envelope_id, original_recipient
 from sendgate.store.envelope import Envelope
 from sendgate.store.queue import QueueStore
 from sendgate.text import dsn_address, dsn_ascii, dsn_lines, header_host, mail_date
@@ -46,7 +46,6 @@ _MAX_LINE = 998  # RFC 5322 section 2.1.1
 _WRAP = 72  # octets of reply text per output line
 _ACTIONS = frozenset({"failed", "delayed", "relayed"})
 _STATUS = re.compile(r"[245]\.[0-9]{1,3}\.[0-9]{1,3}")
-_PRINTABLE = re.compile(r"[\x20-\x7e]+")
 _VERBS = {"failed": "could not be delivered", "delayed": "is delayed", "relayed": "relayed"}
 _TOKEN = re.compile(r"[\x21-\x3b\x3d\x3f-\x7e]+")  # printable ASCII except "<" and ">"
 
@@ -113,8 +112,8 @@ def build_dsn(
             raise ValueError("empty recipient in a DSN notice")
         if notice.original_recipient is not None:
             _original_recipient(notice.original_recipient)
-    if envelope_id is not None:
-        _checked(envelope_id, _PRINTABLE, "envelope id")
+    if envelope_id is not None and not is_envelope_id(envelope_id):
+        raise ValueError(f"malformed envelope id {envelope_id!r}")
 
     sender = dsn_address(original_sender, _MAX_ADDRESS)
     recipients = [dsn_address(notice.recipient, _MAX_ADDRESS) for notice in notices]

@@ -42,6 +42,11 @@ def envelope_id(value: str) -> str | None:
     return _decoded(value, ENVID_MAX)
 
 
+def is_envelope_id(text: str) -> bool:
+    """Whether `text` may be a decoded ENVID: 1 to ENVID_MAX printable ASCII characters."""
+    return len(text) <= ENVID_MAX and _PRINTABLE.fullmatch(text) is not None
+
+
 def original_recipient(value: str) -> tuple[str, str] | None:
     """An ORCPT value "addr-type;xtext" as (addr-type, decoded address), or None."""
     kind, semicolon, address = value.partition(";")

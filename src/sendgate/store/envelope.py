@@ -14,7 +14,7 @@ from typing import Any, TypeVar
 
 from sendgate.errors import SpoolError
 from sendgate.smtp.commands import parse_rcpt_parameters
-from sendgate.smtp.dsn import ENVID_MAX, RcptParameters
+from sendgate.smtp.dsn import RcptParameters, is_envelope_id
 
 # Crockford base32, in ascending ASCII order so that ids sort like the numbers they encode.
 _CROCKFORD = "0123456789ABCDEFGHJKMNPQRSTVWXYZ"
@@ -25,9 +25,8 @@ _QUEUE_ID_RE = re.compile(r"[0-7][0-9A-HJKMNP-TV-Z]{17}")
 _CONTROL_RE = re.compile(r"[\x00-\x1f\x7f-\x9f]")
 _ENVELOPE_VERSION = 1
 _BODY_TYPES = frozenset({"7BIT", "8BITMIME"})
-_PRINTABLE_RE = re.compile(r"[\x20-\x7e]+")
 # Written only when set, so that the envelope of plain mail stays as it always was.
-_OPTIONAL = {"ret": None, "envid": None, "requiretls": False, "rcpt_params": ()}
+_OPTIONAL = frozenset({"ret", "envid", "requiretls", "rcpt_params"})
 
 _T = TypeVar("_T")
 
@@ -111,14 +110,13 @@ class Envelope:
             raise SpoolError(f"envelope field 'body': unknown body type {self.body!r}")
         if self.ret not in (None, "FULL", "HDRS"):
             raise SpoolError(f"envelope field 'ret': must be FULL or HDRS, not {self.ret!r}")
-        if self.envid is not None and not (
-            _PRINTABLE_RE.fullmatch(self.envid) and len(self.envid) <= ENVID_MAX
-        ):
+        if self.envid is not None and not is_envelope_id(self.envid):
             raise SpoolError("envelope field 'envid': must be 1 to 100 printable ASCII characters")
         if self.rcpt_params and len(self.rcpt_params) != len(self.recipients):
             raise SpoolError("envelope field 'rcpt_params': not one per recipient")
         for params in self.rcpt_params:
-            if _rcpt_text(params) and parse_rcpt_parameters(_rcpt_text(params)) != params:
+            text = _rcpt_text(params)
+            if text and parse_rcpt_parameters(text) != params:
                 raise SpoolError(f"envelope field 'rcpt_params': malformed {params!r}")
 
     def notify(self, index: int) -> tuple[str, ...] | None:
@@ -168,7 +166,7 @@ class Envelope:
         if not isinstance(raw, dict):
             raise SpoolError("envelope is not a JSON object")
         expected = {"version", *(field.name for field in fields(cls))}
-        missing = sorted(expected - raw.keys() - _OPTIONAL.keys())
+        missing = sorted(expected - raw.keys() - _OPTIONAL)
         if missing:
             raise SpoolError(f"envelope field {missing[0]!r}: missing")
         unknown = sorted(raw.keys() - expected)
