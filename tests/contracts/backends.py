@@ -12,7 +12,7 @@ contracts against a new backend, add a class here and name it in BACKENDS.
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Protocol
+from typing import Protocol, TypeVar
 
 from tests.peers.redis_server import RedisServer
 from tests.support.clock import FakeClock
@@ -25,6 +25,8 @@ from sendgate.store.local.users import LocalUserStore
 from sendgate.store.queue import QueueStore
 from sendgate.store.users import UserStore
 
+_S = TypeVar("_S", UserStore, QueueStore, LimitStore)
+
 
 class StoreBackend(Protocol):
     def users(self) -> UserStore: ...
@@ -34,31 +36,25 @@ class StoreBackend(Protocol):
     def close(self) -> None: ...
 
 
-class LocalBackend:
-    """The embedded backends in a temporary directory, on an injected clock."""
+class _Handles:
+    """What every backend here shares: the injected clock, and the handles it opened (closed
+    together at the end of the test)."""
 
-    STORES = frozenset({"users", "queue", "limits"})
+    STORES: frozenset[str] = frozenset()
 
-    def __init__(self, root: Path, redis: RedisServer | None = None) -> None:
-        self._root = root
+    def __init__(self) -> None:
         self._clock = FakeClock()
         self._opened: list[UserStore | QueueStore | LimitStore] = []
 
-    def users(self) -> UserStore:
-        store = LocalUserStore(self._root / "users.db")
+    def _opening(self, store: _S) -> _S:
         self._opened.append(store)
         return store
+
+    def users(self) -> UserStore:
+        raise NotImplementedError(f"{type(self).__name__} keeps no users")
 
     def queue(self) -> QueueStore:
-        # scan_interval 0: a handle looks at the spool at every claim, as if the interval passed.
-        store = LocalQueueStore(self._root / "spool", clock=self._clock, scan_interval=0.0)
-        self._opened.append(store)
-        return store
-
-    def limits(self) -> LimitStore:
-        store = LocalLimitStore(self._root / "limits.db", clock=self._clock)
-        self._opened.append(store)
-        return store
+        raise NotImplementedError(f"{type(self).__name__} keeps no queue")
 
     def advance(self, seconds: float) -> None:
         self._clock.advance(seconds)
@@ -68,36 +64,42 @@ class LocalBackend:
             store.close()
 
 
-class RedisBackend:
+class LocalBackend(_Handles):
+    """The embedded backends in a temporary directory, on an injected clock."""
+
+    STORES = frozenset({"users", "queue", "limits"})
+
+    def __init__(self, root: Path, redis: RedisServer | None = None) -> None:
+        super().__init__()
+        self._root = root
+
+    def users(self) -> UserStore:
+        return self._opening(LocalUserStore(self._root / "users.db"))
+
+    def queue(self) -> QueueStore:
+        # scan_interval 0: a handle looks at the spool at every claim, as if the interval passed.
+        return self._opening(
+            LocalQueueStore(self._root / "spool", clock=self._clock, scan_interval=0.0)
+        )
+
+    def limits(self) -> LimitStore:
+        return self._opening(LocalLimitStore(self._root / "limits.db", clock=self._clock))
+
+
+class RedisBackend(_Handles):
     """The Redis limit store on a throwaway redis-server (emptied for each test), on an
     injected clock."""
 
     STORES = frozenset({"limits"})
 
     def __init__(self, root: Path, redis: RedisServer | None = None) -> None:
+        super().__init__()
         assert redis is not None
         redis.flush()
         self._url = redis.url
-        self._clock = FakeClock()
-        self._opened: list[RedisLimitStore] = []
-
-    def users(self) -> UserStore:
-        raise NotImplementedError("users are not kept in Redis")
-
-    def queue(self) -> QueueStore:
-        raise NotImplementedError("the queue is not kept in Redis")
 
     def limits(self) -> LimitStore:
-        store = RedisLimitStore(self._url, clock=self._clock)
-        self._opened.append(store)
-        return store
-
-    def advance(self, seconds: float) -> None:
-        self._clock.advance(seconds)
-
-    def close(self) -> None:
-        for store in self._opened:
-            store.close()
+        return self._opening(RedisLimitStore(self._url, clock=self._clock))
 
 
 BACKENDS: dict[str, type[LocalBackend] | type[RedisBackend]] = {
