@@ -42,6 +42,8 @@ from sendgate.smtp.replies import Reply
 from sendgate.smtp.session import Session, SessionSettings, State
 from sendgate.smtp.spill import BLOCK, SPILL_AT, BodySink, SinkFactory
 
+# Octets one connection takes before letting the others have a turn of the loop.
+_TURN_MAX = 256 * 1024
 _conn_ids = itertools.count(1)
 _UCRED = struct.Struct("3i")  # struct ucred: pid, uid, gid
 _LINGER_RESET = struct.pack("ii", 1, 0)  # SO_LINGER on, 0 s: close() sends RST, drops the queue
@@ -139,6 +141,8 @@ class SmtpConnection(asyncio.Protocol):
         self._handshaking = False  # a TLS handshake under way (it has its own deadline)
         self._tls_started = 0.0  # when it began (loop time), for its duration
         self._write_blocked = False  # the transport's buffer is full: the client does not read
+        self._turn = 0  # octets taken since this connection last let the others have a turn
+        self._yielding = False  # reading paused until the loop's next turn
         self._closing = False
         self.authenticated = False  # counted out of the unauthenticated share
         self._charged = 0  # octets of message content counted in the worker's memory budget
@@ -286,6 +290,9 @@ class SmtpConnection(asyncio.Protocol):
         if self._closing:
             return
         session.receive_data(data)
+        self._turn += len(data)
+        if self._turn >= _TURN_MAX and not self._yielding and self._transport is not None:
+            self._give_way(self._transport)
         if self._deciding or self._write_blocked:
             # Read nothing more while a decision or unread replies wait (a transport may still
             # hand over what it had; never let that go on).
@@ -293,6 +300,21 @@ class SmtpConnection(asyncio.Protocol):
                 self._transport.pause_reading()
             return
         self._pump()
+
+    def _give_way(self, transport: asyncio.Transport) -> None:
+        """Read nothing more in this loop turn: uvloop reads a ready socket up to 32 times per
+        turn, so a few clients sending large messages made every turn (and every other
+        client's reply, banner or accept) wait about a second."""
+        self._yielding = True
+        transport.pause_reading()
+        self._loop.call_soon(self._next_turn)
+
+    def _next_turn(self) -> None:
+        self._yielding = False
+        self._turn = 0
+        paused = self._deciding or self._write_blocked or self._upgrading
+        if not (paused or self._closing) and self._transport is not None:
+            self._transport.resume_reading()
 
     def eof_received(self) -> bool | None:
         session = self._session

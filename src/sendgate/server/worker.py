@@ -34,6 +34,7 @@ from sendgate.smtp import replies
 from sendgate.smtp.session import SessionSettings
 
 _ACCEPT_RETRY_DELAY = 1.0  # seconds without accepting after EMFILE and the like
+_ACCEPT_BATCH = 128  # connections taken at once past the first (the others wait a turn)
 # (user id, conn id) -> admission of a sendmail-socket client
 LocalFactory = Callable[[int, str], Admission | Awaitable[Admission]]
 
@@ -309,6 +310,28 @@ class Worker:
             self.log.event("accept_failed", "error", error=repr(exc))
             conn.close()
 
+    async def _accept_plain(self, sock: socket.socket) -> None:
+        """Port 587: accept here too. uvloop's own listener (libuv) accepts one connection per
+        loop turn, so under load a new client waited behind every client queued before it,
+        one busy turn each; `_accept_forever` takes all that are waiting at once."""
+        loop = asyncio.get_running_loop()
+
+        def take(conn: socket.socket, _peer: str) -> None:
+            task = loop.create_task(self._connect_plain(conn))
+            self._pending.add(task)
+            task.add_done_callback(self._pending.discard)
+
+        await self._accept_forever(sock, take)
+
+    async def _connect_plain(self, conn: socket.socket) -> None:
+        try:
+            await asyncio.get_running_loop().connect_accepted_socket(
+                functools.partial(SmtpConnection, self, implicit_tls=False), conn
+            )
+        except Exception as exc:  # a bug must cost one connection, never the listener
+            self.log.event("accept_failed", "error", error=repr(exc))
+            conn.close()
+
     async def _accept_forever(
         self, sock: socket.socket, take: Callable[[socket.socket, str], None]
     ) -> None:
@@ -326,6 +349,18 @@ class Worker:
                 await asyncio.sleep(_ACCEPT_RETRY_DELAY)
                 continue
             take(conn, str(peer[0]))
+            # uvloop's sock_accept takes one connection per loop turn, and a turn under load
+            # lasts a while: take the others already waiting now, or a new client waits one
+            # turn for each client queued before it.
+            for _ in range(_ACCEPT_BATCH):
+                try:
+                    conn, peer = sock.accept()
+                except (BlockingIOError, InterruptedError, ConnectionAbortedError):
+                    break
+                except OSError:
+                    break  # sock_accept meets it again, and backs off
+                conn.setblocking(False)
+                take(conn, str(peer[0]))
 
     async def _accept_proxied(self, sock: socket.socket, implicit_tls: bool) -> None:
         """Behind a proxy: accept here, and take each connection's PROXY header in a task."""
@@ -391,13 +426,7 @@ class Worker:
             if listener.implicit_tls:
                 acceptors.append(loop.create_task(self._accept_tls(listener.sock)))
                 continue
-            servers.append(
-                await loop.create_server(
-                    functools.partial(SmtpConnection, self, implicit_tls=False),
-                    sock=listener.sock,
-                    backlog=1024,
-                )
-            )
+            acceptors.append(loop.create_task(self._accept_plain(listener.sock)))
         if install_signals:
             loop.add_signal_handler(signal.SIGTERM, self.stop)
             loop.add_signal_handler(signal.SIGINT, self.stop)
@@ -423,7 +452,7 @@ class Worker:
         for pending in self._pending:
             pending.cancel()
         for listener in self._listeners:
-            if not listener.local and (listener.implicit_tls or self._proxies):
+            if not listener.local:
                 listener.sock.close()  # as server.close() does for the 587 listeners
         self.draining = True
         for conn in list(self._connections):
