@@ -4,9 +4,10 @@ A contract test receives a `StoreBackend` and asks it for store handles. Each ca
 handle on the same storage, as another process (or another node) would, so that a test can
 check what one handle's writes look like through another. `advance` moves the stores' clock:
 the local backend injects a clock, and so does the Redis one (its scripts take the time as an
-argument when a clock is given). A backend offers some of the stores (`STORES`); each contract
-module runs against the backends that offer its store (its `STORE`, see conftest.py). To run the
-contracts against a new backend, add a class here and name it in BACKENDS.
+argument when a clock is given); PostgreSQL's stores take every time from their callers. A
+backend offers some of the stores (`STORES`), on the server its `SERVER` fixture starts; each
+contract module runs against the backends that offer its store (its `STORE`, see conftest.py).
+To run the contracts against a new backend, add a class here and name it in BACKENDS.
 """
 
 from __future__ import annotations
@@ -14,9 +15,12 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Protocol, TypeVar
 
+from tests.peers.postgres_server import PostgresServer
 from tests.peers.redis_server import RedisServer
 from tests.support.clock import FakeClock
 
+from sendgate.store.cluster.pg_users import PostgresUserStore
+from sendgate.store.cluster.postgres import migrate
 from sendgate.store.cluster.redis_limits import RedisLimitStore
 from sendgate.store.limits import LimitStore
 from sendgate.store.local.limits import LocalLimitStore
@@ -56,6 +60,9 @@ class _Handles:
     def queue(self) -> QueueStore:
         raise NotImplementedError(f"{type(self).__name__} keeps no queue")
 
+    def limits(self) -> LimitStore:
+        raise NotImplementedError(f"{type(self).__name__} keeps no limits")
+
     def advance(self, seconds: float) -> None:
         self._clock.advance(seconds)
 
@@ -69,7 +76,7 @@ class LocalBackend(_Handles):
 
     STORES = frozenset({"users", "queue", "limits"})
 
-    def __init__(self, root: Path, redis: RedisServer | None = None) -> None:
+    def __init__(self, root: Path, server: object = None) -> None:
         super().__init__()
         self._root = root
 
@@ -92,17 +99,39 @@ class RedisBackend(_Handles):
 
     STORES = frozenset({"limits"})
 
-    def __init__(self, root: Path, redis: RedisServer | None = None) -> None:
+    SERVER = "redis_server"
+
+    def __init__(self, root: Path, server: object = None) -> None:
         super().__init__()
-        assert redis is not None
-        redis.flush()
-        self._url = redis.url
+        assert isinstance(server, RedisServer)
+        server.flush()
+        self._url = server.url
 
     def limits(self) -> LimitStore:
         return self._opening(RedisLimitStore(self._url, clock=self._clock))
 
 
-BACKENDS: dict[str, type[LocalBackend] | type[RedisBackend]] = {
+class PostgresBackend(_Handles):
+    """The PostgreSQL user store on a throwaway server, its database emptied and migrated for
+    each test. Its times are the callers' (`at`), so the clock plays no part."""
+
+    STORES = frozenset({"users"})
+    SERVER = "postgres_server"
+
+    def __init__(self, root: Path, server: object = None) -> None:
+        super().__init__()
+        assert isinstance(server, PostgresServer)
+        server.reset()
+        self._url = server.url
+        migrate(self._url)
+
+    def users(self) -> UserStore:
+        return self._opening(PostgresUserStore(self._url))
+
+
+Backend = type[LocalBackend] | type[RedisBackend] | type[PostgresBackend]
+BACKENDS: dict[str, Backend] = {
     "local": LocalBackend,
     "redis": RedisBackend,
+    "postgresql": PostgresBackend,
 }

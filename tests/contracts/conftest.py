@@ -1,7 +1,7 @@
 """Every contract test runs once per backend that offers its store (backends.BACKENDS).
 
 A contract module names its store in `STORE` ("users", "queue" or "limits"); the backends whose
-`STORES` include it are its parameters. Backends on services (Redis) share one throwaway
+`STORES` include it are its parameters. Backends on services (Redis, PostgreSQL) share one throwaway
 server for the session, emptied before each test.
 """
 
@@ -12,6 +12,7 @@ from pathlib import Path
 
 import pytest
 from tests.contracts.backends import BACKENDS, StoreBackend
+from tests.peers.postgres_server import PostgresServer
 from tests.peers.redis_server import RedisServer
 
 
@@ -28,10 +29,17 @@ def redis_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[RedisServ
         yield server
 
 
+@pytest.fixture(scope="session")
+def postgres_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[PostgresServer]:
+    with PostgresServer(tmp_path_factory.mktemp("postgres")) as server:
+        yield server
+
+
 @pytest.fixture
 def backend(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[StoreBackend]:
     kind = BACKENDS[request.param]
-    server = request.getfixturevalue("redis_server") if request.param == "redis" else None
+    fixture = getattr(kind, "SERVER", None)
+    server = request.getfixturevalue(fixture) if fixture is not None else None
     made: StoreBackend = kind(tmp_path, server)
     try:
         yield made

@@ -229,7 +229,11 @@ class InstanceFactory:
         """Run `sendgate ARGS` (no --config added) in the factory's directory."""
         return run_cli(list(args), stdin=stdin, cwd=self._root)
 
-    def __call__(self, settings: Mapping[str, TomlScalar] | None = None) -> Instance:
+    def __call__(
+        self, settings: Mapping[str, TomlScalar] | None = None, *, with_user: bool = True
+    ) -> Instance:
+        """A new instance; `with_user` False leaves out `sendgate user add` (nodes that share a
+        user store with one that has the user, or whose store is not ready yet)."""
         self._count += 1
         base = self._root / f"instance{self._count}"
         tls_dir = base / "tls-files"
@@ -267,7 +271,8 @@ class InstanceFactory:
         instance.configure(
             {"listen.workers": 1, "delivery.hold": True, "audit.interval": 0, **(settings or {})}
         )
-        instance.cli("user", "add", USER, stdin=PASSWORD + "\n").ok()
+        if with_user:
+            instance.cli("user", "add", USER, stdin=PASSWORD + "\n").ok()
         return instance
 
 

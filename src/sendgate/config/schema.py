@@ -441,6 +441,18 @@ class StoreConfig:
             "and messages get a temporary refusal (454/451), never an uncounted pass.",
         ),
     )
+    users: str = field(
+        default="local",
+        metadata=setting(
+            StoreUrl(("postgresql", "postgres")),
+            'The users, addresses, app passwords, known networks and flags: "local" (SQLite in '
+            'data_dir), or a PostgreSQL every node shares ("postgresql://sendgate@db/sendgate";'
+            " a password in the URL makes this file a secret: keep it private, or use "
+            "~/.pgpass). Create or upgrade its tables with `sendgate db migrate`; a node refuses "
+            "to start on a schema version it does not know. While PostgreSQL cannot be reached, "
+            "logins get 454 4.7.0 (try again later).",
+        ),
+    )
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)

@@ -27,7 +27,7 @@ from collections.abc import Mapping
 from dataclasses import dataclass
 from types import MappingProxyType
 from typing import TYPE_CHECKING
-from urllib.parse import urlsplit
+from urllib.parse import parse_qs, urlsplit
 
 from sendgate.config.echo import Where, show_path
 from sendgate.config.kinds import is_loopback
@@ -47,7 +47,7 @@ OVERRIDES: Mapping[str, str] = MappingProxyType(
         ),
         "public_http": "http.listen on an address that is not loopback: plain HTTP",
         "proxy_from_anywhere": "listen.proxy_from with a network of every address (/0)",
-        "plaintext_store": "store.limits on redis:// (no TLS) to a host that is not loopback",
+        "plaintext_store": "store.limits or store.users without TLS to a host that is not loopback",
     }
 )
 WEAK_TLS_VERSIONS = ("1.0", "1.1")
@@ -129,6 +129,16 @@ def unsafe_settings(cfg: Config) -> list[UnsafeSetting]:
                 "counts cross the network in clear (rediss:// uses TLS)",
             )
         )
+    users_host = _postgres_plaintext_host(cfg.store.users)
+    if users_host is not None:
+        found.append(
+            UnsafeSetting(
+                "plaintext_store",
+                "store.users",
+                f"store.users: PostgreSQL at {users_host} without sslmode=verify-full (or "
+                "require, verify-ca): password hashes may cross the network in clear",
+            )
+        )
     for index, pair in enumerate(cfg.tls.certificates):
         key = f"tls.certificates[{index}].key"
         try:
@@ -158,3 +168,24 @@ def refuse_unsafe(cfg: Config, where: Where) -> None:
             raise where.at(unsafe.key).error(
                 f'unsafe setting refused; add "{unsafe.override}" to unsafe_overrides to allow it'
             )
+
+
+_POSTGRES_TLS = frozenset({"require", "verify-ca", "verify-full"})
+
+
+def _postgres_plaintext_host(url: str) -> str | None:
+    """The host a PostgreSQL URL reaches without enforced TLS, or None (local, or TLS required).
+
+    libpq's default sslmode is "prefer": TLS if the server offers it, silently plain if not.
+    """
+    if url == "local":
+        return None
+    parts = urlsplit(url)
+    query = parse_qs(parts.query)
+    hosts = query.get("host", []) or [parts.hostname or ""]
+    if set(query.get("sslmode", [])) & _POSTGRES_TLS:
+        return None
+    for host in hosts:
+        if host and not host.startswith("/") and not is_loopback(host):
+            return host
+    return None

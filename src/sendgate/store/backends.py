@@ -10,7 +10,8 @@ contracts (UserStore, QueueStore, LimitStore).
 By default every store is local (one node): `data_dir/users.db`, `data_dir/limits.db`
 (SQLite, WAL), `data_dir/spool/` (the file spool), `data_dir/mta-sts/` (cached MTA-STS
 policies) and `data_dir/login.key` (the installation's secret). `store.limits` may instead
-name a Redis that several nodes share (`store.cluster.redis_limits`).
+name a Redis that several nodes share (`store.cluster.redis_limits`), and `store.users` a
+PostgreSQL database (`store.cluster.pg_users`, tables made by `migrate_database`).
 To add a backend: implement the contract, pass its contract tests (tests/contracts/), and
 choose it here from the configuration.
 """
@@ -114,6 +115,35 @@ def _redis_limits(url: str) -> RedisLimitStore:
     return RedisLimitStore(url)
 
 
+def _postgres_users(url: str) -> UserStore:
+    # Imported here: a single node never needs psycopg.
+    try:
+        from sendgate.store.cluster.pg_users import PostgresUserStore
+    except ImportError:
+        raise StoreError(_NO_PSYCOPG) from None
+    return PostgresUserStore(url)
+
+
+_NO_PSYCOPG = (
+    "store.users names PostgreSQL, but psycopg is not installed: pip install 'sendgate[cluster]'"
+)
+
+
+def migrate_database(config: Config) -> tuple[int, int]:
+    """`sendgate db migrate`: bring the shared database to this sendgate's schema version.
+
+    Returns (version before, version after); StoreError when no store is on PostgreSQL.
+    """
+    url = config.store.users
+    if url == "local":
+        raise StoreError('no store is on PostgreSQL (store.users is "local"): nothing to migrate')
+    try:
+        from sendgate.store.cluster.postgres import migrate
+    except ImportError:
+        raise StoreError(_NO_PSYCOPG) from None
+    return migrate(url)
+
+
 class Stores:
     """The stores of one process; each is opened on first use and closed by `close`."""
 
@@ -163,7 +193,8 @@ class Backends:
         Creating the schemas here, once, keeps the forked workers from racing to do it.
         """
         installation_secret(self._config)
-        LocalUserStore(users_path(self._config)).close()
+        # Opening checks the schema: a node does not start on tables it does not know.
+        self.open_users().close()
         if self._config.store.limits == "local":
             LocalLimitStore(limits_path(self._config), clock=self._clock).close()
         queue = LocalQueueStore(spool_path(self._config), clock=self._clock)
@@ -189,6 +220,9 @@ class Backends:
             self._pipe = None
 
     def open_users(self) -> UserStore:
+        url = self._config.store.users
+        if url != "local":
+            return _postgres_users(url)
         return LocalUserStore(users_path(self._config))
 
     def open_limits(self) -> LimitStore:

@@ -53,6 +53,7 @@ def test_help_lists_the_groups_of_the_table_in_order(capsys: pytest.CaptureFixtu
         "bans",
         "dkim",
         "dns",
+        "db",
         "audit",
         "probe",
         "sendmail",

@@ -206,3 +206,45 @@ def test_a_plaintext_store_across_the_network_needs_its_override(pair_dir: Path)
     [found] = unsafe_settings(config)
     assert found.description.startswith("store.limits: redis:// to 10.0.0.5: ")
     assert "s3cret" not in found.description
+
+
+@pytest.mark.parametrize(
+    "url",
+    [
+        "postgresql://sendgate@127.0.0.1/sendgate",
+        "postgresql:///sendgate?host=/run/postgresql",
+        "postgresql://sendgate@db.example.net/sendgate?sslmode=verify-full",
+        "postgres://sendgate@10.0.0.7:5432/sendgate?sslmode=require",
+    ],
+)
+def test_users_on_postgresql_locally_or_with_tls_required_are_fine(
+    pair_dir: Path, url: str
+) -> None:
+    config = load_config(write_config(pair_dir, MINIMAL + f'[store]\nusers = "{url}"\n'))
+    assert unsafe_settings(config) == []
+
+
+@pytest.mark.parametrize("mode", ["", "?sslmode=prefer", "?sslmode=disable"])
+def test_users_on_postgresql_without_tls_across_the_network_need_the_override(
+    pair_dir: Path, mode: str
+) -> None:
+    store = f'[store]\nusers = "postgresql://sendgate:s3cret@10.0.0.7/sendgate{mode}"\n'
+    with pytest.raises(ConfigError) as caught:
+        load_config(write_config(pair_dir, MINIMAL + store))
+    assert "store.users: unsafe setting refused" in str(caught.value)
+    assert "s3cret" not in str(caught.value)
+    config = load_config(
+        write_config(pair_dir, 'unsafe_overrides = ["plaintext_store"]\n' + MINIMAL + store)
+    )
+    [found] = unsafe_settings(config)
+    assert found.description.startswith("store.users: PostgreSQL at 10.0.0.7 without sslmode=")
+    assert "s3cret" not in found.description
+
+
+def test_users_store_must_be_local_or_a_postgresql_url(pair_dir: Path) -> None:
+    store = '[store]\nusers = "mysql://root:s3cret@db/sendgate"\n'
+    with pytest.raises(ConfigError) as caught:
+        load_config(write_config(pair_dir, MINIMAL + store))
+    assert "store.users" in str(caught.value)
+    assert "postgresql://" in str(caught.value)
+    assert "s3cret" not in str(caught.value)

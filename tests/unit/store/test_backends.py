@@ -15,6 +15,7 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
+from tests.peers.postgres_server import PostgresServer
 from tests.peers.redis_server import RedisServer
 from tests.support.clock import FakeClock
 from tests.support.forked import WAIT, Forked
@@ -31,9 +32,12 @@ from sendgate.store.backends import (
     Stores,
     installation_secret,
     limits_path,
+    migrate_database,
     open_stores,
     secret_path,
+    users_path,
 )
+from sendgate.store.cluster.pg_users import PostgresUserStore
 from sendgate.store.cluster.redis_limits import RedisLimitStore
 from sendgate.store.envelope import Envelope
 from sendgate.store.queue import QueueStore, Recovery
@@ -303,3 +307,38 @@ def test_limits_on_an_unreachable_redis_refuse_to_prepare(cfg: Config) -> None:
     shared = dataclasses.replace(cfg, store=StoreConfig(limits="redis://127.0.0.1:1/0"))
     with pytest.raises(StoreError, match=r"^limit store \(Redis\): "):
         Backends(shared).prepare()
+
+
+# --- the users on PostgreSQL (store.users) ----------------------------------------------------
+
+
+def test_users_on_postgresql_wait_for_migrate_then_are_what_every_handle_sees(
+    cfg: Config, tmp_path: Path
+) -> None:
+    with PostgresServer(tmp_path / "postgres") as postgres:
+        shared = dataclasses.replace(cfg, store=StoreConfig(users=postgres.url))
+        with pytest.raises(StoreError, match=r"run `sendgate db migrate`$"):
+            Backends(shared).prepare()
+        assert migrate_database(shared) == (0, 1)
+        backends = Backends(shared)
+        backends.prepare()
+        try:
+            stores = backends.open("acceptor")
+            try:
+                assert isinstance(stores.users, PostgresUserStore)
+                stores.users.add_user("alice@example.org", "$argon2id$v=19$m=8,t=1,p=1$x$y")
+            finally:
+                stores.close()
+            other = open_stores(shared)
+            try:
+                assert [user.username for user in other.users.list_users()] == ["alice@example.org"]
+            finally:
+                other.close()
+        finally:
+            backends.close()
+        assert not users_path(shared).exists()
+
+
+def test_migrate_with_local_users_is_a_one_line_refusal(cfg: Config) -> None:
+    with pytest.raises(StoreError, match=r'^no store is on PostgreSQL \(store.users is "local"\)'):
+        migrate_database(cfg)

@@ -10,10 +10,13 @@ or hand-edited row cannot silently loosen a limit. Networks are bound only as SQ
 
 import json
 import sqlite3
+from collections.abc import Iterable
+from itertools import groupby
 from pathlib import Path
+from typing import Any
 
 from sendgate.errors import StoreError
-from sendgate.store.users import SETTING_NAMES, KnownNetwork, LoginNote, UserSettings
+from sendgate.store.users import SETTING_NAMES, KnownNetwork, LoginNote, UserRecord, UserSettings
 
 KNOWN_NETWORKS_SCHEMA = (
     """CREATE TABLE known_networks (
@@ -40,8 +43,9 @@ def dump_settings(settings: UserSettings) -> str:
     return json.dumps(changed, sort_keys=True, separators=(",", ":"))
 
 
-def load_settings(text: str, username: str, path: Path) -> UserSettings:
-    """Parse what `dump_settings` wrote; StoreError naming the file and user if it is not that."""
+def load_settings(text: str, username: str, path: Path | str) -> UserSettings:
+    """Parse what `dump_settings` wrote; StoreError naming the store (its file or database)
+    and the user if it is not that."""
     try:
         data = json.loads(text)
         if not isinstance(data, dict):
@@ -55,6 +59,29 @@ def load_settings(text: str, username: str, path: Path) -> UserSettings:
         raise StoreError(
             f"user store {path}: settings of user {username} are not valid: {reason}"
         ) from exc
+
+
+def fold_records(rows: Iterable[Any], where: Path | str) -> list[UserRecord]:
+    """Fold joined (username, hash, generation, settings, address) rows into records.
+
+    The rows come sorted by username, so each user's rows are adjacent. Shared with the
+    PostgreSQL store, which reads the same columns.
+    """
+    records = []
+    for (username, password_hash, generation, settings), group in groupby(
+        rows, key=lambda row: row[:4]
+    ):
+        addresses = tuple(row[4] for row in group if row[4] is not None)
+        records.append(
+            UserRecord(
+                username=username,
+                password_hash=password_hash,
+                addresses=addresses,
+                generation=int(generation),
+                settings=load_settings(settings, username, where),
+            )
+        )
+    return records
 
 
 def note_login(

@@ -10,8 +10,6 @@ or wrong types are a `StoreError`), so a damaged row never silently loosens a li
 """
 
 import sqlite3
-from collections.abc import Iterable
-from itertools import groupby
 from pathlib import Path
 from typing import Any
 
@@ -20,7 +18,7 @@ from sendgate.store.local.sqlite import Database
 from sendgate.store.local.user_rows import (
     KNOWN_NETWORKS_SCHEMA,
     dump_settings,
-    load_settings,
+    fold_records,
     network_known,
     note_login,
     select_known_networks,
@@ -103,7 +101,7 @@ class LocalUserStore:
             rows = db.execute(
                 f"{_SELECT_USERS} WHERE users.username = ?{_ORDER}", (username.lower(),)
             )
-            records = _records(rows, self._db.path)
+            records = fold_records(rows, self._db.path)
         return records[0] if records else None
 
     def login_at_once(self, username: str) -> tuple[UserRecord, list[AppPassword]] | None:
@@ -120,7 +118,7 @@ class LocalUserStore:
         if found is None:
             return None
         rows, apps = found
-        return _records(rows, self._db.path)[0], [AppPassword(*row) for row in apps]
+        return fold_records(rows, self._db.path)[0], [AppPassword(*row) for row in apps]
 
     def add_user(self, username: str, password_hash: str) -> None:
         """Create a user who owns its own address; refuse an existing user or owned address."""
@@ -158,7 +156,7 @@ class LocalUserStore:
     def list_users(self) -> list[UserRecord]:
         """Return every user, sorted by username."""
         with self._db.reading() as db:
-            return _records(db.execute(f"{_SELECT_USERS}{_ORDER}"), self._db.path)
+            return fold_records(db.execute(f"{_SELECT_USERS}{_ORDER}"), self._db.path)
 
     def add_address(self, username: str, address: str) -> None:
         """Let the user send as `address`; refuse an unknown user or an address already owned."""
@@ -311,25 +309,3 @@ def _refuse_owned(db: sqlite3.Connection, address: str) -> None:
     row = db.execute("SELECT username FROM addresses WHERE address = ?", (address,)).fetchone()
     if row is not None:
         raise UserError(f"address {address} is already owned by user {row[0]}")
-
-
-def _records(rows: Iterable[Any], path: Path) -> list[UserRecord]:
-    """Fold joined (username, hash, generation, settings, address) rows into records.
-
-    The rows come sorted by username, so each user's rows are adjacent.
-    """
-    records = []
-    for (username, password_hash, generation, settings), group in groupby(
-        rows, key=lambda row: row[:4]
-    ):
-        addresses = tuple(row[4] for row in group if row[4] is not None)
-        records.append(
-            UserRecord(
-                username=username,
-                password_hash=password_hash,
-                addresses=addresses,
-                generation=generation,
-                settings=load_settings(settings, username, path),
-            )
-        )
-    return records
