@@ -33,8 +33,13 @@ def init_instance(
     smarthost: str | None = None,
     smarthost_tls: str = "starttls",
     http: str | None = None,
+    cluster: str | None = None,
+    redis: str | None = None,
 ) -> Path:
     """Create `directory` with sendgate.toml, data/ and (unless cert and key are given) tls/.
+
+    `cluster` (a PostgreSQL URL) becomes store.users and store.queue, `redis` store.limits;
+    the configuration's own checks judge them (an unsafe one leaves no file behind).
 
     Given cert and key files are referenced by absolute path, not copied. Returns the config
     path; raises UserError (or TlsConfigError/ConfigError) with one line naming what is wrong.
@@ -58,8 +63,13 @@ def init_instance(
         # Absolute, because the config resolves relative paths against its own directory.
         cert_text, key_text = str(cert.absolute()), str(key.absolute())
 
+    stores = {}
+    if cluster is not None:
+        stores = {"store.users": cluster, "store.queue": cluster}
+    if redis is not None:
+        stores["store.limits"] = redis
     text = render_example(
-        hostname, [submission], [submissions], cert_text, key_text, routes, http_listen
+        hostname, [submission], [submissions], cert_text, key_text, routes, http_listen, stores
     )
     try:
         write_file_durably(config_path, text.encode("utf-8"), exclusive=True, mode=0o600)

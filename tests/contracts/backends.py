@@ -19,6 +19,7 @@ from tests.peers.postgres_server import PostgresServer
 from tests.peers.redis_server import RedisServer
 from tests.support.clock import FakeClock
 
+from sendgate.store.cluster.pg_queue import PostgresQueueStore
 from sendgate.store.cluster.pg_users import PostgresUserStore
 from sendgate.store.cluster.postgres import migrate
 from sendgate.store.cluster.redis_limits import RedisLimitStore
@@ -112,10 +113,11 @@ class RedisBackend(_Handles):
 
 
 class PostgresBackend(_Handles):
-    """The PostgreSQL user store on a throwaway server, its database emptied and migrated for
-    each test. Its times are the callers' (`at`), so the clock plays no part."""
+    """The PostgreSQL user and queue stores on a throwaway server, its database emptied and
+    migrated for each test; the queue on the injected clock (the users' times are the
+    callers' own `at`)."""
 
-    STORES = frozenset({"users"})
+    STORES = frozenset({"users", "queue"})
     SERVER = "postgres_server"
 
     def __init__(self, root: Path, server: object = None) -> None:
@@ -127,6 +129,11 @@ class PostgresBackend(_Handles):
 
     def users(self) -> UserStore:
         return self._opening(PostgresUserStore(self._url))
+
+    def queue(self) -> QueueStore:
+        return self._opening(
+            PostgresQueueStore(self._url, clock=self._clock, scan_interval=0.0, node="contract")
+        )
 
 
 Backend = type[LocalBackend] | type[RedisBackend] | type[PostgresBackend]

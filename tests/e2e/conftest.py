@@ -36,6 +36,7 @@ from typing import IO
 import pytest
 import trustme
 from cryptography import x509
+from tests.peers.postgres_server import PostgresServer
 from tests.support.session import plain
 
 from sendgate.store.local.spool import Spool
@@ -428,6 +429,11 @@ class ServerProcess:
             self.proc.send_signal(signal.SIGTERM)
         return self.wait(timeout)
 
+    def send_group_signal(self, signum: int) -> None:
+        """Signal every process of the instance (SIGSTOP, SIGCONT: a node paused as a whole)."""
+        assert self.proc is not None
+        os.killpg(self.proc.pid, signum)
+
     def kill(self) -> None:
         """SIGKILL the whole process group and wait until every member has exited."""
         assert self.proc is not None
@@ -594,6 +600,13 @@ def ca_pem(ca: trustme.CA, tmp_path_factory: pytest.TempPathFactory) -> Path:
 def instance(tmp_path: Path, ca: trustme.CA, ca_pem: Path) -> InstanceFactory:
     """Call with an optional {"dotted.key": value} mapping of config settings."""
     return InstanceFactory(tmp_path, ca, ca_pem)
+
+
+@pytest.fixture
+def postgres(tmp_path: Path) -> Iterator[PostgresServer]:
+    """A throwaway PostgreSQL for the nodes of a cluster test (store.users, store.queue)."""
+    with PostgresServer(tmp_path / "postgres") as started:
+        yield started
 
 
 @pytest.fixture

@@ -13,13 +13,13 @@ from __future__ import annotations
 
 import contextlib
 import json
-from collections.abc import Iterator
-from pathlib import Path
 from typing import TYPE_CHECKING
 
 import pytest
 from tests.e2e.sources import FAILED, auth, starttls_client
 from tests.peers.postgres_server import PostgresServer
+
+from sendgate.store.cluster.postgres import SCHEMA_VERSION
 
 if TYPE_CHECKING:
     from tests.e2e.conftest import Instance, InstanceFactory, ServerFactory, ServerProcess
@@ -31,12 +31,6 @@ NEWCOMER = "carol@example.test"
 NEWCOMER_PASSWORD = "quiet harbour lantern 4417"
 
 
-@pytest.fixture
-def postgres(tmp_path: Path) -> Iterator[PostgresServer]:
-    with PostgresServer(tmp_path / "postgres") as server:
-        yield server
-
-
 def _nodes(
     instance: InstanceFactory, server: ServerFactory, postgres: PostgresServer
 ) -> list[ServerProcess]:
@@ -46,10 +40,11 @@ def _nodes(
     refused = first.cli("user", "list")
     assert refused.code == 1
     assert "run `sendgate db migrate`" in refused.stderr
-    assert first.cli("db", "migrate").ok().stdout == "schema version 0 -> 1\n"
+    migrated = first.cli("db", "migrate").ok().stdout
+    assert migrated == f"schema version 0 -> {SCHEMA_VERSION}\n"
     assert json.loads(first.cli("db", "migrate", "--json").ok().stdout) == {
-        "before": 1,
-        "after": 1,
+        "before": SCHEMA_VERSION,
+        "after": SCHEMA_VERSION,
     }
     first.cli("user", "add", first.user, stdin=first.password + "\n").ok()
     made: list[Instance] = [first] + [instance(settings, with_user=False) for _ in range(2)]

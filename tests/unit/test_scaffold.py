@@ -10,7 +10,7 @@ from sendgate.certs import check_pair, describe_certificate, generate_self_signe
 from sendgate.config.kinds import HostPort, parse_hostname
 from sendgate.config.load import load_config
 from sendgate.config.unsafe import unsafe_settings
-from sendgate.errors import UserError
+from sendgate.errors import ConfigError, UserError
 from sendgate.scaffold import default_hostname, init_instance
 
 
@@ -240,3 +240,40 @@ def test_init_with_an_http_listener_on_loopback_only(tmp_path: Path) -> None:
         _init(tmp_path / "c", http="nonsense")
     assert not (tmp_path / "b").exists()
     assert not (tmp_path / "c").exists()
+
+
+def test_init_for_a_cluster_names_the_shared_stores(tmp_path: Path) -> None:
+    database = "postgresql://sendgate@10.0.0.6/sendgate?sslmode=verify-full"
+    path = init_instance(
+        tmp_path / "node",
+        hostname="mail.example.com",
+        submission="127.0.0.1:0",
+        submissions="127.0.0.1:0",
+        cluster=database,
+        redis="rediss://:secret@10.0.0.5:6380/0",
+    )
+    config = load_config(path)
+    assert (config.store.users, config.store.queue) == (database, database)
+    assert config.store.limits == "rediss://:secret@10.0.0.5:6380/0"
+    assert unsafe_settings(config) == []
+    assert _mode(path) == 0o600 & ~_umask()  # it holds the URLs' passwords
+
+
+def test_init_refuses_a_cluster_store_without_tls_and_leaves_no_config(tmp_path: Path) -> None:
+    with pytest.raises(ConfigError) as caught:
+        init_instance(
+            tmp_path / "node",
+            hostname="mail.example.com",
+            submission="127.0.0.1:0",
+            submissions="127.0.0.1:0",
+            cluster="postgresql://sendgate:s3cret@10.0.0.6/sendgate",
+        )
+    assert "store.users: unsafe setting refused" in str(caught.value)
+    assert "s3cret" not in str(caught.value)
+    assert not (tmp_path / "node" / "sendgate.toml").exists()
+
+
+def _umask() -> int:
+    current = os.umask(0)
+    os.umask(current)
+    return current

@@ -14,13 +14,14 @@ These invocations are relied on by scripts and docs and must keep working exactl
 of stdout), `sendgate --config FILE audit [--json]`,
 `sendgate --config FILE dns DOMAIN [--check]`,
 `sendgate probe HOST[:PORT] [--implicit-tls] [--auth USER] [--json]`,
-`sendgate --config FILE db migrate [--json]`.
+`sendgate --config FILE db migrate [--json]`, `sendgate --config FILE cluster status [--json]`.
 Passwords are read from a prompt or stdin, never from argv.
 
 Each command group is one module of this package (init, serve, user, queue, bans, dkim, dns,
-db, audit, probe) offering a `Group` row; `GROUPS` below lists them in the order `--help` shows.
-Adding a group is one new module and one entry there. This package owns every line printed for
-people; the library code it calls returns values and raises `SendgateError`s, and prints nothing.
+db, cluster, audit, probe) offering a `Group` row; `GROUPS` below lists them in the order
+`--help` shows. Adding a group is one new module and one entry there. This package owns every
+line printed for people; the library code it calls returns values and raises `SendgateError`s,
+and prints nothing.
 """
 
 from __future__ import annotations
@@ -32,7 +33,20 @@ from collections.abc import Callable, Sequence
 from pathlib import Path
 
 from sendgate import __version__
-from sendgate.cli import audit, bans, db, dkim, dns, init, probe, queue, sendmail, serve, user
+from sendgate.cli import (
+    audit,
+    bans,
+    cluster,
+    db,
+    dkim,
+    dns,
+    init,
+    probe,
+    queue,
+    sendmail,
+    serve,
+    user,
+)
 from sendgate.cli.command import Group
 from sendgate.errors import ConfigError, SendgateError
 from sendgate.scaffold import CONFIG_NAME
@@ -46,6 +60,7 @@ GROUPS: tuple[Group, ...] = (
     dkim.GROUP,
     dns.GROUP,
     db.GROUP,
+    cluster.GROUP,
     audit.GROUP,
     probe.GROUP,
     sendmail.GROUP,

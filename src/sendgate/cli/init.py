@@ -27,6 +27,16 @@ def _arguments(init: argparse.ArgumentParser) -> None:
         help="TLS to the smarthost (default starttls; none only to a loopback address)",
     )
     init.add_argument(
+        "--cluster",
+        metavar="POSTGRESQL_URL",
+        help="keep users and the queue in this PostgreSQL, shared with other nodes",
+    )
+    init.add_argument(
+        "--redis",
+        metavar="REDIS_URL",
+        help="keep the limits and bans in this Redis, shared with other nodes",
+    )
+    init.add_argument(
         "--http",
         metavar="HOST:PORT",
         help="HTTP listener for metrics, health and client set-up (a loopback address)",
@@ -46,8 +56,12 @@ def run(args: argparse.Namespace) -> int:
         smarthost=args.smarthost,
         smarthost_tls=args.smarthost_tls,
         http=args.http,
+        cluster=args.cluster,
+        redis=args.redis,
     )
     print(f"wrote {path}")
+    if args.cluster:
+        print(f"next: sendgate --config {path} db migrate (once for the cluster)")
     print(f"next: sendgate --config {path} user add ADDRESS")
     return 0
 

@@ -8,6 +8,7 @@ what the loader accepts.
 """
 
 import textwrap
+from collections.abc import Mapping
 from dataclasses import Field
 from pathlib import Path
 from typing import Any
@@ -27,8 +28,11 @@ def render_example(
     key: str,
     routes: tuple[RouteConfig, ...] = (),
     http: HostPort | None = None,
+    stores: Mapping[str, str] | None = None,
 ) -> str:
     """A complete, commented sendgate.toml with every setting, the given values filled in.
+
+    `stores`: dotted store settings ("store.users" and the like) and their URLs.
 
     Raises ValueError for a malformed HOST:PORT; the caller validates the host name and files.
     """
@@ -39,6 +43,7 @@ def render_example(
         "tls.certificates": (CertPair(Path(cert), Path(key)),),
         "delivery.routes": routes,
         "http.listen": http,
+        **(stores or {}),
     }
     lines = [
         "# sendgate configuration, written by `sendgate init`.",

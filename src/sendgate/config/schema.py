@@ -358,6 +358,15 @@ class DeliveryConfig:
         default=5,
         metadata=setting(Int(1, 1000), "Simultaneous transactions to one recipient domain."),
     )
+    lease: float = field(
+        default=600.0,
+        metadata=setting(
+            Float(5, 86400),
+            "Seconds a runner holds a message it is delivering (renewed at a third of that while "
+            "it works). With a shared queue (store.queue), the mail of a node that died is "
+            "taken over by the others this long after its last renewal.",
+        ),
+    )
     retry_first: float = field(
         default=300.0,
         metadata=setting(Float(1, 86400), "Seconds before the first retry; doubles each time."),
@@ -451,6 +460,27 @@ class StoreConfig:
             "~/.pgpass). Create or upgrade its tables with `sendgate db migrate`; a node refuses "
             "to start on a schema version it does not know. While PostgreSQL cannot be reached, "
             "logins get 454 4.7.0 (try again later).",
+        ),
+    )
+    queue: str = field(
+        default="local",
+        metadata=setting(
+            StoreUrl(("postgresql", "postgres")),
+            'The queue of accepted mail: "local" (the spool in data_dir, delivered by this node '
+            "alone), or a PostgreSQL every node shares (the same database as store.users or "
+            "another). A message is committed there before its 250 (PostgreSQL's "
+            "synchronous_commit; with an asynchronous replica a failover may lose the last "
+            "commits), and any node's runner delivers it, under a lease with a fencing token: "
+            "mail a dead node accepted is delivered by the others once its lease runs out. "
+            "While PostgreSQL cannot be reached, messages get 451 4.3.0.",
+        ),
+    )
+    node_name: str = field(
+        default="",
+        metadata=setting(
+            Text(),
+            "This node's name in the shared queue's leases and in `sendgate cluster status` "
+            "(empty: the host name). Give nodes on one host names of their own.",
         ),
     )
 

@@ -129,16 +129,20 @@ def unsafe_settings(cfg: Config) -> list[UnsafeSetting]:
                 "counts cross the network in clear (rediss:// uses TLS)",
             )
         )
-    users_host = _postgres_plaintext_host(cfg.store.users)
-    if users_host is not None:
-        found.append(
-            UnsafeSetting(
-                "plaintext_store",
-                "store.users",
-                f"store.users: PostgreSQL at {users_host} without sslmode=verify-full (or "
-                "require, verify-ca): password hashes may cross the network in clear",
+    for key, url, what in (
+        ("store.users", cfg.store.users, "password hashes"),
+        ("store.queue", cfg.store.queue, "the mail itself"),
+    ):
+        host = _postgres_plaintext_host(url)
+        if host is not None:
+            found.append(
+                UnsafeSetting(
+                    "plaintext_store",
+                    key,
+                    f"{key}: PostgreSQL at {host} without sslmode=verify-full (or require, "
+                    f"verify-ca): {what} may cross the network in clear",
+                )
             )
-        )
     for index, pair in enumerate(cfg.tls.certificates):
         key = f"tls.certificates[{index}].key"
         try:

@@ -35,7 +35,6 @@ from sendgate.store.delivery_state import DeliveryState, RecipientState
 from sendgate.store.queue import Claim, QueueStore
 
 _T = TypeVar("_T")
-LEASE = 600.0  # seconds a claim is leased for; renewed at a third of that while held
 # Under load, arrivals within this many seconds of the last claim wait for one claim together
 # (one thread handoff and one read of the announcements for many messages); an arrival after a
 # quiet spell is claimed at once.
@@ -176,7 +175,7 @@ class Scheduler:
         """Claim what is due (up to the free task slots) and start or park it; return the count."""
         self._last_claim = asyncio.get_running_loop().time()
         try:
-            claimed = await self._io(self._queue.claim, self._room(), LEASE)
+            claimed = await self._io(self._queue.claim, self._room(), self._cfg.lease)
         except SpoolError as exc:
             self._log.event("queue_error", "error", error=str(exc))
             self._next_check = self._clock() + self._cfg.scan_interval
@@ -186,7 +185,7 @@ class Scheduler:
             self._log.event("queue_error", "error", error=problem)
         self._next_check = claimed.next_check
         if claimed.claims and not self._held:
-            self._renew_at = self._clock() + LEASE / 3
+            self._renew_at = self._clock() + self._cfg.lease / 3
         for claim in claimed.claims:
             if claim.state_problem is not None:
                 # An unreadable state must not lose the message: it starts over (at least once).
@@ -204,10 +203,10 @@ class Scheduler:
         """Keep the leases of the messages held (running or waiting aside) alive."""
         if not self._held or self._clock() < self._renew_at:
             return
-        self._renew_at = self._clock() + LEASE / 3
+        self._renew_at = self._clock() + self._cfg.lease / 3
         held = list(self._held.values())
         try:
-            kept = await self._io(self._queue.renew, held, LEASE)
+            kept = await self._io(self._queue.renew, held, self._cfg.lease)
         except SpoolError as exc:
             self._log.event("queue_error", "error", error=str(exc))
             return

@@ -11,7 +11,8 @@ By default every store is local (one node): `data_dir/users.db`, `data_dir/limit
 (SQLite, WAL), `data_dir/spool/` (the file spool), `data_dir/mta-sts/` (cached MTA-STS
 policies) and `data_dir/login.key` (the installation's secret). `store.limits` may instead
 name a Redis that several nodes share (`store.cluster.redis_limits`), and `store.users` a
-PostgreSQL database (`store.cluster.pg_users`, tables made by `migrate_database`).
+PostgreSQL database (`store.cluster.pg_users`) and `store.queue` one too
+(`store.cluster.pg_queue`); their tables are made by `migrate_database`.
 To add a backend: implement the contract, pass its contract tests (tests/contracts/), and
 choose it here from the configuration.
 """
@@ -22,6 +23,7 @@ import os
 import secrets
 import time
 from collections.abc import Callable
+from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Literal
 
@@ -36,6 +38,7 @@ from sendgate.store.queue import QueueStore, Recovery
 from sendgate.store.users import UserStore
 
 if TYPE_CHECKING:
+    from sendgate.store.cluster.pg_queue import PostgresQueueStore, QueueStatus
     from sendgate.store.cluster.redis_limits import RedisLimitStore
 
 Role = Literal["acceptor", "runner", "admin"]
@@ -52,6 +55,12 @@ def limits_path(config: Config) -> Path:
 
 def spool_path(config: Config) -> Path:
     return config.data_dir / "spool"
+
+
+def local_mail_path(config: Config) -> Path:
+    """Where accepted mail meets this host's disk: the spool, or (with a shared queue) the
+    directory where large bodies wait for their commit. /healthz checks it takes writes."""
+    return spool_path(config) if config.store.queue == "local" else config.data_dir
 
 
 def secret_path(config: Config) -> Path:
@@ -129,19 +138,93 @@ _NO_PSYCOPG = (
 )
 
 
-def migrate_database(config: Config) -> tuple[int, int]:
-    """`sendgate db migrate`: bring the shared database to this sendgate's schema version.
+def database_urls(config: Config) -> list[str]:
+    """The distinct PostgreSQL databases the configuration names (users, queue)."""
+    urls = []
+    for url in (config.store.users, config.store.queue):
+        if url != "local" and url not in urls:
+            urls.append(url)
+    return urls
 
-    Returns (version before, version after); StoreError when no store is on PostgreSQL.
+
+def migrate_database(config: Config) -> tuple[int, int]:
+    """`sendgate db migrate`: bring the shared databases to this sendgate's schema version.
+
+    Returns (the oldest version found, the version now); StoreError when no store is on
+    PostgreSQL.
     """
-    url = config.store.users
-    if url == "local":
-        raise StoreError('no store is on PostgreSQL (store.users is "local"): nothing to migrate')
+    urls = database_urls(config)
+    if not urls:
+        raise StoreError(
+            'no store is on PostgreSQL (store.users and store.queue are "local"): nothing to'
+            " migrate"
+        )
     try:
         from sendgate.store.cluster.postgres import migrate
     except ImportError:
         raise StoreError(_NO_PSYCOPG) from None
-    return migrate(url)
+    results = [migrate(url) for url in urls]
+    return min(before for before, _ in results), max(after for _, after in results)
+
+
+def _postgres_queue(config: Config, clock: Callable[[], float] | None) -> PostgresQueueStore:
+    try:
+        from sendgate.store.cluster.pg_queue import PostgresQueueStore
+    except ImportError:
+        raise StoreError(_NO_PSYCOPG) from None
+    return PostgresQueueStore(
+        config.store.queue,
+        node=config.store.node_name or None,
+        clock=clock,
+        scan_interval=config.delivery.scan_interval,
+        body_dir=str(local_mail_path(config)),
+    )
+
+
+@dataclass(frozen=True, slots=True)
+class ClusterStatus:
+    """What `sendgate cluster status` reports: where each store is, and what is in it."""
+
+    users: str
+    """"local", or the PostgreSQL database (no credentials)."""
+    limits: str
+    """"local", or "Redis <version>"."""
+    queue: QueueStatus | None
+    """The shared queue's counts and nodes; None for the local spool."""
+    queue_at: str
+    """"local", or the PostgreSQL database (no credentials)."""
+
+
+def cluster_status(config: Config) -> ClusterStatus:
+    """Look at the shared stores (each reached once); StoreError or SpoolError if one fails."""
+    users = config.store.users
+    if users != "local":
+        _postgres_users(users).close()  # reachable, and at this sendgate's schema version
+    limits = "local"
+    if config.store.limits != "local":
+        store = _redis_limits(config.store.limits)
+        try:
+            limits = f"Redis {store.server_version()}"
+        finally:
+            store.close()
+    status = None
+    if config.store.queue != "local":
+        queue = _postgres_queue(config, None)
+        try:
+            status = queue.status()
+        finally:
+            queue.close()
+    return ClusterStatus(
+        users=_where(users), limits=limits, queue=status, queue_at=_where(config.store.queue)
+    )
+
+
+def _where(url: str) -> str:
+    if url == "local":
+        return url
+    from sendgate.store.cluster.postgres import describe
+
+    return describe(url)
 
 
 class Stores:
@@ -185,6 +268,8 @@ class Backends:
     def __init__(self, config: Config, *, clock: Callable[[], float] = time.time) -> None:
         self._config = config
         self._clock = clock
+        # A shared queue keeps the database's time unless a test gives a clock of its own.
+        self._injected_clock = None if clock is time.time else clock
         self._pipe: AnnouncePipe | None = None
 
     def prepare(self) -> Recovery:
@@ -197,6 +282,12 @@ class Backends:
         self.open_users().close()
         if self._config.store.limits == "local":
             LocalLimitStore(limits_path(self._config), clock=self._clock).close()
+        if self._config.store.queue != "local":
+            shared = self.open_queue("admin")  # checks the schema; nothing to recover
+            try:
+                return shared.recover()
+            finally:
+                shared.close()
         queue = LocalQueueStore(spool_path(self._config), clock=self._clock)
         try:
             recovery = queue.recover()
@@ -232,6 +323,9 @@ class Backends:
         return LocalLimitStore(limits_path(self._config), clock=self._clock)
 
     def open_queue(self, role: Role) -> QueueStore:
+        if self._config.store.queue != "local":
+            # Arrivals come by NOTIFY, from every node: no announce pipe.
+            return _postgres_queue(self._config, self._injected_clock)
         pipe = self._pipe
         if pipe is not None and role != "admin":
             # Taking one end closes the other in this process: the handle owns the pipe from

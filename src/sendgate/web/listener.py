@@ -13,7 +13,7 @@ from typing import Any
 
 from sendgate.config.schema import Config
 from sendgate.log import EventLog
-from sendgate.store.backends import Backends, spool_path
+from sendgate.store.backends import Backends, local_mail_path
 from sendgate.web.app import Sources, run_http
 from sendgate.web.clientconfig import Offer
 from sendgate.web.health import HealthSources, Heartbeat
@@ -66,7 +66,7 @@ class HttpListener:
             )
             health = HealthSources(
                 listeners=[sock for sock, _, _ in listeners],
-                spool=spool_path(cfg),
+                spool=local_mail_path(cfg),
                 heartbeats=self.beats,
                 acceptors=[acceptor_beat(i) for i in range(acceptors)],
                 runner=RUNNER_BEAT,

@@ -54,6 +54,7 @@ def test_help_lists_the_groups_of_the_table_in_order(capsys: pytest.CaptureFixtu
         "dkim",
         "dns",
         "db",
+        "cluster",
         "audit",
         "probe",
         "sendmail",

@@ -29,7 +29,7 @@ from sendgate.delivery.bounce import DsnWriter
 from sendgate.delivery.courier import Courier
 from sendgate.delivery.dns import Resolver
 from sendgate.delivery.plan import Planner, Relay
-from sendgate.delivery.scheduler import LEASE, Scheduler
+from sendgate.delivery.scheduler import Scheduler
 from sendgate.delivery.target import Timeouts
 from sendgate.log import EventLog
 from sendgate.store.delivery_state import DeliveryState
@@ -45,6 +45,8 @@ ALICE = "alice@sender.test"
 BOB = "bob@example.org"
 FAST = Timeouts(connect=5.0, command=10.0, data=10.0)
 WAIT = 30.0
+
+LEASE = DeliveryConfig().lease  # the default the scheduler works with
 
 
 class LogStream(io.StringIO):

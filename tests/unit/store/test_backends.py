@@ -38,6 +38,7 @@ from sendgate.store.backends import (
     users_path,
 )
 from sendgate.store.cluster.pg_users import PostgresUserStore
+from sendgate.store.cluster.postgres import SCHEMA_VERSION
 from sendgate.store.cluster.redis_limits import RedisLimitStore
 from sendgate.store.envelope import Envelope
 from sendgate.store.queue import QueueStore, Recovery
@@ -319,7 +320,7 @@ def test_users_on_postgresql_wait_for_migrate_then_are_what_every_handle_sees(
         shared = dataclasses.replace(cfg, store=StoreConfig(users=postgres.url))
         with pytest.raises(StoreError, match=r"run `sendgate db migrate`$"):
             Backends(shared).prepare()
-        assert migrate_database(shared) == (0, 1)
+        assert migrate_database(shared) == (0, SCHEMA_VERSION)
         backends = Backends(shared)
         backends.prepare()
         try:
@@ -340,5 +341,6 @@ def test_users_on_postgresql_wait_for_migrate_then_are_what_every_handle_sees(
 
 
 def test_migrate_with_local_users_is_a_one_line_refusal(cfg: Config) -> None:
-    with pytest.raises(StoreError, match=r'^no store is on PostgreSQL \(store.users is "local"\)'):
+    refusal = r'^no store is on PostgreSQL \(store.users and store.queue are "local"\)'
+    with pytest.raises(StoreError, match=refusal):
         migrate_database(cfg)

@@ -1,16 +1,22 @@
 """What the PostgreSQL stores add to the contract (tests/contracts): the versioned schema and its
 migration, refusal of unknown schemas, messages without the URL's password, an outage and the
-recovery after it, and two nodes racing for one name. A throwaway PostgreSQL server."""
+recovery after it, two nodes racing for one name; for the queue, NOTIFY waking another node's
+runner, the status report, the server's clock and streamed bodies. A throwaway PostgreSQL."""
 
 from __future__ import annotations
 
+import select
 import threading
+import time
 from collections.abc import Iterator
+from pathlib import Path
 
 import pytest
 from tests.peers.postgres_server import PostgresServer
+from tests.support.mail import make_envelope
 
-from sendgate.errors import StoreError, UserError
+from sendgate.errors import SpoolError, StoreError, UserError
+from sendgate.store.cluster.pg_queue import PostgresQueueStore
 from sendgate.store.cluster.pg_users import PostgresUserStore
 from sendgate.store.cluster.postgres import SCHEMA_VERSION, describe, migrate, schema_version
 
@@ -167,5 +173,140 @@ def test_a_damaged_settings_row_names_the_database_and_the_user(
             conn.execute("UPDATE users SET settings = '{\"messages_per_hour\": -1}'")
         with pytest.raises(StoreError, match=r"postgresql://127\.0\.0\.1:\d+/sendgate: settings "):
             store.get_user("dave@example.org")
+    finally:
+        store.close()
+
+
+# --- the queue (store.queue) -------------------------------------------------------------------
+
+
+def _queued(store: PostgresQueueStore, tag: str = "x") -> str:
+    message = f"Subject: {tag}\r\n\r\nbody\r\n".encode()
+    queue_id = store.new_id()
+    store.put(make_envelope(queue_id, message), message)
+    return queue_id
+
+
+def _readable(fd: int, within: float) -> bool:
+    return bool(select.select([fd], [], [], within)[0])
+
+
+def test_mail_queued_on_one_node_wakes_another_nodes_runner(url: str) -> None:
+    migrate(url)
+    runner, acceptor = PostgresQueueStore(url, node="r"), PostgresQueueStore(url, node="a")
+    try:
+        fd = runner.arrivals_fd()
+        assert fd is not None
+        assert _readable(fd, 10)  # the listener says so once it listens: mail may be waiting
+        runner.claim(10, 60)  # consumes it
+        assert not _readable(fd, 0.2)
+        queue_id = _queued(acceptor)
+        assert _readable(fd, 10)  # NOTIFY, delivered at the put's commit
+        [claim] = runner.claim(10, 60).claims
+        assert claim.queue_id == queue_id
+        assert claim.message is not None  # small: read with the claim
+        assert runner.arrivals_fd() == fd  # one listener, one descriptor, for good
+    finally:
+        runner.close()
+        acceptor.close()
+
+
+def test_the_listener_comes_back_after_an_outage_on_the_same_descriptor(
+    url: str, server: PostgresServer
+) -> None:
+    migrate(url)
+    runner = PostgresQueueStore(url, node="r")
+    try:
+        fd = runner.arrivals_fd()
+        assert fd is not None
+        assert _readable(fd, 10)
+        runner.claim(10, 60)
+        server.stop()
+        try:
+            with pytest.raises(SpoolError, match=r"^queue store at postgresql://127\.0\.0\.1"):
+                runner.claim(10, 60)
+        finally:
+            server.start()
+        assert _readable(fd, 30)  # relistening: mail queued meanwhile is looked for
+        runner.claim(10, 60)
+        other = PostgresQueueStore(url, node="a")
+        try:
+            _queued(other)
+        finally:
+            other.close()
+        assert _readable(fd, 10)
+    finally:
+        runner.close()
+
+
+def test_status_counts_the_queue_and_the_nodes_with_their_leases(url: str) -> None:
+    migrate(url)
+    first, second = PostgresQueueStore(url, node="n1"), PostgresQueueStore(url, node="n2")
+    try:
+        for tag in "abc":
+            _queued(first, tag)
+        held = _queued(first, "held")
+        first.hold(held, "review")
+        assert len(first.claim(2, 60).claims) == 2
+        assert len(second.claim(5, 60).claims) == 1
+        status = second.status()
+        assert (status.queued, status.held, status.leased, status.deferred) == (4, 1, 3, 0)
+        assert [(node.name, node.leases) for node in status.nodes] == [("n1", 2), ("n2", 1)]
+        assert all(abs(node.seen - time.time()) < 60 for node in status.nodes)
+        assert status.schema_version == SCHEMA_VERSION
+        assert status.server_version[0].isdigit()
+    finally:
+        first.close()
+        second.close()
+
+
+def test_the_queue_keeps_the_servers_time(url: str, server: PostgresServer) -> None:
+    migrate(url)
+    store = PostgresQueueStore(url)
+    try:
+        with server.connect() as conn:
+            row = conn.execute("SELECT extract(epoch from clock_timestamp())").fetchone()
+        assert row is not None
+        assert abs(store.now() - float(str(row[0]))) < 1.0  # one host: the clocks agree
+        queue_id = _queued(store)
+        [claim] = store.claim(1, 30).claims
+        assert claim.queue_id == queue_id
+        assert abs(claim.lease_until - (store.now() + 30)) < 2.0
+    finally:
+        store.close()
+
+
+def test_a_streamed_body_waits_in_an_unlinked_file_of_the_given_directory(
+    url: str, tmp_path: Path
+) -> None:
+    migrate(url)
+    store = PostgresQueueStore(url, body_dir=str(tmp_path))
+    try:
+        head, line = b"Subject: big\r\n\r\n", b"x" * 76 + b"\r\n"
+        body = store.new_body()
+        for _ in range(1000):
+            body.write(line)
+        assert list(tmp_path.iterdir()) == []  # unlinked from the start
+        queue_id = store.new_id()
+        envelope = make_envelope(queue_id, head + line * 1000)
+        store.put_streamed(envelope, head, body)
+        assert store.message(queue_id) == head + line * 1000
+        [claim] = store.claim(1, 60).claims
+        assert claim.message is None  # over 64 KiB: read on its own
+        with pytest.raises(SpoolError, match="body written after it was used"):
+            body.write(line)
+    finally:
+        store.close()
+
+
+def test_a_queue_id_used_twice_is_refused_and_the_first_message_kept(url: str) -> None:
+    migrate(url)
+    store = PostgresQueueStore(url)
+    try:
+        queue_id = _queued(store, "first")
+        message = b"Subject: second\r\n\r\nbody\r\n"
+        with pytest.raises(SpoolError, match="queue id already in use"):
+            store.put(make_envelope(queue_id, message), message)
+        assert b"first" in store.message(queue_id)
     finally:
         store.close()

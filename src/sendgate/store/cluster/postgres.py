@@ -73,6 +73,31 @@ MIGRATIONS: tuple[tuple[str, ...], ...] = (
             reason text NOT NULL
         )""",
     ),
+    (
+        # The queue (store.queue): one row per message; see store.cluster.pg_queue.
+        """CREATE TABLE queue (
+            queue_id text PRIMARY KEY,
+            envelope bytea NOT NULL,
+            message bytea NOT NULL,
+            size bigint NOT NULL,
+            state bytea,
+            due double precision NOT NULL,
+            hold text,
+            token bigint NOT NULL DEFAULT 0,
+            lease_until double precision,
+            node text
+        )""",
+        # Stored as they are: compressing every message costs CPU for mail that leaves soon.
+        "ALTER TABLE queue ALTER COLUMN message SET STORAGE EXTERNAL",
+        "CREATE INDEX queue_due ON queue (due, queue_id) WHERE hold IS NULL",
+        "CREATE INDEX queue_leases ON queue (lease_until) WHERE lease_until IS NOT NULL",
+        # Each node's runner notes itself at every claim: `sendgate cluster status`.
+        """CREATE TABLE nodes (
+            name text PRIMARY KEY,
+            seen double precision NOT NULL,
+            version text NOT NULL
+        )""",
+    ),
 )
 SCHEMA_VERSION = len(MIGRATIONS)
 

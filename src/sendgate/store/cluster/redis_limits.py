@@ -402,6 +402,12 @@ class RedisLimitStore:
             raise StoreError(f"limit store (Redis): {_SECRET} is damaged")
         return key
 
+    def server_version(self) -> str:
+        """The Redis server's version (`sendgate cluster status`)."""
+        with _failing():
+            info = self._redis.info("server")
+        return str(info.get("redis_version", "?"))
+
     def close(self) -> None:
         self._redis.close()
 
