@@ -60,9 +60,11 @@ def start_sendgate(
     python: str = sys.executable,
     hold: bool = False,
     http: bool = False,
+    cluster: tuple[str, str, str] | None = None,
 ) -> tuple[subprocess.Popen[str], int]:
     """A throw-away instance of the sendgate installed for `python` (bench/ab.py runs two);
-    `http`: with the HTTP listener on (its metrics counted), at port + 2."""
+    `http`: with the HTTP listener on (its metrics counted), at port + 2; `cluster`: (PostgreSQL
+    URL, Redis URL, node name) for a node on the shared stores (bench/cluster.py)."""
     sendgate = [python, "-m", "sendgate"]
     subprocess.run(
         [
@@ -86,23 +88,31 @@ def start_sendgate(
             "none",
             # The HTTP listener counts every event for /metrics in every process.
             *(["--http", f"127.0.0.1:{port + 2}"] if http else []),
+            *(["--cluster", cluster[0], "--redis", cluster[1]] if cluster else []),
         ],
         check=True,
         capture_output=True,
     )
     config = workdir / "sendgate.toml"
+    if cluster is not None:
+        subprocess.run(
+            [*sendgate, "--config", str(config), "db", "migrate"], check=True, capture_output=True
+        )
     # The load generator opens all its connections from 127.0.0.1.
     text = config.read_text().replace(
         "max_connections_per_ip = 50", "max_connections_per_ip = 1000"
     )
     if hold:  # no relaying: only the submission path is measured
         text = text.replace("hold = false", "hold = true")
+    if cluster is not None:
+        text = text.replace('node_name = ""', f'node_name = "{cluster[2]}"')
     config.write_text(text)
     subprocess.run(
         [*sendgate, "--config", str(config), "user", "add", ref["REF_USER"]],
         input=PASSWORD + "\n",
         text=True,
-        check=True,
+        # A second node of a cluster finds the user there already.
+        check=cluster is None,
         capture_output=True,
     )
     # One user sends the whole load: lift its sending limits far above it, so the limits are

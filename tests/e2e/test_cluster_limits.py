@@ -1,11 +1,13 @@
-"""Two `sendgate serve` nodes sharing their limits on one Redis (`store.limits`), end to end.
+"""`sendgate serve` nodes sharing their limits on one Redis (`store.limits`), end to end.
 
-A throwaway redis-server (Debian's redis-server) on a loopback port; two instances, each with
-its own data directory and the same user, both pointing `store.limits` at it. Covered: failed
-logins spread over both nodes trip the network ban at exactly the count one node would, the ban
-made by one node refuses the next connection on the other, a sending quota spread over three
-nodes lets exactly the quota through, and a Redis outage refuses (421, 454) rather than letting
-anything through uncounted, then heals by itself.
+A throwaway redis-server (Debian's redis-server) on a loopback port; instances, each with its
+own data directory and the same user, all pointing `store.limits` at it. Covered: failed logins
+spread round robin over three nodes trip the network ban at exactly the count one node would,
+and the ban made by one node refuses the next connection on another within a second; an
+account attack spread over three nodes (users on a throwaway PostgreSQL too) locks the account
+at one node's count while the user logs in from the network another node learnt; a sending
+quota spread over three nodes lets exactly the quota through; and a Redis outage refuses (421,
+454) rather than letting anything through uncounted, then heals by itself.
 
 Security: everything listens on loopback.
 """
@@ -14,12 +16,14 @@ from __future__ import annotations
 
 import contextlib
 import smtplib
+import time
 from collections.abc import Iterator
 from pathlib import Path
 from typing import TYPE_CHECKING
 
 import pytest
-from tests.e2e.sources import FAILED, attempt, auth, sends, starttls_client
+from tests.e2e.sources import FAILED, REFUSED, attempt, auth, sends, starttls_client
+from tests.peers.postgres_server import PostgresServer
 from tests.peers.redis_server import RedisServer
 
 if TYPE_CHECKING:
@@ -54,27 +58,63 @@ def _node(instance: InstanceFactory, redis: RedisServer) -> Instance:
     )
 
 
-def test_failures_spread_over_two_nodes_ban_at_one_nodes_count_and_everywhere(
+def test_failures_spread_over_three_nodes_ban_at_one_nodes_count_and_everywhere(
     instance: InstanceFactory, server: ServerFactory, redis_server: RedisServer
 ) -> None:
-    nodes: list[ServerProcess] = [server(_node(instance, redis_server)) for _ in range(2)]
+    nodes: list[ServerProcess] = [server(_node(instance, redis_server)) for _ in range(3)]
     marks = [node.mark() for node in nodes]
     user = nodes[0].instance.user
     for guess in range(HOST_FAILURES):
-        node = nodes[guess % 2]  # round robin, as a load balancer would
+        node = nodes[guess % 3]  # round robin, as a load balancer would
         with contextlib.closing(starttls_client(node, ATTACKER)) as client:
             assert auth(client, user, f"guess {guess}") == FAILED
-    # The sixth failure, made on the second node, is the one that bans: 3 + 3, not 6 + 6.
-    [ban] = nodes[1].wait_for(r"event=ban ", since=marks[1])
+    # The sixth failure, made on the third node, is the one that bans: 2 + 2 + 2, not 6 each.
+    [ban] = nodes[2].wait_for(r"event=ban ", since=marks[2])
     assert f"key=net:{ATTACKER}/32 " in ban
     assert "reason=host_failures" in ban
-    assert nodes[0].matching(r"event=ban ") == []
-    # The ban made on the second node refuses the next connection on the first at once.
+    assert nodes[0].matching(r"event=ban ") == nodes[1].matching(r"event=ban ") == []
+    # The ban made on the third node refuses the next connection on the first within a second.
+    started = time.monotonic()
     assert attempt(nodes[0], ATTACKER, user, nodes[0].instance.password) == 421
+    assert time.monotonic() - started < 1.0
     nodes[0].wait_for(rf"event=refused .*client={ATTACKER} reason=banned ", since=marks[0])
-    # The real user, from another network, goes on on both.
+    # The real user, from another network, goes on on all three.
     for node in nodes:
         sends(node, USER_NET, "from-the-user")
+
+
+SPREAD = [f"127.{number}.3.1" for number in range(70, 90)]  # 20 different /24s
+ACCOUNT_FAILURES = 9
+
+
+def test_an_account_attack_spread_over_three_nodes_locks_at_one_nodes_count(
+    instance: InstanceFactory,
+    server: ServerFactory,
+    redis_server: RedisServer,
+    postgres: PostgresServer,
+) -> None:
+    settings: dict[str, TomlScalar] = {
+        "store.limits": redis_server.url,
+        "store.users": postgres.url,
+        "login_limits.account_failures": ACCOUNT_FAILURES,
+        "login_limits.delay_after": 100,
+    }
+    first = instance(settings, with_user=False)
+    first.cli("db", "migrate").ok()
+    first.cli("user", "add", first.user, stdin=first.password + "\n").ok()
+    nodes = [server(first)] + [server(instance(settings, with_user=False)) for _ in range(2)]
+    sends(nodes[0], USER_NET, "known")  # the user's network, known to every node from now on
+    codes = []
+    for number, source in enumerate(SPREAD):
+        node = nodes[number % 3]
+        with contextlib.closing(starttls_client(node, source)) as attacker:
+            codes.append(auth(attacker, first.user, f"guess {number}"))
+    # Exactly as on one node: 9 failures in all lock the account, the rest are refused.
+    assert codes == [FAILED] * ACCOUNT_FAILURES + [REFUSED] * (len(SPREAD) - ACCOUNT_FAILURES)
+    [lock] = nodes[(ACCOUNT_FAILURES - 1) % 3].wait_for(r"event=ban .*reason=account_failures")
+    assert f"key=account:{first.user} " in lock
+    # The user, from the network node a learnt, still logs in and sends on node c.
+    sends(nodes[2], USER_NET, "during-the-attack")
 
 
 def test_a_redis_outage_refuses_for_its_length_and_then_heals(

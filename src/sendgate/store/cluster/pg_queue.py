@@ -122,7 +122,7 @@ class PostgresQueueStore:
 
     def _read_skew(self) -> None:
         before = time.time()
-        row = self._run(
+        row = self._one(
             lambda conn: conn.execute("SELECT extract(epoch from clock_timestamp())").fetchone()
         )
         after = time.time()
@@ -140,11 +140,24 @@ class PostgresQueueStore:
         reason = None if hold is None else one_line(hold)
         now = self.now()
 
-        def write(conn: Connection) -> None:
-            _insert(conn, envelope, message, now, reason)
-            conn.execute(f"NOTIFY {CHANNEL}")
-
-        self._run(write)
+        # One statement, one round trip: the row and its notification commit together.
+        self._one(
+            lambda conn: conn.execute(
+                """WITH queued AS (
+                    INSERT INTO queue (queue_id, envelope, message, size, due, hold)
+                    VALUES (%s, %s, %s, %s, %s, %s) RETURNING 1
+                ) SELECT pg_notify(%s, '') FROM queued""",
+                (
+                    envelope.queue_id,
+                    envelope.to_json(),
+                    message,
+                    len(message),
+                    now,
+                    reason,
+                    CHANNEL,
+                ),
+            )
+        )
 
     def put_many(self, items: Sequence[tuple[Envelope, bytes]]) -> None:
         if not items:
@@ -184,7 +197,7 @@ class PostgresQueueStore:
         self.put(envelope, message, hold=hold)
 
     def ids(self) -> list[str]:
-        rows = self._run(
+        rows = self._one(
             lambda conn: conn.execute("SELECT queue_id FROM queue ORDER BY queue_id").fetchall()
         )
         return [row[0] for row in rows]
@@ -203,7 +216,7 @@ class PostgresQueueStore:
         return DeliveryState.from_json(bytes(row[1]), envelope.recipients)
 
     def remove(self, queue_id: str) -> None:
-        cursor = self._run(
+        cursor = self._one(
             lambda conn: conn.execute("DELETE FROM queue WHERE queue_id = %s", (queue_id,))
         )
         if cursor.rowcount == 0:
@@ -223,10 +236,10 @@ class PostgresQueueStore:
             else:
                 conn.execute(f"NOTIFY {CHANNEL}")
 
-        self._run(write)
+        self._one(write)
 
     def hold(self, queue_id: str, reason: str) -> None:
-        cursor = self._run(
+        cursor = self._one(
             lambda conn: conn.execute(
                 "UPDATE queue SET hold = %s WHERE queue_id = %s", (one_line(reason), queue_id)
             )
@@ -249,7 +262,7 @@ class PostgresQueueStore:
             conn.execute(f"NOTIFY {CHANNEL}")
             return True
 
-        return bool(self._run(write))
+        return bool(self._one(write))
 
     def hold_reason(self, queue_id: str) -> str | None:
         reason: str | None = self._column(queue_id, "hold")
@@ -290,21 +303,23 @@ class PostgresQueueStore:
                     "inline": CLAIM_READ_MAX,
                 },
             ).fetchall()
-            conn.execute(
-                "INSERT INTO nodes (name, seen, version) VALUES (%s, %s, %s)"
-                " ON CONFLICT (name) DO UPDATE SET seen = excluded.seen,"
-                " version = excluded.version",
-                (self.node, now, __version__),
-            )
+            # This node's note for `cluster status` rides along (a WITH that writes runs
+            # whether or not the query reads it).
             upcoming = conn.execute(
-                """SELECT
+                """WITH seen AS (
+                    INSERT INTO nodes (name, seen, version) VALUES (%s, %s, %s)
+                    ON CONFLICT (name) DO UPDATE
+                        SET seen = excluded.seen, version = excluded.version
+                )
+                SELECT
                     (SELECT min(due) FROM queue WHERE hold IS NULL AND lease_until IS NULL),
                     (SELECT min(lease_until) FROM queue
-                        WHERE hold IS NULL AND lease_until IS NOT NULL)"""
+                        WHERE hold IS NULL AND lease_until IS NOT NULL)""",
+                (self.node, now, __version__),
             ).fetchone()
             return rows, upcoming
 
-        rows, upcoming = self._run(write)
+        rows, upcoming = self._one(write)
         claims: list[Claim] = []
         problems: list[str] = []
         for queue_id, raw_envelope, raw_state, token, _due, message in sorted(
@@ -336,7 +351,7 @@ class PostgresQueueStore:
         if not claims:
             return []
         until = self.now() + lease
-        rows = self._run(
+        rows = self._one(
             lambda conn: conn.execute(
                 """UPDATE queue SET lease_until = %s
                 FROM unnest(%s::text[], %s::bigint[]) AS held (queue_id, token)
@@ -363,7 +378,7 @@ class PostgresQueueStore:
             if row is None:
                 _lost(conn, claim)
 
-        self._run(write)
+        self._one(write)
 
     def complete(self, claim: Claim) -> None:
         def write(conn: Connection) -> None:
@@ -374,10 +389,10 @@ class PostgresQueueStore:
             if row is None:
                 _lost(conn, claim)
 
-        self._run(write)
+        self._one(write)
 
     def release(self, claim: Claim, due: float | None = None) -> None:
-        self._run(
+        self._one(
             lambda conn: conn.execute(
                 "UPDATE queue SET lease_until = NULL, node = NULL, due = COALESCE(%s, due)"
                 " WHERE queue_id = %s AND token = %s AND lease_until IS NOT NULL",
@@ -419,7 +434,7 @@ class PostgresQueueStore:
                 server_version=str(server[0]) if server else "?",
             )
 
-        result: QueueStatus = self._run(read)
+        result: QueueStatus = self._one(read)
         return result
 
     def arrivals_fd(self) -> int | None:
@@ -438,30 +453,24 @@ class PostgresQueueStore:
 
     # --- helpers ------------------------------------------------------------------------------
 
-    def _run(self, work: Callable[[Connection], Any]) -> Any:
+    def _run(self, work: Callable[[Connection], Any], *, atomic: bool = True) -> Any:
         try:
-            return self._db.run(work)
+            return self._db.run(work, atomic=atomic)
         except StoreError as exc:
             raise _spool_error(exc) from exc.__cause__
 
+    def _one(self, work: Callable[[Connection], Any]) -> Any:
+        """One statement, or statements each complete on its own: no transaction around them."""
+        return self._run(work, atomic=False)
+
     def _row(self, queue_id: str, query: str) -> Any:
-        row = self._run(lambda conn: conn.execute(query.encode(), (queue_id,)).fetchone())
+        row = self._one(lambda conn: conn.execute(query.encode(), (queue_id,)).fetchone())
         if row is None:
             raise UnknownQueueIdError(f"unknown queue id {queue_id}")
         return row
 
     def _column(self, queue_id: str, column: str) -> Any:
         return self._row(queue_id, _COLUMN_QUERIES[column])[0]
-
-
-def _insert(
-    conn: Connection, envelope: Envelope, message: bytes, now: float, hold: str | None
-) -> None:
-    conn.execute(
-        "INSERT INTO queue (queue_id, envelope, message, size, due, hold)"
-        " VALUES (%s, %s, %s, %s, %s, %s)",
-        (envelope.queue_id, envelope.to_json(), message, len(message), now, hold),
-    )
 
 
 def _check_size(envelope: Envelope, size: int) -> None:

@@ -1,14 +1,16 @@
 """`UserStore` on PostgreSQL: the users, app passwords, known networks and flags every node shares.
 
 The same contract as the SQLite store (`store.local.users`), in the tables of
-`store.cluster.postgres` (version 1). Each method is one transaction; a change made on one
-node is what the next read on any node sees (no cache here: the Authenticator's cache is keyed
-on the user's generation, which every password change bumps).
+`store.cluster.postgres` (version 1). A change made on one node is what the next read on any
+node sees (no cache here: the Authenticator's cache is keyed on the user's generation, which
+every password change bumps).
 
-Concurrency: operations that read before they write lock the user's row first (`FOR UPDATE`), so
-two nodes recording logins of one user, or adding the same address to two users, are put in
-order instead of both seeing "not there yet"; a unique-key violation that still slips through
-(two new users at once) is reported as the refusal it is.
+Round trips: an operation of one statement runs alone (autocommit), one round trip; one of
+several statements runs in a transaction. Concurrency: operations that read before they write
+lock the user's row first (`FOR UPDATE`), so two nodes recording logins of one user, or adding
+the same address to two users, are put in order instead of both seeing "not there yet"; a
+unique-key violation that still slips through (two new users at once) is reported as the
+refusal it is.
 
 Security: usernames, addresses and networks are only ever bound as parameters; the settings
 column is read as strictly as the SQLite store reads it.
@@ -17,6 +19,7 @@ column is read as strictly as the SQLite store reads it.
 from __future__ import annotations
 
 from collections.abc import Callable
+from typing import TypeVar
 
 from psycopg import errors
 
@@ -32,6 +35,7 @@ from sendgate.store.users import (
     UserSettings,
 )
 
+_T = TypeVar("_T")
 _SELECT_USERS = """SELECT users.username, users.password_hash, users.generation, users.settings,
     addresses.address
     FROM users LEFT JOIN addresses ON addresses.username = users.username"""
@@ -55,7 +59,7 @@ class PostgresUserStore:
             rows = conn.execute(f"{_SELECT_USERS} WHERE users.username = %s{_ORDER}", (key,))
             return fold_records(rows, self._where)
 
-        records = self._db.run(read)
+        records = self._one(read)
         return records[0] if records else None
 
     def login_at_once(self, username: str) -> tuple[UserRecord, list[AppPassword]] | None:
@@ -88,7 +92,7 @@ class PostgresUserStore:
             if cursor.rowcount == 0:
                 raise UserError(f"unknown user {key}")
 
-        self._db.run(write)
+        self._one(write)
 
     def remove_user(self, username: str) -> None:
         key = username.lower()
@@ -98,10 +102,10 @@ class PostgresUserStore:
             if cursor.rowcount == 0:
                 raise UserError(f"unknown user {key}")
 
-        self._db.run(write)
+        self._one(write)
 
     def list_users(self) -> list[UserRecord]:
-        return self._db.run(
+        return self._one(
             lambda conn: fold_records(conn.execute(f"{_SELECT_USERS}{_ORDER}"), self._where)
         )
 
@@ -126,7 +130,7 @@ class PostgresUserStore:
             if cursor.rowcount == 0:
                 raise UserError(f"user {key} does not own address {unwanted}")
 
-        self._db.run(write)
+        self._one(write)
 
     def set_settings(self, username: str, settings: UserSettings) -> None:
         key = username.lower()
@@ -139,7 +143,7 @@ class PostgresUserStore:
             if cursor.rowcount == 0:
                 raise UserError(f"unknown user {key}")
 
-        self._db.run(write)
+        self._one(write)
 
     # --- app passwords ------------------------------------------------------------------------
 
@@ -167,7 +171,7 @@ class PostgresUserStore:
 
     def app_passwords(self, username: str) -> list[AppPassword]:
         key = username.lower()
-        rows = self._db.run(lambda conn: conn.execute(_SELECT_APP_PASSWORDS, (key,)).fetchall())
+        rows = self._one(lambda conn: conn.execute(_SELECT_APP_PASSWORDS, (key,)).fetchall())
         return [AppPassword(*row) for row in rows]
 
     def remove_app_password(self, username: str, label: str) -> None:
@@ -180,11 +184,11 @@ class PostgresUserStore:
             if cursor.rowcount == 0:
                 raise UserError(f"user {key} has no app password labelled {label}")
 
-        self._db.run(write)
+        self._one(write)
 
     def touch_app_password(self, username: str, label: str, at: float) -> None:
         key = username.lower()
-        self._db.run(
+        self._one(
             lambda conn: conn.execute(
                 "UPDATE app_passwords SET last_used = %s WHERE username = %s AND label = %s",
                 (at, key, label),
@@ -232,7 +236,7 @@ class PostgresUserStore:
 
     def is_known(self, username: str, network: str, at: float, *, memory: float) -> bool:
         key = username.lower()
-        row = self._db.run(
+        row = self._one(
             lambda conn: conn.execute(
                 "SELECT 1 FROM known_networks"
                 " WHERE username = %s AND network = %s AND last_seen > %s",
@@ -242,7 +246,7 @@ class PostgresUserStore:
         return row is not None
 
     def network_known(self, network: str, at: float, *, memory: float) -> bool:
-        row = self._db.run(
+        row = self._one(
             lambda conn: conn.execute(
                 "SELECT 1 FROM known_networks WHERE network = %s AND last_seen > %s LIMIT 1",
                 (network, at - memory),
@@ -252,7 +256,7 @@ class PostgresUserStore:
 
     def known_networks(self, username: str, at: float, *, memory: float) -> list[KnownNetwork]:
         key = username.lower()
-        rows = self._db.run(
+        rows = self._one(
             lambda conn: conn.execute(
                 """SELECT network, first_seen, last_seen FROM known_networks
                 WHERE username = %s AND last_seen > %s ORDER BY last_seen DESC, network""",
@@ -284,7 +288,7 @@ class PostgresUserStore:
 
     def flag_of(self, username: str) -> Flag | None:
         key = username.lower()
-        row = self._db.run(
+        row = self._one(
             lambda conn: conn.execute(
                 "SELECT username, since, reason FROM flags WHERE username = %s", (key,)
             ).fetchone()
@@ -293,13 +297,13 @@ class PostgresUserStore:
 
     def clear_flag(self, username: str) -> bool:
         key = username.lower()
-        cursor = self._db.run(
+        cursor = self._one(
             lambda conn: conn.execute("DELETE FROM flags WHERE username = %s", (key,))
         )
         return cursor.rowcount > 0
 
     def flags(self) -> list[Flag]:
-        rows = self._db.run(
+        rows = self._one(
             lambda conn: conn.execute(
                 "SELECT username, since, reason FROM flags ORDER BY username"
             ).fetchall()
@@ -308,6 +312,10 @@ class PostgresUserStore:
 
     def close(self) -> None:
         self._db.close()
+
+    def _one(self, work: Callable[[Connection], _T]) -> _T:
+        """One statement (or reads that need not agree with each other): no transaction."""
+        return self._db.run(work, atomic=False)
 
     # --- helpers ------------------------------------------------------------------------------
 

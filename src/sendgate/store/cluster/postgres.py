@@ -3,8 +3,9 @@
 The store Protocols block and are called from thread pools, so the stores use psycopg's
 blocking API with one `psycopg_pool.ConnectionPool` per process (made after the fork: a pool's
 connections and threads must not cross it). Each operation is one transaction on a pooled
-connection; a connection is checked as it leaves the pool, so that after a restart of
-PostgreSQL the first operation does not fail on a connection that died with it.
+connection (a single statement in autocommit: one round trip); a connection that sat idle is
+checked as it leaves the pool, so that after a restart of PostgreSQL the first operation does
+not fail on a connection that died with it.
 
 Errors: every psycopg or pool failure becomes a `StoreError` naming the database by host, port
 and name only; the URL's password never reaches a message or a log line.
@@ -17,6 +18,7 @@ not know.
 
 from __future__ import annotations
 
+import time
 from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
 from typing import Any, TypeVar
@@ -33,6 +35,7 @@ SCHEMES = ("postgresql", "postgres")
 _MIGRATION_LOCK = 0x5E9D6A7E
 CONNECT_TIMEOUT = 5.0  # seconds to open one connection
 POOL_TIMEOUT = 5.0  # seconds an operation waits for a connection before it fails
+IDLE_CHECK = 1.0  # seconds of idleness after which a pooled connection is checked before use
 
 Connection = psycopg.Connection[tuple[Any, ...]]
 
@@ -128,14 +131,17 @@ class Database:
         """Open the pool and check the schema version; StoreError if either fails."""
         self.url = url
         self.what = what
+        self._used: dict[int, float] = {}  # id of a pooled connection -> when last used
         try:
             self._pool = psycopg_pool.ConnectionPool(
                 url,
                 min_size=1,
                 max_size=max_size,
                 timeout=POOL_TIMEOUT,
-                kwargs={"connect_timeout": int(CONNECT_TIMEOUT), "autocommit": False},
-                check=psycopg_pool.ConnectionPool.check_connection,
+                # Autocommit: a one-statement operation is one round trip, not BEGIN, the
+                # statement and COMMIT; operations of several statements ask for a transaction.
+                kwargs={"connect_timeout": int(CONNECT_TIMEOUT), "autocommit": True},
+                check=self._check,
                 name=what,
                 open=False,
             )
@@ -146,21 +152,37 @@ class Database:
         except psycopg_pool.PoolClosed as exc:  # pragma: no cover - closed before use
             raise failure(what, url, exc) from exc
         try:
-            self.run(check_version)
+            self.run(check_version, atomic=False)
         except StoreError:
             self._close_quietly()
             raise
 
-    def run(self, work: Callable[[Connection], _T]) -> _T:
+    def run(self, work: Callable[[Connection], _T], *, atomic: bool = True) -> _T:
         """`work(conn)` in one transaction, committed when it returns; StoreError on failure.
 
-        Errors `work` raises on purpose (UserError and the like) pass through unchanged.
+        `atomic` False: each statement commits on its own (for one statement, or several that
+        need not stand or fall together). Errors `work` raises on purpose (UserError and the
+        like) pass through unchanged.
         """
         try:
-            with self._pool.connection() as conn, conn.transaction():
-                return work(conn)
+            with self._pool.connection() as conn:
+                try:
+                    if not atomic:
+                        return work(conn)
+                    with conn.transaction():
+                        return work(conn)
+                finally:
+                    self._used[id(conn)] = time.monotonic()
         except (psycopg.Error, psycopg_pool.PoolTimeout, psycopg_pool.PoolClosed) as exc:
             raise failure(self.what, self.url, exc) from exc
+
+    def _check(self, conn: Connection) -> None:
+        """Before a pooled connection is used: one that sat idle is asked whether it is alive
+        (a restarted server closed it), so the operation does not fail on it; one in use
+        moments ago is not, saving a round trip per operation under load."""
+        last = self._used.get(id(conn))
+        if last is None or time.monotonic() - last >= IDLE_CHECK:
+            psycopg_pool.ConnectionPool.check_connection(conn)
 
     def close(self) -> None:
         self._close_quietly()
