@@ -166,19 +166,26 @@ class PostgresQueueStore:
             _check_size(envelope, len(message))
         now = self.now()
 
-        def write(conn: Connection) -> None:
-            with conn.cursor() as cursor:
-                cursor.executemany(
-                    "INSERT INTO queue (queue_id, envelope, message, size, due)"
-                    " VALUES (%s, %s, %s, %s, %s)",
-                    [
-                        (envelope.queue_id, envelope.to_json(), message, len(message), now)
-                        for envelope, message in items
-                    ],
-                )
-            conn.execute(f"NOTIFY {CHANNEL}")
-
-        self._run(write)
+        # One statement, so all or none, and one round trip for the whole group commit.
+        self._one(
+            lambda conn: conn.execute(
+                """WITH queued AS (
+                    INSERT INTO queue (queue_id, envelope, message, size, due)
+                    SELECT queue_id, envelope, message, size, %s
+                    FROM unnest(%s::text[], %s::bytea[], %s::bytea[], %s::bigint[])
+                        AS given (queue_id, envelope, message, size)
+                    RETURNING 1
+                ) SELECT pg_notify(%s, '') WHERE EXISTS (SELECT 1 FROM queued)""",
+                (
+                    now,
+                    [envelope.queue_id for envelope, _ in items],
+                    [envelope.to_json() for envelope, _ in items],
+                    [message for _, message in items],
+                    [len(message) for _, message in items],
+                    CHANNEL,
+                ),
+            )
+        )
 
     def new_body(self) -> BodyFile:
         return _TempBody(self._body_dir)

@@ -18,6 +18,8 @@ column is read as strictly as the SQLite store reads it.
 
 from __future__ import annotations
 
+import threading
+import time
 from collections.abc import Callable
 from typing import TypeVar
 
@@ -36,6 +38,7 @@ from sendgate.store.users import (
 )
 
 _T = TypeVar("_T")
+_STASH_AGE = 1.0  # seconds a get_user's app passwords serve the app_passwords after it
 _SELECT_USERS = """SELECT users.username, users.password_hash, users.generation, users.settings,
     addresses.address
     FROM users LEFT JOIN addresses ON addresses.username = users.username"""
@@ -51,16 +54,26 @@ class PostgresUserStore:
         """Connect (a pool of up to `max_connections`) and check the schema; StoreError if not."""
         self._db = Database(url, what="user store", max_size=max_connections)
         self._where = describe(url)  # names the database in settings errors
+        self._stash = threading.local()  # app passwords read by this thread's last get_user
 
     def get_user(self, username: str) -> UserRecord | None:
         key = username.lower()
 
-        def read(conn: Connection) -> list[UserRecord]:
-            rows = conn.execute(f"{_SELECT_USERS} WHERE users.username = %s{_ORDER}", (key,))
-            return fold_records(rows, self._where)
+        def read(conn: Connection) -> tuple[list[UserRecord], list[AppPassword]]:
+            # Both queries in one round trip (a pipeline): a login reads the app passwords
+            # right after the user, and gets these (`app_passwords`).
+            with conn.pipeline():
+                users = conn.execute(f"{_SELECT_USERS} WHERE users.username = %s{_ORDER}", (key,))
+                apps = conn.execute(_SELECT_APP_PASSWORDS, (key,))
+            return fold_records(users.fetchall(), self._where), [
+                AppPassword(*row) for row in apps.fetchall()
+            ]
 
-        records = self._one(read)
-        return records[0] if records else None
+        records, apps = self._one(read)
+        if not records:
+            return None
+        self._stash.read = (key, time.monotonic(), apps)
+        return records[0]
 
     def login_at_once(self, username: str) -> tuple[UserRecord, list[AppPassword]] | None:
         return None  # a network store never answers without waiting
@@ -171,6 +184,11 @@ class PostgresUserStore:
 
     def app_passwords(self, username: str) -> list[AppPassword]:
         key = username.lower()
+        # What this thread's `get_user` read with the user moments ago, taken once: the two
+        # are one snapshot of the account, and the login spares a round trip.
+        stash = self._stash.__dict__.pop("read", None)
+        if stash is not None and stash[0] == key and time.monotonic() - stash[1] < _STASH_AGE:
+            return list(stash[2])
         rows = self._one(lambda conn: conn.execute(_SELECT_APP_PASSWORDS, (key,)).fetchall())
         return [AppPassword(*row) for row in rows]
 
