@@ -314,23 +314,27 @@ class Worker:
         """Port 587: accept here too. uvloop's own listener (libuv) accepts one connection per
         loop turn, so under load a new client waited behind every client queued before it,
         one busy turn each; `_accept_forever` takes all that are waiting at once."""
-        loop = asyncio.get_running_loop()
+        await self._accept_forever(
+            sock, lambda conn, _peer: self._in_task(self._connect_plain(conn))
+        )
 
-        def take(conn: socket.socket, _peer: str) -> None:
-            task = loop.create_task(self._connect_plain(conn))
-            self._pending.add(task)
-            task.add_done_callback(self._pending.discard)
-
-        await self._accept_forever(sock, take)
-
-    async def _connect_plain(self, conn: socket.socket) -> None:
+    async def _connect_plain(
+        self, conn: socket.socket, client: tuple[str, int] | None = None
+    ) -> None:
+        """587: the plain transport on an accepted socket (`client`: a proxy's word for it)."""
         try:
             await asyncio.get_running_loop().connect_accepted_socket(
-                functools.partial(SmtpConnection, self, implicit_tls=False), conn
+                functools.partial(SmtpConnection, self, implicit_tls=False, client=client), conn
             )
         except Exception as exc:  # a bug must cost one connection, never the listener
             self.log.event("accept_failed", "error", error=repr(exc))
             conn.close()
+
+    def _in_task(self, work: Coroutine[Any, Any, None]) -> None:
+        """Run `work` in a task that shutdown cancels if it is still pending."""
+        task = asyncio.get_running_loop().create_task(work)
+        self._pending.add(task)
+        task.add_done_callback(self._pending.discard)
 
     async def _accept_forever(
         self, sock: socket.socket, take: Callable[[socket.socket, str], None]
@@ -355,23 +359,16 @@ class Worker:
             for _ in range(_ACCEPT_BATCH):
                 try:
                     conn, peer = sock.accept()
-                except (BlockingIOError, InterruptedError, ConnectionAbortedError):
-                    break
                 except OSError:
-                    break  # sock_accept meets it again, and backs off
+                    break  # none waiting; anything worse, sock_accept meets and backs off
                 conn.setblocking(False)
                 take(conn, str(peer[0]))
 
     async def _accept_proxied(self, sock: socket.socket, implicit_tls: bool) -> None:
         """Behind a proxy: accept here, and take each connection's PROXY header in a task."""
-        loop = asyncio.get_running_loop()
-
-        def take(conn: socket.socket, peer: str) -> None:
-            task = loop.create_task(self._proxied(conn, peer, implicit_tls))
-            self._pending.add(task)
-            task.add_done_callback(self._pending.discard)
-
-        await self._accept_forever(sock, take)
+        await self._accept_forever(
+            sock, lambda conn, peer: self._in_task(self._proxied(conn, peer, implicit_tls))
+        )
 
     async def _proxied(self, conn: socket.socket, proxy: str, implicit_tls: bool) -> None:
         """Believe the header only from a trusted proxy; refuse everything else unanswered."""
@@ -390,14 +387,11 @@ class Worker:
             conn.close()
             raise
         address = client or (proxy, 0)  # LOCAL (a health check): the proxy itself
+        if not implicit_tls:
+            await self._connect_plain(conn, address)
+            return
         try:
-            if implicit_tls:
-                SmtpConnection(self, implicit_tls=True, client=address).accepted(conn)
-            else:
-                await asyncio.get_running_loop().connect_accepted_socket(
-                    functools.partial(SmtpConnection, self, implicit_tls=False, client=address),
-                    conn,
-                )
+            SmtpConnection(self, implicit_tls=True, client=address).accepted(conn)
         except Exception as exc:  # a bug must cost one connection, never the listener
             self.log.event("accept_failed", "error", error=repr(exc))
             conn.close()

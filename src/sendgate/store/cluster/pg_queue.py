@@ -37,7 +37,6 @@ import os
 import socket
 import tempfile
 import threading
-import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from typing import Any
@@ -59,6 +58,7 @@ from sendgate.store.cluster.postgres import (
     Database,
     schema_version,
 )
+from sendgate.store.cluster.server_clock import ServerClock
 from sendgate.store.delivery_state import DeliveryState
 from sendgate.store.envelope import RANDOM_BYTES, Envelope, new_queue_id
 from sendgate.store.queue import BodyFile, Claim, Claimed, Recovery
@@ -67,7 +67,6 @@ from sendgate.text import one_line
 CLAIM_READ_MAX = 64 * 1024  # messages up to this size come with their claim
 SKEW_INTERVAL = 60.0  # seconds between readings of the server's clock
 CHANNEL = "sendgate_queue"
-_COPY_CHUNK = 1024 * 1024
 _COLUMN_QUERIES = {
     "envelope": "SELECT envelope FROM queue WHERE queue_id = %s",
     "message": "SELECT message FROM queue WHERE queue_id = %s",
@@ -98,14 +97,13 @@ class PostgresQueueStore:
         self._url = url
         self.node = node or socket.gethostname()
         self._clock = clock
-        self._skew = 0.0
-        self._skew_read = -SKEW_INTERVAL
+        self._server_clock = ServerClock(self._server_time, SKEW_INTERVAL)
         self._scan_interval = scan_interval
         self._body_dir = body_dir
         self._lock = threading.Lock()
         self._arrivals: _Arrivals | None = None
         if clock is None:
-            self._read_skew()
+            self._server_clock.measure()
 
     # --- time ---------------------------------------------------------------------------------
 
@@ -113,22 +111,17 @@ class PostgresQueueStore:
         """The store's time: the injected clock, or this host's clock set by the server's."""
         if self._clock is not None:
             return self._clock()
-        local = time.time()
-        if time.monotonic() - self._skew_read >= SKEW_INTERVAL:
-            with contextlib.suppress(SpoolError):  # the last offset serves meanwhile
-                self._read_skew()
-            local = time.time()
-        return local + self._skew
+        try:
+            return self._server_clock.now()
+        except SpoolError:
+            return self._server_clock.last()  # the last offset serves meanwhile
 
-    def _read_skew(self) -> None:
-        before = time.time()
+    def _server_time(self) -> float:
         row = self._one(
             lambda conn: conn.execute("SELECT extract(epoch from clock_timestamp())").fetchone()
         )
-        after = time.time()
         assert row is not None
-        self._skew = float(row[0]) - (before + after) / 2
-        self._skew_read = time.monotonic()
+        return float(row[0])
 
     # --- submission and the operator ----------------------------------------------------------
 
@@ -616,12 +609,10 @@ class _TempBody:
             raise SpoolError("body read after it was used")
         try:
             self._file.seek(0)
-            parts = []
-            while chunk := self._file.read(_COPY_CHUNK):
-                parts.append(chunk)
+            data: bytes = self._file.read()
         except OSError as exc:
             raise _body_error(exc) from exc
-        return b"".join(parts)
+        return data
 
     def discard(self) -> None:
         file, self._file = self._file, None

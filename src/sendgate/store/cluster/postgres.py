@@ -19,8 +19,7 @@ not know.
 from __future__ import annotations
 
 import time
-from collections.abc import Callable, Iterator, Sequence
-from contextlib import contextmanager
+from collections.abc import Callable, Sequence
 from typing import Any, TypeVar
 from urllib.parse import urlsplit
 
@@ -258,14 +257,3 @@ def migrate(url: str, migrations: Sequence[Sequence[str]] = MIGRATIONS) -> tuple
             return work(conn)
     except psycopg.Error as exc:
         raise failure("schema migration", url, exc) from exc
-
-
-@contextmanager
-def connection(url: str) -> Iterator[Connection]:
-    """One plain connection (the command line's reports); StoreError if it cannot be made."""
-    try:
-        conn = psycopg.connect(url, connect_timeout=int(CONNECT_TIMEOUT), autocommit=True)
-    except psycopg.Error as exc:
-        raise failure("cannot connect", url, exc) from exc
-    with conn:
-        yield conn

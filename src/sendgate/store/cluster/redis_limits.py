@@ -22,13 +22,13 @@ from __future__ import annotations
 
 import contextlib
 import secrets
-import time
 from collections.abc import Callable, Iterator, Sequence
 from typing import Any
 
 import redis
 
 from sendgate.errors import StoreError
+from sendgate.store.cluster.server_clock import ServerClock
 from sendgate.store.limits import (
     Ban,
     DistinctRequest,
@@ -269,8 +269,7 @@ class RedisLimitStore:
         except ValueError as exc:
             raise StoreError(f"limit store: bad Redis URL: {exc}") from None
         self._clock = clock
-        self._skew = 0.0  # Redis's clock minus this host's, measured every SKEW_TTL seconds
-        self._skew_from = self._skew_until = 0.0
+        self._server_clock = ServerClock(self._redis_time, SKEW_TTL)
         scripts = {
             "record": _RECORD,
             "count": _COUNT,
@@ -296,19 +295,12 @@ class RedisLimitStore:
         own clock; this one only dates what they return and times a worker's allowances)."""
         if self._clock is not None:
             return self._clock()
-        local = time.time()
-        if local >= self._skew_until or local < self._skew_from:
-            self._measure_skew()
-            local = time.time()
-        return local + self._skew
+        return self._server_clock.now()
 
-    def _measure_skew(self) -> None:
-        before = time.time()
+    def _redis_time(self) -> float:
         with _failing():
             seconds, micros = self._redis.time()
-        after = time.time()
-        self._skew = seconds + micros / 1e6 - (before + after) / 2
-        self._skew_from, self._skew_until = after, after + SKEW_TTL
+        return float(seconds) + micros / 1e6
 
     # --- members in a sliding window ----------------------------------------------------------
 
