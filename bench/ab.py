@@ -24,7 +24,6 @@ import os
 import signal
 import statistics
 import sys
-import tempfile
 from pathlib import Path
 from typing import Any
 
@@ -57,7 +56,7 @@ def main() -> int:
     ref = compare.reference_env()
     trees = {"base": args.base.resolve(), "new": args.new.resolve()}
     runs: dict[int, dict[str, list[dict[str, Any]]]] = {}
-    with tempfile.TemporaryDirectory(prefix="sendgate-ab-") as tmp:
+    with compare.beside_reference(ref, "sendgate-ab-") as tmp:
         servers = {
             name: compare.start_sendgate(
                 Path(tmp) / name,

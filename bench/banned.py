@@ -19,7 +19,6 @@ import signal
 import socket
 import subprocess
 import sys
-import tempfile
 import time
 from pathlib import Path
 
@@ -74,7 +73,7 @@ def main() -> int:
     load_args = argparse.Namespace(
         concurrency=16, size=10240, messages=100000, duration=args.duration
     )
-    with tempfile.TemporaryDirectory(prefix="sendgate-banned-") as tmp:
+    with compare.beside_reference(ref, "sendgate-banned-") as tmp:
         workdir = Path(tmp) / "sg"
         proc, port = compare.start_sendgate(workdir, ref, args.port, hold=True)
         try:

@@ -24,12 +24,19 @@ import signal
 import smtplib
 import ssl
 import sys
-import tempfile
 from pathlib import Path
 from typing import Any
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
-from bench.compare import PASSWORD, load, queue_dirs, reference_env, settle, start_sendgate
+from bench.compare import (
+    PASSWORD,
+    beside_reference,
+    load,
+    queue_dirs,
+    reference_env,
+    settle,
+    start_sendgate,
+)
 
 
 def tree(pids: list[int]) -> list[int]:
@@ -127,7 +134,7 @@ def main() -> int:
     args = parser.parse_args()
     ref = reference_env()
     ref_pids = ref["REF_PIDS"].split(",")
-    with tempfile.TemporaryDirectory(prefix="sendgate-curves-") as tmp:
+    with beside_reference(ref, "sendgate-curves-") as tmp:
         proc, port = start_sendgate(Path(tmp) / "sg", ref, args.port)
         dirs = queue_dirs(ref, Path(tmp) / "sg")
         servers = {

@@ -540,7 +540,11 @@ def main() -> int:
     postfix = Postfix(ref)
     concurrency = args.concurrency or postfix.concurrency()
     runs: dict[str, list[Run]] = {"postfix": [], "sendgate": []}
-    with tempfile.TemporaryDirectory(prefix="sendgate-drain-") as tmp:
+    with tempfile.TemporaryDirectory(
+        # Beside Postfix's queue, as bench/compare.py's beside_reference says why.
+        prefix="sendgate-drain-",
+        dir=ref["REF_STATE_DIR"],
+    ) as tmp:
         sendgate = Sendgate(Path(tmp) / "sg", int(ref["REF_SINK_PORT"]), concurrency)
         for _ in range(args.rounds):
             for run in (postfix.drain(args), sendgate.drain(args, postfix)):

@@ -88,6 +88,8 @@ def one_line(text: str) -> str:
 
     Line breaks become " / " and other unprintable characters a space; at most 1000 characters.
     """
+    if text.isprintable():  # the usual reply: nothing to replace (one call, not one per char)
+        return text[:_ONE_LINE_LIMIT]
     cleaned = "".join(ch if ch.isprintable() else " " for ch in text.replace("\n", " / "))
     return cleaned[:_ONE_LINE_LIMIT]
 
@@ -98,6 +100,8 @@ def reply_text(text: str, limit: int) -> str:
     Cut to `limit` characters, then "..." marks the cut.
     """
     kept = text[:limit]
+    if kept.isprintable():  # the usual one-line reply: as it is
+        return kept + "..." if len(text) > limit else kept
     cleaned = "".join(c if c == "\n" or c.isprintable() else "?" for c in kept)
     return cleaned + "..." if len(text) > limit else cleaned
 

@@ -117,6 +117,21 @@ def test_one_line_output_is_printable_bounded_and_stable(text: str) -> None:
     assert one_line(line) == line
 
 
+@given(st.text())
+def test_one_line_is_the_text_with_each_unprintable_character_replaced(text: str) -> None:
+    # The definition, character by character (one_line skips it for printable text).
+    expected = "".join(c if c.isprintable() else " " for c in text.replace("\n", " / "))
+    assert one_line(text) == expected[:1000]
+
+
+@given(st.text(), st.integers(0, 50))
+def test_reply_text_is_the_text_with_each_unprintable_character_replaced(
+    text: str, limit: int
+) -> None:
+    kept = "".join(c if c == "\n" or c.isprintable() else "?" for c in text[:limit])
+    assert reply_text(text, limit) == kept + ("..." if len(text) > limit else "")
+
+
 def test_reply_text_keeps_lines_and_marks_the_cut() -> None:
     assert reply_text("250-first\n250 se\x1bcond\u202e", 100) == "250-first\n250 se?cond?"
     assert reply_text("x" * 11, 10) == "x" * 10 + "..."

@@ -114,7 +114,8 @@ class Exchange:
             if replies.error is not None:
                 raise replies.error
             replies.waiter = asyncio.get_running_loop().create_future()
-            await asyncio.wait_for(replies.waiter, timeout)
+            async with asyncio.timeout(timeout):  # no wrapper future, unlike wait_for
+                await replies.waiter
         return replies.replies.popleft()
 
     async def end_empty_data(self, timeout: float) -> None:

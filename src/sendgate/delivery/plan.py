@@ -18,6 +18,7 @@ raise the TLS requirement, never lower the requirement a domain published.
 
 from __future__ import annotations
 
+import functools
 import ipaddress
 import random
 from collections.abc import Sequence
@@ -161,10 +162,9 @@ class Planner:
         if host.lower() == "localhost":
             # Config lets plaintext go to "localhost" as loopback: never ask DNS what it is.
             return ("::1", "127.0.0.1")
-        try:
-            return (str(ipaddress.ip_address(host)),)
-        except ValueError:
-            pass
+        literal = _ip_literal(host)
+        if literal is not None:
+            return (literal,)
         try:
             answer = await self._resolver.addresses(host)
         except DnsError as exc:
@@ -272,3 +272,13 @@ def _for_requiretls(
 
 def _never(_leaf: bytes) -> bool:
     return False
+
+
+@functools.lru_cache(maxsize=64)
+def _ip_literal(host: str) -> str | None:
+    """`host` as an IP address in its usual form, or None for a name (a smarthost is one of a
+    few configured hosts, parsed for every message: hence the cache)."""
+    try:
+        return str(ipaddress.ip_address(host))
+    except ValueError:
+        return None

@@ -11,6 +11,7 @@ pressure; the worker's own ceiling from its descriptor limit. Each test drives a
 from __future__ import annotations
 
 import base64
+import re
 import socket
 import threading
 from collections.abc import Iterator
@@ -536,10 +537,12 @@ def test_starttls_whose_220_fills_the_buffer_still_serves_over_tls(serve: ServeF
     # Just under 64 KiB of replies, then STARTTLS: its 220 crosses the high-water mark.
     sock.sendall(b"EHLO a\r\n" * ((63 * 1024) // reply_size) + b"STARTTLS\r\n")
     received = b""
-    while b"220 2.0.0" not in received:
+    # The whole 220 line: a TLS handshake started after part of it would read the rest as TLS.
+    while not re.search(rb"220 2\.0\.0[^\n]*\n", received):
         chunk = sock.recv(65536)
         assert chunk, "closed by the server"
         received += chunk
+    assert received.endswith(b"\r\n")
     with live.client_ctx.wrap_socket(sock, server_hostname="localhost") as tls:
         tls.settimeout(WAIT)
         tls.sendall(b"EHLO b\r\n")
