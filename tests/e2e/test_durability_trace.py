@@ -5,8 +5,8 @@ commit writes the message into a fresh file (`store.local.fresh`): in the trace,
 created, then its directory fresh/ is fsync'd, then the file is fdatasync'd, and only then is
 the first write to a TCP socket (the 250 reply, encrypted) made. The file is linked into
 queue/ before the reply too, and queue/ is fsync'd after the link (in the background), before
-the file's fresh name is removed. Lines are printed in the order the system calls finished, so
-"before" is real.
+the file's fresh name is given up (renamed to a spent name, which recovery never restores
+from). Lines are printed in the order the system calls finished, so "before" is real.
 
 A large message takes the same path with its body streamed: the fresh file is written while
 the body arrives (`smtp.spill`, `store.local.streamfile`), then the envelope and header section
@@ -24,6 +24,8 @@ from typing import TYPE_CHECKING
 
 import pytest
 from tests.e2e.settings import UNLIMITED_SENDING
+
+from sendgate.store.local.fresh import SPENT
 
 if TYPE_CHECKING:
     from tests.e2e.conftest import InstanceFactory, ServerFactory
@@ -98,10 +100,15 @@ def test_the_message_and_its_name_are_synced_before_the_250(
         fresh = made.data_dir / "spool" / "fresh"
         link = made.data_dir / "spool" / "queue" / queue_id
         deadline = time.monotonic() + 30
-        # The background sync of queue/ ends with the removal of the file's fresh name.
-        while link.stat().st_nlink > 1 and time.monotonic() < deadline:
+
+        # The background sync of queue/ ends with the file's fresh name given up (spent).
+        def spent() -> bool:
+            return any(p.name.endswith(SPENT) for p in fresh.iterdir())
+
+        while not spent() and time.monotonic() < deadline:
             time.sleep(0.01)
-        assert link.stat().st_nlink == 1, sorted(p.name for p in fresh.iterdir())
+        assert spent(), sorted(p.name for p in fresh.iterdir())
+        assert link.stat().st_nlink == 2  # its queue name and its spent name
     finally:
         tracer.terminate()
         tracer.wait(30)
@@ -145,8 +152,9 @@ def test_the_message_and_its_name_are_synced_before_the_250(
     ]
     assert replies, "no reply written after the commit:\n" + out.read_text()[-3000:]
     assert data_sync.index < commit.index < replies[0].index
-    removed = [c for c in calls if c.name == "unlink" and f'"{source}"' in c.args]
-    assert len(removed) == 1, f"the fresh name {source} was not removed"
+    given_up = f'"{source}", "{source}{SPENT}"'
+    removed = [c for c in calls if c.name == "rename" and c.args.startswith(given_up)]
+    assert len(removed) == 1, f"the fresh name {source} was not given up"
     queue_syncs = [
         c
         for c in calls[commit.index : removed[0].index]

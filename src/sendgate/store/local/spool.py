@@ -9,6 +9,8 @@ Layout under the spool root (directories mode 0o700, files mode 0o600):
   is in ``queue/``: the rename (or link) from ``tmp/`` is the commit point.
 - ``fresh/``: empty files whose names are already durable, and group commits whose links into
   ``queue/`` are not synced yet (`store.local.fresh`); `sweep` restores lost links from them.
+  ``<name>.spent``: a batch whose links were synced, kept to be recycled once its messages are
+  gone; never restored from (`sweep` removes the names).
 - ``corrupt/``: queue files whose envelope line cannot be read, moved aside by `Spool.sweep`.
 - ``state/<id>``: delivery state of a message that has had an attempt (which recipients are done,
   when to try next), replaced atomically (tmp/, fsync, rename). No state file: nothing tried yet.
@@ -47,7 +49,7 @@ from sendgate.errors import SpoolError, SpoolFullError, UnknownQueueIdError
 from sendgate.fsutil import atomic_replace, fsync_dir, is_disk_full, write_all, write_file_durably
 from sendgate.store.envelope import RANDOM_BYTES, Envelope, checked_id, is_queue_id, new_queue_id
 from sendgate.store.local import batchfile, streamfile
-from sendgate.store.local.fresh import FreshFiles, owner
+from sendgate.store.local.fresh import FreshFiles, owner, spent_owner
 from sendgate.store.local.holds import Holds
 from sendgate.store.queue import Recovery
 
@@ -275,6 +277,14 @@ class Spool:
         restored = partial = 0
         remove: list[Path] = []
         for name in os.listdir(self._fresh_dir):
+            spent = spent_owner(name)
+            if spent is not None:
+                # Its links were synced before it was spent: nothing to restore from it, and
+                # its file lives on through them if any is left.
+                if not (live and (spent == os.getpid() or _alive(spent))):
+                    with suppress(FileNotFoundError):
+                        (self._fresh_dir / name).unlink()
+                continue
             pid = owner(name)
             if live and (pid is None or pid == os.getpid() or _alive(pid)):
                 continue

@@ -145,22 +145,170 @@ def test_the_syncer_syncs_commits_and_restocks_by_itself(
     files = FreshFiles(fresh_dir, queue, interval=0.0, spare=fresh.FIRST + 4)
     path = files.take()
     gone = threading.Event()
-    real_unlink = os.unlink
+    real_rename = os.rename
 
-    def unlink(target: str | os.PathLike[str]) -> None:
-        real_unlink(target)
-        if os.fspath(target) == path:
+    def rename(source: str | os.PathLike[str], target: str | os.PathLike[str]) -> None:
+        real_rename(source, target)
+        if os.fspath(source) == path:
             gone.set()
 
-    monkeypatch.setattr(os, "unlink", unlink)
+    monkeypatch.setattr(os, "rename", rename)
     files.committed(path)
-    assert gone.wait(30), "the syncer never removed the committed name"
+    assert gone.wait(30), "the syncer never gave up the committed name"
     # It made the stock whole again: spare files, none of them the committed one.
     ready = names(fresh_dir)
     assert Path(path).name not in ready
     assert len(ready) >= fresh.FIRST + 4  # more than the 15 left by the first take
     files.close()
     assert names(fresh_dir) == []
+
+
+def _spend(files: FreshFiles, queue: Path, content: bytes, *links: str) -> tuple[str, int]:
+    """A committed file holding `content`, linked as `links` in queue/, synced and spent."""
+    path = files.take()
+    Path(path).write_bytes(content)
+    for link in links:
+        os.link(path, queue / link)
+    files.committed(path)
+    files.sync()
+    assert os.path.exists(path + fresh.SPENT)
+    return path + fresh.SPENT, os.stat(path + fresh.SPENT).st_ino
+
+
+def _fresh_names_of(fresh_dir: Path, inode: int) -> list[str]:
+    return [
+        p.name
+        for p in fresh_dir.iterdir()
+        if p.stat().st_ino == inode and not p.name.endswith(fresh.SPENT)
+    ]
+
+
+def test_a_spent_file_whose_messages_are_gone_is_recycled_empty_under_a_fresh_name(
+    files: FreshFiles, dirs: tuple[Path, Path]
+) -> None:
+    fresh_dir, queue = dirs
+    spent, inode = _spend(files, queue, b"batch", "one", "two")
+    os.unlink(queue / "one")
+    os.unlink(queue / "two")  # delivered: only the spent name keeps the file
+    files.sync(make=1)
+    assert not os.path.exists(spent)
+    [name] = _fresh_names_of(fresh_dir, inode)
+    assert owner(name) == os.getpid()
+    recycled = files.take()  # the newest in the stock
+    assert Path(recycled).name == name
+    assert os.stat(recycled).st_size == 0
+    files.discard(recycled)
+    files.close()
+    assert names(fresh_dir) == []
+
+
+def test_a_spent_file_with_a_message_still_queued_is_kept_whole(
+    files: FreshFiles, dirs: tuple[Path, Path]
+) -> None:
+    fresh_dir, queue = dirs
+    spent, inode = _spend(files, queue, b"batch", "one", "two")
+    os.unlink(queue / "one")
+    files.sync(make=1)
+    assert Path(spent).read_bytes() == b"batch"
+    assert _fresh_names_of(fresh_dir, inode) == []
+    files.close()
+    assert (queue / "two").read_bytes() == b"batch"  # close drops the spent name alone
+
+
+def test_spent_files_the_stock_does_not_need_are_removed_and_their_space_comes_back(
+    files: FreshFiles, dirs: tuple[Path, Path]
+) -> None:
+    _, queue = dirs
+    spent, _ = _spend(files, queue, b"x" * 100_000, "one")
+    os.unlink(queue / "one")
+    files.sync(make=0)
+    assert not os.path.exists(spent)
+    files.close()
+
+
+def test_the_syncer_reaps_spent_files_without_any_commit(
+    dirs: tuple[Path, Path], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    fresh_dir, queue = dirs
+    monkeypatch.setattr(fresh, "REAP_EVERY", 0.01)
+    files = FreshFiles(fresh_dir, queue, interval=0.0, spare=2)
+    path = files.take()
+    Path(path).write_bytes(b"batch")
+    os.link(path, queue / "one")
+    files.committed(path)
+    spent = path + fresh.SPENT
+    assert wait_for(lambda: os.path.exists(spent))
+    os.unlink(queue / "one")
+    assert wait_for(lambda: not os.path.exists(spent))
+    files.close()
+
+
+def wait_for(condition: Callable[[], bool]) -> bool:
+    event = threading.Event()
+    for _ in range(3000):
+        if condition():
+            return True
+        event.wait(0.01)  # polling the syncer's files: it signals nothing
+    return condition()
+
+
+def test_a_recycled_file_is_emptied_durably_before_its_new_name_is_made(
+    files: FreshFiles, dirs: tuple[Path, Path], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    _, queue = dirs
+    spent, inode = _spend(files, queue, b"batch", "one")
+    os.unlink(queue / "one")
+    steps: list[str] = []
+    real_fsync, real_rename, real_truncate = os.fsync, os.rename, os.ftruncate
+
+    def fsync(fd: int) -> None:
+        if os.fstat(fd).st_ino == inode:
+            steps.append(f"fsync size={os.fstat(fd).st_size}")
+        real_fsync(fd)
+
+    def rename(source: str, target: str) -> None:
+        if source == spent:
+            steps.append("rename")
+        real_rename(source, target)
+
+    def ftruncate(fd: int, size: int) -> None:
+        if os.fstat(fd).st_ino == inode:
+            steps.append("truncate")
+        real_truncate(fd, size)
+
+    monkeypatch.setattr(os, "fsync", fsync)
+    monkeypatch.setattr(os, "rename", rename)
+    monkeypatch.setattr(os, "ftruncate", ftruncate)
+    files.sync(make=1)
+    assert steps == ["truncate", "fsync size=0", "rename"]
+    monkeypatch.undo()
+    files.close()
+
+
+def test_sweep_removes_spent_names_and_restores_nothing_from_them(
+    spool: Spool, tmp_path: Path
+) -> None:
+    batch = items(spool, b"one\r\n", b"two\r\n")
+    path = plant(spool, tmp_path, batch, OTHER_BOOT)  # from an earlier boot: would be restored
+    path.rename(str(path) + fresh.SPENT)
+    recovery = spool.sweep()
+    assert (recovery.restored, recovery.removed_partial) == (0, 0)
+    assert spool.ids() == []
+    assert names(tmp_path / "spool" / "fresh") == []
+
+
+def test_the_first_commit_reaps_spent_names_of_dead_processes_only(
+    spool: Spool, tmp_path: Path
+) -> None:
+    fresh_dir = tmp_path / "spool" / "fresh"
+    dead = fresh_dir / f"{dead_pid()}.0123456789abcdef{fresh.SPENT}"
+    dead.write_bytes(b"old batch")
+    alive = fresh_dir / f"{os.getppid()}.0123456789abcdef{fresh.SPENT}"
+    alive.write_bytes(b"old batch")
+    spool.put_many(items(spool, b"a\r\n"))
+    assert not dead.exists()
+    assert alive.exists()
+    spool.close()
 
 
 def test_close_syncs_removes_every_name_and_refuses_more(
@@ -501,7 +649,11 @@ def test_a_sync_that_cannot_make_files_still_syncs_and_lets_names_go(
     before = len(names(fresh_dir))
     fill_disk(monkeypatch, lambda _path, flags: bool(flags & os.O_CREAT))
     files.sync(make=4)
-    assert len(names(fresh_dir)) == before - 1  # the committed name went, nothing was made
+    left = names(fresh_dir)
+    # The committed name was given up (spent), and nothing was made.
+    assert Path(path).name not in left
+    assert Path(path).name + fresh.SPENT in left
+    assert len([name for name in left if not name.endswith(fresh.SPENT)]) == before - 1
     monkeypatch.undo()
     files.close()
 
