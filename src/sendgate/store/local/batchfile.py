@@ -11,11 +11,14 @@ Layout: a first line ``SGBATCH1 <n>`` (n: 4 hex digits), then n index lines ``<i
 what a single-message queue file holds: the envelope as one JSON line, a LF, the message bytes.
 
 A batch written into a fresh file (`store.local.fresh`) ends with a trailer line ``SGEND
-<crc32> <boot id>``: the kernel's boot id when it was written and the CRC-32 of everything
-before the trailer followed by that id. Readers of records never look at it; `check` does,
-when `Spool.sweep` finds a fresh file a crash left behind: only a whole batch is restored, and
-only after a reboot (in the same boot every link made before the crash is still there, and a
-missing one was delivered).
+<crc32> <boot id> <token>``: the kernel's boot id when it was written, the 16 hex digits that
+end the fresh file's name, and the CRC-32 of everything before the trailer followed by the id,
+a space and the token. Readers of records never look at it; `check` does, when `Spool.sweep`
+finds a fresh file a crash left behind: only a whole batch is restored, only under the name it
+was written under (a recycled file emptied just before a power cut may still hold its last
+batch, under a new name), and only after a reboot (in the same boot every link made before the
+crash is still there, and a missing one was delivered). Trailers without a token (written
+before recycling) are accepted under any name.
 
 Security: the file is ours, but it is read back after crashes, so the header is parsed strictly
 (exact sizes, hex digits, records inside the file); anything else is reported as corrupt.
@@ -40,7 +43,8 @@ HEADER_READ = 64 * 1024  # one read covers the header of any batch the spool wri
 MAX_MESSAGES = (HEADER_READ - FIRST_LINE_SIZE) // ENTRY_SIZE  # 1236: the header fits that read
 _ENTRY_RE = re.compile(rb"([0-7][0-9A-HJKMNP-TV-Z]{17}) ([0-9a-f]{16}) ([0-9a-f]{16})\n")
 TRAILER = b"SGEND "
-_TRAILER_RE = re.compile(rb"SGEND ([0-9a-f]{8}) ([0-9a-f-]{36}|-)\n")
+TRAILER_RE = re.compile(rb"SGEND ([0-9a-f]{8}) ([0-9a-f-]{36}|-)(?: ([0-9a-f]{16}))?\n")
+_TOKEN_RE = re.compile(r"[1-9][0-9]{0,9}\.([0-9a-f]{16})")
 _BOOT_ID = "/proc/sys/kernel/random/boot_id"
 _boot: str | None = None  # this boot's id, once read
 
@@ -69,10 +73,30 @@ def boot_id() -> str:
     return _boot
 
 
-def encode(items: Sequence[tuple[Envelope, bytes]], *, trailer: bool = False) -> list[bytes]:
+def name_token(path: str | Path) -> str | None:
+    """The 16 hex digits ending a fresh file's name (``<pid>.<token>``); None for other names."""
+    match = _TOKEN_RE.fullmatch(os.path.basename(path))
+    return match[1] if match else None
+
+
+def trailer_line(parts: Sequence[bytes], token: str | None, crc: int | None = None) -> bytes:
+    """The ``SGEND`` line to end a file whose content is `parts` (or whose CRC-32 is `crc`)."""
+    if crc is None:
+        crc = 0
+        for part in parts:
+            crc = zlib.crc32(part, crc)
+    tail = boot_id().encode("ascii")
+    if token is not None:
+        tail += b" " + token.encode("ascii")
+    return b"%s%08x %s\n" % (TRAILER, zlib.crc32(tail, crc), tail)
+
+
+def encode(
+    items: Sequence[tuple[Envelope, bytes]], *, trailer: bool = False, token: str | None = None
+) -> list[bytes]:
     """The parts of a batch file holding `items` (written with one writev, never joined).
 
-    With `trailer` the parts end with the ``SGEND`` line that `check` verifies.
+    With `trailer` the parts end with the ``SGEND`` line that `check` verifies, naming `token`.
     """
     if not 0 < len(items) <= MAX_MESSAGES:
         raise ValueError(f"a batch holds 1 to {MAX_MESSAGES} messages, not {len(items)}")
@@ -87,35 +111,39 @@ def encode(items: Sequence[tuple[Envelope, bytes]], *, trailer: bool = False) ->
         offset += length
     parts = header + body
     if trailer:
-        crc = 0
-        for part in parts:
-            crc = zlib.crc32(part, crc)
-        boot = boot_id().encode("ascii")
-        parts.append(b"%s%08x %s\n" % (TRAILER, zlib.crc32(boot, crc), boot))
+        parts.append(trailer_line(parts, token))
     return parts
 
 
-def check(data: bytes) -> tuple[list[str], str] | None:
+def check(data: bytes, token: str | None = None) -> tuple[list[str], str] | None:
     """The queue ids and the boot id of a whole batch with a trailer, or None for anything else.
 
     Whole means: a well-formed header, records one after another to the trailer, nothing after
     the trailer, and the trailer's CRC-32 matching. A write cut short by a crash fails this.
+    With `token` (of the file's name), a trailer naming another token fails it too.
     """
-    return _check(lambda offset, length: data[offset : offset + length], len(data))
+    return _check(lambda offset, length: data[offset : offset + length], len(data), token)
 
 
 def check_file(path: str | Path) -> tuple[list[str], str] | None:
-    """`check` for the file at `path`, read in chunks (a batch can hold gigabytes)."""
+    """`check` for the file at `path` under its own name, read in chunks (a batch can hold
+    gigabytes)."""
     with open(path, "rb", buffering=0) as file:
         fd = file.fileno()
-        return _check(lambda offset, length: os.pread(fd, length, offset), os.fstat(fd).st_size)
+        return _check(
+            lambda offset, length: os.pread(fd, length, offset),
+            os.fstat(fd).st_size,
+            name_token(path),
+        )
 
 
 _CHUNK = 1 << 20
-_TRAILER_MAX = len(TRAILER) + 8 + 1 + 36 + 1
+_TRAILER_MAX = len(TRAILER) + 8 + 1 + 36 + 1 + 16 + 1
 
 
-def _check(read: Callable[[int, int], bytes], size: int) -> tuple[list[str], str] | None:
+def _check(
+    read: Callable[[int, int], bytes], size: int, token: str | None
+) -> tuple[list[str], str] | None:
     head = read(0, min(size, HEADER_READ))
     ids: list[str] = []
     try:
@@ -127,24 +155,30 @@ def _check(read: Callable[[int, int], bytes], size: int) -> tuple[list[str], str
             end += length
     except SpoolError:
         return None
-    boot = trailer_boot(read, end, size)
+    boot = trailer_boot(read, end, size, token)
     return None if boot is None else (ids, boot)
 
 
-def trailer_boot(read: Callable[[int, int], bytes], end: int, size: int) -> str | None:
-    """The boot id of the trailer from `end` to `size`, if it is one and its CRC-32 matches
-    the `end` octets before it (read in chunks); else None."""
+def trailer_boot(
+    read: Callable[[int, int], bytes], end: int, size: int, token: str | None = None
+) -> str | None:
+    """The boot id of the trailer from `end` to `size`, if it is one, its CRC-32 matches the
+    `end` octets before it (read in chunks) and it names no token other than `token` (when
+    given); else None."""
     if not 0 < size - end <= _TRAILER_MAX:
         return None
-    trailer = _TRAILER_RE.fullmatch(read(end, size - end))
-    if trailer is None:
+    line = TRAILER_RE.fullmatch(read(end, size - end))
+    if line is None:
+        return None
+    if token is not None and line[3] is not None and line[3].decode("ascii") != token:
         return None
     crc = 0
     for offset in range(0, end, _CHUNK):
         crc = zlib.crc32(read(offset, min(_CHUNK, end - offset)), crc)
-    if int(trailer[1], 16) != zlib.crc32(trailer[2], crc):
+    tail = line[2] if line[3] is None else line[2] + b" " + line[3]
+    if int(line[1], 16) != zlib.crc32(tail, crc):
         return None
-    return trailer[2].decode("ascii")
+    return line[2].decode("ascii")
 
 
 def _index_end(head: bytes) -> int:

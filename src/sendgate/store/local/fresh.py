@@ -12,9 +12,10 @@ restores from it any link the cut lost (see `store.local.batchfile` for the trai
 
 A fresh name given up becomes a spent name (``<name>.spent``, never restored from), and once
 the last message of its file has left queue/ (one link left: the spent name) the file is
-recycled: emptied, the emptying synced, and renamed to a new fresh name. Creating a file
-allocates an inode, and on an ext4 file system with many files that cost 480-660 us of CPU
-here (20-30 us on a young one); emptying and renaming a file costs about 40.
+recycled: emptied and renamed to a new fresh name (a batch's trailer names the file it was
+written under, so an emptying a power cut undid restores nothing). Creating a file allocates
+an inode, and on an ext4 file system with many files that cost 480-660 us of CPU here (20-30
+us on a young one); emptying and renaming a file costs about 40.
 
 The syncer also keeps a stock of ready files (made before the sync that makes their names
 durable), so a commit makes no system call here; a file is handed out only once a directory
@@ -159,9 +160,9 @@ class FreshFiles:
                 self._spent.append(path + SPENT)
 
     def _recycle(self, count: int) -> list[str]:
-        """Reap the spent files whose messages are all gone: up to `count` emptied (durably) and
-        renamed to new fresh names (durable after the next sync of fresh/), the rest removed
-        (their space comes back now, as it did when the last link went)."""
+        """Reap the spent files whose messages are all gone: up to `count` emptied and renamed
+        to new fresh names (durable after the next sync of fresh/), the rest removed (their
+        space comes back now, as it did when the last link went)."""
         found: list[tuple[str, int]] = []
         for _ in range(min(SCAN, len(self._spent))):
             path = self._spent.popleft()
@@ -185,19 +186,17 @@ class FreshFiles:
             found.append((path, fd))
         recycled: list[str] = []
         for path, fd in found:
+            os.close(fd)
+            # No sync of the emptying: a power cut may leave the old batch under the new name,
+            # but its trailer names the old one, so recovery never restores it
+            # (`batchfile.check`); the next commit's fdatasync carries the emptying too.
+            new = f"{self._prefix}{secrets.token_hex(8)}"
             try:
-                # The emptying must be durable before the new name is, or a power cut could
-                # leave a fresh name on a whole old batch (restored: delivered mail again).
-                # The first fsync commits every emptying at once; the others find it done.
-                os.fsync(fd)
-                new = f"{self._prefix}{secrets.token_hex(8)}"
                 os.rename(path, new)
             except OSError:
                 _drop_all([path])
             else:
                 recycled.append(new)
-            finally:
-                os.close(fd)
         return recycled
 
     def close(self) -> None:

@@ -148,8 +148,9 @@ class Spool:
             if envelope.size != len(message):
                 raise ValueError(f"envelope size {envelope.size} != message size {len(message)}")
             checked_id(envelope.queue_id)
-        parts = batchfile.encode(items, trailer=True)  # refuses a bad count before a file is taken
+        parts = batchfile.encode(items)  # refuses a bad count before a file is taken
         fresh, path = self._take_fresh()
+        parts.append(batchfile.trailer_line(parts, batchfile.name_token(path)))
         try:
             fd = os.open(path, os.O_WRONLY | os.O_CLOEXEC | os.O_NOFOLLOW)
             try:
@@ -562,7 +563,7 @@ def whole_fresh_file(path: Path, size: int) -> tuple[list[str], str] | None:
     """The queue ids and boot id of a whole fresh file (a batch or a streamed file), or None."""
     with open(path, "rb", buffering=0) as file:
         if streamfile.is_streamed(file.read(len(streamfile.MAGIC))):
-            return streamfile.check_file(file.fileno(), size)
+            return streamfile.check_file(file.fileno(), size, batchfile.name_token(path))
     return batchfile.check_file(path)
 
 

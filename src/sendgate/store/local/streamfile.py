@@ -33,8 +33,7 @@ MAGIC = b"SGSTREAM1\n"
 FOOTER = b"SGTAIL "
 FOOTER_SIZE = len(FOOTER) + 16 + 1 + 16 + 1
 _FOOTER_RE = re.compile(rb"SGTAIL ([0-9a-f]{16}) ([0-9a-f]{16})\n")
-_TRAILER_RE = re.compile(rb"SGEND ([0-9a-f]{8}) ([0-9a-f-]{36}|-)\n")
-_END_MAX = FOOTER_SIZE + len(TRAILER) + 8 + 1 + 36 + 1  # footer and trailer at their longest
+_END_MAX = FOOTER_SIZE + len(TRAILER) + 8 + 1 + 36 + 1 + 16 + 1  # footer and trailer at most
 
 
 def is_streamed(head: bytes) -> bool:
@@ -81,8 +80,7 @@ class StreamedBody:
         crc = self._crc
         for part in parts:
             crc = zlib.crc32(part, crc)
-        boot = batchfile.boot_id().encode("ascii")
-        parts.append(b"%s%08x %s\n" % (TRAILER, zlib.crc32(boot, crc), boot))
+        parts.append(batchfile.trailer_line(parts, batchfile.name_token(self.path), crc))
         fd = self._fd
         if fd is None:
             raise OSError(9, "body file closed")
@@ -112,7 +110,7 @@ def _layout(read: Callable[[int, int], bytes], size: int) -> tuple[int, int, int
     end = read(start, size - start)
     at = end.rfind(FOOTER)
     footer = _FOOTER_RE.match(end, at) if at >= 0 else None
-    if footer is None or _TRAILER_RE.fullmatch(end, footer.end()) is None:
+    if footer is None or batchfile.TRAILER_RE.fullmatch(end, footer.end()) is None:
         raise SpoolError("bad streamed file footer")
     body, tail = int(footer[1], 16), int(footer[2], 16)
     offset = start + at
@@ -137,7 +135,7 @@ def read_record(fd: int, size: int, *, envelope_only: bool = False) -> bytes:
     return record + data
 
 
-def check_file(fd: int, size: int) -> tuple[list[str], str] | None:
+def check_file(fd: int, size: int, token: str | None = None) -> tuple[list[str], str] | None:
     """The queue id and the boot id of a whole streamed file, or None for anything else.
 
     Whole means: the footer's lengths add up, the envelope line parses, and the trailer's
@@ -151,7 +149,7 @@ def check_file(fd: int, size: int) -> tuple[list[str], str] | None:
         body, tail, footer = _layout(read, size)
     except SpoolError:
         return None
-    boot = batchfile.trailer_boot(read, footer + FOOTER_SIZE, size)
+    boot = batchfile.trailer_boot(read, footer + FOOTER_SIZE, size, token)
     if boot is None:
         return None
     line = read(len(MAGIC) + body, tail).partition(b"\n")[0]
