@@ -47,11 +47,13 @@ def reference_env() -> dict[str, str]:
 def beside_reference(ref: dict[str, str], prefix: str) -> tempfile.TemporaryDirectory[str]:
     """A throw-away directory for sendgate's instances, in the reference's state directory.
 
-    Equal footing for the spools: on ext4 creating a file allocates an inode, and what that
-    costs depends on where the directory lies. On the machine of 2026-12-06, whose disk held
-    1.9 million of the sink's message files, a file created in a new directory under /tmp or
-    /var/lib cost 480-580 us of CPU, and 20-30 us in one under the reference's state directory,
-    where Postfix keeps its queue. So sendgate's spool goes beside Postfix's.
+    The spools side by side: Postfix keeps its queue there. On ext4 creating a file allocates
+    an inode, and what that costs depends on where the new directory lands: on the machine of
+    2026-12-06, whose disk held 1.9 million of the sink's message files, 20-30 us of CPU in a
+    directory made right under the reference's state directory, and 480-660 us under /tmp,
+    /var/lib, or four levels down in either (where a spool's fresh/ is). Postfix's queue
+    directories are old; sendgate recycles its spool files, so it creates few (see
+    store/local/fresh.py).
     """
     return tempfile.TemporaryDirectory(prefix=prefix, dir=ref["REF_STATE_DIR"])
 
