@@ -140,6 +140,24 @@ def test_sweep_in_the_same_boot_restores_nothing(tmp_path: Path) -> None:
     assert recovery.restored == 0
 
 
+def test_a_streamed_file_is_restored_only_under_the_name_it_was_written_under(
+    tmp_path: Path,
+) -> None:
+    spool = Spool(tmp_path / "spool")
+    _, _, path = finished_unlinked(spool, OTHER_BOOT)
+    token = batchfile.name_token(path)
+    assert token is not None
+    data = Path(path).read_bytes()
+    with open(path, "rb") as file:
+        assert streamfile.check_file(file.fileno(), len(data), token) is not None
+        assert streamfile.check_file(file.fileno(), len(data), "0" * 16) is None
+    # As a recycled file whose emptying a power cut undid: the same bytes under another name.
+    Path(path).rename(Path(path).with_name(Path(path).name[:-16] + "0" * 16))
+    restarted = Spool(tmp_path / "spool")
+    assert restarted.sweep().restored == 0
+    assert restarted.ids() == []
+
+
 @pytest.mark.parametrize("cut", [1, 10, 45, 200, 60_000])
 def test_sweep_removes_a_streamed_file_cut_short(tmp_path: Path, cut: int) -> None:
     spool = Spool(tmp_path / "spool")
