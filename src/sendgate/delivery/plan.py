@@ -123,6 +123,8 @@ class Planner:
         self._dane = dane_enabled
         self._rng = rng
         self._mx_port = mx_port
+        # A smarthost named by address (or localhost) has the same targets for every message.
+        self._fixed: dict[Relay, list[Target]] = {}
 
     async def targets(self, domain: str, *, requiretls: bool = False) -> list[Target]:
         """The hosts to try, in order; RouteError (with .permanent, .status) when there are none.
@@ -142,6 +144,9 @@ class Planner:
         return await self._mx_targets(domain, requiretls=requiretls)
 
     async def _relay_targets(self, relay: Relay) -> list[Target]:
+        fixed = self._fixed.get(relay)
+        if fixed is not None:
+            return list(fixed)
         if relay.tls == "none":
             tls = TlsRequirement(mode="none", verify="none", reason="smarthost")
         else:
@@ -153,10 +158,13 @@ class Planner:
                 reason="smarthost",
             )
         addresses = await self._addresses_of(relay.host)
-        return [
+        targets = [
             Target(host=relay.host, address=address, port=relay.port, tls=tls, auth=relay.auth)
             for address in addresses[:MAX_TARGETS]
         ]
+        if relay.host.lower() == "localhost" or _ip_literal(relay.host) is not None:
+            self._fixed[relay] = targets  # no DNS answer to follow: build them once
+        return list(targets)
 
     async def _addresses_of(self, host: str) -> tuple[str, ...]:
         if host.lower() == "localhost":

@@ -275,6 +275,22 @@ def test_the_relay_is_chosen_by_recipient_domain_and_mx_is_not_looked_up(dns: Zo
     assert dns.queries == []
 
 
+def test_a_relay_by_address_gives_the_same_targets_each_time_and_a_named_one_asks_again(
+    dns: ZoneServer,
+) -> None:
+    by_address = Relay(("example.com",), "127.0.0.2", 25, "none", None)
+    by_name = Relay(("*",), "relay.example.net", 587, "starttls", None)
+    planner = _planner(dns, [by_address, by_name])
+    first = _targets(planner, "example.com")
+    first.clear()  # a caller's list is its own
+    assert [t.address for t in _targets(planner, "example.com")] == ["127.0.0.2"]
+    dns.add("relay.example.net", "A", "192.0.2.7")
+    assert [t.address for t in _targets(planner, "example.org")] == ["192.0.2.7"]
+    dns.remove("relay.example.net", "A")
+    dns.add("relay.example.net", "A", "192.0.2.8")
+    assert [t.address for t in _targets(planner, "example.org")] == ["192.0.2.8"]
+
+
 def test_a_relay_name_that_does_not_exist_defers_rather_than_bounces(dns: ZoneServer) -> None:
     relay = Relay(("*",), "relay.example.net", 587, "starttls", None)
     error = _plan_error(_planner(dns, [relay]), "example.org")
