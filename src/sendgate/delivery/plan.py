@@ -18,7 +18,6 @@ raise the TLS requirement, never lower the requirement a domain published.
 
 from __future__ import annotations
 
-import functools
 import ipaddress
 import random
 from collections.abc import Sequence
@@ -157,22 +156,20 @@ class Planner:
                 implicit=relay.tls == "implicit",
                 reason="smarthost",
             )
-        addresses = await self._addresses_of(relay.host)
+        addresses = _fixed_addresses(relay.host)
+        by_address = addresses is not None
+        if addresses is None:
+            addresses = await self._addresses_of(relay.host)
         targets = [
             Target(host=relay.host, address=address, port=relay.port, tls=tls, auth=relay.auth)
             for address in addresses[:MAX_TARGETS]
         ]
-        if relay.host.lower() == "localhost" or _ip_literal(relay.host) is not None:
+        if by_address:
             self._fixed[relay] = targets  # no DNS answer to follow: build them once
         return list(targets)
 
     async def _addresses_of(self, host: str) -> tuple[str, ...]:
-        if host.lower() == "localhost":
-            # Config lets plaintext go to "localhost" as loopback: never ask DNS what it is.
-            return ("::1", "127.0.0.1")
-        literal = _ip_literal(host)
-        if literal is not None:
-            return (literal,)
+        """The addresses DNS gives a smarthost's name; PlanError when none."""
         try:
             answer = await self._resolver.addresses(host)
         except DnsError as exc:
@@ -282,11 +279,12 @@ def _never(_leaf: bytes) -> bool:
     return False
 
 
-@functools.lru_cache(maxsize=64)
-def _ip_literal(host: str) -> str | None:
-    """`host` as an IP address in its usual form, or None for a name (a smarthost is one of a
-    few configured hosts, parsed for every message: hence the cache)."""
+def _fixed_addresses(host: str) -> tuple[str, ...] | None:
+    """A smarthost's addresses when no DNS is asked: an IP literal in its usual form, or
+    loopback for "localhost" (config lets plaintext go there as loopback); None for a name."""
+    if host.lower() == "localhost":
+        return ("::1", "127.0.0.1")
     try:
-        return str(ipaddress.ip_address(host))
+        return (str(ipaddress.ip_address(host)),)
     except ValueError:
         return None

@@ -44,7 +44,6 @@ MAX_MESSAGES = (HEADER_READ - FIRST_LINE_SIZE) // ENTRY_SIZE  # 1236: the header
 _ENTRY_RE = re.compile(rb"([0-7][0-9A-HJKMNP-TV-Z]{17}) ([0-9a-f]{16}) ([0-9a-f]{16})\n")
 TRAILER = b"SGEND "
 TRAILER_RE = re.compile(rb"SGEND ([0-9a-f]{8}) ([0-9a-f-]{36}|-)(?: ([0-9a-f]{16}))?\n")
-_TOKEN_RE = re.compile(r"[1-9][0-9]{0,9}\.([0-9a-f]{16})")
 _BOOT_ID = "/proc/sys/kernel/random/boot_id"
 _boot: str | None = None  # this boot's id, once read
 
@@ -73,30 +72,28 @@ def boot_id() -> str:
     return _boot
 
 
-def name_token(path: str | Path) -> str | None:
-    """The 16 hex digits ending a fresh file's name (``<pid>.<token>``); None for other names."""
-    match = _TOKEN_RE.fullmatch(os.path.basename(path))
-    return match[1] if match else None
+def crc_of(parts: Sequence[bytes]) -> int:
+    """The CRC-32 of `parts` one after another."""
+    crc = 0
+    for part in parts:
+        crc = zlib.crc32(part, crc)
+    return crc
 
 
-def trailer_line(parts: Sequence[bytes], token: str | None, crc: int | None = None) -> bytes:
-    """The ``SGEND`` line to end a file whose content is `parts` (or whose CRC-32 is `crc`)."""
-    if crc is None:
-        crc = 0
-        for part in parts:
-            crc = zlib.crc32(part, crc)
+def trailer_line(crc: int, token: str | None) -> bytes:
+    """The ``SGEND`` line ending a file whose content before it has CRC-32 `crc`, written
+    under the fresh name ending in `token` (None: a trailer naming no file)."""
     tail = boot_id().encode("ascii")
     if token is not None:
         tail += b" " + token.encode("ascii")
     return b"%s%08x %s\n" % (TRAILER, zlib.crc32(tail, crc), tail)
 
 
-def encode(
-    items: Sequence[tuple[Envelope, bytes]], *, trailer: bool = False, token: str | None = None
-) -> list[bytes]:
+def encode(items: Sequence[tuple[Envelope, bytes]], *, trailer: bool = False) -> list[bytes]:
     """The parts of a batch file holding `items` (written with one writev, never joined).
 
-    With `trailer` the parts end with the ``SGEND`` line that `check` verifies, naming `token`.
+    With `trailer` the parts end with an ``SGEND`` line naming no file (the spool appends one
+    naming the fresh file once it has taken it).
     """
     if not 0 < len(items) <= MAX_MESSAGES:
         raise ValueError(f"a batch holds 1 to {MAX_MESSAGES} messages, not {len(items)}")
@@ -111,7 +108,7 @@ def encode(
         offset += length
     parts = header + body
     if trailer:
-        parts.append(trailer_line(parts, token))
+        parts.append(trailer_line(crc_of(parts), None))
     return parts
 
 
@@ -125,16 +122,15 @@ def check(data: bytes, token: str | None = None) -> tuple[list[str], str] | None
     return _check(lambda offset, length: data[offset : offset + length], len(data), token)
 
 
-def check_file(path: str | Path) -> tuple[list[str], str] | None:
-    """`check` for the file at `path` under its own name, read in chunks (a batch can hold
-    gigabytes)."""
+def check_file(path: str | Path, token: str | None = None) -> tuple[list[str], str] | None:
+    """`check` for the file at `path`, read in chunks (a batch can hold gigabytes)."""
     with open(path, "rb", buffering=0) as file:
         fd = file.fileno()
-        return _check(
-            lambda offset, length: os.pread(fd, length, offset),
-            os.fstat(fd).st_size,
-            name_token(path),
-        )
+
+        def read(offset: int, length: int) -> bytes:
+            return os.pread(fd, length, offset)
+
+        return _check(read, os.fstat(fd).st_size, token)
 
 
 _CHUNK = 1 << 20

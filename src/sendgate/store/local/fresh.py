@@ -49,7 +49,7 @@ REAP_EVERY = 0.5  # seconds between looks at the spent names when nothing is com
 SPARE = 128  # ready files the syncer keeps in stock
 FIRST = 16  # files a commit makes itself when none is ready (at the start, or in a burst)
 
-_NAME = re.compile(r"([1-9][0-9]{0,9})\.[0-9a-f]{16}")
+_NAME = re.compile(r"([1-9][0-9]{0,9})\.([0-9a-f]{16})")
 
 
 class FreshFiles:
@@ -163,35 +163,25 @@ class FreshFiles:
         """Reap the spent files whose messages are all gone: up to `count` emptied and renamed
         to new fresh names (durable after the next sync of fresh/), the rest removed (their
         space comes back now, as it did when the last link went)."""
-        found: list[tuple[str, int]] = []
+        recycled: list[str] = []
         for _ in range(min(SCAN, len(self._spent))):
             path = self._spent.popleft()
             try:
                 if os.lstat(path).st_nlink != 1:
                     self._spent.append(path)  # a message of it is still queued: later
                     continue
-                if len(found) >= count:
+                if len(recycled) >= count:
                     os.unlink(path)
                     continue
                 fd = os.open(path, os.O_WRONLY | os.O_CLOEXEC | os.O_NOFOLLOW)
-            except OSError:
-                _drop_all([path])
-                continue
-            try:
-                os.ftruncate(fd, 0)
-            except OSError:
-                os.close(fd)
-                _drop_all([path])
-                continue
-            found.append((path, fd))
-        recycled: list[str] = []
-        for path, fd in found:
-            os.close(fd)
-            # No sync of the emptying: a power cut may leave the old batch under the new name,
-            # but its trailer names the old one, so recovery never restores it
-            # (`batchfile.check`); the next commit's fdatasync carries the emptying too.
-            new = f"{self._prefix}{secrets.token_hex(8)}"
-            try:
+                try:
+                    os.ftruncate(fd, 0)
+                finally:
+                    os.close(fd)
+                # No sync of the emptying: a power cut may leave the old batch under the new
+                # name, but its trailer names the old one, so recovery never restores it
+                # (`batchfile.check`); the next commit's fdatasync carries the emptying too.
+                new = f"{self._prefix}{secrets.token_hex(8)}"
                 os.rename(path, new)
             except OSError:
                 _drop_all([path])
@@ -268,6 +258,12 @@ def owner(name: str) -> int | None:
     """The pid in a fresh file's name, or None when the name is not one of ours."""
     match = _NAME.fullmatch(name)
     return int(match[1]) if match else None
+
+
+def name_token(path: str | Path) -> str | None:
+    """The 16 hex digits ending a fresh file's name, which its trailer names; None for others."""
+    match = _NAME.fullmatch(os.path.basename(path))
+    return match[2] if match else None
 
 
 def spent_owner(name: str) -> int | None:

@@ -49,7 +49,7 @@ from sendgate.errors import SpoolError, SpoolFullError, UnknownQueueIdError
 from sendgate.fsutil import atomic_replace, fsync_dir, is_disk_full, write_all, write_file_durably
 from sendgate.store.envelope import RANDOM_BYTES, Envelope, checked_id, is_queue_id, new_queue_id
 from sendgate.store.local import batchfile, streamfile
-from sendgate.store.local.fresh import FreshFiles, owner, spent_owner
+from sendgate.store.local.fresh import FreshFiles, name_token, owner, spent_owner
 from sendgate.store.local.holds import Holds
 from sendgate.store.queue import Recovery
 
@@ -150,7 +150,7 @@ class Spool:
             checked_id(envelope.queue_id)
         parts = batchfile.encode(items)  # refuses a bad count before a file is taken
         fresh, path = self._take_fresh()
-        parts.append(batchfile.trailer_line(parts, batchfile.name_token(path)))
+        parts.append(batchfile.trailer_line(batchfile.crc_of(parts), name_token(path)))
         try:
             fd = os.open(path, os.O_WRONLY | os.O_CLOEXEC | os.O_NOFOLLOW)
             try:
@@ -561,10 +561,11 @@ class Spool:
 
 def whole_fresh_file(path: Path, size: int) -> tuple[list[str], str] | None:
     """The queue ids and boot id of a whole fresh file (a batch or a streamed file), or None."""
+    token = name_token(path)
     with open(path, "rb", buffering=0) as file:
         if streamfile.is_streamed(file.read(len(streamfile.MAGIC))):
-            return streamfile.check_file(file.fileno(), size, batchfile.name_token(path))
-    return batchfile.check_file(path)
+            return streamfile.check_file(file.fileno(), size, token)
+    return batchfile.check_file(path, token)
 
 
 def _alive(pid: int) -> bool:

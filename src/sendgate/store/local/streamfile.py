@@ -28,6 +28,7 @@ from sendgate.fsutil import write_all
 from sendgate.store.envelope import Envelope
 from sendgate.store.local import batchfile
 from sendgate.store.local.batchfile import TRAILER
+from sendgate.store.local.fresh import name_token
 
 MAGIC = b"SGSTREAM1\n"
 FOOTER = b"SGTAIL "
@@ -80,7 +81,7 @@ class StreamedBody:
         crc = self._crc
         for part in parts:
             crc = zlib.crc32(part, crc)
-        parts.append(batchfile.trailer_line(parts, batchfile.name_token(self.path), crc))
+        parts.append(batchfile.trailer_line(crc, name_token(self.path)))
         fd = self._fd
         if fd is None:
             raise OSError(9, "body file closed")

@@ -260,7 +260,7 @@ def test_a_recycled_file_whose_emptying_a_crash_undid_restores_nothing(
     fresh_dir = tmp_path / "spool" / "fresh"
     [written] = [p for p in fresh_dir.iterdir() if p.stat().st_nlink == 3]
     data = written.read_bytes()
-    assert batchfile.check(data, batchfile.name_token(written)) is not None
+    assert batchfile.check(data, fresh.name_token(written)) is not None
     # After a power cut: the file under its new fresh name, the emptying lost, the batch
     # delivered (no links), in an earlier boot (so a whole batch would be restored).
     recycled = fresh_dir / f"{dead_pid()}.fedcba9876543210"

@@ -11,7 +11,7 @@ import pytest
 from tests.support.mail import make_envelope
 
 from sendgate.errors import SpoolError
-from sendgate.store.local import batchfile, streamfile
+from sendgate.store.local import batchfile, fresh, streamfile
 from sendgate.store.local.spool import Spool
 from sendgate.store.local.streamfile import StreamedBody
 
@@ -145,7 +145,7 @@ def test_a_streamed_file_is_restored_only_under_the_name_it_was_written_under(
 ) -> None:
     spool = Spool(tmp_path / "spool")
     _, _, path = finished_unlinked(spool, OTHER_BOOT)
-    token = batchfile.name_token(path)
+    token = fresh.name_token(path)
     assert token is not None
     data = Path(path).read_bytes()
     with open(path, "rb") as file:
