@@ -28,6 +28,7 @@ from sendgate.config.schema import Config
 from sendgate.config.unsafe import unsafe_settings
 from sendgate.delivery.plan import load_relays
 from sendgate.delivery.runner import run_delivery, trust_store
+from sendgate.delivery.shares import runner_count, runner_settings
 from sendgate.dkim.keys import load_keys
 from sendgate.dkim.reload import KeyReloader
 from sendgate.dkim.signer import DkimSigner
@@ -52,7 +53,7 @@ from sendgate.smtp.session import SessionSettings
 from sendgate.smtp.spill import SESSION_HOLD_MAX
 from sendgate.store.backends import Backends, Stores, installation_secret, mta_sts_path
 from sendgate.submission import Submission
-from sendgate.web.listener import RUNNER_BEAT, HttpListener, acceptor_beat
+from sendgate.web.listener import HttpListener, acceptor_beat, runner_beat
 
 # fsync is I/O-bound: enough threads that concurrent sessions' fsyncs overlap on the disk.
 SPOOL_THREADS = 16
@@ -192,7 +193,9 @@ def serve(cfg: Config, log: EventLog, config_path: Path) -> int:
         log.event("running_as_root", "warning", advice="set service.user (or User= under systemd)")
     web = HttpListener(cfg, log, sockets.http) if sockets.http is not None else None
     backends = Backends(cfg)
-    recovered = backends.prepare()  # schemas, directories, crash recovery: once, before forking
+    delivery_runners = runner_count(cfg.delivery, os.cpu_count())
+    # Schemas, directories, crash recovery, announce pipes: once, before forking.
+    recovered = backends.prepare(delivery_runners)
     admin = backends.open("admin")
     try:
         queued = len(admin.queue.ids())
@@ -246,25 +249,32 @@ def serve(cfg: Config, log: EventLog, config_path: Path) -> int:
     )
 
     # The children after the acceptors, in this order.
-    runners = ["delivery", *(["audit"] if cfg.audit.interval else []), *(["http"] if web else [])]
+    runners = [
+        *(["delivery"] * delivery_runners),
+        *(["audit"] if cfg.audit.interval else []),
+        *(["http"] if web else []),
+    ]
 
     def run_child(index: int) -> int:
         role = runners[index - workers] if index >= workers else "acceptor"
         if role == "http":
             assert web is not None
             log.context = {"runner": "http"}
-            return web.run(log, backends, bound, workers)
+            return web.run(log, backends, bound, workers, delivery_runners)
         if role == "audit":
             log.context = {"runner": "audit"}
             return run_auditor(cfg, config_path, log, backends.open_users, audited)
         if role == "delivery":
+            runner = index - workers
             log.context = {"runner": "delivery"}
+            if delivery_runners > 1:
+                log.context["share"] = f"{runner + 1}/{delivery_runners}"
             # A child started after a SIGHUP must not sign with the start's keys.
             reload_keys.refresh()
-            stores = backends.open("runner")
+            stores = backends.open("runner", runner)
             try:
                 return run_delivery(
-                    cfg,
+                    replace(cfg, delivery=runner_settings(cfg.delivery, runner, delivery_runners)),
                     log,
                     stores.queue,
                     mta_sts_path(cfg),
@@ -272,7 +282,7 @@ def serve(cfg: Config, log: EventLog, config_path: Path) -> int:
                     signer,
                     run_loop,
                     reload=reload_keys,
-                    chores=[web.heartbeat(RUNNER_BEAT)] if web else [],
+                    chores=[web.heartbeat(runner_beat(runner))] if web else [],
                 )
             finally:
                 stores.close()

@@ -358,6 +358,16 @@ class DeliveryConfig:
         default=5,
         metadata=setting(Int(1, 1000), "Simultaneous transactions to one recipient domain."),
     )
+    runners: int = field(
+        default=0,
+        metadata=setting(
+            Int(0, 16),
+            "Delivery runner processes; 0 starts one per CPU core, at most 4. With the local "
+            "queue each runner delivers its own share of the messages (split by queue id); "
+            "`concurrency` and `domain_concurrency` are totals divided among the runners, so "
+            "there are never more runners than either of them.",
+        ),
+    )
     lease: float = field(
         default=600.0,
         metadata=setting(

@@ -2,10 +2,10 @@
 
 `Backends(config)` is made once by whoever runs sendgate: `serve` calls `prepare()` in the
 supervisor before forking (schemas, directories, crash recovery of the queue, the local queue's
-announce pipe), then each process calls `open(role)`: the acceptors, the delivery runner and the
-command line each get the handles their role needs. `open_stores(config)` is the short form for
-the command line and tests. Only this module imports a backend; everything else sees the
-contracts (UserStore, QueueStore, LimitStore).
+announce pipes, one per delivery runner), then each process calls `open(role)`: the acceptors,
+each delivery runner and the command line get the handles their role needs. `open_stores(config)`
+is the short form for the command line and tests. Only this module imports a backend;
+everything else sees the contracts (UserStore, QueueStore, LimitStore).
 
 By default every store is local (one node): `data_dir/users.db`, `data_dir/limits.db`
 (SQLite, WAL), `data_dir/spool/` (the file spool), `data_dir/mta-sts/` (cached MTA-STS
@@ -230,9 +230,10 @@ def _where(url: str) -> str:
 class Stores:
     """The stores of one process; each is opened on first use and closed by `close`."""
 
-    def __init__(self, backends: Backends, role: Role) -> None:
+    def __init__(self, backends: Backends, role: Role, runner: int = 0) -> None:
         self._backends = backends
         self._role = role
+        self._runner = runner
         self._users: UserStore | None = None
         self._queue: QueueStore | None = None
         self._limits: LimitStore | None = None
@@ -246,7 +247,7 @@ class Stores:
     @property
     def queue(self) -> QueueStore:
         if self._queue is None:
-            self._queue = self._backends.open_queue(self._role)
+            self._queue = self._backends.open_queue(self._role, self._runner)
         return self._queue
 
     @property
@@ -271,11 +272,13 @@ class Backends:
         # A shared queue keeps the database's time unless a test gives a clock of its own.
         self._injected_clock = None if clock is time.time else clock
         self._pipe: AnnouncePipe | None = None
+        self._runners = 1
 
-    def prepare(self) -> Recovery:
+    def prepare(self, runners: int = 1) -> Recovery:
         """Before serving, in the parent: create what is missing and recover the queue.
 
         Creating the schemas here, once, keeps the forked workers from racing to do it.
+        `runners`: how many delivery runners will share the queue (`delivery.runners`).
         """
         installation_secret(self._config)
         # Opening checks the schema: a node does not start on tables it does not know.
@@ -293,16 +296,18 @@ class Backends:
             recovery = queue.recover()
         finally:
             queue.close()
-        self._pipe = AnnouncePipe()
+        self._pipe = AnnouncePipe(runners)
+        self._runners = runners
         return recovery
 
-    def open(self, role: Role) -> Stores:
-        """The stores for a process of `role` (after the fork, for the serving roles).
+    def open(self, role: Role, runner: int = 0) -> Stores:
+        """The stores for a process of `role` (after the fork, for the serving roles); `runner`:
+        which delivery runner (0 to runners-1) a "runner" process is.
 
-        The first queue of an acceptor or the runner takes this process's end of the announce
-        pipe; a queue opened after it (or for the command line) neither announces nor listens.
+        The first queue of an acceptor or a runner takes this process's ends of the announce
+        pipes; a queue opened after it (or for the command line) neither announces nor listens.
         """
-        return Stores(self, role)
+        return Stores(self, role, runner)
 
     def close(self) -> None:
         """Release what `prepare` made (the supervisor, once it stops)."""
@@ -322,9 +327,10 @@ class Backends:
             return _redis_limits(url)
         return LocalLimitStore(limits_path(self._config), clock=self._clock)
 
-    def open_queue(self, role: Role) -> QueueStore:
+    def open_queue(self, role: Role, runner: int = 0) -> QueueStore:
         if self._config.store.queue != "local":
-            # Arrivals come by NOTIFY, from every node: no announce pipe.
+            # Arrivals come by NOTIFY, from every node: no announce pipe. Claims are the
+            # database's, so any number of runners on any nodes share the queue as it is.
             return _postgres_queue(self._config, self._injected_clock)
         pipe = self._pipe
         if pipe is not None and role != "admin":
@@ -338,7 +344,9 @@ class Backends:
             clock=self._clock,
             scan_interval=self._config.delivery.scan_interval,
             announce_to=pipe.writer() if pipe is not None and role == "acceptor" else None,
-            announced=pipe.reader() if pipe is not None and role == "runner" else None,
+            announced=pipe.reader(runner) if pipe is not None and role == "runner" else None,
+            # Runner k of n claims share k; only a serving runner (after `prepare`) has one.
+            share=(runner, self._runners) if role == "runner" else (0, 1),
         )
 
 

@@ -50,6 +50,15 @@ def new_queue_id(now: float, rand: bytes) -> str:
     return "".join(reversed(chars))
 
 
+def queue_id_share(queue_id: str, count: int) -> int:
+    """Which of `count` delivery runners sharing one spool delivers `queue_id` (0 to count-1).
+
+    An id ends in random bits, so ids split evenly; and every process computes the same share
+    (Python's own string hash is salted per process).
+    """
+    return _CROCKFORD.index(queue_id[-1]) % count
+
+
 def queue_id_time(queue_id: str) -> float:
     """The unix time `new_queue_id` encoded in a well-formed `queue_id`; pure."""
     value = 0

@@ -1,6 +1,6 @@
-"""/healthz: the listeners accept, the spool takes writes, the delivery runner is alive.
+"""/healthz: the listeners accept, the spool takes writes, the delivery runners are alive.
 
-Each acceptor and the delivery runner touch a heartbeat file from their event loops every
+Each acceptor and each delivery runner touch a heartbeat file from their event loops every
 `BEAT` seconds; a file older than `STALE` seconds means a process that died or is stuck (its
 loop no longer turns), which a process list alone would not show.
 """
@@ -48,17 +48,19 @@ class HealthSources:
     spool: Path
     heartbeats: Path
     acceptors: Sequence[str]  # heartbeat names of the acceptor processes
-    runner: str | None  # the delivery runner's (it beats while held too), or None: not checked
+    runners: Sequence[str]  # the delivery runners' (they beat while held too); none: unchecked
 
 
 def check(sources: HealthSources, clock: Callable[[], float] = time.time) -> dict[str, str]:
     """Each check's verdict: "ok", or what is wrong (one line)."""
     now = clock()
     verdicts = {"listeners": _listeners(sources, now), "spool": _spool(sources.spool)}
-    if sources.runner is not None:
-        verdicts["delivery"] = _fresh(sources.heartbeats, sources.runner, now)
-    else:
-        verdicts["delivery"] = "ok"  # held on purpose (delivery.hold)
+    verdicts["delivery"] = "ok"
+    for name in sources.runners:
+        verdict = _fresh(sources.heartbeats, name, now)
+        if verdict != "ok":
+            verdicts["delivery"] = verdict
+            break
     return verdicts
 
 

@@ -19,11 +19,13 @@ from sendgate.web.clientconfig import Offer
 from sendgate.web.health import HealthSources, Heartbeat
 from sendgate.web.metrics import Metrics, StateCollector, prepare_directory
 
-RUNNER_BEAT = "delivery"
-
 
 def acceptor_beat(index: int) -> str:
     return f"acceptor-{index}"
+
+
+def runner_beat(index: int) -> str:
+    return "delivery" if index == 0 else f"delivery-{index}"
 
 
 class HttpListener:
@@ -52,8 +54,10 @@ class HttpListener:
         backends: Backends,
         listeners: Sequence[tuple[socket.socket, int, bool]],
         acceptors: int,
+        runners: int,
     ) -> int:
-        """The HTTP child's main. `listeners`: (socket, bound port, implicit TLS) of each."""
+        """The HTTP child's main. `listeners`: (socket, bound port, implicit TLS) of each;
+        `acceptors`, `runners`: how many of each process beat."""
         cfg = self._cfg
         stores = backends.open("admin")
         try:
@@ -69,7 +73,7 @@ class HttpListener:
                 spool=local_mail_path(cfg),
                 heartbeats=self.beats,
                 acceptors=[acceptor_beat(i) for i in range(acceptors)],
-                runner=RUNNER_BEAT,
+                runners=[runner_beat(i) for i in range(runners)],
             )
             state = StateCollector(stores.queue, stores.limits, stores.users)
             return run_http(self.sock, Sources(offer, self.metrics_dir, state, health), log)

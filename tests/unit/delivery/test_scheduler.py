@@ -81,7 +81,7 @@ class Rig:
         self.pipe = AnnouncePipe()
         # The acceptors' handle: puts announce themselves to the runner's handle.
         self.store = LocalQueueStore(
-            root / "spool", clock=self.clock, announce_to=AnnounceWriter(self.pipe.write_fd)
+            root / "spool", clock=self.clock, announce_to=AnnounceWriter(self.pipe.write_fds)
         )
         self.runner_store: LocalQueueStore | None = None
         self.settings = DeliveryConfig(**settings)
@@ -103,7 +103,7 @@ class Rig:
             self.root / "spool",
             clock=self.clock,
             scan_interval=self.settings.scan_interval,
-            announced=AnnounceReader(self.pipe.read_fd),
+            announced=AnnounceReader(self.pipe.read_fds[0]),
         )
         self.runner_store = queue
         courier = Courier(
@@ -445,7 +445,7 @@ def test_announcing_an_unknown_id_is_harmless(tmp_path: Path, rigs: Callable[...
     async def body(scheduler: Scheduler) -> None:
         loop = asyncio.get_running_loop()
         stop = asyncio.Event()
-        AnnounceWriter(rig.pipe.write_fd).announce("0123456789ABCDEFGH")  # never queued
+        AnnounceWriter(rig.pipe.write_fds).announce("0123456789ABCDEFGH")  # never queued
         running = asyncio.ensure_future(scheduler.run(stop, grace=5.0))
         await loop.run_in_executor(None, receiver.wait_for, 1)
         stop.set()
@@ -501,7 +501,7 @@ def test_held_leases_are_renewed_while_a_transaction_runs(
         assert await loop.run_in_executor(None, receiver.data_started.wait, WAIT)
         rig.clock.advance(LEASE / 3)
         # An announcement (of nothing queued) wakes the loop, which renews what it holds.
-        AnnounceWriter(rig.pipe.write_fd).announce("0123456789ABCDEFGH")
+        AnnounceWriter(rig.pipe.write_fds).announce("0123456789ABCDEFGH")
         await loop.run_in_executor(None, rig.stream.wait_for, "leases_renewed")
         rig.clock.advance(LEASE * 2 / 3 + 1)  # past the first lease, within the renewed one
         assert rig.runner_store is not None

@@ -28,7 +28,7 @@ def listening() -> Iterator[socket.socket]:
 
 def app(tmp_path: Path, metrics_dir: Path, listening: socket.socket, offer: Offer = OFFER) -> App:
     (tmp_path / "spool").mkdir(exist_ok=True)
-    health = HealthSources([listening], tmp_path / "spool", tmp_path, ["acceptor-0"], "delivery")
+    health = HealthSources([listening], tmp_path / "spool", tmp_path, ["acceptor-0"], ["delivery"])
     return App(Sources(offer, metrics_dir, None, health))
 
 

@@ -21,11 +21,11 @@ def listening() -> Iterator[socket.socket]:
 
 
 def sources(
-    tmp_path: Path, *listeners: socket.socket, runner: str | None = "delivery"
+    tmp_path: Path, *listeners: socket.socket, runners: tuple[str, ...] = ("delivery",)
 ) -> HealthSources:
     spool = tmp_path / "spool"
     spool.mkdir(exist_ok=True)
-    return HealthSources(list(listeners), spool, tmp_path, ["acceptor-0"], runner)
+    return HealthSources(list(listeners), spool, tmp_path, ["acceptor-0"], runners)
 
 
 def beat(tmp_path: Path, name: str, age: float) -> None:
@@ -51,7 +51,16 @@ def test_a_stale_or_missing_heartbeat_names_the_process(
     assert verdicts["listeners"] == f"acceptor-0: no heartbeat for {STALE + 5:.0f} s"
     assert verdicts["delivery"] == "delivery: no heartbeat yet"
     # Delivery held on purpose: no runner heartbeat is asked for.
-    assert check(sources(tmp_path, listening, runner=None), clock=lambda: NOW)["delivery"] == "ok"
+    assert check(sources(tmp_path, listening, runners=()), clock=lambda: NOW)["delivery"] == "ok"
+
+
+def test_every_delivery_runner_is_checked(tmp_path: Path, listening: socket.socket) -> None:
+    beat(tmp_path, "acceptor-0", 1)
+    beat(tmp_path, "delivery", 1)
+    both = sources(tmp_path, listening, runners=("delivery", "delivery-1"))
+    assert check(both, clock=lambda: NOW)["delivery"] == "delivery-1: no heartbeat yet"
+    beat(tmp_path, "delivery-1", 2)
+    assert check(both, clock=lambda: NOW)["delivery"] == "ok"
 
 
 def test_a_socket_that_no_longer_listens(tmp_path: Path) -> None:

@@ -1,4 +1,4 @@
-"""A pipe from the acceptor processes to the delivery runner carrying ids of newly queued messages.
+"""Pipes from the acceptor processes to the delivery runners carrying ids of newly queued messages.
 
 Part of the local queue backend: it only shortens the wait before the first attempt, since the
 runner's queue handle also scans the spool; an announcement lost to a full pipe or a dead runner
@@ -15,31 +15,45 @@ from __future__ import annotations
 import contextlib
 import os
 import select
+from collections.abc import Sequence
 
-from sendgate.store.envelope import is_queue_id
+from sendgate.store.envelope import is_queue_id, queue_id_share
 
 
 class AnnouncePipe:
-    """Both ends of the pipe: make it before forking; each process then keeps the end it uses."""
+    """One pipe per delivery runner: make them before forking; each process then keeps the
+    ends it uses. With several runners, an id goes to the pipe of the runner whose share of the
+    queue it is in (`queue_id_share`)."""
 
-    def __init__(self) -> None:
-        self.read_fd, self.write_fd = os.pipe()
-        os.set_blocking(self.write_fd, False)
-        os.set_blocking(self.read_fd, False)
+    def __init__(self, runners: int = 1) -> None:
+        self.read_fds: list[int] = []
+        self.write_fds: list[int] = []
+        try:
+            for _ in range(runners):
+                read_fd, write_fd = os.pipe()
+                self.read_fds.append(read_fd)
+                self.write_fds.append(write_fd)
+                os.set_blocking(write_fd, False)
+                os.set_blocking(read_fd, False)
+        except OSError:
+            self.close()
+            raise
 
     def writer(self) -> AnnounceWriter:
-        """The acceptors' end; closes the reading end in this process."""
-        os.close(self.read_fd)
-        return AnnounceWriter(self.write_fd)
+        """The acceptors' end; closes every reading end in this process."""
+        for fd in self.read_fds:
+            os.close(fd)
+        return AnnounceWriter(self.write_fds)
 
-    def reader(self) -> AnnounceReader:
-        """The runner's end; closes the writing end in this process."""
-        os.close(self.write_fd)
-        return AnnounceReader(self.read_fd)
+    def reader(self, runner: int = 0) -> AnnounceReader:
+        """Runner `runner`'s end; closes every other end in this process."""
+        for fd in self.write_fds + self.read_fds[:runner] + self.read_fds[runner + 1 :]:
+            os.close(fd)
+        return AnnounceReader(self.read_fds[runner])
 
     def close(self) -> None:
-        """Close both ends (the supervisor keeps them open for the children it may restart)."""
-        for fd in (self.read_fd, self.write_fd):
+        """Close every end (the supervisor keeps them open for the children it may restart)."""
+        for fd in self.read_fds + self.write_fds:
             with contextlib.suppress(OSError):
                 os.close(fd)
 
@@ -47,19 +61,22 @@ class AnnouncePipe:
 class AnnounceWriter:
     """Writes ids; never blocks (a full pipe drops the hint)."""
 
-    def __init__(self, fd: int) -> None:
-        self.fd = fd
+    def __init__(self, fds: Sequence[int]) -> None:
+        self.fds = tuple(fds)
 
     def announce(self, queue_id: str, envelope: bytes | None = None) -> None:
         line = queue_id.encode("ascii")
         if envelope is not None and len(line) + len(envelope) + 2 <= select.PIPE_BUF:
             line += b" " + envelope
+        fds = self.fds
+        fd = fds[0] if len(fds) == 1 else fds[queue_id_share(queue_id, len(fds))]
         with contextlib.suppress(BlockingIOError, BrokenPipeError):
-            os.write(self.fd, line + b"\n")
+            os.write(fd, line + b"\n")
 
     def close(self) -> None:
-        with contextlib.suppress(OSError):
-            os.close(self.fd)
+        for fd in self.fds:
+            with contextlib.suppress(OSError):
+                os.close(fd)
 
 
 class AnnounceReader:

@@ -6,9 +6,11 @@ out. The index is built by scanning the spool (at the first claim, then every `s
 seconds, loading at most `LOAD_BATCH` new messages per claim so that a big backlog starts moving
 at once), by the ids (and envelopes) the acceptors announce through the pipe, and by this
 handle's own puts. A claim reads the bytes of messages up to `CLAIM_READ_MAX` itself.
-Leases live in this memory too, so one spool must have exactly one claiming process (the one
-delivery runner `serve` starts); a lease that runs out makes the message claimable again with a
-larger token, and the old holder's update is refused.
+Leases live in this memory too, so each message must have exactly one claiming process: with
+several delivery runners, runner k of n claims only the ids in share k (`queue_id_share`), hears
+only its own announce pipe, takes only its own retry flags, and makes the ids of its own DSNs in
+its share. A lease that runs out makes the message claimable again with a larger token, and the
+old holder's update is refused.
 
 Held messages (``hold/`` in the spool) are never claimed. A claim that finds something due
 lists the hold files once (one directory listing per claim call, none per message), so a hold
@@ -36,7 +38,7 @@ from pathlib import Path
 from sendgate.errors import LeaseLostError, SpoolError, SpoolFullError, UnknownQueueIdError
 from sendgate.fsutil import is_disk_full
 from sendgate.store.delivery_state import DeliveryState
-from sendgate.store.envelope import Envelope
+from sendgate.store.envelope import Envelope, queue_id_share
 from sendgate.store.local.announce import AnnounceReader, AnnounceWriter
 from sendgate.store.local.spool import Spool
 from sendgate.store.local.streamfile import StreamedBody
@@ -69,8 +71,11 @@ class LocalQueueStore:
         scan_interval: float = 5.0,
         announce_to: AnnounceWriter | None = None,
         announced: AnnounceReader | None = None,
+        share: tuple[int, int] = (0, 1),
     ) -> None:
+        """`share`: (k, n) for runner k of n; a handle that never claims keeps (0, 1)."""
         self._spool = Spool(root, clock=clock)
+        self._share, self._shares = share
         self._clock = clock
         self._scan_interval = scan_interval
         self._announce_to = announce_to
@@ -88,13 +93,19 @@ class LocalQueueStore:
     # --- submission and the operator --------------------------------------------------------
 
     def new_id(self) -> str:
-        return self._spool.new_id()
+        queue_id = self._spool.new_id()
+        while not self._owns(queue_id):  # a runner's DSN: its own to deliver (2 tries on average)
+            queue_id = self._spool.new_id()
+        return queue_id
+
+    def _owns(self, queue_id: str) -> bool:
+        return self._shares == 1 or queue_id_share(queue_id, self._shares) == self._share
 
     def put(self, envelope: Envelope, message: bytes, *, hold: str | None = None) -> None:
         self._spool.put(envelope, message, hold=None if hold is None else one_line(hold))
         if self._announce_to is not None:
             self._announce_to.announce(envelope.queue_id, envelope.to_json())
-        if self._indexing:
+        if self._indexing and self._owns(envelope.queue_id):
             with self._lock:
                 self._add(envelope, None, self._clock())
 
@@ -107,7 +118,8 @@ class LocalQueueStore:
             with self._lock:
                 now = self._clock()
                 for envelope, _ in items:
-                    self._add(envelope, None, now)
+                    if self._owns(envelope.queue_id):
+                        self._add(envelope, None, now)
 
     def new_body(self) -> BodyFile:
         return _SpoolBody(self._spool.new_body())
@@ -123,7 +135,7 @@ class LocalQueueStore:
         )
         if self._announce_to is not None:
             self._announce_to.announce(envelope.queue_id, envelope.to_json())
-        if self._indexing:
+        if self._indexing and self._owns(envelope.queue_id):
             with self._lock:
                 self._add(envelope, None, self._clock())
 
@@ -332,7 +344,7 @@ class LocalQueueStore:
             self._next_scan = now + self._scan_interval
         if self._announced is not None:
             for queue_id, line in self._announced.take():
-                if queue_id not in self._rows:
+                if queue_id not in self._rows and self._owns(queue_id):
                     self._to_load.append(queue_id)
                     if line is not None and len(self._announced_envelopes) < LOAD_BATCH * 4:
                         self._announced_envelopes[queue_id] = line
@@ -370,14 +382,14 @@ class LocalQueueStore:
         return envelope if envelope is not None and envelope.queue_id == queue_id else None
 
     def _scan(self, now: float) -> None:
-        queued = self._spool.ids()
+        queued = [q for q in self._spool.ids() if self._owns(q)]
         present = set(queued)
         for queue_id in [q for q, row in self._rows.items() if q not in present]:
             if self._rows[queue_id].lease_until is None:
                 del self._rows[queue_id]  # removed by the operator or another handle
         known = set(self._to_load)
         self._to_load.extend(q for q in queued if q not in self._rows and q not in known)
-        for queue_id in self._spool.take_retry_requests():
+        for queue_id in self._spool.take_retry_requests(self._owns):
             row = self._rows.get(queue_id)
             if row is None:
                 if queue_id in present:

@@ -526,14 +526,18 @@ class Spool:
         except OSError as exc:
             raise _spool_error("cannot write retry flag", path, exc) from exc
 
-    def take_retry_requests(self) -> list[str]:
-        """Return and clear the ids flagged by `request_retry`."""
+    def take_retry_requests(self, mine: Callable[[str], bool] = lambda _: True) -> list[str]:
+        """Return and clear the ids flagged by `request_retry` that are `mine` (another runner's
+        are left for it); a name that is no id is cleared."""
         taken = []
         try:
             for name in os.listdir(self._retry):
+                wanted = is_queue_id(name)
+                if wanted and not mine(name):
+                    continue
                 with suppress(FileNotFoundError):
                     os.unlink(self._retry / name)
-                if is_queue_id(name):
+                if wanted:
                     taken.append(name)
         except OSError as exc:
             raise _spool_error("cannot read retry flags", self._retry, exc) from exc

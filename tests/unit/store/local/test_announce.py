@@ -11,6 +11,7 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
+from sendgate.store.envelope import queue_id_share
 from sendgate.store.local.announce import AnnouncePipe, AnnounceReader, AnnounceWriter
 
 IDS = ["01HZZZZZZZZZZZZZZA", "01HZZZZZZZZZZZZZZB", "01HZZZZZZZZZZZZZZC"]
@@ -20,9 +21,9 @@ class Ends:
     """Both ends of one pipe in this process, as the acceptors and the runner hold them."""
 
     def __init__(self, pipe: AnnouncePipe) -> None:
-        self.read_fd, self.write_fd = pipe.read_fd, pipe.write_fd
-        self.writer = AnnounceWriter(pipe.write_fd)
-        self.reader = AnnounceReader(pipe.read_fd)
+        self.read_fd, self.write_fd = pipe.read_fds[0], pipe.write_fds[0]
+        self.writer = AnnounceWriter(pipe.write_fds)
+        self.reader = AnnounceReader(pipe.read_fds[0])
 
     def announce(self, queue_id: str) -> None:
         self.writer.announce(queue_id)
@@ -128,10 +129,10 @@ def test_any_chunking_of_the_stream_gives_the_same_ids(ids: list[str], cuts: lis
     points = sorted({min(cut, len(stream)) for cut in cuts} | {0, len(stream)})
     pipe = AnnouncePipe()
     try:
-        reader = AnnounceReader(pipe.read_fd)
+        reader = AnnounceReader(pipe.read_fds[0])
         got: list[str] = []
         for start, end in itertools.pairwise(points):
-            os.write(pipe.write_fd, stream[start:end])
+            os.write(pipe.write_fds[0], stream[start:end])
             got.extend(_ids(reader))
         assert got == ids
     finally:
@@ -169,3 +170,40 @@ def test_an_envelope_line_travels_with_its_id(announcer: Ends) -> None:
 def test_an_envelope_too_long_for_one_atomic_write_is_left_out(announcer: Ends) -> None:
     announcer.writer.announce(IDS[0], b"x" * 5000)
     assert announcer.reader.take() == [(IDS[0], None)]
+
+
+def test_with_several_runners_an_id_goes_to_the_pipe_of_its_share() -> None:
+    pipe = AnnouncePipe(3)
+    try:
+        writer = AnnounceWriter(pipe.write_fds)
+        readers = [AnnounceReader(fd) for fd in pipe.read_fds]
+        ids = [f"01HZZZZZZZZZZZZZZ{c}" for c in "0123456789ABCDEFGHJKMNPQRSTVWXYZ"]
+        for queue_id in ids:
+            writer.announce(queue_id)
+        got = [_ids(reader) for reader in readers]
+        assert got == [[q for q in ids if queue_id_share(q, 3) == share] for share in range(3)]
+        assert sorted(len(part) for part in got) == [10, 11, 11]  # 32 last characters, even
+    finally:
+        pipe.close()
+
+
+def test_a_runner_keeps_only_its_own_reading_end() -> None:
+    pipe = AnnouncePipe(2)
+    pid = os.fork()
+    if pid == 0:  # runner 1: runner 0's end and every writing end are closed here
+        code = 1
+        try:
+            reader = pipe.reader(1)
+            closed = [pipe.read_fds[0], *pipe.write_fds]
+            for fd in closed:
+                try:
+                    os.fstat(fd)
+                except OSError:
+                    continue
+                os._exit(2)
+            code = 0 if reader.fd == pipe.read_fds[1] else 3
+        finally:
+            os._exit(code)
+    _, status = os.waitpid(pid, 0)
+    pipe.close()
+    assert os.waitstatus_to_exitcode(status) == 0

@@ -18,7 +18,7 @@ from tests.support.clock import FakeClock
 from sendgate.errors import SpoolError
 from sendgate.store import local
 from sendgate.store.delivery_state import DELIVERED, DeliveryState
-from sendgate.store.envelope import Envelope
+from sendgate.store.envelope import Envelope, queue_id_share
 from sendgate.store.local.announce import AnnouncePipe, AnnounceReader, AnnounceWriter
 from sendgate.store.local.queue import CLAIM_READ_MAX, LocalQueueStore
 from sendgate.store.queue import Claim
@@ -35,13 +35,13 @@ class Pair:
         self.pipe = AnnouncePipe()
         self.root = root
         self.acceptor = LocalQueueStore(
-            root, clock=self.clock, announce_to=AnnounceWriter(self.pipe.write_fd)
+            root, clock=self.clock, announce_to=AnnounceWriter(self.pipe.write_fds)
         )
         self.runner = LocalQueueStore(
             root,
             clock=self.clock,
             scan_interval=scan_interval,
-            announced=AnnounceReader(self.pipe.read_fd),
+            announced=AnnounceReader(self.pipe.read_fds[0]),
         )
         self.quiet = LocalQueueStore(root, clock=self.clock)  # puts without announcing
 
@@ -76,7 +76,7 @@ def readable(fd: int | None) -> bool:
 def test_an_announced_message_is_claimable_before_the_next_scan(pair: Pair) -> None:
     assert pair.claim() == []  # the first claim scans; the next scan is an hour away
     fd = pair.runner.arrivals_fd()
-    assert fd == pair.pipe.read_fd
+    assert fd == pair.pipe.read_fds[0]
     assert not readable(fd)
     queue_id = pair.put()
     assert readable(fd)
@@ -177,10 +177,10 @@ def test_a_message_removed_by_another_handle_leaves_the_index_at_the_scan(pair: 
 
 def test_close_closes_the_pipe_ends(tmp_path: Path) -> None:
     pipe = AnnouncePipe()
-    store = LocalQueueStore(tmp_path, announced=AnnounceReader(pipe.read_fd))
+    store = LocalQueueStore(tmp_path, announced=AnnounceReader(pipe.read_fds[0]))
     store.close()
     with pytest.raises(OSError, match="Bad file descriptor"):
-        select.select([pipe.read_fd], [], [], 0)
+        select.select([pipe.read_fds[0]], [], [], 0)
     pipe.close()
 
 
@@ -218,7 +218,7 @@ def test_an_announced_envelope_spares_reading_the_queue_file(
 @pytest.mark.parametrize("line", [b"{not json", b"", b"other"])
 def test_an_unusable_announced_envelope_is_read_from_the_spool(pair: Pair, line: bytes) -> None:
     stored = pair.put(pair.quiet)  # put without announcing it, then announced with `line`
-    AnnounceWriter(pair.pipe.write_fd).announce(stored, line or None)
+    AnnounceWriter(pair.pipe.write_fds).announce(stored, line or None)
     [claim] = pair.claim()
     assert claim.envelope == pair.quiet.envelope(stored)
 
@@ -246,7 +246,7 @@ def test_an_announced_message_gone_before_it_was_loaded_is_skipped(pair: Pair) -
 def test_an_announced_envelope_of_another_id_is_not_used(pair: Pair) -> None:
     stored = pair.put(pair.quiet)
     other = make_announced_other(pair, stored)
-    AnnounceWriter(pair.pipe.write_fd).announce(stored, other)
+    AnnounceWriter(pair.pipe.write_fds).announce(stored, other)
     [claim] = pair.claim()
     assert claim.envelope == pair.quiet.envelope(stored)
 
@@ -255,3 +255,94 @@ def make_announced_other(pair: Pair, stored: str) -> bytes:
     """A well-formed envelope line naming another id than `stored`."""
     envelope = pair.quiet.envelope(stored)
     return dataclasses.replace(envelope, queue_id=pair.quiet.new_id()).to_json()
+
+
+class Shared:
+    """Two runners' handles on one spool, each with its share and its pipe, and an acceptor's."""
+
+    def __init__(self, root: Path) -> None:
+        self.clock = FakeClock()
+        self.pipe = AnnouncePipe(2)
+        self.acceptor = LocalQueueStore(
+            root, clock=self.clock, announce_to=AnnounceWriter(self.pipe.write_fds)
+        )
+        self.runners = [
+            LocalQueueStore(
+                root,
+                clock=self.clock,
+                scan_interval=3600.0,
+                announced=AnnounceReader(self.pipe.read_fds[k]),
+                share=(k, 2),
+            )
+            for k in range(2)
+        ]
+
+    def claimed(self, runner: int) -> set[str]:
+        return {c.queue_id for c in self.runners[runner].claim(100, LEASE).claims}
+
+
+def _put(store: LocalQueueStore, queue_id: str) -> None:
+    envelope = Envelope(
+        queue_id, "alice@example.com", ("bob@example.org",), "alice", 0.0, len(MESSAGE)
+    )
+    store.put(envelope, MESSAGE)
+
+
+@pytest.mark.parametrize("announced", [True, False])
+def test_two_runners_split_the_queue_by_id_and_claim_each_message_once(
+    tmp_path: Path, announced: bool
+) -> None:
+    shared = Shared(tmp_path / "spool")
+    try:
+        for runner in (0, 1):
+            assert shared.claimed(runner) == set()  # the first claim scans: nothing yet
+        putter = shared.acceptor if announced else LocalQueueStore(tmp_path / "spool")
+        ids = [putter.new_id() for _ in range(40)]
+        for queue_id in ids:
+            _put(putter, queue_id)
+        if not announced:
+            shared.clock.advance(3600.0)  # found by the next scan instead
+        got = [shared.claimed(0), shared.claimed(1)]
+        assert got[0] | got[1] == set(ids)
+        assert not got[0] & got[1]
+        for runner in (0, 1):
+            assert all(queue_id_share(q, 2) == runner for q in got[runner])
+    finally:
+        shared.pipe.close()
+
+
+def test_a_runner_takes_only_its_own_retry_requests(tmp_path: Path) -> None:
+    shared = Shared(tmp_path / "spool")
+    admin = LocalQueueStore(tmp_path / "spool", clock=shared.clock)
+    try:
+        ids = {k: admin.new_id() for k in (0, 1)}
+        while queue_id_share(ids[0], 2) != 0:
+            ids[0] = admin.new_id()
+        while queue_id_share(ids[1], 2) != 1:
+            ids[1] = admin.new_id()
+        for queue_id in ids.values():
+            _put(admin, queue_id)
+        shared.clock.advance(1.0)
+        assert shared.claimed(0) == {ids[0]}
+        assert shared.claimed(1) == {ids[1]}
+        # The operator asks for both; each runner's scan takes only its own flag.
+        admin.request_retry(ids[0])
+        admin.request_retry(ids[1])
+        shared.clock.advance(3600.0)
+        shared.runners[0].claim(0, LEASE)
+        assert sorted(p.name for p in (tmp_path / "spool" / "retry").iterdir()) == [ids[1]]
+        shared.runners[1].claim(0, LEASE)
+        assert list((tmp_path / "spool" / "retry").iterdir()) == []
+    finally:
+        shared.pipe.close()
+
+
+def test_a_runners_own_messages_get_ids_in_its_share(tmp_path: Path) -> None:
+    shared = Shared(tmp_path / "spool")
+    try:
+        for runner in (0, 1):
+            made = [shared.runners[runner].new_id() for _ in range(50)]
+            assert {queue_id_share(q, 2) for q in made} == {runner}
+        assert len({queue_id_share(shared.acceptor.new_id(), 2) for _ in range(50)}) == 2
+    finally:
+        shared.pipe.close()
