@@ -2,10 +2,12 @@
 
 from __future__ import annotations
 
+import asyncio
 import io
 import json
 import os
 import re
+import select
 import unicodedata
 from contextlib import suppress
 
@@ -273,3 +275,85 @@ def test_bound_logger_drops_levels_below_the_minimum() -> None:
     bound.event("connect")
     bound.event("timeout", "warning", kind="idle")
     assert stream.getvalue() == f"ts={TS_TEXT} level=warning event=timeout conn=c1 kind=idle\n"
+
+
+class Writes(io.StringIO):
+    """A stream that remembers each flushed write, as the log's pipe would see them."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.writes: list[str] = []
+
+    def flush(self) -> None:
+        text = self.getvalue()
+        if text:
+            self.writes.append(text)
+            self.seek(0)
+            self.truncate()
+
+
+def test_events_on_a_deferring_loop_are_written_together_when_its_turn_ends() -> None:
+    stream = Writes()
+    log = EventLog(stream, clock=lambda: 0.0)
+
+    async def main() -> list[str]:
+        log.defer_on(asyncio.get_running_loop())
+        log.event("one")
+        log.event("two")
+        seen = list(stream.writes)  # nothing yet: the turn has not ended
+        await asyncio.sleep(0)
+        log.event("three")
+        log.defer_on(None)  # writes what waits
+        log.event("four")  # and from now on each at once
+        return seen
+
+    assert asyncio.run(main()) == []
+    assert [w.count("\n") for w in stream.writes] == [2, 1, 1]
+    assert "event=one" in stream.writes[0]
+    assert "event=two" in stream.writes[0]
+    assert "event=four" in stream.writes[2]
+
+
+def test_another_threads_events_are_written_at_once() -> None:
+    stream = Writes()
+    log = EventLog(stream, clock=lambda: 0.0)
+
+    async def main() -> None:
+        log.defer_on(asyncio.get_running_loop())
+        await asyncio.to_thread(log.event, "from_a_thread")
+        assert len(stream.writes) == 1  # before this turn ended
+        log.defer_on(None)
+
+    asyncio.run(main())
+    assert "event=from_a_thread" in stream.writes[0]
+
+
+@given(sizes=st.lists(st.integers(0, 6000), min_size=1, max_size=12))
+def test_deferred_writes_stay_whole_and_within_one_atomic_pipe_write(sizes: list[int]) -> None:
+    stream = Writes()
+    log = EventLog(stream, clock=lambda: 0.0)
+
+    async def main() -> None:
+        log.defer_on(asyncio.get_running_loop())
+        for index, size in enumerate(sizes):
+            log.event("e", n=index, pad="x" * size)
+        await asyncio.sleep(0)
+
+    asyncio.run(main())
+    lines = [line for write in stream.writes for line in write.splitlines()]
+    numbers = [re.search(r" n=(\d+)", line) for line in lines]
+    assert [int(m[1]) if m else -1 for m in numbers] == list(range(len(sizes)))
+    for write in stream.writes:
+        assert write.endswith("\n")
+        # More than one line only when they fit in one atomic write together.
+        assert write.count("\n") == 1 or len(write) <= select.PIPE_BUF
+
+
+def test_a_closed_loop_does_not_keep_lines_back() -> None:
+    stream = Writes()
+    log = EventLog(stream, clock=lambda: 0.0)
+    loop = asyncio.new_event_loop()
+    log.defer_on(loop)
+    loop.close()
+    log.event("late")
+    assert len(stream.writes) == 1

@@ -121,6 +121,13 @@ def run_delivery(
 
     async def main() -> None:
         loop = asyncio.get_running_loop()
+        log.defer_on(loop)
+        try:
+            await deliver(loop)
+        finally:
+            log.defer_on(None)
+
+    async def deliver(loop: asyncio.AbstractEventLoop) -> None:
         stop = asyncio.Event()
         for sig in (signal.SIGTERM, signal.SIGINT):
             loop.add_signal_handler(sig, stop.set)

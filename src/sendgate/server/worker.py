@@ -398,6 +398,13 @@ class Worker:
 
     async def run(self, *, install_signals: bool = True) -> None:
         loop = self._loop = asyncio.get_running_loop()
+        self.log.defer_on(loop)  # a connection's events: one write per turn of the loop
+        try:
+            await self._serve(loop, install_signals)
+        finally:
+            self.log.defer_on(None)
+
+    async def _serve(self, loop: asyncio.AbstractEventLoop, install_signals: bool) -> None:
         self._stop = asyncio.Event()
         self._idle = asyncio.Event()
         servers: list[asyncio.Server] = []
