@@ -48,6 +48,8 @@ from tests.peers.dns_server import ZoneServer
 from tests.peers.mx import Delivered, Receiver
 from tests.support.tls import server_context
 
+from sendgate.store.envelope import queue_id_share
+
 if TYPE_CHECKING:
     from tests.e2e.conftest import (
         Instance,
@@ -68,6 +70,7 @@ BULK = 1000
 BULK_CLIENTS = 4
 _RECORD = re.compile(r"^(\S+)\s+IN\s+TXT\s+\(\s*(.*?)\s*\)$")
 _NEXT_ATTEMPT = re.compile(r"^next-attempt: (\S+)$", re.M)
+_QUEUE_ID = re.compile(r" queue_id=(\S+)")
 
 
 # --- DNS -----------------------------------------------------------------------------------------
@@ -355,11 +358,21 @@ def _submit_many(running: ServerProcess, messages: list[bytes]) -> list[str]:
 
 
 @pytest.mark.slow
+@pytest.mark.parametrize(
+    ("runners", "dns_address", "address"),
+    [(1, "127.0.61.56", "127.0.61.5"), (2, "127.0.61.61", "127.0.61.10")],
+    ids=["one-runner", "two-runners"],
+)
 def test_thousand_queued_messages_are_delivered_once_after_restart(
-    instance: InstanceFactory, server: ServerFactory, zones: Callable[[str], ZoneServer]
+    instance: InstanceFactory,
+    server: ServerFactory,
+    zones: Callable[[str], ZoneServer],
+    runners: int,
+    dns_address: str,
+    address: str,
 ) -> None:
-    zone, address = zones("127.0.61.56"), "127.0.61.5"
-    settings = _delivering(zone, hold=True, concurrency=40, domain_concurrency=20)
+    zone = zones(dns_address)
+    settings = _delivering(zone, hold=True, concurrency=40, domain_concurrency=20, runners=runners)
     made = instance({**settings, **UNLIMITED_SENDING})
     _publish_mx(zone, address)
     sent = dict(_message(f"bulk{index}") for index in range(BULK))
@@ -395,6 +408,13 @@ def test_thousand_queued_messages_are_delivered_once_after_restart(
     assert all(d.content.endswith(sent[_message_id(d.content)]) for d in got)
     assert running.matching(r"event=delivery .*result=(?!sent )") == []
     assert _queue_is_empty(made)
+    if runners > 1:
+        # Each runner delivered its own share of the queue ids, and only that.
+        for runner in range(runners):
+            share = rf"event=delivery runner=delivery share={runner + 1}/{runners} "
+            found = [_QUEUE_ID.search(line) for line in running.matching(share + ".*result=sent ")]
+            delivered = {match[1] for match in found if match is not None}
+            assert delivered == {q for q in ids if queue_id_share(q, runners) == runner}
 
 
 def _next_attempt(explained: str) -> datetime:

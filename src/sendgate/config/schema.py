@@ -362,7 +362,7 @@ class DeliveryConfig:
         default=0,
         metadata=setting(
             Int(0, 16),
-            "Delivery runner processes; 0 starts one per CPU core, at most 4. With the local "
+            "Delivery runner processes; 0 starts one per two CPU cores (1 to 4). With the local "
             "queue each runner delivers its own share of the messages (split by queue id); "
             "`concurrency` and `domain_concurrency` are totals divided among the runners, so "
             "there are never more runners than either of them.",

@@ -11,9 +11,11 @@ from sendgate.config.schema import DeliveryConfig
 from sendgate.delivery.shares import AUTO_MOST, runner_count, runner_settings, share_of
 
 
-def test_zero_means_one_runner_per_core_up_to_a_bound() -> None:
+def test_zero_means_one_runner_per_two_cores_up_to_a_bound() -> None:
     delivery = replace(DeliveryConfig(), concurrency=100, domain_concurrency=100)
-    assert runner_count(delivery, 2) == 2
+    assert runner_count(delivery, 4) == 2
+    assert runner_count(delivery, 5) == 2
+    assert runner_count(delivery, 2) == 1
     assert runner_count(delivery, 1) == 1
     assert runner_count(delivery, None) == 1  # the core count is unknown
     assert runner_count(delivery, 64) == AUTO_MOST
