@@ -399,7 +399,7 @@ class LogWatch:
 class Sendgate:
     """A throw-away sendgate instance relaying everything to the sink in plaintext."""
 
-    def __init__(self, workdir: Path, sink_port: int, concurrency: int) -> None:
+    def __init__(self, workdir: Path, sink_port: int, concurrency: int, runners: int) -> None:
         self.cli = [sys.executable, "-m", "sendgate"]
         subprocess.run(
             [
@@ -425,7 +425,11 @@ class Sendgate:
         set_config(
             self.config,
             "delivery",
-            {"concurrency": str(concurrency), "domain_concurrency": str(concurrency)},
+            {
+                "concurrency": str(concurrency),
+                "domain_concurrency": str(concurrency),
+                "runners": str(runners),
+            },
         )
         self.spool_dir = workdir / "data" / "spool"
 
@@ -525,6 +529,9 @@ def main() -> int:
     parser.add_argument(
         "--concurrency", type=int, help="outbound connections (default: Postfix's limit)"
     )
+    parser.add_argument(
+        "--runners", type=int, default=0, help="delivery.runners (default 0: sendgate's choice)"
+    )
     parser.add_argument("--timeout", type=float, default=600, help="seconds per drain")
     parser.add_argument("--json", type=Path, help="also write all raw results here")
     args = parser.parse_args()
@@ -545,7 +552,7 @@ def main() -> int:
         prefix="sendgate-drain-",
         dir=ref["REF_STATE_DIR"],
     ) as tmp:
-        sendgate = Sendgate(Path(tmp) / "sg", int(ref["REF_SINK_PORT"]), concurrency)
+        sendgate = Sendgate(Path(tmp) / "sg", int(ref["REF_SINK_PORT"]), concurrency, args.runners)
         for _ in range(args.rounds):
             for run in (postfix.drain(args), sendgate.drain(args, postfix)):
                 if run.delivered != args.messages:
@@ -561,7 +568,8 @@ def main() -> int:
     pf, sg = summary(runs["postfix"]), summary(runs["sendgate"])
     print(
         f"{args.messages} queued messages of {args.size} B to smtp-sink, {concurrency} "
-        f"connections, {args.rounds} alternating rounds, medians; ratio = sendgate / postfix"
+        f"connections, sendgate's delivery.runners = {args.runners}, {args.rounds} alternating "
+        "rounds, medians; ratio = sendgate / postfix"
     )
     print(f"  {'metric':<22}{'postfix':>10}{'sendgate':>10}{'ratio':>8}")
     for key in pf:
@@ -572,6 +580,7 @@ def main() -> int:
             "messages": args.messages,
             "size": args.size,
             "concurrency": concurrency,
+            "runners": args.runners,
             "runs": {name: [asdict(r) for r in rs] for name, rs in runs.items()},
             "medians": {"postfix": pf, "sendgate": sg},
         }
