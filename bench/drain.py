@@ -9,9 +9,9 @@ the script prints medians and sendgate/Postfix ratios. Needs the reference serve
     .venv/bin/python bench/drain.py --rounds 3 --messages 5000
 
 sendgate: a throw-away instance (`sendgate init --smarthost <sink> --smarthost-tls none`) whose
-spool is filled with `Spool.put` while nothing runs; the clock runs from the delivery runner's
+spool is filled with `Spool.put` while nothing runs; the clock runs from the first delivery runner's
 `delivery_started` event until `queue/` is empty and the log holds one `result=sent` line per
-message. CPU is the runner process's (the acceptors are idle), and of the whole process tree.
+message. CPU is the runner processes' (the acceptors are idle), and of the whole process tree.
 
 Postfix: its submission service puts every message on hold while smtpload fills the queue
 (`smtpd_end_of_data_restrictions = check_client_access static:HOLD`, removed again before the
@@ -378,7 +378,8 @@ class LogWatch:
             elif found := _PIDS.search(line):
                 # Older supervisors list the runner as the last of their children.
                 self.runners = [int(found[1].split(",")[-1])]
-            elif "event=delivery_started" in line:
+            elif "event=delivery_started" in line and not self.start:
+                # The first runner's: with several, the clock must not restart at the next.
                 self.start = time.perf_counter()
                 self.runner_cpu0 = self.runner_cpu()
                 self.tree_cpu0 = tree_cpu(self.serve_pid)
