@@ -64,7 +64,6 @@ class EventLog:
         self._loop_thread: int | None = None
         self._pending: list[str] = []
         self._pending_size = 0
-        self._flush_due = False
 
     def enabled(self, level: str) -> bool:
         return LEVELS[level] >= self._min
@@ -94,7 +93,6 @@ class EventLog:
         event loop's time (the system call and the wake-up of the log's reader).
         """
         self.flush()
-        self._flush_due = False  # a turn's flush still scheduled finds nothing, or a new line
         self._loop = loop
         self._loop_thread = None if loop is None else threading.get_ident()
 
@@ -122,21 +120,18 @@ class EventLog:
         if self._loop_thread is not None and self._loop_thread == threading.get_ident():
             if self._pending_size + len(line) > DEFERRED_MOST:
                 self.flush()
+            first = not self._pending
             self._pending.append(line)
             self._pending_size += len(line)
-            if not self._flush_due:
-                self._flush_due = True
+            if first:
+                # A flush scheduled before the full write above may write it sooner: harmless.
                 try:
                     assert self._loop is not None
-                    self._loop.call_soon(self._turn_ended)
+                    self._loop.call_soon(self.flush)
                 except RuntimeError:  # the loop is closed: nothing would write them
-                    self._turn_ended()
+                    self.flush()
             return
         self._put(line)
-
-    def _turn_ended(self) -> None:
-        self._flush_due = False
-        self.flush()
 
     def _put(self, text: str) -> None:
         try:

@@ -55,12 +55,7 @@ def check(sources: HealthSources, clock: Callable[[], float] = time.time) -> dic
     """Each check's verdict: "ok", or what is wrong (one line)."""
     now = clock()
     verdicts = {"listeners": _listeners(sources, now), "spool": _spool(sources.spool)}
-    verdicts["delivery"] = "ok"
-    for name in sources.runners:
-        verdict = _fresh(sources.heartbeats, name, now)
-        if verdict != "ok":
-            verdicts["delivery"] = verdict
-            break
+    verdicts["delivery"] = _all_fresh(sources.heartbeats, sources.runners, now)
     return verdicts
 
 
@@ -72,8 +67,13 @@ def _listeners(sources: HealthSources, now: float) -> str:
             return f"a listening socket is gone: {exc.strerror}"
         if not listening:
             return "a socket no longer listens"
-    for name in sources.acceptors:
-        verdict = _fresh(sources.heartbeats, name, now)
+    return _all_fresh(sources.heartbeats, sources.acceptors, now)
+
+
+def _all_fresh(directory: Path, names: Sequence[str], now: float) -> str:
+    """The first of `names` whose heartbeat is not fresh, as `_fresh` words it; else "ok"."""
+    for name in names:
+        verdict = _fresh(directory, name, now)
         if verdict != "ok":
             return verdict
     return "ok"

@@ -72,9 +72,8 @@ def boot_id() -> str:
     return _boot
 
 
-def crc_of(parts: Sequence[bytes]) -> int:
-    """The CRC-32 of `parts` one after another."""
-    crc = 0
+def crc_of(parts: Sequence[bytes], crc: int = 0) -> int:
+    """The CRC-32 of `parts` one after another, continuing from `crc`."""
     for part in parts:
         crc = zlib.crc32(part, crc)
     return crc

@@ -78,9 +78,7 @@ class StreamedBody:
         tail_size = len(line) + 1 + len(head)
         footer = b"%s%016x %016x\n" % (FOOTER, self.size, tail_size)
         parts = [line, b"\n", head, footer]
-        crc = self._crc
-        for part in parts:
-            crc = zlib.crc32(part, crc)
+        crc = batchfile.crc_of(parts, self._crc)
         parts.append(batchfile.trailer_line(crc, name_token(self.path)))
         fd = self._fd
         if fd is None:

@@ -48,12 +48,7 @@ class Pair:
     def put(self, store: LocalQueueStore | None = None) -> str:
         store = store or self.acceptor
         queue_id = store.new_id()
-        store.put(
-            Envelope(
-                queue_id, "alice@example.com", ("bob@example.org",), "alice", 0.0, len(MESSAGE)
-            ),
-            MESSAGE,
-        )
+        _put(store, queue_id)
         self.clock.advance(0.01)
         return queue_id
 
