@@ -19,7 +19,7 @@ from sendgate.smtp.spill import (
     ContentProblem,
     SinkFactory,
     dot_unstuff,
-    has_long_line,
+    lines_problem,
 )
 
 __all__ = [
@@ -41,14 +41,9 @@ def check_content(data: bytes, size: int, max_size: int) -> Content:
     """Validate a message as it will be stored: size, CRLF-only line endings, line length."""
     if size > max_size:
         return Content(None, size, ContentProblem.TOO_BIG)
-    crlf = data.count(b"\r\n")
-    if data.count(b"\n") != crlf or data.count(b"\r") != crlf:
-        return Content(None, size, ContentProblem.BARE_NEWLINE)
-    if data and not data.endswith(b"\r\n"):
-        # Only BDAT can end mid-line; RFC 5322 lines end with CRLF, and relaying would add one.
-        return Content(None, size, ContentProblem.NO_FINAL_CRLF)
-    if size > 998 and has_long_line(data):
-        return Content(None, size, ContentProblem.LONG_LINE)
+    problem = lines_problem(data, final=True)
+    if problem is not None:
+        return Content(None, size, problem)
     return Content(data, size, None)
 
 

@@ -8,6 +8,8 @@ addresses), so an envelope that was written can always be read back.
 
 import json
 import math
+import os
+import random
 import re
 from dataclasses import dataclass, fields
 from typing import Any, TypeVar
@@ -29,6 +31,11 @@ _BODY_TYPES = frozenset({"7BIT", "8BITMIME"})
 _OPTIONAL = frozenset({"ret", "envid", "requiretls", "rcpt_params"})
 
 _T = TypeVar("_T")
+
+# Random bits that must be unique, not secret (queue ids, spool file names): a private
+# generator, seeded from the OS and again in every forked child, costs no system call per use.
+UNIQUE = random.Random()
+os.register_at_fork(after_in_child=UNIQUE.seed)
 
 
 def new_queue_id(now: float, rand: bytes) -> str:

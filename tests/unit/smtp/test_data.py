@@ -1,6 +1,8 @@
 """Tests for DATA decoding: the terminator across chunks, dot-unstuffing, size and line checks."""
 
 import pytest
+from hypothesis import given
+from hypothesis import strategies as st
 
 from sendgate.smtp.data import (
     Content,
@@ -10,6 +12,7 @@ from sendgate.smtp.data import (
     dot_stuff,
     dot_unstuff,
 )
+from sendgate.smtp.spill import lines_problem
 
 SLACK = 64 * 1024  # the reader's allowance for dot-stuffing beyond max_size
 
@@ -272,3 +275,34 @@ def test_a_crlf_across_a_window_edge_does_not_make_a_long_line() -> None:
     data = first + (b"b" * 998 + b"\r\n") * 1100
     assert data[(1 << 20) - 1 : (1 << 20) + 1] == b"\r\n"
     assert check_content(data, len(data), 1 << 30).problem is None
+
+
+def _lines_oracle(data: bytes, final: bool) -> ContentProblem | None:
+    """The rules of `lines_problem`, spelt out octet by octet."""
+    for at, octet in enumerate(data):
+        if octet == 13 and data[at + 1 : at + 2] != b"\n":
+            return ContentProblem.BARE_NEWLINE
+        if octet == 10 and data[at - 1 : at] != b"\r":
+            return ContentProblem.BARE_NEWLINE
+    if final and data and not data.endswith(b"\r\n"):
+        return ContentProblem.NO_FINAL_CRLF
+    if any(len(line) > 998 for line in data.split(b"\r\n")):
+        return ContentProblem.LONG_LINE
+    return None
+
+
+@given(
+    parts=st.lists(
+        st.one_of(
+            st.sampled_from([b"\r\n", b"\r", b"\n", b"\n\r", b"\r\r\n", b"a", b"."]),
+            st.integers(0, 1200).map(lambda n: b"x" * n),
+        ),
+        max_size=40,
+    ),
+    final=st.booleans(),
+)
+def test_lines_problem_agrees_with_the_octet_by_octet_rules(
+    parts: list[bytes], final: bool
+) -> None:
+    data = b"".join(parts)
+    assert lines_problem(data, final=final) == _lines_oracle(data, final)

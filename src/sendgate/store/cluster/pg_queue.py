@@ -60,7 +60,7 @@ from sendgate.store.cluster.postgres import (
 )
 from sendgate.store.cluster.server_clock import ServerClock
 from sendgate.store.delivery_state import DeliveryState
-from sendgate.store.envelope import RANDOM_BYTES, Envelope, new_queue_id
+from sendgate.store.envelope import RANDOM_BYTES, UNIQUE, Envelope, new_queue_id
 from sendgate.store.queue import BodyFile, Claim, Claimed, Recovery
 from sendgate.text import one_line
 
@@ -126,7 +126,7 @@ class PostgresQueueStore:
     # --- submission and the operator ----------------------------------------------------------
 
     def new_id(self) -> str:
-        return new_queue_id(self.now(), os.urandom(RANDOM_BYTES))
+        return new_queue_id(self.now(), UNIQUE.randbytes(RANDOM_BYTES))
 
     def put(self, envelope: Envelope, message: bytes, *, hold: str | None = None) -> None:
         _check_size(envelope, len(message))

@@ -65,13 +65,34 @@ class AnnounceWriter:
         self.fds = tuple(fds)
 
     def announce(self, queue_id: str, envelope: bytes | None = None) -> None:
-        line = queue_id.encode("ascii")
-        if envelope is not None and len(line) + len(envelope) + 2 <= select.PIPE_BUF:
-            line += b" " + envelope
+        self.announce_many([(queue_id, envelope)])
+
+    def announce_many(self, items: Sequence[tuple[str, bytes | None]]) -> None:
+        """Announce a group: its lines go out in as few writes as PIPE_BUF allows (each write a
+        system call in the committing thread, and a wake-up of the runner)."""
         fds = self.fds
-        fd = fds[0] if len(fds) == 1 else fds[queue_id_share(queue_id, len(fds))]
+        chunks: list[list[bytes]] = [[] for _ in fds]
+        sizes = [0] * len(fds)
+        for queue_id, envelope in items:
+            line = queue_id.encode("ascii")
+            if envelope is not None and len(line) + len(envelope) + 2 <= select.PIPE_BUF:
+                line += b" " + envelope
+            line += b"\n"
+            k = 0 if len(fds) == 1 else queue_id_share(queue_id, len(fds))
+            if sizes[k] + len(line) > select.PIPE_BUF:
+                self._write(fds[k], chunks[k])
+                chunks[k], sizes[k] = [], 0
+            chunks[k].append(line)
+            sizes[k] += len(line)
+        for fd, chunk in zip(fds, chunks, strict=True):
+            if chunk:
+                self._write(fd, chunk)
+
+    @staticmethod
+    def _write(fd: int, lines: list[bytes]) -> None:
+        # At most PIPE_BUF octets: written whole or not at all, never mixed with another's.
         with contextlib.suppress(BlockingIOError, BrokenPipeError):
-            os.write(fd, line + b"\n")
+            os.write(fd, b"".join(lines))
 
     def close(self) -> None:
         for fd in self.fds:

@@ -32,7 +32,6 @@ from __future__ import annotations
 
 import os
 import re
-import secrets
 import threading
 import time
 from collections import deque
@@ -41,6 +40,7 @@ from pathlib import Path
 
 from sendgate.errors import SpoolError
 from sendgate.fsutil import fsync_dir
+from sendgate.store.envelope import UNIQUE
 
 INTERVAL = 0.02  # seconds a commit's links may wait for their directory sync
 SPENT = ".spent"  # the suffix of a name given up: its file waits for its messages to go
@@ -181,13 +181,17 @@ class FreshFiles:
                 # No sync of the emptying: a power cut may leave the old batch under the new
                 # name, but its trailer names the old one, so recovery never restores it
                 # (`batchfile.check`); the next commit's fdatasync carries the emptying too.
-                new = f"{self._prefix}{secrets.token_hex(8)}"
+                new = self._new_name()
                 os.rename(path, new)
             except OSError:
                 _drop_all([path])
             else:
                 recycled.append(new)
         return recycled
+
+    def _new_name(self) -> str:
+        # Unique, not secret (the token only tells batches apart): no system call per name.
+        return f"{self._prefix}{UNIQUE.getrandbits(64):016x}"
 
     def close(self) -> None:
         """Stop the syncer; sync, then remove every fresh name this process still holds.
@@ -241,7 +245,7 @@ class FreshFiles:
         flags = os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_CLOEXEC | os.O_NOFOLLOW
         try:
             for _ in range(count):
-                path = f"{self._prefix}{secrets.token_hex(8)}"
+                path = self._new_name()
                 fd = os.open(path, flags, 0o600)
                 made.append(path)
                 try:

@@ -112,8 +112,9 @@ class LocalQueueStore:
     def put_many(self, items: Sequence[tuple[Envelope, bytes]]) -> None:
         self._spool.put_many(items)
         if self._announce_to is not None:
-            for envelope, _ in items:
-                self._announce_to.announce(envelope.queue_id, envelope.to_json())
+            self._announce_to.announce_many(
+                [(envelope.queue_id, envelope.to_json()) for envelope, _ in items]
+            )
         if self._indexing:
             with self._lock:
                 now = self._clock()

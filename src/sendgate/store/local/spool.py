@@ -47,7 +47,14 @@ from pathlib import Path
 
 from sendgate.errors import SpoolError, SpoolFullError, UnknownQueueIdError
 from sendgate.fsutil import atomic_replace, fsync_dir, is_disk_full, write_all, write_file_durably
-from sendgate.store.envelope import RANDOM_BYTES, Envelope, checked_id, is_queue_id, new_queue_id
+from sendgate.store.envelope import (
+    RANDOM_BYTES,
+    UNIQUE,
+    Envelope,
+    checked_id,
+    is_queue_id,
+    new_queue_id,
+)
 from sendgate.store.local import batchfile, streamfile
 from sendgate.store.local.fresh import FreshFiles, name_token, owner, spent_owner
 from sendgate.store.local.holds import Holds
@@ -103,8 +110,12 @@ class Spool:
             raise _spool_error("cannot create spool directory", path, exc) from exc
 
     def new_id(self) -> str:
-        """Return a new queue id: sortable by time, unique across processes (40 random bits)."""
-        return new_queue_id(self._clock(), secrets.token_bytes(RANDOM_BYTES))
+        """Return a new queue id: sortable by time, unique across processes (40 random bits).
+
+        The bits need to be unique, not secret: `UNIQUE` gives them without the system call
+        `secrets` makes for each, on the event loop's thread.
+        """
+        return new_queue_id(self._clock(), UNIQUE.randbytes(RANDOM_BYTES))
 
     def put(self, envelope: Envelope, message: bytes, *, hold: str | None = None) -> None:
         """Store `message` under `envelope.queue_id`; it is durably queued when this returns.

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import itertools
 import os
+import select
 import threading
 from collections.abc import Iterator
 
@@ -207,3 +208,48 @@ def test_a_runner_keeps_only_its_own_reading_end() -> None:
     _, status = os.waitpid(pid, 0)
     pipe.close()
     assert os.waitstatus_to_exitcode(status) == 0
+
+
+def _write_sizes(writer: AnnounceWriter, items: list[tuple[str, bytes | None]]) -> list[int]:
+    """The sizes of the writes `announce_many` makes (os.write counted where the writer calls
+    it)."""
+    sizes: list[int] = []
+    real = os.write
+
+    def counting(fd: int, data: bytes) -> int:
+        sizes.append(len(data))
+        return real(fd, data)
+
+    with pytest.MonkeyPatch.context() as patch:
+        patch.setattr("sendgate.store.local.announce.os.write", counting)
+        writer.announce_many(items)
+    return sizes
+
+
+def test_a_group_goes_out_in_one_write_per_pipe(announcer: Ends) -> None:
+    items: list[tuple[str, bytes | None]] = [(IDS[0], b'{"a": 1}'), (IDS[1], None), (IDS[2], b"{}")]
+    assert len(_write_sizes(announcer.writer, items)) == 1
+    assert announcer.reader.take() == items
+
+
+def test_a_large_group_is_cut_into_writes_of_at_most_pipe_buf(announcer: Ends) -> None:
+    envelope = b"e" * 1000
+    ids = [f"01HZZZZZZZZZZZZZ{n:02d}" for n in range(20)]
+    sizes = _write_sizes(announcer.writer, [(queue_id, envelope) for queue_id in ids])
+    assert all(size <= select.PIPE_BUF for size in sizes)
+    assert len(sizes) == -(-20 * 1019 // (select.PIPE_BUF // 1019 * 1019))  # whole lines each
+    assert announcer.reader.take() == [(queue_id, envelope) for queue_id in ids]
+
+
+def test_a_group_with_several_runners_is_split_by_share() -> None:
+    pipe = AnnouncePipe(2)
+    try:
+        writer = AnnounceWriter(pipe.write_fds)
+        readers = [AnnounceReader(fd) for fd in pipe.read_fds]
+        ids = [f"01HZZZZZZZZZZZZZZ{c}" for c in "0123456789"]
+        sizes = _write_sizes(writer, [(queue_id, None) for queue_id in ids])
+        assert len(sizes) == 2
+        got = [_ids(reader) for reader in readers]
+        assert got == [[q for q in ids if queue_id_share(q, 2) == share] for share in range(2)]
+    finally:
+        pipe.close()

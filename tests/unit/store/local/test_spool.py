@@ -92,6 +92,29 @@ def test_spool_ids_are_unique_within_one_millisecond(tmp_path: Path) -> None:
     assert all(ID_PATTERN.fullmatch(queue_id) for queue_id in ids)
 
 
+def test_forked_processes_make_different_ids_in_the_same_millisecond(tmp_path: Path) -> None:
+    # The acceptors are forked from one supervisor: their ids' random bits must not repeat.
+    spool = Spool(tmp_path, clock=lambda: 1_714_564_800.0)
+    read_end, write_end = os.pipe()
+    pid = os.fork()
+    if pid == 0:
+        code = 1
+        try:
+            os.close(read_end)
+            os.write(write_end, " ".join(spool.new_id() for _ in range(50)).encode())
+            code = 0
+        finally:
+            os._exit(code)
+    os.close(write_end)
+    mine = {spool.new_id() for _ in range(50)}
+    with os.fdopen(read_end, "rb") as pipe:
+        theirs = set(pipe.read().decode().split())
+    _, status = os.waitpid(pid, 0)
+    assert os.waitstatus_to_exitcode(status) == 0
+    assert len(theirs) == 50
+    assert not mine & theirs
+
+
 def test_spool_ids_follow_the_clock(tmp_path: Path) -> None:
     times = iter(1_714_564_800 + n / 1000 for n in range(500))
     spool = Spool(tmp_path, clock=lambda: next(times))
