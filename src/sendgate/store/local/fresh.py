@@ -78,6 +78,9 @@ class FreshFiles:
         self._syncer: threading.Thread | None = None
         self._closed = False
         self._removed = False  # names removed since the last sync of fresh/
+        # The syncer waits for work (a notify wakes it) or gathers it until a sync is due (a
+        # notify would only wake it to wait again: a context switch per commit for nothing).
+        self._idle = False
 
     def take(self) -> str:
         """The path of a ready fresh file; SpoolError once closed.
@@ -102,7 +105,7 @@ class FreshFiles:
             raise
         with self._lock:
             self._ready += made[1:]
-            self._wake.notify()  # the stock is low
+            self._notify()  # the stock is low
         return made[0]
 
     def committed(self, path: str) -> None:
@@ -111,7 +114,7 @@ class FreshFiles:
             if not self._closed:
                 self._step += 1
                 self._linked.append((self._step, path))
-                self._wake.notify()
+                self._notify()
                 return
         # A commit that ran into `close`: no syncer any more, so sync its links here.
         with suppress(OSError):
@@ -214,6 +217,11 @@ class FreshFiles:
         with suppress(OSError):
             fsync_dir(self._dir)
 
+    def _notify(self) -> None:
+        """Wake the syncer if it waits for work (called with the lock held)."""
+        if self._idle:
+            self._wake.notify()
+
     def _run(self) -> None:
         """The syncer: wait for work, let `interval` gather more, sync; until closed."""
         while True:
@@ -226,7 +234,10 @@ class FreshFiles:
                 ):
                     # Spent files hold the space of delivered mail until they are reaped: with
                     # any left, look again after a while even when nothing is committed.
-                    if not self._wake.wait(REAP_EVERY if self._spent else None):
+                    self._idle = True
+                    woken = self._wake.wait(REAP_EVERY if self._spent else None)
+                    self._idle = False
+                    if not woken:
                         break
                 deadline = time.monotonic() + self._interval
                 while not self._closed and (left := deadline - time.monotonic()) > 0:
