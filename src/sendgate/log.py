@@ -25,6 +25,10 @@ Observer = Callable[[str, Mapping[str, Value]], None]
 # Deferred lines are written together up to this size: several processes share the log's pipe,
 # and a write to a pipe is whole (never split by another writer's) only up to PIPE_BUF.
 DEFERRED_MOST = select.PIPE_BUF
+# Seconds a deferred line may wait for others to share its write. A crash loses at most the
+# info lines of that long: a warning or an error is written at once, with what waits before it.
+DEFER_FOR = 0.05
+_WARNING = LEVELS["warning"]
 
 
 def _kv_value(value: Value) -> str:
@@ -64,6 +68,7 @@ class EventLog:
         self._loop_thread: int | None = None
         self._pending: list[str] = []
         self._pending_size = 0
+        self._flush_due = False  # a flush of the deferred lines is scheduled on the loop
 
     def enabled(self, level: str) -> bool:
         return LEVELS[level] >= self._min
@@ -86,13 +91,17 @@ class EventLog:
             pass
 
     def defer_on(self, loop: asyncio.AbstractEventLoop | None) -> None:
-        """Events logged on `loop`'s thread are written once per turn of it, together (None:
-        each at once again, after writing what waits).
+        """Info lines logged on `loop`'s thread wait up to `DEFER_FOR` seconds to be written
+        together, up to `DEFERRED_MOST` octets a write (None: each at once again, after
+        writing what waits).
 
-        A busy delivery runner logs a line per message: one write each was a seventh of its
-        event loop's time (the system call and the wake-up of the log's reader).
+        A busy delivery runner logs a line per message, an acceptor several per connection:
+        one write each was a seventh of the runner's event loop time (the system call and the
+        wake-up of the log's reader), and one per turn of the loop still most of a write per
+        message.
         """
         self.flush()
+        self._flush_due = False  # a flush scheduled on an earlier loop is not this one's
         self._loop = loop
         self._loop_thread = None if loop is None else threading.get_ident()
 
@@ -103,6 +112,10 @@ class EventLog:
             self._pending.clear()
             self._pending_size = 0
             self._put(text)
+
+    def _flush_when_due(self) -> None:
+        self._flush_due = False
+        self.flush()
 
     def bind(self, **fields: Value) -> BoundLog:
         """A logger that adds `fields` (e.g. conn=, client=) to every event, after the context."""
@@ -120,16 +133,18 @@ class EventLog:
         if self._loop_thread is not None and self._loop_thread == threading.get_ident():
             if self._pending_size + len(line) > DEFERRED_MOST:
                 self.flush()
-            first = not self._pending
             self._pending.append(line)
             self._pending_size += len(line)
-            if first:
-                # A flush scheduled before the full write above may write it sooner: harmless.
+            if LEVELS[level] >= _WARNING:
+                self.flush()
+            elif not self._flush_due:
                 try:
                     assert self._loop is not None
-                    self._loop.call_soon(self.flush)
+                    self._loop.call_later(DEFER_FOR, self._flush_when_due)
                 except RuntimeError:  # the loop is closed: nothing would write them
                     self.flush()
+                else:
+                    self._flush_due = True
             return
         self._put(line)
 

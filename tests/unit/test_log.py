@@ -15,7 +15,7 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
-from sendgate.log import EventLog, Value
+from sendgate.log import DEFER_FOR, EventLog, Value
 
 TS = 1_714_564_800.25
 TS_TEXT = "2024-05-01T12:00:00.250Z"
@@ -292,26 +292,64 @@ class Writes(io.StringIO):
             self.truncate()
 
 
-def test_events_on_a_deferring_loop_are_written_together_when_its_turn_ends() -> None:
+class SignalledWrites(Writes):
+    """`Writes` that also sets an asyncio event at each write (made on the loop's thread)."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.written = asyncio.Event()
+
+    def flush(self) -> None:
+        super().flush()
+        if self.writes:
+            self.written.set()
+
+
+def test_info_events_on_a_deferring_loop_wait_to_be_written_together() -> None:
+    stream = SignalledWrites()
+    log = EventLog(stream, clock=lambda: 0.0)
+
+    async def main() -> tuple[list[str], float]:
+        loop = asyncio.get_running_loop()
+        log.defer_on(loop)
+        start = loop.time()
+        log.event("one")
+        await asyncio.sleep(0)  # a turn of the loop ends: not a reason to write
+        log.event("two")
+        seen = list(stream.writes)
+        await asyncio.wait_for(stream.written.wait(), 10)
+        waited = loop.time() - start
+        log.event("three")
+        log.defer_on(None)  # writes what waits
+        log.event("four")  # and from now on each at once
+        return seen, waited
+
+    seen, waited = asyncio.run(main())
+    assert seen == []
+    assert waited >= DEFER_FOR * 0.9  # the loop's clock may round its timers a little early
+    assert [w.count("\n") for w in stream.writes] == [2, 1, 1]
+    assert "event=one" in stream.writes[0]
+    assert "event=two" in stream.writes[0]
+    assert "event=four" in stream.writes[2]
+
+
+def test_a_warning_is_written_at_once_after_the_lines_that_waited() -> None:
     stream = Writes()
     log = EventLog(stream, clock=lambda: 0.0)
 
     async def main() -> list[str]:
         log.defer_on(asyncio.get_running_loop())
-        log.event("one")
-        log.event("two")
-        seen = list(stream.writes)  # nothing yet: the turn has not ended
-        await asyncio.sleep(0)
-        log.event("three")
-        log.defer_on(None)  # writes what waits
-        log.event("four")  # and from now on each at once
+        log.event("before")
+        log.event("trouble", "warning")
+        seen = list(stream.writes)
+        log.event("after")
+        log.defer_on(None)
         return seen
 
-    assert asyncio.run(main()) == []
-    assert [w.count("\n") for w in stream.writes] == [2, 1, 1]
-    assert "event=one" in stream.writes[0]
-    assert "event=two" in stream.writes[0]
-    assert "event=four" in stream.writes[2]
+    seen = asyncio.run(main())
+    assert len(seen) == 1
+    assert re.findall(r"event=(\w+)", seen[0]) == ["before", "trouble"]
+    assert "event=after" in stream.writes[1]
 
 
 def test_another_threads_events_are_written_at_once() -> None:
@@ -337,7 +375,7 @@ def test_deferred_writes_stay_whole_and_within_one_atomic_pipe_write(sizes: list
         log.defer_on(asyncio.get_running_loop())
         for index, size in enumerate(sizes):
             log.event("e", n=index, pad="x" * size)
-        await asyncio.sleep(0)
+        log.defer_on(None)
 
     asyncio.run(main())
     lines = [line for write in stream.writes for line in write.splitlines()]

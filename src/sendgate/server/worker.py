@@ -398,7 +398,7 @@ class Worker:
 
     async def run(self, *, install_signals: bool = True) -> None:
         loop = self._loop = asyncio.get_running_loop()
-        self.log.defer_on(loop)  # a connection's events: one write per turn of the loop
+        self.log.defer_on(loop)  # info lines: written together, a few at a time
         try:
             await self._serve(loop, install_signals)
         finally:
