@@ -9,6 +9,7 @@ Security: test code only; the passwords are the tests' own and stored in plain t
 
 from __future__ import annotations
 
+import socket
 import subprocess
 from collections.abc import Mapping
 from pathlib import Path
@@ -57,11 +58,20 @@ class DovecotAuthServer:
             stdout=subprocess.DEVNULL,
             stderr=subprocess.DEVNULL,
         )
-        if not wait_until(self.socket.is_socket, within=START_TIMEOUT):
+        if not wait_until(self._accepts, within=START_TIMEOUT):
             self.stop()
             log = self.directory / "dovecot.log"
             raise RuntimeError(f"dovecot did not start: {log.read_text() if log.exists() else ''}")
         return self
+
+    def _accepts(self) -> bool:
+        """The auth socket takes connections (its file appears at bind, before the listen)."""
+        with socket.socket(socket.AF_UNIX, socket.SOCK_STREAM) as probe:
+            try:
+                probe.connect(str(self.socket))
+            except OSError:
+                return False
+        return True
 
     def stop(self) -> None:
         if self._proc is not None:
