@@ -58,6 +58,7 @@ class _Row:
     lease_until: float | None = None
     state_problem: str | None = None
     parked: bool = False  # held when last due: out of the due heap until released
+    state_on_disk: bool = False  # a state file was found or (maybe) written for it
 
 
 class LocalQueueStore:
@@ -252,6 +253,10 @@ class LocalQueueStore:
     def update(self, claim: Claim, state: DeliveryState) -> None:
         queue_id = claim.queue_id
         self._held(claim)
+        with self._lock:
+            row = self._rows.get(queue_id)
+            if row is not None:
+                row.state_on_disk = True  # before the write: a failed one may leave it too
         try:
             self._spool.write_state(queue_id, state.to_json())
         except UnknownQueueIdError:
@@ -274,8 +279,11 @@ class LocalQueueStore:
 
     def complete(self, claim: Claim) -> None:
         self._held(claim)
+        with self._lock:
+            row = self._rows.get(claim.queue_id)
+            state = row is None or row.state_on_disk
         try:
-            self._spool.remove(claim.queue_id, durable=False)
+            self._spool.remove(claim.queue_id, durable=False, state=state)
         except UnknownQueueIdError:
             self._drop(claim)
             raise
@@ -325,7 +333,13 @@ class LocalQueueStore:
                 # An unreadable state must not lose the message: start it over (at least once).
                 problem = str(exc)
                 state = DeliveryState.fresh(envelope.recipients, now)
-        row = _Row(envelope, state, state.next_attempt, state_problem=problem)
+        row = _Row(
+            envelope,
+            state,
+            state.next_attempt,
+            state_problem=problem,
+            state_on_disk=raw_state is not None,
+        )
         self._rows[envelope.queue_id] = row
         heapq.heappush(self._due, (row.due, envelope.queue_id))
         return row

@@ -471,14 +471,17 @@ class Spool:
         except SpoolError as exc:
             raise SpoolError(f"corrupt envelope {path}: {exc}") from None
 
-    def remove(self, queue_id: str, *, durable: bool = True) -> None:
+    def remove(self, queue_id: str, *, durable: bool = True, state: bool = True) -> None:
         """Un-queue `queue_id` (delivered, bounced or removed by the operator).
 
         The queue file goes first: once it is gone the message is finished, and a crash before
         its state file goes leaves only an orphan that `sweep` deletes. With `durable=False`
         the directory is not synced: a crash may bring the message back, and it is delivered
         again (at least once), which is what delivery promises anyway; it saves an fsync per
-        delivered message.
+        delivered message. With `state=False` (the runner never found nor wrote a delivery
+        state for it) its state and retry names are not looked for: two failing system calls
+        per delivered message; a retry flag an operator set meanwhile is an orphan the runner
+        clears when it next takes the flags.
         """
         path = self._queue_s + checked_id(queue_id)
         action = "cannot remove spool file"
@@ -490,9 +493,9 @@ class Spool:
                 fsync_dir(self._queue)
             action = "cannot remove spool file"
             for path in (
-                self._state_s + queue_id,
-                self._retry_s + queue_id,
-                self._hold_s + queue_id,
+                (self._state_s + queue_id, self._retry_s + queue_id, self._hold_s + queue_id)
+                if state
+                else (self._hold_s + queue_id,)
             ):
                 with suppress(FileNotFoundError):
                     os.unlink(path)

@@ -341,3 +341,56 @@ def test_a_runners_own_messages_get_ids_in_its_share(tmp_path: Path) -> None:
         assert len({queue_id_share(shared.acceptor.new_id(), 2) for _ in range(50)}) == 2
     finally:
         shared.pipe.close()
+
+
+def _unlinked(monkeypatch: pytest.MonkeyPatch) -> list[str]:
+    """The paths the spool unlinks from now on (its own os.unlink calls, made or failed)."""
+    paths: list[str] = []
+    real = local.spool.os.unlink
+
+    def unlink(path: str) -> None:
+        paths.append(str(path))
+        real(path)
+
+    monkeypatch.setattr(local.spool.os, "unlink", unlink)
+    return paths
+
+
+def test_a_message_delivered_at_its_first_attempt_has_no_state_to_look_for(
+    pair: Pair, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    queue_id = pair.put()
+    [claim] = pair.claim()
+    unlinked = _unlinked(monkeypatch)
+    pair.runner.complete(claim)
+    assert [path.rsplit("/", 2)[-2] for path in unlinked] == ["queue", "hold"]
+    assert pair.runner.ids() == []
+    assert pair.quiet.ids() == []
+    monkeypatch.undo()
+    # A retry flag an operator set meanwhile is an orphan, cleared at the runner's next scan.
+    (pair.root / "retry" / queue_id).write_bytes(b"")
+    pair.clock.advance(3600)
+    assert pair.claim() == []
+    assert list((pair.root / "retry").iterdir()) == []
+
+
+def test_a_state_written_or_found_is_removed_with_its_message(
+    pair: Pair, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    written = pair.put()
+    [claim] = pair.claim()
+    pair.runner.update(claim, dataclasses.replace(claim.state, next_attempt=pair.clock.now))
+    [claim] = pair.claim()
+    assert (pair.root / "state" / written).exists()
+    pair.runner.complete(claim)
+    assert not (pair.root / "state" / written).exists()
+    # A state a runner before this one wrote: found when the message is loaded.
+    found = pair.put()
+    (pair.root / "state" / found).write_bytes(claim.state.to_json())
+    later = LocalQueueStore(pair.root, clock=pair.clock, scan_interval=0.0)
+    [claim] = later.claim(10, LEASE).claims
+    assert claim.queue_id == found
+    unlinked = _unlinked(monkeypatch)
+    later.complete(claim)
+    assert str(pair.root / "state" / found) in unlinked
+    assert not (pair.root / "state" / found).exists()
