@@ -8,6 +8,7 @@ instead of logging, and how it keeps a state it could not write.
 from __future__ import annotations
 
 import dataclasses
+import os
 import select
 from collections.abc import Iterator
 from pathlib import Path
@@ -344,15 +345,15 @@ def test_a_runners_own_messages_get_ids_in_its_share(tmp_path: Path) -> None:
 
 
 def _unlinked(monkeypatch: pytest.MonkeyPatch) -> list[str]:
-    """The paths the spool unlinks from now on (its own os.unlink calls, made or failed)."""
+    """The paths unlinked from now on (os.unlink calls, made or failed)."""
     paths: list[str] = []
-    real = local.spool.os.unlink
+    real = os.unlink
 
     def unlink(path: str) -> None:
         paths.append(str(path))
         real(path)
 
-    monkeypatch.setattr(local.spool.os, "unlink", unlink)
+    monkeypatch.setattr(os, "unlink", unlink)
     return paths
 
 
