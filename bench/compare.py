@@ -79,6 +79,21 @@ def start_sendgate(
     """A throw-away instance of the sendgate installed for `python` (bench/ab.py runs two);
     `http`: with the HTTP listener on (its metrics counted), at port + 2; `cluster`: (PostgreSQL
     URL, Redis URL, node name) for a node on the shared stores (bench/cluster.py)."""
+    config = make_sendgate(workdir, ref, port, python=python, hold=hold, http=http, cluster=cluster)
+    return serve(config, python=python), port
+
+
+def make_sendgate(
+    workdir: Path,
+    ref: dict[str, str],
+    port: int,
+    *,
+    python: str = sys.executable,
+    hold: bool = False,
+    http: bool = False,
+    cluster: tuple[str, str, str] | None = None,
+) -> Path:
+    """`start_sendgate` without the start: its configuration file."""
     sendgate = [python, "-m", "sendgate"]
     subprocess.run(
         [
@@ -147,8 +162,13 @@ def start_sendgate(
             check=False,
             capture_output=True,
         )
+    return config
+
+
+def serve(config: Path, *, python: str = sys.executable) -> subprocess.Popen[str]:
+    """`sendgate serve` with `config`, once it is ready (its log drained in the background)."""
     proc = subprocess.Popen(
-        [*sendgate, "--config", str(config), "serve"],
+        [python, "-m", "sendgate", "--config", str(config), "serve"],
         stderr=subprocess.PIPE,
         text=True,
         start_new_session=True,
@@ -161,7 +181,7 @@ def start_sendgate(
         raise SystemExit("sendgate did not start")
     # Keep draining the log so the server never blocks on a full pipe.
     subprocess.Popen(["cat"], stdin=proc.stderr, stdout=subprocess.DEVNULL)
-    return proc, port
+    return proc
 
 
 def queue_dirs(ref: dict[str, str], *workdirs: Path) -> list[Path]:

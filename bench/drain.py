@@ -8,10 +8,12 @@ the script prints medians and sendgate/Postfix ratios. Needs the reference serve
 
     .venv/bin/python bench/drain.py --rounds 3 --messages 5000
 
-sendgate: a throw-away instance (`sendgate init --smarthost <sink> --smarthost-tls none`) whose
-spool is filled with `Spool.put` while nothing runs; the clock runs from the first delivery runner's
-`delivery_started` event until `queue/` is empty and the log holds one `result=sent` line per
-message. CPU is the runner processes' (the acceptors are idle), and of the whole process tree.
+sendgate: a throw-away instance made as bench/compare.py makes one (`--smarthost <sink>
+--smarthost-tls none`), filled the way Postfix is: with delivery.hold on, smtpload submits the
+messages, then the instance stops (so the spool holds the acceptors' group-committed batch files,
+as after a restart). The clock runs from the first delivery runner's `delivery_started` event
+until `queue/` is empty and the log holds one `result=sent` line per message. CPU is the runner
+processes' (the acceptors are idle), and of the whole process tree.
 
 Postfix: its submission service puts every message on hold while smtpload fills the queue
 (`smtpd_end_of_data_restrictions = check_client_access static:HOLD`, removed again before the
@@ -41,20 +43,17 @@ import tempfile
 import threading
 import time
 from collections.abc import Iterator
-from concurrent.futures import ThreadPoolExecutor
 from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import IO, Any
 
-from sendgate.store.envelope import Envelope
-from sendgate.store.local.spool import Spool
-
 ROOT = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(ROOT))
+from bench import compare  # noqa: E402  (bench/ is run as scripts, not installed)
+
 SHARED = ROOT.parent / "shared"
 LOAD = SHARED / "bench" / "smtpload.py"
 ANCHOR = SHARED / "anchors" / "postfix-ref"
-SENDER = "alice@example.test"
-RECIPIENT = "bob@example.test"
 HOLD_RESTRICTION = "check_client_access static:HOLD"
 POSTFIX_QUEUES = ("maildrop", "incoming", "active", "deferred", "hold")
 POLL = 0.01  # seconds between queue checks while draining
@@ -62,11 +61,6 @@ CLK_TCK = os.sysconf("SC_CLK_TCK")
 _DELIVERY = re.compile(r"\bevent=delivery\s.*\bresult=(\S+)")
 _PIDS = re.compile(r"\bevent=workers_started\b.* pids=([\d,]+)")
 _RUNNER_PIDS = re.compile(r"\bevent=workers_started\b.* runner_pids=([\d,]+)")
-_TEXT = (
-    "queue drain benchmark relays every message to the loopback sink with the same "
-    "concurrency so that both servers pay for the same work and only the delivery "
-    "path differs between them measured in alternating rounds"
-)
 
 
 @dataclass
@@ -155,26 +149,6 @@ def any_file(top: Path) -> bool:
     except FileNotFoundError:
         return False
     return False
-
-
-def message_bytes(size: int, tag: str) -> bytes:
-    """An RFC 5322 text message of `size` bytes with CRLF lines of at most 72 characters."""
-    header = (
-        f"From: Alice <{SENDER}>\r\nTo: <{RECIPIENT}>\r\nSubject: drain benchmark {tag}\r\n"
-        f"Date: Sat, 28 Nov 2026 00:00:00 +0000\r\nMessage-ID: <{tag}@example.test>\r\n"
-        "MIME-Version: 1.0\r\nContent-Type: text/plain; charset=us-ascii\r\n\r\n"
-    ).encode("ascii")
-    words, line, index = _TEXT.split(), "", 0
-    lines: list[str] = []
-    while len(header) + sum(len(x) + 2 for x in lines) < size:
-        word = words[index % len(words)]
-        index += 1
-        if len(line) + len(word) + 1 > 72:
-            lines.append(line)
-            line = ""
-        line = f"{line} {word}" if line else word
-    body = "".join(f"{x}\r\n" for x in lines).encode("ascii")
-    return header + body[: size - len(header) - 2].rstrip(b"\r\n") + b"\r\n"
 
 
 # --- the reference ----------------------------------------------------------------------------
@@ -398,31 +372,16 @@ class LogWatch:
 
 
 class Sendgate:
-    """A throw-away sendgate instance relaying everything to the sink in plaintext."""
+    """A throw-away sendgate instance relaying everything to the sink in plaintext, made the way
+    bench/compare.py makes one (the reference's certificate and user)."""
 
-    def __init__(self, workdir: Path, sink_port: int, concurrency: int, runners: int) -> None:
+    def __init__(
+        self, workdir: Path, ref: dict[str, str], port: int, concurrency: int, runners: int
+    ) -> None:
         self.cli = [sys.executable, "-m", "sendgate"]
-        subprocess.run(
-            [
-                *self.cli,
-                "init",
-                str(workdir),
-                "--hostname",
-                "msa.example.test",
-                "--submission",
-                "127.0.0.1:0",
-                "--submissions",
-                "127.0.0.1:0",
-                "--smarthost",
-                f"127.0.0.1:{sink_port}",
-                "--smarthost-tls",
-                "none",
-            ],
-            check=True,
-            capture_output=True,
-        )
-        self.config = workdir / "sendgate.toml"
-        set_config(self.config, "listen", {"workers": "1"})  # acceptors stay idle here
+        self.ref, self.port = ref, port
+        self.config = compare.make_sendgate(workdir, ref, port)
+        set_config(self.config, "listen", {"workers": "1"})  # acceptors stay idle in a drain
         set_config(
             self.config,
             "delivery",
@@ -435,25 +394,19 @@ class Sendgate:
         self.spool_dir = workdir / "data" / "spool"
 
     def fill(self, messages: int, size: int) -> None:
-        """Queue `messages` messages as a worker would: one `Spool.put` each, from threads."""
+        """Queue `messages` messages on hold through the submission port, as Postfix's are
+        (smtpload, 16 clients, 100 messages a connection), then stop: the spool holds what
+        the acceptors' group commits wrote, as after a restart."""
         set_config(self.config, "delivery", {"hold": "true"})
-        spool = Spool(self.spool_dir)
-        tag = f"{os.getpid()}-{time.time_ns()}"
-
-        def put(index: int) -> None:
-            data = message_bytes(size, f"{tag}-{index}")
-            envelope = Envelope(
-                queue_id=spool.new_id(),
-                sender=SENDER,
-                recipients=(RECIPIENT,),
-                user=SENDER,
-                received_at=time.time(),
-                size=len(data),
-            )
-            spool.put(envelope, data)
-
-        with ThreadPoolExecutor(8) as pool:
-            list(pool.map(put, range(messages)))
+        proc = compare.serve(self.config)
+        try:
+            load = argparse.Namespace(concurrency=16, size=size, messages=messages, duration=3600.0)
+            result = compare.load("127.0.0.1", self.port, self.ref, compare.PASSWORD, 100, load, [])
+        finally:
+            os.killpg(proc.pid, signal.SIGTERM)
+            proc.wait(60)
+        if result["accepted"] != messages:
+            raise SystemExit(f"sendgate queued {result['accepted']} of {messages}: {result}")
         set_config(self.config, "delivery", {"hold": "false"})
 
     def queued(self) -> bool:
@@ -534,6 +487,7 @@ def main() -> int:
         "--runners", type=int, default=0, help="delivery.runners (default 0: sendgate's choice)"
     )
     parser.add_argument("--timeout", type=float, default=600, help="seconds per drain")
+    parser.add_argument("--port", type=int, default=11687, help="sendgate's submission port")
     parser.add_argument("--json", type=Path, help="also write all raw results here")
     args = parser.parse_args()
     if os.geteuid() != 0:
@@ -553,7 +507,7 @@ def main() -> int:
         prefix="sendgate-drain-",
         dir=ref["REF_STATE_DIR"],
     ) as tmp:
-        sendgate = Sendgate(Path(tmp) / "sg", int(ref["REF_SINK_PORT"]), concurrency, args.runners)
+        sendgate = Sendgate(Path(tmp) / "sg", ref, args.port, concurrency, args.runners)
         for _ in range(args.rounds):
             for run in (postfix.drain(args), sendgate.drain(args, postfix)):
                 if run.delivered != args.messages:
