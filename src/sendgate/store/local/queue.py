@@ -252,11 +252,9 @@ class LocalQueueStore:
 
     def update(self, claim: Claim, state: DeliveryState) -> None:
         queue_id = claim.queue_id
-        self._held(claim)
-        with self._lock:
-            row = self._rows.get(queue_id)
-            if row is not None:
-                row.state_on_disk = True  # before the write: a failed one may leave it too
+        row = self._held(claim)
+        if row is not None:
+            row.state_on_disk = True  # before the write: a failed one may leave it too
         try:
             self._spool.write_state(queue_id, state.to_json())
         except UnknownQueueIdError:
@@ -278,10 +276,8 @@ class LocalQueueStore:
                 self._reschedule(queue_id, row, state.next_attempt)
 
     def complete(self, claim: Claim) -> None:
-        self._held(claim)
-        with self._lock:
-            row = self._rows.get(claim.queue_id)
-            state = row is None or row.state_on_disk
+        row = self._held(claim)
+        state = row is None or row.state_on_disk
         try:
             self._spool.remove(claim.queue_id, durable=False, state=state)
         except UnknownQueueIdError:
@@ -309,12 +305,13 @@ class LocalQueueStore:
 
     # --- the index --------------------------------------------------------------------------
 
-    def _held(self, claim: Claim) -> None:
-        """LeaseLostError unless `claim` is the latest lease of its message."""
+    def _held(self, claim: Claim) -> _Row | None:
+        """LeaseLostError unless `claim` is the latest lease of its message; its row, if any."""
         with self._lock:
             row = self._rows.get(claim.queue_id)
             if row is not None and row.token != claim.token:
                 raise LeaseLostError(f"lease on {claim.queue_id} was lost")
+        return row
 
     def _drop(self, claim: Claim) -> None:
         with self._lock:
