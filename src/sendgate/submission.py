@@ -186,7 +186,8 @@ class SubmissionConnection:
         self._server.log.event("rejected", **fields)
         return reply
 
-    async def _authenticate(self, event: AuthAttempt, session: Session) -> Reply:
+    def _authenticate(self, event: AuthAttempt, session: Session) -> Reply | Awaitable[Reply]:
+        """The everyday login is answered here, at once; anything else costs a thread hop."""
         username = event.username.lower()
         if event.authzid and event.authzid.lower() != username:
             # Acting as another identity is not offered; answer as for a wrong password.
@@ -194,7 +195,7 @@ class SubmissionConnection:
             return replies.AUTH_FAILED
         logins = self._server.logins
         if logins is None or self._client is None:
-            return await self._verify_only(event, username)
+            return self._verify_only(event, username)
         request = LoginRequest(
             client=self._client,
             client_ip=self.client_ip,
@@ -203,16 +204,23 @@ class SubmissionConnection:
             client_name=session.client_name,
             tls_version=session.tls.version if session.tls else None,
         )
-        loop = asyncio.get_running_loop()
         try:
-            # The everyday login is decided here; anything else costs a thread hop.
             result = logins.attempt_at_once(request)
-            if result is None:
-                result = await loop.run_in_executor(
-                    self._server.authenticator.executor, logins.attempt, request
-                )
         except Exception as exc:
             self._log.event("auth_error", "error", user=username, error=type(exc).__name__)
+            return replies.AUTH_TEMPORARY_FAILURE
+        if result is None:
+            return self._attempt(event, request, logins)
+        return self._answer(event, result)  # decided at once: never a wait
+
+    async def _attempt(self, event: AuthAttempt, request: LoginRequest, logins: Logins) -> Reply:
+        loop = asyncio.get_running_loop()
+        try:
+            result = await loop.run_in_executor(
+                self._server.authenticator.executor, logins.attempt, request
+            )
+        except Exception as exc:
+            self._log.event("auth_error", "error", user=request.username, error=type(exc).__name__)
             return replies.AUTH_TEMPORARY_FAILURE
         if result.wait > 0:
             await asyncio.sleep(result.wait)  # a timer: the worker serves others meanwhile

@@ -9,7 +9,13 @@ from __future__ import annotations
 
 import ipaddress
 
-from sendgate.policy.networks import HOST_PREFIX, IPNetwork, client_address, supernet
+from sendgate.policy.networks import (
+    HOST_PREFIX,
+    IPNetwork,
+    client_address,
+    network_text,
+    supernet,
+)
 
 NET = "net:"
 ACCOUNT = "account:"
@@ -18,7 +24,7 @@ KNOWN = "known:"
 
 def net_key(network: IPNetwork) -> str:
     """The ban key of a network."""
-    return NET + str(network)
+    return NET + network_text(network)
 
 
 def account_key(username: str) -> str:
@@ -31,7 +37,8 @@ def known_lock_key(username: str, network: IPNetwork | str) -> str:
 
     Its own prefix: no name a client can type makes an account key equal to it.
     """
-    return f"{KNOWN}{username.lower()}|{network}"
+    where = network if isinstance(network, str) else network_text(network)
+    return f"{KNOWN}{username.lower()}|{where}"
 
 
 def failures_key(network: IPNetwork) -> str:

@@ -31,7 +31,7 @@ from sendgate.config.schema import LoginLimitsConfig
 from sendgate.policy.auth import Authenticator, AuthResult
 from sendgate.policy.dovecot import DovecotAuth
 from sendgate.policy.guard import NETWORK_BANNED, Failure, KnownNetworks, LoginGuard
-from sendgate.policy.networks import ClientNetworks
+from sendgate.policy.networks import ClientNetworks, network_text
 from sendgate.store.limits import Ban
 from sendgate.store.users import AppPassword, Flag, LoginNote, UserRecord
 
@@ -167,7 +167,7 @@ class Logins:
             if note.new and not note.first and self._notifier is not None:
                 notice = self._notifier.send(
                     user,
-                    network=str(request.client.block),
+                    network=network_text(request.client.block),
                     client_ip=request.client_ip,
                     client_name=request.client_name,
                     tls_version=request.tls_version,
@@ -244,8 +244,9 @@ class Logins:
 
     def _note_due(self, user: UserRecord, request: LoginRequest) -> bool:
         """Whether a login now must note its network (not noted by this process lately)."""
+        key = (user.username, network_text(request.client.block))
         with self._lock:
-            return not self._noted_lately((user.username, str(request.client.block)), self._now())
+            return not self._noted_lately(key, self._now())
 
     def _noted_lately(self, key: tuple[str, str], now: float) -> bool:
         """Whether this process noted `key` (user, network) within NOTE_REFRESH; hold the lock."""
@@ -253,7 +254,7 @@ class Logins:
         return noted is not None and 0 <= now - noted < NOTE_REFRESH
 
     def _note(self, user: UserRecord, request: LoginRequest) -> LoginNote | None:
-        network = str(request.client.block)
+        network = network_text(request.client.block)
         key = (user.username, network)
         now = self._now()
         with self._lock:

@@ -70,6 +70,12 @@ def is_allowed(address: IPAddress, allow: tuple[IPNetwork, ...]) -> bool:
     return any(address.version == net.version and address in net for net in allow)
 
 
+@functools.lru_cache(maxsize=8192)
+def network_text(network: IPNetwork) -> str:
+    """`str(network)`, remembered: a login names its client's networks several times."""
+    return str(network)
+
+
 # Clients come back: parsing an address and making its networks took 12 us a connection.
 @functools.lru_cache(maxsize=4096)
 def _networks_of(text: str) -> ClientNetworks:

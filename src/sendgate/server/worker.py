@@ -34,7 +34,7 @@ from sendgate.smtp import replies
 from sendgate.smtp.session import SessionSettings
 
 _ACCEPT_RETRY_DELAY = 1.0  # seconds without accepting after EMFILE and the like
-_ACCEPT_BATCH = 128  # connections taken at once past the first (the others wait a turn)
+_ACCEPT_BATCH = 128  # connections taken in one turn of the loop (the others wait a turn)
 # (user id, conn id) -> admission of a sendmail-socket client
 LocalFactory = Callable[[int, str], Admission | Awaitable[Admission]]
 
@@ -340,29 +340,46 @@ class Worker:
         self, sock: socket.socket, take: Callable[[socket.socket, str], None]
     ) -> None:
         """Accept on `sock` until cancelled, handing each connection and its peer's address
-        to `take`."""
+        to `take`.
+
+        The listening socket keeps one reader for as long as the worker serves: the loop's
+        sock_accept registers a reader and a future for every connection and removes them again
+        (eight system calls a connection on uvloop). Each turn in which the socket is readable
+        takes up to _ACCEPT_BATCH connections: a new client must not wait one busy turn for
+        each client queued before it.
+        """
         loop = asyncio.get_running_loop()
-        while True:
-            try:
-                conn, peer = await loop.sock_accept(sock)
-            except (BlockingIOError, InterruptedError, ConnectionAbortedError):
-                continue  # the client left before we took it: nothing to do
-            except OSError as exc:
-                # Out of descriptors or buffers: back off as asyncio's own listeners do.
-                self.log.event("accept_failed", "error", error=type(exc).__name__, detail=str(exc))
-                await asyncio.sleep(_ACCEPT_RETRY_DELAY)
-                continue
-            take(conn, str(peer[0]))
-            # uvloop's sock_accept takes one connection per loop turn, and a turn under load
-            # lasts a while: take the others already waiting now, or a new client waits one
-            # turn for each client queued before it.
+        sock.setblocking(False)
+        fd = sock.fileno()
+        resume: asyncio.TimerHandle | None = None
+
+        def acceptable() -> None:
+            nonlocal resume
             for _ in range(_ACCEPT_BATCH):
                 try:
                     conn, peer = sock.accept()
-                except OSError:
-                    break  # none waiting; anything worse, sock_accept meets and backs off
+                except BlockingIOError:
+                    return  # none waiting
+                except (InterruptedError, ConnectionAbortedError):
+                    continue  # the client left before we took it: nothing to do
+                except OSError as exc:
+                    # Out of descriptors or buffers: back off as asyncio's own listeners do.
+                    self.log.event(
+                        "accept_failed", "error", error=type(exc).__name__, detail=str(exc)
+                    )
+                    loop.remove_reader(fd)
+                    resume = loop.call_later(_ACCEPT_RETRY_DELAY, loop.add_reader, fd, acceptable)
+                    return
                 conn.setblocking(False)
                 take(conn, str(peer[0]))
+
+        loop.add_reader(fd, acceptable)
+        try:
+            await loop.create_future()  # until cancelled
+        finally:
+            if resume is not None:
+                resume.cancel()
+            loop.remove_reader(fd)
 
     async def _accept_proxied(self, sock: socket.socket, implicit_tls: bool) -> None:
         """Behind a proxy: accept here, and take each connection's PROXY header in a task."""

@@ -6,12 +6,16 @@ Each test drives a live Worker (see conftest.py) on asyncio's event loop and on 
 from __future__ import annotations
 
 import concurrent.futures
+import contextlib
+import os
+import resource
 import socket
 import ssl
 from pathlib import Path
 
 import trustme
 from tests.unit.server.conftest import (
+    WAIT,
     Admissions,
     CertPair,
     Client,
@@ -168,3 +172,32 @@ def test_many_clients_at_once_on_both_ports(serve: ServeFactory) -> None:
     assert codes == [221] * clients
     live.log.wait_for(r"event=disconnect ", count=clients)
     assert live.caps.active() == 0
+
+
+def test_out_of_descriptors_the_listener_backs_off_then_takes_the_client(
+    serve: ServeFactory,
+) -> None:
+    live = serve()
+    sock = socket.socket()  # its descriptor now: none is left once the table is full
+    sock.settimeout(WAIT)
+    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    fillers: list[int] = []
+    try:
+        # Every descriptor number below the new limit taken: the worker's accept gets EMFILE.
+        highest = max(int(name) for name in os.listdir("/proc/self/fd"))
+        resource.setrlimit(resource.RLIMIT_NOFILE, (highest + 1, hard))
+        with contextlib.suppress(OSError):
+            while True:
+                fillers.append(os.open(os.devnull, os.O_RDONLY))
+        sock.connect(("127.0.0.1", live.port))  # the kernel completes it; accept fails
+        line = live.log.wait_for(r"event=accept_failed ")
+    finally:
+        for fd in fillers:
+            os.close(fd)
+        resource.setrlimit(resource.RLIMIT_NOFILE, (soft, hard))
+    assert "error=OSError" in line
+    assert "Too many open files" in line
+    # The listener tries again a moment later and serves the client that waited in the backlog.
+    with greeted(Client(sock)) as client:
+        assert client.command("QUIT").code == 221
+    assert len(live.log.matching("event=accept_failed ")) == 1
