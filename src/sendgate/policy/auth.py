@@ -17,7 +17,7 @@ removed app password ends it. Passwords are never stored, logged or shown in a r
 
 import asyncio
 import concurrent.futures
-import hashlib
+import functools
 import hmac
 import secrets
 import threading
@@ -192,7 +192,6 @@ class Authenticator:
     def _cache_key(
         self, user: UserRecord, label: str | None, stored_hash: str, secret: bytes
     ) -> bytes:
-        mac = hmac.new(self._cache_secret, digestmod=hashlib.sha256)
         # Which secret matched is part of the key: "main" or "app:" + label cannot collide.
         which = "main" if label is None else "app:" + label
         fields = (
@@ -202,11 +201,9 @@ class Authenticator:
             stored_hash.encode(),
             secret,
         )
-        for part in fields:
-            # Length prefixes keep the field boundaries unambiguous.
-            mac.update(len(part).to_bytes(8, "big"))
-            mac.update(part)
-        return mac.digest()
+        # Length prefixes keep the field boundaries unambiguous.
+        message = b"".join(len(part).to_bytes(8, "big") + part for part in fields)
+        return hmac.digest(self._cache_secret, message, "sha256")
 
     def _cache_hit(self, key: bytes) -> bool:
         # A plain dict lookup is safe here: keys are MACs under a secret key, so how long a
@@ -241,6 +238,7 @@ def _matching_app_password(apps: Sequence[AppPassword], password: str) -> AppPas
     return None
 
 
+@functools.lru_cache(maxsize=1024)  # every login asks it of its user's hash
 def _is_parsable(encoded_hash: str) -> bool:
     """Return True if `encoded_hash` looks like an argon2 hash (a cheap parse, no hashing)."""
     try:

@@ -22,6 +22,7 @@ an attacker behind an office's or a carrier's NAT must not lock out the users th
 
 from __future__ import annotations
 
+import functools
 import hashlib
 import ipaddress
 import mmap
@@ -32,9 +33,11 @@ from collections.abc import Callable
 BUCKETS = 65536
 _WIDTH = 4  # bytes per counter (uint32)
 _UNAUTHENTICATED = BUCKETS + 1  # the slot of a row that counts unauthenticated connections
+_BUCKETS_REMEMBERED = 4096
 RATE_WINDOW = 10.0  # seconds; connections ending without a login are counted per window
 
 
+@functools.lru_cache(maxsize=4096)  # clients come back; each connection asks twice
 def address_key(ip: str) -> str:
     """What one client is for the caps and the flood log: its IPv4 address, or its IPv6 /64."""
     try:
@@ -74,12 +77,21 @@ class ConnectionCaps:
         self._clock = clock
         self.max_anonymous_per_window = max_anonymous_per_window  # 0: no limit
         self._key = secrets.token_bytes(16)
+        self._buckets: dict[str, int] = {}  # an address's bucket, asked several times a connection
         self.max_total = max_total
         self.max_per_ip = max_per_ip
         self.max_unauthenticated = min(max_unauthenticated or max_total, max_total)
         self.worker = 0
 
     def bucket(self, ip: str) -> int:
+        slot = self._buckets.get(ip)
+        if slot is None:
+            if len(self._buckets) >= _BUCKETS_REMEMBERED:
+                self._buckets.clear()
+            slot = self._buckets[ip] = self._bucket(ip)
+        return slot
+
+    def _bucket(self, ip: str) -> int:
         try:
             addr = ipaddress.ip_address(ip)
         except ValueError:

@@ -180,14 +180,17 @@ def _flood_unread(sock: socket.socket, stopped: threading.Event) -> None:
         stopped.set()
 
 
-def _server_sockets_towards(client_port: int) -> list[str]:
-    """The TCP states (hex, as /proc/net/tcp gives them) of sockets whose peer is this local
-    port: the server's end of that connection, while the kernel keeps it."""
+def _server_sockets_towards(client: tuple[str, int], server: tuple[str, int]) -> list[str]:
+    """The TCP states (hex, as /proc/net/tcp gives them) of the server's end of the connection
+    between these two ends, while the kernel keeps it. Both ports are compared: a socket of an
+    earlier connection from the same client port to another server (in TIME_WAIT there) is not
+    this one."""
     states = []
     for line in Path("/proc/net/tcp").read_text().splitlines()[1:]:
         fields = line.split()
+        local_port = int(fields[1].rpartition(":")[2], 16)
         remote_port = int(fields[2].rpartition(":")[2], 16)
-        if remote_port == client_port:
+        if (local_port, remote_port) == (server[1], client[1]):
             states.append(fields[3])
     return states
 
@@ -197,7 +200,7 @@ def test_a_client_that_never_reads_its_replies_is_dropped(serve: ServeFactory, p
     live = serve(timeouts=FAST)
     client = greeted(live.client() if port == "587" else live.tls_client())
     client.sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 4096)
-    client_end = client.sock.getsockname()
+    client_end, server_end = client.sock.getsockname(), client.sock.getpeername()
     stopped = threading.Event()
     flood = threading.Thread(target=_flood_unread, args=(client.sock, stopped), daemon=True)
     flood.start()
@@ -205,7 +208,7 @@ def test_a_client_that_never_reads_its_replies_is_dropped(serve: ServeFactory, p
     # connection is reset: the 421 can never be delivered, and a plain close would leave the
     # unread replies queued in the kernel behind a FIN (and the client blocked in its write).
     assert stopped.wait(WAIT), "the server never dropped a client that does not read"
-    assert _server_sockets_towards(client_end[1]) == []
+    assert _server_sockets_towards(client_end, server_end) == []
     flood.join(WAIT)
     client.sock.close()
     live.log.wait_for(rf"event=timeout {CONN} kind=idle$")

@@ -8,6 +8,7 @@ but an object of known settings with values of the right type is a `StoreError`,
 or hand-edited row cannot silently loosen a limit. Networks are bound only as SQL parameters.
 """
 
+import functools
 import json
 import sqlite3
 from collections.abc import Iterable
@@ -47,18 +48,25 @@ def load_settings(text: str, username: str, path: Path | str) -> UserSettings:
     """Parse what `dump_settings` wrote; StoreError naming the store (its file or database)
     and the user if it is not that."""
     try:
-        data = json.loads(text)
-        if not isinstance(data, dict):
-            raise ValueError("not a JSON object")
-        unknown = sorted(set(data) - set(SETTING_NAMES))
-        if unknown:
-            raise ValueError(f"unknown setting {unknown[0]!r}")
-        return UserSettings(**data)
+        return _parsed_settings(text)
     except (ValueError, TypeError, RecursionError) as exc:
         reason = str(exc).splitlines()[0] if str(exc) else type(exc).__name__
         raise StoreError(
             f"user store {path}: settings of user {username} are not valid: {reason}"
         ) from exc
+
+
+# Every login reads its user's row: its settings are parsed once per distinct text (the
+# result is immutable; a failure is not remembered, so each read reports it).
+@functools.lru_cache(maxsize=1024)
+def _parsed_settings(text: str) -> UserSettings:
+    data = json.loads(text)
+    if not isinstance(data, dict):
+        raise ValueError("not a JSON object")
+    unknown = sorted(set(data) - set(SETTING_NAMES))
+    if unknown:
+        raise ValueError(f"unknown setting {unknown[0]!r}")
+    return UserSettings(**data)
 
 
 def fold_records(rows: Iterable[Any], where: Path | str) -> list[UserRecord]:
