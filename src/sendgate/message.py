@@ -9,7 +9,6 @@ built from trusted values only; the client's EHLO name is reduced to a safe char
 from __future__ import annotations
 
 import re
-import secrets
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from email.utils import format_datetime
@@ -17,6 +16,7 @@ from email.utils import format_datetime
 from sendgate.headers import header_end
 from sendgate.smtp.address import Address, AddressError, parse_header_mailboxes
 from sendgate.smtp.events import TlsInfo
+from sendgate.store.envelope import UNIQUE
 from sendgate.text import header_host
 
 _FIELD_NAME = re.compile(rb"[\x21-\x39\x3b-\x7e]+")
@@ -111,7 +111,10 @@ def received_header(
 
 
 def new_message_id(hostname: str, queue_id: str) -> str:
-    return f"<{queue_id}.{secrets.token_hex(6)}@{hostname}>"
+    # Unique, not secret (the queue id is in it already): bits from the process's generator,
+    # as the queue id's. A getrandom call on the event loop gives the GIL away to the spool's
+    # thread and waits to get it back.
+    return f"<{queue_id}.{UNIQUE.getrandbits(48):012x}@{hostname}>"
 
 
 def fix_up(
