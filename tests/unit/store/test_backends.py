@@ -138,7 +138,7 @@ def test_stores_open_each_store_on_first_use_and_keep_it(cfg: Config, opened: li
     assert stores.users is users
     made = {p.name for p in cfg.data_dir.iterdir()}
     assert "users.db" in made
-    assert made <= {"users.db", "users.db-wal", "users.db-shm"}
+    assert made <= {"users.db", "users.db-wal", "users.db-shm", "users.db-mark"}
 
     limits = stores.limits
     assert stores.limits is limits

@@ -28,10 +28,12 @@ from sendgate.store.limits import (
     check_rate,
     check_requests,
 )
+from sendgate.store.local.changes import REREAD, ChangeMark
 from sendgate.store.local.sqlite import Database
 
 SCHEMA_VERSION = 1
 PRUNE_EVERY = 1000
+_BANS_KEPT = 4096  # key sets whose ban reads are kept (all are dropped when it is reached)
 # Float slack for GCRA comparisons: limit/period rarely divides evenly, and a budget's last
 # unit must not be refused for a rounding error.
 _SLACK = 1e-9
@@ -73,6 +75,11 @@ class LocalLimitStore:
         self._clock = clock
         self._writes = 0
         self._writes_lock = threading.Lock()
+        # Renewed after every change of a ban (not of the counters, written with every message):
+        # the event loop's ban reads are kept until then (`store.local.changes`).
+        self._bans_mark = ChangeMark(path.with_name(path.name + "-bans"), owner_of=path)
+        self._bans_kept: dict[tuple[str, ...], tuple[bytes, float, list[Any]]] = {}
+        self._kept_clock = time.monotonic
 
     def now(self) -> float:
         return self._clock()
@@ -179,6 +186,7 @@ class LocalLimitStore:
                 (key, since, until, reason, offences, until + memory),
             )
             self._maybe_prune(db, now)
+        self._bans_mark.renew()
         return Ban(key, since, until, reason, offences)
 
     def ban_of(self, key: str) -> Ban | None:
@@ -201,9 +209,22 @@ class LocalLimitStore:
     def active_bans_at_once(self, keys: Sequence[str]) -> list[Ban] | None:
         if not keys:
             return []
-        query, now = _bans_query(len(keys)), self._clock()
-        rows = self._db.read_at_once(lambda db: db.execute(query, (*keys, now)).fetchall())
-        return None if rows is None else _in_order(keys, rows)
+        wanted, now = tuple(keys), self._clock()
+        mark, at = self._bans_mark.current(), self._kept_clock()
+        kept = self._bans_kept.get(wanted)
+        if kept is not None and kept[0] == mark and 0 <= at - kept[1] < REREAD:
+            rows = kept[2]
+        else:
+            # The keys' bans whatever their end: kept, they are filtered by the time of each ask.
+            query = _bans_query(len(wanted), active_only=False)
+            found = self._db.read_at_once(lambda db: db.execute(query, wanted).fetchall())
+            if found is None:
+                return None
+            rows = found
+            if len(self._bans_kept) >= _BANS_KEPT:
+                self._bans_kept.clear()
+            self._bans_kept[wanted] = (mark, at, rows)
+        return _in_order(keys, [row for row in rows if float(row[2]) > now])
 
     def offences(self, key: str, *, memory: float) -> int:
         now = self._clock()
@@ -221,7 +242,9 @@ class LocalLimitStore:
                 " WHERE key = ? AND until > ?",
                 (now, now, key, now),
             )
-            return cursor.rowcount > 0
+            lifted = cursor.rowcount > 0
+        self._bans_mark.renew()
+        return lifted
 
     def bans(self) -> list[Ban]:
         now = self._clock()
@@ -234,6 +257,7 @@ class LocalLimitStore:
 
     def close(self) -> None:
         self._db.close()
+        self._bans_mark.close()
 
     def _maybe_prune(self, db: sqlite3.Connection, now: float) -> None:
         """Every PRUNE_EVERY writes of this process, delete what nobody needs any more."""
@@ -246,13 +270,12 @@ class LocalLimitStore:
             db.execute("DELETE FROM bans WHERE expires <= ?", (now,))
 
 
-def _bans_query(count: int) -> str:
-    """The active bans among `count` keys, bound as parameters, then the time."""
+def _bans_query(count: int, *, active_only: bool = True) -> str:
+    """The bans among `count` keys, bound as parameters; `active_only`: then the time."""
     marks = ",".join("?" * count)
     # Only "?" placeholders are formatted in; the keys themselves are bound.
-    return (
-        f"SELECT key, since, until, reason, offences FROM bans WHERE key IN ({marks}) AND until > ?"  # noqa: S608
-    )
+    query = f"SELECT key, since, until, reason, offences FROM bans WHERE key IN ({marks})"  # noqa: S608
+    return query + " AND until > ?" if active_only else query
 
 
 def _in_order(keys: Sequence[str], rows: list[Any]) -> list[Ban]:

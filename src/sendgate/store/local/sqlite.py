@@ -25,6 +25,7 @@ from pathlib import Path
 from typing import TypeVar
 
 from sendgate.errors import StoreError
+from sendgate.store.local.changes import ChangeMark
 
 _T = TypeVar("_T")
 
@@ -41,12 +42,15 @@ class Database:
         version: int,
         migrations: Mapping[int, Sequence[str]] | None = None,
         busy_timeout: float = 5.0,
+        mark: ChangeMark | None = None,
     ) -> None:
         """Open (creating or upgrading if needed) `path`; `name` ("user store") names it in errors.
 
         `migrations` maps a version N to the statements that upgrade a version-N file to N + 1.
+        `mark`: renewed after every commit of `writing` (see `store.local.changes`).
         """
         self.path = path
+        self.mark = mark
         self._name = name
         self._lock = threading.Lock()
         # The event loop's connection (`read_at_once`): opened on first use, never waits.
@@ -84,6 +88,8 @@ class Database:
             db.execute("BEGIN IMMEDIATE")
             with db:  # commits on success, rolls back on any exception
                 yield db
+            if self.mark is not None:
+                self.mark.renew()
 
     def read_at_once(self, read: Callable[[sqlite3.Connection], _T]) -> _T | None:
         """`read(connection)` if it can run without waiting for anything, else None.
@@ -116,6 +122,8 @@ class Database:
                 self._quick.close()
         with self._lock:
             self._db.close()
+            if self.mark is not None:
+                self.mark.close()  # under the lock that `writing` renews it under
 
     def _set_up(
         self, schema: Sequence[str], version: int, migrations: Mapping[int, Sequence[str]]

@@ -10,10 +10,12 @@ or wrong types are a `StoreError`), so a damaged row never silently loosens a li
 """
 
 import sqlite3
+import time
 from pathlib import Path
 from typing import Any
 
 from sendgate.errors import UserError
+from sendgate.store.local.changes import REREAD, ChangeMark
 from sendgate.store.local.sqlite import Database
 from sendgate.store.local.user_rows import (
     KNOWN_NETWORKS_SCHEMA,
@@ -79,6 +81,7 @@ _SELECT_USERS = """SELECT users.username, users.password_hash, users.generation,
 _SELECT_APP_PASSWORDS = """SELECT label, password_hash, lookup, created, last_used
     FROM app_passwords WHERE username = ? ORDER BY label"""
 _ORDER = " ORDER BY users.username, addresses.address"
+_LOGINS_KEPT = 4096  # users whose login reads are kept (all are dropped when it is reached)
 
 
 class LocalUserStore:
@@ -94,6 +97,9 @@ class LocalUserStore:
             migrations=MIGRATIONS,
             busy_timeout=busy_timeout,
         )
+        # Every write renews the mark: a login read is kept until then (`store.local.changes`).
+        self._mark = self._db.mark = ChangeMark(path.with_name(path.name + "-mark"), owner_of=path)
+        self._logins: dict[str, tuple[bytes, float, UserRecord, tuple[AppPassword, ...]]] = {}
 
     def get_user(self, username: str) -> UserRecord | None:
         """Return the user, or None when there is no such user."""
@@ -106,6 +112,11 @@ class LocalUserStore:
 
     def login_at_once(self, username: str) -> tuple[UserRecord, list[AppPassword]] | None:
         key = username.lower()
+        mark = self._mark.current()
+        now = time.monotonic()
+        kept = self._logins.get(key)
+        if kept is not None and kept[0] == mark and 0 <= now - kept[1] < REREAD:
+            return kept[2], list(kept[3])
 
         def read(db: sqlite3.Connection) -> tuple[list[Any], list[Any]] | None:
             users = db.execute(f"{_SELECT_USERS} WHERE users.username = ?{_ORDER}", (key,))
@@ -117,8 +128,12 @@ class LocalUserStore:
         found = self._db.read_at_once(read)
         if found is None:
             return None
-        rows, apps = found
-        return fold_records(rows, self._db.path)[0], [AppPassword(*row) for row in apps]
+        rows, app_rows = found
+        user, apps = fold_records(rows, self._db.path)[0], [AppPassword(*row) for row in app_rows]
+        if len(self._logins) >= _LOGINS_KEPT:
+            self._logins.clear()
+        self._logins[key] = (mark, now, user, tuple(apps))
+        return user, apps
 
     def add_user(self, username: str, password_hash: str) -> None:
         """Create a user who owns its own address; refuse an existing user or owned address."""

@@ -1,7 +1,8 @@
 """Tests for LocalUserStore.login_at_once: the user lookup an event loop may make.
 
 Like the ban check at accept (test_limits_at_once), it must answer from SQLite without ever
-waiting: not for a write in progress in another process, not for another thread.
+waiting: not for a write in progress in another process, not for another thread. What it read
+is kept until any write to the store (its change mark) or REREAD seconds.
 """
 
 from __future__ import annotations
@@ -15,6 +16,7 @@ from tests.support.sqlite import quick_read_elsewhere, write_in_progress
 from sendgate.store.local.users import LocalUserStore
 
 HASH = "$argon2id$v=19$m=8,t=1,p=1$c2FsdHNhbHQ$aGFzaGhhc2g"
+NEW_HASH = "$argon2id$v=19$m=8,t=1,p=1$c2FsdHNhbHQ$bmV3bmV3bmV3"
 ALICE = "alice@example.org"
 
 
@@ -51,3 +53,30 @@ def test_it_gives_up_rather_than_wait_for_another_thread(store: LocalUserStore) 
 def test_a_closed_store_answers_nothing_at_once(store: LocalUserStore) -> None:
     store.close()
     assert store.login_at_once(ALICE) is None
+
+
+def test_a_kept_read_gives_way_to_another_process_s_change(
+    store: LocalUserStore, tmp_path: Path
+) -> None:
+    elsewhere = LocalUserStore(tmp_path / "users.db")
+    try:
+        before = store.login_at_once(ALICE)  # read, and kept
+        assert before is not None
+        elsewhere.set_password_hash(ALICE, NEW_HASH)
+        after = store.login_at_once(ALICE)
+        assert after is not None
+        assert after[0].password_hash == NEW_HASH
+        assert after[0].generation > before[0].generation
+        elsewhere.remove_app_password(ALICE, "phone")
+        assert store.login_at_once(ALICE) == (elsewhere.get_user(ALICE), [])
+    finally:
+        elsewhere.close()
+
+
+def test_a_kept_read_is_the_store_s_answer_until_something_changes(
+    store: LocalUserStore,
+) -> None:
+    first = store.login_at_once(ALICE)
+    assert first is not None
+    first[1].clear()  # what a caller does with its copy is not kept
+    assert store.login_at_once(ALICE) == (store.get_user(ALICE), store.app_passwords(ALICE))
