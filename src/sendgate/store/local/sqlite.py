@@ -42,15 +42,15 @@ class Database:
         version: int,
         migrations: Mapping[int, Sequence[str]] | None = None,
         busy_timeout: float = 5.0,
-        mark: ChangeMark | None = None,
     ) -> None:
         """Open (creating or upgrading if needed) `path`; `name` ("user store") names it in errors.
 
         `migrations` maps a version N to the statements that upgrade a version-N file to N + 1.
-        `mark`: renewed after every commit of `writing` (see `store.local.changes`).
         """
         self.path = path
-        self.mark = mark
+        # Renewed after every commit of `writing` when a store sets it (`store.local.changes`);
+        # set once the file exists, whose owner the mark's file gets.
+        self.mark: ChangeMark | None = None
         self._name = name
         self._lock = threading.Lock()
         # The event loop's connection (`read_at_once`): opened on first use, never waits.
