@@ -24,12 +24,18 @@ from __future__ import annotations
 import contextlib
 import mmap
 import os
+import time
+from collections.abc import Callable, Hashable
 from pathlib import Path
+from typing import Generic, TypeVar
 
 from sendgate.store.envelope import UNIQUE
 
 REREAD = 1.0  # seconds a read may be kept, whatever the mark says
+KEPT = 4096  # reads kept at most (all are dropped when it is reached)
 _SIZE = 8
+_K = TypeVar("_K", bound=Hashable)
+_V = TypeVar("_V")
 
 
 class ChangeMark:
@@ -63,6 +69,35 @@ class ChangeMark:
         if self._map is not None:
             self._map.close()
             self._map = None
+
+
+class KeptReads(Generic[_K, _V]):
+    """Reads kept by key, each with the mark and the time seen before it was read.
+
+    For one thread (an event loop): `seen()` before reading, then `get` a kept read that is
+    still good, or read and `keep` the result with what `seen()` said.
+    """
+
+    def __init__(self, mark: ChangeMark, *, clock: Callable[[], float] = time.monotonic) -> None:
+        self.mark = mark
+        self.clock = clock
+        self._kept: dict[_K, tuple[bytes, float, _V]] = {}
+
+    def seen(self) -> tuple[bytes, float]:
+        """The mark and the time now: take them before reading."""
+        return self.mark.current(), self.clock()
+
+    def get(self, key: _K, seen: tuple[bytes, float]) -> _V | None:
+        """The read kept for `key` if the mark is still the one seen and REREAD has not passed."""
+        kept = self._kept.get(key)
+        if kept is not None and kept[0] == seen[0] and 0 <= seen[1] - kept[1] < REREAD:
+            return kept[2]
+        return None
+
+    def keep(self, key: _K, seen: tuple[bytes, float], value: _V) -> None:
+        if len(self._kept) >= KEPT:
+            self._kept.clear()
+        self._kept[key] = (seen[0], seen[1], value)
 
 
 def _open(path: Path, owner_of: Path | None) -> mmap.mmap:

@@ -28,12 +28,11 @@ from sendgate.store.limits import (
     check_rate,
     check_requests,
 )
-from sendgate.store.local.changes import REREAD, ChangeMark
+from sendgate.store.local.changes import ChangeMark, KeptReads
 from sendgate.store.local.sqlite import Database
 
 SCHEMA_VERSION = 1
 PRUNE_EVERY = 1000
-_BANS_KEPT = 4096  # key sets whose ban reads are kept (all are dropped when it is reached)
 # Float slack for GCRA comparisons: limit/period rarely divides evenly, and a budget's last
 # unit must not be refused for a rounding error.
 _SLACK = 1e-9
@@ -78,8 +77,7 @@ class LocalLimitStore:
         # Renewed after every change of a ban (not of the counters, written with every message):
         # the event loop's ban reads are kept until then (`store.local.changes`).
         self._bans_mark = ChangeMark(path.with_name(path.name + "-bans"), owner_of=path)
-        self._bans_kept: dict[tuple[str, ...], tuple[bytes, float, list[Any]]] = {}
-        self._kept_clock = time.monotonic
+        self._bans_kept: KeptReads[tuple[str, ...], list[Any]] = KeptReads(self._bans_mark)
 
     def now(self) -> float:
         return self._clock()
@@ -210,20 +208,15 @@ class LocalLimitStore:
         if not keys:
             return []
         wanted, now = tuple(keys), self._clock()
-        mark, at = self._bans_mark.current(), self._kept_clock()
-        kept = self._bans_kept.get(wanted)
-        if kept is not None and kept[0] == mark and 0 <= at - kept[1] < REREAD:
-            rows = kept[2]
-        else:
+        seen = self._bans_kept.seen()
+        rows = self._bans_kept.get(wanted, seen)
+        if rows is None:
             # The keys' bans whatever their end: kept, they are filtered by the time of each ask.
             query = _bans_query(len(wanted), active_only=False)
-            found = self._db.read_at_once(lambda db: db.execute(query, wanted).fetchall())
-            if found is None:
+            rows = self._db.read_at_once(lambda db: db.execute(query, wanted).fetchall())
+            if rows is None:
                 return None
-            rows = found
-            if len(self._bans_kept) >= _BANS_KEPT:
-                self._bans_kept.clear()
-            self._bans_kept[wanted] = (mark, at, rows)
+            self._bans_kept.keep(wanted, seen, rows)
         return _in_order(keys, [row for row in rows if float(row[2]) > now])
 
     def offences(self, key: str, *, memory: float) -> int:

@@ -10,12 +10,11 @@ or wrong types are a `StoreError`), so a damaged row never silently loosens a li
 """
 
 import sqlite3
-import time
 from pathlib import Path
 from typing import Any
 
 from sendgate.errors import UserError
-from sendgate.store.local.changes import REREAD, ChangeMark
+from sendgate.store.local.changes import ChangeMark, KeptReads
 from sendgate.store.local.sqlite import Database
 from sendgate.store.local.user_rows import (
     KNOWN_NETWORKS_SCHEMA,
@@ -81,7 +80,6 @@ _SELECT_USERS = """SELECT users.username, users.password_hash, users.generation,
 _SELECT_APP_PASSWORDS = """SELECT label, password_hash, lookup, created, last_used
     FROM app_passwords WHERE username = ? ORDER BY label"""
 _ORDER = " ORDER BY users.username, addresses.address"
-_LOGINS_KEPT = 4096  # users whose login reads are kept (all are dropped when it is reached)
 
 
 class LocalUserStore:
@@ -98,8 +96,9 @@ class LocalUserStore:
             busy_timeout=busy_timeout,
         )
         # Every write renews the mark: a login read is kept until then (`store.local.changes`).
-        self._mark = self._db.mark = ChangeMark(path.with_name(path.name + "-mark"), owner_of=path)
-        self._logins: dict[str, tuple[bytes, float, UserRecord, tuple[AppPassword, ...]]] = {}
+        self._db.mark = ChangeMark(path.with_name(path.name + "-mark"), owner_of=path)
+        self._logins: KeptReads[str, tuple[UserRecord, tuple[AppPassword, ...]]]
+        self._logins = KeptReads(self._db.mark)
 
     def get_user(self, username: str) -> UserRecord | None:
         """Return the user, or None when there is no such user."""
@@ -112,11 +111,10 @@ class LocalUserStore:
 
     def login_at_once(self, username: str) -> tuple[UserRecord, list[AppPassword]] | None:
         key = username.lower()
-        mark = self._mark.current()
-        now = time.monotonic()
-        kept = self._logins.get(key)
-        if kept is not None and kept[0] == mark and 0 <= now - kept[1] < REREAD:
-            return kept[2], list(kept[3])
+        seen = self._logins.seen()
+        kept = self._logins.get(key, seen)
+        if kept is not None:
+            return kept[0], list(kept[1])
 
         def read(db: sqlite3.Connection) -> tuple[list[Any], list[Any]] | None:
             users = db.execute(f"{_SELECT_USERS} WHERE users.username = ?{_ORDER}", (key,))
@@ -130,9 +128,7 @@ class LocalUserStore:
             return None
         rows, app_rows = found
         user, apps = fold_records(rows, self._db.path)[0], [AppPassword(*row) for row in app_rows]
-        if len(self._logins) >= _LOGINS_KEPT:
-            self._logins.clear()
-        self._logins[key] = (mark, now, user, tuple(apps))
+        self._logins.keep(key, seen, (user, tuple(apps)))
         return user, apps
 
     def add_user(self, username: str, password_hash: str) -> None:

@@ -6,7 +6,7 @@ import os
 import stat
 from pathlib import Path
 
-from sendgate.store.local.changes import ChangeMark
+from sendgate.store.local.changes import KEPT, REREAD, ChangeMark, KeptReads
 
 NOBODY = 65534
 
@@ -55,3 +55,36 @@ def test_a_closed_mark_never_repeats_and_renews_nothing(tmp_path: Path) -> None:
     assert mark.current() != before
     assert mark.current() != mark.current()
     mark.renew()
+
+
+def test_kept_reads_last_until_the_mark_changes_or_reread_passes(tmp_path: Path) -> None:
+    mark = ChangeMark(tmp_path / "db-mark")
+    now = [100.0]
+    kept: KeptReads[str, int] = KeptReads(mark, clock=lambda: now[0])
+    try:
+        seen = kept.seen()
+        assert kept.get("a", seen) is None  # nothing read yet
+        kept.keep("a", seen, 1)
+        assert kept.get("a", kept.seen()) == 1
+        mark.renew()
+        assert kept.get("a", kept.seen()) is None
+        kept.keep("a", kept.seen(), 2)
+        now[0] += REREAD
+        assert kept.get("a", kept.seen()) is None
+    finally:
+        mark.close()
+
+
+def test_kept_reads_are_all_dropped_when_the_most_are_kept(tmp_path: Path) -> None:
+    mark = ChangeMark(tmp_path / "db-mark")
+    kept: KeptReads[int, int] = KeptReads(mark, clock=lambda: 100.0)
+    try:
+        seen = kept.seen()
+        for key in range(KEPT):
+            kept.keep(key, seen, key)
+        assert kept.get(KEPT - 1, seen) == KEPT - 1
+        kept.keep(KEPT, seen, KEPT)
+        assert kept.get(0, seen) is None
+        assert kept.get(KEPT, seen) == KEPT
+    finally:
+        mark.close()

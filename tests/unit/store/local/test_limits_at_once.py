@@ -82,7 +82,7 @@ def test_a_change_that_renewed_no_mark_is_read_within_the_reread_time(
 ) -> None:
     """A writer that died between its commit and its mark: missed for REREAD seconds at most."""
     kept_at = [100.0]
-    store._kept_clock = lambda: kept_at[0]
+    store._bans_kept.clock = lambda: kept_at[0]
     assert store.active_bans_at_once(["net:a"]) == []
     with sqlite3.connect(tmp_path / "limits.db") as db:
         db.execute(
