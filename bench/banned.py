@@ -27,22 +27,6 @@ sys.path.insert(0, str(ROOT))
 from bench import compare  # noqa: E402  (bench/ is run as scripts, not installed)
 
 BANNED = "127.9.0.2"  # another /24 than the load's 127.0.0.1, where the load user is known
-TICKS = os.sysconf("SC_CLK_TCK")
-
-
-def group_cpu(pgid: int) -> float:
-    """CPU seconds (user + system) of every live process in the process group."""
-    total = 0
-    for entry in Path("/proc").iterdir():
-        if not entry.name.isdigit():
-            continue
-        try:
-            fields = (entry / "stat").read_text().rsplit(")", 1)[1].split()
-        except OSError:
-            continue
-        if int(fields[2]) == pgid:  # field 5 (pgrp), after pid, comm and state
-            total += int(fields[11]) + int(fields[12])  # utime, stime
-    return total / TICKS
 
 
 def refused_connections(port: int, count: int, *, implicit: bool) -> int:
@@ -80,9 +64,9 @@ def main() -> int:
             pgid = os.getpgid(proc.pid)
             per_message = {}
             for m in (1, 100):
-                before = group_cpu(pgid)
+                before = compare.group_cpu(pgid)
                 run = compare.load("127.0.0.1", port, ref, compare.PASSWORD, m, load_args, [])
-                per_message[m] = (group_cpu(pgid) - before) / run["accepted"]
+                per_message[m] = (compare.group_cpu(pgid) - before) / run["accepted"]
             config = workdir / "sendgate.toml"
             subprocess.run(
                 [sys.executable, "-m", "sendgate", "--config", str(config), "bans", "add", BANNED],
@@ -91,11 +75,11 @@ def main() -> int:
             )
             results = {}
             for name, listen, implicit in (("587", port, False), ("465", port + 1, True)):
-                before = group_cpu(pgid)
+                before = compare.group_cpu(pgid)
                 started = time.perf_counter()
                 closed = refused_connections(listen, args.connections, implicit=implicit)
                 elapsed = time.perf_counter() - started
-                cpu = (group_cpu(pgid) - before) / args.connections
+                cpu = (compare.group_cpu(pgid) - before) / args.connections
                 results[name] = (cpu, closed, args.connections / elapsed)
         finally:
             os.killpg(proc.pid, signal.SIGTERM)

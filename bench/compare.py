@@ -67,19 +67,10 @@ SENDING_LIMITS = (
 
 
 def start_sendgate(
-    workdir: Path,
-    ref: dict[str, str],
-    port: int,
-    *,
-    python: str = sys.executable,
-    hold: bool = False,
-    http: bool = False,
-    cluster: tuple[str, str, str] | None = None,
+    workdir: Path, ref: dict[str, str], port: int, *, python: str = sys.executable, **options: Any
 ) -> tuple[subprocess.Popen[str], int]:
-    """A throw-away instance of the sendgate installed for `python` (bench/ab.py runs two);
-    `http`: with the HTTP listener on (its metrics counted), at port + 2; `cluster`: (PostgreSQL
-    URL, Redis URL, node name) for a node on the shared stores (bench/cluster.py)."""
-    config = make_sendgate(workdir, ref, port, python=python, hold=hold, http=http, cluster=cluster)
+    """`make_sendgate` (with its `options`), then `serve`: the process and its port."""
+    config = make_sendgate(workdir, ref, port, python=python, **options)
     return serve(config, python=python), port
 
 
@@ -93,7 +84,10 @@ def make_sendgate(
     http: bool = False,
     cluster: tuple[str, str, str] | None = None,
 ) -> Path:
-    """`start_sendgate` without the start: its configuration file."""
+    """A throw-away instance of the sendgate installed for `python` (bench/ab.py runs two): its
+    configuration file. `hold`: delivery held; `http`: with the HTTP listener on (its metrics
+    counted), at port + 2; `cluster`: (PostgreSQL URL, Redis URL, node name) for a node on the
+    shared stores (bench/cluster.py)."""
     sendgate = [python, "-m", "sendgate"]
     subprocess.run(
         [
@@ -182,6 +176,21 @@ def serve(config: Path, *, python: str = sys.executable) -> subprocess.Popen[str
     # Keep draining the log so the server never blocks on a full pipe.
     subprocess.Popen(["cat"], stdin=proc.stderr, stdout=subprocess.DEVNULL)
     return proc
+
+
+def group_cpu(pgid: int) -> float:
+    """CPU seconds (user + system) of every live process in the process group."""
+    total = 0
+    for entry in Path("/proc").iterdir():
+        if not entry.name.isdigit():
+            continue
+        try:
+            fields = (entry / "stat").read_text().rsplit(")", 1)[1].split()
+        except OSError:
+            continue  # gone meanwhile
+        if int(fields[2]) == pgid:  # field 5 (pgrp), after pid, comm and state
+            total += int(fields[11]) + int(fields[12])  # utime, stime
+    return total / os.sysconf("SC_CLK_TCK")
 
 
 def queue_dirs(ref: dict[str, str], *workdirs: Path) -> list[Path]:

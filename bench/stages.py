@@ -61,22 +61,6 @@ class Words:
         )
 
 
-def group_cpu(pgid: int) -> float:
-    """CPU seconds used so far by every live process of process group `pgid`."""
-    ticks = 0
-    for entry in os.listdir("/proc"):
-        if not entry.isdigit():
-            continue
-        try:
-            with open(f"/proc/{entry}/stat") as stat:
-                fields = stat.read().rsplit(")", 1)[1].split()
-        except OSError:
-            continue  # gone meanwhile
-        if int(fields[2]) == pgid:
-            ticks += int(fields[11]) + int(fields[12])
-    return ticks / os.sysconf("SC_CLK_TCK")
-
-
 async def _reply(reader: asyncio.StreamReader, expected: int) -> None:
     while True:
         line = await reader.readline()
@@ -167,9 +151,9 @@ def main() -> int:
             run(2, args.port, 200, words)  # warm: the login cache, the spool's stock
             for round_ in range(args.rounds):
                 for stage in stages:
-                    before, started = group_cpu(server.pid), time.monotonic()
+                    before, started = compare.group_cpu(server.pid), time.monotonic()
                     run(stage, args.port, args.connections, words)
-                    used, wall = group_cpu(server.pid) - before, time.monotonic() - started
+                    used, wall = compare.group_cpu(server.pid) - before, time.monotonic() - started
                     per = used / args.connections * 1e6
                     rate = args.connections / wall
                     print(f"round {round_} stage {stage}: {per:6.0f} us of server CPU a connection"
