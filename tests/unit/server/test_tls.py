@@ -345,3 +345,9 @@ def test_second_connection_resumes(
 
 def test_describe_without_tls() -> None:
     assert describe(None) == ("unknown", "unknown", 0)
+
+
+def test_one_session_ticket_per_tls13_handshake(server_ctx: ssl.SSLContext) -> None:
+    # A mail client resumes one connection at a time; OpenSSL's default is two tickets.
+    assert server_ctx.num_tickets == 1
+    assert not server_ctx.options & ssl.OP_NO_TICKET
