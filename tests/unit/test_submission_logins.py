@@ -33,6 +33,7 @@ from sendgate.policy.guard import LoginGuard
 from sendgate.policy.login import Logins
 from sendgate.server.admission import Refusal
 from sendgate.smtp import replies
+from sendgate.smtp.events import AuthAttempt
 from sendgate.store.local.limits import LocalLimitStore
 from sendgate.store.local.queue import LocalQueueStore
 from sendgate.store.local.users import LocalUserStore
@@ -118,6 +119,14 @@ def test_the_everyday_login_is_answered_without_a_thread(rig: Rig) -> None:
     assert [ok["cached"] for ok in rig.backend.events("auth_ok")] == ["false", "true"]
     wrong = rig.client(OFFICE).login(ALICE, WRONG_PASSWORD)
     assert wrong.startswith("454 4.7.0")  # a failure: in a thread
+
+
+def test_the_everyday_login_is_answered_as_a_reply_not_an_awaitable(rig: Rig) -> None:
+    assert rig.client(OFFICE).login(ALICE, ALICE_PASSWORD).startswith("235 2.7.0")
+    again = rig.client(OFFICE)
+    # A reply the connection sends at once: no task, no pause of its reading.
+    answer = again.handler.handle(AuthAttempt("PLAIN", "", ALICE, ALICE_PASSWORD), again.session)
+    assert answer == replies.AUTH_OK
 
 
 def test_wrong_passwords_are_counted_then_the_address_is_banned(rig: Rig) -> None:
