@@ -131,11 +131,24 @@ def run(stage: int, port: int, connections: int, words: Words) -> None:
             raise SystemExit(f"a client process failed (exit {worker.exitcode})")
 
 
+def stage_list(text: str) -> list[int]:
+    """`--stages`: stage numbers 0-3, comma-separated."""
+    try:
+        stages = [int(stage) for stage in text.split(",")]
+    except ValueError:
+        stages = []
+    if not stages or any(stage not in range(4) for stage in stages):
+        raise argparse.ArgumentTypeError(f"not stages 0-3 separated by commas: {text!r}")
+    return stages
+
+
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--connections", "-n", type=int, default=3000)
     parser.add_argument("--rounds", type=int, default=2)
-    parser.add_argument("--stages", default="0,1,2,3", help="comma-separated, 0-3")
+    parser.add_argument(
+        "--stages", type=stage_list, default=[0, 1, 2, 3], help="comma-separated, 0-3"
+    )
     parser.add_argument("--port", type=int, default=11787)
     parser.add_argument(
         "--python", default=sys.executable, help="the interpreter whose sendgate is measured"
@@ -143,7 +156,7 @@ def main() -> int:
     args = parser.parse_args()
     ref = compare.reference_env()
     words = Words.of(ref["REF_USER"], ref["REF_RCPT"])
-    stages = [int(stage) for stage in args.stages.split(",")]
+    stages: list[int] = args.stages
     with compare.beside_reference(ref, "stages-") as workdir:
         config = compare.make_sendgate(Path(workdir), ref, args.port, python=args.python)
         server = compare.serve(config, python=args.python)
