@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import re
 from datetime import UTC, datetime
+from email.utils import format_datetime
 
 import pytest
 from hypothesis import given
@@ -12,6 +13,7 @@ from hypothesis import strategies as st
 from sendgate.message import (
     HeaderError,
     HeaderSummary,
+    date_text,
     fix_up,
     new_message_id,
     now_utc,
@@ -358,6 +360,21 @@ def test_message_ids_are_unique_and_name_queue_and_host() -> None:
 def test_now_utc_is_aware_utc() -> None:
     assert now_utc(1_714_564_800.0) == NOW
     assert now_utc(0.0).tzinfo is UTC
+
+
+@given(st.floats(min_value=0, max_value=4_102_444_800, allow_nan=False))
+def test_date_text_is_format_datetimes_text(unix: float) -> None:
+    now = now_utc(unix)
+    assert date_text(now) == format_datetime(now)
+
+
+def test_date_text_of_one_second_is_made_once() -> None:
+    # Remembered per second: a later instant of the same second gets the same text, the next
+    # second its own.
+    first = date_text(NOW.replace(microsecond=1))
+    assert date_text(NOW.replace(microsecond=999_999)) is first
+    assert first == NOW_TEXT
+    assert date_text(NOW.replace(second=1)) == "Wed, 01 May 2024 12:00:01 +0000"
 
 
 _FIELD_NAMES = st.sampled_from([b"Subject", b"To", b"X-Tag", b"Message-ID", b"Date", b"Cc"])
