@@ -207,11 +207,15 @@ class SubmissionConnection:
         try:
             result = logins.attempt_at_once(request)
         except Exception as exc:
-            self._log.event("auth_error", "error", user=username, error=type(exc).__name__)
-            return replies.AUTH_TEMPORARY_FAILURE
+            return self._auth_error(username, exc)
         if result is None:
             return self._attempt(event, request, logins)
         return self._answer(event, result)  # decided at once: never a wait
+
+    def _auth_error(self, username: str, exc: Exception) -> Reply:
+        """The login could not be decided (a store or a thread failed): ask for a retry."""
+        self._log.event("auth_error", "error", user=username, error=type(exc).__name__)
+        return replies.AUTH_TEMPORARY_FAILURE
 
     async def _attempt(self, event: AuthAttempt, request: LoginRequest, logins: Logins) -> Reply:
         loop = asyncio.get_running_loop()
@@ -220,8 +224,7 @@ class SubmissionConnection:
                 self._server.authenticator.executor, logins.attempt, request
             )
         except Exception as exc:
-            self._log.event("auth_error", "error", user=request.username, error=type(exc).__name__)
-            return replies.AUTH_TEMPORARY_FAILURE
+            return self._auth_error(request.username, exc)
         if result.wait > 0:
             await asyncio.sleep(result.wait)  # a timer: the worker serves others meanwhile
         return self._answer(event, result)
@@ -276,8 +279,7 @@ class SubmissionConnection:
         try:
             result = await self._server.authenticator.verify(username, event.password)
         except Exception as exc:
-            self._log.event("auth_error", "error", user=username, error=type(exc).__name__)
-            return replies.AUTH_TEMPORARY_FAILURE
+            return self._auth_error(username, exc)
         if result.user is None:
             self._log.event("auth_fail", "warning", user=username, mechanism=event.mechanism)
             return replies.AUTH_FAILED
