@@ -23,7 +23,8 @@ from collections.abc import Callable
 from sendgate.log import EventLog
 from sendgate.server.notify import Notify, reloading
 
-_SIGNALS = {signal.SIGTERM, signal.SIGINT, signal.SIGHUP}
+_FORWARDED = {signal.SIGTERM, signal.SIGINT, signal.SIGHUP}
+_WAITED = _FORWARDED | {signal.SIGCHLD}
 _RESTART_BACKOFF = 1.0  # seconds between replacing crashed workers, to avoid a fork storm
 RESEND_EVERY = 5.0  # seconds between repeats of SIGTERM to the children still running
 
@@ -73,24 +74,24 @@ class Supervisor:
         self._resend_after = resend_after
         self._resend_every = resend_every
         self._notify = notify  # systemd's sd_notify, or nothing
+        self._worst = 0  # the worst exit code of a child told to stop
+        self._restarts: dict[int, float] = {}  # index -> when to replace the dead child
+        self._resend_at = 0.0  # when to repeat SIGTERM, once stopping
 
     def _spawn(self, index: int) -> None:
-        # Block our signals across fork so a child never runs the supervisor's handler.
-        signal.pthread_sigmask(signal.SIG_BLOCK, _SIGNALS)
         pid = os.fork()
         if pid == 0:
             code = 70  # EX_SOFTWARE unless the worker returns normally
             try:
-                for sig in _SIGNALS:
+                for sig in _FORWARDED:
                     signal.signal(sig, signal.SIG_DFL)
-                signal.pthread_sigmask(signal.SIG_UNBLOCK, _SIGNALS)
+                signal.pthread_sigmask(signal.SIG_UNBLOCK, _WAITED)
                 code = self._run_worker(index)
             finally:
                 os._exit(code)
         self._children[pid] = index
-        signal.pthread_sigmask(signal.SIG_UNBLOCK, _SIGNALS)
 
-    def _forward(self, signum: int, _frame: object) -> None:
+    def _forward(self, signum: int) -> None:
         if signum == signal.SIGHUP and not self._stopping:
             reloading(self._notify)
             self._signal_children(signum)
@@ -99,27 +100,80 @@ class Supervisor:
         if signum in (signal.SIGTERM, signal.SIGINT) and not self._stopping:
             self._notify("STOPPING=1")
             self._stopping = True
-            signal.signal(signal.SIGALRM, self._repeat)
-            signal.setitimer(signal.ITIMER_REAL, self._resend_after, self._resend_every)
+            self._resend_at = time.monotonic() + self._resend_after
+            self._restarts.clear()
         self._signal_children(signal.SIGTERM if signum == signal.SIGINT else signum)
-
-    def _repeat(self, _signum: int, _frame: object) -> None:
-        self._log.event(
-            "stop_waiting", "warning", pids=",".join(str(pid) for pid in self._children)
-        )
-        self._signal_children(signal.SIGTERM)
 
     def _signal_children(self, signum: int) -> None:
         for pid in list(self._children):
             with contextlib.suppress(ProcessLookupError):
                 os.kill(pid, signum)
 
-    def run(self) -> int:
-        for sig in _SIGNALS:
-            signal.signal(sig, self._forward)
-        for index in range(self._count):
+    def _reap(self) -> None:
+        """Every child that has exited (one SIGCHLD may stand for several)."""
+        while True:
+            try:
+                pid, status = os.waitpid(-1, os.WNOHANG)
+            except ChildProcessError:
+                return
+            if pid == 0:
+                return
+            if pid not in self._children:
+                continue
+            index = self._children.pop(pid)
+            code = os.waitstatus_to_exitcode(status)
+            self._on_worker_exit(index)
             if self._stopping:
-                break  # a stop during start-up: a child forked now would never be told
+                self._worst = max(self._worst, code if code > 0 else 0)
+                continue
+            self._log.event("worker_died", "error", worker=index, pid=pid, code=code)
+            self._restarts[index] = time.monotonic() + _RESTART_BACKOFF
+
+    def _take_signal(self, timeout: float | None) -> None:
+        """Wait for one signal (at most `timeout` seconds; None: as long as it takes)."""
+        if timeout is None:
+            signum: int | None = signal.sigwaitinfo(_WAITED).si_signo
+        else:
+            info = signal.sigtimedwait(_WAITED, max(timeout, 0.0))
+            signum = None if info is None else info.si_signo
+        if signum == signal.SIGCHLD:
+            self._reap()
+        elif signum is not None:
+            self._forward(signum)
+
+    def _next_deadline(self) -> float | None:
+        deadlines = list(self._restarts.values())
+        if self._stopping:
+            deadlines.append(self._resend_at)
+        return min(deadlines, default=None)
+
+    def _on_time(self) -> None:
+        """What falls due: repeating SIGTERM in a long stop, replacing a child that died."""
+        now = time.monotonic()
+        if self._stopping and self._children and now >= self._resend_at:
+            self._log.event(
+                "stop_waiting", "warning", pids=",".join(str(pid) for pid in self._children)
+            )
+            self._signal_children(signal.SIGTERM)
+            self._resend_at = now + self._resend_every
+        for index, due in list(self._restarts.items()):
+            if now >= due:
+                del self._restarts[index]
+                self._spawn(index)
+
+    def run(self) -> int:
+        # Signals are taken synchronously and never by a handler: a handler's signal landing
+        # just before a blocking wait() would sit there until some child happened to exit.
+        # Blocked for the rest of this process's life; children unblock them. No handler
+        # either, and SIGCHLD not ignored (inherited, it would make the kernel reap children
+        # unseen).
+        signal.pthread_sigmask(signal.SIG_BLOCK, _WAITED)
+        for sig in _WAITED:
+            signal.signal(sig, signal.SIG_DFL)
+        for index in range(self._count):
+            self._take_signal(0)  # a stop during start-up: a child forked now would
+            if self._stopping:  # never be told
+                break
             self._spawn(index)
         self._log.event(
             "workers_started",
@@ -128,24 +182,9 @@ class Supervisor:
             runner_pids=",".join(str(p) for p, i in self._children.items() if i >= self._workers),
         )
         self._notify(f"READY=1\nSTATUS=serving, {self._workers} acceptors\nMAINPID={os.getpid()}")
-        worst = 0
-        while self._children:
-            try:
-                pid, status = os.wait()
-            except ChildProcessError:
-                break
-            if pid not in self._children:
-                continue
-            index = self._children.pop(pid)
-            code = os.waitstatus_to_exitcode(status)
-            self._on_worker_exit(index)
-            if self._stopping:
-                worst = max(worst, code if code > 0 else 0)
-                continue
-            self._log.event("worker_died", "error", worker=index, pid=pid, code=code)
-            time.sleep(_RESTART_BACKOFF)
-            if not self._stopping:
-                self._spawn(index)
-        signal.setitimer(signal.ITIMER_REAL, 0)
-        self._log.event("stopped", code=worst)
-        return worst
+        while self._children or self._restarts:
+            deadline = self._next_deadline()
+            self._take_signal(None if deadline is None else deadline - time.monotonic())
+            self._on_time()
+        self._log.event("stopped", code=self._worst)
+        return self._worst

@@ -3,7 +3,7 @@
 Each test forks a process that runs the Supervisor (so that signals sent to it reach the one
 thread that waits for its children) over tiny child functions. Children report over pipes; the
 last child started is the one that signals the supervisor, once every other child is ready
-(the supervisor blocks signals while it forks, so by then it knows every child). Every process
+(the supervisor takes signals only between forks, so by then it knows every child). Every process
 involved has an alarm as a watchdog, so a broken supervisor fails the test instead of hanging it.
 """
 
@@ -264,6 +264,45 @@ def test_a_child_that_dies_is_replaced(tmp_path: Path, pipes: Callable[[], Pipe]
     assert outcome.exits == [0, 0]
     assert re.search(r"level=error event=worker_died worker=0 pid=\d+ code=9\n", outcome.log)
     assert outcome.log.endswith("event=stopped code=0\n")
+
+
+def signal_set(pid: int, field: str) -> set[int]:
+    """The signals in a /proc status mask (SigBlk: blocked, SigCgt: caught by a handler)."""
+    status = Path(f"/proc/{pid}/status").read_text()
+    match = re.search(rf"^{field}:\s+([0-9a-f]+)$", status, re.M)
+    assert match is not None
+    bits = int(match.group(1), 16)
+    return {number for number in range(1, 65) if bits >> (number - 1) & 1}
+
+
+def test_signals_are_waited_for_never_caught_by_a_handler(
+    tmp_path: Path, pipes: Callable[[], Pipe]
+) -> None:
+    # A handler's signal that lands just before the supervisor blocks in wait() would sit
+    # there until some child exits: a reload or stop lost. Blocked and waited for, none is.
+    seen = pipes()
+    marker = tmp_path / "first-life-over"
+    wanted = {signal.SIGHUP, signal.SIGTERM, signal.SIGINT, signal.SIGCHLD}
+
+    def prepare() -> None:  # as if started by a parent that ignores SIGCHLD
+        signal.signal(signal.SIGCHLD, signal.SIG_IGN)
+
+    def child(index: int) -> int:
+        received = wait_for_signals(signal.SIGTERM)
+        caught = signal_set(os.getppid(), "SigCgt") & wanted
+        blocked = signal_set(os.getpid(), "SigBlk") & (wanted - {signal.SIGTERM})
+        seen.put(f"supervisor catches {sorted(caught)}, child blocks {sorted(blocked)}")
+        if not marker.exists():
+            marker.touch()
+            return 5  # seen dying (not reaped unseen), and replaced
+        os.kill(os.getppid(), signal.SIGTERM)
+        received()
+        return 0
+
+    outcome = run_supervised(tmp_path, 1, child, prepare=prepare)
+    assert outcome.code == 0
+    assert seen.drain() == ["supervisor catches [], child blocks []"] * 2
+    assert "worker_died worker=0" in outcome.log
 
 
 def test_bind_listens_on_a_free_port() -> None:
