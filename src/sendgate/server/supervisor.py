@@ -23,8 +23,8 @@ from collections.abc import Callable
 from sendgate.log import EventLog
 from sendgate.server.notify import Notify, reloading
 
-_FORWARDED = {signal.SIGTERM, signal.SIGINT, signal.SIGHUP}
-_WAITED = _FORWARDED | {signal.SIGCHLD}
+# Forwarded to the children (SIGTERM, SIGINT, SIGHUP) or telling of one's exit (SIGCHLD).
+_WAITED = {signal.SIGTERM, signal.SIGINT, signal.SIGHUP, signal.SIGCHLD}
 _RESTART_BACKOFF = 1.0  # seconds between replacing crashed workers, to avoid a fork storm
 RESEND_EVERY = 5.0  # seconds between repeats of SIGTERM to the children still running
 
@@ -83,8 +83,7 @@ class Supervisor:
         if pid == 0:
             code = 70  # EX_SOFTWARE unless the worker returns normally
             try:
-                for sig in _FORWARDED:
-                    signal.signal(sig, signal.SIG_DFL)
+                # `run` left every disposition at its default: only the mask is the parent's.
                 signal.pthread_sigmask(signal.SIG_UNBLOCK, _WAITED)
                 code = self._run_worker(index)
             finally:
@@ -162,17 +161,17 @@ class Supervisor:
                 self._spawn(index)
 
     def run(self) -> int:
-        # Signals are taken synchronously and never by a handler: a handler's signal landing
-        # just before a blocking wait() would sit there until some child happened to exit.
-        # Blocked for the rest of this process's life; children unblock them. No handler
-        # either, and SIGCHLD not ignored (inherited, it would make the kernel reap children
-        # unseen).
+        # Signals are blocked for the rest of this process's life and waited for, never
+        # caught: a handler's signal landing just before a blocking wait() would sit there
+        # until some child happened to exit. Default dispositions, so that an inherited
+        # "ignore" SIGCHLD cannot make the kernel reap the children unseen.
         signal.pthread_sigmask(signal.SIG_BLOCK, _WAITED)
         for sig in _WAITED:
             signal.signal(sig, signal.SIG_DFL)
         for index in range(self._count):
-            self._take_signal(0)  # a stop during start-up: a child forked now would
-            if self._stopping:  # never be told
+            # A stop during start-up: a child forked after it would never be told.
+            self._take_signal(0)
+            if self._stopping:
                 break
             self._spawn(index)
         self._log.event(

@@ -3,8 +3,9 @@
 Each test forks a process that runs the Supervisor (so that signals sent to it reach the one
 thread that waits for its children) over tiny child functions. Children report over pipes; the
 last child started is the one that signals the supervisor, once every other child is ready
-(the supervisor takes signals only between forks, so by then it knows every child). Every process
-involved has an alarm as a watchdog, so a broken supervisor fails the test instead of hanging it.
+(the supervisor takes signals only between forks, so by then it knows every child). Every
+process involved has an alarm as a watchdog, so a broken supervisor fails the test instead of
+hanging it.
 """
 
 from __future__ import annotations
