@@ -36,8 +36,8 @@ from sendgate.store.queue import Claim, QueueStore
 
 _T = TypeVar("_T")
 # Under load, arrivals within this many seconds of the last claim wait for one claim together
-# (one thread handoff and one read of the announcements for many messages); an arrival after a
-# quiet spell is claimed at once.
+# (one read of the announcements for many messages); an arrival after a quiet spell is claimed
+# at once.
 ARRIVAL_GATHER = 0.01
 
 
@@ -79,9 +79,12 @@ class Scheduler:
         self._next_check = 0.0
         self._renew_at = 0.0
         self._arrivals: int | None = None  # the queue's arrivals descriptor, when watched
-        # Message reads and completions of many attempts share thread handoffs.
+        # Message reads and completions of many attempts share thread handoffs. A store whose
+        # bookkeeping is quick has it done on the loop, as Postfix's queue manager does its queue
+        # file I/O: a thread handoff costs more than those reads and unlinks (bench/README.md).
         self._reads = GroupHandoff(executor, each(queue.message), in_flight=2)
         self._completions = GroupHandoff(executor, each(queue.complete))
+        self._quick = queue.quick_bookkeeping
         self._watching = False
         self._last_claim = -ARRIVAL_GATHER  # loop time of the last claim
 
@@ -110,6 +113,12 @@ class Scheduler:
 
     async def _io(self, func: Callable[..., _T], *args: object) -> _T:
         return await asyncio.get_running_loop().run_in_executor(self._executor, func, *args)
+
+    async def _book(self, func: Callable[..., _T], *args: object) -> _T:
+        """A bookkeeping call of the queue (claim, renew, release): on the loop when quick."""
+        if self._quick:
+            return func(*args)
+        return await self._io(func, *args)
 
     # --- the main loops -----------------------------------------------------------------------
 
@@ -175,7 +184,7 @@ class Scheduler:
         """Claim what is due (up to the free task slots) and start or park it; return the count."""
         self._last_claim = asyncio.get_running_loop().time()
         try:
-            claimed = await self._io(self._queue.claim, self._room(), self._cfg.lease)
+            claimed = await self._book(self._queue.claim, self._room(), self._cfg.lease)
         except SpoolError as exc:
             self._log.event("queue_error", "error", error=str(exc))
             self._next_check = self._clock() + self._cfg.scan_interval
@@ -206,7 +215,7 @@ class Scheduler:
         self._renew_at = self._clock() + self._cfg.lease / 3
         held = list(self._held.values())
         try:
-            kept = await self._io(self._queue.renew, held, self._cfg.lease)
+            kept = await self._book(self._queue.renew, held, self._cfg.lease)
         except SpoolError as exc:
             self._log.event("queue_error", "error", error=str(exc))
             return
@@ -225,7 +234,7 @@ class Scheduler:
         for queue_id in [q for q in self._held if q not in self._running]:
             claim = self._held.pop(queue_id)
             with contextlib.suppress(SpoolError):
-                await self._io(self._queue.release, claim)
+                await self._book(self._queue.release, claim)
 
     # --- fairness -----------------------------------------------------------------------------
 
@@ -285,7 +294,7 @@ class Scheduler:
             if claim is not None:
                 with contextlib.suppress(SpoolError):
                     retry = self._clock() + self._cfg.retry_first
-                    await self._io(self._queue.release, claim, retry)
+                    await self._book(self._queue.release, claim, retry)
         finally:
             self._running.discard(queue_id)
             self._held.pop(queue_id, None)
@@ -372,7 +381,10 @@ class Scheduler:
         claim = self._held[queue_id]  # the latest lease: a re-claim may have renewed it
         try:
             if state.finished():
-                await self._completions.run(claim)
+                if self._quick:
+                    self._queue.complete(claim)
+                else:
+                    await self._completions.run(claim)
                 return
             state = outcome.schedule(state, envelope, now, self._cfg, self._rng.random())
             await self._io(self._queue.update, claim, state)
@@ -386,7 +398,7 @@ class Scheduler:
             # recipients are not sent again unless the runner restarts first (at least once).
             self._log.event("queue_error", "error", queue_id=queue_id, error=str(exc))
             with contextlib.suppress(SpoolError):
-                await self._io(self._queue.release, claim, now + self._cfg.retry_first)
+                await self._book(self._queue.release, claim, now + self._cfg.retry_first)
 
 
 def _main_action(notices: list[RecipientNotice]) -> str:

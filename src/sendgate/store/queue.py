@@ -100,6 +100,13 @@ class BodyFile(Protocol):
 class QueueStore(Protocol):
     """Queued messages with their envelopes and delivery states (see the module docstring)."""
 
+    @property
+    def quick_bookkeeping(self) -> bool:
+        """True when `claim`, `renew`, `release` and `complete` only read and unlink files of
+        this machine and change memory (no sync, no network peer), so that a delivery runner
+        may call them on its event loop instead of handing each to a thread."""
+        ...
+
     def new_id(self) -> str:
         """A new queue id: unique across processes and nodes, sortable by time."""
         ...

@@ -77,6 +77,8 @@ _COLUMN_QUERIES = {
 class PostgresQueueStore:
     """The shared `QueueStore` on PostgreSQL (see the module docstring); thread-safe."""
 
+    quick_bookkeeping = False  # every call is a round trip to the database
+
     def __init__(
         self,
         url: str,
