@@ -43,37 +43,10 @@ from bench.compare import (  # noqa: E402
     reference_env,
     settle,
     start_sendgate,
+    tree_cpu,
 )
 from tests.peers.postgres_server import PostgresServer  # noqa: E402
 from tests.peers.redis_server import RedisServer  # noqa: E402
-
-_TICKS = os.sysconf("SC_CLK_TCK")
-
-
-def tree_cpu(root: int) -> float:
-    """CPU seconds of `root` and its descendants, those reaped included (cutime, cstime)."""
-    parents: dict[int, int] = {}
-    spent: dict[int, float] = {}
-    for name in os.listdir("/proc"):
-        if not name.isdigit():
-            continue
-        try:
-            with open(f"/proc/{name}/stat", "rb") as stat:
-                fields = stat.read().rsplit(b")", 1)[1].split()
-        except OSError:
-            continue  # gone meanwhile
-        parents[int(name)] = int(fields[1])
-        # utime, stime, cutime, cstime: fields 14-17 of stat(5), here from index 11.
-        spent[int(name)] = sum(int(value) for value in fields[11:15]) / _TICKS
-    total, stack = 0.0, [root]
-    children: dict[int, list[int]] = {}
-    for pid, parent in parents.items():
-        children.setdefault(parent, []).append(pid)
-    while stack:
-        pid = stack.pop()
-        total += spent.get(pid, 0.0)
-        stack.extend(children.get(pid, ()))
-    return total
 
 
 def queue_empty(url: str) -> bool:

@@ -27,7 +27,6 @@ Only loopback is used. Numbers are noisy on shared 2-core machines: compare the 
 from __future__ import annotations
 
 import argparse
-import contextlib
 import json
 import os
 import re
@@ -96,34 +95,6 @@ def process_cpu(pid: int, *, reaped: bool = True) -> float:
     if reaped:
         ticks += int(fields[13]) + int(fields[14])
     return ticks / CLK_TCK
-
-
-def descendants(root: int) -> list[int]:
-    children: dict[int, list[int]] = {}
-    for entry in Path("/proc").iterdir():
-        if not entry.name.isdigit():
-            continue
-        try:
-            ppid = int(_stat_fields(int(entry.name))[1])
-        except (OSError, ValueError, IndexError):
-            continue  # exited meanwhile
-        children.setdefault(ppid, []).append(int(entry.name))
-    found, todo = [], [root]
-    while todo:
-        for child in children.get(todo.pop(), []):
-            found.append(child)
-            todo.append(child)
-    return found
-
-
-def tree_cpu(root: int) -> float:
-    """CPU seconds of `root` and every descendant, living or reaped."""
-    total = process_cpu(root)
-    for pid in descendants(root):
-        # A child that exits between the listing and the read is in its parent's cutime.
-        with contextlib.suppress(OSError, ValueError):
-            total += process_cpu(pid)
-    return total
 
 
 def commands_cpu() -> float:
@@ -276,7 +247,7 @@ class Postfix:
         self.fill(args)
         dumps = count_files(self.sink_dir)
         sink0 = process_cpu(self.sink_pid)
-        cpu0 = tree_cpu(self.master) + commands_cpu()
+        cpu0 = compare.tree_cpu(self.master) + commands_cpu()
         start = time.perf_counter()
         self.command("postsuper", "-H", "ALL")
         self.command("postqueue", "-f")
@@ -286,7 +257,7 @@ class Postfix:
                 raise SystemExit(f"postfix did not drain its queue within {args.timeout:g} s")
             time.sleep(POLL)
         seconds = time.perf_counter() - start
-        cpu = tree_cpu(self.master) + commands_cpu() - cpu0
+        cpu = compare.tree_cpu(self.master) + commands_cpu() - cpu0
         return Run(
             server="postfix",
             messages=args.messages,
@@ -356,7 +327,7 @@ class LogWatch:
                 # The first runner's: with several, the clock must not restart at the next.
                 self.start = time.perf_counter()
                 self.runner_cpu0 = self.runner_cpu()
-                self.tree_cpu0 = tree_cpu(self.serve_pid)
+                self.tree_cpu0 = compare.tree_cpu(self.serve_pid)
                 self.started.set()
         self.started.set()
         self.done.set()
@@ -441,7 +412,7 @@ class Sendgate:
                 time.sleep(POLL)
             seconds = time.perf_counter() - watch.start
             runner_cpu = watch.runner_cpu() - watch.runner_cpu0
-            all_cpu = tree_cpu(proc.pid) - watch.tree_cpu0
+            all_cpu = compare.tree_cpu(proc.pid) - watch.tree_cpu0
         finally:
             os.killpg(proc.pid, signal.SIGTERM)
             proc.wait(60)
