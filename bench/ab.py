@@ -76,21 +76,24 @@ def main() -> int:
                 for round_ in range(args.rounds):
                     order = ("base", "new") if round_ % 2 == 0 else ("new", "base")
                     for name in order:
-                        compare.settle(dirs)
+                        if not args.hold:
+                            compare.settle(dirs)
                         proc, port = servers[name]
                         before = compare.tree_cpu(proc.pid)
                         run = compare.load(
                             "127.0.0.1", port, ref, compare.PASSWORD, m, args, [str(proc.pid)]
                         )
-                        # The CPU until the run's mail is relayed too (compare.py says why).
-                        waited = compare.settle(dirs)
+                        # The CPU until the run's mail is relayed too (compare.py says why);
+                        # with --hold nothing is relayed and the queue never empties.
+                        backlog = compare.queued(dirs)
+                        waited = 0.0 if args.hold else compare.settle(dirs)
                         spent = compare.tree_cpu(proc.pid) - before
                         run["cpu_settled_s_per_1000"] = 1000 * spent / max(int(run["accepted"]), 1)
                         runs.setdefault(m, {}).setdefault(name, []).append(run)
                         print(
                             f"m{m} round {round_} {name:<4} {run['throughput_msgs_s']:8.1f} "
                             f"msgs/s  {cpu(run):.3f} s/1000, {run['cpu_settled_s_per_1000']:.3f}"
-                            f" until relayed  (the queue emptied {waited:.1f} s after the run)",
+                            f" until relayed  ({backlog} left to relay, {waited:.1f} s)",
                             flush=True,
                         )
         finally:

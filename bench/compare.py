@@ -9,7 +9,7 @@ running (`sudo ../shared/anchors/postfix-ref setup && sudo ../shared/anchors/pos
     .venv/bin/python bench/compare.py --rounds 3 --duration 20
 
 `cpu_s_per_1000` is the servers' CPU during the load (as smtpload measures it);
-`cpu_settled_1000` runs on until the mail of the load is relayed (the queues are empty again),
+`cpu_settled_s_1000` runs on until the mail of the load is relayed (the queues are empty again),
 so it holds the delivery work a server left for after the load, which `backlog` counts.
 
 Only loopback is used. Numbers are noisy on shared 2-core machines: compare the ratios.
@@ -199,6 +199,7 @@ def group_cpu(pgid: int) -> float:
 
 def tree_cpu(root: int) -> float:
     """CPU seconds of `root` and its descendants, those reaped included (cutime, cstime)."""
+    ticks = os.sysconf("SC_CLK_TCK")
     parents: dict[int, int] = {}
     spent: dict[int, float] = {}
     for name in os.listdir("/proc"):
@@ -211,7 +212,7 @@ def tree_cpu(root: int) -> float:
             continue  # gone meanwhile
         parents[int(name)] = int(fields[1])
         # utime, stime, cutime, cstime: fields 14-17 of stat(5), here from index 11.
-        spent[int(name)] = sum(int(value) for value in fields[11:15]) / os.sysconf("SC_CLK_TCK")
+        spent[int(name)] = sum(int(value) for value in fields[11:15]) / ticks
     total, stack = 0.0, [root]
     children: dict[int, list[int]] = {}
     for pid, parent in parents.items():
@@ -307,7 +308,7 @@ def summary(runs: list[dict[str, Any]]) -> dict[str, float]:
         "p99_ms": med([r["latency_msg"]["p99_ms"] for r in runs]),
         "setup_p50_ms": med([r["latency_setup"]["p50_ms"] for r in runs]),
         "cpu_s_per_1000": med([sum(r["server_cpu_per_1000_s"].values()) for r in runs]),
-        "cpu_settled_1000": med([r["cpu_settled_s_per_1000"] for r in runs]),
+        "cpu_settled_s_1000": med([r["cpu_settled_s_per_1000"] for r in runs]),
         "backlog": med([r["backlog"] for r in runs]),
         "server_cores": med([sum(r["server_cpu_util"].values()) for r in runs]),
         "client_cores": med([r["client_cpu_util"] for r in runs]),
@@ -375,7 +376,7 @@ def main() -> int:
         "p99_ms",
         "setup_p50_ms",
         "cpu_s_per_1000",
-        "cpu_settled_1000",
+        "cpu_settled_s_1000",
         "backlog",
         "server_cores",
         "client_cores",

@@ -80,8 +80,9 @@ class Scheduler:
         self._renew_at = 0.0
         self._arrivals: int | None = None  # the queue's arrivals descriptor, when watched
         # Message reads and completions of many attempts share thread handoffs. A store whose
-        # bookkeeping is quick has it done on the loop, as Postfix's queue manager does its queue
-        # file I/O: a thread handoff costs more than those reads and unlinks (bench/README.md).
+        # bookkeeping is quick completes, renews and releases on the loop: a thread handoff
+        # costs more than a few unlinks (bench/README.md). Claims stay in the pool: one may
+        # scan queue/ or load many envelopes.
         self._reads = GroupHandoff(executor, each(queue.message), in_flight=2)
         self._completions = GroupHandoff(executor, each(queue.complete))
         self._quick = queue.quick_bookkeeping
@@ -115,7 +116,7 @@ class Scheduler:
         return await asyncio.get_running_loop().run_in_executor(self._executor, func, *args)
 
     async def _book(self, func: Callable[..., _T], *args: object) -> _T:
-        """A bookkeeping call of the queue (claim, renew, release): on the loop when quick."""
+        """A bookkeeping call of the queue (renew, release): on the loop when quick."""
         if self._quick:
             return func(*args)
         return await self._io(func, *args)
@@ -184,7 +185,7 @@ class Scheduler:
         """Claim what is due (up to the free task slots) and start or park it; return the count."""
         self._last_claim = asyncio.get_running_loop().time()
         try:
-            claimed = await self._book(self._queue.claim, self._room(), self._cfg.lease)
+            claimed = await self._io(self._queue.claim, self._room(), self._cfg.lease)
         except SpoolError as exc:
             self._log.event("queue_error", "error", error=str(exc))
             self._next_check = self._clock() + self._cfg.scan_interval

@@ -14,9 +14,10 @@ A message may be *held* (by the operator, or by the defences for a suspended acc
 stays queued but is never claimed until it is released with `unhold`, which makes it due at
 once. Holds are durable like the messages themselves.
 
-The methods block (disk, database): call them from a thread pool, never on an event loop.
-Implementations are safe to use from several threads at once. Failures raise `SpoolError`
-(`SpoolFullError` when storage is full, `UnknownQueueIdError` for an id that is not queued).
+The methods block (disk, database): call them from a thread pool, never on an event loop,
+except those a store's `quick_bookkeeping` vouches for. Implementations are safe to use from
+several threads at once. Failures raise `SpoolError` (`SpoolFullError` when storage is full,
+`UnknownQueueIdError` for an id that is not queued).
 """
 
 from collections.abc import Sequence
@@ -102,9 +103,9 @@ class QueueStore(Protocol):
 
     @property
     def quick_bookkeeping(self) -> bool:
-        """True when `claim`, `renew`, `release` and `complete` only read and unlink files of
-        this machine and change memory (no sync, no network peer), so that a delivery runner
-        may call them on its event loop instead of handing each to a thread."""
+        """True when `complete`, `renew` and `release` only unlink a few local files and change
+        memory (no sync, no network peer, bounded work), so that a delivery runner may call
+        them on its event loop instead of handing each to a thread."""
         ...
 
     def new_id(self) -> str:

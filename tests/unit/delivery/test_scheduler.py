@@ -397,7 +397,7 @@ def test_run_delivers_an_announced_message_without_waiting_for_a_scan(
 
 
 @pytest.mark.parametrize("quick", [True, False], ids=["quick", "slow"])
-def test_quick_bookkeeping_is_done_on_the_loop_and_the_rest_in_threads(
+def test_completions_of_a_quick_store_are_made_on_the_loop_and_claims_in_threads(
     tmp_path: Path, rigs: Callable[..., Rig], monkeypatch: pytest.MonkeyPatch, quick: bool
 ) -> None:
     rig = rigs("127.0.62.41")
@@ -428,9 +428,10 @@ def test_quick_bookkeeping_is_done_on_the_loop_and_the_rest_in_threads(
 
     assert sorted(_subjects(receiver)) == ["one", "two"]
     assert rig.store.ids() == []
-    for name, seen in threads.items():
-        assert seen, name
-        assert (seen == {loop_thread}) is quick, name
+    assert threads["claim"]
+    assert loop_thread not in threads["claim"]  # a claim may scan queue/ or load a lot
+    assert threads["complete"]
+    assert (threads["complete"] == {loop_thread}) is quick
 
 
 def test_an_arrival_moments_after_a_claim_waits_to_be_claimed_with_the_next_ones(
@@ -466,7 +467,8 @@ def test_an_arrival_moments_after_a_claim_waits_to_be_claimed_with_the_next_ones
         first_claim = claims[0][0]
         assert announced_at < first_claim + gather  # arrived within the gather window
         [(at, ids)] = [claim for claim in claims if claim[1]][1:]
-        # Not claimed at once...
+        # Not claimed at once... (the stamps come from the claiming thread, a thread hop after
+        # the scheduler's own, so they may lag it by a little, differently each time)
         assert at - first_claim >= gather - 0.1
         assert sorted(ids) == sorted([second, third])  # ...but both in one claim
 

@@ -64,8 +64,7 @@ class _Row:
 class LocalQueueStore:
     """The local `QueueStore` (see the module docstring); thread-safe."""
 
-    # A claim reads page-cached files (a scan lists queue/ every `scan_interval`), a completion
-    # is two unlinks; neither syncs: the runner makes them on its loop (store.queue).
+    # A completion is two to four unlinks without a sync; renew and release change memory.
     quick_bookkeeping = True
 
     def __init__(

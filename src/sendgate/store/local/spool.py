@@ -65,7 +65,8 @@ class Spool:
     """The spool directory: put, list, read and remove committed messages.
 
     Thread-safe; `put`, `sweep` and `remove` block on fsync, so call them from a
-    thread pool, not the event loop. `sweep` must run before serving, with no `put` under way.
+    thread pool, not the event loop (`remove(durable=False)` does not sync: it may run on
+    one). `sweep` must run before serving, with no `put` under way.
     """
 
     def __init__(self, root: Path, *, clock: Callable[[], float] = time.time) -> None:
