@@ -385,10 +385,10 @@ def main() -> int:
     for scenario, by_server in raw.items():
         pf, sg = summary(by_server["postfix"]), summary(by_server["sendgate"])
         print(f"\n{scenario} messages/session")
-        print(f"  {'metric':<16}{'postfix':>10}{'sendgate':>10}{'ratio':>8}")
+        print(f"  {'metric':<20}{'postfix':>10}{'sendgate':>10}{'ratio':>8}")
         for key in keys:
             ratio = sg[key] / pf[key] if pf[key] else float("nan")
-            print(f"  {key:<16}{pf[key]:>10.2f}{sg[key]:>10.2f}{ratio:>8.2f}")
+            print(f"  {key:<20}{pf[key]:>10.2f}{sg[key]:>10.2f}{ratio:>8.2f}")
     if args.json:
         args.json.write_text(json.dumps(raw, indent=1))
     return 0
