@@ -36,8 +36,8 @@ from sendgate.store.queue import Claim, QueueStore
 
 _T = TypeVar("_T")
 # Under load, arrivals within this many seconds of the last claim wait for one claim together
-# (one read of the announcements for many messages); an arrival after a quiet spell is claimed
-# at once.
+# (one thread handoff and one read of the announcements for many messages); an arrival after a
+# quiet spell is claimed at once.
 ARRIVAL_GATHER = 0.01
 
 
