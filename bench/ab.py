@@ -83,17 +83,13 @@ def main() -> int:
                         run = compare.load(
                             "127.0.0.1", port, ref, compare.PASSWORD, m, args, [str(proc.pid)]
                         )
-                        # The CPU until the run's mail is relayed too (compare.py says why);
-                        # with --hold nothing is relayed and the queue never empties.
-                        backlog = compare.queued(dirs)
-                        waited = 0.0 if args.hold else compare.settle(dirs)
-                        spent = compare.tree_cpu(proc.pid) - before
-                        run["cpu_settled_s_per_1000"] = 1000 * spent / max(int(run["accepted"]), 1)
+                        # With --hold nothing is relayed and the queue never empties.
+                        waited = compare.relayed(run, dirs, [proc.pid], before, wait=not args.hold)
                         runs.setdefault(m, {}).setdefault(name, []).append(run)
                         print(
                             f"m{m} round {round_} {name:<4} {run['throughput_msgs_s']:8.1f} "
                             f"msgs/s  {cpu(run):.3f} s/1000, {run['cpu_settled_s_per_1000']:.3f}"
-                            f" until relayed  ({backlog} left to relay, {waited:.1f} s)",
+                            f" until relayed  ({run['backlog']} left to relay, {waited:.1f} s)",
                             flush=True,
                         )
         finally:

@@ -229,6 +229,23 @@ def queued(dirs: list[Path]) -> int:
     return sum(len(files) for path in dirs for _, _, files in os.walk(path))
 
 
+def relayed(
+    run: dict[str, Any], dirs: list[Path], roots: list[int], before: float, *, wait: bool = True
+) -> float:
+    """After a load: record in `run` what it left to relay (`backlog`) and the CPU of `roots`'
+    process trees from `before` until the queues are empty again (`cpu_settled_s_per_1000`;
+    without `wait`, until now), so that delivery a server put off is counted; the seconds
+    waited.
+
+    A server whose delivery falls behind would otherwise leave that work out of the window.
+    """
+    run["backlog"] = queued(dirs)
+    waited = settle(dirs) if wait else 0.0
+    spent = sum(tree_cpu(root) for root in roots) - before
+    run["cpu_settled_s_per_1000"] = 1000 * spent / max(int(run["accepted"]), 1)
+    return waited
+
+
 def queue_dirs(ref: dict[str, str], *workdirs: Path) -> list[Path]:
     """Where the servers keep queued mail: Postfix's queues and each sendgate's spool."""
     spool = Path(ref["REF_STATE_DIR"]) / "spool"
@@ -355,13 +372,7 @@ def main() -> int:
                             )
                         else:
                             r = load("127.0.0.1", port, ref, PASSWORD, m, args, [str(proc.pid)])
-                        # What the run left to relay, and the CPU until it is relayed: a server
-                        # whose delivery falls behind would otherwise leave that work (and its
-                        # CPU) out of the measured window.
-                        r["backlog"] = queued(dirs)
-                        r["settle_s"] = settle(dirs)
-                        spent = sum(tree_cpu(root) for root in roots) - before
-                        r["cpu_settled_s_per_1000"] = 1000 * spent / max(int(r["accepted"]), 1)
+                        r["settle_s"] = relayed(r, dirs, roots, before)
                         raw.setdefault(f"m{m}", {}).setdefault(name, []).append(r)
         finally:
             os.killpg(proc.pid, signal.SIGTERM)
