@@ -105,7 +105,8 @@ class QueueStore(Protocol):
     def quick_bookkeeping(self) -> bool:
         """True when `complete`, `renew` and `release` only unlink a few local files and change
         memory (no sync, no network peer, bounded work), so that a delivery runner may call
-        them on its event loop instead of handing each to a thread."""
+        them on its event loop instead of handing each to a thread. They must not wait for a
+        claim running in another thread to finish reading storage."""
         ...
 
     def new_id(self) -> str:

@@ -84,7 +84,11 @@ class LocalQueueStore:
         self._scan_interval = scan_interval
         self._announce_to = announce_to
         self._announced = announced
+        # `_lock` guards the index and is held only to change it, never across a file's read:
+        # completions on the runner's loop take it while a claim reads in a pool thread.
+        # `_claiming` lets one claim at a time refresh the index (its loads, its scan).
         self._lock = threading.Lock()
+        self._claiming = threading.Lock()
         self._indexing = False  # set by the first claim: only a runner keeps an index
         self._rows: dict[str, _Row] = {}
         self._due: list[tuple[float, str]] = []  # unleased rows; stale entries skipped on pop
@@ -195,37 +199,49 @@ class LocalQueueStore:
 
     def claim(self, limit: int, lease: float) -> Claimed:
         problems: list[str] = []
-        with self._lock:
+        with self._claiming:
             self._indexing = True
             now = self._clock()
             self._refresh(now, problems)
-            self._expire(now)
-            claims: list[Claim] = []
-            held: set[str] = set()
-            if self._due and self._due[0][0] <= now:
-                try:
-                    held = self._spool.holds.ids()
-                except SpoolError as exc:
-                    # Unsure what is held: hand out nothing rather than deliver held mail.
-                    problems.append(str(exc))
-                    limit = 0
-            while self._due and self._due[0][0] <= now and len(claims) < limit:
-                due, queue_id = heapq.heappop(self._due)
-                row = self._rows.get(queue_id)
-                if row is None or row.lease_until is not None or row.due != due:
-                    continue  # a stale heap entry: removed, leased, or rescheduled
-                if queue_id in held:
-                    row.parked = True
-                    continue
-                row.token += 1
-                row.lease_until = now + lease
-                heapq.heappush(self._leases, (row.lease_until, queue_id, row.token))
-                claims.append(
-                    Claim(row.envelope, row.state, row.token, row.lease_until, row.state_problem)
-                )
-                row.state_problem = None  # reported once
-            next_check = self._next_check(now)
+            with self._lock:
+                listed = bool(self._due) and self._due[0][0] <= now
+            held = self._held_ids(problems) if listed else set()
+            with self._lock:
+                now = self._clock()
+                self._expire(now)
+                if not listed and self._due and self._due[0][0] <= now:
+                    held = self._held_ids(problems)  # due since the look above (a lease ran out)
+                if held is None:
+                    limit = 0  # unsure what is held: hand out nothing rather than deliver it
+                claims = self._hand_out(limit, lease, now, held or set())
+                next_check = self._next_check(now)
         return Claimed(tuple(self._with_messages(claims)), next_check, tuple(problems))
+
+    def _hand_out(self, limit: int, lease: float, now: float, held: set[str]) -> list[Claim]:
+        """Lease up to `limit` due rows (under `_lock`); held ones are parked instead."""
+        claims: list[Claim] = []
+        while self._due and self._due[0][0] <= now and len(claims) < limit:
+            due, queue_id = heapq.heappop(self._due)
+            row = self._rows.get(queue_id)
+            if row is None or row.lease_until is not None or row.due != due:
+                continue  # a stale heap entry: removed, leased, or rescheduled
+            if queue_id in held:
+                row.parked = True
+                continue
+            row.token += 1
+            row.lease_until = until = now + lease
+            heapq.heappush(self._leases, (until, queue_id, row.token))
+            claims.append(Claim(row.envelope, row.state, row.token, until, row.state_problem))
+            row.state_problem = None  # reported once
+        return claims
+
+    def _held_ids(self, problems: list[str]) -> set[str] | None:
+        """The ids of held messages (one listing), or None when they could not be listed."""
+        try:
+            return self._spool.holds.ids()
+        except SpoolError as exc:
+            problems.append(str(exc))
+            return None
 
     def _with_messages(self, claims: list[Claim]) -> list[Claim]:
         """Small messages' bytes read in this call (one thread handoff for the whole claim)."""
@@ -350,7 +366,10 @@ class LocalQueueStore:
         heapq.heappush(self._due, (due, queue_id))
 
     def _refresh(self, now: float, problems: list[str]) -> None:
-        """Bring the index in line with the spool: a scan when one is due, arrivals, loads."""
+        """Bring the index in line with the spool: a scan when one is due, arrivals, loads.
+
+        Called by one claim at a time (`_claiming`); the spool is read without `_lock`.
+        """
         if now >= self._next_scan:
             try:
                 self._scan(now)
@@ -359,15 +378,16 @@ class LocalQueueStore:
             self._next_scan = now + self._scan_interval
         if self._announced is not None:
             for queue_id, line in self._announced.take():
-                if queue_id not in self._rows and self._owns(queue_id):
+                if self._owns(queue_id):
                     self._to_load.append(queue_id)
                     if line is not None and len(self._announced_envelopes) < LOAD_BATCH * 4:
                         self._announced_envelopes[queue_id] = line
         batch = [self._to_load.popleft() for _ in range(min(LOAD_BATCH, len(self._to_load)))]
-        for queue_id in batch:
-            line = self._announced_envelopes.pop(queue_id, None)
-            if queue_id in self._rows:
-                continue
+        lines = {q: self._announced_envelopes.pop(q, None) for q in dict.fromkeys(batch)}
+        with self._lock:
+            wanted = [(q, line) for q, line in lines.items() if q not in self._rows]
+        loaded: list[tuple[Envelope, bytes | None]] = []
+        for queue_id, line in wanted:
             try:
                 # An announced envelope spares reading the queue file. The state is read all
                 # the same: a restarted runner may read announcements its predecessor handled.
@@ -376,16 +396,20 @@ class LocalQueueStore:
                     envelope = self._spool.envelope(queue_id)
                 elif not self._spool.queued(queue_id):
                     continue  # delivered or removed since it was announced
-                raw_state = self._spool.read_state(queue_id)
+                loaded.append((envelope, self._spool.read_state(queue_id)))
             except UnknownQueueIdError:
                 continue  # delivered or removed since it was listed
             except SpoolError as exc:
                 problems.append(str(exc))
-                continue
-            row = self._add(envelope, raw_state, now)
-            if queue_id in self._retry_wanted:
-                self._retry_wanted.discard(queue_id)
-                self._reschedule(queue_id, row, now)
+        with self._lock:
+            for envelope, raw_state in loaded:
+                queue_id = envelope.queue_id
+                if queue_id in self._rows:
+                    continue  # put by this handle meanwhile
+                row = self._add(envelope, raw_state, now)
+                if queue_id in self._retry_wanted:
+                    self._retry_wanted.discard(queue_id)
+                    self._reschedule(queue_id, row, now)
 
     @staticmethod
     def _announced_envelope(queue_id: str, line: bytes | None) -> Envelope | None:
@@ -397,26 +421,33 @@ class LocalQueueStore:
         return envelope if envelope is not None and envelope.queue_id == queue_id else None
 
     def _scan(self, now: float) -> None:
+        with self._lock:
+            indexed = set(self._rows)  # a row put by this handle after the listing is kept
         queued = [q for q in self._spool.ids() if self._owns(q)]
+        retries = self._spool.take_retry_requests(self._owns)
         present = set(queued)
-        for queue_id in [q for q, row in self._rows.items() if q not in present]:
-            if self._rows[queue_id].lease_until is None:
-                del self._rows[queue_id]  # removed by the operator or another handle
-        known = set(self._to_load)
-        self._to_load.extend(q for q in queued if q not in self._rows and q not in known)
-        for queue_id in self._spool.take_retry_requests(self._owns):
-            row = self._rows.get(queue_id)
-            if row is None:
-                if queue_id in present:
-                    self._retry_wanted.add(queue_id)
-            elif row.lease_until is None:
-                self._reschedule(queue_id, row, now)
-        parked = [(q, row) for q, row in self._rows.items() if row.parked]
+        with self._lock:
+            for queue_id in [q for q in indexed if q not in present]:
+                row = self._rows.get(queue_id)
+                if row is not None and row.lease_until is None:
+                    del self._rows[queue_id]  # removed by the operator or another handle
+            known = set(self._to_load)
+            self._to_load.extend(q for q in queued if q not in self._rows and q not in known)
+            for queue_id in retries:
+                row = self._rows.get(queue_id)
+                if row is None:
+                    if queue_id in present:
+                        self._retry_wanted.add(queue_id)
+                elif row.lease_until is None:
+                    self._reschedule(queue_id, row, now)
+            parked = [q for q, row in self._rows.items() if row.parked]
         if parked:
             held = self._spool.holds.ids()
-            for queue_id, row in parked:
-                if queue_id not in held:
-                    self._reschedule(queue_id, row, now)  # released by other means than unhold
+            with self._lock:
+                for queue_id in parked:
+                    row = self._rows.get(queue_id)
+                    if row is not None and row.parked and queue_id not in held:
+                        self._reschedule(queue_id, row, now)  # released by other means than unhold
 
     def _expire(self, now: float) -> None:
         """Leases that ran out make their messages due again (with their last due time)."""

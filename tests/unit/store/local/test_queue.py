@@ -10,6 +10,7 @@ from __future__ import annotations
 import dataclasses
 import os
 import select
+import threading
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -143,6 +144,55 @@ def test_a_big_backlog_is_read_in_batches(pair: Pair, monkeypatch: pytest.Monkey
     assert first.next_check == pair.clock.now  # more to read: call again at once
     rest = [claim.queue_id for claim in pair.claim()] + [c.queue_id for c in pair.claim()]
     assert rest == made[2:]
+
+
+def test_a_completion_is_not_held_up_by_a_claim_reading_the_spool(
+    pair: Pair, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # The runner completes on its event loop while a claim reads files in a pool thread: the
+    # index's lock must not be held across those reads.
+    pair.put()
+    [first] = pair.claim()
+    later = pair.put()
+    reading, release = threading.Event(), threading.Event()
+    released_in_time: list[bool] = []
+    read_state = pair.runner._spool.read_state
+
+    def slow_read(queue_id: str) -> bytes | None:
+        reading.set()
+        released_in_time.append(release.wait(5.0))
+        return read_state(queue_id)
+
+    monkeypatch.setattr(pair.runner._spool, "read_state", slow_read)
+    claiming = threading.Thread(target=pair.claim)
+    claiming.start()
+    assert reading.wait(5.0)
+    pair.runner.complete(first)  # with the lock held by the claim, this waits for its read
+    release.set()
+    claiming.join()
+    assert released_in_time == [True]
+    assert pair.runner.ids() == [later]
+
+
+def test_a_message_put_by_the_runner_during_a_scan_stays_in_its_index(
+    pair: Pair, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    assert pair.claim() == []  # the runner indexes from now on
+    pair.clock.advance(3600)  # the next claim scans
+    listing = pair.runner._spool.ids
+    put: list[str] = []
+
+    def listed_then_put() -> list[str]:
+        ids = listing()
+        putting = threading.Thread(target=lambda: put.append(pair.put(pair.runner)))
+        putting.start()
+        putting.join(5.0)
+        assert not putting.is_alive(), "a put waited for the scan's listing"
+        return ids
+
+    monkeypatch.setattr(pair.runner._spool, "ids", listed_then_put)
+    assert [claim.queue_id for claim in pair.claim()] == put  # not dropped as unlisted
+    assert len(put) == 1
 
 
 def test_a_state_that_cannot_be_written_is_kept_while_the_lease_holds(pair: Pair) -> None:
