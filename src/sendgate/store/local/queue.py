@@ -84,7 +84,7 @@ class LocalQueueStore:
         self._scan_interval = scan_interval
         self._announce_to = announce_to
         self._announced = announced
-        # `_lock` guards the index and is held only to change it, never across a file's read:
+        # `_lock` guards the index and is never held across a file read or a listing:
         # completions on the runner's loop take it while a claim reads in a pool thread.
         # `_claiming` lets one claim at a time refresh the index (its loads, its scan).
         self._lock = threading.Lock()
@@ -114,8 +114,7 @@ class LocalQueueStore:
         if self._announce_to is not None:
             self._announce_to.announce(envelope.queue_id, envelope.to_json())
         if self._indexing and self._owns(envelope.queue_id):
-            with self._lock:
-                self._add(envelope, None, self._clock())
+            self._index_put(envelope, parked=hold is not None)
 
     def put_many(self, items: Sequence[tuple[Envelope, bytes]]) -> None:
         self._spool.put_many(items)
@@ -124,11 +123,9 @@ class LocalQueueStore:
                 [(envelope.queue_id, envelope.to_json()) for envelope, _ in items]
             )
         if self._indexing:
-            with self._lock:
-                now = self._clock()
-                for envelope, _ in items:
-                    if self._owns(envelope.queue_id):
-                        self._add(envelope, None, now)
+            for envelope, _ in items:
+                if self._owns(envelope.queue_id):
+                    self._index_put(envelope, parked=False)
 
     def new_body(self) -> BodyFile:
         return _SpoolBody(self._spool.new_body())
@@ -145,8 +142,7 @@ class LocalQueueStore:
         if self._announce_to is not None:
             self._announce_to.announce(envelope.queue_id, envelope.to_json())
         if self._indexing and self._owns(envelope.queue_id):
-            with self._lock:
-                self._add(envelope, None, self._clock())
+            self._index_put(envelope, parked=hold is not None)
 
     def ids(self) -> list[str]:
         return self._spool.ids()
@@ -203,18 +199,22 @@ class LocalQueueStore:
             self._indexing = True
             now = self._clock()
             self._refresh(now, problems)
-            with self._lock:
-                listed = bool(self._due) and self._due[0][0] <= now
-            held = self._held_ids(problems) if listed else set()
-            with self._lock:
-                now = self._clock()
-                self._expire(now)
-                if not listed and self._due and self._due[0][0] <= now:
-                    held = self._held_ids(problems)  # due since the look above (a lease ran out)
-                if held is None:
+            held: set[str] = set()
+            listed = False
+            while True:  # twice at most: the hold files are listed between two holds of the lock
+                with self._lock:
+                    self._expire(now)
+                    first = self._first_due()
+                    if listed or first is None or first > now:
+                        claims = self._hand_out(limit, lease, now, held)
+                        next_check = self._next_check(now)
+                        break
+                listed = True
+                try:
+                    held = self._spool.holds.ids()
+                except SpoolError as exc:
+                    problems.append(str(exc))
                     limit = 0  # unsure what is held: hand out nothing rather than deliver it
-                claims = self._hand_out(limit, lease, now, held or set())
-                next_check = self._next_check(now)
         return Claimed(tuple(self._with_messages(claims)), next_check, tuple(problems))
 
     def _hand_out(self, limit: int, lease: float, now: float, held: set[str]) -> list[Claim]:
@@ -234,14 +234,6 @@ class LocalQueueStore:
             claims.append(Claim(row.envelope, row.state, row.token, until, row.state_problem))
             row.state_problem = None  # reported once
         return claims
-
-    def _held_ids(self, problems: list[str]) -> set[str] | None:
-        """The ids of held messages (one listing), or None when they could not be listed."""
-        try:
-            return self._spool.holds.ids()
-        except SpoolError as exc:
-            problems.append(str(exc))
-            return None
 
     def _with_messages(self, claims: list[Claim]) -> list[Claim]:
         """Small messages' bytes read in this call (one thread handoff for the whole claim)."""
@@ -338,7 +330,15 @@ class LocalQueueStore:
             if row is not None and row.token == claim.token:
                 del self._rows[claim.queue_id]
 
-    def _add(self, envelope: Envelope, raw_state: bytes | None, now: float) -> _Row:
+    def _index_put(self, envelope: Envelope, *, parked: bool) -> None:
+        """Index a message this handle put, unless a claim's load or scan has indexed it."""
+        with self._lock:
+            if envelope.queue_id not in self._rows:
+                self._add(envelope, None, self._clock(), parked=parked)
+
+    def _add(
+        self, envelope: Envelope, raw_state: bytes | None, now: float, *, parked: bool = False
+    ) -> _Row:
         problem = None
         if raw_state is None:
             state = DeliveryState.fresh(envelope.recipients, now)
@@ -357,7 +357,10 @@ class LocalQueueStore:
             state_on_disk=raw_state is not None,
         )
         self._rows[envelope.queue_id] = row
-        heapq.heappush(self._due, (row.due, envelope.queue_id))
+        if parked:
+            row.parked = True  # held from the start: out of the due heap until released
+        else:
+            heapq.heappush(self._due, (row.due, envelope.queue_id))
         return row
 
     def _reschedule(self, queue_id: str, row: _Row, due: float) -> None:
@@ -421,18 +424,23 @@ class LocalQueueStore:
         return envelope if envelope is not None and envelope.queue_id == queue_id else None
 
     def _scan(self, now: float) -> None:
+        # The index is copied under the lock and compared outside it; only the rows to change
+        # are looked at again under the lock. A row put after the copy is kept, not unlisted.
         with self._lock:
-            indexed = set(self._rows)  # a row put by this handle after the listing is kept
+            indexed = list(self._rows.items())
         queued = [q for q in self._spool.ids() if self._owns(q)]
         retries = self._spool.take_retry_requests(self._owns)
         present = set(queued)
+        known = {q for q, _ in indexed}
+        gone = known - present
+        known.update(self._to_load)
+        self._to_load.extend(q for q in queued if q not in known)
+        self._retry_wanted &= present  # a message gone before it was loaded wants nothing
         with self._lock:
-            for queue_id in [q for q in indexed if q not in present]:
+            for queue_id in gone:
                 row = self._rows.get(queue_id)
                 if row is not None and row.lease_until is None:
                     del self._rows[queue_id]  # removed by the operator or another handle
-            known = set(self._to_load)
-            self._to_load.extend(q for q in queued if q not in self._rows and q not in known)
             for queue_id in retries:
                 row = self._rows.get(queue_id)
                 if row is None:
@@ -440,7 +448,7 @@ class LocalQueueStore:
                         self._retry_wanted.add(queue_id)
                 elif row.lease_until is None:
                     self._reschedule(queue_id, row, now)
-            parked = [q for q, row in self._rows.items() if row.parked]
+        parked = [q for q, row in indexed if row.parked and q in present]
         if parked:
             held = self._spool.holds.ids()
             with self._lock:
@@ -459,17 +467,22 @@ class LocalQueueStore:
             row.lease_until = None
             self._reschedule(queue_id, row, min(row.due, now))
 
-    def _next_check(self, now: float) -> float:
-        """When `claim` should run again at the latest: next due, lease expiry or scan."""
+    def _first_due(self) -> float | None:
+        """The due time at the top of the heap, stale entries dropped on the way (under `_lock`)."""
         while self._due:
             due, queue_id = self._due[0]
             row = self._rows.get(queue_id)
             if row is not None and row.lease_until is None and row.due == due:
-                break
+                return due
             heapq.heappop(self._due)
+        return None
+
+    def _next_check(self, now: float) -> float:
+        """When `claim` should run again at the latest: next due, lease expiry or scan."""
         candidates = [self._next_scan]
-        if self._due:
-            candidates.append(self._due[0][0])
+        first = self._first_due()
+        if first is not None:
+            candidates.append(first)
         if self._leases:
             candidates.append(self._leases[0][0])
         if self._to_load:

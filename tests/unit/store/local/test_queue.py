@@ -164,14 +164,79 @@ def test_a_completion_is_not_held_up_by_a_claim_reading_the_spool(
         return read_state(queue_id)
 
     monkeypatch.setattr(pair.runner._spool, "read_state", slow_read)
-    claiming = threading.Thread(target=pair.claim)
+    claimed: list[Claim] = []
+    claiming = threading.Thread(target=lambda: claimed.extend(pair.claim()))
     claiming.start()
     assert reading.wait(5.0)
     pair.runner.complete(first)  # with the lock held by the claim, this waits for its read
     release.set()
     claiming.join()
     assert released_in_time == [True]
-    assert pair.runner.ids() == [later]
+    assert [claim.queue_id for claim in claimed] == pair.runner.ids() == [later]
+
+
+def test_a_release_is_not_held_up_by_a_claim_listing_the_hold_files(
+    pair: Pair, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    queue_id = pair.put()
+    [first] = pair.claim()
+    pair.clock.advance(LEASE + 1)  # the lease ran out: the next claim lists the hold files
+    listing, release = threading.Event(), threading.Event()
+    released_in_time: list[bool] = []
+    held_ids = pair.runner._spool.holds.ids
+
+    def slow_listing() -> set[str]:
+        listing.set()
+        released_in_time.append(release.wait(5.0))
+        return held_ids()
+
+    monkeypatch.setattr(pair.runner._spool.holds, "ids", slow_listing)
+    claimed: list[Claim] = []
+    claiming = threading.Thread(target=lambda: claimed.extend(pair.claim()))
+    claiming.start()
+    assert listing.wait(5.0)
+    pair.runner.release(first)  # with the lock held by the claim, this waits for the listing
+    release.set()
+    claiming.join()
+    assert released_in_time == [True]
+    assert [claim.queue_id for claim in claimed] == [queue_id]
+    assert claimed[0].token > first.token
+
+
+def test_a_held_put_by_the_runner_is_never_due(pair: Pair, monkeypatch: pytest.MonkeyPatch) -> None:
+    assert pair.claim() == []  # the runner indexes its own puts from now on
+    queue_id = pair.runner.new_id()
+    envelope = Envelope(
+        queue_id, "alice@example.com", ("bob@example.org",), "alice", 0.0, len(MESSAGE)
+    )
+    # As if a claim had listed the hold files just before this put wrote its own.
+    monkeypatch.setattr(pair.runner._spool.holds, "ids", set)
+    pair.runner.put(envelope, MESSAGE, hold="suspended")
+    assert pair.claim() == []
+    monkeypatch.undo()
+    assert pair.runner.unhold(queue_id)
+    assert [claim.queue_id for claim in pair.claim()] == [queue_id]
+
+
+def test_a_put_does_not_undo_the_lease_of_a_claim_that_loaded_it_first(
+    pair: Pair, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    assert pair.claim() == []  # the runner indexes its own puts from now on
+    pair.clock.advance(3600)  # the next claim scans
+    spool_put = pair.runner._spool.put
+    claimed: list[Claim] = []
+
+    def put_then_claim(envelope: Envelope, message: bytes, *, hold: str | None = None) -> None:
+        spool_put(envelope, message, hold=hold)
+        claimed.extend(pair.claim())  # listed and leased before the put indexes it
+
+    monkeypatch.setattr(pair.runner._spool, "put", put_then_claim)
+    queue_id = pair.put(pair.runner)
+    [claim] = claimed
+    assert claim.queue_id == queue_id
+    assert pair.claim() == []  # still leased, not claimable a second time
+    pair.runner.complete(claim)  # the lease holds: no LeaseLostError
+    assert pair.runner.ids() == []
 
 
 def test_a_message_put_by_the_runner_during_a_scan_stays_in_its_index(
