@@ -86,7 +86,9 @@ class LocalQueueStore:
         self._announced = announced
         # `_lock` guards the index and is never held across a file read or a listing:
         # completions on the runner's loop take it while a claim reads in a pool thread.
-        # `_claiming` lets one claim at a time refresh the index (its loads, its scan).
+        # `_claiming` lets one claim at a time refresh the index (its loads, its scan) and
+        # guards what only a claim touches: `_to_load`, `_announced_envelopes`,
+        # `_retry_wanted` and `_next_scan`.
         self._lock = threading.Lock()
         self._claiming = threading.Lock()
         self._indexing = False  # set by the first claim: only a runner keeps an index
@@ -331,7 +333,7 @@ class LocalQueueStore:
                 del self._rows[claim.queue_id]
 
     def _index_put(self, envelope: Envelope, *, parked: bool) -> None:
-        """Index a message this handle put, unless a claim's load or scan has indexed it."""
+        """Index a message this handle put, unless a claim has loaded it already."""
         with self._lock:
             if envelope.queue_id not in self._rows:
                 self._add(envelope, None, self._clock(), parked=parked)
@@ -425,11 +427,11 @@ class LocalQueueStore:
 
     def _scan(self, now: float) -> None:
         # The index is copied under the lock and compared outside it; only the rows to change
-        # are looked at again under the lock. A row put after the copy is kept, not unlisted.
+        # are looked at again under the lock. A row put after the copy is kept, not dropped as
+        # missing from the listing.
         with self._lock:
             indexed = list(self._rows.items())
         queued = [q for q in self._spool.ids() if self._owns(q)]
-        retries = self._spool.take_retry_requests(self._owns)
         present = set(queued)
         known = {q for q, _ in indexed}
         gone = known - present
@@ -441,13 +443,6 @@ class LocalQueueStore:
                 row = self._rows.get(queue_id)
                 if row is not None and row.lease_until is None:
                     del self._rows[queue_id]  # removed by the operator or another handle
-            for queue_id in retries:
-                row = self._rows.get(queue_id)
-                if row is None:
-                    if queue_id in present:
-                        self._retry_wanted.add(queue_id)
-                elif row.lease_until is None:
-                    self._reschedule(queue_id, row, now)
         parked = [q for q, row in indexed if row.parked and q in present]
         if parked:
             held = self._spool.holds.ids()
@@ -456,6 +451,16 @@ class LocalQueueStore:
                     row = self._rows.get(queue_id)
                     if row is not None and row.parked and queue_id not in held:
                         self._reschedule(queue_id, row, now)  # released by other means than unhold
+        # Last: unreadable retry flags must not keep the listing from being used.
+        retries = self._spool.take_retry_requests(self._owns)
+        with self._lock:
+            for queue_id in retries:
+                row = self._rows.get(queue_id)
+                if row is None:
+                    if queue_id in present:
+                        self._retry_wanted.add(queue_id)
+                elif row.lease_until is None:
+                    self._reschedule(queue_id, row, now)
 
     def _expire(self, now: float) -> None:
         """Leases that ran out make their messages due again (with their last due time)."""

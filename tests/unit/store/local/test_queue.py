@@ -136,6 +136,19 @@ def test_an_unlistable_spool_is_reported_and_the_index_kept(pair: Pair) -> None:
     assert problem.startswith("cannot list spool directory")
 
 
+def test_unreadable_retry_flags_do_not_keep_a_scan_from_finding_mail(pair: Pair) -> None:
+    assert pair.claim() == []
+    queue_id = pair.put(pair.quiet)  # not announced: only a scan finds it
+    retry_dir = pair.root / "retry"
+    retry_dir.rename(pair.root / "retry-aside")
+    retry_dir.write_bytes(b"")  # listing it fails even for root (ENOTDIR)
+    pair.clock.advance(3600)
+    claimed = pair.runner.claim(10, LEASE)
+    assert [claim.queue_id for claim in claimed.claims] == [queue_id]
+    [problem] = claimed.problems
+    assert problem.startswith("cannot read retry flags")
+
+
 def test_a_big_backlog_is_read_in_batches(pair: Pair, monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setattr(local.queue, "LOAD_BATCH", 2)
     made = [pair.put(pair.quiet) for _ in range(5)]
@@ -195,7 +208,9 @@ def test_a_release_is_not_held_up_by_a_claim_listing_the_hold_files(
     claiming = threading.Thread(target=lambda: claimed.extend(pair.claim()))
     claiming.start()
     assert listing.wait(5.0)
-    pair.runner.release(first)  # with the lock held by the claim, this waits for the listing
+    # The claim ended the lease already: the release changes nothing but takes the lock, and
+    # with the lock held by the claim it would wait for the listing.
+    pair.runner.release(first)
     release.set()
     claiming.join()
     assert released_in_time == [True]
