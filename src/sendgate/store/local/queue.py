@@ -116,7 +116,7 @@ class LocalQueueStore:
         if self._announce_to is not None:
             self._announce_to.announce(envelope.queue_id, envelope.to_json())
         if self._indexing and self._owns(envelope.queue_id):
-            self._index_put(envelope, parked=hold is not None)
+            self._index_puts([envelope], parked=hold is not None)
 
     def put_many(self, items: Sequence[tuple[Envelope, bytes]]) -> None:
         self._spool.put_many(items)
@@ -125,9 +125,8 @@ class LocalQueueStore:
                 [(envelope.queue_id, envelope.to_json()) for envelope, _ in items]
             )
         if self._indexing:
-            for envelope, _ in items:
-                if self._owns(envelope.queue_id):
-                    self._index_put(envelope, parked=False)
+            mine = [envelope for envelope, _ in items if self._owns(envelope.queue_id)]
+            self._index_puts(mine, parked=False)
 
     def new_body(self) -> BodyFile:
         return _SpoolBody(self._spool.new_body())
@@ -144,7 +143,7 @@ class LocalQueueStore:
         if self._announce_to is not None:
             self._announce_to.announce(envelope.queue_id, envelope.to_json())
         if self._indexing and self._owns(envelope.queue_id):
-            self._index_put(envelope, parked=hold is not None)
+            self._index_puts([envelope], parked=hold is not None)
 
     def ids(self) -> list[str]:
         return self._spool.ids()
@@ -332,11 +331,13 @@ class LocalQueueStore:
             if row is not None and row.token == claim.token:
                 del self._rows[claim.queue_id]
 
-    def _index_put(self, envelope: Envelope, *, parked: bool) -> None:
-        """Index a message this handle put, unless a claim has loaded it already."""
+    def _index_puts(self, envelopes: Sequence[Envelope], *, parked: bool) -> None:
+        """Index messages this handle put, except those a claim has loaded already."""
         with self._lock:
-            if envelope.queue_id not in self._rows:
-                self._add(envelope, None, self._clock(), parked=parked)
+            now = self._clock()
+            for envelope in envelopes:
+                if envelope.queue_id not in self._rows:
+                    self._add(envelope, None, now, parked=parked)
 
     def _add(
         self, envelope: Envelope, raw_state: bytes | None, now: float, *, parked: bool = False

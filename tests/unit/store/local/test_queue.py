@@ -123,29 +123,36 @@ def test_a_corrupt_envelope_is_reported_and_the_rest_still_flows(pair: Pair) -> 
     assert bad in problem
 
 
+def replace_by_file(directory: Path) -> Path:
+    """Put a file where `directory` was, so that listing it, or making or removing a file in it,
+    fails even for root (ENOTDIR); return where the directory was moved."""
+    aside = directory.rename(directory.with_name(directory.name + "-aside"))
+    directory.write_bytes(b"")
+    return aside
+
+
+def claim_at_next_scan(pair: Pair) -> tuple[list[str], list[str]]:
+    """The ids and the problems of a claim made when the next scan is due."""
+    pair.clock.advance(3600)
+    claimed = pair.runner.claim(10, LEASE)
+    return [claim.queue_id for claim in claimed.claims], list(claimed.problems)
+
+
 def test_an_unlistable_spool_is_reported_and_the_index_kept(pair: Pair) -> None:
     queue_id = pair.put()
     pair.runner.claim(0, LEASE)  # indexed
-    queue_dir = pair.root / "queue"
-    queue_dir.rename(pair.root / "aside")
-    queue_dir.write_bytes(b"")  # listing it fails even for root (ENOTDIR)
-    pair.clock.advance(3600)
-    claimed = pair.runner.claim(10, LEASE)
-    assert [claim.queue_id for claim in claimed.claims] == [queue_id]
-    [problem] = claimed.problems
+    replace_by_file(pair.root / "queue")
+    ids, [problem] = claim_at_next_scan(pair)
+    assert ids == [queue_id]
     assert problem.startswith("cannot list spool directory")
 
 
 def test_unreadable_retry_flags_do_not_keep_a_scan_from_finding_mail(pair: Pair) -> None:
     assert pair.claim() == []
     queue_id = pair.put(pair.quiet)  # not announced: only a scan finds it
-    retry_dir = pair.root / "retry"
-    retry_dir.rename(pair.root / "retry-aside")
-    retry_dir.write_bytes(b"")  # listing it fails even for root (ENOTDIR)
-    pair.clock.advance(3600)
-    claimed = pair.runner.claim(10, LEASE)
-    assert [claim.queue_id for claim in claimed.claims] == [queue_id]
-    [problem] = claimed.problems
+    replace_by_file(pair.root / "retry")
+    ids, [problem] = claim_at_next_scan(pair)
+    assert ids == [queue_id]
     assert problem.startswith("cannot read retry flags")
 
 
@@ -280,9 +287,7 @@ def test_a_state_that_cannot_be_written_is_kept_while_the_lease_holds(pair: Pair
     [claim] = pair.claim()
     delivered = dataclasses.replace(claim.state.recipients[0], status=DELIVERED)
     state = dataclasses.replace(claim.state.with_results({0: delivered}), next_attempt=0.0)
-    state_dir = pair.root / "state"
-    state_dir.rename(pair.root / "state-aside")
-    state_dir.write_bytes(b"")
+    replace_by_file(pair.root / "state")
     with pytest.raises(SpoolError, match="cannot write state file"):
         pair.runner.update(claim, state)
     assert pair.claim() == []  # still leased
@@ -314,12 +319,11 @@ def test_a_message_that_cannot_be_removed_stays_held_for_a_retry(pair: Pair) -> 
     queue_id = pair.put()
     [claim] = pair.claim()
     queue_dir = pair.root / "queue"
-    queue_dir.rename(pair.root / "aside")
-    queue_dir.write_bytes(b"")  # unlinking in it fails even for root (ENOTDIR)
+    aside = replace_by_file(queue_dir)
     with pytest.raises(SpoolError, match="cannot remove spool file"):
         pair.runner.complete(claim)
     queue_dir.unlink()
-    (pair.root / "aside").rename(queue_dir)
+    aside.rename(queue_dir)
     assert pair.claim() == []  # still leased: not forgotten, not handed out twice
     pair.runner.release(claim, pair.clock.now)
     [again] = pair.claim()
